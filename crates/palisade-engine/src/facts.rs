@@ -1,0 +1,27 @@
+//! Request facts: what the gateway observed about one request, borrowed, not copied.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method};
+
+use crate::clock::Nanos;
+
+/// Everything the engine may look at for one request. The gateway has already bounded header
+/// count and size before building this.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The request's method.
+    pub method: &'a Method,
+    /// The path, not decoded, without the query.
+    pub path: &'a str,
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    /// Request headers as received (hop-by-hop ones included).
+    pub headers: &'a HeaderMap,
+    /// The client address, derived from the peer and trusted proxies' headers.
+    pub client_ip: IpAddr,
+    /// The address of the TCP peer.
+    pub peer_ip: IpAddr,
+    /// Monotonic time of arrival.
+    pub now: Nanos,
+}

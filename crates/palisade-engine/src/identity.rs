@@ -1,0 +1,306 @@
+//! Identity: the dimensions a request can be keyed by, and how a limit's key is derived from them.
+//!
+//! A limit's key is a list of [`KeyPart`]s; their values are hashed together with a per-table
+//! secret, so limiter tables hold fixed-size keys and never store a raw IP or header value. A key
+//! part that has no value for a request (an absent header, say) means the limit does not apply
+//! to that request, as with nginx's empty `limit_req` keys.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, Ipv6Addr};
+
+use http::HeaderName;
+
+use crate::facts::RequestFacts;
+use crate::route::RouteId;
+
+/// Longest header value used as a key; longer values are cut (after hashing the length) so an
+/// attacker cannot make key derivation arbitrarily expensive.
+pub const MAX_KEY_VALUE_LEN: usize = 256;
+
+/// One dimension of a limit's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyPart {
+    /// The client IP.
+    Ip,
+    /// The client's network: IPv4 addresses masked to `v4` bits, IPv6 ones to `v6` bits.
+    IpPrefix {
+        /// IPv4 prefix length.
+        v4: u8,
+        /// IPv6 prefix length.
+        v6: u8,
+    },
+    /// A request header's value (case-sensitive, as sent).
+    Header(HeaderName),
+    /// The matched route.
+    Route,
+    /// The request method.
+    Method,
+}
+
+/// The name of a dimension, as used in config keys and in `/v1/identities/{dimension}/...`.
+pub type Dimension = KeyPart;
+
+/// Why a key part was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyPartError {
+    /// Not a dimension Palisade knows.
+    #[error(
+        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method"
+    )]
+    Unknown(String),
+    /// Known, but provided by a part of Palisade that is not built yet.
+    #[error("key dimension `{0}` is not available in this version")]
+    NotYetAvailable(String),
+    /// A prefix length out of range.
+    #[error("bad prefix in `{0}`: IPv4 prefixes are 1-32, IPv6 prefixes 1-128")]
+    BadPrefix(String),
+    /// A header name that is not a valid HTTP field name.
+    #[error("bad header name in `{0}`")]
+    BadHeader(String),
+}
+
+impl KeyPart {
+    /// Parses a dimension name. `ip/N` with N <= 32 masks IPv4 to N and IPv6 to 2N bits (ip/24
+    /// pairs with /48, ip/32 with /64); `ip/N` with N > 32 is an IPv6 prefix and leaves IPv4
+    /// whole; `ip/N/M` sets both explicitly.
+    pub fn parse(s: &str) -> Result<Self, KeyPartError> {
+        let s = s.trim();
+        match s {
+            "ip" => return Ok(KeyPart::Ip),
+            "route" => return Ok(KeyPart::Route),
+            "method" => return Ok(KeyPart::Method),
+            "api_key" | "account" | "asn" | "country" | "ja4" | "ja4h" | "session" => {
+                return Err(KeyPartError::NotYetAvailable(s.to_owned()));
+            }
+            _ => {}
+        }
+        if let Some(rest) = s.strip_prefix("ip/") {
+            let bad = || KeyPartError::BadPrefix(s.to_owned());
+            let mut it = rest.split('/');
+            let a: u8 = it.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+            let b: Option<u8> = match it.next() {
+                Some(x) => Some(x.parse().map_err(|_| bad())?),
+                None => None,
+            };
+            if it.next().is_some() || a == 0 {
+                return Err(bad());
+            }
+            let (v4, v6) = match b {
+                Some(b) if a <= 32 && (1..=128).contains(&b) => (a, b),
+                Some(_) => return Err(bad()),
+                None if a <= 32 => (a, a * 2),
+                None if a <= 128 => (32, a),
+                None => return Err(bad()),
+            };
+            return Ok(KeyPart::IpPrefix { v4, v6 });
+        }
+        if let Some(name) = s.strip_prefix("header:") {
+            return HeaderName::from_bytes(name.trim().as_bytes())
+                .map(KeyPart::Header)
+                .map_err(|_| KeyPartError::BadHeader(s.to_owned()));
+        }
+        if s.starts_with("jwt:") {
+            return Err(KeyPartError::NotYetAvailable(s.to_owned()));
+        }
+        Err(KeyPartError::Unknown(s.to_owned()))
+    }
+}
+
+impl fmt::Display for KeyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPart::Ip => f.write_str("ip"),
+            KeyPart::IpPrefix { v4, v6 } if *v6 == v4 * 2 && *v4 <= 32 => write!(f, "ip/{v4}"),
+            KeyPart::IpPrefix { v4: 32, v6 } if *v6 > 32 => write!(f, "ip/{v6}"),
+            KeyPart::IpPrefix { v4, v6 } => write!(f, "ip/{v4}/{v6}"),
+            KeyPart::Header(h) => write!(f, "header:{h}"),
+            KeyPart::Route => f.write_str("route"),
+            KeyPart::Method => f.write_str("method"),
+        }
+    }
+}
+
+/// Masks an address to a prefix length.
+pub fn mask(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if v4 >= 32 {
+                u32::MAX
+            } else {
+                !(u32::MAX >> v4)
+            };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if v6 >= 128 {
+                u128::MAX
+            } else {
+                !(u128::MAX >> v6)
+            };
+            IpAddr::V6(Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+/// A key part's value for a request, as feeds the hash and as a person reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyValue<'a> {
+    /// An address or masked network.
+    Ip(IpAddr, u8),
+    /// Header bytes, method name or route name.
+    Bytes(&'a [u8]),
+    /// A route.
+    Route(RouteId),
+}
+
+impl KeyValue<'_> {
+    fn feed(&self, h: &mut impl Hasher) {
+        match self {
+            KeyValue::Ip(ip, len) => {
+                match ip {
+                    IpAddr::V4(a) => h.write(&a.octets()),
+                    IpAddr::V6(a) => h.write(&a.octets()),
+                }
+                h.write_u8(*len);
+            }
+            KeyValue::Bytes(b) => {
+                h.write_usize(b.len());
+                h.write(b.get(..MAX_KEY_VALUE_LEN).unwrap_or(b));
+            }
+            KeyValue::Route(r) => h.write_usize(*r),
+        }
+    }
+}
+
+/// The value of one key part for a request; `None` when the request has none.
+pub fn value_of<'a>(
+    part: &KeyPart,
+    facts: &RequestFacts<'a>,
+    route: RouteId,
+) -> Option<KeyValue<'a>> {
+    match part {
+        KeyPart::Ip => Some(KeyValue::Ip(facts.client_ip.to_canonical(), 255)),
+        KeyPart::IpPrefix { v4, v6 } => {
+            let ip = facts.client_ip.to_canonical();
+            let len = if ip.is_ipv4() { *v4 } else { *v6 };
+            Some(KeyValue::Ip(mask(ip, *v4, *v6), len))
+        }
+        KeyPart::Header(name) => facts
+            .headers
+            .get(name)
+            .map(|v| v.as_bytes())
+            .filter(|b| !b.is_empty())
+            .map(KeyValue::Bytes),
+        KeyPart::Route => Some(KeyValue::Route(route)),
+        KeyPart::Method => Some(KeyValue::Bytes(facts.method.as_str().as_bytes())),
+    }
+}
+
+/// Hashes a limit key from its parts' values. Returns `None` if any part has no value.
+pub fn key_hash<'a, B: BuildHasher>(
+    hasher: &B,
+    parts: &[KeyPart],
+    facts: &RequestFacts<'a>,
+    route: RouteId,
+) -> Option<u64> {
+    let mut h = hasher.build_hasher();
+    for part in parts {
+        value_of(part, facts, route)?.feed(&mut h);
+    }
+    Some(h.finish())
+}
+
+/// Hashes a key given as already-resolved values (for look-ups from the admin API).
+pub fn key_hash_of_values<B: BuildHasher>(hasher: &B, values: &[KeyValue<'_>]) -> u64 {
+    let mut h = hasher.build_hasher();
+    for v in values {
+        v.feed(&mut h);
+    }
+    h.finish()
+}
+
+/// A person-readable rendering of a key part's value (for the decision log).
+pub fn display_value(part: &KeyPart, facts: &RequestFacts<'_>, route_name: &str) -> Option<String> {
+    match value_of(part, facts, 0)? {
+        KeyValue::Ip(ip, 255) => Some(ip.to_string()),
+        KeyValue::Ip(ip, len) => Some(format!("{ip}/{len}")),
+        KeyValue::Bytes(b) => {
+            let b = b.get(..MAX_KEY_VALUE_LEN).unwrap_or(b);
+            Some(String::from_utf8_lossy(b).into_owned())
+        }
+        KeyValue::Route(_) => Some(route_name.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_dimensions() {
+        assert_eq!(KeyPart::parse("ip"), Ok(KeyPart::Ip));
+        assert_eq!(
+            KeyPart::parse("ip/24"),
+            Ok(KeyPart::IpPrefix { v4: 24, v6: 48 })
+        );
+        assert_eq!(
+            KeyPart::parse("ip/48"),
+            Ok(KeyPart::IpPrefix { v4: 32, v6: 48 })
+        );
+        assert_eq!(
+            KeyPart::parse("ip/16/40"),
+            Ok(KeyPart::IpPrefix { v4: 16, v6: 40 })
+        );
+        assert!(matches!(
+            KeyPart::parse("ip/0"),
+            Err(KeyPartError::BadPrefix(_))
+        ));
+        assert!(matches!(
+            KeyPart::parse("ip/129"),
+            Err(KeyPartError::BadPrefix(_))
+        ));
+        assert!(matches!(
+            KeyPart::parse("ip/33/200"),
+            Err(KeyPartError::BadPrefix(_))
+        ));
+        assert!(matches!(
+            KeyPart::parse("header:bad name"),
+            Err(KeyPartError::BadHeader(_))
+        ));
+        assert!(matches!(
+            KeyPart::parse("api_key"),
+            Err(KeyPartError::NotYetAvailable(_))
+        ));
+        assert!(matches!(
+            KeyPart::parse("jwt:sub"),
+            Err(KeyPartError::NotYetAvailable(_))
+        ));
+        assert!(matches!(
+            KeyPart::parse("colour"),
+            Err(KeyPartError::Unknown(_))
+        ));
+        for s in [
+            "ip",
+            "ip/24",
+            "ip/48",
+            "ip/16/40",
+            "header:x-tenant",
+            "route",
+            "method",
+        ] {
+            assert_eq!(KeyPart::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn masks_both_families() {
+        let m = |s: &str, a, b| mask(s.parse().unwrap(), a, b).to_string();
+        assert_eq!(m("203.0.113.77", 24, 48), "203.0.113.0");
+        assert_eq!(m("2001:db8:1:2:3::9", 24, 48), "2001:db8:1::");
+        assert_eq!(m("::ffff:203.0.113.77", 16, 32), "203.0.0.0");
+        assert_eq!(m("1.2.3.4", 32, 128), "1.2.3.4");
+    }
+}

@@ -1,0 +1,92 @@
+//! The compiled policy: what the engine decides with. Built by `palisade-config`, immutable
+//! while in use; a reload builds a new one.
+
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use crate::ipset::IpSet;
+use crate::limits::LimitSpec;
+use crate::route::RouteTable;
+
+/// Whether decisions are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Decisions are enforced.
+    #[default]
+    Enforce,
+    /// Decisions are computed and logged as `would_<action>`, never enforced.
+    Shadow,
+}
+
+/// A route's policy-relevant settings.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// The route's name (a metric label; bounded by the config).
+    pub name: Arc<str>,
+    /// Index of the upstream requests on this route go to.
+    pub upstream: usize,
+    /// Units a request on this route costs up front.
+    pub cost: u64,
+    /// Response header in which the upstream reports the real cost of a request.
+    pub cost_header: Option<HeaderName>,
+}
+
+/// Static allow and deny lists.
+#[derive(Debug, Clone, Default)]
+pub struct ListsPolicy {
+    /// Clients that bypass every limit and check.
+    pub allow: IpSet,
+    /// Clients that are refused.
+    pub deny: IpSet,
+}
+
+/// Risk score thresholds (0-100). A threshold of 0 disables that step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoringPolicy {
+    /// Forward, with `X-Palisade-Score` for the upstream.
+    pub tag_at: u8,
+    /// Challenge the client.
+    pub challenge_at: u8,
+    /// Refuse the client.
+    pub block_at: u8,
+}
+
+impl Default for ScoringPolicy {
+    fn default() -> Self {
+        Self {
+            tag_at: 30,
+            challenge_at: 60,
+            block_at: 90,
+        }
+    }
+}
+
+/// A compiled policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Enforce or shadow.
+    pub mode: Mode,
+    /// Route matching.
+    pub routes: RouteTable,
+    /// Per-route settings, indexed by route id; the last one is the default route.
+    pub route_specs: Vec<RouteSpec>,
+    /// Limits, in configuration order; every matching limit applies.
+    pub limits: Vec<LimitSpec>,
+    /// Static lists.
+    pub lists: ListsPolicy,
+    /// Score thresholds.
+    pub scoring: ScoringPolicy,
+}
+
+impl Policy {
+    /// The settings of a route; the default route for an out-of-range id.
+    pub fn route(&self, id: usize) -> Option<&RouteSpec> {
+        self.route_specs.get(id).or_else(|| self.route_specs.last())
+    }
+
+    /// A route id by name.
+    pub fn route_id(&self, name: &str) -> Option<usize> {
+        self.route_specs.iter().position(|r| &*r.name == name)
+    }
+}

@@ -1,0 +1,289 @@
+//! Routes: which configured route a request belongs to. First match wins; a request that matches
+//! nothing belongs to the default route.
+//!
+//! Matching looks at a normalised view of the path (repeated slashes merged, `.` and `..`
+//! segments resolved, percent-encoded bytes other than `/` decoded), so `/api//login`,
+//! `/api/./login` and `/api/%6cogin` cannot dodge the policy of `/api/login`. The request is
+//! still forwarded with its path as received.
+
+use std::borrow::Cow;
+
+use http::Method;
+
+/// Index of a route in the [`RouteTable`]; the default route has the last index.
+pub type RouteId = usize;
+
+/// One path segment of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param,
+    Wildcard,
+}
+
+/// A compiled path pattern: exact segments, `{param}` segments and an optional trailing `/*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    segments: Vec<Segment>,
+    source: String,
+}
+
+/// Why a path pattern was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PatternError {
+    /// Patterns are absolute.
+    #[error("path pattern must start with '/'")]
+    NotAbsolute,
+    /// `*` is only allowed as the whole last segment.
+    #[error("'*' is only allowed as the last segment, as in \"/api/*\"")]
+    MisplacedWildcard,
+    /// A `{` without a matching `}` or with text around it.
+    #[error("a parameter must be a whole segment, as in \"/items/{{id}}\"")]
+    BadParam,
+}
+
+impl PathPattern {
+    /// Parses a pattern such as `/api/items/{id}` or `/static/*`.
+    pub fn parse(src: &str) -> Result<Self, PatternError> {
+        let rest = src.strip_prefix('/').ok_or(PatternError::NotAbsolute)?;
+        let mut segments = Vec::new();
+        if !rest.is_empty() {
+            let parts: Vec<&str> = rest.split('/').collect();
+            let last = parts.len() - 1;
+            for (i, part) in parts.into_iter().enumerate() {
+                let seg = if part == "*" {
+                    if i != last {
+                        return Err(PatternError::MisplacedWildcard);
+                    }
+                    Segment::Wildcard
+                } else if part.contains('*') {
+                    return Err(PatternError::MisplacedWildcard);
+                } else if part.starts_with('{') && part.ends_with('}') && part.len() > 2 {
+                    let inner = part.get(1..part.len() - 1).unwrap_or_default();
+                    if inner.contains(['{', '}']) {
+                        return Err(PatternError::BadParam);
+                    }
+                    Segment::Param
+                } else if part.contains(['{', '}']) {
+                    return Err(PatternError::BadParam);
+                } else {
+                    Segment::Literal(normalize_for_match(part).into_owned())
+                };
+                segments.push(seg);
+            }
+        }
+        Ok(Self {
+            segments,
+            source: src.to_owned(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether an already normalised path matches.
+    fn matches_normalized(&self, path: &str) -> bool {
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let mut parts = if rest.is_empty() {
+            None
+        } else {
+            Some(rest.split('/'))
+        };
+        for seg in &self.segments {
+            match seg {
+                Segment::Wildcard => return true,
+                Segment::Param => match parts.as_mut().and_then(Iterator::next) {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(lit) => match parts.as_mut().and_then(Iterator::next) {
+                    Some(p) if p == lit => {}
+                    _ => return false,
+                },
+            }
+        }
+        match parts.as_mut().map(|p| p.next()) {
+            None | Some(None) => true,
+            // A trailing slash matches the same route as the path without it.
+            Some(Some("")) => parts.and_then(|mut p| p.next()).is_none(),
+            Some(Some(_)) => false,
+        }
+    }
+}
+
+/// One route's match conditions.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    /// The path pattern.
+    pub path: PathPattern,
+    /// Methods that match; empty means all.
+    pub methods: Vec<Method>,
+}
+
+/// The routes in order, plus an implicit default route at the end.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    matches: Vec<RouteMatch>,
+}
+
+impl RouteTable {
+    /// Builds the table; the default route gets index `matches.len()`.
+    pub fn new(matches: Vec<RouteMatch>) -> Self {
+        Self { matches }
+    }
+
+    /// The first route that matches, or the default route.
+    pub fn route_for(&self, method: &Method, path: &str) -> RouteId {
+        let path = normalize_for_match(path);
+        self.matches
+            .iter()
+            .position(|m| {
+                (m.methods.is_empty() || m.methods.contains(method))
+                    && m.path.matches_normalized(&path)
+            })
+            .unwrap_or(self.matches.len())
+    }
+
+    /// Index of the default route.
+    pub fn default_route(&self) -> RouteId {
+        self.matches.len()
+    }
+}
+
+/// Normalises a path for matching: merges repeated slashes, resolves `.` and `..`, decodes
+/// percent-escapes except `%2F` (which stays literal so it cannot add a segment). Returns the
+/// input unchanged, without allocating, when there is nothing to do.
+pub fn normalize_for_match(path: &str) -> Cow<'_, str> {
+    let needs_work =
+        path.contains("//") || path.contains('%') || path.contains("/.") || path.starts_with('.');
+    if !needs_work {
+        return Cow::Borrowed(path);
+    }
+    let mut out: Vec<String> = Vec::new();
+    for seg in path.split('/') {
+        let seg = percent_decode_segment(seg);
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(seg),
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if s.is_empty() || (path.ends_with('/') && !out.is_empty()) {
+        s.push('/');
+    }
+    Cow::Owned(s)
+}
+
+fn percent_decode_segment(seg: &str) -> String {
+    let bytes = seg.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                if v == b'/' {
+                    out.extend_from_slice(b"%2F");
+                } else {
+                    out.push(v);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(pats: &[(&str, &[&str])]) -> RouteTable {
+        RouteTable::new(
+            pats.iter()
+                .map(|(p, m)| RouteMatch {
+                    path: PathPattern::parse(p).unwrap(),
+                    methods: m.iter().map(|s| s.parse().unwrap()).collect(),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn first_match_wins_and_default_catches_the_rest() {
+        let t = table(&[
+            ("/api/login", &["POST"]),
+            ("/api/items/{id}", &[]),
+            ("/api/*", &[]),
+        ]);
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(t.route_for(&post, "/api/login"), 0);
+        assert_eq!(t.route_for(&get, "/api/login"), 2);
+        assert_eq!(t.route_for(&get, "/api/items/42"), 1);
+        assert_eq!(t.route_for(&get, "/api/items/42/"), 1);
+        assert_eq!(t.route_for(&get, "/api/items/"), 2);
+        assert_eq!(t.route_for(&get, "/api/items/1/x"), 2);
+        assert_eq!(t.route_for(&get, "/api"), 2);
+        assert_eq!(t.route_for(&get, "/other"), 3);
+        assert_eq!(t.default_route(), 3);
+    }
+
+    #[test]
+    fn evasions_match_the_canonical_route() {
+        let t = table(&[("/api/login", &[])]);
+        for p in [
+            "/api//login",
+            "/api/./login",
+            "/api/x/../login",
+            "/api/%6cogin",
+            "//api/login/",
+            "/%61pi/login",
+        ] {
+            assert_eq!(t.route_for(&Method::POST, p), 0, "{p}");
+        }
+        assert_eq!(t.route_for(&Method::POST, "/api%2Flogin"), 1);
+    }
+
+    #[test]
+    fn root_and_catch_all() {
+        let t = table(&[("/", &[]), ("/*", &[])]);
+        assert_eq!(t.route_for(&Method::GET, "/"), 0);
+        assert_eq!(t.route_for(&Method::GET, "/a/b"), 1);
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert_eq!(PathPattern::parse("api"), Err(PatternError::NotAbsolute));
+        assert_eq!(
+            PathPattern::parse("/a/*/b"),
+            Err(PatternError::MisplacedWildcard)
+        );
+        assert_eq!(
+            PathPattern::parse("/a*"),
+            Err(PatternError::MisplacedWildcard)
+        );
+        assert_eq!(PathPattern::parse("/a/{id"), Err(PatternError::BadParam));
+        assert_eq!(PathPattern::parse("/a/x{id}"), Err(PatternError::BadParam));
+    }
+
+    #[test]
+    fn dotdot_cannot_escape_root() {
+        assert_eq!(normalize_for_match("/../../etc"), "/etc");
+        assert_eq!(normalize_for_match("/.."), "/");
+    }
+}
