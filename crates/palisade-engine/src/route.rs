@@ -78,6 +78,14 @@ impl PathPattern {
         })
     }
 
+    /// `/*`: matches every path.
+    pub fn catch_all() -> Self {
+        Self {
+            segments: vec![Segment::Wildcard],
+            source: "/*".to_owned(),
+        }
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.source

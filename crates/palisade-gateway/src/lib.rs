@@ -1,1 +1,180 @@
-//! placeholder
+//! Palisade's gateway: everything that does I/O around the pure engine.
+//!
+//! Phases of a request, each with one home: connection ([`server`], [`io`]) -> request facts and
+//! client IP ([`proxy`]) -> the engine's decision -> enforcement and forwarding ([`proxy`],
+//! [`upstream`], [`respond`]) -> response observation -> decision log and metrics ([`log`],
+//! [`metrics`]). The admin API ([`admin`]) and hot reload ([`reload`]) share [`Shared`].
+
+pub mod admin;
+pub mod body;
+pub mod io;
+pub mod log;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod respond;
+pub mod sample_api;
+pub mod server;
+pub mod token;
+pub mod upstream;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http::Uri;
+use palisade_config::{Compiled, Overrides};
+use palisade_engine::{Clock, Engine, LimitAction, Nanos};
+use tokio::sync::Semaphore;
+
+pub use reload::ConfigSource;
+pub use server::{RunOptions, Running, start};
+
+/// The system clock for the engine: monotonic from process start, plus wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl SystemClock {
+    /// A clock whose monotonic origin is now. The origin is offset by an hour so that
+    /// "theoretical arrival times" in the past never underflow.
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Nanos {
+        (self.origin.elapsed().as_nanos() as u64)
+            .saturating_add(3_600 * palisade_engine::clock::SECOND)
+    }
+
+    fn unix_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// Everything that changes together on reload.
+pub struct Runtime {
+    /// The compiled config (with overrides applied).
+    pub compiled: Compiled,
+    /// The engine built from its policy.
+    pub engine: Engine,
+    /// One client per upstream, in config order.
+    pub upstreams: Vec<upstream::Upstream>,
+    /// Per-limit queues for `action = "delay"` (None for other limits).
+    pub delay_queues: Vec<Option<Arc<Semaphore>>>,
+    /// Route names as metric labels, by route id.
+    pub route_labels: Vec<String>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("routes", &self.route_labels)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Builds a runtime; state and connection pools are carried over from `previous` where the
+    /// config did not change them.
+    pub fn build(compiled: Compiled, previous: Option<&Runtime>) -> Self {
+        let engine = Engine::new(compiled.policy.clone(), previous.map(|p| &p.engine));
+        let upstreams = compiled
+            .upstreams
+            .iter()
+            .map(|u| {
+                previous
+                    .and_then(|p| {
+                        p.upstreams
+                            .iter()
+                            .find(|old| old.same_as(u, &compiled.server))
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| upstream::Upstream::new(u, &compiled.server))
+            })
+            .collect();
+        let delay_queues = compiled
+            .policy
+            .limits
+            .iter()
+            .map(|l| match l.action {
+                LimitAction::Delay { max_queue, .. } => {
+                    let old = previous.and_then(|p| {
+                        p.compiled
+                            .policy
+                            .limits
+                            .iter()
+                            .position(|o| o.name == l.name && o.action == l.action)
+                            .and_then(|i| p.delay_queues.get(i).cloned().flatten())
+                    });
+                    Some(old.unwrap_or_else(|| Arc::new(Semaphore::new(max_queue as usize))))
+                }
+                _ => None,
+            })
+            .collect();
+        let route_labels = compiled
+            .policy
+            .route_specs
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect();
+        Self {
+            compiled,
+            engine,
+            upstreams,
+            delay_queues,
+            route_labels,
+        }
+    }
+
+    /// A route's label.
+    pub fn route_label(&self, id: usize) -> &str {
+        self.route_labels.get(id).map_or("default", String::as_str)
+    }
+}
+
+/// State shared by the proxy, the admin API and the reloader.
+pub struct Shared {
+    /// The current runtime; swapped atomically on reload.
+    pub runtime: ArcSwap<Runtime>,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Decision log and recent decisions.
+    pub log: log::DecisionLog,
+    /// Clock.
+    pub clock: SystemClock,
+    /// Where the config comes from.
+    pub source: ConfigSource,
+    /// Command-line overrides, re-applied on every reload.
+    pub overrides: Overrides,
+    /// The sample API's URL, when it serves as the upstream.
+    pub sample_upstream: Option<Uri>,
+    /// Admin API bearer token.
+    pub admin_token: String,
+    /// Where the admin token is stored, if generated.
+    pub admin_token_path: Option<PathBuf>,
+    /// Serialises reloads.
+    pub reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("source", &self.source)
+            .finish()
+    }
+}

@@ -1,1 +1,268 @@
-fn main() {}
+//! `palisade`: self-hosted bot and abuse defense for HTTP APIs.
+//!
+//! `palisade serve` runs the gateway (with no arguments, on the embedded default policy and a
+//! built-in sample API); `palisade check --config FILE` validates a config and runs its test
+//! cases; `palisade sample-api` serves the sample API alone (for demos and benchmarks).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use palisade_config::{ConfigErrors, Overrides};
+use palisade_gateway::{ConfigSource, RunOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Self-hosted bot and abuse defense for HTTP APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default command).
+    Serve(ServeArgs),
+    /// Validate a config, report every error with its location, then run its [[tests]].
+    Check(CheckArgs),
+    /// Serve only the built-in sample API.
+    SampleApi {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct ServeArgs {
+    /// Config file; without it the embedded default policy runs.
+    #[arg(long, short, env = "PALISADE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Upstream URL; replaces the first upstream's (or sets one).
+    #[arg(long, env = "PALISADE_UPSTREAM")]
+    upstream: Option<http::Uri>,
+    /// Proxy listen address.
+    #[arg(long, env = "PALISADE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Admin listen address.
+    #[arg(long, env = "PALISADE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long, env = "PALISADE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "PALISADE_WORKERS")]
+    workers: Option<usize>,
+    /// Log filter for operational logs on stderr (e.g. info, debug, palisade_gateway=debug).
+    #[arg(long, env = "PALISADE_LOG", default_value = "info")]
+    log_level: String,
+    /// Seconds between checks of the config file for changes.
+    #[arg(long, default_value_t = 1)]
+    watch_interval: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// Config file to check; without it the embedded default is checked.
+    #[arg(long, short, env = "PALISADE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli
+        .command
+        .unwrap_or(Command::Serve(ServeArgs::default_from_env()))
+    {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => return check(args),
+        Command::SampleApi { listen, workers } => sample_api(listen, workers),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl ServeArgs {
+    /// `palisade` with no subcommand behaves as `palisade serve`, environment included.
+    fn default_from_env() -> Self {
+        match Cli::try_parse_from(["palisade", "serve"]) {
+            Ok(Cli {
+                command: Some(Command::Serve(a)),
+            }) => a,
+            _ => Self {
+                log_level: "info".to_owned(),
+                watch_interval: 1,
+                ..Self::default()
+            },
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.build().context("starting the async runtime")
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .try_init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing(&args.log_level);
+    let rt = runtime(args.workers)?;
+    rt.block_on(async move {
+        let opts = RunOptions {
+            source: match args.config {
+                Some(p) => ConfigSource::File(p),
+                None => ConfigSource::Embedded,
+            },
+            overrides: Overrides {
+                listen: args.listen,
+                admin_listen: args.admin_listen,
+                data_dir: args.data_dir,
+                upstream: args.upstream,
+            },
+            watch_interval: Duration::from_secs(args.watch_interval.max(1)),
+            env_admin_token: std::env::var("PALISADE_ADMIN_TOKEN").ok(),
+        };
+        let running = palisade_gateway::start(opts).await?;
+        eprint!("{}", running.banner());
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let source = match &args.config {
+        Some(p) => ConfigSource::File(p.clone()),
+        None => ConfigSource::Embedded,
+    };
+    let compiled = match source.compile() {
+        Ok(c) => c,
+        Err(errs) => {
+            report_errors(&errs, args.json);
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcomes = palisade_config::run_cases(&compiled);
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    if args.json {
+        let cases: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "name": o.name, "line": o.line, "passed": o.passed,
+                    "expected": o.expected, "got_action": o.got_action, "got_rule": o.got_rule,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "valid": true, "cases": cases, "failed": failed })
+        );
+    } else {
+        println!("{}: configuration is valid", source.describe());
+        for o in &outcomes {
+            let line = o.line.map(|l| format!(":{l}")).unwrap_or_default();
+            if o.passed {
+                println!("  ok    {} ({}{line})", o.name, source.describe());
+            } else {
+                println!(
+                    "  FAIL  {} ({}{line}): expected {}, got {} by {}",
+                    o.name,
+                    source.describe(),
+                    o.expected,
+                    o.got_action,
+                    o.got_rule
+                );
+            }
+        }
+        println!("{} passed, {} failed", outcomes.len() - failed, failed);
+    }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn report_errors(errs: &ConfigErrors, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "valid": false, "source": errs.origin, "errors": errs.errors })
+        );
+    } else {
+        eprint!("{errs}");
+    }
+}
+
+fn sample_api(listen: SocketAddr, workers: Option<usize>) -> anyhow::Result<()> {
+    init_tracing("info");
+    let rt = runtime(workers)?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        eprintln!("palisade sample API on http://{}", listener.local_addr()?);
+        palisade_gateway::sample_api::serve(listener).await?;
+        Ok(())
+    })
+}

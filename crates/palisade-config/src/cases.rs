@@ -1,0 +1,68 @@
+//! Runs a config's `[[tests]]`: each request goes through a fresh engine built from the policy,
+//! in file order, sharing state (so "the sixth login in a minute is limited" can be written as
+//! a case with `repeat = 6`), all at one fixed instant.
+
+use palisade_engine::{Engine, RequestFacts};
+
+use crate::compile::Compiled;
+
+/// The result of one case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseOutcome {
+    /// Case name.
+    pub name: String,
+    /// Line of the case in the file.
+    pub line: Option<usize>,
+    /// Whether the expectation held.
+    pub passed: bool,
+    /// The logged action the engine decided.
+    pub got_action: String,
+    /// The rule that decided it.
+    pub got_rule: String,
+    /// What was expected.
+    pub expected: String,
+}
+
+/// Runs every case.
+pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
+    let engine = Engine::new(compiled.policy.clone(), None);
+    let now = 1_000 * palisade_engine::clock::SECOND;
+    compiled
+        .tests
+        .iter()
+        .map(|case| {
+            let facts = RequestFacts {
+                method: &case.method,
+                path: &case.path,
+                query: case.query.as_deref(),
+                headers: &case.headers,
+                client_ip: case.ip,
+                peer_ip: case.ip,
+                now,
+            };
+            let mut last = None;
+            for _ in 0..case.repeat {
+                last = Some(engine.evaluate(&facts));
+            }
+            let (got_action, got_rule) = match last {
+                Some(Ok(d)) => (d.logged_action().to_owned(), d.logged_rule().to_string()),
+                Some(Err(e)) => ("error".to_owned(), e.to_string()),
+                None => ("none".to_owned(), String::new()),
+            };
+            let passed = got_action == case.expect_action
+                && case.expect_rule.as_ref().is_none_or(|r| *r == got_rule);
+            let expected = match &case.expect_rule {
+                Some(r) => format!("{} by {r}", case.expect_action),
+                None => case.expect_action.clone(),
+            };
+            CaseOutcome {
+                name: case.name.clone(),
+                line: case.line,
+                passed,
+                got_action,
+                got_rule,
+                expected,
+            }
+        })
+        .collect()
+}

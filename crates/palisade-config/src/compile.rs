@@ -1,0 +1,1125 @@
+//! Raw -> compiled, reporting every error at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::{HeaderName, Method, Uri};
+use ipnet::IpNet;
+use palisade_engine::limits::ceil_secs;
+use palisade_engine::route::RouteMatch;
+use palisade_engine::{
+    Algorithm, IpSet, KeyPart, LimitAction, LimitSpec, ListsPolicy, Mode, Nanos, PathPattern,
+    Policy, RouteSpec, RouteTable, ScoringPolicy, Unit,
+};
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::error::{Collector, ConfigErrors};
+use crate::raw::*;
+use crate::units::{parse_duration, parse_rate, parse_size};
+
+/// HTTP protocol spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2c,
+}
+
+/// A compiled upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Name.
+    pub name: String,
+    /// Base URL (scheme and authority; a path prefix is prepended to request paths).
+    pub url: Uri,
+    /// Protocol.
+    pub protocol: UpstreamProtocol,
+    /// Idle pooled connections kept.
+    pub max_idle_connections: usize,
+}
+
+/// Fail-open or fail-closed when the engine itself fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnEngineError {
+    /// Forward the request.
+    Allow,
+    /// Refuse with 503.
+    Deny,
+}
+
+/// Compiled `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Trusted proxies.
+    pub trusted_proxies: IpSet,
+    /// Admin token from the config.
+    pub admin_token: Option<String>,
+    /// Engine failure policy.
+    pub on_engine_error: OnEngineError,
+    /// Upstream connect timeout.
+    pub connect_timeout: Nanos,
+    /// Request head read timeout.
+    pub header_read_timeout: Nanos,
+    /// Idle connection timeout.
+    pub idle_timeout: Nanos,
+    /// Upstream response timeout.
+    pub upstream_timeout: Nanos,
+    /// Drain timeout on shutdown.
+    pub drain_timeout: Nanos,
+    /// Most request headers.
+    pub max_header_count: usize,
+    /// Most bytes of request head.
+    pub max_header_bytes: usize,
+    /// Most bytes of request body.
+    pub max_body_bytes: u64,
+}
+
+/// Where decisions are logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionLogTarget {
+    /// Standard output.
+    Stdout,
+    /// Nowhere.
+    Off,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// Compiled `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// Target.
+    pub decisions: DecisionLogTarget,
+    /// Share of allows logged.
+    pub sample_allow: f64,
+    /// Decisions kept for the admin API.
+    pub recent: usize,
+}
+
+/// A compiled `[[tests]]` case.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    /// Name.
+    pub name: String,
+    /// Method.
+    pub method: Method,
+    /// Path without query.
+    pub path: String,
+    /// Query.
+    pub query: Option<String>,
+    /// Client IP.
+    pub ip: std::net::IpAddr,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Times sent.
+    pub repeat: u64,
+    /// Expected logged action.
+    pub expect_action: String,
+    /// Expected rule.
+    pub expect_rule: Option<String>,
+    /// Line in the file.
+    pub line: Option<usize>,
+}
+
+/// Everything a config compiles into.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// Server settings.
+    pub server: ServerSettings,
+    /// Upstreams (possibly empty: the gateway then serves its sample API).
+    pub upstreams: Vec<UpstreamSettings>,
+    /// The policy for the engine.
+    pub policy: Policy,
+    /// Decision log settings.
+    pub log: LogSettings,
+    /// `[[tests]]`.
+    pub tests: Vec<TestCase>,
+    /// Files the config depends on (for reload on change).
+    pub files: Vec<PathBuf>,
+    /// The config as a JSON value, secrets redacted, for the admin API.
+    pub redacted: serde_json::Value,
+}
+
+/// Command-line overrides applied after every (re)load.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--upstream`: replaces the first upstream's URL (or adds one).
+    pub upstream: Option<Uri>,
+}
+
+impl Overrides {
+    /// Applies the overrides.
+    pub fn apply(&self, c: &mut Compiled) {
+        if let Some(a) = self.listen {
+            c.server.listen = a;
+        }
+        if let Some(a) = self.admin_listen {
+            c.server.admin_listen = a;
+        }
+        if let Some(d) = &self.data_dir {
+            c.server.data_dir = d.clone();
+        }
+        if let Some(u) = &self.upstream {
+            match c.upstreams.first_mut() {
+                Some(first) => first.url = u.clone(),
+                None => c.upstreams.push(UpstreamSettings {
+                    name: "default".to_owned(),
+                    url: u.clone(),
+                    protocol: UpstreamProtocol::Http1,
+                    max_idle_connections: 64,
+                }),
+            }
+        }
+    }
+}
+
+/// Reads and compiles a config file. Relative `file:` list entries resolve against its folder.
+pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
+    let origin = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        origin: origin.clone(),
+        errors: vec![crate::ConfigError {
+            line: None,
+            column: None,
+            path: String::new(),
+            message: format!("cannot read config file: {e}"),
+        }],
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut c = compile_str(&src, &origin, &base)?;
+    c.files.insert(0, path.to_path_buf());
+    Ok(c)
+}
+
+const SECTIONS: [&str; 8] = [
+    "server",
+    "upstreams",
+    "routes",
+    "limits",
+    "lists",
+    "scoring",
+    "log",
+    "tests",
+];
+
+/// Compiles config text. `origin` names it in errors; `base` resolves relative list files.
+pub fn compile_str(src: &str, origin: &str, base: &Path) -> Result<Compiled, ConfigErrors> {
+    let mut c = Collector::new(src);
+    let raw = parse_sections(src, &mut c);
+    let compiled = if c.errors.is_empty() {
+        compile_raw(raw, base, &mut c)
+    } else {
+        None
+    };
+    match compiled {
+        Some(compiled) if c.errors.is_empty() => Ok(compiled),
+        _ => Err(ConfigErrors {
+            origin: origin.to_owned(),
+            errors: c.finish(),
+        }),
+    }
+}
+
+/// Stage one: TOML syntax, then each section (and each array element) through serde.
+fn parse_sections(src: &str, c: &mut Collector<'_>) -> RawConfig {
+    let (root, syntax) = DeTable::parse_recoverable(src);
+    for e in syntax {
+        c.at(e.span(), "", e.message().to_owned());
+    }
+    let mut raw = RawConfig::default();
+    for (key, value) in root.into_inner() {
+        let name: &str = key.get_ref();
+        let span = Some(key.span());
+        match name {
+            "server" => one(value, name, c, &mut raw.server),
+            "lists" => one(value, name, c, &mut raw.lists),
+            "scoring" => one(value, name, c, &mut raw.scoring),
+            "log" => one(value, name, c, &mut raw.log),
+            "upstreams" => many(value, name, c, &mut raw.upstreams),
+            "routes" => many(value, name, c, &mut raw.routes),
+            "limits" => many(value, name, c, &mut raw.limits),
+            "tests" => many(value, name, c, &mut raw.tests),
+            "rules" | "quotas" | "bots" | "honeypots" | "store" | "keys" | "jwt" => c.at(
+                span,
+                name,
+                format!("section `{name}` is not available in this version of Palisade"),
+            ),
+            other => c.at(
+                span,
+                other,
+                format!(
+                    "unknown section `{other}`; expected one of: {}",
+                    SECTIONS.join(", ")
+                ),
+            ),
+        }
+    }
+    raw
+}
+
+fn de<T: DeserializeOwned>(value: Spanned<DeValue<'_>>) -> Result<T, toml::de::Error> {
+    T::deserialize(ValueDeserializer::from(value))
+}
+
+fn one<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    name: &str,
+    c: &mut Collector<'_>,
+    out: &mut T,
+) {
+    let span = value.span();
+    match de::<T>(value) {
+        Ok(v) => *out = v,
+        Err(e) => c.at(
+            e.span().or(Some(span)),
+            format!("[{name}]"),
+            e.message().to_owned(),
+        ),
+    }
+}
+
+fn many<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    name: &str,
+    c: &mut Collector<'_>,
+    out: &mut Vec<T>,
+) {
+    let span = value.span();
+    match value.into_inner() {
+        DeValue::Array(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let item_span = item.span();
+                match de::<T>(item) {
+                    Ok(v) => out.push(v),
+                    Err(e) => c.at(
+                        e.span().or(Some(item_span)),
+                        format!("{name}[{i}]"),
+                        e.message().to_owned(),
+                    ),
+                }
+            }
+        }
+        _ => c.at(
+            Some(span),
+            name,
+            format!("`{name}` must be an array of tables: write [[{name}]]"),
+        ),
+    }
+}
+
+fn sp<T>(s: &Spanned<T>) -> Option<std::ops::Range<usize>> {
+    Some(s.span())
+}
+
+/// Parses an optional spanned string with `f`, or returns `default`.
+fn opt<T>(
+    v: &Option<Spanned<String>>,
+    default: T,
+    path: &str,
+    c: &mut Collector<'_>,
+    f: impl Fn(&str) -> Result<T, String>,
+) -> T {
+    match v {
+        Some(s) => match f(s.get_ref()) {
+            Ok(x) => x,
+            Err(msg) => {
+                c.at(sp(s), path, msg);
+                default
+            }
+        },
+        None => default,
+    }
+}
+
+fn choice<'a, T: Copy>(
+    v: &Option<Spanned<String>>,
+    options: &[(&'a str, T)],
+    default: T,
+    path: &str,
+    c: &mut Collector<'_>,
+) -> T {
+    opt(v, default, path, c, |s| {
+        options
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                format!("`{s}` is not one of: {}", names.join(", "))
+            })
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not a socket address such as 127.0.0.1:8080 or [::1]:8080"))
+}
+
+/// Parses list entries: inline CIDRs/addresses and `file:` lists.
+fn parse_ip_entries(
+    entries: &[Spanned<String>],
+    path: &str,
+    base: &Path,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> IpSet {
+    let mut nets = Vec::new();
+    for e in entries {
+        let s = e.get_ref().trim();
+        if let Some(file) = s.strip_prefix("file:") {
+            let p = base.join(file);
+            files.push(p.clone());
+            match std::fs::read_to_string(&p) {
+                Ok(text) => {
+                    for (n, line) in text.lines().enumerate() {
+                        let line = line.split(['#', ';']).next().unwrap_or("").trim();
+                        if line.is_empty() {
+                            continue;
+                        }
+                        match parse_net(line) {
+                            Ok(net) => nets.push(net),
+                            Err(msg) => {
+                                c.at(sp(e), path, format!("{}:{}: {msg}", p.display(), n + 1))
+                            }
+                        }
+                    }
+                }
+                Err(err) => c.at(
+                    sp(e),
+                    path,
+                    format!("cannot read list file {}: {err}", p.display()),
+                ),
+            }
+        } else {
+            match parse_net(s) {
+                Ok(net) => nets.push(net),
+                Err(msg) => c.at(sp(e), path, msg),
+            }
+        }
+    }
+    IpSet::new(nets)
+}
+
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR network"))
+}
+
+fn methods(list: &[Spanned<String>], path: &str, c: &mut Collector<'_>) -> Vec<Method> {
+    let mut out = Vec::new();
+    for m in list {
+        let s = m.get_ref().to_ascii_uppercase();
+        match Method::from_bytes(s.as_bytes()) {
+            Ok(meth) if s.bytes().all(|b| b.is_ascii_uppercase()) => out.push(meth),
+            _ => c.at(
+                sp(m),
+                path,
+                format!("`{}` is not an HTTP method", m.get_ref()),
+            ),
+        }
+    }
+    out
+}
+
+/// Stage two: values and cross-references.
+fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Compiled> {
+    let mut files = Vec::new();
+    let s = &raw.server;
+
+    // [server]
+    let dur = |v: &Option<Spanned<String>>, d: &str, name: &str, c: &mut Collector<'_>| {
+        let d = parse_duration(d).unwrap_or(0);
+        opt(v, d, &format!("server.{name}"), c, parse_duration)
+    };
+    let listen = opt(
+        &s.listen,
+        SocketAddr::from(([127, 0, 0, 1], 8080)),
+        "server.listen",
+        c,
+        parse_addr,
+    );
+    let admin_listen = opt(
+        &s.admin_listen,
+        SocketAddr::from(([127, 0, 0, 1], 9901)),
+        "server.admin_listen",
+        c,
+        parse_addr,
+    );
+    let mode = choice(
+        &s.mode,
+        &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)],
+        Mode::Enforce,
+        "server.mode",
+        c,
+    );
+    let on_engine_error = choice(
+        &s.on_engine_error,
+        &[
+            ("allow", OnEngineError::Allow),
+            ("deny", OnEngineError::Deny),
+        ],
+        OnEngineError::Allow,
+        "server.on_engine_error",
+        c,
+    );
+    let trusted_proxies = parse_ip_entries(
+        &s.trusted_proxies,
+        "server.trusted_proxies",
+        base,
+        c,
+        &mut files,
+    );
+    let connect_timeout = dur(&s.connect_timeout, "5s", "connect_timeout", c);
+    let header_read_timeout = dur(&s.header_read_timeout, "10s", "header_read_timeout", c);
+    let idle_timeout = dur(&s.idle_timeout, "60s", "idle_timeout", c);
+    let upstream_timeout = dur(&s.upstream_timeout, "30s", "upstream_timeout", c);
+    let drain_timeout = dur(&s.drain_timeout, "30s", "drain_timeout", c);
+    for (v, name, span) in [
+        (connect_timeout, "connect_timeout", &s.connect_timeout),
+        (
+            header_read_timeout,
+            "header_read_timeout",
+            &s.header_read_timeout,
+        ),
+        (idle_timeout, "idle_timeout", &s.idle_timeout),
+        (upstream_timeout, "upstream_timeout", &s.upstream_timeout),
+    ] {
+        if v == 0 {
+            c.at(
+                span.as_ref().and_then(sp),
+                format!("server.{name}"),
+                "a timeout must be longer than zero",
+            );
+        }
+    }
+    let max_header_count = match &s.max_header_count {
+        Some(v) if !(1..=10_000).contains(v.get_ref()) => {
+            c.at(
+                sp(v),
+                "server.max_header_count",
+                "must be between 1 and 10000",
+            );
+            100
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => 100,
+    };
+    let max_header_bytes = opt(
+        &s.max_header_bytes,
+        16 << 10,
+        "server.max_header_bytes",
+        c,
+        parse_size,
+    );
+    if !(1024..=(1 << 20)).contains(&max_header_bytes) {
+        c.at(
+            s.max_header_bytes.as_ref().and_then(sp),
+            "server.max_header_bytes",
+            "must be between 1KiB and 1MiB",
+        );
+    }
+    let max_body_bytes = opt(
+        &s.max_body_bytes,
+        10 << 20,
+        "server.max_body_bytes",
+        c,
+        parse_size,
+    );
+    let max_tracked = match &s.max_tracked_keys {
+        Some(v) if *v.get_ref() < 16 => {
+            c.at(sp(v), "server.max_tracked_keys", "must be at least 16");
+            100_000
+        }
+        Some(v) => *v.get_ref(),
+        None => 100_000,
+    };
+
+    // [[upstreams]]
+    let mut upstreams = Vec::new();
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        let path = format!("upstreams[{i}]");
+        let name = u.name.get_ref();
+        if !valid_name(name) {
+            c.at(
+                sp(&u.name),
+                &path,
+                format!("upstream name `{name}` must be 1-64 letters, digits, '-', '_' or '.'"),
+            );
+        }
+        if raw
+            .upstreams
+            .iter()
+            .take(i)
+            .any(|o| o.name.get_ref() == name)
+        {
+            c.at(
+                sp(&u.name),
+                &path,
+                format!("upstream `{name}` is defined twice"),
+            );
+        }
+        let url = match u.url.get_ref().parse::<Uri>() {
+            Ok(uri)
+                if uri.scheme_str() == Some("http")
+                    && uri.authority().is_some()
+                    && uri.query().is_none() =>
+            {
+                uri
+            }
+            Ok(uri) if uri.scheme_str() == Some("https") => {
+                c.at(
+                    sp(&u.url),
+                    format!("{path}.url"),
+                    "https upstreams are not supported yet; use http:// on a private network",
+                );
+                uri
+            }
+            _ => {
+                c.at(
+                    sp(&u.url),
+                    format!("{path}.url"),
+                    format!("`{}` is not an http://host:port URL", u.url.get_ref()),
+                );
+                Uri::default()
+            }
+        };
+        let protocol = choice(
+            &u.protocol,
+            &[
+                ("http1", UpstreamProtocol::Http1),
+                ("h2c", UpstreamProtocol::H2c),
+            ],
+            UpstreamProtocol::Http1,
+            &format!("{path}.protocol"),
+            c,
+        );
+        upstreams.push(UpstreamSettings {
+            name: name.clone(),
+            url,
+            protocol,
+            max_idle_connections: u.max_idle_connections.unwrap_or(64),
+        });
+    }
+
+    // [[routes]]
+    let mut matches = Vec::new();
+    let mut route_specs = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let name = r.name.get_ref();
+        if !valid_name(name) || name == "default" {
+            c.at(sp(&r.name), &path, format!("route name `{name}` must be 1-64 letters, digits, '-', '_' or '.', and not `default`"));
+        }
+        if raw.routes.iter().take(i).any(|o| o.name.get_ref() == name) {
+            c.at(
+                sp(&r.name),
+                &path,
+                format!("route `{name}` is defined twice"),
+            );
+        }
+        let pattern = match PathPattern::parse(r.match_.path.get_ref()) {
+            Ok(p) => p,
+            Err(e) => {
+                c.at(
+                    sp(&r.match_.path),
+                    format!("{path}.match.path"),
+                    e.to_string(),
+                );
+                PathPattern::catch_all()
+            }
+        };
+        let meths = methods(&r.match_.methods, &format!("{path}.match.methods"), c);
+        let upstream = match &r.upstream {
+            Some(u) => match upstreams.iter().position(|x| &x.name == u.get_ref()) {
+                Some(idx) => idx,
+                None => {
+                    let known: Vec<&str> = upstreams.iter().map(|x| x.name.as_str()).collect();
+                    c.at(
+                        sp(u),
+                        format!("{path}.upstream"),
+                        format!(
+                            "no upstream named `{}` (known: {})",
+                            u.get_ref(),
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                    0
+                }
+            },
+            None => 0,
+        };
+        if let Some(a) = &r.auth {
+            match a.get_ref().as_str() {
+                "none" => {}
+                "api_key" | "jwt" | "any" => c.at(
+                    sp(a),
+                    format!("{path}.auth"),
+                    format!(
+                        "auth = \"{}\" comes with API keys and is not available in this version",
+                        a.get_ref()
+                    ),
+                ),
+                other => c.at(
+                    sp(a),
+                    format!("{path}.auth"),
+                    format!("`{other}` is not one of: none, api_key, jwt, any"),
+                ),
+            }
+        }
+        if let Some(s) = r.scopes.first() {
+            c.at(
+                sp(s),
+                format!("{path}.scopes"),
+                "scopes come with API keys and are not available in this version",
+            );
+        }
+        let cost = match &r.cost {
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1_000_000 => {
+                c.at(
+                    sp(v),
+                    format!("{path}.cost"),
+                    "cost must be between 1 and 1000000",
+                );
+                1
+            }
+            Some(v) => *v.get_ref(),
+            None => 1,
+        };
+        let cost_header = r.cost_header.as_ref().and_then(|h| {
+            match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    c.at(
+                        sp(h),
+                        format!("{path}.cost_header"),
+                        format!("`{}` is not a header name", h.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
+        matches.push(RouteMatch {
+            path: pattern,
+            methods: meths,
+        });
+        route_specs.push(RouteSpec {
+            name: Arc::from(name.as_str()),
+            upstream,
+            cost,
+            cost_header,
+        });
+    }
+    route_specs.push(RouteSpec {
+        name: Arc::from("default"),
+        upstream: 0,
+        cost: 1,
+        cost_header: None,
+    });
+
+    // [[limits]]
+    let mut limits = Vec::new();
+    for (i, l) in raw.limits.iter().enumerate() {
+        let path = format!("limits[{i}]");
+        let name = l.name.get_ref();
+        if !valid_name(name) {
+            c.at(
+                sp(&l.name),
+                &path,
+                format!("limit name `{name}` must be 1-64 letters, digits, '-', '_' or '.'"),
+            );
+        }
+        if raw.limits.iter().take(i).any(|o| o.name.get_ref() == name) {
+            c.at(
+                sp(&l.name),
+                &path,
+                format!("limit `{name}` is defined twice"),
+            );
+        }
+        let mut key = Vec::new();
+        for k in &l.key {
+            match KeyPart::parse(k.get_ref()) {
+                Ok(part) if key.contains(&part) => c.at(
+                    sp(k),
+                    format!("{path}.key"),
+                    format!("`{}` appears twice in the key", k.get_ref()),
+                ),
+                Ok(part) => key.push(part),
+                Err(e) => c.at(sp(k), format!("{path}.key"), e.to_string()),
+            }
+        }
+        let routes = l.routes.as_ref().map(|rs| {
+            rs.iter()
+                .filter_map(|r| {
+                    let found = route_specs
+                        .iter()
+                        .position(|s| &*s.name == r.get_ref().as_str());
+                    if found.is_none() {
+                        let known: Vec<&str> = route_specs.iter().map(|s| &*s.name).collect();
+                        c.at(
+                            sp(r),
+                            format!("{path}.routes"),
+                            format!(
+                                "no route named `{}` (known: {})",
+                                r.get_ref(),
+                                known.join(", ")
+                            ),
+                        );
+                    }
+                    found
+                })
+                .collect::<Vec<_>>()
+        });
+        let meths = methods(&l.methods, &format!("{path}.methods"), c);
+        let rate = match parse_rate(l.rate.get_ref()) {
+            Ok(r) => Some(r),
+            Err(msg) => {
+                c.at(sp(&l.rate), format!("{path}.rate"), msg);
+                None
+            }
+        };
+        let is_window = choice(
+            &l.algorithm,
+            &[("gcra", false), ("sliding_window", true)],
+            false,
+            &format!("{path}.algorithm"),
+            c,
+        );
+        let action_name = l
+            .action
+            .as_ref()
+            .map(|a| a.get_ref().as_str())
+            .unwrap_or("limit");
+        let max_delay = opt(
+            &l.max_delay,
+            1_000_000_000,
+            &format!("{path}.max_delay"),
+            c,
+            parse_duration,
+        );
+        let max_queue = l
+            .max_queue
+            .as_ref()
+            .map_or(1000, |q| *q.get_ref())
+            .min(u64::from(u32::MAX)) as u32;
+        let action = match action_name {
+            "limit" => LimitAction::Limit,
+            "shadow" => LimitAction::Shadow,
+            "delay" => {
+                if is_window {
+                    c.at(l.action.as_ref().and_then(sp), format!("{path}.action"), "action = \"delay\" needs algorithm = \"gcra\" (a sliding window cannot reserve future capacity)");
+                }
+                LimitAction::Delay {
+                    max_delay,
+                    max_queue,
+                }
+            }
+            other => {
+                c.at(
+                    l.action.as_ref().and_then(sp),
+                    format!("{path}.action"),
+                    format!("`{other}` is not one of: limit, delay, shadow"),
+                );
+                LimitAction::Limit
+            }
+        };
+        if action_name != "delay" {
+            for (present, field) in [
+                (l.max_delay.is_some(), "max_delay"),
+                (l.max_queue.is_some(), "max_queue"),
+            ] {
+                if present {
+                    c.at(
+                        sp(&l.name),
+                        format!("{path}.{field}"),
+                        format!("`{field}` only applies with action = \"delay\""),
+                    );
+                }
+            }
+        }
+        let unit = choice(
+            &l.unit,
+            &[("requests", Unit::Requests), ("cost", Unit::Cost)],
+            Unit::Requests,
+            &format!("{path}.unit"),
+            c,
+        );
+        let weight = match &l.weight {
+            Some(w) if *w.get_ref() > 100 => {
+                c.at(
+                    sp(w),
+                    format!("{path}.weight"),
+                    "weight must be between 0 and 100",
+                );
+                50
+            }
+            Some(w) => *w.get_ref() as u8,
+            None => 50,
+        };
+        let max_entries = match &l.max_entries {
+            Some(m) if *m.get_ref() < 16 => {
+                c.at(sp(m), format!("{path}.max_entries"), "must be at least 16");
+                max_tracked
+            }
+            Some(m) => *m.get_ref(),
+            None => max_tracked,
+        };
+        let Some(rate) = rate else { continue };
+        let algorithm = if is_window {
+            if let Some(b) = &l.burst {
+                c.at(
+                    sp(b),
+                    format!("{path}.burst"),
+                    "burst applies to algorithm = \"gcra\" only",
+                );
+            }
+            Algorithm::SlidingWindow {
+                window: rate.period,
+                limit: rate.count,
+            }
+        } else {
+            let burst = match &l.burst {
+                Some(b) if *b.get_ref() == 0 => {
+                    c.at(sp(b), format!("{path}.burst"), "burst must be at least 1");
+                    1
+                }
+                Some(b) => *b.get_ref(),
+                None => rate.count,
+            };
+            Algorithm::Gcra {
+                interval: rate.period / rate.count,
+                burst,
+            }
+        };
+        // Advertise the policy in whole seconds: 10/500ms becomes q=20;w=1.
+        let window_secs = ceil_secs(rate.period).max(1);
+        let quota = ((rate.count as u128 * window_secs as u128 * 1_000_000_000)
+            / rate.period.max(1) as u128)
+            .min(u64::MAX as u128) as u64;
+        limits.push(LimitSpec {
+            name: Arc::from(name.as_str()),
+            key,
+            routes,
+            methods: meths,
+            algorithm,
+            action,
+            unit,
+            quota,
+            window_secs,
+            headers: l.headers.unwrap_or(true),
+            weight,
+            max_entries: max_entries.min(usize::MAX as u64) as usize,
+        });
+    }
+
+    // [lists]
+    let deny = parse_ip_entries(&raw.lists.deny, "lists.deny", base, c, &mut files);
+    let allow = parse_ip_entries(&raw.lists.allow, "lists.allow", base, c, &mut files);
+
+    // [scoring]
+    let threshold = |v: &Option<Spanned<u64>>, d: u8, name: &str, c: &mut Collector<'_>| match v {
+        Some(x) if *x.get_ref() > 100 => {
+            c.at(
+                sp(x),
+                format!("scoring.{name}"),
+                "thresholds are scores from 0 (off) to 100",
+            );
+            d
+        }
+        Some(x) => *x.get_ref() as u8,
+        None => d,
+    };
+    let scoring = ScoringPolicy {
+        tag_at: threshold(&raw.scoring.tag_at, 30, "tag_at", c),
+        challenge_at: threshold(&raw.scoring.challenge_at, 60, "challenge_at", c),
+        block_at: threshold(&raw.scoring.block_at, 90, "block_at", c),
+    };
+
+    // [log]
+    let decisions = match raw.log.decisions.as_deref() {
+        None | Some("stdout") => DecisionLogTarget::Stdout,
+        Some("off") => DecisionLogTarget::Off,
+        Some(p) => DecisionLogTarget::File(base.join(p)),
+    };
+    let sample_allow = match &raw.log.sample_allow {
+        Some(v) if !(0.0..=1.0).contains(v.get_ref()) => {
+            c.at(sp(v), "log.sample_allow", "must be between 0.0 and 1.0");
+            1.0
+        }
+        Some(v) => *v.get_ref(),
+        None => 1.0,
+    };
+    let recent = raw
+        .log
+        .recent
+        .as_ref()
+        .map_or(1000, |r| *r.get_ref())
+        .min(100_000) as usize;
+
+    // [[tests]]
+    let mut tests = Vec::new();
+    for (i, t) in raw.tests.iter().enumerate() {
+        let path = format!("tests[{i}]");
+        let method = t
+            .request
+            .method
+            .as_ref()
+            .map(|m| {
+                methods(
+                    std::slice::from_ref(m),
+                    &format!("{path}.request.method"),
+                    c,
+                )
+                .into_iter()
+                .next()
+                .unwrap_or(Method::GET)
+            })
+            .unwrap_or(Method::GET);
+        let full = t.request.path.get_ref();
+        if !full.starts_with('/') {
+            c.at(
+                sp(&t.request.path),
+                format!("{path}.request.path"),
+                "path must start with '/'",
+            );
+        }
+        let (p, q) = match full.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (full.clone(), None),
+        };
+        let ip = opt(
+            &t.request.ip,
+            std::net::IpAddr::from([198, 51, 100, 1]),
+            &format!("{path}.request.ip"),
+            c,
+            |s| s.parse().map_err(|_| format!("`{s}` is not an IP address")),
+        );
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in &t.request.headers {
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                (Ok(k), Ok(v)) => {
+                    headers.append(k, v);
+                }
+                _ => c.at(
+                    sp(&t.request.path),
+                    format!("{path}.request.headers"),
+                    format!("`{k}: {v}` is not a valid header"),
+                ),
+            }
+        }
+        let want = t.expect.action.get_ref();
+        const ACTIONS: [&str; 11] = [
+            "allow",
+            "tag",
+            "delay",
+            "challenge",
+            "limit",
+            "block",
+            "would_tag",
+            "would_delay",
+            "would_challenge",
+            "would_limit",
+            "would_block",
+        ];
+        if !ACTIONS.contains(&want.as_str()) {
+            c.at(
+                sp(&t.expect.action),
+                format!("{path}.expect.action"),
+                format!("`{want}` is not one of: {}", ACTIONS.join(", ")),
+            );
+        }
+        let line = Some(c.line_of(t.request.path.span().start));
+        tests.push(TestCase {
+            name: t.name.clone().unwrap_or_else(|| format!("{method} {full}")),
+            method,
+            path: p,
+            query: q,
+            ip,
+            headers,
+            repeat: t.request.repeat.unwrap_or(1).clamp(1, 100_000),
+            expect_action: want.clone(),
+            expect_rule: t.expect.rule.clone(),
+            line,
+        });
+    }
+
+    let mut redacted = serde_json::to_value(&raw).unwrap_or(serde_json::Value::Null);
+    if let Some(tok) = redacted.pointer_mut("/server/admin_token")
+        && !tok.is_null()
+    {
+        *tok = serde_json::Value::String("<redacted>".to_owned());
+    }
+
+    let policy = Policy {
+        mode,
+        routes: RouteTable::new(matches),
+        route_specs,
+        limits,
+        lists: ListsPolicy { allow, deny },
+        scoring,
+    };
+    Some(Compiled {
+        server: ServerSettings {
+            listen,
+            admin_listen,
+            data_dir: s
+                .data_dir
+                .as_ref()
+                .map_or_else(|| PathBuf::from("./palisade-data"), PathBuf::from),
+            trusted_proxies,
+            admin_token: s.admin_token.clone(),
+            on_engine_error,
+            connect_timeout,
+            header_read_timeout,
+            idle_timeout,
+            upstream_timeout,
+            drain_timeout,
+            max_header_count,
+            max_header_bytes: max_header_bytes as usize,
+            max_body_bytes,
+        },
+        upstreams,
+        policy,
+        log: LogSettings {
+            decisions,
+            sample_allow,
+            recent,
+        },
+        tests,
+        files,
+        redacted,
+    })
+}

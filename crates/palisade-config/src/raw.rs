@@ -1,0 +1,227 @@
+//! The raw schema: exactly what the TOML file may say. Every struct denies unknown fields.
+//! Values that need checking beyond their type are `Spanned`, so compile errors can point at
+//! them. Field docs here are the reference; `palisade.example.toml` shows each one in use.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// `[server]`: listeners, data, mode, trust, timeouts and request bounds.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Proxy listener. Default `127.0.0.1:8080`.
+    pub listen: Option<Spanned<String>>,
+    /// Admin API, `/metrics` and `/healthz` listener. Default `127.0.0.1:9901`.
+    pub admin_listen: Option<Spanned<String>>,
+    /// Directory for durable state (the generated admin token). Default `./palisade-data`.
+    pub data_dir: Option<String>,
+    /// `enforce` (default) or `shadow`: decide and log, never enforce.
+    pub mode: Option<Spanned<String>>,
+    /// Networks whose `X-Forwarded-For` / `Forwarded` headers are believed. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Admin API bearer token. `PALISADE_ADMIN_TOKEN` overrides it; if neither is set, one is
+    /// generated into the data dir.
+    pub admin_token: Option<String>,
+    /// What to do when the engine itself fails: `allow` (fail open, default) or `deny`.
+    pub on_engine_error: Option<Spanned<String>>,
+    /// Upstream connect timeout. Default `5s`.
+    pub connect_timeout: Option<Spanned<String>>,
+    /// Time a client has to send a request's headers (slowloris bound). Default `10s`.
+    pub header_read_timeout: Option<Spanned<String>>,
+    /// Time an idle client connection is kept open. Default `60s`.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Time the upstream has to start answering. Default `30s`.
+    pub upstream_timeout: Option<Spanned<String>>,
+    /// Time in-flight requests get to finish after SIGTERM. Default `30s`.
+    pub drain_timeout: Option<Spanned<String>>,
+    /// Most request headers. Default 100.
+    pub max_header_count: Option<Spanned<u64>>,
+    /// Most bytes of request head (request line and headers). Default `16KiB`.
+    pub max_header_bytes: Option<Spanned<String>>,
+    /// Most bytes of request body. Default `10MiB`.
+    pub max_body_bytes: Option<Spanned<String>>,
+    /// Most keys each limit tracks, unless the limit says otherwise. Default 100000.
+    pub max_tracked_keys: Option<Spanned<u64>>,
+}
+
+/// `[[upstreams]]`: where requests go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Name routes refer to.
+    pub name: Spanned<String>,
+    /// Base URL, `http://host:port`.
+    pub url: Spanned<String>,
+    /// `http1` (default) or `h2c` (HTTP/2 with prior knowledge).
+    pub protocol: Option<Spanned<String>>,
+    /// Idle pooled connections kept per upstream. Default 64.
+    pub max_idle_connections: Option<usize>,
+}
+
+/// A route's match conditions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Path pattern: exact, `{param}` segments, trailing `/*`.
+    pub path: Spanned<String>,
+    /// Methods; empty or absent means all.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+}
+
+/// `[[routes]]`: first match wins.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Name (used by limits, logs and metrics).
+    pub name: Spanned<String>,
+    /// What the route matches.
+    #[serde(rename = "match")]
+    pub match_: RawMatch,
+    /// Upstream name; default the first upstream.
+    pub upstream: Option<Spanned<String>>,
+    /// `none` (default). `api_key`, `jwt` and `any` come with API keys.
+    pub auth: Option<Spanned<String>>,
+    /// Scopes required (with API keys).
+    #[serde(default)]
+    pub scopes: Vec<Spanned<String>>,
+    /// Units a request costs up front for cost-counting limits. Default 1.
+    pub cost: Option<Spanned<u64>>,
+    /// Response header in which the upstream reports a request's real cost.
+    pub cost_header: Option<Spanned<String>>,
+}
+
+/// `[[limits]]`: every matching limit applies.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    /// Unique name; shown in RateLimit headers, logs and metrics.
+    pub name: Spanned<String>,
+    /// Key dimensions; empty means one global counter.
+    #[serde(default)]
+    pub key: Vec<Spanned<String>>,
+    /// Route names it applies to; absent means all routes.
+    pub routes: Option<Vec<Spanned<String>>>,
+    /// Methods it applies to; absent means all.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// `<count>/<period>`.
+    pub rate: Spanned<String>,
+    /// Units that may be spent at once (GCRA). Default: the rate's count.
+    pub burst: Option<Spanned<u64>>,
+    /// `gcra` (default) or `sliding_window`.
+    pub algorithm: Option<Spanned<String>>,
+    /// `limit` (429, default), `delay` or `shadow`.
+    pub action: Option<Spanned<String>>,
+    /// With `action = "delay"`: longest hold. Default `1s`.
+    pub max_delay: Option<Spanned<String>>,
+    /// With `action = "delay"`: most requests held at once. Default 1000.
+    pub max_queue: Option<Spanned<u64>>,
+    /// `requests` (default) or `cost`.
+    pub unit: Option<Spanned<String>>,
+    /// Advertise in RateLimit headers. Default true.
+    pub headers: Option<bool>,
+    /// Risk-score weight when exceeded (0-100). Default 50.
+    pub weight: Option<Spanned<u64>>,
+    /// Most keys tracked; default `[server] max_tracked_keys`.
+    pub max_entries: Option<Spanned<u64>>,
+}
+
+/// `[lists]`: static allow and deny lists.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLists {
+    /// CIDRs, addresses or `file:/path` (one per line, `#` comments).
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// Same; allowlisted clients bypass every limit.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+}
+
+/// `[scoring]`: risk score thresholds.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawScoring {
+    /// Default 30.
+    pub tag_at: Option<Spanned<u64>>,
+    /// Default 60.
+    pub challenge_at: Option<Spanned<u64>>,
+    /// Default 90.
+    pub block_at: Option<Spanned<u64>>,
+}
+
+/// `[log]`: the decision log.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `stdout` (default), `off`, or a file path.
+    pub decisions: Option<String>,
+    /// Share of allowed requests logged, 0.0-1.0. Default 1.0. Everything else is always logged.
+    pub sample_allow: Option<Spanned<f64>>,
+    /// Decisions kept in memory for the admin API. Default 1000.
+    pub recent: Option<Spanned<u64>>,
+}
+
+/// A test request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestRequest {
+    /// Default `GET`.
+    pub method: Option<Spanned<String>>,
+    /// Path and optional query.
+    pub path: Spanned<String>,
+    /// Client IP. Default `198.51.100.1`.
+    pub ip: Option<Spanned<String>>,
+    /// Request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Send the request this many times at the same instant; `expect` applies to the last.
+    pub repeat: Option<u64>,
+}
+
+/// What a test expects.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestExpect {
+    /// Logged action: `allow`, `tag`, `delay`, `challenge`, `limit`, `block`, or `would_...`.
+    pub action: Spanned<String>,
+    /// Rule, e.g. `limit/per-ip`.
+    pub rule: Option<String>,
+}
+
+/// `[[tests]]`: request -> expected decision, run by `palisade check`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTest {
+    /// Name shown in reports. Default: method and path.
+    pub name: Option<String>,
+    /// The request.
+    pub request: RawTestRequest,
+    /// The expectation.
+    pub expect: RawTestExpect,
+}
+
+/// The whole file. Sections are deserialised one by one (see [`crate::compile`]).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RawConfig {
+    /// `[server]`.
+    pub server: RawServer,
+    /// `[[upstreams]]`.
+    pub upstreams: Vec<RawUpstream>,
+    /// `[[routes]]`.
+    pub routes: Vec<RawRoute>,
+    /// `[[limits]]`.
+    pub limits: Vec<RawLimit>,
+    /// `[lists]`.
+    pub lists: RawLists,
+    /// `[scoring]`.
+    pub scoring: RawScoring,
+    /// `[log]`.
+    pub log: RawLog,
+    /// `[[tests]]`.
+    pub tests: Vec<RawTest>,
+}

@@ -1,0 +1,258 @@
+//! The admin API: health, metrics, config, reload, recent decisions and identity look-ups.
+//! `/healthz` and `/metrics` are open; everything under `/v1/` needs the bearer token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use palisade_engine::{Clock, KeyPart};
+
+use crate::Shared;
+use crate::log::DecisionRecord;
+use crate::reload::reload as do_reload;
+use crate::token::constant_time_eq;
+
+/// The admin API's OpenAPI description.
+pub const OPENAPI: &str = include_str!("../../../docs/admin-api.openapi.json");
+
+/// Serves the admin API until `shutdown` flips.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = router(shared);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin API server failed");
+    }
+}
+
+/// The admin router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/config", get(config))
+        .route("/v1/reload", post(reload))
+        .route("/v1/decisions", get(decisions))
+        .route("/v1/identities/{*rest}", get(identity))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint") })
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": code, "message": message })),
+    )
+        .into_response()
+}
+
+fn authorize(headers: &HeaderMap, shared: &Shared) -> Result<(), Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), shared.admin_token.as_bytes()) => Ok(()),
+        _ => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin bearer token is required",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            Err(r)
+        }
+    }
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let rt = shared.runtime.load();
+    let mode = match rt.compiled.policy.mode {
+        palisade_engine::Mode::Enforce => "enforce",
+        palisade_engine::Mode::Shadow => "shadow",
+    };
+    axum::Json(json!({ "status": "ok", "mode": mode, "version": env!("CARGO_PKG_VERSION") }))
+        .into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let rt = shared.runtime.load();
+    let body = shared.metrics.render(&rt.engine);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&headers, &shared) {
+        return r;
+    }
+    let rt = shared.runtime.load();
+    axum::Json(json!({
+        "source": shared.source.describe(),
+        "config": rt.compiled.redacted,
+    }))
+    .into_response()
+}
+
+async fn reload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&headers, &shared) {
+        return r;
+    }
+    match do_reload(&shared, "admin API").await {
+        Ok(()) => axum::Json(json!({ "status": "reloaded", "source": shared.source.describe() }))
+            .into_response(),
+        Err(errs) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({
+                "error": "invalid_config",
+                "message": "the configuration was refused; the previous policy stays in force",
+                "source": errs.origin,
+                "errors": errs.errors,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn decisions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize(&headers, &shared) {
+        return r;
+    }
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(100)
+        .min(1000);
+    let items = shared.log.recent(limit, |r| {
+        q.get("client_ip").is_none_or(|v| &r.client_ip == v)
+            && q.get("action").is_none_or(|v| &r.action == v)
+            && q.get("route").is_none_or(|v| &r.route == v)
+    });
+    axum::Json(json!({ "decisions": items })).into_response()
+}
+
+/// Splits `ip/24/203.0.113.0` into (`ip/24`, `203.0.113.0`), `header:x-tenant/acme` into
+/// (`header:x-tenant`, `acme`).
+fn split_identity(rest: &str) -> Option<(String, String)> {
+    let mut segs = rest.trim_start_matches('/').split('/');
+    let first = segs.next()?.to_owned();
+    let mut dim = first;
+    let remaining: Vec<&str> = segs.collect();
+    let mut used = 0;
+    if dim == "ip" {
+        for s in remaining.iter().take(2) {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                dim.push('/');
+                dim.push_str(s);
+                used += 1;
+            } else {
+                break;
+            }
+        }
+    }
+    let value = remaining.get(used..)?.join("/");
+    if value.is_empty() {
+        return None;
+    }
+    Some((dim, value))
+}
+
+async fn identity(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(rest): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&headers, &shared) {
+        return r;
+    }
+    let Some((dim_s, value)) = split_identity(&rest) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_identity",
+            "use /v1/identities/{dimension}/{value}, e.g. /v1/identities/ip/203.0.113.7 or /v1/identities/ip/24/203.0.113.0",
+        );
+    };
+    let dim = match KeyPart::parse(&dim_s) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_dimension", &e.to_string()),
+    };
+    let rt = shared.runtime.load();
+    let report = match rt.engine.identity(&dim, &value, shared.clock.now()) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_value", &e.to_string()),
+    };
+    let shown = report.value.clone();
+    let matches = |r: &DecisionRecord| -> bool {
+        match &dim {
+            KeyPart::Ip => r.client_ip == shown,
+            KeyPart::Route => r.route == shown,
+            KeyPart::Method => r.method == shown,
+            _ => r.identity.get(&dim_s).and_then(|v| v.as_str()) == Some(shown.as_str()),
+        }
+    };
+    let recent = shared.log.recent(50, matches);
+    axum::Json(json!({
+        "identity": report,
+        "recent_decisions": recent,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_identity;
+
+    #[test]
+    fn identity_paths() {
+        let s = |x: &str| split_identity(x).map(|(a, b)| format!("{a}|{b}"));
+        assert_eq!(s("ip/203.0.113.7").as_deref(), Some("ip|203.0.113.7"));
+        assert_eq!(s("ip/24/203.0.113.0").as_deref(), Some("ip/24|203.0.113.0"));
+        assert_eq!(
+            s("ip/24/56/2001:db8::").as_deref(),
+            Some("ip/24/56|2001:db8::")
+        );
+        assert_eq!(
+            s("header:x-tenant/acme/x").as_deref(),
+            Some("header:x-tenant|acme/x")
+        );
+        assert_eq!(s("ip"), None);
+        assert_eq!(s("ip/24"), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! Prometheus metrics. Labels are bounded by the config (route, rule, limit names) or by code
+//! (action, kind); no label ever carries an IP, a key or a user agent.
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use palisade_engine::Engine;
+
+/// Labels of a decided request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Route name.
+    pub route: String,
+    /// Logged action (`allow`, `limit`, `would_limit`, ...).
+    pub action: String,
+    /// Rule (`limit/per-ip`, `list/deny`, `default/allow`, ...).
+    pub rule: String,
+}
+
+/// Labels with a route only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route name.
+    pub route: String,
+}
+
+/// Labels of an upstream failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// Route name.
+    pub route: String,
+    /// `connect`, `timeout`, `body_too_large` or `other`.
+    pub kind: String,
+}
+
+/// Labels of a config reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// All metrics of one gateway.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, action, rule.
+    pub requests: Family<DecisionLabels, Counter>,
+    /// Shadowed decisions by route, action, rule.
+    pub shadow: Family<DecisionLabels, Counter>,
+    /// Engine decision time.
+    pub decision_seconds: Histogram,
+    /// Upstream time to response headers.
+    pub upstream_seconds: Family<RouteLabels, Histogram>,
+    /// Upstream failures.
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// Engine failures (fail-open/closed applied).
+    pub engine_errors: Counter,
+    /// Config reloads.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// Decision log lines dropped because the writer fell behind.
+    pub log_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("palisade");
+        let requests = Family::<DecisionLabels, Counter>::default();
+        let shadow = Family::<DecisionLabels, Counter>::default();
+        let decision_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 16));
+        let upstream_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let engine_errors = Counter::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let log_dropped = Counter::default();
+        registry.register(
+            "requests",
+            "Requests decided, by route, action and rule",
+            requests.clone(),
+        );
+        registry.register(
+            "shadow_decisions",
+            "Decisions computed but not enforced (shadow mode), by route, action and rule",
+            shadow.clone(),
+        );
+        registry.register(
+            "decision_duration_seconds",
+            "Time the engine took to decide a request",
+            decision_seconds.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from forwarding to upstream response headers",
+            upstream_seconds.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by route and kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "engine_errors",
+            "Engine failures (the on_engine_error policy applied)",
+            engine_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "decision_log_dropped",
+            "Decision log lines dropped because the writer fell behind",
+            log_dropped.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            shadow,
+            decision_seconds,
+            upstream_seconds,
+            upstream_errors,
+            engine_errors,
+            reloads,
+            log_dropped,
+        }
+    }
+
+    /// Prometheus text exposition, including the live sizes of the engine's tables.
+    pub fn render(&self, engine: &Engine) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        // The registry ends with "# EOF"; the table gauges go before it.
+        if let Some(stripped) = out.strip_suffix("# EOF\n") {
+            out.truncate(stripped.len());
+        }
+        let limits = &engine.policy().limits;
+        let tables = engine.tables();
+        let mut section = |name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> u64| {
+            let _ = writeln!(out, "# HELP palisade_{name} {help}");
+            let _ = writeln!(out, "# TYPE palisade_{name} {kind}");
+            for (i, spec) in limits.iter().enumerate() {
+                let suffix = if kind == "counter" { "_total" } else { "" };
+                let _ = writeln!(
+                    out,
+                    "palisade_{name}{suffix}{{limit=\"{}\"}} {}",
+                    spec.name,
+                    value(i)
+                );
+            }
+        };
+        section(
+            "limit_tracked_keys",
+            "gauge",
+            "Keys each limit tracks now",
+            &|i| tables.get(i).map_or(0, |t| t.len() as u64),
+        );
+        section(
+            "limit_tracked_keys_capacity",
+            "gauge",
+            "Most keys each limit tracks",
+            &|i| tables.get(i).map_or(0, |t| t.capacity()),
+        );
+        section(
+            "limit_evictions",
+            "counter",
+            "Keys evicted from each limit's table",
+            &|i| tables.get(i).map_or(0, |t| t.evictions()),
+        );
+        section(
+            "limit_table_bytes",
+            "gauge",
+            "Approximate memory held by each limit's table",
+            &|i| tables.get(i).map_or(0, |t| t.approx_bytes() as u64),
+        );
+        out.push_str("# EOF\n");
+        out
+    }
+}

@@ -1,0 +1,390 @@
+//! The request path: bounds -> facts -> decision -> enforcement -> forward -> observe -> log.
+//! Nothing here panics, blocks, or tells the client which rule fired.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+
+use palisade_config::OnEngineError;
+use palisade_engine::client_ip::client_ip;
+use palisade_engine::limits::ceil_secs;
+use palisade_engine::ratelimit_headers::render;
+use palisade_engine::{Action, Clock, Decision, RequestFacts, ResponseFacts};
+
+use crate::body::{Bounded, ProxyBody, is_body_too_large};
+use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
+use crate::metrics::{DecisionLabels, RouteLabels, UpstreamErrorLabels};
+use crate::respond::Refusal;
+use crate::upstream::{set_forwarding_headers, strip_hop_by_hop, strip_palisade_headers};
+use crate::{Runtime, Shared};
+
+/// Handles one request; never fails (errors become responses).
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let arrived = Instant::now();
+    let rt = shared.runtime.load_full();
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    let (mut parts, body) = req.into_parts();
+    let server = &rt.compiled.server;
+
+    // Bounds that hyper does not already enforce for every protocol.
+    let head_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if parts.headers.len() > server.max_header_count || head_bytes > server.max_header_bytes {
+        return Ok(bounded_refusal(
+            &shared,
+            Refusal::HeadersTooLarge,
+            &request_id,
+            "bounds/headers",
+        ));
+    }
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > server.max_body_bytes) {
+        return Ok(bounded_refusal(
+            &shared,
+            Refusal::BodyTooLarge,
+            &request_id,
+            "bounds/body",
+        ));
+    }
+
+    // Facts and decision.
+    let client = client_ip(peer.ip(), &parts.headers, &server.trusted_proxies);
+    let now = shared.clock.now();
+    let facts = RequestFacts {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        client_ip: client,
+        peer_ip: peer.ip(),
+        now,
+    };
+    let t0 = Instant::now();
+    let evaluated = rt.engine.evaluate(&facts);
+    shared
+        .metrics
+        .decision_seconds
+        .observe(t0.elapsed().as_secs_f64());
+    let decision = match evaluated {
+        Ok(d) => d,
+        Err(e) => {
+            shared.metrics.engine_errors.inc();
+            tracing::error!(error = %e, "engine failed; applying on_engine_error");
+            let route = rt
+                .compiled
+                .policy
+                .routes
+                .route_for(&parts.method, parts.uri.path());
+            let (action, rule) = match server.on_engine_error {
+                OnEngineError::Allow => (Action::Allow, "engine/fail_open"),
+                OnEngineError::Deny => (Action::Block, "engine/fail_closed"),
+            };
+            Decision {
+                action,
+                rule: Arc::from(rule),
+                shadow: None,
+                score: 0,
+                signals: Vec::new(),
+                limits: Vec::new(),
+                route,
+            }
+        }
+    };
+    let identity = rt.engine.identity_of(&facts, decision.route);
+    let (method_s, path_s) = (parts.method.to_string(), bounded_path(parts.uri.path()));
+    let route_label = rt.route_label(decision.route).to_owned();
+
+    // Enforcement.
+    let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
+    let mut queue_full = false;
+    let refusal = match decision.action {
+        Action::Limit { retry_after } => Some(Refusal::RateLimited {
+            retry_after: ceil_secs(retry_after).max(1),
+        }),
+        Action::Block if decision.rule.starts_with("engine/") => Some(Refusal::Unavailable),
+        Action::Block => Some(Refusal::Forbidden),
+        Action::Challenge => Some(Refusal::ChallengeRequired),
+        Action::Delay { wait } => {
+            for o in decision
+                .limits
+                .iter()
+                .filter(|o| !o.verdict.allowed && !o.shadow)
+            {
+                if let Some(Some(sem)) = rt.delay_queues.get(o.index) {
+                    match sem.clone().try_acquire_owned() {
+                        Ok(p) => permits.push(p),
+                        Err(_) => queue_full = true,
+                    }
+                }
+            }
+            if queue_full {
+                Some(Refusal::RateLimited {
+                    retry_after: ceil_secs(wait).max(1),
+                })
+            } else {
+                tokio::time::sleep(Duration::from_nanos(wait)).await;
+                None
+            }
+        }
+        Action::Allow | Action::Tag => None,
+    };
+
+    let mut response = match refusal {
+        Some(r) => r.response(&request_id),
+        None => {
+            let host = parts
+                .headers
+                .get(HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+            strip_hop_by_hop(&mut parts.headers);
+            strip_palisade_headers(&mut parts.headers);
+            set_forwarding_headers(
+                &mut parts.headers,
+                peer.ip(),
+                server.trusted_proxies.contains(peer.ip()),
+                host.as_deref(),
+            );
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                parts.headers.insert("x-request-id", v);
+            }
+            if decision.action == Action::Tag {
+                parts.headers.insert(
+                    "x-palisade-score",
+                    HeaderValue::from(u16::from(decision.score)),
+                );
+                let names: Vec<&str> = decision
+                    .signals
+                    .iter()
+                    .filter(|s| !s.shadow)
+                    .map(|s| &*s.name)
+                    .collect();
+                if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
+                    parts.headers.insert("x-palisade-signals", v);
+                }
+            }
+            match forward(&shared, &rt, parts, body, &decision, &route_label).await {
+                Ok(resp) => resp,
+                Err(r) => r.response(&request_id),
+            }
+        }
+    };
+    drop(permits);
+
+    if let Some(h) = render(&decision.limits) {
+        let hs = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&h.policy) {
+            hs.insert("ratelimit-policy", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&h.ratelimit) {
+            hs.insert("ratelimit", v);
+        }
+        hs.insert("x-ratelimit-limit", HeaderValue::from(h.x_limit));
+        hs.insert("x-ratelimit-remaining", HeaderValue::from(h.x_remaining));
+        hs.insert("x-ratelimit-reset", HeaderValue::from(h.x_reset));
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+
+    // Log and metrics.
+    let status = response.status().as_u16();
+    let (action, rule) = if queue_full {
+        ("limit", format!("{}/queue_full", decision.rule))
+    } else {
+        (decision.logged_action(), decision.logged_rule().to_string())
+    };
+    let labels = DecisionLabels {
+        route: route_label.clone(),
+        action: action.to_owned(),
+        rule: rule.clone(),
+    };
+    shared.metrics.requests.get_or_create(&labels).inc();
+    if decision.is_shadowed() {
+        shared.metrics.shadow.get_or_create(&labels).inc();
+    }
+    let log = &rt.compiled.log;
+    let write =
+        action != "allow" || log.sample_allow >= 1.0 || rand::random::<f64>() < log.sample_allow;
+    let record = DecisionRecord {
+        time: rfc3339(shared.clock.unix_ms()),
+        request_id,
+        client_ip: client.to_string(),
+        method: method_s,
+        path: path_s,
+        route: route_label,
+        status,
+        latency_ms: arrived.elapsed().as_secs_f64() * 1000.0,
+        identity: identity
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
+        action: action.to_owned(),
+        score: decision.score,
+        rule,
+        reasons: decision
+            .signals
+            .iter()
+            .map(|s| Reason {
+                signal: s.name.to_string(),
+                weight: s.weight,
+                shadow: s.shadow,
+            })
+            .collect(),
+        shadow: decision.is_shadowed(),
+        limits: decision
+            .limits
+            .iter()
+            .map(|o| LimitRecord {
+                limit: o.name.to_string(),
+                allowed: o.verdict.allowed,
+                remaining: o.verdict.remaining,
+                reset: ceil_secs(o.verdict.reset),
+            })
+            .collect(),
+    };
+    if !shared.log.record(record, write) {
+        shared.metrics.log_dropped.inc();
+    }
+    Ok(response)
+}
+
+/// The path as logged: at most 512 bytes, so one hostile request cannot bloat the log.
+fn bounded_path(p: &str) -> String {
+    match p.char_indices().nth(512) {
+        Some((i, _)) => format!("{}…", p.get(..i).unwrap_or("")),
+        None => p.to_owned(),
+    }
+}
+
+/// Answers a request refused before the engine saw it (bounds), counting it.
+fn bounded_refusal(
+    shared: &Shared,
+    r: Refusal,
+    request_id: &str,
+    rule: &str,
+) -> Response<ProxyBody> {
+    shared
+        .metrics
+        .requests
+        .get_or_create(&DecisionLabels {
+            route: "-".to_owned(),
+            action: "reject".to_owned(),
+            rule: rule.to_owned(),
+        })
+        .inc();
+    r.response(request_id)
+}
+
+/// Sends the request upstream and returns its response with a streaming body.
+async fn forward(
+    shared: &Shared,
+    rt: &Runtime,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    decision: &Decision,
+    route_label: &str,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let server = &rt.compiled.server;
+    let route = rt.compiled.policy.route(decision.route);
+    let upstream = route
+        .and_then(|r| rt.upstreams.get(r.upstream))
+        .or_else(|| rt.upstreams.first())
+        .ok_or(Refusal::UpstreamUnavailable)?;
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = upstream.uri_for(pq).map_err(|_| Refusal::BadRequest)?;
+    parts.version = upstream.version();
+    if parts.version == http::Version::HTTP_2 {
+        // HTTP/2 carries the authority in :authority; the original host is in X-Forwarded-Host.
+        parts.headers.remove(HOST);
+    }
+    let body = Bounded::new(body, server.max_body_bytes).boxed_unsync();
+    let req = Request::from_parts(parts, body);
+
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_nanos(server.upstream_timeout),
+        upstream.client.request(req),
+    )
+    .await;
+    let err_kind = |kind: &str| {
+        shared
+            .metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                route: route_label.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    };
+    let resp = match result {
+        Err(_) => {
+            err_kind("timeout");
+            return Err(Refusal::UpstreamTimeout);
+        }
+        Ok(Err(e)) => {
+            if is_body_too_large(&e) {
+                err_kind("body_too_large");
+                return Err(Refusal::BodyTooLarge);
+            }
+            let kind = if e.is_connect() { "connect" } else { "other" };
+            err_kind(kind);
+            tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+            return Err(Refusal::UpstreamUnavailable);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    shared
+        .metrics
+        .upstream_seconds
+        .get_or_create(&RouteLabels {
+            route: route_label.to_owned(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    if let Some(name) = route.and_then(|r| r.cost_header.as_ref()) {
+        let reported = rparts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        rt.engine.observe_response(
+            decision,
+            &ResponseFacts {
+                status: rparts.status.as_u16(),
+                reported_cost: reported,
+                now: shared.clock.now(),
+            },
+        );
+    }
+    if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Upgrades are not proxied (yet); do not pretend they work.
+        return Err(Refusal::UpstreamUnavailable);
+    }
+    rparts.version = http::Version::HTTP_11;
+    let body = rbody
+        .map_err(|e| -> crate::body::BoxError { Box::new(e) })
+        .boxed_unsync();
+    Ok(Response::from_parts(rparts, body))
+}

@@ -1,0 +1,158 @@
+//! Hot reload: on SIGHUP, on `POST /v1/reload`, and when the config file or a list file it
+//! names changes. A config that fails validation is refused: the old policy keeps running and
+//! the errors are returned and logged.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use palisade_config::{Compiled, ConfigErrors, DEFAULT_CONFIG, UpstreamProtocol, UpstreamSettings};
+
+use crate::metrics::ReloadLabels;
+use crate::{Runtime, Shared};
+
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The embedded default.
+    Embedded,
+    /// A file.
+    File(PathBuf),
+}
+
+impl ConfigSource {
+    /// Reads and compiles the config (blocking: call off the runtime or at start-up).
+    pub fn compile(&self) -> Result<Compiled, ConfigErrors> {
+        match self {
+            ConfigSource::Embedded => palisade_config::compile_str(
+                DEFAULT_CONFIG,
+                "<embedded default>",
+                std::path::Path::new("."),
+            ),
+            ConfigSource::File(p) => palisade_config::load_file(p),
+        }
+    }
+
+    /// A name for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            ConfigSource::Embedded => "<embedded default>".to_owned(),
+            ConfigSource::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// Applies overrides and the sample upstream to a freshly compiled config.
+pub fn finish(
+    mut c: Compiled,
+    shared_overrides: &palisade_config::Overrides,
+    sample: Option<&http::Uri>,
+) -> Compiled {
+    shared_overrides.apply(&mut c);
+    if c.upstreams.is_empty()
+        && let Some(u) = sample
+    {
+        c.upstreams.push(UpstreamSettings {
+            name: "sample".to_owned(),
+            url: u.clone(),
+            protocol: UpstreamProtocol::Http1,
+            max_idle_connections: 64,
+        });
+    }
+    c
+}
+
+/// Reloads the config; on success the new runtime is live when this returns.
+pub async fn reload(shared: &Arc<Shared>, why: &str) -> Result<(), ConfigErrors> {
+    let _guard = shared.reload_lock.lock().await;
+    let source = shared.source.clone();
+    let compiled = tokio::task::spawn_blocking(move || source.compile())
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigErrors {
+                origin: shared.source.describe(),
+                errors: vec![palisade_config::ConfigError {
+                    line: None,
+                    column: None,
+                    path: String::new(),
+                    message: format!("reload task failed: {e}"),
+                }],
+            })
+        });
+    match compiled {
+        Ok(c) => {
+            let c = finish(c, &shared.overrides, shared.sample_upstream.as_ref());
+            let old = shared.runtime.load_full();
+            if c.server.listen != old.compiled.server.listen
+                || c.server.admin_listen != old.compiled.server.admin_listen
+            {
+                tracing::warn!(
+                    "listener addresses changed in the config; they take effect after a restart"
+                );
+            }
+            let rt = Runtime::build(c, Some(&old));
+            shared.runtime.store(Arc::new(rt));
+            shared
+                .metrics
+                .reloads
+                .get_or_create(&ReloadLabels {
+                    result: "ok".to_owned(),
+                })
+                .inc();
+            tracing::info!(trigger = why, config = %shared.source.describe(), "configuration reloaded");
+            Ok(())
+        }
+        Err(errs) => {
+            shared
+                .metrics
+                .reloads
+                .get_or_create(&ReloadLabels {
+                    result: "error".to_owned(),
+                })
+                .inc();
+            for e in &errs.errors {
+                tracing::error!(trigger = why, config = %errs.origin, error = %e, "configuration refused; the previous policy stays in force");
+            }
+            Err(errs)
+        }
+    }
+}
+
+/// A cheap fingerprint of the files a config depends on.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| m.modified().ok().map(|t| (t, m.len())))
+        })
+        .collect()
+}
+
+/// Watches the config file and its list files by polling their metadata every `every`.
+pub async fn watch_files(shared: Arc<Shared>, every: Duration) {
+    if matches!(shared.source, ConfigSource::Embedded) {
+        return;
+    }
+    let mut files = shared.runtime.load().compiled.files.clone();
+    let mut last = fingerprint(&files);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let f = files.clone();
+        let now = tokio::task::spawn_blocking(move || fingerprint(&f))
+            .await
+            .unwrap_or_default();
+        if now != last {
+            // Ignore the outcome here: reload() logs and counts it.
+            let _ = reload(&shared, "file change").await;
+            files = shared.runtime.load().compiled.files.clone();
+            let f = files.clone();
+            last = tokio::task::spawn_blocking(move || fingerprint(&f))
+                .await
+                .unwrap_or_default();
+        }
+    }
+}

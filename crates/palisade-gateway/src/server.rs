@@ -1,0 +1,284 @@
+//! Start-up, listeners, connection serving and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use palisade_config::Overrides;
+
+use crate::io::{IdleTimeoutIo, InFlight};
+use crate::reload::{self, ConfigSource};
+use crate::token::{self, TokenSource};
+use crate::{Runtime, Shared, SystemClock, admin, log, metrics, proxy, sample_api};
+
+/// How to start.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Config source.
+    pub source: ConfigSource,
+    /// Command-line overrides.
+    pub overrides: Overrides,
+    /// How often config files are checked for changes.
+    pub watch_interval: Duration,
+    /// `PALISADE_ADMIN_TOKEN`, if set.
+    pub env_admin_token: Option<String>,
+}
+
+/// A started gateway.
+pub struct Running {
+    /// Bound proxy address.
+    pub proxy_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    /// Sample API address, if started.
+    pub sample_addr: Option<SocketAddr>,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Where the admin token came from.
+    pub token_source: TokenSource,
+    shutdown: watch::Sender<bool>,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.proxy_task.await;
+        let _ = self.admin_task.await;
+        for t in self.background {
+            t.abort();
+        }
+    }
+
+    /// A one-paragraph description of where everything is, for people.
+    pub fn banner(&self) -> String {
+        let rt = self.shared.runtime.load();
+        let mode = match rt.compiled.policy.mode {
+            palisade_engine::Mode::Enforce => "enforce",
+            palisade_engine::Mode::Shadow => "shadow",
+        };
+        let mut s = format!(
+            "palisade {} ({mode} mode) with policy {}\n  proxy       http://{}\n",
+            env!("CARGO_PKG_VERSION"),
+            self.shared.source.describe(),
+            self.proxy_addr
+        );
+        match self.sample_addr {
+            Some(a) => s.push_str(&format!(
+                "  upstream    built-in sample API at http://{a} (demo login: user \"{}\", password \"{}\")\n",
+                sample_api::DEMO_USER,
+                sample_api::DEMO_PASSWORD
+            )),
+            None => {
+                for u in &rt.compiled.upstreams {
+                    s.push_str(&format!("  upstream    {} -> {}\n", u.name, u.url));
+                }
+            }
+        }
+        s.push_str(&format!(
+            "  admin API   http://{}/v1/  (Authorization: Bearer <admin token>)\n",
+            self.admin_addr
+        ));
+        s.push_str(&format!(
+            "  metrics     http://{}/metrics\n",
+            self.admin_addr
+        ));
+        s.push_str(&format!(
+            "  health      http://{}/healthz\n",
+            self.admin_addr
+        ));
+        match &self.token_source {
+            TokenSource::Env => s.push_str("  admin token from PALISADE_ADMIN_TOKEN\n"),
+            TokenSource::Config => {
+                s.push_str("  admin token from [server] admin_token in the config\n")
+            }
+            TokenSource::File(p) => s.push_str(&format!("  admin token in {}\n", p.display())),
+        }
+        s
+    }
+}
+
+/// Starts the gateway: compiles the config, binds the listeners and spawns the servers.
+pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
+    let source = opts.source.clone();
+    let compiled = tokio::task::spawn_blocking(move || source.compile())
+        .await
+        .context("config task failed")?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut compiled = compiled;
+    opts.overrides.apply(&mut compiled);
+
+    let (sample_addr, sample_uri) = if compiled.upstreams.is_empty() {
+        let addr = sample_api::spawn("127.0.0.1:0".parse()?)
+            .await
+            .context("starting the sample API")?;
+        (
+            Some(addr),
+            Some(format!("http://{addr}").parse::<http::Uri>()?),
+        )
+    } else {
+        (None, None)
+    };
+    let compiled = reload::finish(compiled, &Overrides::default(), sample_uri.as_ref());
+
+    let data_dir = compiled.server.data_dir.clone();
+    let cfg_token = compiled.server.admin_token.clone();
+    let (admin_token, token_source) = tokio::task::spawn_blocking(move || {
+        token::resolve(opts.env_admin_token, cfg_token.as_deref(), &data_dir)
+    })
+    .await
+    .context("token task failed")?
+    .context("preparing the admin token in the data dir")?;
+
+    let decision_log = log::DecisionLog::start(&compiled.log.decisions, compiled.log.recent)
+        .context("opening the decision log")?;
+    let proxy_listener = TcpListener::bind(compiled.server.listen)
+        .await
+        .with_context(|| format!("binding the proxy listener {}", compiled.server.listen))?;
+    let admin_listener = TcpListener::bind(compiled.server.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the admin listener {}",
+                compiled.server.admin_listen
+            )
+        })?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(Runtime::build(compiled, None)),
+        metrics: metrics::Metrics::new(),
+        log: decision_log,
+        clock: SystemClock::new(),
+        source: opts.source,
+        overrides: opts.overrides,
+        sample_upstream: sample_uri,
+        admin_token,
+        admin_token_path: match &token_source {
+            TokenSource::File(p) => Some(p.clone()),
+            _ => None,
+        },
+        reload_lock: tokio::sync::Mutex::new(()),
+    });
+
+    let (tx, rx) = watch::channel(false);
+    let proxy_task = tokio::spawn(serve_proxy(proxy_listener, shared.clone(), rx.clone()));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone(), rx.clone()));
+    let mut background = vec![tokio::spawn(reload::watch_files(
+        shared.clone(),
+        opts.watch_interval,
+    ))];
+    #[cfg(unix)]
+    {
+        let s = shared.clone();
+        background.push(tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = reload::reload(&s, "SIGHUP").await;
+            }
+        }));
+    }
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        sample_addr,
+        shared,
+        token_source,
+        shutdown: tx,
+        proxy_task,
+        admin_task,
+        background,
+    })
+}
+
+fn connection_builder(rt: &Runtime) -> auto::Builder<TokioExecutor> {
+    let s = &rt.compiled.server;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_nanos(s.header_read_timeout))
+        .max_headers(s.max_header_count)
+        .max_buf_size(s.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let rt = shared.runtime.load();
+                let idle = Duration::from_nanos(rt.compiled.server.idle_timeout);
+                let builder = connection_builder(&rt);
+                drop(rt);
+                let in_flight = InFlight::default();
+                let io = TokioIo::new(IdleTimeoutIo::new(stream, idle, in_flight.clone()));
+                let s = shared.clone();
+                let svc = service_fn(move |req| {
+                    let s = s.clone();
+                    let guard = in_flight.start();
+                    async move {
+                        let r = proxy::handle(s, req, peer).await;
+                        drop(guard);
+                        r
+                    }
+                });
+                let conn = builder.serve_connection(io, svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let drain = Duration::from_nanos(shared.runtime.load().compiled.server.drain_timeout);
+    tracing::info!(
+        drain_timeout_s = drain.as_secs(),
+        "shutting down: draining in-flight requests"
+    );
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout passed with requests still in flight");
+    }
+}

@@ -1,0 +1,244 @@
+//! Upstream clients (pooled, HTTP/1.1 or h2c) and the header rewriting of forwarded requests.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use palisade_config::{ServerSettings, UpstreamProtocol, UpstreamSettings};
+
+use crate::body::ProxyBody;
+
+/// A pooled client for one upstream.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// Config name.
+    pub name: String,
+    /// Base URL.
+    pub base: Uri,
+    /// Protocol.
+    pub protocol: UpstreamProtocol,
+    connect_timeout: u64,
+    max_idle: usize,
+    /// The client.
+    pub client: Client<HttpConnector, ProxyBody>,
+}
+
+impl Upstream {
+    /// Builds a client.
+    pub fn new(u: &UpstreamSettings, server: &ServerSettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_nanos(server.connect_timeout)));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(u.max_idle_connections);
+        if u.protocol == UpstreamProtocol::H2c {
+            builder.http2_only(true);
+        }
+        Self {
+            name: u.name.clone(),
+            base: u.url.clone(),
+            protocol: u.protocol,
+            connect_timeout: server.connect_timeout,
+            max_idle: u.max_idle_connections,
+            client: builder.build(connector),
+        }
+    }
+
+    /// Whether this client can keep serving `u` (so its pool survives a reload).
+    pub fn same_as(&self, u: &UpstreamSettings, server: &ServerSettings) -> bool {
+        self.name == u.name
+            && self.base == u.url
+            && self.protocol == u.protocol
+            && self.connect_timeout == server.connect_timeout
+            && self.max_idle == u.max_idle_connections
+    }
+
+    /// The upstream URI for a request target.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let prefix = self.base.path().trim_end_matches('/');
+        let scheme = self.base.scheme_str().unwrap_or("http");
+        let authority = self.base.authority().map_or("", |a| a.as_str());
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(format!("{prefix}{path_and_query}"))
+            .build()
+    }
+
+    /// The HTTP version to speak.
+    pub fn version(&self) -> Version {
+        match self.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::H2c => Version::HTTP_2,
+        }
+    }
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Removes hop-by-hop headers, including those named in `Connection`. `TE: trailers` survives
+/// (it is end-to-end meaningful for gRPC over HTTP/2).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(&name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Sets `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and `X-Forwarded-Host`. Headers
+/// from a trusted peer are extended; from anyone else they are replaced, so a client's forged
+/// chain never reaches the upstream.
+pub fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    host: Option<&str>,
+) {
+    let peer = peer.to_canonical();
+    let peer_s = peer.to_string();
+    let xff = match (
+        peer_trusted,
+        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+    ) {
+        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_s}"),
+        _ => peer_s.clone(),
+    };
+    let node = if peer.is_ipv6() {
+        format!("\"[{peer_s}]\"")
+    } else {
+        peer_s
+    };
+    let mut element = format!("for={node};proto=http");
+    if let Some(h) = host.filter(|h| {
+        h.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    }) {
+        element.push_str(&format!(";host=\"{h}\""));
+    }
+    let fwd = match (
+        peer_trusted,
+        headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()),
+    ) {
+        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {element}"),
+        _ => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(header::FORWARDED, v);
+    }
+    if !(peer_trusted && headers.contains_key("x-forwarded-proto")) {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !(peer_trusted && headers.contains_key("x-forwarded-host"))
+        && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        headers.insert("x-forwarded-host", v);
+    }
+}
+
+/// Removes `X-Palisade-*` headers a client sent, so nobody can forge a score for the upstream.
+pub fn strip_palisade_headers(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-palisade-"))
+        .cloned()
+        .collect();
+    for k in ours {
+        headers.remove(k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers, deflate"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("upgrade").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn forged_forwarding_chain_is_replaced_for_untrusted_peers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        set_forwarding_headers(
+            &mut h,
+            "203.0.113.5".parse().unwrap(),
+            false,
+            Some("api.example"),
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.5");
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=203.0.113.5;proto=http;host=\"api.example\""
+        );
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn trusted_chains_are_extended_and_v6_is_quoted() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.insert("forwarded", HeaderValue::from_static("for=198.51.100.1"));
+        set_forwarding_headers(&mut h, "fd00::1".parse().unwrap(), true, None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "198.51.100.1, fd00::1");
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=198.51.100.1, for=\"[fd00::1]\";proto=http"
+        );
+    }
+}
