@@ -221,8 +221,10 @@ const SECTIONS: [&str; 8] = [
 /// Compiles config text. `origin` names it in errors; `base` resolves relative list files.
 pub fn compile_str(src: &str, origin: &str, base: &Path) -> Result<Compiled, ConfigErrors> {
     let mut c = Collector::new(src);
-    let raw = parse_sections(src, &mut c);
-    let compiled = if c.errors.is_empty() {
+    let (raw, syntax_ok) = parse_sections(src, &mut c);
+    // Values are checked even when some tables failed to parse, so one run shows every error;
+    // after a syntax error the structure is too uncertain to say more.
+    let compiled = if syntax_ok {
         compile_raw(raw, base, &mut c)
     } else {
         None
@@ -237,8 +239,9 @@ pub fn compile_str(src: &str, origin: &str, base: &Path) -> Result<Compiled, Con
 }
 
 /// Stage one: TOML syntax, then each section (and each array element) through serde.
-fn parse_sections(src: &str, c: &mut Collector<'_>) -> RawConfig {
+fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
     let (root, syntax) = DeTable::parse_recoverable(src);
+    let syntax_ok = syntax.is_empty();
     for e in syntax {
         c.at(e.span(), "", e.message().to_owned());
     }
@@ -251,10 +254,10 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> RawConfig {
             "lists" => one(value, name, c, &mut raw.lists),
             "scoring" => one(value, name, c, &mut raw.scoring),
             "log" => one(value, name, c, &mut raw.log),
-            "upstreams" => many(value, name, c, &mut raw.upstreams),
-            "routes" => many(value, name, c, &mut raw.routes),
-            "limits" => many(value, name, c, &mut raw.limits),
-            "tests" => many(value, name, c, &mut raw.tests),
+            "upstreams" => many(value, name, c, &mut raw.upstreams, &mut raw.broken_names),
+            "routes" => many(value, name, c, &mut raw.routes, &mut raw.broken_names),
+            "limits" => many(value, name, c, &mut raw.limits, &mut raw.broken_names),
+            "tests" => many(value, name, c, &mut raw.tests, &mut raw.broken_names),
             "rules" | "quotas" | "bots" | "honeypots" | "store" | "keys" | "jwt" => c.at(
                 span,
                 name,
@@ -270,7 +273,7 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> RawConfig {
             ),
         }
     }
-    raw
+    (raw, syntax_ok)
 }
 
 fn de<T: DeserializeOwned>(value: Spanned<DeValue<'_>>) -> Result<T, toml::de::Error> {
@@ -294,24 +297,37 @@ fn one<T: DeserializeOwned>(
     }
 }
 
-fn many<T: DeserializeOwned>(
+fn many<T: DeserializeOwned + Indexed>(
     value: Spanned<DeValue<'_>>,
     name: &str,
     c: &mut Collector<'_>,
     out: &mut Vec<T>,
+    broken: &mut Vec<String>,
 ) {
     let span = value.span();
     match value.into_inner() {
         DeValue::Array(items) => {
             for (i, item) in items.into_iter().enumerate() {
                 let item_span = item.span();
+                let item_name = item
+                    .get_ref()
+                    .as_table()
+                    .and_then(|t| t.get("name"))
+                    .and_then(|n| n.get_ref().as_str())
+                    .map(str::to_owned);
                 match de::<T>(item) {
-                    Ok(v) => out.push(v),
-                    Err(e) => c.at(
-                        e.span().or(Some(item_span)),
-                        format!("{name}[{i}]"),
-                        e.message().to_owned(),
-                    ),
+                    Ok(mut v) => {
+                        v.set_index(i);
+                        out.push(v);
+                    }
+                    Err(e) => {
+                        broken.extend(item_name);
+                        c.at(
+                            e.span().or(Some(item_span)),
+                            format!("{name}[{i}]"),
+                            e.message().to_owned(),
+                        );
+                    }
                 }
             }
         }
@@ -347,9 +363,9 @@ fn opt<T>(
     }
 }
 
-fn choice<'a, T: Copy>(
+fn choice<T: Copy>(
     v: &Option<Spanned<String>>,
-    options: &[(&'a str, T)],
+    options: &[(&str, T)],
     default: T,
     path: &str,
     c: &mut Collector<'_>,
@@ -564,7 +580,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     // [[upstreams]]
     let mut upstreams = Vec::new();
     for (i, u) in raw.upstreams.iter().enumerate() {
-        let path = format!("upstreams[{i}]");
+        let path = format!("upstreams[{}]", u.index);
         let name = u.name.get_ref();
         if !valid_name(name) {
             c.at(
@@ -632,7 +648,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     let mut matches = Vec::new();
     let mut route_specs = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        let path = format!("routes[{i}]");
+        let path = format!("routes[{}]", r.index);
         let name = r.name.get_ref();
         if !valid_name(name) || name == "default" {
             c.at(sp(&r.name), &path, format!("route name `{name}` must be 1-64 letters, digits, '-', '_' or '.', and not `default`"));
@@ -659,6 +675,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         let upstream = match &r.upstream {
             Some(u) => match upstreams.iter().position(|x| &x.name == u.get_ref()) {
                 Some(idx) => idx,
+                None if raw.broken_names.contains(u.get_ref()) => 0,
                 None => {
                     let known: Vec<&str> = upstreams.iter().map(|x| x.name.as_str()).collect();
                     c.at(
@@ -750,7 +767,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     // [[limits]]
     let mut limits = Vec::new();
     for (i, l) in raw.limits.iter().enumerate() {
-        let path = format!("limits[{i}]");
+        let path = format!("limits[{}]", l.index);
         let name = l.name.get_ref();
         if !valid_name(name) {
             c.at(
@@ -989,7 +1006,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     // [[tests]]
     let mut tests = Vec::new();
     for (i, t) in raw.tests.iter().enumerate() {
-        let path = format!("tests[{i}]");
+        let path = format!("tests[{}]", t.index);
         let method = t
             .request
             .method

@@ -59,6 +59,9 @@ pub struct RawUpstream {
     pub protocol: Option<Spanned<String>>,
     /// Idle pooled connections kept per upstream. Default 64.
     pub max_idle_connections: Option<usize>,
+    /// Position in its array in the file (set by the loader, for error paths).
+    #[serde(skip)]
+    pub index: usize,
 }
 
 /// A route's match conditions.
@@ -92,6 +95,9 @@ pub struct RawRoute {
     pub cost: Option<Spanned<u64>>,
     /// Response header in which the upstream reports a request's real cost.
     pub cost_header: Option<Spanned<String>>,
+    /// Position in its array in the file (set by the loader, for error paths).
+    #[serde(skip)]
+    pub index: usize,
 }
 
 /// `[[limits]]`: every matching limit applies.
@@ -128,6 +134,9 @@ pub struct RawLimit {
     pub weight: Option<Spanned<u64>>,
     /// Most keys tracked; default `[server] max_tracked_keys`.
     pub max_entries: Option<Spanned<u64>>,
+    /// Position in its array in the file (set by the loader, for error paths).
+    #[serde(skip)]
+    pub index: usize,
 }
 
 /// `[lists]`: static allow and deny lists.
@@ -203,6 +212,9 @@ pub struct RawTest {
     pub request: RawTestRequest,
     /// The expectation.
     pub expect: RawTestExpect,
+    /// Position in its array in the file (set by the loader, for error paths).
+    #[serde(skip)]
+    pub index: usize,
 }
 
 /// The whole file. Sections are deserialised one by one (see [`crate::compile`]).
@@ -224,4 +236,26 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[[tests]]`.
     pub tests: Vec<RawTest>,
+    /// Names of upstreams and routes whose table failed to parse (already reported), so that
+    /// references to them are not reported a second time.
+    #[serde(skip)]
+    pub broken_names: Vec<String>,
 }
+
+/// Elements of array sections, which remember their position in the file.
+pub trait Indexed {
+    /// Records the element's position.
+    fn set_index(&mut self, index: usize);
+}
+
+macro_rules! indexed {
+    ($($t:ty),*) => {$(
+        impl Indexed for $t {
+            fn set_index(&mut self, index: usize) {
+                self.index = index;
+            }
+        }
+    )*};
+}
+
+indexed!(RawUpstream, RawRoute, RawLimit, RawTest);

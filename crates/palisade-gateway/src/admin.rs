@@ -62,7 +62,8 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn authorize(headers: &HeaderMap, shared: &Shared) -> Result<(), Response> {
+/// `Some(401 response)` unless the request carries the admin token.
+fn unauthorized(headers: &HeaderMap, shared: &Shared) -> Option<Response> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -72,7 +73,7 @@ fn authorize(headers: &HeaderMap, shared: &Shared) -> Result<(), Response> {
         })
         .map(str::trim);
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), shared.admin_token.as_bytes()) => Ok(()),
+        Some(t) if constant_time_eq(t.as_bytes(), shared.admin_token.as_bytes()) => None,
         _ => {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -83,7 +84,7 @@ fn authorize(headers: &HeaderMap, shared: &Shared) -> Result<(), Response> {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
-            Err(r)
+            Some(r)
         }
     }
 }
@@ -116,7 +117,7 @@ async fn openapi() -> Response {
 }
 
 async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&headers, &shared) {
+    if let Some(r) = unauthorized(&headers, &shared) {
         return r;
     }
     let rt = shared.runtime.load();
@@ -128,7 +129,7 @@ async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
 }
 
 async fn reload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&headers, &shared) {
+    if let Some(r) = unauthorized(&headers, &shared) {
         return r;
     }
     match do_reload(&shared, "admin API").await {
@@ -152,7 +153,7 @@ async fn decisions(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorize(&headers, &shared) {
+    if let Some(r) = unauthorized(&headers, &shared) {
         return r;
     }
     let limit = q
@@ -199,7 +200,7 @@ async fn identity(
     headers: HeaderMap,
     Path(rest): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&headers, &shared) {
+    if let Some(r) = unauthorized(&headers, &shared) {
         return r;
     }
     let Some((dim_s, value)) = split_identity(&rest) else {

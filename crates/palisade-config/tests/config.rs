@@ -1,0 +1,254 @@
+//! The config compiler: the shipped configs compile and pass their own cases; broken configs
+//! report every error at once, each with its line.
+
+use std::path::Path;
+
+use palisade_config::{DEFAULT_CONFIG, compile_str, load_file, run_cases};
+
+fn errors(src: &str) -> Vec<String> {
+    match compile_str(src, "test.toml", Path::new(".")) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn embedded_default_compiles_and_passes_its_cases() {
+    let c = compile_str(DEFAULT_CONFIG, "default", Path::new(".")).unwrap();
+    assert!(c.upstreams.is_empty(), "the default runs the sample API");
+    assert_eq!(c.policy.limits.len(), 5);
+    let outcomes = run_cases(&c);
+    assert_eq!(outcomes.len(), 3);
+    for o in outcomes {
+        assert!(o.passed, "{o:?}");
+    }
+}
+
+#[test]
+fn example_config_compiles_and_passes_its_cases() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../palisade.example.toml");
+    let c = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.tests.is_empty());
+    for o in run_cases(&c) {
+        assert!(o.passed, "{o:?}");
+    }
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_its_line() {
+    let src = r#"
+[server]
+listen = "not-an-address"
+mode = "paranoid"
+
+[[upstreams]]
+name = "api"
+url = "ftp://example"
+
+[[routes]]
+name = "login"
+match = { path = "api/login" }
+upstream = "nope"
+
+[[limits]]
+name = "a"
+key = ["ip", "colour"]
+rate = "100 per minute"
+typo_field = 1
+
+[[limits]]
+name = "b"
+rate = "10/s"
+routes = ["missing"]
+action = "delay"
+algorithm = "sliding_window"
+
+[[limits]]
+name = "c"
+rate = "10/s"
+unknown = true
+
+[lists]
+deny = ["10.0.0.0/33"]
+"#;
+    let errs = errors(src);
+    let joined = errs.join("\n");
+    for (line, needle) in [
+        (3, "server.listen"),
+        (4, "server.mode"),
+        (8, "upstreams[0].url"),
+        (12, "routes[0].match.path"),
+        (13, "routes[0].upstream"),
+        (24, "limits[1].routes"),
+        (25, "limits[1].action"),
+        (34, "lists.deny"),
+    ] {
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{line}:")) && e.contains(needle)),
+            "missing error at line {line} about {needle} in:\n{joined}"
+        );
+    }
+    // Unknown fields in two different limits are both reported (serde alone stops at the first).
+    assert!(joined.contains("typo_field"), "{joined}");
+    assert!(joined.contains("unknown"), "{joined}");
+    assert!(errs.len() >= 10, "{joined}");
+}
+
+#[test]
+fn semantic_errors_in_one_limit_are_all_reported() {
+    let src = r#"
+[[limits]]
+name = "bad name!"
+key = ["ip", "colour"]
+rate = "100 per minute"
+weight = 101
+"#;
+    let errs = errors(src);
+    let joined = errs.join("\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("3:") && e.contains("limit name")),
+        "{joined}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("4:") && e.contains("colour")),
+        "{joined}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("5:") && e.contains("not a rate")),
+        "{joined}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("6:") && e.contains("weight")),
+        "{joined}"
+    );
+}
+
+#[test]
+fn syntax_errors_have_locations() {
+    let errs = errors("[server\nlisten = 1\n");
+    assert!(errs[0].starts_with("1:"), "{errs:?}");
+}
+
+#[test]
+fn sections_from_later_versions_are_named_not_silently_ignored() {
+    let errs =
+        errors("[[rules]]\nname = \"x\"\n\n[bots.actions]\nscanner = \"block\"\n\n[colours]\n");
+    let joined = errs.join("\n");
+    assert!(
+        joined.contains("section `rules` is not available"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("section `bots` is not available"),
+        "{joined}"
+    );
+    assert!(joined.contains("unknown section `colours`"), "{joined}");
+}
+
+#[test]
+fn list_files_are_read_and_bad_lines_located() {
+    let dir = std::env::temp_dir().join(format!("palisade-lists-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("deny.txt"),
+        "# bad actors\n203.0.113.0/24\n198.51.100.7 ; one host\n\n",
+    )
+    .unwrap();
+    let c = compile_str(
+        "[lists]\ndeny = [\"file:deny.txt\", \"2001:db8::/32\"]\n",
+        "t",
+        &dir,
+    )
+    .unwrap();
+    assert!(c.policy.lists.deny.contains("203.0.113.9".parse().unwrap()));
+    assert!(
+        c.policy
+            .lists
+            .deny
+            .contains("198.51.100.7".parse().unwrap())
+    );
+    assert!(c.policy.lists.deny.contains("2001:db8::1".parse().unwrap()));
+    assert!(
+        !c.policy
+            .lists
+            .deny
+            .contains("198.51.100.8".parse().unwrap())
+    );
+    assert!(c.files.iter().any(|f| f.ends_with("deny.txt")));
+
+    std::fs::write(dir.join("bad.txt"), "203.0.113.0/24\nnot-an-ip\n").unwrap();
+    let e = compile_str(
+        "[lists]\nallow = [\"file:bad.txt\", \"file:missing.txt\"]\n",
+        "t",
+        &dir,
+    )
+    .unwrap_err();
+    let joined: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        joined
+            .iter()
+            .any(|e| e.contains("bad.txt:2") && e.contains("not-an-ip")),
+        "{joined:?}"
+    );
+    assert!(
+        joined.iter().any(|e| e.contains("missing.txt")),
+        "{joined:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn secrets_are_redacted() {
+    let c = compile_str(
+        "[server]\nadmin_token = \"s3cret-token-value\"\n",
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    let text = c.redacted.to_string();
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("<redacted>"));
+}
+
+#[test]
+fn rates_are_advertised_in_whole_seconds() {
+    let c = compile_str(
+        "[[limits]]\nname = \"fast\"\nrate = \"10/500ms\"\n",
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    let l = &c.policy.limits[0];
+    assert_eq!((l.quota, l.window_secs), (20, 1));
+}
+
+#[test]
+fn failing_cases_are_reported() {
+    let src = r#"
+[[limits]]
+name = "tight"
+key = ["ip"]
+rate = "1/1m"
+
+[[tests]]
+name = "second request is limited"
+request = { path = "/x", repeat = 2 }
+expect = { action = "limit", rule = "limit/tight" }
+
+[[tests]]
+name = "wrong on purpose"
+request = { path = "/x", ip = "198.51.100.99" }
+expect = { action = "block" }
+"#;
+    let c = compile_str(src, "t", Path::new(".")).unwrap();
+    let out = run_cases(&c);
+    assert!(out[0].passed, "{:?}", out[0]);
+    assert!(!out[1].passed);
+    assert_eq!(out[1].got_action, "allow");
+    assert_eq!(out[1].line, Some(14), "the line of the case's request");
+}
