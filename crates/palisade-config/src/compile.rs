@@ -1005,7 +1005,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
 
     // [[tests]]
     let mut tests = Vec::new();
-    for (i, t) in raw.tests.iter().enumerate() {
+    for t in &raw.tests {
         let path = format!("tests[{}]", t.index);
         let method = t
             .request

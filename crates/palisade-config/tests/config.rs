@@ -1,6 +1,14 @@
 //! The config compiler: the shipped configs compile and pass their own cases; broken configs
 //! report every error at once, each with its line.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on the unexpected"
+)]
+
 use std::path::Path;
 
 use palisade_config::{DEFAULT_CONFIG, compile_str, load_file, run_cases};

@@ -1,6 +1,14 @@
 //! The engine's pipeline, driven by policies written as config and a manual clock: lists,
 //! limits, refunds, delay reservations, cost charging, shadow mode, scoring, reload state.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on the unexpected"
+)]
+
 use std::net::IpAddr;
 use std::path::Path;
 

@@ -2,6 +2,14 @@
 //! sequences and costs, both must allow and refuse the same requests and name the same earliest
 //! time for a refused one.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on the unexpected"
+)]
+
 use std::num::NonZeroU32;
 use std::time::Duration;
 

@@ -4,6 +4,14 @@
 //! structured-field-tests, httpwg/structured-field-tests @ 1e280c3), so the check means
 //! something.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on the unexpected"
+)]
+
 use std::sync::Arc;
 
 use palisade_engine::decision::LimitOutcome;
