@@ -421,8 +421,9 @@ impl LimitTable {
     }
 }
 
-/// Approximate memory per tracked key, measured with the spray test in `tests/`.
-pub const APPROX_ENTRY_BYTES: usize = 64;
+/// Approximate memory per tracked key (key, cell and the cache's own bookkeeping), from the
+/// gateway spray test: 50,000 keys grew the process by about 5.8 MiB.
+pub const APPROX_ENTRY_BYTES: usize = 120;
 
 /// Seconds, rounded up, for headers.
 pub fn ceil_secs(n: Nanos) -> u64 {

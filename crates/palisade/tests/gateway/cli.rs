@@ -1,0 +1,187 @@
+//! `palisade check` and the zero-argument start.
+
+use std::process::Command;
+
+use crate::common::*;
+
+fn palisade(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("palisade-cli-{}-{name}", rand_u64()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_accepts_the_shipped_configs() {
+    let (code, out, err) = palisade(&["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../palisade.example.toml");
+    let (code, out, err) = palisade(&["check", "--config", example]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 failed"));
+}
+
+#[test]
+fn check_reports_every_error_with_its_location() {
+    let p = write_temp(
+        "bad.toml",
+        "[server]\nlisten = \"nope\"\n\n[[limits]]\nname = \"a\"\nrate = \"fast\"\n\n[[limits]]\nname = \"b\"\nrate = \"1/s\"\nbogus = 1\n",
+    );
+    let (code, _out, err) = palisade(&["check", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let file = p.display().to_string();
+    assert!(err.contains("3 errors"), "{err}");
+    assert!(
+        err.contains(&format!("{file}:2:10: server.listen")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:6:8: limits[0].rate")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:11:1: limits[1]: unknown field `bogus`")),
+        "{err}"
+    );
+
+    let (code, out, _) = palisade(&["check", "--json", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["valid"], false);
+    assert_eq!(j["errors"].as_array().unwrap().len(), 3);
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn check_runs_test_cases_and_fails_on_a_wrong_expectation() {
+    let p = write_temp(
+        "cases.toml",
+        r#"
+[[limits]]
+name = "one"
+key = ["ip"]
+rate = "1/1m"
+
+[[tests]]
+name = "second is limited"
+request = { path = "/", repeat = 2 }
+expect = { action = "limit" }
+
+[[tests]]
+name = "this expectation is wrong"
+request = { path = "/", ip = "198.51.100.50" }
+expect = { action = "block" }
+"#,
+    );
+    let (code, out, _) = palisade(&["check", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ok    second is limited"), "{out}");
+    assert!(out.contains("FAIL  this expectation is wrong"), "{out}");
+    assert!(
+        out.contains("expected block, got allow by default/allow"),
+        "{out}"
+    );
+    assert!(out.contains("1 passed, 1 failed"), "{out}");
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let (code, _, err) = palisade(&["check", "--config", "/nonexistent/palisade.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read config file"), "{err}");
+    let (code, _, err) = palisade(&["serve", "--config", "/nonexistent/palisade.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read config file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_config_start_serves_the_sample_api_behind_the_default_policy() {
+    let g = Gateway::start(None);
+    let index = get(&g.url("/")).await;
+    assert_eq!(index.status, 200);
+    assert!(String::from_utf8_lossy(&index.body).contains("Palisade sample API"));
+    assert_eq!(get(&g.url("/api/items/1000")).await.status, 200);
+    assert_eq!(get(&g.url("/api/items/1001")).await.status, 404);
+    let ok = send(
+        "POST",
+        &g.url("/api/login"),
+        &[("content-type", "application/json")],
+        r#"{"username":"demo","password":"palisade-demo"}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let bad = send(
+        "POST",
+        &g.url("/api/login"),
+        &[],
+        r#"{"username":"demo","password":"guess"}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 401);
+    let s = get(&g.url("/api/search?q=99")).await;
+    assert!(!s.json()["results"].as_array().unwrap().is_empty());
+    let e = get(&g.url("/api/expensive")).await;
+    assert_eq!(e.status, 200);
+    assert_eq!(e.header("x-cost-tokens"), "150");
+    // The default policy's login limit (5/1m per IP): three more logins exceed it.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            send("POST", &g.url("/api/login"), &[], "{}")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    let banner = g.stderr();
+    assert!(banner.contains("built-in sample API"), "{banner}");
+    assert!(banner.contains("metrics     http://"), "{banner}");
+    assert!(
+        banner.contains("admin token from PALISADE_ADMIN_TOKEN"),
+        "{banner}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_admin_token_is_written_to_the_data_dir() {
+    let g = Gateway::start_with(None, &[], &[("PALISADE_ADMIN_TOKEN", "")]);
+    let path = g.dir.join("data/admin.token");
+    let token = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(token.trim().len(), 64);
+    assert!(
+        g.stderr()
+            .contains(&format!("admin token in {}", path.display())),
+        "{}",
+        g.stderr()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let r = send(
+        "GET",
+        &g.admin_url("/v1/config"),
+        &[("authorization", &format!("Bearer {}", token.trim()))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}

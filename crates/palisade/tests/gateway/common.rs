@@ -1,0 +1,458 @@
+//! Harness: start the gateway binary, a test upstream, and talk HTTP to them.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("palisade-it-{}-{}", std::process::id(), rand_u64()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+impl Gateway {
+    /// Starts the gateway with this config (None: the embedded default).
+    pub fn start(config: Option<&str>) -> Self {
+        Self::start_with(config, &[], &[])
+    }
+
+    pub fn start_with(config: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = temp_dir();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.join("data"));
+        if let Some(c) = config {
+            let path = dir.join("palisade.toml");
+            std::fs::write(&path, c).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(args)
+            .env("PALISADE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("PALISADE_CONFIG")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn palisade");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        pump(child.stdout.take().unwrap(), stdout.clone());
+        pump(child.stderr.take().unwrap(), stderr.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = stderr.lock().unwrap().clone();
+            if lines.iter().any(|l| l.starts_with("  admin token")) {
+                let find = |prefix: &str| -> SocketAddr {
+                    let line = lines.iter().find(|l| l.starts_with(prefix)).unwrap();
+                    let url = line
+                        .split_whitespace()
+                        .find(|w| w.starts_with("http://"))
+                        .unwrap();
+                    url.trim_start_matches("http://")
+                        .split('/')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                };
+                return Self {
+                    proxy: find("  proxy"),
+                    admin: find("  admin API"),
+                    child,
+                    dir,
+                    stdout,
+                    stderr,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("palisade exited early ({status}):\n{}", lines.join("\n"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "palisade did not start:\n{}",
+                lines.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("palisade.toml")
+    }
+
+    /// Decision log lines so far, parsed.
+    pub fn decisions(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until at least `n` decisions were logged.
+    pub fn wait_decisions(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = self.decisions();
+            if d.len() >= n || Instant::now() > deadline {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pump(r: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            match line {
+                Ok(l) => into.lock().unwrap().push(l),
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub async fn send_with(
+    c: &TestClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    send_with(&client(), method, url, headers, body).await
+}
+
+pub async fn get(url: &str) -> Resp {
+    send("GET", url, &[], "").await
+}
+
+pub async fn admin_get(g: &Gateway, path: &str) -> Resp {
+    send(
+        "GET",
+        &g.admin_url(path),
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        "",
+    )
+    .await
+}
+
+pub async fn admin_post(g: &Gateway, path: &str) -> Resp {
+    send(
+        "POST",
+        &g.admin_url(path),
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        "",
+    )
+    .await
+}
+
+/// What the test upstream saw and lets the test steer.
+#[derive(Default)]
+pub struct UpstreamState {
+    pub requests: std::sync::atomic::AtomicUsize,
+    /// `/stream` waits on this between its chunks.
+    pub release_stream: Notify,
+    /// `/upload` signals this when the first body chunk arrives.
+    pub first_chunk_seen: Notify,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub state: Arc<UpstreamState>,
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(s: impl Into<Bytes>) -> UpBody {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Starts the test upstream (HTTP/1.1 and h2c) on a free port.
+pub async fn upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(UpstreamState::default());
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle_upstream(st.clone(), req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, state }
+}
+
+async fn handle_upstream(
+    st: Arc<UpstreamState>,
+    req: Request<Incoming>,
+) -> Result<Response<UpBody>, std::io::Error> {
+    st.requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path = req.uri().path().to_owned();
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let resp = match path.as_str() {
+        "/echo" => {
+            let mut headers = serde_json::Map::new();
+            for (k, v) in req.headers() {
+                let e = headers
+                    .entry(k.as_str())
+                    .or_insert_with(|| serde_json::Value::Array(vec![]));
+                if let serde_json::Value::Array(a) = e {
+                    a.push(v.to_str().unwrap_or("").into());
+                }
+            }
+            let method = req.method().to_string();
+            let version = format!("{:?}", req.version());
+            let uri = req.uri().to_string();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            let j = serde_json::json!({ "method": method, "uri": uri, "version": version, "headers": headers, "body_len": body });
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("connection", "x-upstream-private")
+                .header("x-upstream-private", "hop")
+                .header("keep-alive", "timeout=5")
+                .body(full(j.to_string()))
+                .unwrap()
+        }
+        "/slow" => {
+            let ms = query.get("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(full("slow done"))
+        }
+        "/stream" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+            let st2 = st.clone();
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"first\n"))))
+                    .await;
+                st2.release_stream.notified().await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"second\n"))))
+                    .await;
+            });
+            let stream = tokio_stream_from(rx);
+            Response::new(StreamBody::new(stream).boxed())
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n = 0usize;
+            let mut first = true;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            n += d.len();
+                            if first && !d.is_empty() {
+                                first = false;
+                                st.first_chunk_seen.notify_one();
+                            }
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            Response::new(full(serde_json::json!({ "bytes": n }).to_string()))
+        }
+        "/cost" => {
+            let t = query
+                .get("tokens")
+                .cloned()
+                .unwrap_or_else(|| "1".to_owned());
+            Response::builder()
+                .header("x-cost-tokens", t)
+                .body(full("costed"))
+                .unwrap()
+        }
+        _ => Response::new(full(format!("ok {path}"))),
+    };
+    Ok(resp)
+}
+
+/// An mpsc receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> ReceiverStream<T> {
+    ReceiverStream(rx)
+}
+
+pub struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A config with one upstream at `addr` and extra TOML appended.
+pub fn config_for(up: &Upstream, extra: &str) -> String {
+    format!(
+        "[log]\ndecisions = \"stdout\"\n\n[[upstreams]]\nname = \"api\"\nurl = \"http://{}\"\n\n{extra}",
+        up.addr
+    )
+}

@@ -1,0 +1,16 @@
+//! Integration tests: the real `palisade` binary on free ports, a real upstream, real HTTP.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on the unexpected"
+)]
+
+mod admin;
+mod cli;
+mod common;
+mod memory;
+mod policy;
+mod proxy;

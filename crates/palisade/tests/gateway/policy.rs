@@ -1,0 +1,370 @@
+//! Policy over real HTTP: rate limits and their headers, delay, cost, lists, shadow mode, the
+//! decision log.
+
+use std::time::{Duration, Instant};
+
+use sfv::{List, Parser};
+
+use crate::common::*;
+
+fn assert_sf_list(field: &str) -> usize {
+    let l: List = Parser::new(field)
+        .parse()
+        .unwrap_or_else(|e| panic!("{field:?} is not an RFC 9651 List: {e}"));
+    l.len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_answers_429_with_headers_and_a_stable_body() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        r#"
+[[routes]]
+name = "login"
+match = { path = "/login", methods = ["POST"] }
+
+[[limits]]
+name = "per-ip"
+key = ["ip"]
+rate = "100/10s"
+
+[[limits]]
+name = "login-per-ip"
+routes = ["login"]
+key = ["ip"]
+rate = "3/1m"
+"#,
+    )));
+    for i in 0..3 {
+        let r = send("POST", &g.url("/login"), &[], "").await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            r#""per-ip";q=100;w=10, "login-per-ip";q=3;w=60"#
+        );
+        assert_eq!(assert_sf_list(r.header("ratelimit")), 2);
+        assert_eq!(r.header("x-ratelimit-limit"), "3");
+        assert_eq!(r.header("x-ratelimit-remaining"), (2 - i).to_string());
+    }
+    let r = send("POST", &g.url("/login"), &[], "").await;
+    assert_eq!(r.status, 429);
+    let retry: u64 = r.header("retry-after").parse().unwrap();
+    assert!(
+        (19..=21).contains(&retry),
+        "one unit per 20 s: retry after {retry}"
+    );
+    let j = r.json();
+    assert_eq!(j["error"], "rate_limited");
+    assert_eq!(j["retry_after"], retry);
+    assert!(j["message"].is_string());
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        !text.contains("login-per-ip") && !text.contains("limit/"),
+        "the body never names the rule"
+    );
+    assert!(
+        r.header("ratelimit").contains(r#""login-per-ip";r=0;t=60"#),
+        "{}",
+        r.header("ratelimit")
+    );
+    assert_eq!(assert_sf_list(r.header("ratelimit-policy")), 2);
+    // Other routes are not affected by the login limit.
+    assert_eq!(get(&g.url("/echo")).await.status, 200);
+    // The upstream never saw the refused request.
+    assert_eq!(
+        up.state.requests.load(std::sync::atomic::Ordering::SeqCst),
+        4
+    );
+
+    let d = g.wait_decisions(5);
+    let refused = d.iter().find(|d| d["status"] == 429).unwrap();
+    assert_eq!(refused["action"], "limit");
+    assert_eq!(refused["rule"], "limit/login-per-ip");
+    assert_eq!(refused["route"], "login");
+    assert_eq!(refused["method"], "POST");
+    assert_eq!(refused["client_ip"], "127.0.0.1");
+    assert_eq!(refused["reasons"][0]["signal"], "limit/login-per-ip");
+    assert_eq!(refused["shadow"], false);
+    assert!(refused["request_id"].as_str().unwrap().len() == 16);
+    assert!(refused["time"].as_str().unwrap().ends_with('Z'));
+    assert!(refused["latency_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_dimensions_from_trusted_proxies_and_headers() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[[limits]]
+name = "per-subnet"
+key = ["ip/24"]
+rate = "2/1m"
+
+[[limits]]
+name = "per-tenant"
+key = ["header:x-tenant", "method"]
+rate = "3/1m"
+"#,
+    )));
+    let xff = |ip: &'static str| [("x-forwarded-for", ip)];
+    assert_eq!(
+        send("GET", &g.url("/"), &xff("203.0.113.1"), "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send("GET", &g.url("/"), &xff("203.0.113.2"), "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send("GET", &g.url("/"), &xff("203.0.113.3"), "")
+            .await
+            .status,
+        429
+    );
+    assert_eq!(
+        send("GET", &g.url("/"), &xff("203.0.114.3"), "")
+            .await
+            .status,
+        200
+    );
+    for ip in ["198.51.100.1", "198.51.101.1", "198.51.102.1"] {
+        assert_eq!(
+            send(
+                "GET",
+                &g.url("/"),
+                &[("x-forwarded-for", ip), ("x-tenant", "acme")],
+                ""
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    let r = send(
+        "GET",
+        &g.url("/"),
+        &[("x-forwarded-for", "198.51.103.1"), ("x-tenant", "acme")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    // Another method is another key.
+    let r = send(
+        "POST",
+        &g.url("/"),
+        &[("x-forwarded-for", "198.51.104.1"), ("x-tenant", "acme")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let d = g.wait_decisions(9);
+    let last_limited = d.iter().rev().find(|d| d["status"] == 429).unwrap();
+    assert_eq!(last_limited["rule"], "limit/per-tenant");
+    assert_eq!(last_limited["identity"]["header:x-tenant"], "acme");
+    assert_eq!(last_limited["identity"]["ip/24"], "198.51.103.0/24");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delay_holds_requests_then_refuses_beyond_the_bound() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        r#"
+[[limits]]
+name = "smooth"
+key = ["ip"]
+rate = "5/1s"
+burst = 1
+action = "delay"
+max_delay = "500ms"
+"#,
+    )));
+    let started = Instant::now();
+    let (ua, ub, uc) = (g.url("/a"), g.url("/b"), g.url("/c"));
+    let (a, b, c) = tokio::join!(get(&ua), get(&ub), get(&uc));
+    let took = started.elapsed();
+    let mut statuses = [a.status.as_u16(), b.status.as_u16(), c.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200], "held, not refused");
+    assert!(
+        took >= Duration::from_millis(390),
+        "the third waited two intervals: {took:?}"
+    );
+    // A burst far beyond what fits in max_delay gets 429 for the excess.
+    let futs: Vec<_> = (0..10)
+        .map(|i| {
+            let u = g.url(&format!("/n{i}"));
+            tokio::spawn(async move { get(&u).await.status.as_u16() })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for f in futs {
+        codes.push(f.await.unwrap());
+    }
+    assert!(codes.contains(&429), "{codes:?}");
+    assert!(codes.contains(&200), "{codes:?}");
+    let d = g.wait_decisions(13);
+    assert!(
+        d.iter()
+            .any(|d| d["action"] == "delay" && d["status"] == 200)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_reported_cost_is_charged_after_the_response() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        r#"
+[[routes]]
+name = "llm"
+match = { path = "/cost" }
+cost = 10
+cost_header = "x-cost-tokens"
+
+[[limits]]
+name = "tokens"
+routes = ["llm"]
+key = ["ip"]
+rate = "100/1h"
+unit = "cost"
+"#,
+    )));
+    let r = get(&g.url("/cost?tokens=45")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        r#""tokens";q=100;w=3600;palisade-unit="cost""#
+    );
+    assert_eq!(r.header("x-ratelimit-remaining"), "90");
+    let r = get(&g.url("/cost?tokens=45")).await;
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        "45",
+        "the first call was charged 45, not 10"
+    );
+    let r = get(&g.url("/cost?tokens=45")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-remaining"), "0");
+    let r = get(&g.url("/cost?tokens=45")).await;
+    assert_eq!(r.status, 429, "budget spent by reported cost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_inline_and_from_files() {
+    let up = upstream().await;
+    let dir = std::env::temp_dir().join(format!("palisade-lists-it-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let deny_file = dir.join("deny.txt");
+    std::fs::write(&deny_file, "# denied\n198.51.100.0/24\n").unwrap();
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        &format!(
+            r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[[limits]]
+name = "tight"
+key = ["ip"]
+rate = "1/1h"
+
+[lists]
+deny = ["203.0.113.0/24", "file:{}"]
+allow = ["192.0.2.10"]
+"#,
+            deny_file.display()
+        ),
+    )));
+    for ip in ["203.0.113.50", "198.51.100.9"] {
+        let r = send("GET", &g.url("/"), &[("x-forwarded-for", ip)], "").await;
+        assert_eq!(r.status, 403, "{ip}");
+        assert_eq!(r.json()["error"], "forbidden");
+    }
+    for _ in 0..5 {
+        let r = send("GET", &g.url("/"), &[("x-forwarded-for", "192.0.2.10")], "").await;
+        assert_eq!(r.status, 200, "allowlisted clients bypass limits");
+    }
+    let d = g.wait_decisions(7);
+    assert_eq!(d[0]["rule"], "list/deny");
+    assert_eq!(d[0]["score"], 100);
+    assert_eq!(d[6]["rule"], "list/allow");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_mode_forwards_and_logs_would_actions() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        r#"
+[server]
+mode = "shadow"
+
+[[limits]]
+name = "tiny"
+key = ["ip"]
+rate = "1/1h"
+
+[lists]
+deny = ["127.0.0.0/8"]
+"#,
+    )));
+    for _ in 0..3 {
+        assert_eq!(get(&g.url("/x")).await.status, 200);
+    }
+    let d = g.wait_decisions(3);
+    assert!(
+        d.iter()
+            .all(|d| d["action"] == "would_block" && d["shadow"] == true),
+        "{d:?}"
+    );
+    let m = get(&g.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.contains(r#"palisade_shadow_decisions_total{route="default",action="would_block",rule="list/deny"} 3"#),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_limit_shadow_and_sampled_allows() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(
+        &config_for(
+            &up,
+            r#"
+[log]
+sample_allow = 0.0
+
+[[limits]]
+name = "trial"
+key = ["ip"]
+rate = "2/1h"
+action = "shadow"
+"#,
+        )
+        .replace("[log]\ndecisions = \"stdout\"\n\n", ""),
+    ));
+    for _ in 0..5 {
+        assert_eq!(get(&g.url("/x")).await.status, 200);
+    }
+    // Allows are not logged at sample 0; the three would_limit decisions are.
+    let d = g.wait_decisions(3);
+    std::thread::sleep(Duration::from_millis(300));
+    let d2 = g.decisions();
+    assert_eq!(d2.len(), 3, "{d2:?}");
+    assert!(
+        d.iter()
+            .all(|d| d["action"] == "would_limit" && d["rule"] == "limit/trial")
+    );
+}
