@@ -326,8 +326,7 @@ async fn slow_and_idle_clients_are_cut_off() {
         s.set_nonblocking(true).unwrap();
         let r = s.read(&mut buf);
         s.set_nonblocking(false).unwrap();
-        if matches!(r, Ok(_)) || matches!(&r, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock)
-        {
+        if r.is_ok() || matches!(&r, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock) {
             closed = true;
             break;
         }
