@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: installs what the tests need when it is missing,
+# then formatting, lints and every test. Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the tests use from the system: the `kill` program (procps) to signal the gateway.
+# Install only what is missing.
+need=()
+[ -x /usr/bin/kill ] || [ -x /bin/kill ] || need+=(procps)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "scripts/test.sh: installing ${need[*]}" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "scripts/test.sh: please install: ${need[*]}" >&2
+    exit 1
+  fi
+fi
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    rustup component add "$component"
+  fi
+done
+
+if [ -d ../shared/testdata ] || [ -n "${PALISADE_TESTDATA:-}" ]; then
+  echo "scripts/test.sh: conformance corpora: ${PALISADE_TESTDATA:-../shared/testdata}"
+else
+  echo "scripts/test.sh: ../shared/testdata not found: conformance tests will be reported as ignored (skipped), not passed"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
