@@ -260,3 +260,16 @@ expect = { action = "block" }
     assert_eq!(out[1].got_action, "allow");
     assert_eq!(out[1].line, Some(14), "the line of the case's request");
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        #[test]
+        fn arbitrary_text_is_an_error_or_a_config_never_a_panic(text in "[\\[\\]a-z_=\"0-9/. \n{},#:-]{0,300}") {
+            let _ = compile_str(&text, "fuzz", Path::new("/nonexistent"));
+        }
+    }
+}

@@ -10,15 +10,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::{HeaderMap, HeaderValue, Method};
 use palisade_engine::route::RouteMatch;
 use palisade_engine::{
-    Algorithm, Engine, IpSet, KeyPart, LimitAction, LimitSpec, ListsPolicy, Mode, PathPattern, Policy, RequestFacts,
-    RouteSpec, RouteTable, ScoringPolicy, Unit,
+    Algorithm, Engine, IpSet, KeyPart, LimitAction, LimitSpec, ListsPolicy, Mode, PathPattern,
+    Policy, RequestFacts, RouteSpec, RouteTable, ScoringPolicy, Unit,
 };
 
 fn main() {
     divan::main();
 }
 
-fn limit(name: &str, key: Vec<KeyPart>, routes: Option<Vec<usize>>, algorithm: Algorithm) -> LimitSpec {
+fn limit(
+    name: &str,
+    key: Vec<KeyPart>,
+    routes: Option<Vec<usize>>,
+    algorithm: Algorithm,
+) -> LimitSpec {
     LimitSpec {
         name: Arc::from(name),
         key,
@@ -50,7 +55,8 @@ fn engine() -> Engine {
             methods: vec![Method::POST],
         },
         RouteMatch {
-            path: PathPattern::parse("/api/items/{id}").unwrap_or_else(|_| PathPattern::catch_all()),
+            path: PathPattern::parse("/api/items/{id}")
+                .unwrap_or_else(|_| PathPattern::catch_all()),
             methods: Vec::new(),
         },
     ];
@@ -60,7 +66,10 @@ fn engine() -> Engine {
         cost: 1,
         cost_header: None,
     };
-    let deny = IpSet::new((0..1000u32).map(|i| ipnet::IpNet::from(IpAddr::from((0xc000_0000u32 + (i << 8)).to_be_bytes()))));
+    let deny = IpSet::new(
+        (0..1000u32)
+            .map(|i| ipnet::IpNet::from(IpAddr::from((0xc000_0000u32 + (i << 8)).to_be_bytes()))),
+    );
     let policy = Policy {
         mode: Mode::Enforce,
         routes: RouteTable::new(routes),
@@ -68,8 +77,18 @@ fn engine() -> Engine {
         limits: vec![
             limit("global", vec![], None, fast),
             limit("per-ip", vec![KeyPart::Ip], None, fast),
-            limit("per-subnet", vec![KeyPart::IpPrefix { v4: 24, v6: 48 }], None, window),
-            limit("items-per-ip", vec![KeyPart::Ip, KeyPart::Route], Some(vec![1]), fast),
+            limit(
+                "per-subnet",
+                vec![KeyPart::IpPrefix { v4: 24, v6: 48 }],
+                None,
+                window,
+            ),
+            limit(
+                "items-per-ip",
+                vec![KeyPart::Ip, KeyPart::Route],
+                Some(vec![1]),
+                fast,
+            ),
             limit(
                 "per-tenant",
                 vec![KeyPart::Header(http::HeaderName::from_static("x-tenant"))],
@@ -92,7 +111,9 @@ fn five_limits_warm(bencher: divan::Bencher) {
     let mut headers = HeaderMap::new();
     headers.insert("x-tenant", HeaderValue::from_static("acme"));
     headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
-    let ip: IpAddr = "203.0.113.7".parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let ip: IpAddr = "203.0.113.7"
+        .parse()
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let now = AtomicU64::new(3_600_000_000_000);
     let method = Method::GET;
     bencher.bench_local(|| {
