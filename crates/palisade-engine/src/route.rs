@@ -67,7 +67,7 @@ impl PathPattern {
                 } else if part.contains(['{', '}']) {
                     return Err(PatternError::BadParam);
                 } else {
-                    Segment::Literal(normalize_for_match(part).into_owned())
+                    Segment::Literal(percent_decode_segment(part))
                 };
                 segments.push(seg);
             }
@@ -165,7 +165,7 @@ impl RouteTable {
 /// input unchanged, without allocating, when there is nothing to do.
 pub fn normalize_for_match(path: &str) -> Cow<'_, str> {
     let needs_work =
-        path.contains("//") || path.contains('%') || path.contains("/.") || path.starts_with('.');
+        !path.starts_with('/') || path.contains("//") || path.contains('%') || path.contains("/.");
     if !needs_work {
         return Cow::Borrowed(path);
     }

@@ -39,11 +39,14 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// An IO stream that fails reads with `TimedOut` after an idle period.
+/// An IO stream that fails reads with `TimedOut` after an idle period. Activity only stamps
+/// a time; the timer is re-armed when it fires, so busy connections do not touch the timer
+/// wheel on every read and write.
 pub struct IdleTimeoutIo<T> {
     inner: T,
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
+    last_activity: Instant,
     in_flight: InFlight,
 }
 
@@ -54,12 +57,13 @@ impl<T> IdleTimeoutIo<T> {
             inner,
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
+            last_activity: Instant::now(),
             in_flight,
         }
     }
 
     fn touch(&mut self) {
-        self.sleep.as_mut().reset(Instant::now() + self.idle);
+        self.last_activity = Instant::now();
     }
 }
 
@@ -80,9 +84,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeoutIo<T> {
             }
             Poll::Pending => {
                 while this.sleep.as_mut().poll(cx).is_ready() {
+                    let deadline = this.last_activity + this.idle;
                     if this.in_flight.busy() {
                         // A slow upstream is not the client's idleness: look again later.
                         this.touch();
+                        let next = Instant::now() + this.idle;
+                        this.sleep.as_mut().reset(next);
+                    } else if deadline > Instant::now() {
+                        // There was activity since the timer was armed: re-arm from it.
+                        this.sleep.as_mut().reset(deadline);
                     } else {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,

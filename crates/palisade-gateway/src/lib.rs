@@ -77,7 +77,7 @@ pub struct Runtime {
     /// Per-limit queues for `action = "delay"` (None for other limits).
     pub delay_queues: Vec<Option<Arc<Semaphore>>>,
     /// Route names as metric labels, by route id.
-    pub route_labels: Vec<String>,
+    pub route_labels: Vec<Arc<str>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -130,7 +130,7 @@ impl Runtime {
             .policy
             .route_specs
             .iter()
-            .map(|r| r.name.to_string())
+            .map(|r| r.name.clone())
             .collect();
         Self {
             compiled,
@@ -142,8 +142,11 @@ impl Runtime {
     }
 
     /// A route's label.
-    pub fn route_label(&self, id: usize) -> &str {
-        self.route_labels.get(id).map_or("default", String::as_str)
+    pub fn route_label(&self, id: usize) -> Arc<str> {
+        self.route_labels
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("default"))
     }
 }
 

@@ -104,11 +104,11 @@ impl DecisionLog {
         })
     }
 
-    /// Records a decision: into the ring always, to the log if `write` (sampling). Returns
-    /// false if the line had to be dropped.
-    pub fn record(&self, rec: DecisionRecord, write: bool) -> bool {
+    /// Records a logged decision: to the log target and into the recent ring. Returns false if
+    /// the line had to be dropped because the writer fell behind.
+    pub fn record(&self, rec: DecisionRecord) -> bool {
         let mut ok = true;
-        if write && let Some(tx) = &self.tx {
+        if let Some(tx) = &self.tx {
             match serde_json::to_string(&rec) {
                 Ok(line) => {
                     if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =

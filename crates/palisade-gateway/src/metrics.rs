@@ -3,8 +3,10 @@
 
 use std::fmt::Write as _;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -12,31 +14,42 @@ use prometheus_client::registry::Registry;
 
 use palisade_engine::Engine;
 
+/// A label value shared with the policy (route and rule names): cloning it is a reference
+/// count, not an allocation, which matters on the request path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
 /// Labels of a decided request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     /// Route name.
-    pub route: String,
+    pub route: Label,
     /// Logged action (`allow`, `limit`, `would_limit`, ...).
-    pub action: String,
+    pub action: &'static str,
     /// Rule (`limit/per-ip`, `list/deny`, `default/allow`, ...).
-    pub rule: String,
+    pub rule: Label,
 }
 
 /// Labels with a route only.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// Route name.
-    pub route: String,
+    pub route: Label,
 }
 
 /// Labels of an upstream failure.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
     /// Route name.
-    pub route: String,
+    pub route: Label,
     /// `connect`, `timeout`, `body_too_large` or `other`.
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 /// Labels of a config reload.

@@ -20,8 +20,9 @@ use palisade_engine::{Action, Clock, Decision, RequestFacts, ResponseFacts};
 
 use crate::body::{Bounded, ProxyBody, is_body_too_large};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
-use crate::metrics::{DecisionLabels, RouteLabels, UpstreamErrorLabels};
+use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
 use crate::respond::Refusal;
+use crate::upstream::names::*;
 use crate::upstream::{set_forwarding_headers, strip_hop_by_hop, strip_palisade_headers};
 use crate::{Runtime, Shared};
 
@@ -33,7 +34,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let arrived = Instant::now();
     let rt = shared.runtime.load_full();
-    let request_id = format!("{:016x}", rand::random::<u64>());
+    let request_id = request_id();
     let (mut parts, body) = req.into_parts();
     let server = &rt.compiled.server;
 
@@ -108,9 +109,20 @@ pub async fn handle(
             }
         }
     };
-    let identity = rt.engine.identity_of(&facts, decision.route);
-    let (method_s, path_s) = (parts.method.to_string(), bounded_path(parts.uri.path()));
-    let route_label = rt.route_label(decision.route).to_owned();
+    let route_label = rt.route_label(decision.route);
+    // Whether this decision is logged: every non-allow, and allows as sampled. Only logged
+    // decisions pay for building a record (and only they enter the admin API's recent ring).
+    let log_cfg = &rt.compiled.log;
+    let logged = decision.logged_action() != "allow"
+        || log_cfg.sample_allow >= 1.0
+        || (log_cfg.sample_allow > 0.0 && rand::random::<f64>() < log_cfg.sample_allow);
+    let pending_record = logged.then(|| {
+        (
+            rt.engine.identity_of(&facts, decision.route),
+            parts.method.to_string(),
+            bounded_path(parts.uri.path()),
+        )
+    });
 
     // Enforcement.
     let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
@@ -165,11 +177,11 @@ pub async fn handle(
                 host.as_deref(),
             );
             if let Ok(v) = HeaderValue::from_str(&request_id) {
-                parts.headers.insert("x-request-id", v);
+                parts.headers.insert(X_REQUEST_ID, v);
             }
             if decision.action == Action::Tag {
                 parts.headers.insert(
-                    "x-palisade-score",
+                    X_PALISADE_SCORE,
                     HeaderValue::from(u16::from(decision.score)),
                 );
                 let names: Vec<&str> = decision
@@ -179,7 +191,7 @@ pub async fn handle(
                     .map(|s| &*s.name)
                     .collect();
                 if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
-                    parts.headers.insert("x-palisade-signals", v);
+                    parts.headers.insert(X_PALISADE_SIGNALS, v);
                 }
             }
             match forward(&shared, &rt, parts, body, &decision, &route_label).await {
@@ -193,77 +205,76 @@ pub async fn handle(
     if let Some(h) = render(&decision.limits) {
         let hs = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&h.policy) {
-            hs.insert("ratelimit-policy", v);
+            hs.insert(RATELIMIT_POLICY, v);
         }
         if let Ok(v) = HeaderValue::from_str(&h.ratelimit) {
-            hs.insert("ratelimit", v);
+            hs.insert(RATELIMIT, v);
         }
-        hs.insert("x-ratelimit-limit", HeaderValue::from(h.x_limit));
-        hs.insert("x-ratelimit-remaining", HeaderValue::from(h.x_remaining));
-        hs.insert("x-ratelimit-reset", HeaderValue::from(h.x_reset));
+        hs.insert(X_RATELIMIT_LIMIT, HeaderValue::from(h.x_limit));
+        hs.insert(X_RATELIMIT_REMAINING, HeaderValue::from(h.x_remaining));
+        hs.insert(X_RATELIMIT_RESET, HeaderValue::from(h.x_reset));
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", v);
+        response.headers_mut().insert(X_REQUEST_ID, v);
     }
 
     // Log and metrics.
     let status = response.status().as_u16();
-    let (action, rule) = if queue_full {
-        ("limit", format!("{}/queue_full", decision.rule))
+    let (action, rule): (&'static str, Arc<str>) = if queue_full {
+        ("limit", Arc::from(format!("{}/queue_full", decision.rule)))
     } else {
-        (decision.logged_action(), decision.logged_rule().to_string())
+        (decision.logged_action(), decision.logged_rule().clone())
     };
     let labels = DecisionLabels {
-        route: route_label.clone(),
-        action: action.to_owned(),
-        rule: rule.clone(),
+        route: Label(route_label.clone()),
+        action,
+        rule: Label(rule.clone()),
     };
     shared.metrics.requests.get_or_create(&labels).inc();
     if decision.is_shadowed() {
         shared.metrics.shadow.get_or_create(&labels).inc();
     }
-    let log = &rt.compiled.log;
-    let write =
-        action != "allow" || log.sample_allow >= 1.0 || rand::random::<f64>() < log.sample_allow;
-    let record = DecisionRecord {
-        time: rfc3339(shared.clock.unix_ms()),
-        request_id,
-        client_ip: client.to_string(),
-        method: method_s,
-        path: path_s,
-        route: route_label,
-        status,
-        latency_ms: arrived.elapsed().as_secs_f64() * 1000.0,
-        identity: identity
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::String(v)))
-            .collect(),
-        action: action.to_owned(),
-        score: decision.score,
-        rule,
-        reasons: decision
-            .signals
-            .iter()
-            .map(|s| Reason {
-                signal: s.name.to_string(),
-                weight: s.weight,
-                shadow: s.shadow,
-            })
-            .collect(),
-        shadow: decision.is_shadowed(),
-        limits: decision
-            .limits
-            .iter()
-            .map(|o| LimitRecord {
-                limit: o.name.to_string(),
-                allowed: o.verdict.allowed,
-                remaining: o.verdict.remaining,
-                reset: ceil_secs(o.verdict.reset),
-            })
-            .collect(),
-    };
-    if !shared.log.record(record, write) {
-        shared.metrics.log_dropped.inc();
+    if let Some((identity, method, path)) = pending_record {
+        let record = DecisionRecord {
+            time: rfc3339(shared.clock.unix_ms()),
+            request_id,
+            client_ip: client.to_string(),
+            method,
+            path,
+            route: route_label.to_string(),
+            status,
+            latency_ms: arrived.elapsed().as_secs_f64() * 1000.0,
+            identity: identity
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+            action: action.to_owned(),
+            score: decision.score,
+            rule: rule.to_string(),
+            reasons: decision
+                .signals
+                .iter()
+                .map(|s| Reason {
+                    signal: s.name.to_string(),
+                    weight: s.weight,
+                    shadow: s.shadow,
+                })
+                .collect(),
+            shadow: decision.is_shadowed(),
+            limits: decision
+                .limits
+                .iter()
+                .map(|o| LimitRecord {
+                    limit: o.name.to_string(),
+                    allowed: o.verdict.allowed,
+                    remaining: o.verdict.remaining,
+                    reset: ceil_secs(o.verdict.reset),
+                })
+                .collect(),
+        };
+        if !shared.log.record(record) {
+            shared.metrics.log_dropped.inc();
+        }
     }
     Ok(response)
 }
@@ -287,9 +298,9 @@ fn bounded_refusal(
         .metrics
         .requests
         .get_or_create(&DecisionLabels {
-            route: "-".to_owned(),
-            action: "reject".to_owned(),
-            rule: rule.to_owned(),
+            route: Label(Arc::from("-")),
+            action: "reject",
+            rule: Label(Arc::from(rule)),
         })
         .inc();
     r.response(request_id)
@@ -302,7 +313,7 @@ async fn forward(
     mut parts: http::request::Parts,
     body: Incoming,
     decision: &Decision,
-    route_label: &str,
+    route_label: &Arc<str>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let server = &rt.compiled.server;
     let route = rt.compiled.policy.route(decision.route);
@@ -326,13 +337,13 @@ async fn forward(
         upstream.client.request(req),
     )
     .await;
-    let err_kind = |kind: &str| {
+    let err_kind = |kind: &'static str| {
         shared
             .metrics
             .upstream_errors
             .get_or_create(&UpstreamErrorLabels {
-                route: route_label.to_owned(),
-                kind: kind.to_owned(),
+                route: Label(route_label.clone()),
+                kind,
             })
             .inc();
     };
@@ -357,7 +368,7 @@ async fn forward(
         .metrics
         .upstream_seconds
         .get_or_create(&RouteLabels {
-            route: route_label.to_owned(),
+            route: Label(route_label.clone()),
         })
         .observe(started.elapsed().as_secs_f64());
 
@@ -387,4 +398,16 @@ async fn forward(
         .map_err(|e| -> crate::body::BoxError { Box::new(e) })
         .boxed_unsync();
     Ok(Response::from_parts(rparts, body))
+}
+
+/// A 16-hex-digit request id, without going through `format!`.
+fn request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = rand::random::<u64>();
+    let mut out = [0u8; 16];
+    for slot in out.iter_mut().rev() {
+        *slot = HEX.get((n & 0xf) as usize).copied().unwrap_or(b'0');
+        n >>= 4;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

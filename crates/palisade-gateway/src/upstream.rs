@@ -83,21 +83,58 @@ impl Upstream {
     }
 }
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+/// Header names used on every request, parsed once.
+pub mod names {
+    use http::header::HeaderName;
+
+    /// `x-forwarded-for`.
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    /// `x-forwarded-proto`.
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    /// `x-forwarded-host`.
+    pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    /// `x-request-id`.
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    /// `x-palisade-score`.
+    pub const X_PALISADE_SCORE: HeaderName = HeaderName::from_static("x-palisade-score");
+    /// `x-palisade-signals`.
+    pub const X_PALISADE_SIGNALS: HeaderName = HeaderName::from_static("x-palisade-signals");
+    /// `ratelimit-policy`.
+    pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    /// `ratelimit`.
+    pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    /// `x-ratelimit-limit`.
+    pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    /// `x-ratelimit-remaining`.
+    pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    /// `x-ratelimit-reset`.
+    pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    /// `keep-alive`.
+    pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    /// `proxy-connection`.
+    pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+}
+
+use names::*;
+
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// Removes hop-by-hop headers, including those named in `Connection`. `TE: trailers` survives
 /// (it is end-to-end meaningful for gRPC over HTTP/2).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -115,7 +152,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
@@ -136,7 +173,7 @@ pub fn set_forwarding_headers(
     let peer_s = peer.to_string();
     let xff = match (
         peer_trusted,
-        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
     ) {
         (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_s}"),
         _ => peer_s.clone(),
@@ -161,23 +198,29 @@ pub fn set_forwarding_headers(
         _ => element,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
     if let Ok(v) = HeaderValue::from_str(&fwd) {
         headers.insert(header::FORWARDED, v);
     }
-    if !(peer_trusted && headers.contains_key("x-forwarded-proto")) {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !(peer_trusted && headers.contains_key("x-forwarded-host"))
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
         && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
     {
-        headers.insert("x-forwarded-host", v);
+        headers.insert(X_FORWARDED_HOST, v);
     }
 }
 
 /// Removes `X-Palisade-*` headers a client sent, so nobody can forge a score for the upstream.
 pub fn strip_palisade_headers(headers: &mut HeaderMap) {
+    if !headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-palisade-"))
+    {
+        return;
+    }
     let ours: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("x-palisade-"))
