@@ -14,6 +14,7 @@ use crate::facts::RequestFacts;
 use crate::identity::{KeyPart, KeyValue, display_value, key_hash, key_hash_of_values, mask};
 use crate::limits::{LimitAction, LimitTable, Unit, ceil_secs};
 use crate::policy::{Mode, Policy};
+use crate::ratelimit_headers::{HeaderItem, RateLimitHeaders, render};
 
 /// The engine itself failed (not: the request was refused). The gateway then applies its
 /// fail-open or fail-closed policy.
@@ -86,6 +87,7 @@ pub struct Engine {
     policy: Policy,
     tables: Vec<Arc<LimitTable>>,
     signal_names: Vec<Arc<str>>,
+    header_items: Vec<HeaderItem>,
     rule_deny: Arc<str>,
     rule_allow_list: Arc<str>,
     rule_default: Arc<str>,
@@ -116,10 +118,16 @@ impl Engine {
             .iter()
             .map(|l| Arc::from(format!("limit/{}", l.name)))
             .collect();
+        let header_items = policy
+            .limits
+            .iter()
+            .map(|l| HeaderItem::for_limit(&l.name, l.quota, l.window_secs, l.unit))
+            .collect();
         Self {
             policy,
             tables,
             signal_names,
+            header_items,
             rule_deny: Arc::from("list/deny"),
             rule_allow_list: Arc::from("list/allow"),
             rule_default: Arc::from("default/allow"),
@@ -134,6 +142,11 @@ impl Engine {
     /// The policy in use.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// RateLimit header values for a decision; `None` when no advertised limit applied.
+    pub fn rate_limit_headers(&self, decision: &Decision) -> Option<RateLimitHeaders> {
+        render(&decision.limits, &self.header_items)
     }
 
     /// The state table of each limit, in policy order.

@@ -6,10 +6,34 @@
 //! describe the most restrictive advertised limit; `X-RateLimit-Reset` is in seconds from now,
 //! like `t`.
 
-use std::fmt::Write as _;
-
 use crate::decision::LimitOutcome;
 use crate::limits::{Unit, ceil_secs};
+
+/// The parts of a limit's header items that never change, rendered once per policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderItem {
+    /// The policy name as an sf-string, e.g. `"per-ip"`.
+    pub name: String,
+    /// The whole `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=10`.
+    pub policy: String,
+}
+
+impl HeaderItem {
+    /// Renders a limit's items.
+    pub fn for_limit(name: &str, quota: u64, window_secs: u64, unit: Unit) -> Self {
+        let name = sf_string(name);
+        let mut policy = String::with_capacity(name.len() + 32);
+        policy.push_str(&name);
+        policy.push_str(";q=");
+        policy.push_str(itoa::Buffer::new().format(quota));
+        policy.push_str(";w=");
+        policy.push_str(itoa::Buffer::new().format(window_secs.max(1)));
+        if unit == Unit::Cost {
+            policy.push_str(";palisade-unit=\"cost\"");
+        }
+        Self { name, policy }
+    }
+}
 
 /// Header values for one response.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -27,27 +51,26 @@ pub struct RateLimitHeaders {
 }
 
 /// Builds the headers for the limits that applied and are advertised; `None` if there are none.
-pub fn render(outcomes: &[LimitOutcome]) -> Option<RateLimitHeaders> {
+/// `items` are the policy's [`HeaderItem`]s, indexed like its limits.
+pub fn render(outcomes: &[LimitOutcome], items: &[HeaderItem]) -> Option<RateLimitHeaders> {
     let mut out = RateLimitHeaders::default();
     let mut tightest: Option<&LimitOutcome> = None;
     for o in outcomes.iter().filter(|o| o.headers) {
-        let sep = if out.policy.is_empty() { "" } else { ", " };
-        let name = sf_string(&o.name);
-        let _ = write!(
-            out.policy,
-            "{sep}{name};q={};w={}",
-            o.quota,
-            o.window_secs.max(1)
-        );
-        if o.unit == Unit::Cost {
-            out.policy.push_str(";palisade-unit=\"cost\"");
+        let Some(item) = items.get(o.index) else {
+            continue;
+        };
+        if !out.policy.is_empty() {
+            out.policy.push_str(", ");
+            out.ratelimit.push_str(", ");
         }
-        let _ = write!(
-            out.ratelimit,
-            "{sep}{name};r={};t={}",
-            o.verdict.remaining,
-            ceil_secs(o.verdict.reset)
-        );
+        out.policy.push_str(&item.policy);
+        out.ratelimit.push_str(&item.name);
+        out.ratelimit.push_str(";r=");
+        out.ratelimit
+            .push_str(itoa::Buffer::new().format(o.verdict.remaining));
+        out.ratelimit.push_str(";t=");
+        out.ratelimit
+            .push_str(itoa::Buffer::new().format(ceil_secs(o.verdict.reset)));
         if tightest.is_none_or(|t| o.verdict.remaining < t.verdict.remaining) {
             tightest = Some(o);
         }

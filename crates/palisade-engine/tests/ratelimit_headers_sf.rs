@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use palisade_engine::decision::LimitOutcome;
 use palisade_engine::limits::{Unit, Verdict};
-use palisade_engine::ratelimit_headers::render;
+use palisade_engine::ratelimit_headers::{HeaderItem, render};
 use proptest::prelude::*;
 use sfv::{BareItem, Dictionary, FieldType, Item, List, ListEntry, Parser};
 
@@ -55,7 +55,7 @@ fn int_param(item: &Item, key: &str) -> Option<i64> {
         .map(i64::from)
 }
 
-fn items(field: &str) -> Vec<Item> {
+fn sf_items(field: &str) -> Vec<Item> {
     let list: List = Parser::new(field)
         .parse()
         .unwrap_or_else(|e| panic!("not an SF List: {field}: {e}"));
@@ -69,12 +69,15 @@ fn items(field: &str) -> Vec<Item> {
 
 #[test]
 fn policy_and_ratelimit_fields_parse_as_lists_with_draft_parameters() {
-    let h = render(&[
+    let mut outs = vec![
         outcome("per-ip", 100, 10, 42, 1_500_000_000, Unit::Requests),
         outcome("login", 5, 60, 0, 60_000_000_000, Unit::Requests),
         outcome("tokens", 2000, 60, 1850, 4_000_000_000, Unit::Cost),
-    ])
-    .unwrap();
+    ];
+    for (i, o) in outs.iter_mut().enumerate() {
+        o.index = i;
+    }
+    let h = render(&outs, &items(&outs)).unwrap();
     assert_eq!(
         h.policy,
         r#""per-ip";q=100;w=10, "login";q=5;w=60, "tokens";q=2000;w=60;palisade-unit="cost""#
@@ -84,8 +87,8 @@ fn policy_and_ratelimit_fields_parse_as_lists_with_draft_parameters() {
         r#""per-ip";r=42;t=2, "login";r=0;t=60, "tokens";r=1850;t=4"#
     );
 
-    let policy = items(&h.policy);
-    let limits = items(&h.ratelimit);
+    let policy = sf_items(&h.policy);
+    let limits = sf_items(&h.ratelimit);
     assert_eq!(policy.len(), 3);
     for (p, l) in policy.iter().zip(&limits) {
         // Each item's bare item is the policy name as an sf-string, the same in both fields.
@@ -116,7 +119,8 @@ fn policy_and_ratelimit_fields_parse_as_lists_with_draft_parameters() {
 fn no_advertised_limit_means_no_headers() {
     let mut o = outcome("hidden", 1, 1, 0, 0, Unit::Requests);
     o.headers = false;
-    assert!(render(&[o]).is_none());
+    let outs = [o];
+    assert!(render(&outs, &items(&outs)).is_none());
 }
 
 proptest! {
@@ -127,10 +131,14 @@ proptest! {
         r in 0u64..1_000_000_000_000_000,
         t in 0u64..u64::MAX / 2,
     ) {
-        let outs: Vec<_> = names.iter().map(|n| outcome(n, q, 3600, r, t, Unit::Requests)).collect();
-        let h = render(&outs).unwrap();
-        prop_assert_eq!(items(&h.policy).len(), names.len());
-        prop_assert_eq!(items(&h.ratelimit).len(), names.len());
+        let outs: Vec<_> = names.iter().enumerate().map(|(i, n)| {
+            let mut o = outcome(n, q, 3600, r, t, Unit::Requests);
+            o.index = i;
+            o
+        }).collect();
+        let h = render(&outs, &items(&outs)).unwrap();
+        prop_assert_eq!(sf_items(&h.policy).len(), names.len());
+        prop_assert_eq!(sf_items(&h.ratelimit).len(), names.len());
     }
 }
 
@@ -226,4 +234,12 @@ fn sfv_passes_the_structured_field_suite() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// Header items for outcomes, indexed as the outcomes are.
+fn items(outcomes: &[LimitOutcome]) -> Vec<HeaderItem> {
+    outcomes
+        .iter()
+        .map(|o| HeaderItem::for_limit(&o.name, o.quota, o.window_secs, o.unit))
+        .collect()
 }

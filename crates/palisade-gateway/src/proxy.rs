@@ -15,7 +15,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use palisade_config::OnEngineError;
 use palisade_engine::client_ip::client_ip;
 use palisade_engine::limits::ceil_secs;
-use palisade_engine::ratelimit_headers::render;
 use palisade_engine::{Action, Clock, Decision, RequestFacts, ResponseFacts};
 
 use crate::body::{Bounded, ProxyBody, is_body_too_large};
@@ -194,7 +193,17 @@ pub async fn handle(
                     parts.headers.insert(X_PALISADE_SIGNALS, v);
                 }
             }
-            match forward(&shared, &rt, parts, body, &decision, &route_label).await {
+            match forward(
+                &shared,
+                &rt,
+                parts,
+                body,
+                &decision,
+                &route_label,
+                host.as_deref(),
+            )
+            .await
+            {
                 Ok(resp) => resp,
                 Err(r) => r.response(&request_id),
             }
@@ -202,12 +211,12 @@ pub async fn handle(
     };
     drop(permits);
 
-    if let Some(h) = render(&decision.limits) {
+    if let Some(h) = rt.engine.rate_limit_headers(&decision) {
         let hs = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&h.policy) {
+        if let Ok(v) = HeaderValue::try_from(h.policy) {
             hs.insert(RATELIMIT_POLICY, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&h.ratelimit) {
+        if let Ok(v) = HeaderValue::try_from(h.ratelimit) {
             hs.insert(RATELIMIT, v);
         }
         hs.insert(X_RATELIMIT_LIMIT, HeaderValue::from(h.x_limit));
@@ -310,10 +319,11 @@ fn bounded_refusal(
 async fn forward(
     shared: &Shared,
     rt: &Runtime,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     body: Incoming,
     decision: &Decision,
     route_label: &Arc<str>,
+    host: Option<&str>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let server = &rt.compiled.server;
     let route = rt.compiled.policy.route(decision.route);
@@ -321,20 +331,11 @@ async fn forward(
         .and_then(|r| rt.upstreams.get(r.upstream))
         .or_else(|| rt.upstreams.first())
         .ok_or(Refusal::UpstreamUnavailable)?;
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = upstream.uri_for(pq).map_err(|_| Refusal::BadRequest)?;
-    parts.version = upstream.version();
-    if parts.version == http::Version::HTTP_2 {
-        // HTTP/2 carries the authority in :authority; the original host is in X-Forwarded-Host.
-        parts.headers.remove(HOST);
-    }
     let body = Bounded::new(body, server.max_body_bytes).boxed_unsync();
-    let req = Request::from_parts(parts, body);
-
     let started = Instant::now();
     let result = tokio::time::timeout(
         Duration::from_nanos(server.upstream_timeout),
-        upstream.client.request(req),
+        upstream.send(parts, body, host),
     )
     .await;
     let err_kind = |kind: &'static str| {
@@ -394,10 +395,7 @@ async fn forward(
         return Err(Refusal::UpstreamUnavailable);
     }
     rparts.version = http::Version::HTTP_11;
-    let body = rbody
-        .map_err(|e| -> crate::body::BoxError { Box::new(e) })
-        .boxed_unsync();
-    Ok(Response::from_parts(rparts, body))
+    Ok(Response::from_parts(rparts, rbody))
 }
 
 /// A 16-hex-digit request id, without going through `format!`.
