@@ -358,6 +358,22 @@ impl Engine {
         }
     }
 
+    /// Gives back everything a decision charged, for a request the gateway ends up not serving
+    /// (a delayed request whose queue was full).
+    pub fn refund(&self, decision: &mut Decision, now: Nanos) {
+        for o in &mut decision.limits {
+            if o.charged == 0 {
+                continue;
+            }
+            if let (Some(spec), Some(table)) =
+                (self.policy.limits.get(o.index), self.tables.get(o.index))
+            {
+                table.adjust(&spec.algorithm, o.key, now, -(o.charged as i64));
+            }
+            o.charged = 0;
+        }
+    }
+
     /// The identity dimensions the policy keys on, with this request's values (for the log).
     pub fn identity_of(&self, facts: &RequestFacts<'_>, route: usize) -> Vec<(String, String)> {
         let route_name = self

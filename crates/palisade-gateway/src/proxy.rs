@@ -83,7 +83,7 @@ pub async fn handle(
         .metrics
         .decision_seconds
         .observe(t0.elapsed().as_secs_f64());
-    let decision = match evaluated {
+    let mut decision = match evaluated {
         Ok(d) => d,
         Err(e) => {
             shared.metrics.engine_errors.inc();
@@ -147,6 +147,9 @@ pub async fn handle(
                 }
             }
             if queue_full {
+                // Not held, so not served: give back what the engine reserved for it.
+                permits.clear();
+                rt.engine.refund(&mut decision, shared.clock.now());
                 Some(Refusal::RateLimited {
                     retry_after: ceil_secs(wait).max(1),
                 })

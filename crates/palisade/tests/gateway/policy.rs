@@ -368,3 +368,74 @@ action = "shadow"
             .all(|d| d["action"] == "would_limit" && d["rule"] == "limit/trial")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_delay_queue_refuses_and_gives_the_reservation_back() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        r#"
+[[limits]]
+name = "queue"
+key = ["ip"]
+rate = "1/1s"
+burst = 1
+action = "delay"
+max_delay = "5s"
+max_queue = 1
+"#,
+    )));
+    assert_eq!(get(&g.url("/1")).await.status, 200);
+    let held_url = g.url("/2");
+    let held = tokio::spawn(async move { get(&held_url).await.status.as_u16() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The one queue slot is taken: refused at once, not held.
+    let started = Instant::now();
+    let r = get(&g.url("/3")).await;
+    assert_eq!(r.status, 429);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(held.await.unwrap(), 200);
+    // The refused request's reservation was refunded: right after the held one is served
+    // (at ~1 s), the next one waits ~1 s more, not ~2 s.
+    let started = Instant::now();
+    assert_eq!(get(&g.url("/4")).await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "waited {:?}",
+        started.elapsed()
+    );
+    let d = g.wait_decisions(4);
+    assert!(
+        d.iter()
+            .any(|d| d["rule"] == "limit/queue/queue_full" && d["status"] == 429),
+        "{d:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn decision_log_can_go_to_a_file() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(&up, "").replace(
+        "decisions = \"stdout\"",
+        "decisions = \"logs/decisions.jsonl\"",
+    )));
+    for p in ["/a", "/b"] {
+        assert_eq!(get(&g.url(p)).await.status, 200);
+    }
+    let file = g.dir.join("logs/decisions.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["path"], "/b");
+    assert!(g.decisions().is_empty(), "nothing on stdout");
+}
