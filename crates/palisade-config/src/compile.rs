@@ -82,6 +82,8 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Most bytes of request body.
     pub max_body_bytes: u64,
+    /// Most client connections open at once.
+    pub max_connections: usize,
 }
 
 /// Where decisions are logged.
@@ -568,6 +570,18 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         c,
         parse_size,
     );
+    let max_connections = match &s.max_connections {
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1_000_000 => {
+            c.at(
+                sp(v),
+                "server.max_connections",
+                "must be between 1 and 1000000",
+            );
+            10_000
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => 10_000,
+    };
     let max_tracked = match &s.max_tracked_keys {
         Some(v) if *v.get_ref() < 16 => {
             c.at(sp(v), "server.max_tracked_keys", "must be at least 16");
@@ -1127,6 +1141,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             max_header_count,
             max_header_bytes: max_header_bytes as usize,
             max_body_bytes,
+            max_connections,
         },
         upstreams,
         policy,

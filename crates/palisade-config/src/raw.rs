@@ -45,6 +45,8 @@ pub struct RawServer {
     pub max_body_bytes: Option<Spanned<String>>,
     /// Most keys each limit tracks, unless the limit says otherwise. Default 100000.
     pub max_tracked_keys: Option<Spanned<u64>>,
+    /// Most client connections open at once; more are closed as they arrive. Default 10000.
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 /// `[[upstreams]]`: where requests go.

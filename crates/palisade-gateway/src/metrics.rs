@@ -78,6 +78,10 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// Decision log lines dropped because the writer fell behind.
     pub log_dropped: Counter,
+    /// Client connections open now.
+    pub connections_open: prometheus_client::metrics::gauge::Gauge,
+    /// Client connections closed on arrival because `max_connections` were open.
+    pub connections_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,6 +110,8 @@ impl Metrics {
         let engine_errors = Counter::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let log_dropped = Counter::default();
+        let connections_open = prometheus_client::metrics::gauge::Gauge::default();
+        let connections_refused = Counter::default();
         registry.register(
             "requests",
             "Requests decided, by route, action and rule",
@@ -146,6 +152,16 @@ impl Metrics {
             "Decision log lines dropped because the writer fell behind",
             log_dropped.clone(),
         );
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed on arrival because max_connections were open",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -156,6 +172,8 @@ impl Metrics {
             engine_errors,
             reloads,
             log_dropped,
+            connections_open,
+            connections_refused,
         }
     }
 

@@ -231,6 +231,9 @@ async fn serve_proxy(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    // The cap is fixed at start (a reload that changes it takes effect at the next restart).
+    let cap = shared.runtime.load().compiled.server.max_connections;
+    let connections = Arc::new(tokio::sync::Semaphore::new(cap));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -243,8 +246,15 @@ async fn serve_proxy(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
                 let rt = shared.runtime.load();
+                // Over the connection cap: close at once rather than queue (a flood of
+                // connections must not pile up in memory).
+                let Ok(slot) = connections.clone().try_acquire_owned() else {
+                    shared.metrics.connections_refused.inc();
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
                 let idle = Duration::from_nanos(rt.compiled.server.idle_timeout);
                 let builder = connection_builder(&rt);
                 drop(rt);
@@ -262,8 +272,12 @@ async fn serve_proxy(
                 });
                 let conn = builder.serve_connection(io, svc).into_owned();
                 let conn = graceful.watch(conn);
+                let open = shared.metrics.connections_open.clone();
+                open.inc();
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    open.dec();
+                    drop(slot);
                 });
             }
             _ = shutdown.changed() => break,
