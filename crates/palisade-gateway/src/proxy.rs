@@ -155,6 +155,8 @@ pub async fn handle(
                 })
             } else {
                 tokio::time::sleep(Duration::from_nanos(wait)).await;
+                // The queue bounds requests *waiting*; once forwarded they no longer count.
+                permits.clear();
                 None
             }
         }
@@ -212,8 +214,6 @@ pub async fn handle(
             }
         }
     };
-    drop(permits);
-
     if let Some(h) = rt.engine.rate_limit_headers(&decision) {
         let hs = response.headers_mut();
         if let Ok(v) = HeaderValue::try_from(h.policy) {

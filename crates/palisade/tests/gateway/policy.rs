@@ -439,3 +439,30 @@ async fn decision_log_can_go_to_a_file() {
     assert_eq!(lines[1]["path"], "/b");
     assert!(g.decisions().is_empty(), "nothing on stdout");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_delay_queue_counts_waiting_requests_not_forwarded_ones() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        r#"
+[[limits]]
+name = "queue"
+key = ["ip"]
+rate = "1/1s"
+burst = 1
+action = "delay"
+max_delay = "5s"
+max_queue = 1
+"#,
+    )));
+    assert_eq!(get(&g.url("/x")).await.status, 200);
+    // Held ~1 s, then forwarded to an upstream that takes 2 s.
+    let slow_url = g.url("/slow?ms=2000");
+    let slow = tokio::spawn(async move { get(&slow_url).await.status.as_u16() });
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The slow one is no longer waiting, so the single queue slot is free for this one.
+    let r = get(&g.url("/y")).await;
+    assert_eq!(r.status, 200, "refused although nothing was waiting");
+    assert_eq!(slow.await.unwrap(), 200);
+}
