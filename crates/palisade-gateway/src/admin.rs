@@ -3,12 +3,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,6 +21,7 @@ use tokio::sync::watch;
 use palisade_engine::{Clock, KeyPart};
 
 use crate::Shared;
+use crate::io::{IdleTimeoutIo, InFlight};
 use crate::log::DecisionRecord;
 use crate::reload::reload as do_reload;
 use crate::token::constant_time_eq;
@@ -29,15 +35,43 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = router(shared);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "admin API server failed");
+    // Served like the proxy (header-read and idle timeouts, a connection cap, graceful
+    // drain), not with `axum::serve`, which has no timeouts.
+    const MAX_ADMIN_CONNECTIONS: usize = 256;
+    let app = router(shared.clone());
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
+                let (header_timeout, idle) = {
+                    let rt = shared.runtime.load();
+                    let s = &rt.compiled.server;
+                    (Duration::from_nanos(s.header_read_timeout), Duration::from_nanos(s.idle_timeout))
+                };
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+                let io = TokioIo::new(IdleTimeoutIo::new(stream, idle, InFlight::default()));
+                let svc = TowerToHyperService::new(app.clone());
+                let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(slot);
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
     }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 /// The admin router.

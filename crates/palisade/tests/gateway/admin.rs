@@ -234,3 +234,27 @@ async fn config_file_changes_are_picked_up() {
             .contains("q=7;")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_cuts_off_slow_clients_too() {
+    use std::io::{Read, Write};
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n",
+    )));
+    let mut s = std::net::TcpStream::connect(g.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    // hyper answers 408 or just closes; either way the read ends well before our 10 s timeout.
+    let _ = s.read(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "admin connection lived {:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(&g.admin_url("/healthz")).await.status, 200);
+}
