@@ -86,35 +86,72 @@ impl Refusal {
         }
     }
 
-    /// The response.
+    /// The response. The body is assembled from static pieces (codes and messages need no
+    /// JSON escaping; the request id is hex): refusals are the hot path under attack.
     pub fn response(&self, request_id: &str) -> Response<ProxyBody> {
         let (status, code, message) = self.parts();
-        let mut body =
-            serde_json::json!({ "error": code, "message": message, "request_id": request_id });
-        if let Refusal::RateLimited { retry_after } = self
-            && let Some(obj) = body.as_object_mut()
-        {
-            obj.insert("retry_after".to_owned(), (*retry_after).into());
-        }
-        let mut resp = json_response(status, &body);
+        let mut body = String::with_capacity(96 + message.len());
+        body.push_str("{\"error\":\"");
+        body.push_str(code);
+        body.push_str("\",\"message\":\"");
+        body.push_str(message);
+        body.push_str("\",\"request_id\":\"");
+        body.extend(request_id.chars().filter(char::is_ascii_alphanumeric));
+        body.push('"');
         if let Refusal::RateLimited { retry_after } = self {
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            body.push_str(",\"retry_after\":");
+            body.push_str(itoa::Buffer::new().format(*retry_after));
+        }
+        body.push('}');
+        let mut resp = Response::new(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Refusal::RateLimited { retry_after } = self {
+            h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         resp
     }
 }
 
-/// A JSON response.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
-    let bytes = Bytes::from(body.to_string());
-    let mut resp = Response::new(
-        Full::new(bytes)
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn bodies_are_valid_json_with_stable_codes() {
+        for r in [
+            Refusal::RateLimited { retry_after: 17 },
+            Refusal::Forbidden,
+            Refusal::ChallengeRequired,
+            Refusal::Unavailable,
+            Refusal::UpstreamUnavailable,
+            Refusal::UpstreamTimeout,
+            Refusal::BodyTooLarge,
+            Refusal::HeadersTooLarge,
+            Refusal::BadRequest,
+        ] {
+            let resp = r.response("00ff\"<x>");
+            let (status, code, message) = r.parts();
+            assert_eq!(resp.status(), status);
+            let retry = resp.headers().get(RETRY_AFTER).cloned();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["error"], code);
+            assert_eq!(v["message"], message);
+            assert_eq!(
+                v["request_id"], "00ffx",
+                "hostile ids cannot break the JSON"
+            );
+            if let Refusal::RateLimited { retry_after } = r {
+                assert_eq!(v["retry_after"], retry_after);
+                assert_eq!(retry.unwrap(), retry_after.to_string().as_str());
+            }
+        }
+    }
 }
