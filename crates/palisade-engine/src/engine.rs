@@ -251,16 +251,7 @@ impl Engine {
         // A refused request gives back what other limits charged it (a held one keeps its
         // reservations: it will be forwarded).
         if let Some((Action::Limit { .. }, _)) = enforced {
-            for o in &mut d.limits {
-                if o.charged > 0 {
-                    if let (Some(spec), Some(table)) =
-                        (p.limits.get(o.index), self.tables.get(o.index))
-                    {
-                        table.adjust(&spec.algorithm, o.key, facts.now, -(o.charged as i64));
-                    }
-                    o.charged = 0;
-                }
-            }
+            self.refund(&mut d, facts.now);
         }
 
         d.score = d
@@ -350,11 +341,7 @@ impl Engine {
             if delta == 0 {
                 continue;
             }
-            if let (Some(spec), Some(table)) =
-                (self.policy.limits.get(o.index), self.tables.get(o.index))
-            {
-                table.adjust(&spec.algorithm, o.key, response.now, delta);
-            }
+            self.adjust(o, response.now, delta);
         }
     }
 
@@ -362,15 +349,19 @@ impl Engine {
     /// (a delayed request whose queue was full).
     pub fn refund(&self, decision: &mut Decision, now: Nanos) {
         for o in &mut decision.limits {
-            if o.charged == 0 {
-                continue;
+            if o.charged > 0 {
+                self.adjust(o, now, -(o.charged as i64));
+                o.charged = 0;
             }
-            if let (Some(spec), Some(table)) =
-                (self.policy.limits.get(o.index), self.tables.get(o.index))
-            {
-                table.adjust(&spec.algorithm, o.key, now, -(o.charged as i64));
-            }
-            o.charged = 0;
+        }
+    }
+
+    /// Adds (or, negative, gives back) units to the cell a limit outcome was counted in.
+    fn adjust(&self, o: &LimitOutcome, now: Nanos, delta: i64) {
+        if let (Some(spec), Some(table)) =
+            (self.policy.limits.get(o.index), self.tables.get(o.index))
+        {
+            table.adjust(&spec.algorithm, o.key, now, delta);
         }
     }
 
