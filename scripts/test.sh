@@ -17,11 +17,13 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-for component in rustfmt clippy; do
-  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
-    rustup component add "$component"
-  fi
-done
+if command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+      rustup component add "$component"
+    fi
+  done
+fi
 
 if [ -d ../shared/testdata ] || [ -n "${PALISADE_TESTDATA:-}" ]; then
   echo "scripts/test.sh: conformance corpora: ${PALISADE_TESTDATA:-../shared/testdata}"
