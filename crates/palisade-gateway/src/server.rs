@@ -215,7 +215,10 @@ fn connection_builder(rt: &Runtime) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_nanos(s.header_read_timeout))
         .max_headers(s.max_header_count)
-        .max_buf_size(s.max_header_bytes.max(8192));
+        .max_buf_size(s.max_header_bytes.max(8192))
+        // Responses here are mostly small: one flattened buffer measured ~4% faster than a
+        // vectored write (bench/README.md).
+        .writev(false);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
