@@ -130,25 +130,32 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The shadowed action and its rule, when it is stronger than the enforced one.
+    fn stronger_shadow(&self) -> Option<&(Action, Arc<str>)> {
+        self.shadow
+            .as_ref()
+            .filter(|(a, _)| a.severity() > self.action.severity())
+    }
+
     /// The action name for logs and metrics: the enforced action, or `would_<action>` when a
     /// stronger action was shadowed.
     pub fn logged_action(&self) -> &'static str {
-        match &self.shadow {
-            Some((a, _)) if a.severity() > self.action.severity() => a.would_name(),
-            _ => self.action.name(),
+        match self.stronger_shadow() {
+            Some((a, _)) => a.would_name(),
+            None => self.action.name(),
         }
     }
 
     /// The rule for logs and metrics, matching [`Decision::logged_action`].
     pub fn logged_rule(&self) -> &Arc<str> {
-        match &self.shadow {
-            Some((a, r)) if a.severity() > self.action.severity() => r,
-            _ => &self.rule,
+        match self.stronger_shadow() {
+            Some((_, r)) => r,
+            None => &self.rule,
         }
     }
 
     /// Whether the logged action is a shadowed one.
     pub fn is_shadowed(&self) -> bool {
-        matches!(&self.shadow, Some((a, _)) if a.severity() > self.action.severity())
+        self.stronger_shadow().is_some()
     }
 }

@@ -10,8 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
@@ -24,6 +23,7 @@ use crate::Shared;
 use crate::io::{IdleTimeoutIo, InFlight};
 use crate::log::DecisionRecord;
 use crate::reload::reload as do_reload;
+use crate::server::connection_builder;
 use crate::token::constant_time_eq;
 
 /// The admin API's OpenAPI description.
@@ -52,13 +52,10 @@ pub async fn serve(
                     drop(stream);
                     continue;
                 };
-                let (header_timeout, idle) = {
+                let (builder, idle) = {
                     let rt = shared.runtime.load();
-                    let s = &rt.compiled.server;
-                    (Duration::from_nanos(s.header_read_timeout), Duration::from_nanos(s.idle_timeout))
+                    (connection_builder(&rt), Duration::from_nanos(rt.compiled.server.idle_timeout))
                 };
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
                 let io = TokioIo::new(IdleTimeoutIo::new(stream, idle, InFlight::default()));
                 let svc = TowerToHyperService::new(app.clone());
                 let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());

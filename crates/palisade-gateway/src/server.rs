@@ -208,7 +208,8 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     })
 }
 
-fn connection_builder(rt: &Runtime) -> auto::Builder<TokioExecutor> {
+/// The hyper connection builder with the configured timeouts and bounds (proxy and admin).
+pub(crate) fn connection_builder(rt: &Runtime) -> auto::Builder<TokioExecutor> {
     let s = &rt.compiled.server;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
