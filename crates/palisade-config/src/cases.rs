@@ -39,6 +39,11 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                 client_ip: case.ip,
                 peer_ip: case.ip,
                 now,
+                unix_ms: 1_700_000_000_000,
+                auth: match &case.principal {
+                    Some(p) => palisade_engine::principal::Auth::Principal(p),
+                    None => palisade_engine::principal::Auth::Anonymous,
+                },
             };
             let mut last = None;
             for _ in 0..case.repeat {

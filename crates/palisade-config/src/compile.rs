@@ -8,10 +8,14 @@ use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 use palisade_engine::limits::ceil_secs;
 use palisade_engine::route::RouteMatch;
+use palisade_engine::policy::AuthPolicy;
+use palisade_engine::principal::{AuthRequirement, Principal};
+use palisade_engine::quota::{QuotaKey, QuotaSpec};
 use palisade_engine::{
     Algorithm, IpSet, KeyPart, LimitAction, LimitSpec, ListsPolicy, Mode, Nanos, PathPattern,
     Policy, RouteSpec, RouteTable, ScoringPolicy, Unit,
 };
+use palisade_keys::jwt::{self, JwtVerifier};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
@@ -129,8 +133,37 @@ pub struct TestCase {
     pub expect_action: String,
     /// Expected rule.
     pub expect_rule: Option<String>,
+    /// A pretend authenticated key.
+    pub principal: Option<Arc<Principal>>,
     /// Line in the file.
     pub line: Option<usize>,
+}
+
+/// Compiled `[keys]`.
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    /// Headers a key is read from, in order.
+    pub headers: Vec<HeaderName>,
+    /// Most active keys per account.
+    pub max_keys_per_account: u64,
+    /// Validity of a rotated key after rotation, in seconds.
+    pub rotation_grace_secs: u64,
+    /// Allowed distance of a signed request's timestamp from now, in seconds.
+    pub signature_window_secs: u64,
+    /// Most nonces remembered.
+    pub max_nonces: usize,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            headers: vec![http::header::AUTHORIZATION, HeaderName::from_static("x-api-key")],
+            max_keys_per_account: 10,
+            rotation_grace_secs: 86_400,
+            signature_window_secs: 300,
+            max_nonces: 100_000,
+        }
+    }
 }
 
 /// Everything a config compiles into.
@@ -146,6 +179,10 @@ pub struct Compiled {
     pub log: LogSettings,
     /// `[[tests]]`.
     pub tests: Vec<TestCase>,
+    /// `[keys]`.
+    pub keys: KeySettings,
+    /// `[jwt]`, when configured.
+    pub jwt: Option<Arc<JwtVerifier>>,
     /// Files the config depends on (for reload on change).
     pub files: Vec<PathBuf>,
     /// The config as a JSON value, secrets redacted, for the admin API.
@@ -209,11 +246,14 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 11] = [
     "server",
     "upstreams",
     "routes",
     "limits",
+    "quotas",
+    "keys",
+    "jwt",
     "lists",
     "scoring",
     "log",
@@ -260,7 +300,14 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
             "routes" => many(value, name, c, &mut raw.routes, &mut raw.broken_names),
             "limits" => many(value, name, c, &mut raw.limits, &mut raw.broken_names),
             "tests" => many(value, name, c, &mut raw.tests, &mut raw.broken_names),
-            "rules" | "quotas" | "bots" | "honeypots" | "store" | "keys" | "jwt" => c.at(
+            "quotas" => many(value, name, c, &mut raw.quotas, &mut raw.broken_names),
+            "keys" => one(value, name, c, &mut raw.keys),
+            "jwt" => {
+                let mut j = RawJwt::default();
+                one(value, name, c, &mut j);
+                raw.jwt = Some(j);
+            }
+            "rules" | "bots" | "honeypots" | "store" => c.at(
                 span,
                 name,
                 format!("section `{name}` is not available in this version of Palisade"),
@@ -710,31 +757,69 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             },
             None => 0,
         };
-        if let Some(a) = &r.auth {
-            match a.get_ref().as_str() {
-                "none" => {}
-                "api_key" | "jwt" | "any" => c.at(
-                    sp(a),
-                    format!("{path}.auth"),
-                    format!(
-                        "auth = \"{}\" comes with API keys and is not available in this version",
-                        a.get_ref()
-                    ),
-                ),
-                other => c.at(
-                    sp(a),
-                    format!("{path}.auth"),
-                    format!("`{other}` is not one of: none, api_key, jwt, any"),
-                ),
-            }
-        }
-        if let Some(s) = r.scopes.first() {
+        let auth = choice(
+            &r.auth,
+            &[
+                ("none", AuthRequirement::None),
+                ("api_key", AuthRequirement::ApiKey),
+                ("jwt", AuthRequirement::Jwt),
+                ("any", AuthRequirement::Any),
+            ],
+            AuthRequirement::None,
+            &format!("{path}.auth"),
+            c,
+        );
+        if matches!(auth, AuthRequirement::Jwt) && raw.jwt.is_none() {
             c.at(
-                sp(s),
-                format!("{path}.scopes"),
-                "scopes come with API keys and are not available in this version",
+                r.auth.as_ref().and_then(sp),
+                format!("{path}.auth"),
+                "auth = \"jwt\" needs a [jwt] section with keys to verify tokens",
             );
         }
+        let mut scopes: Vec<Arc<str>> = Vec::new();
+        for sc in &r.scopes {
+            if !valid_scope(sc.get_ref()) {
+                c.at(
+                    sp(sc),
+                    format!("{path}.scopes"),
+                    format!("scope `{}` must be 1-64 letters, digits, ':', '-', '_', '.' or '*'", sc.get_ref()),
+                );
+            } else {
+                scopes.push(Arc::from(sc.get_ref().as_str()));
+            }
+        }
+        if !scopes.is_empty() && auth == AuthRequirement::None {
+            c.at(
+                r.scopes.first().and_then(sp),
+                format!("{path}.scopes"),
+                "scopes need an authenticated route: set auth = \"api_key\", \"jwt\" or \"any\"",
+            );
+        }
+        let usd = |v: &Option<Spanned<f64>>, field: &str, c: &mut Collector<'_>| -> Option<u64> {
+            let v = v.as_ref()?;
+            match usd_micros(*v.get_ref()) {
+                Some(m) => Some(m),
+                None => {
+                    c.at(sp(v), format!("{path}.{field}"), "must be a dollar amount between 0 and 1000000");
+                    None
+                }
+            }
+        };
+        let spend_micros = usd(&r.spend_usd, "spend_usd", c).unwrap_or(0);
+        let spend_reserve_micros = usd(&r.spend_reserve_usd, "spend_reserve_usd", c).unwrap_or(spend_micros);
+        let spend_header = r.spend_header.as_ref().and_then(|h| {
+            match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    c.at(
+                        sp(h),
+                        format!("{path}.spend_header"),
+                        format!("`{}` is not a header name", h.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
         let cost = match &r.cost {
             Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1_000_000 => {
                 c.at(
@@ -769,14 +854,14 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             upstream,
             cost,
             cost_header,
+            auth,
+            scopes,
+            spend_micros,
+            spend_reserve_micros,
+            spend_header,
         });
     }
-    route_specs.push(RouteSpec {
-        name: Arc::from("default"),
-        upstream: 0,
-        cost: 1,
-        cost_header: None,
-    });
+    route_specs.push(RouteSpec::new("default", 0));
 
     // [[limits]]
     let mut limits = Vec::new();
@@ -973,6 +1058,86 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         });
     }
 
+    // [[quotas]]
+    let mut quotas = Vec::new();
+    for (i, q) in raw.quotas.iter().enumerate() {
+        let path = format!("quotas[{}]", q.index);
+        let name = q.name.get_ref();
+        if !valid_name(name) || name == palisade_engine::engine::KEY_BUDGET_QUOTA {
+            c.at(
+                sp(&q.name),
+                &path,
+                format!("quota name `{name}` must be 1-64 letters, digits, '-', '_' or '.', and not `{}`", palisade_engine::engine::KEY_BUDGET_QUOTA),
+            );
+        }
+        if raw.quotas.iter().take(i).any(|o| o.name.get_ref() == name) {
+            c.at(sp(&q.name), &path, format!("quota `{name}` is defined twice"));
+        }
+        let key = match q.key.as_slice() {
+            [k] if k.get_ref() == "api_key" => QuotaKey::ApiKey,
+            [k] if k.get_ref() == "account" => QuotaKey::Account,
+            _ => {
+                c.at(
+                    q.key.first().and_then(sp).or_else(|| sp(&q.name)),
+                    format!("{path}.key"),
+                    "a quota is counted per key = [\"api_key\"] or per key = [\"account\"]",
+                );
+                QuotaKey::ApiKey
+            }
+        };
+        let routes = q.routes.as_ref().map(|rs| {
+            rs.iter()
+                .filter_map(|r| {
+                    let found = route_specs.iter().position(|s| &*s.name == r.get_ref().as_str());
+                    if found.is_none() {
+                        c.at(sp(r), format!("{path}.routes"), format!("no route named `{}`", r.get_ref()));
+                    }
+                    found
+                })
+                .collect::<Vec<_>>()
+        });
+        let requests_per_day = match &q.requests_per_day {
+            Some(v) if *v.get_ref() == 0 => {
+                c.at(sp(v), format!("{path}.requests_per_day"), "must be at least 1");
+                None
+            }
+            Some(v) => Some(*v.get_ref()),
+            None => None,
+        };
+        let spend_per_day_micros = q.spend_per_day_usd.as_ref().and_then(|v| {
+            match usd_micros(*v.get_ref()).filter(|m| *m > 0) {
+                Some(m) => Some(m),
+                None => {
+                    c.at(sp(v), format!("{path}.spend_per_day_usd"), "must be a dollar amount above 0 and at most 1000000");
+                    None
+                }
+            }
+        });
+        if q.requests_per_day.is_none() && q.spend_per_day_usd.is_none() {
+            c.at(sp(&q.name), &path, "a quota needs requests_per_day, spend_per_day_usd or both");
+        }
+        quotas.push(QuotaSpec {
+            name: Arc::from(name.as_str()),
+            key,
+            routes,
+            requests_per_day,
+            spend_per_day_micros,
+        });
+    }
+
+    // [keys]
+    let keys = compile_keys(&raw.keys, c);
+    let auth_policy = AuthPolicy {
+        failures: opt(&raw.keys.max_failures, AuthPolicy::default().failures, "keys.max_failures", c, |s| {
+            let r = parse_rate(s)?;
+            Ok(Algorithm::Gcra { interval: r.period / r.count, burst: r.count })
+        }),
+        max_entries: max_tracked.min(usize::MAX as u64) as usize,
+    };
+
+    // [jwt]
+    let jwt = raw.jwt.as_ref().and_then(|j| compile_jwt(j, base, c, &mut files));
+
     // [lists]
     let deny = parse_ip_entries(&raw.lists.deny, "lists.deny", base, c, &mut files);
     let allow = parse_ip_entries(&raw.lists.allow, "lists.allow", base, c, &mut files);
@@ -1072,8 +1237,9 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             }
         }
         let want = t.expect.action.get_ref();
-        const ACTIONS: [&str; 11] = [
+        const ACTIONS: [&str; 12] = [
             "allow",
+            "unauthorized",
             "tag",
             "delay",
             "challenge",
@@ -1103,6 +1269,18 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             repeat: t.request.repeat.unwrap_or(1).clamp(1, 100_000),
             expect_action: want.clone(),
             expect_rule: t.expect.rule.clone(),
+            principal: t.request.api_key.as_ref().map(|k| {
+                Arc::new(Principal {
+                    kind: palisade_engine::principal::PrincipalKind::ApiKey,
+                    key_id: Some(Arc::from(k.id.as_deref().unwrap_or("test"))),
+                    account: k.account.as_deref().map(Arc::from),
+                    scopes: k.scopes.iter().map(|s| Arc::from(s.as_str())).collect(),
+                    claims: Vec::new(),
+                    rate: None,
+                    budget: Default::default(),
+                    budget_items: None,
+                })
+            }),
             line,
         });
     }
@@ -1121,6 +1299,8 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         limits,
         lists: ListsPolicy { allow, deny },
         scoring,
+        quotas,
+        auth: auth_policy,
     };
     Some(Compiled {
         server: ServerSettings {
@@ -1151,7 +1331,201 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             recent,
         },
         tests,
+        keys,
+        jwt,
         files,
         redacted,
     })
+}
+
+fn valid_scope(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'*'))
+}
+
+/// Dollars to micro-dollars, for amounts from 0 to a million.
+fn usd_micros(v: f64) -> Option<u64> {
+    (v.is_finite() && (0.0..=1_000_000.0).contains(&v))
+        .then(|| (v * palisade_engine::quota::MICROS_PER_USD).round() as u64)
+}
+
+fn compile_keys(k: &RawKeys, c: &mut Collector<'_>) -> KeySettings {
+    let d = KeySettings::default();
+    let headers = match &k.headers {
+        None => d.headers,
+        Some(list) => {
+            let mut out = Vec::new();
+            for h in list {
+                match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                    Ok(n) => out.push(n),
+                    Err(_) => c.at(sp(h), "keys.headers", format!("`{}` is not a header name", h.get_ref())),
+                }
+            }
+            if list.is_empty() {
+                c.at(None, "keys.headers", "name at least one header to read keys from");
+            }
+            out
+        }
+    };
+    let max_keys_per_account = match &k.max_keys_per_account {
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > 100_000 => {
+            c.at(sp(v), "keys.max_keys_per_account", "must be between 1 and 100000");
+            d.max_keys_per_account
+        }
+        Some(v) => *v.get_ref(),
+        None => d.max_keys_per_account,
+    };
+    let secs = |v: &Option<Spanned<String>>, dflt: u64, name: &str, c: &mut Collector<'_>| {
+        opt(v, dflt, &format!("keys.{name}"), c, |s| {
+            parse_duration(s).map(|n| n / palisade_engine::clock::SECOND)
+        })
+    };
+    let rotation_grace_secs = secs(&k.rotation_grace, d.rotation_grace_secs, "rotation_grace", c);
+    let signature_window_secs = secs(&k.signature_window, d.signature_window_secs, "signature_window", c);
+    if signature_window_secs == 0 {
+        c.at(k.signature_window.as_ref().and_then(sp), "keys.signature_window", "must be at least 1s");
+    }
+    let max_nonces = match &k.max_nonces {
+        Some(v) if *v.get_ref() < 100 || *v.get_ref() > 10_000_000 => {
+            c.at(sp(v), "keys.max_nonces", "must be between 100 and 10000000");
+            d.max_nonces
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => d.max_nonces,
+    };
+    KeySettings {
+        headers,
+        max_keys_per_account,
+        rotation_grace_secs,
+        signature_window_secs,
+        max_nonces,
+    }
+}
+
+fn compile_jwt(
+    j: &RawJwt,
+    base: &Path,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> Option<Arc<JwtVerifier>> {
+    let header = match &j.header {
+        Some(h) => match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                c.at(sp(h), "jwt.header", format!("`{}` is not a header name", h.get_ref()));
+                http::header::AUTHORIZATION
+            }
+        },
+        None => http::header::AUTHORIZATION,
+    };
+    let mut algorithms = Vec::new();
+    for a in j.algorithms.iter().flatten() {
+        match jwt::parse_algorithm(a.get_ref()) {
+            Ok(alg) => algorithms.push(alg),
+            Err(e) => c.at(sp(a), "jwt.algorithms", e),
+        }
+    }
+    let leeway_secs = opt(&j.leeway, 30, "jwt.leeway", c, |s| {
+        parse_duration(s).map(|n| n / palisade_engine::clock::SECOND)
+    });
+    let mut claims = Vec::new();
+    for cl in j.claims.iter().flatten() {
+        match KeyPart::parse(&format!("jwt:{}", cl.get_ref())) {
+            Ok(KeyPart::Jwt(name)) => claims.push(name),
+            _ => c.at(sp(cl), "jwt.claims", format!("`{}` is not a claim name (letters, digits, '_', '-', '.')", cl.get_ref())),
+        }
+    }
+    if j.claims.is_none() {
+        claims.push(Arc::from("sub"));
+    }
+    let mut keys = Vec::new();
+    for (i, k) in j.keys.iter().enumerate() {
+        let path = format!("jwt.keys[{i}]");
+        let alg = match jwt::parse_algorithm(k.algorithm.get_ref()) {
+            Ok(a) => a,
+            Err(e) => {
+                c.at(sp(&k.algorithm), format!("{path}.algorithm"), e);
+                continue;
+            }
+        };
+        let material = match (&k.secret, &k.pem_file) {
+            (Some(sec), None) => {
+                let value = match sec.get_ref().strip_prefix("env:") {
+                    Some(var) => match std::env::var(var) {
+                        Ok(v) => v,
+                        Err(_) => {
+                            c.at(sp(sec), format!("{path}.secret"), format!("environment variable `{var}` is not set"));
+                            continue;
+                        }
+                    },
+                    None => sec.get_ref().clone(),
+                };
+                jwt::KeyMaterial::Secret(value.into_bytes())
+            }
+            (None, Some(pem)) => {
+                let file = base.join(pem.get_ref());
+                match std::fs::read(&file) {
+                    Ok(bytes) => {
+                        files.push(file);
+                        jwt::KeyMaterial::Pem(bytes)
+                    }
+                    Err(e) => {
+                        c.at(sp(pem), format!("{path}.pem_file"), format!("cannot read `{}`: {e}", file.display()));
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                c.at(sp(&k.algorithm), &path, "give exactly one of `secret` (HS256) or `pem_file` (RS256, ES256, EdDSA)");
+                continue;
+            }
+        };
+        match jwt::StaticKey::new(k.kid.clone(), alg, &material) {
+            Ok(key) => keys.push(key),
+            Err(e) => c.at(sp(&k.algorithm), &path, e),
+        }
+    }
+    let jwks_file = j.jwks_file.as_ref().map(|f| (base.join(f.get_ref()), f));
+    let mut file_keys = Vec::new();
+    if let Some((file, spanned)) = &jwks_file {
+        match std::fs::read(file) {
+            Ok(bytes) => match jwt::parse_jwks(&bytes) {
+                Ok(k) => {
+                    files.push(file.clone());
+                    file_keys = k;
+                }
+                Err(e) => c.at(sp(spanned), "jwt.jwks_file", format!("`{}`: {e}", file.display())),
+            },
+            Err(e) => c.at(sp(spanned), "jwt.jwks_file", format!("cannot read `{}`: {e}", file.display())),
+        }
+    }
+    let jwks_url = j.jwks_url.as_ref().and_then(|u| match u.get_ref().parse::<Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => Some(uri),
+        Ok(uri) if uri.scheme_str() == Some("https") => {
+            c.at(sp(u), "jwt.jwks_url", "https JWKS URLs are not supported yet; fetch the document to a file and use jwks_file, or serve it over http on a private network");
+            None
+        }
+        _ => {
+            c.at(sp(u), "jwt.jwks_url", format!("`{}` is not an http:// URL", u.get_ref()));
+            None
+        }
+    });
+    let jwks_refresh = opt(&j.jwks_refresh, 600 * palisade_engine::clock::SECOND, "jwt.jwks_refresh", c, parse_duration);
+    if keys.is_empty() && jwks_file.is_none() && jwks_url.is_none() {
+        c.at(None, "jwt", "[jwt] needs keys: inline `keys`, a `jwks_file` or a `jwks_url`");
+    }
+    Some(Arc::new(JwtVerifier::new(jwt::JwtSettings {
+        header,
+        algorithms,
+        issuer: j.issuer.clone(),
+        audience: j.audience.clone().unwrap_or_default(),
+        leeway_secs,
+        claims,
+        account_claim: j.account_claim.clone(),
+        scope_claim: j.scope_claim.clone().unwrap_or_else(|| "scope".to_owned()),
+        jwks_url,
+        jwks_refresh,
+    }, keys, file_keys)))
 }

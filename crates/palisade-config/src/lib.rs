@@ -12,7 +12,7 @@ pub mod cases;
 pub mod compile;
 pub mod error;
 pub mod raw;
-pub mod units;
+pub use palisade_engine::units;
 
 pub use cases::{CaseOutcome, run_cases};
 pub use compile::{

@@ -88,11 +88,18 @@ pub struct RawRoute {
     pub match_: RawMatch,
     /// Upstream name; default the first upstream.
     pub upstream: Option<Spanned<String>>,
-    /// `none` (default). `api_key`, `jwt` and `any` come with API keys.
+    /// `none` (default), `api_key`, `jwt` or `any` (either).
     pub auth: Option<Spanned<String>>,
-    /// Scopes required (with API keys).
+    /// Scopes an API key or token must hold (`items:*` grants `items:read`).
     #[serde(default)]
     pub scopes: Vec<Spanned<String>>,
+    /// Dollars a request is charged against spend quotas when the upstream reports nothing.
+    pub spend_usd: Option<Spanned<f64>>,
+    /// Response header in which the upstream reports a request's spend in dollars.
+    pub spend_header: Option<Spanned<String>>,
+    /// Dollars held against spend quotas while a request is in flight. Default `spend_usd`.
+    /// Set it to the most one request can cost when the upstream reports the spend.
+    pub spend_reserve_usd: Option<Spanned<f64>>,
     /// Units a request costs up front for cost-counting limits. Default 1.
     pub cost: Option<Spanned<u64>>,
     /// Response header in which the upstream reports a request's real cost.
@@ -139,6 +146,90 @@ pub struct RawLimit {
     /// Position in its array in the file (set by the loader, for error paths).
     #[serde(skip)]
     pub index: usize,
+}
+
+/// `[[quotas]]`: daily budgets per API key or account, reset at midnight UTC.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    /// Unique name; shown in RateLimit headers, logs and `/_palisade/usage`.
+    pub name: Spanned<String>,
+    /// `["api_key"]` or `["account"]`.
+    pub key: Vec<Spanned<String>>,
+    /// Route names it applies to; absent means all routes.
+    pub routes: Option<Vec<Spanned<String>>>,
+    /// Requests per UTC day.
+    pub requests_per_day: Option<Spanned<u64>>,
+    /// Dollars per UTC day (route `spend_usd` or the upstream's `spend_header`).
+    pub spend_per_day_usd: Option<Spanned<f64>>,
+    /// Position in its array in the file (set by the loader, for error paths).
+    #[serde(skip)]
+    pub index: usize,
+}
+
+/// `[keys]`: how API keys are read and guarded.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// Headers a key is read from, in order. `authorization` means `Bearer <key>`.
+    /// Default `["authorization", "x-api-key"]`.
+    pub headers: Option<Vec<Spanned<String>>>,
+    /// Most active keys per account. Default 10.
+    pub max_keys_per_account: Option<Spanned<u64>>,
+    /// Failed attempts (bad keys or tokens) one client IP may make; beyond it the client is
+    /// blocked on authenticated routes until the rate replenishes. Default `10/1m`.
+    pub max_failures: Option<Spanned<String>>,
+    /// How long a rotated key stays valid. Default `24h`.
+    pub rotation_grace: Option<Spanned<String>>,
+    /// How far a signed request's timestamp may be from now. Default `5m`.
+    pub signature_window: Option<Spanned<String>>,
+    /// Most request nonces remembered (replay protection). Default 100000.
+    pub max_nonces: Option<Spanned<u64>>,
+}
+
+/// A JWT verification key given in the config.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtKey {
+    /// Key id matched against the token's `kid`; optional when only one key fits.
+    pub kid: Option<String>,
+    /// `HS256`, `RS256`, `ES256` or `EdDSA`.
+    pub algorithm: Spanned<String>,
+    /// HS256 shared secret, or `env:NAME` to read it from the environment.
+    pub secret: Option<Spanned<String>>,
+    /// PEM public key file (RS256, ES256, EdDSA).
+    pub pem_file: Option<Spanned<String>>,
+}
+
+/// `[jwt]`: bearer-token verification for `auth = "jwt"` routes.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    /// Header the token is read from (`Bearer <token>`). Default `authorization`.
+    pub header: Option<Spanned<String>>,
+    /// Accepted algorithms. Default: those of the configured keys.
+    pub algorithms: Option<Vec<Spanned<String>>>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one must match).
+    pub audience: Option<Vec<String>>,
+    /// Clock skew allowed for `exp` and `nbf`. Default `30s`.
+    pub leeway: Option<Spanned<String>>,
+    /// Claims that become identity dimensions `jwt:<claim>`. Default `["sub"]`.
+    pub claims: Option<Vec<Spanned<String>>>,
+    /// Claim holding the account (the `account` dimension). Optional.
+    pub account_claim: Option<String>,
+    /// Claim holding space-separated scopes. Default `scope`.
+    pub scope_claim: Option<String>,
+    /// Keys given inline.
+    #[serde(default)]
+    pub keys: Vec<RawJwtKey>,
+    /// A JWKS document on disk (reloaded when it changes).
+    pub jwks_file: Option<Spanned<String>>,
+    /// A JWKS URL (http://), fetched at start and refreshed.
+    pub jwks_url: Option<Spanned<String>>,
+    /// How often the JWKS URL is fetched again. Default `10m`.
+    pub jwks_refresh: Option<Spanned<String>>,
 }
 
 /// `[lists]`: static allow and deny lists.
@@ -190,8 +281,23 @@ pub struct RawTestRequest {
     /// Request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Pretend the request carries a valid API key with these properties.
+    pub api_key: Option<RawTestKey>,
     /// Send the request this many times at the same instant; `expect` applies to the last.
     pub repeat: Option<u64>,
+}
+
+/// A pretend API key for a test request.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestKey {
+    /// Key id. Default `test`.
+    pub id: Option<String>,
+    /// Account.
+    pub account: Option<String>,
+    /// Scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// What a test expects.
@@ -230,6 +336,12 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     /// `[[limits]]`.
     pub limits: Vec<RawLimit>,
+    /// `[[quotas]]`.
+    pub quotas: Vec<RawQuota>,
+    /// `[keys]`.
+    pub keys: RawKeys,
+    /// `[jwt]`.
+    pub jwt: Option<RawJwt>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.
@@ -260,4 +372,4 @@ macro_rules! indexed {
     )*};
 }
 
-indexed!(RawUpstream, RawRoute, RawLimit, RawTest);
+indexed!(RawUpstream, RawRoute, RawLimit, RawQuota, RawTest);

@@ -60,6 +60,8 @@ impl<'a> Req<'a> {
             client_ip: ip,
             peer_ip: ip,
             now: self.at,
+            unix_ms: 1_700_000_000_000,
+            auth: palisade_engine::principal::Auth::Anonymous,
         })
         .unwrap()
     }
@@ -537,6 +539,8 @@ max_entries = 50000
                 client_ip: ip,
                 peer_ip: ip,
                 now: T0 + u64::from(i) * 1000,
+                unix_ms: 1_700_000_000_000,
+                auth: palisade_engine::principal::Auth::Anonymous,
             })
             .unwrap();
         assert_eq!(d.action, Action::Allow);

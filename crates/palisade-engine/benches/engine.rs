@@ -125,6 +125,8 @@ fn five_limits_warm(bencher: divan::Bencher) {
             client_ip: ip,
             peer_ip: ip,
             now: now.fetch_add(1000, Ordering::Relaxed),
+            unix_ms: 1_700_000_000_000,
+            auth: palisade_engine::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
         assert!(matches!(d.as_ref().map(|d| d.limits.len()), Ok(5)));
@@ -149,6 +151,8 @@ fn spray_new_identities(bencher: divan::Bencher) {
             client_ip: ip,
             peer_ip: ip,
             now: 3_600_000_000_000 + i * 1000,
+            unix_ms: 1_700_000_000_000,
+            auth: palisade_engine::principal::Auth::Anonymous,
         })
     });
 }

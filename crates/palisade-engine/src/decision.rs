@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use crate::clock::Nanos;
-use crate::limits::{Unit, Verdict};
+use crate::limits::{Algorithm, Unit, Verdict};
+use crate::quota::QuotaHold;
+use crate::ratelimit_headers::HeaderItem;
 use crate::route::RouteId;
 
 /// What to do with a request.
@@ -22,6 +24,8 @@ pub enum Action {
     },
     /// Ask the client to prove itself.
     Challenge,
+    /// Answer 401: the route needs credentials that were missing or not accepted.
+    Unauthorized,
     /// Answer 429.
     Limit {
         /// When to come back.
@@ -39,6 +43,7 @@ impl Action {
             Action::Tag => "tag",
             Action::Delay { .. } => "delay",
             Action::Challenge => "challenge",
+            Action::Unauthorized => "unauthorized",
             Action::Limit { .. } => "limit",
             Action::Block => "block",
         }
@@ -51,6 +56,7 @@ impl Action {
             Action::Tag => "would_tag",
             Action::Delay { .. } => "would_delay",
             Action::Challenge => "would_challenge",
+            Action::Unauthorized => "unauthorized",
             Action::Limit { .. } => "would_limit",
             Action::Block => "would_block",
         }
@@ -68,8 +74,9 @@ impl Action {
             Action::Tag => 1,
             Action::Delay { .. } => 2,
             Action::Challenge => 3,
-            Action::Limit { .. } => 4,
-            Action::Block => 5,
+            Action::Unauthorized => 4,
+            Action::Limit { .. } => 5,
+            Action::Block => 6,
         }
     }
 }
@@ -127,6 +134,31 @@ pub struct Decision {
     pub limits: Vec<LimitOutcome>,
     /// The matched route.
     pub route: RouteId,
+    /// The stable error code for the client when the action refuses with a specific one
+    /// (`invalid_api_key`, `daily_rpd_limit_exceeded`, ...); `None` for the action's default.
+    pub code: Option<&'static str>,
+    /// Daily quota reservations the request holds (settled by the gateway on the response).
+    pub quotas: Vec<QuotaHold>,
+    /// The per-key rate limit that applied, if any: its header item and algorithm.
+    pub key_limit: Option<(Arc<HeaderItem>, Algorithm)>,
+}
+
+impl Decision {
+    /// An allow decision on `route` with nothing recorded yet.
+    pub fn new(route: RouteId, rule: Arc<str>) -> Self {
+        Self {
+            action: Action::Allow,
+            rule,
+            shadow: None,
+            score: 0,
+            signals: Vec::new(),
+            limits: Vec::new(),
+            route,
+            code: None,
+            quotas: Vec::new(),
+            key_limit: None,
+        }
+    }
 }
 
 impl Decision {

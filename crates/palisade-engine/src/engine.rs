@@ -8,13 +8,24 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::clock::Nanos;
+use crate::clock::{Nanos, SECOND};
 use crate::decision::{Action, Decision, LimitOutcome, Signal};
 use crate::facts::RequestFacts;
 use crate::identity::{KeyPart, KeyValue, display_value, key_hash, key_hash_of_values, mask};
-use crate::limits::{LimitAction, LimitTable, Unit, ceil_secs};
-use crate::policy::{Mode, Policy};
-use crate::ratelimit_headers::{HeaderItem, RateLimitHeaders, render};
+use crate::limits::{Algorithm, LimitAction, LimitTable, Unit, ceil_secs};
+use crate::policy::{Mode, Policy, RouteSpec};
+use crate::principal::{Auth, AuthFailure, AuthRequirement, Principal, PrincipalKind};
+use crate::quota::{
+    QuotaCheck, QuotaItems, QuotaKey, QuotaLedger, QuotaSettlement, day_of, secs_to_midnight,
+};
+use crate::ratelimit_headers::{HeaderEntry, HeaderItem, RateLimitHeaders, render_entries};
+use crate::route::RouteId;
+
+/// The index a key's own rate limit has in [`Decision::limits`].
+pub const KEY_LIMIT_INDEX: usize = usize::MAX;
+
+/// The ledger name of the budgets a key carries in its record.
+pub const KEY_BUDGET_QUOTA: &str = "key-daily";
 
 /// The engine itself failed (not: the request was refused). The gateway then applies its
 /// fail-open or fail-closed policy.
@@ -71,6 +82,26 @@ pub struct IdentityReport {
     pub denylisted: bool,
     /// Limiter states.
     pub limits: Vec<LimitStateReport>,
+    /// Daily quota usage (api_key and account dimensions).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaReport>,
+}
+
+/// A daily quota's usage for one identity.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuotaReport {
+    /// The quota.
+    pub quota: String,
+    /// Requests settled today.
+    pub requests: u64,
+    /// Requests allowed per day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    /// Spend settled today, in dollars.
+    pub spend_usd: f64,
+    /// Spend allowed per day, in dollars.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend_per_day_usd: Option<f64>,
 }
 
 /// Why an identity look-up failed.
@@ -88,6 +119,17 @@ pub struct Engine {
     tables: Vec<Arc<LimitTable>>,
     signal_names: Vec<Arc<str>>,
     header_items: Vec<HeaderItem>,
+    key_table: Arc<LimitTable>,
+    failure_table: Arc<LimitTable>,
+    ledger: Arc<QuotaLedger>,
+    quota_rules: Vec<Arc<str>>,
+    quota_items: Vec<Arc<QuotaItems>>,
+    rule_key_limit: Arc<str>,
+    rule_key_budget: Arc<str>,
+    key_budget_name: Arc<str>,
+    rule_guessing: Arc<str>,
+    rule_scope: Arc<str>,
+    auth_rules: [Arc<str>; 8],
     rule_deny: Arc<str>,
     rule_allow_list: Arc<str>,
     rule_default: Arc<str>,
@@ -123,11 +165,57 @@ impl Engine {
             .iter()
             .map(|l| HeaderItem::for_limit(&l.name, l.quota, l.window_secs, l.unit))
             .collect();
+        let key_table = previous
+            .map(|p| p.key_table.clone())
+            .unwrap_or_else(|| Arc::new(LimitTable::new(100_000)));
+        let failure_table = previous
+            .filter(|p| p.policy.auth == policy.auth)
+            .map(|p| p.failure_table.clone())
+            .unwrap_or_else(|| Arc::new(LimitTable::new(policy.auth.max_entries)));
+        let ledger = previous
+            .map(|p| p.ledger.clone())
+            .unwrap_or_else(|| Arc::new(QuotaLedger::new()));
+        let quota_rules = policy
+            .quotas
+            .iter()
+            .map(|q| Arc::from(format!("quota/{}", q.name)))
+            .collect();
+        let quota_items = policy
+            .quotas
+            .iter()
+            .map(|q| {
+                Arc::new(QuotaItems::new(
+                    &q.name,
+                    q.requests_per_day,
+                    q.spend_per_day_micros,
+                ))
+            })
+            .collect();
         Self {
             policy,
             tables,
             signal_names,
             header_items,
+            key_table,
+            failure_table,
+            ledger,
+            quota_rules,
+            quota_items,
+            rule_key_limit: Arc::from("limit/api-key"),
+            rule_key_budget: Arc::from(format!("quota/{KEY_BUDGET_QUOTA}")),
+            key_budget_name: Arc::from(KEY_BUDGET_QUOTA),
+            rule_guessing: Arc::from("auth/guessing"),
+            rule_scope: Arc::from("auth/insufficient_scope"),
+            auth_rules: [
+                Arc::from("auth/missing_api_key"),
+                Arc::from("auth/missing_token"),
+                Arc::from("auth/missing_credentials"),
+                Arc::from("auth/invalid_api_key"),
+                Arc::from("auth/expired_api_key"),
+                Arc::from("auth/revoked_api_key"),
+                Arc::from("auth/invalid_token"),
+                Arc::from("auth/invalid_signature"),
+            ],
             rule_deny: Arc::from("list/deny"),
             rule_allow_list: Arc::from("list/allow"),
             rule_default: Arc::from("default/allow"),
@@ -146,7 +234,55 @@ impl Engine {
 
     /// RateLimit header values for a decision; `None` when no advertised limit applied.
     pub fn rate_limit_headers(&self, decision: &Decision) -> Option<RateLimitHeaders> {
-        render(&decision.limits, &self.header_items)
+        let limits = decision.limits.iter().filter(|o| o.headers).filter_map(|o| {
+            let item = if o.index == KEY_LIMIT_INDEX {
+                &*decision.key_limit.as_ref()?.0
+            } else {
+                self.header_items.get(o.index)?
+            };
+            Some(HeaderEntry {
+                item,
+                quota: o.quota,
+                remaining: o.verdict.remaining,
+                reset_secs: ceil_secs(o.verdict.reset),
+            })
+        });
+        let quotas = decision.quotas.iter().flat_map(|h| {
+            let requests = h.items.requests.as_deref().and_then(|item| {
+                Some(HeaderEntry {
+                    item,
+                    quota: h.requests_per_day?,
+                    remaining: h.requests_remaining?,
+                    reset_secs: h.reset_secs,
+                })
+            });
+            let spend = h.items.spend.as_deref().and_then(|item| {
+                Some(HeaderEntry {
+                    item,
+                    quota: h.spend_per_day?,
+                    remaining: h.spend_remaining?,
+                    reset_secs: h.reset_secs,
+                })
+            });
+            requests.into_iter().chain(spend)
+        });
+        render_entries(limits.chain(quotas))
+    }
+
+    /// The ledger daily quotas are counted in (shared across reloads).
+    pub fn quota_ledger(&self) -> &Arc<QuotaLedger> {
+        &self.ledger
+    }
+
+    /// A settlement for the quota reservations a decision holds: settle it when the upstream
+    /// answers; dropping it unsettled gives the reservations back.
+    pub fn quota_settlement(&self, decision: &Decision) -> QuotaSettlement {
+        QuotaSettlement::new(self.ledger.clone(), decision.quotas.clone())
+    }
+
+    /// The route a request matches.
+    pub fn route_of(&self, method: &http::Method, path: &str) -> RouteId {
+        self.policy.routes.route_for(method, path)
     }
 
     /// The state table of each limit, in policy order.
@@ -156,25 +292,22 @@ impl Engine {
 
     /// Decides one request.
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Result<Decision, EngineError> {
-        let p = &self.policy;
-        let route = p.routes.route_for(facts.method, facts.path);
-        let route_spec = p.route(route).ok_or(EngineError::NoRoute)?;
-        let mut d = Decision {
-            action: Action::Allow,
-            rule: self.rule_default.clone(),
-            shadow: None,
-            score: 0,
-            signals: Vec::new(),
-            limits: Vec::new(),
-            route,
-        };
+        let route = self.route_of(facts.method, facts.path);
+        self.evaluate_on(facts, route)
+    }
 
-        // Lists: an allowlisted client skips everything else; a denylisted one is refused.
+    /// Decides one request whose route the caller already matched (with [`Engine::route_of`]).
+    pub fn evaluate_on(
+        &self,
+        facts: &RequestFacts<'_>,
+        route: RouteId,
+    ) -> Result<Decision, EngineError> {
+        let p = &self.policy;
+        let route_spec = p.route(route).ok_or(EngineError::NoRoute)?;
+        let mut d = Decision::new(route, self.rule_default.clone());
+
+        // A denylisted client is refused before anything else.
         let ip = facts.client_ip;
-        if p.lists.allow.contains(ip) {
-            d.rule = self.rule_allow_list.clone();
-            return Ok(d);
-        }
         if p.lists.deny.contains(ip) {
             d.signals.push(Signal {
                 name: self.rule_deny.clone(),
@@ -185,9 +318,21 @@ impl Engine {
             return Ok(self.finish(d, Action::Block, self.rule_deny.clone()));
         }
 
-        // Limits: every matching limit applies.
-        let mut enforced: Option<(Action, usize)> = None;
-        let mut shadowed: Option<(Action, usize)> = None;
+        // Authentication is access control, not abuse detection: it is enforced in shadow mode
+        // too, and the allow list does not bypass it.
+        if let Some(refused) = self.authenticate(&mut d, facts, route_spec) {
+            return Ok(refused);
+        }
+
+        // An allowlisted client skips limits, quotas and checks.
+        if p.lists.allow.contains(ip) {
+            d.rule = self.rule_allow_list.clone();
+            return Ok(d);
+        }
+
+        // Limits: every matching limit applies, then the key's own limit.
+        let mut enforced: Option<(Action, Arc<str>)> = None;
+        let mut shadowed: Option<(Action, Arc<str>)> = None;
         for (i, spec) in p.limits.iter().enumerate() {
             if !spec.applies(route, facts.method) {
                 continue;
@@ -230,8 +375,8 @@ impl Engine {
                     },
                 };
                 let slot = if shadow { &mut shadowed } else { &mut enforced };
-                if stronger(action, slot.map(|s| s.0)) {
-                    *slot = Some((action, i));
+                if stronger(action, slot.as_ref().map(|s| s.0)) {
+                    *slot = Some((action, signal.clone()));
                 }
             }
             d.limits.push(LimitOutcome {
@@ -246,6 +391,24 @@ impl Engine {
                 unit: spec.unit,
                 headers: spec.headers,
             });
+        }
+        if let Some(principal) = facts.auth.principal() {
+            self.key_limit(&mut d, facts, principal, &mut enforced);
+        }
+
+        // Daily quotas, reserved only for a request the limits let through.
+        if !matches!(enforced, Some((Action::Limit { .. }, _)))
+            && let Some(principal) = facts.auth.principal()
+            && let Some((action, rule, code)) = self.reserve_quotas(&mut d, facts, route_spec, principal)
+        {
+            if p.mode == Mode::Shadow {
+                if stronger(action, shadowed.as_ref().map(|s| s.0)) {
+                    shadowed = Some((action, rule));
+                }
+            } else {
+                enforced = Some((action, rule));
+                d.code = Some(code);
+            }
         }
 
         // A refused request gives back what other limits charged it (a held one keeps its
@@ -266,12 +429,7 @@ impl Engine {
             .fold(0u32, |acc, s| acc + u32::from(s.weight))
             .min(100) as u8;
 
-        if let Some((_, i)) = shadowed
-            && let Some((action, _)) = shadowed
-            && let Some(name) = self.signal_names.get(i)
-        {
-            d.shadow = Some((action, name.clone()));
-        }
+        d.shadow = shadowed;
         if shadow_score > d.score
             && let Some((a, r)) = self.score_action(shadow_score)
             && stronger(a, d.shadow.as_ref().map(|s| s.0))
@@ -280,18 +438,280 @@ impl Engine {
         }
 
         let (action, rule) = match enforced {
-            Some((a, i)) => (
-                a,
-                self.signal_names
-                    .get(i)
-                    .cloned()
-                    .unwrap_or_else(|| self.rule_default.clone()),
-            ),
+            Some(x) => x,
             None => self
                 .score_action(d.score)
                 .unwrap_or((Action::Allow, self.rule_default.clone())),
         };
         Ok(self.finish(d, action, rule))
+    }
+
+    /// Checks the route's authentication requirement. Returns the refusal, if any.
+    fn authenticate(
+        &self,
+        d: &mut Decision,
+        facts: &RequestFacts<'_>,
+        route: &RouteSpec,
+    ) -> Option<Decision> {
+        let required = route.auth;
+        if required == AuthRequirement::None {
+            return None;
+        }
+        let failures = &self.policy.auth.failures;
+        let ip_key = key_hash_of_values(
+            &self.failure_table.hasher,
+            &[KeyValue::Ip(facts.client_ip.to_canonical(), 255)],
+        );
+        let guessing = |d: &mut Decision| {
+            d.signals.push(Signal {
+                name: self.rule_guessing.clone(),
+                weight: 100,
+                shadow: false,
+            });
+            d.score = 100;
+            let mut out = d.clone();
+            out.action = Action::Block;
+            out.rule = self.rule_guessing.clone();
+            out
+        };
+        // A source that kept presenting bad credentials is refused whatever it presents now,
+        // until its failure budget replenishes.
+        if self
+            .failure_table
+            .peek(failures, ip_key, facts.now)
+            .is_some_and(|v| v.remaining == 0)
+        {
+            return Some(guessing(d));
+        }
+        let [missing_key, missing_token, missing_any, ..] = &self.auth_rules;
+        let missing = |d: &mut Decision| {
+            let (rule, code) = match required {
+                AuthRequirement::ApiKey => (missing_key, "missing_api_key"),
+                AuthRequirement::Jwt => (missing_token, "missing_token"),
+                _ => (missing_any, "missing_credentials"),
+            };
+            let mut out = d.clone();
+            out.action = Action::Unauthorized;
+            out.rule = rule.clone();
+            out.code = Some(code);
+            out
+        };
+        let accepts = |kind: PrincipalKind| match required {
+            AuthRequirement::None | AuthRequirement::Any => true,
+            AuthRequirement::ApiKey => kind == PrincipalKind::ApiKey,
+            AuthRequirement::Jwt => kind == PrincipalKind::Jwt,
+        };
+        match facts.auth {
+            Auth::Anonymous => Some(missing(d)),
+            Auth::Failed { kind, .. } if !accepts(kind) => Some(missing(d)),
+            Auth::Failed { failure, .. } => {
+                let verdict = self
+                    .failure_table
+                    .check(failures, ip_key, facts.now, 1, 0);
+                let rule = self.auth_rule(failure);
+                d.signals.push(Signal {
+                    name: rule.clone(),
+                    weight: 10,
+                    shadow: false,
+                });
+                if !verdict.allowed || verdict.remaining == 0 {
+                    return Some(guessing(d));
+                }
+                d.score = 10;
+                let mut out = d.clone();
+                out.action = Action::Unauthorized;
+                out.rule = rule;
+                out.code = Some(failure.code());
+                Some(out)
+            }
+            Auth::Principal(p) if !accepts(p.kind) => Some(missing(d)),
+            Auth::Principal(p) if !p.has_scopes(&route.scopes) => {
+                let mut out = d.clone();
+                out.action = Action::Block;
+                out.rule = self.rule_scope.clone();
+                out.code = Some("insufficient_scope");
+                Some(out)
+            }
+            Auth::Principal(_) => None,
+        }
+    }
+
+    fn auth_rule(&self, failure: AuthFailure) -> Arc<str> {
+        let [.., invalid_key, expired, revoked, invalid_token, invalid_sig] = &self.auth_rules;
+        match failure {
+            AuthFailure::InvalidApiKey => invalid_key,
+            AuthFailure::ExpiredApiKey => expired,
+            AuthFailure::RevokedApiKey => revoked,
+            AuthFailure::InvalidToken => invalid_token,
+            AuthFailure::InvalidSignature => invalid_sig,
+        }
+        .clone()
+    }
+
+    /// Applies the key's own rate limit, if its record has one.
+    fn key_limit(
+        &self,
+        d: &mut Decision,
+        facts: &RequestFacts<'_>,
+        principal: &Principal,
+        enforced: &mut Option<(Action, Arc<str>)>,
+    ) {
+        let (Some(rate), Some(id)) = (&principal.rate, &principal.key_id) else {
+            return;
+        };
+        let algorithm = Algorithm::Gcra {
+            interval: rate.interval,
+            burst: rate.burst,
+        };
+        let key = key_hash_of_values(&self.key_table.hasher, &[KeyValue::Bytes(id.as_bytes())]);
+        let verdict = self.key_table.check(&algorithm, key, facts.now, 1, 0);
+        if !verdict.allowed {
+            d.signals.push(Signal {
+                name: self.rule_key_limit.clone(),
+                weight: 50,
+                shadow: false,
+            });
+            let action = Action::Limit {
+                retry_after: verdict.retry_after,
+            };
+            if stronger(action, enforced.as_ref().map(|s| s.0)) {
+                *enforced = Some((action, self.rule_key_limit.clone()));
+            }
+        }
+        d.key_limit = Some((rate.item.clone(), algorithm));
+        d.limits.push(LimitOutcome {
+            index: KEY_LIMIT_INDEX,
+            name: self.rule_key_limit.clone(),
+            key,
+            charged: u64::from(verdict.allowed),
+            verdict,
+            shadow: false,
+            quota: rate.quota,
+            window_secs: rate.window_secs,
+            unit: Unit::Requests,
+            headers: true,
+        });
+    }
+
+    /// Reserves the request's daily budgets. Returns the refusal (action, rule, client code)
+    /// if one is exhausted.
+    fn reserve_quotas(
+        &self,
+        d: &mut Decision,
+        facts: &RequestFacts<'_>,
+        route: &RouteSpec,
+        principal: &Principal,
+    ) -> Option<(Action, Arc<str>, &'static str)> {
+        let mut checks: Vec<QuotaCheck> = Vec::new();
+        let mut rules: Vec<&Arc<str>> = Vec::new();
+        for ((q, rule), items) in self
+            .policy
+            .quotas
+            .iter()
+            .zip(&self.quota_rules)
+            .zip(&self.quota_items)
+        {
+            if q.routes.as_ref().is_some_and(|r| !r.contains(&d.route)) {
+                continue;
+            }
+            let identity = match q.key {
+                QuotaKey::ApiKey => principal.key_id.as_ref(),
+                QuotaKey::Account => principal.account.as_ref(),
+            };
+            let Some(identity) = identity else {
+                continue;
+            };
+            checks.push(QuotaCheck {
+                quota: q.name.clone(),
+                identity: identity.clone(),
+                requests_per_day: q.requests_per_day,
+                spend_per_day_micros: q.spend_per_day_micros,
+                spend_hold: if q.spend_per_day_micros.is_some() {
+                    route.spend_reserve_micros
+                } else {
+                    0
+                },
+                items: items.clone(),
+            });
+            rules.push(rule);
+        }
+        if let (Some(id), Some(items)) = (&principal.key_id, &principal.budget_items) {
+            let b = principal.budget;
+            checks.push(QuotaCheck {
+                quota: self.key_budget_name.clone(),
+                identity: id.clone(),
+                requests_per_day: b.requests_per_day,
+                spend_per_day_micros: b.spend_per_day_micros,
+                spend_hold: if b.spend_per_day_micros.is_some() {
+                    route.spend_reserve_micros
+                } else {
+                    0
+                },
+                items: items.clone(),
+            });
+            rules.push(&self.rule_key_budget);
+        }
+        if checks.is_empty() {
+            return None;
+        }
+        match self.ledger.reserve(&checks, facts.unix_ms) {
+            Ok(holds) => {
+                d.quotas = holds;
+                None
+            }
+            Err(e) => {
+                let rule = rules.get(e.index).map(|r| (*r).clone())?;
+                d.signals.push(Signal {
+                    name: rule.clone(),
+                    weight: 50,
+                    shadow: self.policy.mode == Mode::Shadow,
+                });
+                let action = Action::Limit {
+                    retry_after: secs_to_midnight(facts.unix_ms).saturating_mul(SECOND),
+                };
+                Some((action, rule, e.budget.code()))
+            }
+        }
+    }
+
+    /// Today's usage of every daily quota counted per `dimension` (api_key or account).
+    pub fn quota_report(&self, dimension: &KeyPart, value: &str, unix_ms: u64) -> Vec<QuotaReport> {
+        let key = match dimension {
+            KeyPart::ApiKey => QuotaKey::ApiKey,
+            KeyPart::Account => QuotaKey::Account,
+            _ => return Vec::new(),
+        };
+        let day = day_of(unix_ms);
+        let usd = |m: u64| m as f64 / crate::quota::MICROS_PER_USD;
+        let mut out: Vec<QuotaReport> = self
+            .policy
+            .quotas
+            .iter()
+            .filter(|q| q.key == key)
+            .map(|q| {
+                let u = self.ledger.usage(&q.name, value, day);
+                QuotaReport {
+                    quota: q.name.to_string(),
+                    requests: u.requests,
+                    requests_per_day: q.requests_per_day,
+                    spend_usd: usd(u.spend_micros),
+                    spend_per_day_usd: q.spend_per_day_micros.map(usd),
+                }
+            })
+            .collect();
+        if key == QuotaKey::ApiKey {
+            let u = self.ledger.usage(KEY_BUDGET_QUOTA, value, day);
+            if u.requests > 0 || u.spend_micros > 0 {
+                out.push(QuotaReport {
+                    quota: KEY_BUDGET_QUOTA.to_owned(),
+                    requests: u.requests,
+                    requests_per_day: None,
+                    spend_usd: usd(u.spend_micros),
+                    spend_per_day_usd: None,
+                });
+            }
+        }
+        out
     }
 
     fn score_action(&self, score: u8) -> Option<(Action, Arc<str>)> {
@@ -341,24 +761,33 @@ impl Engine {
             if delta == 0 {
                 continue;
             }
-            self.adjust(o, response.now, delta);
+            self.adjust(o, response.now, delta, None);
         }
     }
 
     /// Gives back everything a decision charged, for a request the gateway ends up not serving
     /// (a delayed request whose queue was full).
     pub fn refund(&self, decision: &mut Decision, now: Nanos) {
+        let key_limit = decision.key_limit.as_ref().map(|(_, a)| *a);
         for o in &mut decision.limits {
             if o.charged > 0 {
-                self.adjust(o, now, -(o.charged as i64));
+                self.adjust(o, now, -(o.charged as i64), key_limit.as_ref());
                 o.charged = 0;
             }
+        }
+        if !decision.quotas.is_empty() {
+            self.ledger.release(&decision.quotas);
+            decision.quotas.clear();
         }
     }
 
     /// Adds (or, negative, gives back) units to the cell a limit outcome was counted in.
-    fn adjust(&self, o: &LimitOutcome, now: Nanos, delta: i64) {
-        if let (Some(spec), Some(table)) =
+    fn adjust(&self, o: &LimitOutcome, now: Nanos, delta: i64, key_limit: Option<&Algorithm>) {
+        if o.index == KEY_LIMIT_INDEX {
+            if let Some(alg) = key_limit {
+                self.key_table.adjust(alg, o.key, now, delta);
+            }
+        } else if let (Some(spec), Some(table)) =
             (self.policy.limits.get(o.index), self.tables.get(o.index))
         {
             table.adjust(&spec.algorithm, o.key, now, delta);
@@ -373,9 +802,28 @@ impl Engine {
             .map(|r| &*r.name)
             .unwrap_or("default");
         let mut out = vec![("ip".to_owned(), facts.client_ip.to_string())];
+        if let Some(p) = facts.auth.principal() {
+            if let Some(id) = &p.key_id {
+                out.push(("api_key".to_owned(), id.to_string()));
+            }
+            if let Some(a) = &p.account {
+                out.push(("account".to_owned(), a.to_string()));
+            }
+            for (claim, v) in &p.claims {
+                out.push((format!("jwt:{claim}"), v.to_string()));
+            }
+        }
         for spec in &self.policy.limits {
             for part in &spec.key {
-                if matches!(part, KeyPart::Ip | KeyPart::Route | KeyPart::Method) {
+                if matches!(
+                    part,
+                    KeyPart::Ip
+                        | KeyPart::Route
+                        | KeyPart::Method
+                        | KeyPart::ApiKey
+                        | KeyPart::Account
+                        | KeyPart::Jwt(_)
+                ) {
                     continue;
                 }
                 let name = part.to_string();
@@ -396,6 +844,7 @@ impl Engine {
         dimension: &KeyPart,
         value: &str,
         now: Nanos,
+        now_unix_ms: u64,
     ) -> Result<IdentityReport, IdentityError> {
         let bad = || IdentityError::BadValue(value.to_owned(), dimension.to_string());
         let owned_bytes;
@@ -417,7 +866,11 @@ impl Engine {
                 let id = self.policy.route_id(value).ok_or_else(bad)?;
                 (KeyValue::Route(id), value.to_owned(), None)
             }
-            KeyPart::Header(_) | KeyPart::Method => {
+            KeyPart::Header(_)
+            | KeyPart::Method
+            | KeyPart::ApiKey
+            | KeyPart::Account
+            | KeyPart::Jwt(_) => {
                 owned_bytes = value.as_bytes().to_vec();
                 (KeyValue::Bytes(&owned_bytes), value.to_owned(), None)
             }
@@ -455,7 +908,9 @@ impl Engine {
             }
             limits.push(report);
         }
+        let quotas = self.quota_report(dimension, value, now_unix_ms);
         Ok(IdentityReport {
+            quotas,
             dimension: dimension.to_string(),
             value: shown,
             allowlisted: ip.is_some_and(|ip| self.policy.lists.allow.contains(ip)),

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, Method};
 
 use crate::clock::Nanos;
+use crate::principal::Auth;
 
 /// Everything the engine may look at for one request. The gateway has already bounded header
 /// count and size before building this.
@@ -24,4 +25,9 @@ pub struct RequestFacts<'a> {
     pub peer_ip: IpAddr,
     /// Monotonic time of arrival.
     pub now: Nanos,
+    /// Wall-clock time of arrival, in milliseconds since the Unix epoch (for daily quotas and
+    /// key expiry).
+    pub unix_ms: u64,
+    /// Who is calling, as the gateway verified it.
+    pub auth: Auth<'a>,
 }

@@ -9,6 +9,8 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 
+use std::sync::Arc;
+
 use http::HeaderName;
 
 use crate::facts::RequestFacts;
@@ -36,6 +38,12 @@ pub enum KeyPart {
     Route,
     /// The request method.
     Method,
+    /// The authenticated API key's id.
+    ApiKey,
+    /// The authenticated caller's account.
+    Account,
+    /// A configured claim of the caller's verified JWT, e.g. `jwt:sub`.
+    Jwt(Arc<str>),
 }
 
 /// The name of a dimension, as used in config keys and in `/v1/identities/{dimension}/...`.
@@ -46,7 +54,7 @@ pub type Dimension = KeyPart;
 pub enum KeyPartError {
     /// Not a dimension Palisade knows.
     #[error(
-        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method"
+        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM"
     )]
     Unknown(String),
     /// Known, but provided by a part of Palisade that is not built yet.
@@ -58,6 +66,9 @@ pub enum KeyPartError {
     /// A header name that is not a valid HTTP field name.
     #[error("bad header name in `{0}`")]
     BadHeader(String),
+    /// A JWT claim name that is empty or has characters other than letters, digits, `_-.`.
+    #[error("bad claim name in `{0}`: use letters, digits, `_`, `-` or `.`")]
+    BadClaim(String),
 }
 
 impl KeyPart {
@@ -70,7 +81,9 @@ impl KeyPart {
             "ip" => return Ok(KeyPart::Ip),
             "route" => return Ok(KeyPart::Route),
             "method" => return Ok(KeyPart::Method),
-            "api_key" | "account" | "asn" | "country" | "ja4" | "ja4h" | "session" => {
+            "api_key" => return Ok(KeyPart::ApiKey),
+            "account" => return Ok(KeyPart::Account),
+            "asn" | "country" | "ja4" | "ja4h" | "session" => {
                 return Err(KeyPartError::NotYetAvailable(s.to_owned()));
             }
             _ => {}
@@ -100,8 +113,16 @@ impl KeyPart {
                 .map(KeyPart::Header)
                 .map_err(|_| KeyPartError::BadHeader(s.to_owned()));
         }
-        if s.starts_with("jwt:") {
-            return Err(KeyPartError::NotYetAvailable(s.to_owned()));
+        if let Some(claim) = s.strip_prefix("jwt:") {
+            let claim = claim.trim();
+            if claim.is_empty()
+                || !claim
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            {
+                return Err(KeyPartError::BadClaim(s.to_owned()));
+            }
+            return Ok(KeyPart::Jwt(Arc::from(claim)));
         }
         Err(KeyPartError::Unknown(s.to_owned()))
     }
@@ -117,6 +138,9 @@ impl fmt::Display for KeyPart {
             KeyPart::Header(h) => write!(f, "header:{h}"),
             KeyPart::Route => f.write_str("route"),
             KeyPart::Method => f.write_str("method"),
+            KeyPart::ApiKey => f.write_str("api_key"),
+            KeyPart::Account => f.write_str("account"),
+            KeyPart::Jwt(c) => write!(f, "jwt:{c}"),
         }
     }
 }
@@ -196,6 +220,21 @@ pub fn value_of<'a>(
             .map(KeyValue::Bytes),
         KeyPart::Route => Some(KeyValue::Route(route)),
         KeyPart::Method => Some(KeyValue::Bytes(facts.method.as_str().as_bytes())),
+        KeyPart::ApiKey => facts
+            .auth
+            .principal()
+            .and_then(|p| p.key_id.as_deref())
+            .map(|v| KeyValue::Bytes(v.as_bytes())),
+        KeyPart::Account => facts
+            .auth
+            .principal()
+            .and_then(|p| p.account.as_deref())
+            .map(|v| KeyValue::Bytes(v.as_bytes())),
+        KeyPart::Jwt(claim) => facts
+            .auth
+            .principal()
+            .and_then(|p| p.claim(claim))
+            .map(|v| KeyValue::Bytes(v.as_bytes())),
     }
 }
 
@@ -270,12 +309,14 @@ mod tests {
             KeyPart::parse("header:bad name"),
             Err(KeyPartError::BadHeader(_))
         ));
+        assert_eq!(KeyPart::parse("api_key"), Ok(KeyPart::ApiKey));
+        assert_eq!(KeyPart::parse("jwt:sub"), Ok(KeyPart::Jwt(Arc::from("sub"))));
         assert!(matches!(
-            KeyPart::parse("api_key"),
-            Err(KeyPartError::NotYetAvailable(_))
+            KeyPart::parse("jwt:"),
+            Err(KeyPartError::BadClaim(_))
         ));
         assert!(matches!(
-            KeyPart::parse("jwt:sub"),
+            KeyPart::parse("asn"),
             Err(KeyPartError::NotYetAvailable(_))
         ));
         assert!(matches!(
@@ -290,6 +331,9 @@ mod tests {
             "header:x-tenant",
             "route",
             "method",
+            "api_key",
+            "account",
+            "jwt:org_id",
         ] {
             assert_eq!(KeyPart::parse(s).unwrap().to_string(), s);
         }

@@ -20,6 +20,9 @@ pub mod limits;
 pub mod policy;
 pub mod ratelimit_headers;
 pub mod route;
+pub mod units;
+pub mod principal;
+pub mod quota;
 
 pub use clock::{Clock, ManualClock, Nanos};
 pub use decision::{Action, Decision, LimitOutcome, Signal};

@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
+use crate::clock::SECOND;
 use crate::ipset::IpSet;
-use crate::limits::LimitSpec;
+use crate::limits::{Algorithm, LimitSpec};
+use crate::principal::AuthRequirement;
+use crate::quota::QuotaSpec;
 use crate::route::RouteTable;
 
 /// Whether decisions are enforced.
@@ -30,6 +33,55 @@ pub struct RouteSpec {
     pub cost: u64,
     /// Response header in which the upstream reports the real cost of a request.
     pub cost_header: Option<HeaderName>,
+    /// What callers must present.
+    pub auth: AuthRequirement,
+    /// Scopes an authenticated caller must hold.
+    pub scopes: Vec<Arc<str>>,
+    /// Spend (micro-dollars) a request is charged when the upstream reports none.
+    pub spend_micros: u64,
+    /// Spend (micro-dollars) held against spend quotas while a request is in flight.
+    pub spend_reserve_micros: u64,
+    /// Response header in which the upstream reports a request's spend, in dollars.
+    pub spend_header: Option<HeaderName>,
+}
+
+impl RouteSpec {
+    /// A route with no cost, auth or spend settings.
+    pub fn new(name: &str, upstream: usize) -> Self {
+        Self {
+            name: Arc::from(name),
+            upstream,
+            cost: 1,
+            cost_header: None,
+            auth: AuthRequirement::None,
+            scopes: Vec::new(),
+            spend_micros: 0,
+            spend_reserve_micros: 0,
+            spend_header: None,
+        }
+    }
+}
+
+/// How failed authentication attempts are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// Failed attempts allowed per client IP (GCRA): beyond the burst the client is blocked
+    /// on authenticated routes until the budget replenishes.
+    pub failures: Algorithm,
+    /// Most client IPs tracked.
+    pub max_entries: usize,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        Self {
+            failures: Algorithm::Gcra {
+                interval: 6 * SECOND,
+                burst: 10,
+            },
+            max_entries: 100_000,
+        }
+    }
 }
 
 /// Static allow and deny lists.
@@ -77,6 +129,10 @@ pub struct Policy {
     pub lists: ListsPolicy,
     /// Score thresholds.
     pub scoring: ScoringPolicy,
+    /// Daily quotas, in configuration order; every matching quota applies.
+    pub quotas: Vec<QuotaSpec>,
+    /// Failed-authentication handling.
+    pub auth: AuthPolicy,
 }
 
 impl Policy {

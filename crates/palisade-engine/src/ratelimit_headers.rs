@@ -33,6 +33,31 @@ impl HeaderItem {
         }
         Self { name, policy }
     }
+
+    /// Renders a daily quota's item: `"<name>";q=N;w=86400;palisade-unit="<unit>"`.
+    pub fn for_daily(name: &str, quota: u64, unit: &str) -> Self {
+        let name = sf_string(name);
+        let mut policy = String::with_capacity(name.len() + 48);
+        policy.push_str(&name);
+        policy.push_str(";q=");
+        policy.push_str(itoa::Buffer::new().format(quota));
+        policy.push_str(";w=86400;palisade-unit=");
+        policy.push_str(&sf_string(unit));
+        Self { name, policy }
+    }
+}
+
+/// One advertised limit's current state.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderEntry<'a> {
+    /// The limit's rendered items.
+    pub item: &'a HeaderItem,
+    /// `q`, for `X-RateLimit-Limit`.
+    pub quota: u64,
+    /// `r`.
+    pub remaining: u64,
+    /// `t`, in seconds.
+    pub reset_secs: u64,
 }
 
 /// Header values for one response.
@@ -53,32 +78,44 @@ pub struct RateLimitHeaders {
 /// Builds the headers for the limits that applied and are advertised; `None` if there are none.
 /// `items` are the policy's [`HeaderItem`]s, indexed like its limits.
 pub fn render(outcomes: &[LimitOutcome], items: &[HeaderItem]) -> Option<RateLimitHeaders> {
+    render_entries(outcomes.iter().filter(|o| o.headers).filter_map(|o| {
+        Some(HeaderEntry {
+            item: items.get(o.index)?,
+            quota: o.quota,
+            remaining: o.verdict.remaining,
+            reset_secs: ceil_secs(o.verdict.reset),
+        })
+    }))
+}
+
+/// Builds the headers from advertised entries; `None` if there are none. The `X-RateLimit-*`
+/// trio describes the entry with the fewest units remaining.
+pub fn render_entries<'a>(
+    entries: impl IntoIterator<Item = HeaderEntry<'a>>,
+) -> Option<RateLimitHeaders> {
     let mut out = RateLimitHeaders::default();
-    let mut tightest: Option<&LimitOutcome> = None;
-    for o in outcomes.iter().filter(|o| o.headers) {
-        let Some(item) = items.get(o.index) else {
-            continue;
-        };
+    let mut tightest: Option<HeaderEntry<'a>> = None;
+    for e in entries {
         if !out.policy.is_empty() {
             out.policy.push_str(", ");
             out.ratelimit.push_str(", ");
         }
-        out.policy.push_str(&item.policy);
-        out.ratelimit.push_str(&item.name);
+        out.policy.push_str(&e.item.policy);
+        out.ratelimit.push_str(&e.item.name);
         out.ratelimit.push_str(";r=");
         out.ratelimit
-            .push_str(itoa::Buffer::new().format(o.verdict.remaining));
+            .push_str(itoa::Buffer::new().format(e.remaining));
         out.ratelimit.push_str(";t=");
         out.ratelimit
-            .push_str(itoa::Buffer::new().format(ceil_secs(o.verdict.reset)));
-        if tightest.is_none_or(|t| o.verdict.remaining < t.verdict.remaining) {
-            tightest = Some(o);
+            .push_str(itoa::Buffer::new().format(e.reset_secs));
+        if tightest.is_none_or(|t| e.remaining < t.remaining) {
+            tightest = Some(e);
         }
     }
     let t = tightest?;
     out.x_limit = t.quota;
-    out.x_remaining = t.verdict.remaining;
-    out.x_reset = ceil_secs(t.verdict.reset);
+    out.x_remaining = t.remaining;
+    out.x_reset = t.reset_secs;
     Some(out)
 }
 

@@ -1,6 +1,6 @@
 //! Parsers for rates (`100/10s`), durations (`1m`) and byte sizes (`10MiB`).
 
-use palisade_engine::Nanos;
+use crate::clock::Nanos;
 
 const NS_PER: [(&str, u64); 6] = [
     ("ms", 1_000_000),
