@@ -484,7 +484,7 @@ rate = "50/1m"
         Req::get("/", "203.0.113.7").eval(&e);
     }
     let r = e
-        .identity(&palisade_engine::KeyPart::Ip, "203.0.113.7", T0)
+        .identity(&palisade_engine::KeyPart::Ip, "203.0.113.7", T0, 0)
         .unwrap();
     let per_ip = r.limits.iter().find(|l| l.limit == "per-ip").unwrap();
     assert!(per_ip.tracked);
@@ -502,16 +502,17 @@ rate = "50/1m"
             &palisade_engine::KeyPart::parse("ip/24").unwrap(),
             "203.0.113.200",
             T0,
+            0,
         )
         .unwrap();
     assert_eq!(sub.value, "203.0.113.0/24");
     assert_eq!(sub.limits[0].remaining, 47);
     let unknown = e
-        .identity(&palisade_engine::KeyPart::Ip, "198.51.100.1", T0)
+        .identity(&palisade_engine::KeyPart::Ip, "198.51.100.1", T0, 0)
         .unwrap();
     assert!(!unknown.limits[0].tracked);
     assert!(
-        e.identity(&palisade_engine::KeyPart::Ip, "not-an-ip", T0)
+        e.identity(&palisade_engine::KeyPart::Ip, "not-an-ip", T0, 0)
             .is_err()
     );
 }

@@ -60,12 +60,7 @@ fn engine() -> Engine {
             methods: Vec::new(),
         },
     ];
-    let spec = |n: &str| RouteSpec {
-        name: Arc::from(n),
-        upstream: 0,
-        cost: 1,
-        cost_header: None,
-    };
+    let spec = |n: &str| RouteSpec::new(n, 0);
     let deny = IpSet::new(
         (0..1000u32)
             .map(|i| ipnet::IpNet::from(IpAddr::from((0xc000_0000u32 + (i << 8)).to_be_bytes()))),
@@ -101,6 +96,8 @@ fn engine() -> Engine {
             deny,
         },
         scoring: ScoringPolicy::default(),
+        quotas: Vec::new(),
+        auth: Default::default(),
     };
     Engine::new(policy, None)
 }

@@ -87,6 +87,23 @@ pub struct IdentityReport {
     pub quotas: Vec<QuotaReport>,
 }
 
+/// A daily budget's usage, for the usage endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUsage {
+    /// The quota (`key-daily` for the key's own budgets).
+    pub quota: String,
+    /// `api_key` or `account`.
+    pub per: &'static str,
+    /// Requests settled today.
+    pub requests: u64,
+    /// Requests allowed per day.
+    pub requests_per_day: Option<u64>,
+    /// Spend settled today (micro-dollars).
+    pub spend_micros: u64,
+    /// Spend allowed per day (micro-dollars).
+    pub spend_per_day_micros: Option<u64>,
+}
+
 /// A daily quota's usage for one identity.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QuotaReport {
@@ -444,6 +461,51 @@ impl Engine {
                 .unwrap_or((Action::Allow, self.rule_default.clone())),
         };
         Ok(self.finish(d, action, rule))
+    }
+
+    /// Checks a requirement outside any route (the gateway's own endpoints, such as the usage
+    /// endpoint): counts failures and blocks guessing exactly as on a route. Returns the
+    /// refusal, if any.
+    pub fn authorize(&self, facts: &RequestFacts<'_>, route: &RouteSpec) -> Option<Decision> {
+        let mut d = Decision::new(usize::MAX, self.rule_default.clone());
+        self.authenticate(&mut d, facts, route)
+    }
+
+    /// Today's usage of every daily budget that applies to a principal, whatever the route.
+    pub fn usage_for(&self, principal: &Principal, unix_ms: u64) -> Vec<QuotaUsage> {
+        let day = day_of(unix_ms);
+        let mut out = Vec::new();
+        for q in &self.policy.quotas {
+            let identity = match q.key {
+                QuotaKey::ApiKey => principal.key_id.as_deref(),
+                QuotaKey::Account => principal.account.as_deref(),
+            };
+            let Some(identity) = identity else { continue };
+            let u = self.ledger.usage(&q.name, identity, day);
+            out.push(QuotaUsage {
+                quota: q.name.to_string(),
+                per: q.key.name(),
+                requests: u.requests,
+                requests_per_day: q.requests_per_day,
+                spend_micros: u.spend_micros,
+                spend_per_day_micros: q.spend_per_day_micros,
+            });
+        }
+        if let Some(id) = &principal.key_id
+            && (principal.budget.requests_per_day.is_some()
+                || principal.budget.spend_per_day_micros.is_some())
+        {
+            let u = self.ledger.usage(KEY_BUDGET_QUOTA, id, day);
+            out.push(QuotaUsage {
+                quota: KEY_BUDGET_QUOTA.to_owned(),
+                per: QuotaKey::ApiKey.name(),
+                requests: u.requests,
+                requests_per_day: principal.budget.requests_per_day,
+                spend_micros: u.spend_micros,
+                spend_per_day_micros: principal.budget.spend_per_day_micros,
+            });
+        }
+        out
     }
 
     /// Checks the route's authentication requirement. Returns the refusal, if any.

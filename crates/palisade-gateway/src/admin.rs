@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use palisade_engine::{Clock, KeyPart};
+use palisade_keys::{KeyUpdate, NewKey, StoreError};
 
 use crate::Shared;
 use crate::io::{IdleTimeoutIo, InFlight};
@@ -81,6 +82,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/decisions", get(decisions))
         .route("/v1/identities/{*rest}", get(identity))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", get(show_key).patch(update_key))
+        .route("/v1/keys/{id}/revoke", post(revoke_key))
+        .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/audit", get(audit))
+        .route("/v1/debug/clock", post(debug_clock))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint") })
         .with_state(shared)
 }
@@ -246,7 +253,10 @@ async fn identity(
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_dimension", &e.to_string()),
     };
     let rt = shared.runtime.load();
-    let report = match rt.engine.identity(&dim, &value, shared.clock.now()) {
+    let report = match rt
+        .engine
+        .identity(&dim, &value, shared.clock.now(), shared.clock.unix_ms())
+    {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_value", &e.to_string()),
     };
@@ -265,6 +275,256 @@ async fn identity(
         "recent_decisions": recent,
     }))
     .into_response()
+}
+
+/// Who made an admin change, for the audit log.
+const ACTOR: &str = "admin-api";
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
+        StoreError::Invalid(list) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({
+                "error": "invalid_request",
+                "message": "the request was refused; see errors",
+                "errors": list,
+            })),
+        )
+            .into_response(),
+        StoreError::AccountFull { .. } => {
+            error(StatusCode::CONFLICT, "account_key_limit", &e.to_string())
+        }
+        StoreError::Revoked(_) => error(StatusCode::CONFLICT, "key_revoked", &e.to_string()),
+        StoreError::InUse(_) | StoreError::Io(_) | StoreError::Db(_) => {
+            tracing::error!(error = %e, "key store failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                "the key store failed; see the gateway log",
+            )
+        }
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            &format!("the body is not a valid request: {e}"),
+        )
+    })
+}
+
+fn count_change(shared: &Shared, action: &'static str) {
+    shared
+        .metrics
+        .key_changes
+        .get_or_create(&crate::metrics::KeyChangeLabels { action })
+        .inc();
+}
+
+async fn list_keys(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &shared) {
+        return r;
+    }
+    let now = shared.clock.unix_secs();
+    match shared.keys.run(|s| s.list()).await {
+        Ok(list) => {
+            let keys: Vec<_> = list
+                .iter()
+                .map(|r| r.view(now))
+                .filter(|v| q.get("account").is_none_or(|a| v.account.as_ref() == Some(a)))
+                .filter(|v| q.get("status").is_none_or(|st| v.status.name() == st))
+                .collect();
+            axum::Json(json!({ "keys": keys })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn create_key(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &shared) {
+        return r;
+    }
+    let req: NewKey = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let now = shared.clock.unix_secs();
+    let max = shared.runtime.load().compiled.keys.max_keys_per_account;
+    match shared
+        .keys
+        .run(move |s| {
+            let created = s.create(&req, now, max, ACTOR)?;
+            let record = s.get(&created.id)?;
+            Ok((created, record))
+        })
+        .await
+    {
+        Ok((created, record)) => {
+            shared.keys.publish(&[record]);
+            count_change(&shared, "create");
+            tracing::info!(key = %created.prefix, "api key created");
+            (StatusCode::CREATED, axum::Json(created)).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn show_key(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &shared) {
+        return r;
+    }
+    let now = shared.clock.unix_secs();
+    let lookup = id.strip_prefix(palisade_keys::key::KEY_PREFIX).unwrap_or(&id).to_owned();
+    match shared.keys.run(move |s| s.get(&lookup)).await {
+        Ok(r) => {
+            let rt = shared.runtime.load();
+            let usage = rt
+                .engine
+                .quota_report(&KeyPart::ApiKey, &r.id, shared.clock.unix_ms());
+            let mut v = serde_json::to_value(r.view(now)).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("usage".to_owned(), serde_json::to_value(usage).unwrap_or_default());
+            }
+            axum::Json(v).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn update_key(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &shared) {
+        return r;
+    }
+    let req: KeyUpdate = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let now = shared.clock.unix_secs();
+    match shared.keys.run(move |s| s.update(&id, &req, now, ACTOR)).await {
+        Ok(r) => {
+            shared.keys.publish(std::slice::from_ref(&r));
+            count_change(&shared, "update");
+            axum::Json(r.view(now)).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn revoke_key(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &shared) {
+        return r;
+    }
+    let now = shared.clock.unix_secs();
+    match shared.keys.run(move |s| s.revoke(&id, now, ACTOR)).await {
+        Ok(r) => {
+            shared.keys.publish(std::slice::from_ref(&r));
+            count_change(&shared, "revoke");
+            tracing::info!(key = %r.prefix(), "api key revoked");
+            axum::Json(r.view(now)).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn rotate_key(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &shared) {
+        return r;
+    }
+    let now = shared.clock.unix_secs();
+    let grace = shared.runtime.load().compiled.keys.rotation_grace_secs;
+    match shared
+        .keys
+        .run(move |s| {
+            let created = s.rotate(&id, now, grace, ACTOR)?;
+            Ok((created.clone(), vec![s.get(&id)?, s.get(&created.id)?]))
+        })
+        .await
+    {
+        Ok((created, records)) => {
+            shared.keys.publish(&records);
+            count_change(&shared, "rotate");
+            (StatusCode::CREATED, axum::Json(created)).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn audit(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &shared) {
+        return r;
+    }
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(100)
+        .min(10_000);
+    match shared.keys.run(move |s| s.audit(limit)).await {
+        Ok(entries) => axum::Json(json!({ "entries": entries })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// Moves the wall clock forward; exists only with `PALISADE_TEST_CLOCK=1`.
+async fn debug_clock(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !shared.clock.adjustable() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
+    }
+    if let Some(r) = unauthorized(&headers, &shared) {
+        return r;
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Advance {
+        advance_secs: u64,
+    }
+    let req: Advance = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let offset = shared.clock.advance(req.advance_secs.saturating_mul(1000));
+    axum::Json(json!({ "offset_ms": offset, "unix_ms": shared.clock.unix_ms() })).into_response()
 }
 
 #[cfg(test)]

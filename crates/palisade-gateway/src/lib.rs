@@ -7,7 +7,10 @@
 
 pub mod admin;
 pub mod body;
+pub mod auth;
 pub mod io;
+pub mod jwks;
+pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
@@ -20,6 +23,7 @@ pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -32,9 +36,15 @@ pub use reload::ConfigSource;
 pub use server::{RunOptions, Running, start};
 
 /// The system clock for the engine: monotonic from process start, plus wall-clock time.
-#[derive(Debug, Clone, Copy)]
+///
+/// With `PALISADE_TEST_CLOCK=1` in the environment the wall clock can be moved forward through
+/// the admin API (`POST /v1/debug/clock`), so tests can cross midnight UTC or a key's expiry
+/// without waiting. Nothing else ever moves it.
+#[derive(Debug, Clone)]
 pub struct SystemClock {
     origin: Instant,
+    offset_ms: Arc<AtomicU64>,
+    adjustable: bool,
 }
 
 impl SystemClock {
@@ -43,7 +53,25 @@ impl SystemClock {
     pub fn new() -> Self {
         Self {
             origin: Instant::now(),
+            offset_ms: Arc::new(AtomicU64::new(0)),
+            adjustable: std::env::var("PALISADE_TEST_CLOCK").is_ok_and(|v| v == "1"),
         }
+    }
+
+    /// Whether the test clock is enabled.
+    pub fn adjustable(&self) -> bool {
+        self.adjustable
+    }
+
+    /// Moves the wall clock forward (test clock only). Returns the new offset.
+    pub fn advance(&self, ms: u64) -> Option<u64> {
+        self.adjustable
+            .then(|| self.offset_ms.fetch_add(ms, Ordering::Relaxed) + ms)
+    }
+
+    /// Wall-clock seconds since the Unix epoch.
+    pub fn unix_secs(&self) -> u64 {
+        self.unix_ms() / 1000
     }
 }
 
@@ -63,6 +91,7 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
+            .saturating_add(self.offset_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -78,6 +107,8 @@ pub struct Runtime {
     pub delay_queues: Vec<Option<Arc<Semaphore>>>,
     /// Route names as metric labels, by route id.
     pub route_labels: Vec<Arc<str>>,
+    /// Whether a limit keys on a JWT claim (tokens are then verified on every route).
+    pub jwt_identity: bool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -132,12 +163,18 @@ impl Runtime {
             .iter()
             .map(|r| r.name.clone())
             .collect();
+        let jwt_identity = compiled
+            .policy
+            .limits
+            .iter()
+            .any(|l| l.key.iter().any(|k| matches!(k, palisade_engine::KeyPart::Jwt(_))));
         Self {
             compiled,
             engine,
             upstreams,
             delay_queues,
             route_labels,
+            jwt_identity,
         }
     }
 
@@ -172,6 +209,8 @@ pub struct Shared {
     pub admin_token_path: Option<PathBuf>,
     /// Serialises reloads.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// API keys: the durable store and the directory requests are verified against.
+    pub keys: keys::KeyService,
 }
 
 impl std::fmt::Debug for Shared {

@@ -82,6 +82,17 @@ pub struct Metrics {
     pub connections_open: prometheus_client::metrics::gauge::Gauge,
     /// Client connections closed on arrival because `max_connections` were open.
     pub connections_refused: Counter,
+    /// Store writes that failed (quota usage, last-used times).
+    pub store_errors: Counter,
+    /// Admin changes to keys, by action.
+    pub key_changes: Family<KeyChangeLabels, Counter>,
+}
+
+/// Labels of key changes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyChangeLabels {
+    /// `create`, `update`, `revoke`, `rotate`.
+    pub action: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,6 +123,18 @@ impl Metrics {
         let log_dropped = Counter::default();
         let connections_open = prometheus_client::metrics::gauge::Gauge::default();
         let connections_refused = Counter::default();
+        let store_errors = Counter::default();
+        let key_changes = Family::<KeyChangeLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Writes to the embedded store that failed",
+            store_errors.clone(),
+        );
+        registry.register(
+            "key_changes",
+            "API key changes through the admin API, by action",
+            key_changes.clone(),
+        );
         registry.register(
             "requests",
             "Requests decided, by route, action and rule",
@@ -174,6 +197,8 @@ impl Metrics {
             log_dropped,
             connections_open,
             connections_refused,
+            store_errors,
+            key_changes,
         }
     }
 

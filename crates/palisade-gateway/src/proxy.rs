@@ -17,6 +17,15 @@ use palisade_engine::client_ip::client_ip;
 use palisade_engine::limits::ceil_secs;
 use palisade_engine::{Action, Clock, Decision, RequestFacts, ResponseFacts};
 
+use bytes::Bytes;
+use http_body_util::{Empty, Full, Limited};
+use http_body_util::LengthLimitError;
+use palisade_engine::principal::{AuthFailure, AuthRequirement, PrincipalKind};
+use palisade_engine::quota::{MICROS_PER_USD, QuotaSettlement, secs_to_midnight};
+use palisade_engine::RouteSpec;
+use palisade_keys::signature::{self, NONCE_HEADER, SIGNATURE_HEADER, SignedParts, TIMESTAMP_HEADER};
+
+use crate::auth::{Authenticated, authenticate};
 use crate::body::{Bounded, ProxyBody, is_body_too_large};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
@@ -65,9 +74,61 @@ pub async fn handle(
         ));
     }
 
-    // Facts and decision.
+    // Facts, identity and decision.
     let client = client_ip(peer.ip(), &parts.headers, &server.trusted_proxies);
     let now = shared.clock.now();
+    let unix_ms = shared.clock.unix_ms();
+    if parts.uri.path() == USAGE_PATH {
+        return Ok(usage(&shared, &rt, &parts, client, peer, &request_id));
+    }
+    let route = rt.engine.route_of(&parts.method, parts.uri.path());
+    let mut authn = match rt.compiled.policy.route(route) {
+        Some(spec) => authenticate(&shared, &rt, &parts.headers, spec),
+        None => Authenticated::Anonymous,
+    };
+    // A key that must sign its requests: the body is read (bounded) to check its digest.
+    let mut buffered: Option<Bytes> = None;
+    let mut body = Some(body);
+    if let Some(entry) = authn.key_needing_signature().cloned() {
+        let Some(incoming) = body.take() else {
+            return Ok(bounded_refusal(&shared, Refusal::BadRequest, &request_id, "bounds/body_read"));
+        };
+        let limited = Limited::new(incoming, usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX));
+        let bytes = match limited.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Ok(bounded_refusal(&shared, Refusal::BodyTooLarge, &request_id, "bounds/body"));
+            }
+            Err(_) => {
+                return Ok(bounded_refusal(&shared, Refusal::BadRequest, &request_id, "bounds/body_read"));
+            }
+        };
+        let signed = SignedParts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            timestamp: header_str(&parts.headers, TIMESTAMP_HEADER),
+            nonce: header_str(&parts.headers, NONCE_HEADER),
+            signature: header_str(&parts.headers, SIGNATURE_HEADER),
+            body: &bytes,
+        };
+        if signature::verify(
+            shared.keys.directory.secret(),
+            &entry.record.id,
+            &signed,
+            unix_ms / 1000,
+            rt.compiled.keys.signature_window_secs,
+            &shared.keys.nonces,
+        )
+        .is_err()
+        {
+            authn = Authenticated::Failed {
+                kind: PrincipalKind::ApiKey,
+                failure: AuthFailure::InvalidSignature,
+            };
+        }
+        buffered = Some(bytes);
+    }
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),
@@ -76,9 +137,11 @@ pub async fn handle(
         client_ip: client,
         peer_ip: peer.ip(),
         now,
+        unix_ms,
+        auth: authn.as_auth(),
     };
     let t0 = Instant::now();
-    let evaluated = rt.engine.evaluate(&facts);
+    let evaluated = rt.engine.evaluate_on(&facts, route);
     shared
         .metrics
         .decision_seconds
@@ -88,24 +151,13 @@ pub async fn handle(
         Err(e) => {
             shared.metrics.engine_errors.inc();
             tracing::error!(error = %e, "engine failed; applying on_engine_error");
-            let route = rt
-                .compiled
-                .policy
-                .routes
-                .route_for(&parts.method, parts.uri.path());
             let (action, rule) = match server.on_engine_error {
                 OnEngineError::Allow => (Action::Allow, "engine/fail_open"),
                 OnEngineError::Deny => (Action::Block, "engine/fail_closed"),
             };
-            Decision {
-                action,
-                rule: Arc::from(rule),
-                shadow: None,
-                score: 0,
-                signals: Vec::new(),
-                limits: Vec::new(),
-                route,
-            }
+            let mut d = Decision::new(route, Arc::from(rule));
+            d.action = action;
+            d
         }
     };
     let route_label = rt.route_label(decision.route);
@@ -129,9 +181,15 @@ pub async fn handle(
     let refusal = match decision.action {
         Action::Limit { retry_after } => Some(Refusal::RateLimited {
             retry_after: ceil_secs(retry_after).max(1),
+            code: decision.code.unwrap_or("rate_limited"),
         }),
         Action::Block if decision.rule.starts_with("engine/") => Some(Refusal::Unavailable),
-        Action::Block => Some(Refusal::Forbidden),
+        Action::Block => Some(Refusal::Forbidden {
+            code: decision.code.unwrap_or("forbidden"),
+        }),
+        Action::Unauthorized => Some(Refusal::Unauthorized {
+            code: decision.code.unwrap_or("missing_credentials"),
+        }),
         Action::Challenge => Some(Refusal::ChallengeRequired),
         Action::Delay { wait } => {
             for o in decision
@@ -152,6 +210,7 @@ pub async fn handle(
                 rt.engine.refund(&mut decision, shared.clock.now());
                 Some(Refusal::RateLimited {
                     retry_after: ceil_secs(wait).max(1),
+                    code: "rate_limited",
                 })
             } else {
                 tokio::time::sleep(Duration::from_nanos(wait)).await;
@@ -198,11 +257,19 @@ pub async fn handle(
                     parts.headers.insert(X_PALISADE_SIGNALS, v);
                 }
             }
+            let settlement = (!decision.quotas.is_empty())
+                .then(|| rt.engine.quota_settlement(&decision));
+            let body: ProxyBody = match (buffered, body) {
+                (Some(bytes), _) => Full::new(bytes).map_err(|never| match never {}).boxed_unsync(),
+                (None, Some(b)) => Bounded::new(b, server.max_body_bytes).boxed_unsync(),
+                (None, None) => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            };
             match forward(
                 &shared,
                 &rt,
                 parts,
                 body,
+                settlement,
                 &decision,
                 &route_label,
                 host.as_deref(),
@@ -291,6 +358,118 @@ pub async fn handle(
     Ok(response)
 }
 
+/// Where a key holder reads its own quota usage, on the proxy listener.
+pub const USAGE_PATH: &str = "/_palisade/usage";
+
+fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `GET /_palisade/usage`: the caller's own daily budgets. Authentication failures count
+/// towards guessing exactly as on an authenticated route.
+fn usage(
+    shared: &Shared,
+    rt: &Runtime,
+    parts: &http::request::Parts,
+    client: std::net::IpAddr,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let mut spec = RouteSpec::new("usage", 0);
+    spec.auth = AuthRequirement::Any;
+    let authn = authenticate(shared, rt, &parts.headers, &spec);
+    let unix_ms = shared.clock.unix_ms();
+    let facts = RequestFacts {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        client_ip: client,
+        peer_ip: peer.ip(),
+        now: shared.clock.now(),
+        unix_ms,
+        auth: authn.as_auth(),
+    };
+    if let Some(refused) = rt.engine.authorize(&facts, &spec) {
+        let r = match refused.action {
+            Action::Unauthorized => Refusal::Unauthorized {
+                code: refused.code.unwrap_or("missing_credentials"),
+            },
+            _ => Refusal::Forbidden {
+                code: refused.code.unwrap_or("forbidden"),
+            },
+        };
+        return bounded_refusal(shared, r, request_id, &refused.rule);
+    }
+    let Some(principal) = facts.auth.principal() else {
+        return bounded_refusal(
+            shared,
+            Refusal::Unauthorized {
+                code: "missing_credentials",
+            },
+            request_id,
+            "auth/missing_credentials",
+        );
+    };
+    let reset_at = palisade_keys::time::rfc3339(unix_ms / 1000 + secs_to_midnight(unix_ms));
+    let all = rt.engine.usage_for(principal, unix_ms);
+    let usd = |m: u64| m as f64 / MICROS_PER_USD;
+    // The summary shows the tightest budget of each kind.
+    let daily = all
+        .iter()
+        .filter_map(|q| Some((q, q.requests_per_day?)))
+        .min_by_key(|(q, max)| max.saturating_sub(q.requests))
+        .map(|(q, max)| {
+            serde_json::json!({
+                "quota": q.quota, "used": q.requests, "limit": max,
+                "remaining": max.saturating_sub(q.requests), "resetAt": reset_at,
+            })
+        });
+    let spend = all
+        .iter()
+        .filter_map(|q| Some((q, q.spend_per_day_micros?)))
+        .min_by_key(|(q, max)| max.saturating_sub(q.spend_micros))
+        .map(|(q, max)| {
+            serde_json::json!({
+                "quota": q.quota, "used": usd(q.spend_micros), "limit": usd(max),
+                "remaining": usd(max.saturating_sub(q.spend_micros)), "resetAt": reset_at,
+            })
+        });
+    let quotas: Vec<serde_json::Value> = all
+        .iter()
+        .map(|q| {
+            serde_json::json!({
+                "quota": q.quota, "per": q.per,
+                "requests": { "used": q.requests, "limit": q.requests_per_day },
+                "spend": { "used": usd(q.spend_micros), "limit": q.spend_per_day_micros.map(usd) },
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "key": principal.key_id.as_deref().map(palisade_keys::key::prefix_of),
+        "account": principal.account.as_deref(),
+        "daily": daily,
+        "spend": spend,
+        "quotas": quotas,
+        "resetAt": reset_at,
+    });
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    resp
+}
+
 /// The path as logged: at most 512 bytes, so one hostile request cannot bloat the log.
 fn bounded_path(p: &str) -> String {
     match p.char_indices().nth(512) {
@@ -323,7 +502,8 @@ async fn forward(
     shared: &Shared,
     rt: &Runtime,
     parts: http::request::Parts,
-    body: Incoming,
+    body: ProxyBody,
+    settlement: Option<QuotaSettlement>,
     decision: &Decision,
     route_label: &Arc<str>,
     host: Option<&str>,
@@ -334,7 +514,6 @@ async fn forward(
         .and_then(|r| rt.upstreams.get(r.upstream))
         .or_else(|| rt.upstreams.first())
         .ok_or(Refusal::UpstreamUnavailable)?;
-    let body = Bounded::new(body, server.max_body_bytes).boxed_unsync();
     let started = Instant::now();
     let result = tokio::time::timeout(
         Duration::from_nanos(server.upstream_timeout),
@@ -378,6 +557,19 @@ async fn forward(
 
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
+    if let Some(settlement) = settlement {
+        // The upstream answered: the request counts, at the spend it reported (dollars) or
+        // the route's fixed spend.
+        let reported = route
+            .and_then(|r| r.spend_header.as_ref())
+            .and_then(|name| rparts.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|usd| (usd.min(1e9) * MICROS_PER_USD).round() as u64);
+        let fixed = route.map_or(0, |r| r.spend_micros);
+        settlement.settle(Some(reported.unwrap_or(fixed)));
+    }
     if let Some(name) = route.and_then(|r| r.cost_header.as_ref()) {
         let reported = rparts
             .headers

@@ -2,7 +2,7 @@
 //! short message; which rule fired goes to the log and the admin API, never here.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
@@ -11,13 +11,24 @@ use crate::body::ProxyBody;
 /// Why the gateway answered by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// A rate limit (429).
+    /// A rate limit or quota (429).
     RateLimited {
         /// Seconds until retry.
         retry_after: u64,
+        /// `rate_limited`, `daily_rpd_limit_exceeded` or `daily_usd_limit_exceeded`.
+        code: &'static str,
     },
-    /// Blocked (403).
-    Forbidden,
+    /// Blocked (403): `forbidden`, or `insufficient_scope`.
+    Forbidden {
+        /// The code.
+        code: &'static str,
+    },
+    /// Credentials missing or not accepted (401).
+    Unauthorized {
+        /// `missing_api_key`, `invalid_api_key`, `expired_api_key`, `revoked_api_key`,
+        /// `missing_token`, `invalid_token`, `missing_credentials`, `invalid_signature`.
+        code: &'static str,
+    },
     /// A challenge is required (403) — the challenge flow itself comes later.
     ChallengeRequired,
     /// Engine failed and the policy is fail-closed (503).
@@ -38,15 +49,42 @@ impl Refusal {
     /// Status, stable error code and message.
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Refusal::RateLimited { .. } => (
+            Refusal::RateLimited { code, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests; retry after the time in Retry-After",
+                code,
+                match *code {
+                    "daily_rpd_limit_exceeded" => {
+                        "the daily request quota is used up; it resets at midnight UTC"
+                    }
+                    "daily_usd_limit_exceeded" => {
+                        "the daily spend quota is used up; it resets at midnight UTC"
+                    }
+                    _ => "too many requests; retry after the time in Retry-After",
+                },
             ),
-            Refusal::Forbidden => (
+            Refusal::Forbidden { code } => (
                 StatusCode::FORBIDDEN,
-                "forbidden",
-                "this request is not allowed",
+                code,
+                match *code {
+                    "insufficient_scope" => "the credential lacks a scope this route requires",
+                    _ => "this request is not allowed",
+                },
+            ),
+            Refusal::Unauthorized { code } => (
+                StatusCode::UNAUTHORIZED,
+                code,
+                match *code {
+                    "missing_api_key" => "an API key is required",
+                    "invalid_api_key" => "the API key is not valid",
+                    "expired_api_key" => "the API key has expired",
+                    "revoked_api_key" => "the API key has been revoked",
+                    "missing_token" => "a bearer token is required",
+                    "invalid_token" => "the bearer token is not valid",
+                    "invalid_signature" => {
+                        "the request signature is missing, invalid, outside its time window or replayed"
+                    }
+                    _ => "an API key or bearer token is required",
+                },
             ),
             Refusal::ChallengeRequired => (
                 StatusCode::FORBIDDEN,
@@ -98,7 +136,7 @@ impl Refusal {
         body.push_str("\",\"request_id\":\"");
         body.extend(request_id.chars().filter(char::is_ascii_alphanumeric));
         body.push('"');
-        if let Refusal::RateLimited { retry_after } = self {
+        if let Refusal::RateLimited { retry_after, .. } = self {
             body.push_str(",\"retry_after\":");
             body.push_str(itoa::Buffer::new().format(*retry_after));
         }
@@ -111,8 +149,14 @@ impl Refusal {
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Refusal::RateLimited { retry_after } = self {
-            h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+        match self {
+            Refusal::RateLimited { retry_after, .. } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Refusal::Unauthorized { .. } => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         resp
     }
@@ -126,8 +170,21 @@ mod tests {
     #[tokio::test]
     async fn bodies_are_valid_json_with_stable_codes() {
         for r in [
-            Refusal::RateLimited { retry_after: 17 },
-            Refusal::Forbidden,
+            Refusal::RateLimited {
+                retry_after: 17,
+                code: "rate_limited",
+            },
+            Refusal::RateLimited {
+                retry_after: 3600,
+                code: "daily_usd_limit_exceeded",
+            },
+            Refusal::Forbidden { code: "forbidden" },
+            Refusal::Forbidden {
+                code: "insufficient_scope",
+            },
+            Refusal::Unauthorized {
+                code: "revoked_api_key",
+            },
             Refusal::ChallengeRequired,
             Refusal::Unavailable,
             Refusal::UpstreamUnavailable,
@@ -148,7 +205,7 @@ mod tests {
                 v["request_id"], "00ffx",
                 "hostile ids cannot break the JSON"
             );
-            if let Refusal::RateLimited { retry_after } = r {
+            if let Refusal::RateLimited { retry_after, .. } = r {
                 assert_eq!(v["retry_after"], retry_after);
                 assert_eq!(retry.unwrap(), retry_after.to_string().as_str());
             }

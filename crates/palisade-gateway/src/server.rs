@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use palisade_config::Overrides;
 
 use crate::io::{IdleTimeoutIo, InFlight};
+use palisade_engine::Clock as _;
 use crate::reload::{self, ConfigSource};
 use crate::token::{self, TokenSource};
 use crate::{Runtime, Shared, SystemClock, admin, log, metrics, proxy, sample_api};
@@ -61,6 +62,7 @@ impl Running {
         for t in self.background {
             t.abort();
         }
+        flush(&self.shared).await;
     }
 
     /// A one-paragraph description of where everything is, for people.
@@ -143,6 +145,20 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     .context("token task failed")?
     .context("preparing the admin token in the data dir")?;
 
+    let key_dir = compiled.server.data_dir.clone();
+    let max_nonces = compiled.keys.max_nonces;
+    let keys = tokio::task::spawn_blocking(move || {
+        crate::keys::KeyService::open(&key_dir, max_nonces)
+    })
+    .await
+    .context("key store task failed")?
+    .with_context(|| {
+        format!(
+            "opening the key store in {}",
+            compiled.server.data_dir.display()
+        )
+    })?;
+
     let decision_log = log::DecisionLog::start(&compiled.log.decisions, compiled.log.recent)
         .context("opening the decision log")?;
     let proxy_listener = TcpListener::bind(compiled.server.listen)
@@ -173,15 +189,25 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
             _ => None,
         },
         reload_lock: tokio::sync::Mutex::new(()),
+        keys,
     });
+    {
+        let rt = shared.runtime.load();
+        shared
+            .keys
+            .restore_usage(rt.engine.quota_ledger(), shared.clock.unix_ms())
+            .await
+            .context("loading quota usage from the store")?;
+    }
 
     let (tx, rx) = watch::channel(false);
     let proxy_task = tokio::spawn(serve_proxy(proxy_listener, shared.clone(), rx.clone()));
     let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone(), rx.clone()));
-    let mut background = vec![tokio::spawn(reload::watch_files(
-        shared.clone(),
-        opts.watch_interval,
-    ))];
+    let mut background = vec![
+        tokio::spawn(reload::watch_files(shared.clone(), opts.watch_interval)),
+        tokio::spawn(flush_loop(shared.clone())),
+    ];
+    background.push(tokio::spawn(crate::jwks::refresh_loop(shared.clone())));
     #[cfg(unix)]
     {
         let s = shared.clone();
@@ -206,6 +232,27 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         admin_task,
         background,
     })
+}
+
+/// How often quota usage and last-used times are written to the store. A crash loses at most
+/// this much usage (keys themselves are written before the admin change returns).
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn flush(shared: &Shared) {
+    let ledger = shared.runtime.load().engine.quota_ledger().clone();
+    if let Err(e) = shared.keys.flush(&ledger, shared.clock.unix_ms()).await {
+        shared.metrics.store_errors.inc();
+        tracing::error!(error = %e, "writing quota usage to the store failed");
+    }
+}
+
+async fn flush_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush(&shared).await;
+    }
 }
 
 /// The hyper connection builder with the configured timeouts and bounds (proxy and admin).
