@@ -16,7 +16,7 @@ pub use palisade_engine::units;
 
 pub use cases::{CaseOutcome, run_cases};
 pub use compile::{
-    Compiled, DecisionLogTarget, LogSettings, OnEngineError, Overrides, ServerSettings, TestCase,
+    Compiled, DecisionLogTarget, KeySettings, LogSettings, OnEngineError, Overrides, ServerSettings, TestCase,
     UpstreamProtocol, UpstreamSettings, compile_str, load_file,
 };
 pub use error::{ConfigError, ConfigErrors};

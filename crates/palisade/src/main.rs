@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 
 use palisade_config::{ConfigErrors, Overrides};
 
+mod keys_cmd;
+
 // The request path allocates small, short-lived buffers at a high rate; mimalloc measured
 // noticeably faster than glibc malloc for it (see bench/README.md).
 #[global_allocator]
@@ -37,6 +39,8 @@ enum Command {
     Serve(ServeArgs),
     /// Validate a config, report every error with its location, then run its [[tests]].
     Check(CheckArgs),
+    /// Manage API keys, offline on a data dir or through a running gateway's admin API.
+    Keys(keys_cmd::KeysArgs),
     /// Serve only the built-in sample API.
     SampleApi {
         /// Address to listen on.
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
     {
         Command::Serve(args) => serve(args),
         Command::Check(args) => return check(args),
+        Command::Keys(args) => keys_cmd::run(args),
         Command::SampleApi { listen, workers } => sample_api(listen, workers),
     };
     match result {
