@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# What the tests use from the system: the `kill` program (procps) to signal the gateway.
-# Install only what is missing.
+# What the tests use from the system: the `kill` program (procps) to signal the gateway, and
+# `openssl` to make the key pairs JWT tests sign with. Install only what is missing.
 need=()
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || need+=(procps)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "scripts/test.sh: installing ${need[*]}" >&2

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 use palisade_engine::limits::ceil_secs;
-use palisade_engine::route::RouteMatch;
 use palisade_engine::policy::AuthPolicy;
 use palisade_engine::principal::{AuthRequirement, Principal};
 use palisade_engine::quota::{QuotaKey, QuotaSpec};
+use palisade_engine::route::RouteMatch;
 use palisade_engine::{
     Algorithm, IpSet, KeyPart, LimitAction, LimitSpec, ListsPolicy, Mode, Nanos, PathPattern,
     Policy, RouteSpec, RouteTable, ScoringPolicy, Unit,
@@ -157,7 +157,10 @@ pub struct KeySettings {
 impl Default for KeySettings {
     fn default() -> Self {
         Self {
-            headers: vec![http::header::AUTHORIZATION, HeaderName::from_static("x-api-key")],
+            headers: vec![
+                http::header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+            ],
             max_keys_per_account: 10,
             rotation_grace_secs: 86_400,
             signature_window_secs: 300,
@@ -782,7 +785,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
                 c.at(
                     sp(sc),
                     format!("{path}.scopes"),
-                    format!("scope `{}` must be 1-64 letters, digits, ':', '-', '_', '.' or '*'", sc.get_ref()),
+                    format!(
+                        "scope `{}` must be 1-64 letters, digits, ':', '-', '_', '.' or '*'",
+                        sc.get_ref()
+                    ),
                 );
             } else {
                 scopes.push(Arc::from(sc.get_ref().as_str()));
@@ -800,13 +806,18 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             match usd_micros(*v.get_ref()) {
                 Some(m) => Some(m),
                 None => {
-                    c.at(sp(v), format!("{path}.{field}"), "must be a dollar amount between 0 and 1000000");
+                    c.at(
+                        sp(v),
+                        format!("{path}.{field}"),
+                        "must be a dollar amount between 0 and 1000000",
+                    );
                     None
                 }
             }
         };
         let spend_micros = usd(&r.spend_usd, "spend_usd", c).unwrap_or(0);
-        let spend_reserve_micros = usd(&r.spend_reserve_usd, "spend_reserve_usd", c).unwrap_or(spend_micros);
+        let spend_reserve_micros =
+            usd(&r.spend_reserve_usd, "spend_reserve_usd", c).unwrap_or(spend_micros);
         let spend_header = r.spend_header.as_ref().and_then(|h| {
             match HeaderName::from_bytes(h.get_ref().as_bytes()) {
                 Ok(n) => Some(n),
@@ -1071,7 +1082,11 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             );
         }
         if raw.quotas.iter().take(i).any(|o| o.name.get_ref() == name) {
-            c.at(sp(&q.name), &path, format!("quota `{name}` is defined twice"));
+            c.at(
+                sp(&q.name),
+                &path,
+                format!("quota `{name}` is defined twice"),
+            );
         }
         let key = match q.key.as_slice() {
             [k] if k.get_ref() == "api_key" => QuotaKey::ApiKey,
@@ -1088,9 +1103,15 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         let routes = q.routes.as_ref().map(|rs| {
             rs.iter()
                 .filter_map(|r| {
-                    let found = route_specs.iter().position(|s| &*s.name == r.get_ref().as_str());
+                    let found = route_specs
+                        .iter()
+                        .position(|s| &*s.name == r.get_ref().as_str());
                     if found.is_none() {
-                        c.at(sp(r), format!("{path}.routes"), format!("no route named `{}`", r.get_ref()));
+                        c.at(
+                            sp(r),
+                            format!("{path}.routes"),
+                            format!("no route named `{}`", r.get_ref()),
+                        );
                     }
                     found
                 })
@@ -1098,7 +1119,11 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         });
         let requests_per_day = match &q.requests_per_day {
             Some(v) if *v.get_ref() == 0 => {
-                c.at(sp(v), format!("{path}.requests_per_day"), "must be at least 1");
+                c.at(
+                    sp(v),
+                    format!("{path}.requests_per_day"),
+                    "must be at least 1",
+                );
                 None
             }
             Some(v) => Some(*v.get_ref()),
@@ -1108,13 +1133,21 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             match usd_micros(*v.get_ref()).filter(|m| *m > 0) {
                 Some(m) => Some(m),
                 None => {
-                    c.at(sp(v), format!("{path}.spend_per_day_usd"), "must be a dollar amount above 0 and at most 1000000");
+                    c.at(
+                        sp(v),
+                        format!("{path}.spend_per_day_usd"),
+                        "must be a dollar amount above 0 and at most 1000000",
+                    );
                     None
                 }
             }
         });
         if q.requests_per_day.is_none() && q.spend_per_day_usd.is_none() {
-            c.at(sp(&q.name), &path, "a quota needs requests_per_day, spend_per_day_usd or both");
+            c.at(
+                sp(&q.name),
+                &path,
+                "a quota needs requests_per_day, spend_per_day_usd or both",
+            );
         }
         quotas.push(QuotaSpec {
             name: Arc::from(name.as_str()),
@@ -1128,15 +1161,27 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     // [keys]
     let keys = compile_keys(&raw.keys, c);
     let auth_policy = AuthPolicy {
-        failures: opt(&raw.keys.max_failures, AuthPolicy::default().failures, "keys.max_failures", c, |s| {
-            let r = parse_rate(s)?;
-            Ok(Algorithm::Gcra { interval: r.period / r.count, burst: r.count })
-        }),
+        failures: opt(
+            &raw.keys.max_failures,
+            AuthPolicy::default().failures,
+            "keys.max_failures",
+            c,
+            |s| {
+                let r = parse_rate(s)?;
+                Ok(Algorithm::Gcra {
+                    interval: r.period / r.count,
+                    burst: r.count,
+                })
+            },
+        ),
         max_entries: max_tracked.min(usize::MAX as u64) as usize,
     };
 
     // [jwt]
-    let jwt = raw.jwt.as_ref().and_then(|j| compile_jwt(j, base, c, &mut files));
+    let jwt = raw
+        .jwt
+        .as_ref()
+        .and_then(|j| compile_jwt(j, base, c, &mut files));
 
     // [lists]
     let deny = parse_ip_entries(&raw.lists.deny, "lists.deny", base, c, &mut files);
@@ -1360,18 +1405,30 @@ fn compile_keys(k: &RawKeys, c: &mut Collector<'_>) -> KeySettings {
             for h in list {
                 match HeaderName::from_bytes(h.get_ref().as_bytes()) {
                     Ok(n) => out.push(n),
-                    Err(_) => c.at(sp(h), "keys.headers", format!("`{}` is not a header name", h.get_ref())),
+                    Err(_) => c.at(
+                        sp(h),
+                        "keys.headers",
+                        format!("`{}` is not a header name", h.get_ref()),
+                    ),
                 }
             }
             if list.is_empty() {
-                c.at(None, "keys.headers", "name at least one header to read keys from");
+                c.at(
+                    None,
+                    "keys.headers",
+                    "name at least one header to read keys from",
+                );
             }
             out
         }
     };
     let max_keys_per_account = match &k.max_keys_per_account {
         Some(v) if *v.get_ref() == 0 || *v.get_ref() > 100_000 => {
-            c.at(sp(v), "keys.max_keys_per_account", "must be between 1 and 100000");
+            c.at(
+                sp(v),
+                "keys.max_keys_per_account",
+                "must be between 1 and 100000",
+            );
             d.max_keys_per_account
         }
         Some(v) => *v.get_ref(),
@@ -1382,10 +1439,24 @@ fn compile_keys(k: &RawKeys, c: &mut Collector<'_>) -> KeySettings {
             parse_duration(s).map(|n| n / palisade_engine::clock::SECOND)
         })
     };
-    let rotation_grace_secs = secs(&k.rotation_grace, d.rotation_grace_secs, "rotation_grace", c);
-    let signature_window_secs = secs(&k.signature_window, d.signature_window_secs, "signature_window", c);
+    let rotation_grace_secs = secs(
+        &k.rotation_grace,
+        d.rotation_grace_secs,
+        "rotation_grace",
+        c,
+    );
+    let signature_window_secs = secs(
+        &k.signature_window,
+        d.signature_window_secs,
+        "signature_window",
+        c,
+    );
     if signature_window_secs == 0 {
-        c.at(k.signature_window.as_ref().and_then(sp), "keys.signature_window", "must be at least 1s");
+        c.at(
+            k.signature_window.as_ref().and_then(sp),
+            "keys.signature_window",
+            "must be at least 1s",
+        );
     }
     let max_nonces = match &k.max_nonces {
         Some(v) if *v.get_ref() < 100 || *v.get_ref() > 10_000_000 => {
@@ -1414,7 +1485,11 @@ fn compile_jwt(
         Some(h) => match HeaderName::from_bytes(h.get_ref().as_bytes()) {
             Ok(n) => n,
             Err(_) => {
-                c.at(sp(h), "jwt.header", format!("`{}` is not a header name", h.get_ref()));
+                c.at(
+                    sp(h),
+                    "jwt.header",
+                    format!("`{}` is not a header name", h.get_ref()),
+                );
                 http::header::AUTHORIZATION
             }
         },
@@ -1434,7 +1509,14 @@ fn compile_jwt(
     for cl in j.claims.iter().flatten() {
         match KeyPart::parse(&format!("jwt:{}", cl.get_ref())) {
             Ok(KeyPart::Jwt(name)) => claims.push(name),
-            _ => c.at(sp(cl), "jwt.claims", format!("`{}` is not a claim name (letters, digits, '_', '-', '.')", cl.get_ref())),
+            _ => c.at(
+                sp(cl),
+                "jwt.claims",
+                format!(
+                    "`{}` is not a claim name (letters, digits, '_', '-', '.')",
+                    cl.get_ref()
+                ),
+            ),
         }
     }
     if j.claims.is_none() {
@@ -1456,7 +1538,11 @@ fn compile_jwt(
                     Some(var) => match std::env::var(var) {
                         Ok(v) => v,
                         Err(_) => {
-                            c.at(sp(sec), format!("{path}.secret"), format!("environment variable `{var}` is not set"));
+                            c.at(
+                                sp(sec),
+                                format!("{path}.secret"),
+                                format!("environment variable `{var}` is not set"),
+                            );
                             continue;
                         }
                     },
@@ -1472,13 +1558,21 @@ fn compile_jwt(
                         jwt::KeyMaterial::Pem(bytes)
                     }
                     Err(e) => {
-                        c.at(sp(pem), format!("{path}.pem_file"), format!("cannot read `{}`: {e}", file.display()));
+                        c.at(
+                            sp(pem),
+                            format!("{path}.pem_file"),
+                            format!("cannot read `{}`: {e}", file.display()),
+                        );
                         continue;
                     }
                 }
             }
             _ => {
-                c.at(sp(&k.algorithm), &path, "give exactly one of `secret` (HS256) or `pem_file` (RS256, ES256, EdDSA)");
+                c.at(
+                    sp(&k.algorithm),
+                    &path,
+                    "give exactly one of `secret` (HS256) or `pem_file` (RS256, ES256, EdDSA)",
+                );
                 continue;
             }
         };
@@ -1496,9 +1590,17 @@ fn compile_jwt(
                     files.push(file.clone());
                     file_keys = k;
                 }
-                Err(e) => c.at(sp(spanned), "jwt.jwks_file", format!("`{}`: {e}", file.display())),
+                Err(e) => c.at(
+                    sp(spanned),
+                    "jwt.jwks_file",
+                    format!("`{}`: {e}", file.display()),
+                ),
             },
-            Err(e) => c.at(sp(spanned), "jwt.jwks_file", format!("cannot read `{}`: {e}", file.display())),
+            Err(e) => c.at(
+                sp(spanned),
+                "jwt.jwks_file",
+                format!("cannot read `{}`: {e}", file.display()),
+            ),
         }
     }
     let jwks_url = j.jwks_url.as_ref().and_then(|u| match u.get_ref().parse::<Uri>() {
@@ -1512,20 +1614,34 @@ fn compile_jwt(
             None
         }
     });
-    let jwks_refresh = opt(&j.jwks_refresh, 600 * palisade_engine::clock::SECOND, "jwt.jwks_refresh", c, parse_duration);
+    let jwks_refresh = opt(
+        &j.jwks_refresh,
+        600 * palisade_engine::clock::SECOND,
+        "jwt.jwks_refresh",
+        c,
+        parse_duration,
+    );
     if keys.is_empty() && jwks_file.is_none() && jwks_url.is_none() {
-        c.at(None, "jwt", "[jwt] needs keys: inline `keys`, a `jwks_file` or a `jwks_url`");
+        c.at(
+            None,
+            "jwt",
+            "[jwt] needs keys: inline `keys`, a `jwks_file` or a `jwks_url`",
+        );
     }
-    Some(Arc::new(JwtVerifier::new(jwt::JwtSettings {
-        header,
-        algorithms,
-        issuer: j.issuer.clone(),
-        audience: j.audience.clone().unwrap_or_default(),
-        leeway_secs,
-        claims,
-        account_claim: j.account_claim.clone(),
-        scope_claim: j.scope_claim.clone().unwrap_or_else(|| "scope".to_owned()),
-        jwks_url,
-        jwks_refresh,
-    }, keys, file_keys)))
+    Some(Arc::new(JwtVerifier::new(
+        jwt::JwtSettings {
+            header,
+            algorithms,
+            issuer: j.issuer.clone(),
+            audience: j.audience.clone().unwrap_or_default(),
+            leeway_secs,
+            claims,
+            account_claim: j.account_claim.clone(),
+            scope_claim: j.scope_claim.clone().unwrap_or_else(|| "scope".to_owned()),
+            jwks_url,
+            jwks_refresh,
+        },
+        keys,
+        file_keys,
+    )))
 }

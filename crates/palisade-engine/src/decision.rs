@@ -141,6 +141,9 @@ pub struct Decision {
     pub quotas: Vec<QuotaHold>,
     /// The per-key rate limit that applied, if any: its header item and algorithm.
     pub key_limit: Option<(Arc<HeaderItem>, Algorithm)>,
+    /// The daily budget that refused the request, for its RateLimit headers: the rendered
+    /// item, the budget's size and the seconds until it resets.
+    pub exhausted: Option<(Arc<HeaderItem>, u64, u64)>,
 }
 
 impl Decision {
@@ -157,6 +160,7 @@ impl Decision {
             code: None,
             quotas: Vec::new(),
             key_limit: None,
+            exhausted: None,
         }
     }
 }

@@ -16,7 +16,8 @@ use crate::limits::{Algorithm, LimitAction, LimitTable, Unit, ceil_secs};
 use crate::policy::{Mode, Policy, RouteSpec};
 use crate::principal::{Auth, AuthFailure, AuthRequirement, Principal, PrincipalKind};
 use crate::quota::{
-    QuotaCheck, QuotaItems, QuotaKey, QuotaLedger, QuotaSettlement, day_of, secs_to_midnight,
+    Budget, QuotaCheck, QuotaItems, QuotaKey, QuotaLedger, QuotaSettlement, day_of,
+    secs_to_midnight,
 };
 use crate::ratelimit_headers::{HeaderEntry, HeaderItem, RateLimitHeaders, render_entries};
 use crate::route::RouteId;
@@ -251,19 +252,23 @@ impl Engine {
 
     /// RateLimit header values for a decision; `None` when no advertised limit applied.
     pub fn rate_limit_headers(&self, decision: &Decision) -> Option<RateLimitHeaders> {
-        let limits = decision.limits.iter().filter(|o| o.headers).filter_map(|o| {
-            let item = if o.index == KEY_LIMIT_INDEX {
-                &*decision.key_limit.as_ref()?.0
-            } else {
-                self.header_items.get(o.index)?
-            };
-            Some(HeaderEntry {
-                item,
-                quota: o.quota,
-                remaining: o.verdict.remaining,
-                reset_secs: ceil_secs(o.verdict.reset),
-            })
-        });
+        let limits = decision
+            .limits
+            .iter()
+            .filter(|o| o.headers)
+            .filter_map(|o| {
+                let item = if o.index == KEY_LIMIT_INDEX {
+                    &*decision.key_limit.as_ref()?.0
+                } else {
+                    self.header_items.get(o.index)?
+                };
+                Some(HeaderEntry {
+                    item,
+                    quota: o.quota,
+                    remaining: o.verdict.remaining,
+                    reset_secs: ceil_secs(o.verdict.reset),
+                })
+            });
         let quotas = decision.quotas.iter().flat_map(|h| {
             let requests = h.items.requests.as_deref().and_then(|item| {
                 Some(HeaderEntry {
@@ -283,7 +288,16 @@ impl Engine {
             });
             requests.into_iter().chain(spend)
         });
-        render_entries(limits.chain(quotas))
+        let exhausted = decision
+            .exhausted
+            .as_ref()
+            .map(|(item, quota, reset)| HeaderEntry {
+                item,
+                quota: *quota,
+                remaining: 0,
+                reset_secs: *reset,
+            });
+        render_entries(limits.chain(quotas).chain(exhausted))
     }
 
     /// The ledger daily quotas are counted in (shared across reloads).
@@ -416,7 +430,8 @@ impl Engine {
         // Daily quotas, reserved only for a request the limits let through.
         if !matches!(enforced, Some((Action::Limit { .. }, _)))
             && let Some(principal) = facts.auth.principal()
-            && let Some((action, rule, code)) = self.reserve_quotas(&mut d, facts, route_spec, principal)
+            && let Some((action, rule, code)) =
+                self.reserve_quotas(&mut d, facts, route_spec, principal)
         {
             if p.mode == Mode::Shadow {
                 if stronger(action, shadowed.as_ref().map(|s| s.0)) {
@@ -567,9 +582,7 @@ impl Engine {
             Auth::Anonymous => Some(missing(d)),
             Auth::Failed { kind, .. } if !accepts(kind) => Some(missing(d)),
             Auth::Failed { failure, .. } => {
-                let verdict = self
-                    .failure_table
-                    .check(failures, ip_key, facts.now, 1, 0);
+                let verdict = self.failure_table.check(failures, ip_key, facts.now, 1, 0);
                 let rule = self.auth_rule(failure);
                 d.signals.push(Signal {
                     name: rule.clone(),
@@ -599,7 +612,14 @@ impl Engine {
     }
 
     fn auth_rule(&self, failure: AuthFailure) -> Arc<str> {
-        let [.., invalid_key, expired, revoked, invalid_token, invalid_sig] = &self.auth_rules;
+        let [
+            ..,
+            invalid_key,
+            expired,
+            revoked,
+            invalid_token,
+            invalid_sig,
+        ] = &self.auth_rules;
         match failure {
             AuthFailure::InvalidApiKey => invalid_key,
             AuthFailure::ExpiredApiKey => expired,
@@ -723,6 +743,13 @@ impl Engine {
             }
             Err(e) => {
                 let rule = rules.get(e.index).map(|r| (*r).clone())?;
+                let reset = secs_to_midnight(facts.unix_ms);
+                d.exhausted = checks.get(e.index).and_then(|c| match e.budget {
+                    Budget::Requests => {
+                        Some((c.items.requests.clone()?, c.requests_per_day?, reset))
+                    }
+                    Budget::Spend => Some((c.items.spend.clone()?, c.spend_per_day_micros?, reset)),
+                });
                 d.signals.push(Signal {
                     name: rule.clone(),
                     weight: 50,

@@ -310,7 +310,10 @@ mod tests {
             Err(KeyPartError::BadHeader(_))
         ));
         assert_eq!(KeyPart::parse("api_key"), Ok(KeyPart::ApiKey));
-        assert_eq!(KeyPart::parse("jwt:sub"), Ok(KeyPart::Jwt(Arc::from("sub"))));
+        assert_eq!(
+            KeyPart::parse("jwt:sub"),
+            Ok(KeyPart::Jwt(Arc::from("sub")))
+        );
         assert!(matches!(
             KeyPart::parse("jwt:"),
             Err(KeyPartError::BadClaim(_))

@@ -18,11 +18,11 @@ pub mod identity;
 pub mod ipset;
 pub mod limits;
 pub mod policy;
+pub mod principal;
+pub mod quota;
 pub mod ratelimit_headers;
 pub mod route;
 pub mod units;
-pub mod principal;
-pub mod quota;
 
 pub use clock::{Clock, ManualClock, Nanos};
 pub use decision::{Action, Decision, LimitOutcome, Signal};

@@ -375,8 +375,7 @@ impl QuotaItems {
     /// Renders the items of a quota.
     pub fn new(name: &str, requests: Option<u64>, spend_micros: Option<u64>) -> Self {
         Self {
-            requests: requests
-                .map(|q| Arc::new(HeaderItem::for_daily(name, q, "requests"))),
+            requests: requests.map(|q| Arc::new(HeaderItem::for_daily(name, q, "requests"))),
             spend: spend_micros.map(|q| {
                 Arc::new(HeaderItem::for_daily(
                     &format!("{name}-usd"),
@@ -498,7 +497,10 @@ mod tests {
     fn settlement_releases_on_drop_and_rows_persist() {
         let l = Arc::new(QuotaLedger::new());
         let c = [check(Some(1), None, 0)];
-        drop(QuotaSettlement::new(l.clone(), l.reserve(&c, ms(5)).unwrap()));
+        drop(QuotaSettlement::new(
+            l.clone(),
+            l.reserve(&c, ms(5)).unwrap(),
+        ));
         let s = QuotaSettlement::new(l.clone(), l.reserve(&c, ms(5)).unwrap());
         s.settle(None);
         let rows = l.take_dirty(5);

@@ -307,19 +307,21 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
         body
     };
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            &format!("the body is not a valid request: {e}"),
-        )
-    })
+    serde_json::from_slice(body)
+}
+
+fn bad_json(e: serde_json::Error) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_json",
+        &format!("the body is not a valid request: {e}"),
+    )
 }
 
 fn count_change(shared: &Shared, action: &'static str) {
@@ -344,7 +346,10 @@ async fn list_keys(
             let keys: Vec<_> = list
                 .iter()
                 .map(|r| r.view(now))
-                .filter(|v| q.get("account").is_none_or(|a| v.account.as_ref() == Some(a)))
+                .filter(|v| {
+                    q.get("account")
+                        .is_none_or(|a| v.account.as_ref() == Some(a))
+                })
                 .filter(|v| q.get("status").is_none_or(|st| v.status.name() == st))
                 .collect();
             axum::Json(json!({ "keys": keys })).into_response()
@@ -363,7 +368,7 @@ async fn create_key(
     }
     let req: NewKey = match parse_body(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return bad_json(e),
     };
     let now = shared.clock.unix_secs();
     let max = shared.runtime.load().compiled.keys.max_keys_per_account;
@@ -395,7 +400,10 @@ async fn show_key(
         return r;
     }
     let now = shared.clock.unix_secs();
-    let lookup = id.strip_prefix(palisade_keys::key::KEY_PREFIX).unwrap_or(&id).to_owned();
+    let lookup = id
+        .strip_prefix(palisade_keys::key::KEY_PREFIX)
+        .unwrap_or(&id)
+        .to_owned();
     match shared.keys.run(move |s| s.get(&lookup)).await {
         Ok(r) => {
             let rt = shared.runtime.load();
@@ -404,7 +412,10 @@ async fn show_key(
                 .quota_report(&KeyPart::ApiKey, &r.id, shared.clock.unix_ms());
             let mut v = serde_json::to_value(r.view(now)).unwrap_or_default();
             if let Some(obj) = v.as_object_mut() {
-                obj.insert("usage".to_owned(), serde_json::to_value(usage).unwrap_or_default());
+                obj.insert(
+                    "usage".to_owned(),
+                    serde_json::to_value(usage).unwrap_or_default(),
+                );
             }
             axum::Json(v).into_response()
         }
@@ -423,10 +434,14 @@ async fn update_key(
     }
     let req: KeyUpdate = match parse_body(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return bad_json(e),
     };
     let now = shared.clock.unix_secs();
-    match shared.keys.run(move |s| s.update(&id, &req, now, ACTOR)).await {
+    match shared
+        .keys
+        .run(move |s| s.update(&id, &req, now, ACTOR))
+        .await
+    {
         Ok(r) => {
             shared.keys.publish(std::slice::from_ref(&r));
             count_change(&shared, "update");
@@ -521,7 +536,7 @@ async fn debug_clock(
     }
     let req: Advance = match parse_body(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return bad_json(e),
     };
     let offset = shared.clock.advance(req.advance_secs.saturating_mul(1000));
     axum::Json(json!({ "offset_ms": offset, "unix_ms": shared.clock.unix_ms() })).into_response()

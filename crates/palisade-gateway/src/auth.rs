@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use palisade_engine::principal::{Auth, AuthFailure, AuthRequirement, Principal, PrincipalKind};
 use palisade_engine::RouteSpec;
+use palisade_engine::principal::{Auth, AuthFailure, AuthRequirement, Principal, PrincipalKind};
 use palisade_keys::DirEntry;
 use palisade_keys::key::KEY_PREFIX;
 
@@ -103,8 +103,8 @@ pub fn authenticate(
     };
     // Tokens are verified where a route takes them or a limit keys on their claims;
     // elsewhere they may well be the upstream's own business.
-    let wanted = matches!(route.auth, AuthRequirement::Jwt | AuthRequirement::Any)
-        || rt.jwt_identity;
+    let wanted =
+        matches!(route.auth, AuthRequirement::Jwt | AuthRequirement::Any) || rt.jwt_identity;
     if !wanted {
         return Authenticated::Anonymous;
     }

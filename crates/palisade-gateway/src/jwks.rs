@@ -59,7 +59,8 @@ pub async fn refresh_loop(shared: Arc<Shared>) {
                         tracing::info!(url = %url, keys = keys.len(), "fetched JWKS");
                         jwt.set_url_keys(keys.clone());
                         cached = Some(keys);
-                        next_fetch = Instant::now() + Duration::from_nanos(jwt.settings().jwks_refresh);
+                        next_fetch =
+                            Instant::now() + Duration::from_nanos(jwt.settings().jwks_refresh);
                     }
                     Err(e) => {
                         tracing::warn!(url = %url, error = %e, "fetching JWKS failed; keeping the keys in use");

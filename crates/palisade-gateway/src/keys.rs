@@ -48,7 +48,11 @@ impl KeyService {
     }
 
     /// Loads persisted quota usage into the ledger.
-    pub async fn restore_usage(&self, ledger: &QuotaLedger, unix_ms: u64) -> Result<(), StoreError> {
+    pub async fn restore_usage(
+        &self,
+        ledger: &QuotaLedger,
+        unix_ms: u64,
+    ) -> Result<(), StoreError> {
         let rows = self.run(|s| s.load_usage()).await?;
         ledger.restore(rows, day_of(unix_ms));
         Ok(())

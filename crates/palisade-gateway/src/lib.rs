@@ -6,8 +6,8 @@
 //! [`metrics`]). The admin API ([`admin`]) and hot reload ([`reload`]) share [`Shared`].
 
 pub mod admin;
-pub mod body;
 pub mod auth;
+pub mod body;
 pub mod io;
 pub mod jwks;
 pub mod keys;
@@ -163,11 +163,11 @@ impl Runtime {
             .iter()
             .map(|r| r.name.clone())
             .collect();
-        let jwt_identity = compiled
-            .policy
-            .limits
-            .iter()
-            .any(|l| l.key.iter().any(|k| matches!(k, palisade_engine::KeyPart::Jwt(_))));
+        let jwt_identity = compiled.policy.limits.iter().any(|l| {
+            l.key
+                .iter()
+                .any(|k| matches!(k, palisade_engine::KeyPart::Jwt(_)))
+        });
         Self {
             compiled,
             engine,

@@ -18,12 +18,14 @@ use palisade_engine::limits::ceil_secs;
 use palisade_engine::{Action, Clock, Decision, RequestFacts, ResponseFacts};
 
 use bytes::Bytes;
-use http_body_util::{Empty, Full, Limited};
 use http_body_util::LengthLimitError;
+use http_body_util::{Empty, Full, Limited};
+use palisade_engine::RouteSpec;
 use palisade_engine::principal::{AuthFailure, AuthRequirement, PrincipalKind};
 use palisade_engine::quota::{MICROS_PER_USD, QuotaSettlement, secs_to_midnight};
-use palisade_engine::RouteSpec;
-use palisade_keys::signature::{self, NONCE_HEADER, SIGNATURE_HEADER, SignedParts, TIMESTAMP_HEADER};
+use palisade_keys::signature::{
+    self, NONCE_HEADER, SIGNATURE_HEADER, SignedParts, TIMESTAMP_HEADER,
+};
 
 use crate::auth::{Authenticated, authenticate};
 use crate::body::{Bounded, ProxyBody, is_body_too_large};
@@ -91,16 +93,34 @@ pub async fn handle(
     let mut body = Some(body);
     if let Some(entry) = authn.key_needing_signature().cloned() {
         let Some(incoming) = body.take() else {
-            return Ok(bounded_refusal(&shared, Refusal::BadRequest, &request_id, "bounds/body_read"));
+            return Ok(bounded_refusal(
+                &shared,
+                Refusal::BadRequest,
+                &request_id,
+                "bounds/body_read",
+            ));
         };
-        let limited = Limited::new(incoming, usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX));
+        let limited = Limited::new(
+            incoming,
+            usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX),
+        );
         let bytes = match limited.collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Ok(bounded_refusal(&shared, Refusal::BodyTooLarge, &request_id, "bounds/body"));
+                return Ok(bounded_refusal(
+                    &shared,
+                    Refusal::BodyTooLarge,
+                    &request_id,
+                    "bounds/body",
+                ));
             }
             Err(_) => {
-                return Ok(bounded_refusal(&shared, Refusal::BadRequest, &request_id, "bounds/body_read"));
+                return Ok(bounded_refusal(
+                    &shared,
+                    Refusal::BadRequest,
+                    &request_id,
+                    "bounds/body_read",
+                ));
             }
         };
         let signed = SignedParts {
@@ -257,10 +277,12 @@ pub async fn handle(
                     parts.headers.insert(X_PALISADE_SIGNALS, v);
                 }
             }
-            let settlement = (!decision.quotas.is_empty())
-                .then(|| rt.engine.quota_settlement(&decision));
+            let settlement =
+                (!decision.quotas.is_empty()).then(|| rt.engine.quota_settlement(&decision));
             let body: ProxyBody = match (buffered, body) {
-                (Some(bytes), _) => Full::new(bytes).map_err(|never| match never {}).boxed_unsync(),
+                (Some(bytes), _) => Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
                 (None, Some(b)) => Bounded::new(b, server.max_body_bytes).boxed_unsync(),
                 (None, None) => Empty::new().map_err(|never| match never {}).boxed_unsync(),
             };
@@ -462,8 +484,10 @@ fn usage(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    resp.headers_mut()
-        .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert(X_REQUEST_ID, v);
     }
@@ -498,6 +522,10 @@ fn bounded_refusal(
 }
 
 /// Sends the request upstream and returns its response with a streaming body.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the arguments are the request's parts, not options"
+)]
 async fn forward(
     shared: &Shared,
     rt: &Runtime,

@@ -17,10 +17,10 @@ use tokio::task::JoinHandle;
 use palisade_config::Overrides;
 
 use crate::io::{IdleTimeoutIo, InFlight};
-use palisade_engine::Clock as _;
 use crate::reload::{self, ConfigSource};
 use crate::token::{self, TokenSource};
 use crate::{Runtime, Shared, SystemClock, admin, log, metrics, proxy, sample_api};
+use palisade_engine::Clock as _;
 
 /// How to start.
 #[derive(Debug, Clone)]
@@ -147,17 +147,16 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
 
     let key_dir = compiled.server.data_dir.clone();
     let max_nonces = compiled.keys.max_nonces;
-    let keys = tokio::task::spawn_blocking(move || {
-        crate::keys::KeyService::open(&key_dir, max_nonces)
-    })
-    .await
-    .context("key store task failed")?
-    .with_context(|| {
-        format!(
-            "opening the key store in {}",
-            compiled.server.data_dir.display()
-        )
-    })?;
+    let keys =
+        tokio::task::spawn_blocking(move || crate::keys::KeyService::open(&key_dir, max_nonces))
+            .await
+            .context("key store task failed")?
+            .with_context(|| {
+                format!(
+                    "opening the key store in {}",
+                    compiled.server.data_dir.display()
+                )
+            })?;
 
     let decision_log = log::DecisionLog::start(&compiled.log.decisions, compiled.log.recent)
         .context("opening the decision log")?;

@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use palisade_engine::clock::SECOND;
 use palisade_engine::limits::Unit;
-use palisade_engine::principal::{
-    AuthFailure, KeyBudget, KeyRate, Principal, PrincipalKind,
-};
+use palisade_engine::principal::{AuthFailure, KeyBudget, KeyRate, Principal, PrincipalKind};
 use palisade_engine::quota::{MICROS_PER_USD, QuotaItems};
 use palisade_engine::ratelimit_headers::HeaderItem;
 
@@ -49,15 +47,14 @@ fn principal_of(r: &ApiKeyRecord) -> Principal {
             .daily_spend_usd
             .map(|d| (d * MICROS_PER_USD).round() as u64),
     };
-    let budget_items = (budget.requests_per_day.is_some()
-        || budget.spend_per_day_micros.is_some())
-    .then(|| {
-        Arc::new(QuotaItems::new(
-            palisade_engine::engine::KEY_BUDGET_QUOTA,
-            budget.requests_per_day,
-            budget.spend_per_day_micros,
-        ))
-    });
+    let budget_items = (budget.requests_per_day.is_some() || budget.spend_per_day_micros.is_some())
+        .then(|| {
+            Arc::new(QuotaItems::new(
+                palisade_engine::engine::KEY_BUDGET_QUOTA,
+                budget.requests_per_day,
+                budget.spend_per_day_micros,
+            ))
+        });
     Principal {
         kind: PrincipalKind::ApiKey,
         key_id: Some(Arc::from(r.id.as_str())),
@@ -210,11 +207,23 @@ mod tests {
         // Right id, wrong secret: invalid, and the status is not revealed.
         let mut forged = a.key.clone();
         forged.replace_range(forged.len() - 4.., "AAAA");
-        assert_eq!(d.verify(&forged, 1_001).unwrap_err(), AuthFailure::InvalidApiKey);
-        assert_eq!(d.verify("garbage", 1_001).unwrap_err(), AuthFailure::InvalidApiKey);
-        assert_eq!(d.verify(&a.key, 1_000 + 3_600).unwrap_err(), AuthFailure::ExpiredApiKey);
+        assert_eq!(
+            d.verify(&forged, 1_001).unwrap_err(),
+            AuthFailure::InvalidApiKey
+        );
+        assert_eq!(
+            d.verify("garbage", 1_001).unwrap_err(),
+            AuthFailure::InvalidApiKey
+        );
+        assert_eq!(
+            d.verify(&a.key, 1_000 + 3_600).unwrap_err(),
+            AuthFailure::ExpiredApiKey
+        );
         d.upsert(&[s.revoke(&a.id, 1_002, "cli").unwrap()]);
-        assert_eq!(d.verify(&a.key, 1_003).unwrap_err(), AuthFailure::RevokedApiKey);
+        assert_eq!(
+            d.verify(&a.key, 1_003).unwrap_err(),
+            AuthFailure::RevokedApiKey
+        );
         assert_eq!(d.take_used(), vec![(a.id.clone(), 1_001)]);
         assert!(d.take_used().is_empty());
     }

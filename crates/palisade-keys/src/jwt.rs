@@ -210,9 +210,7 @@ impl JwtVerifier {
             return Err(bad);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| bad)?;
-        if !self.settings.algorithms.is_empty()
-            && !self.settings.algorithms.contains(&header.alg)
-        {
+        if !self.settings.algorithms.is_empty() && !self.settings.algorithms.contains(&header.alg) {
             return Err(bad);
         }
         let url_keys = self.url_keys.load();

@@ -257,8 +257,12 @@ pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(char::from(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
-        s.push(char::from(HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0')));
+        s.push(char::from(
+            HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
+        ));
+        s.push(char::from(
+            HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0'),
+        ));
     }
     s
 }
@@ -319,7 +323,9 @@ impl<'de> Deserialize<'de> for KeyStatus {
             "active" => Ok(KeyStatus::Active),
             "revoked" => Ok(KeyStatus::Revoked),
             "expired" => Ok(KeyStatus::Expired),
-            other => Err(serde::de::Error::custom(format!("unknown status `{other}`"))),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown status `{other}`"
+            ))),
         }
     }
 }

@@ -194,20 +194,104 @@ mod tests {
         let ss = signing_secret(&secret, "abc");
         let nonces = NonceCache::new(100);
         let body = br#"{"qty":1}"#;
-        let sts = string_to_sign("POST", "/api/orders", "dry=1", "1000", "nonce-0001", &body_digest(body));
+        let sts = string_to_sign(
+            "POST",
+            "/api/orders",
+            "dry=1",
+            "1000",
+            "nonce-0001",
+            &body_digest(body),
+        );
         let sig = sign(&ss, &sts);
-        assert_eq!(verify(&secret, "abc", &parts("1000", "nonce-0001", &sig, body), 1010, 300, &nonces), Ok(()));
+        assert_eq!(
+            verify(
+                &secret,
+                "abc",
+                &parts("1000", "nonce-0001", &sig, body),
+                1010,
+                300,
+                &nonces
+            ),
+            Ok(())
+        );
         // Replay.
-        assert!(verify(&secret, "abc", &parts("1000", "nonce-0001", &sig, body), 1010, 300, &nonces).is_err());
+        assert!(
+            verify(
+                &secret,
+                "abc",
+                &parts("1000", "nonce-0001", &sig, body),
+                1010,
+                300,
+                &nonces
+            )
+            .is_err()
+        );
         // Tampered body, other key, outside the window, bad nonce.
-        let sts2 = string_to_sign("POST", "/api/orders", "dry=1", "1000", "nonce-0002", &body_digest(body));
+        let sts2 = string_to_sign(
+            "POST",
+            "/api/orders",
+            "dry=1",
+            "1000",
+            "nonce-0002",
+            &body_digest(body),
+        );
         let sig2 = sign(&ss, &sts2);
-        assert!(verify(&secret, "abc", &parts("1000", "nonce-0002", &sig2, b"{}"), 1010, 300, &nonces).is_err());
-        assert!(verify(&secret, "abd", &parts("1000", "nonce-0002", &sig2, body), 1010, 300, &nonces).is_err());
-        assert!(verify(&secret, "abc", &parts("1000", "nonce-0002", &sig2, body), 1400, 300, &nonces).is_err());
+        assert!(
+            verify(
+                &secret,
+                "abc",
+                &parts("1000", "nonce-0002", &sig2, b"{}"),
+                1010,
+                300,
+                &nonces
+            )
+            .is_err()
+        );
+        assert!(
+            verify(
+                &secret,
+                "abd",
+                &parts("1000", "nonce-0002", &sig2, body),
+                1010,
+                300,
+                &nonces
+            )
+            .is_err()
+        );
+        assert!(
+            verify(
+                &secret,
+                "abc",
+                &parts("1000", "nonce-0002", &sig2, body),
+                1400,
+                300,
+                &nonces
+            )
+            .is_err()
+        );
         // A failed attempt did not use up the nonce.
-        assert_eq!(verify(&secret, "abc", &parts("1000", "nonce-0002", &sig2, body), 1010, 300, &nonces), Ok(()));
-        assert!(verify(&secret, "abc", &parts("1000", "short", &sig2, body), 1010, 300, &nonces).is_err());
+        assert_eq!(
+            verify(
+                &secret,
+                "abc",
+                &parts("1000", "nonce-0002", &sig2, body),
+                1010,
+                300,
+                &nonces
+            ),
+            Ok(())
+        );
+        assert!(
+            verify(
+                &secret,
+                "abc",
+                &parts("1000", "short", &sig2, body),
+                1010,
+                300,
+                &nonces
+            )
+            .is_err()
+        );
     }
 
     /// FIPS 180-2 / NIST example: SHA-256("abc").

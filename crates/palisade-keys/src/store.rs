@@ -242,16 +242,12 @@ fn valid_text(s: &str, max: usize) -> bool {
 fn valid_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'*' | b'@'))
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'*' | b'@')
+        })
 }
 
-fn check_budget(
-    requests: Option<u64>,
-    spend: Option<f64>,
-    errors: &mut Vec<String>,
-) {
+fn check_budget(requests: Option<u64>, spend: Option<f64>, errors: &mut Vec<String>) {
     if let Some(s) = spend
         && !(s.is_finite() && (0.0..=1_000_000.0).contains(&s))
     {
@@ -328,13 +324,11 @@ impl KeyStore {
             let mut keys = txn.open_table(KEYS).map_err(db_err)?;
             for r in records {
                 let bytes = serde_json::to_vec(r).map_err(db_err)?;
-                keys.insert(r.id.as_str(), bytes.as_slice()).map_err(db_err)?;
+                keys.insert(r.id.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
             }
             let mut log = txn.open_table(AUDIT).map_err(db_err)?;
-            let mut seq = log
-                .last()
-                .map_err(db_err)?
-                .map_or(0, |(k, _)| k.value());
+            let mut seq = log.last().map_err(db_err)?.map_or(0, |(k, _)| k.value());
             for mut a in audit {
                 seq += 1;
                 a.seq = seq;
@@ -382,12 +376,15 @@ impl KeyStore {
     ) -> Result<CreatedKey, StoreError> {
         let mut errors = Vec::new();
         if !valid_text(&req.name, 200) {
-            errors.push("name must be at most 200 characters without control characters".to_owned());
+            errors
+                .push("name must be at most 200 characters without control characters".to_owned());
         }
         if let Some(a) = &req.account
             && !valid_token(a)
         {
-            errors.push(format!("account `{a}` must be 1-64 letters, digits or :-_.@"));
+            errors.push(format!(
+                "account `{a}` must be 1-64 letters, digits or :-_.@"
+            ));
         }
         for s in &req.scopes {
             if !valid_token(s) {
@@ -463,7 +460,9 @@ impl KeyStore {
         Ok(CreatedKey {
             prefix: record.prefix(),
             id,
-            signing_secret: record.signed.then(|| signing_secret(&self.secret, &record.id)),
+            signing_secret: record
+                .signed
+                .then(|| signing_secret(&self.secret, &record.id)),
             key: raw,
             record: view,
         })
@@ -498,7 +497,9 @@ impl KeyStore {
             if valid_text(n, 200) {
                 r.name = n.clone();
             } else {
-                errors.push("name must be at most 200 characters without control characters".to_owned());
+                errors.push(
+                    "name must be at most 200 characters without control characters".to_owned(),
+                );
             }
         }
         if let Some(sc) = &req.scopes {
@@ -693,7 +694,9 @@ impl KeyStore {
             for r in rows {
                 let key = format!("{}\u{1f}{}", r.quota, r.identity);
                 let bytes = serde_json::to_vec(&r.usage).map_err(db_err)?;
-                table.insert(key.as_str(), bytes.as_slice()).map_err(db_err)?;
+                table
+                    .insert(key.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
             }
             let stale: Vec<String> = table
                 .iter()
@@ -792,10 +795,16 @@ mod tests {
         let old = s.get(&created.id).unwrap();
         assert_eq!(old.expires_at, Some(2_060));
         assert_eq!(old.rotated_to.as_deref(), Some(rotated.id.as_str()));
-        assert_eq!(s.revoke(&rotated.id, 2_001, "cli").unwrap().status(2_001), KeyStatus::Revoked);
+        assert_eq!(
+            s.revoke(&rotated.id, 2_001, "cli").unwrap().status(2_001),
+            KeyStatus::Revoked
+        );
         let audit = s.audit(10).unwrap();
         let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
-        assert_eq!(actions, ["key.create", "key.create", "key.rotate", "key.revoke"]);
+        assert_eq!(
+            actions,
+            ["key.create", "key.create", "key.rotate", "key.revoke"]
+        );
         assert!(audit.windows(2).all(|w| w[0].seq < w[1].seq));
     }
 

@@ -140,7 +140,10 @@ struct UpdateArgs {
 }
 
 enum Backend {
-    Offline { store: KeyStore, settings: KeySettings },
+    Offline {
+        store: KeyStore,
+        settings: KeySettings,
+    },
     Admin(AdminClient),
 }
 
@@ -160,7 +163,10 @@ impl AdminClient {
         let req = Request::builder()
             .method(method)
             .uri(uri)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))?;
         let (status, bytes) = self.rt.block_on(async {
@@ -178,9 +184,11 @@ impl AdminClient {
         }
         let mut msg = format!(
             "{} ({status})",
-            v["message"].as_str().unwrap_or("the admin API refused the request")
+            field(&v, "message")
+                .as_str()
+                .unwrap_or("the admin API refused the request")
         );
-        if let Some(list) = v["errors"].as_array() {
+        if let Some(list) = field(&v, "errors").as_array() {
             for e in list {
                 msg.push_str("\n  - ");
                 msg.push_str(e.as_str().unwrap_or(&e.to_string()));
@@ -191,6 +199,14 @@ impl AdminClient {
         }
         bail!(msg)
     }
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v.get(name).unwrap_or(&Value::Null)
+}
+
+fn take(mut v: Value, name: &str) -> Value {
+    v.get_mut(name).map(Value::take).unwrap_or_default()
 }
 
 fn now() -> u64 {
@@ -277,12 +293,16 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
                     store.list()?.iter().map(|r| r.view(n)).collect()
                 }
                 Backend::Admin(a) => {
-                    serde_json::from_value(a.call(Method::GET, "/v1/keys", None)?["keys"].take())?
+                    serde_json::from_value(take(a.call(Method::GET, "/v1/keys", None)?, "keys"))?
                 }
             };
             let keys: Vec<KeyView> = keys
                 .into_iter()
-                .filter(|k| account.as_ref().is_none_or(|a| k.account.as_ref() == Some(a)))
+                .filter(|k| {
+                    account
+                        .as_ref()
+                        .is_none_or(|a| k.account.as_ref() == Some(a))
+                })
                 .filter(|k| status.as_ref().is_none_or(|s| k.status.name() == s))
                 .collect();
             if t.json {
@@ -297,7 +317,9 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
                 .unwrap_or(&id)
                 .to_owned();
             let v: Value = match &b {
-                Backend::Offline { store, .. } => serde_json::to_value(store.get(&id)?.view(now()))?,
+                Backend::Offline { store, .. } => {
+                    serde_json::to_value(store.get(&id)?.view(now()))?
+                }
                 Backend::Admin(a) => a.call(Method::GET, &format!("/v1/keys/{id}"), None)?,
             };
             print_value(&v, t.json);
@@ -329,15 +351,17 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
                 Backend::Offline { store, .. } => {
                     serde_json::to_value(store.revoke(&id, now(), ACTOR)?.view(now()))?
                 }
-                Backend::Admin(a) => a.call(Method::POST, &format!("/v1/keys/{id}/revoke"), None)?,
+                Backend::Admin(a) => {
+                    a.call(Method::POST, &format!("/v1/keys/{id}/revoke"), None)?
+                }
             };
             if t.json {
                 println!("{v}");
             } else {
                 println!(
                     "revoked {} ({})",
-                    v["prefix"].as_str().unwrap_or(&id),
-                    v["name"].as_str().unwrap_or("")
+                    field(&v, "prefix").as_str().unwrap_or(&id),
+                    field(&v, "name").as_str().unwrap_or("")
                 );
             }
         }
@@ -353,17 +377,20 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
                 )?)?,
             };
             if !t.json {
-                println!("rotated {}: the old key stays valid for the rotation grace period", palisade_keys::key::prefix_of(&id));
+                println!(
+                    "rotated {}: the old key stays valid for the rotation grace period",
+                    palisade_keys::key::prefix_of(&id)
+                );
             }
             print_created(&created, t.json);
         }
         KeysCommand::Audit { limit } => {
             let entries: Vec<AuditEntry> = match &b {
                 Backend::Offline { store, .. } => store.audit(limit)?,
-                Backend::Admin(a) => serde_json::from_value(
-                    a.call(Method::GET, &format!("/v1/audit?limit={limit}"), None)?["entries"]
-                        .take(),
-                )?,
+                Backend::Admin(a) => serde_json::from_value(take(
+                    a.call(Method::GET, &format!("/v1/audit?limit={limit}"), None)?,
+                    "entries",
+                ))?,
             };
             if t.json {
                 println!("{}", json!({ "entries": entries }));
@@ -435,7 +462,15 @@ fn print_table(keys: &[KeyView]) {
         })
         .collect();
     table(
-        &["KEY", "NAME", "ACCOUNT", "STATUS", "SCOPES", "EXPIRES", "LAST USED"],
+        &[
+            "KEY",
+            "NAME",
+            "ACCOUNT",
+            "STATUS",
+            "SCOPES",
+            "EXPIRES",
+            "LAST USED",
+        ],
         &rows,
     );
 }

@@ -185,3 +185,139 @@ async fn generated_admin_token_is_written_to_the_data_dir() {
     .await;
     assert_eq!(r.status, 200);
 }
+
+fn keys_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .arg("keys")
+        .args(args)
+        .env_remove("PALISADE_ADMIN_URL")
+        .env_remove("PALISADE_DATA_DIR")
+        .env_remove("PALISADE_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_cli_works_offline_and_against_a_running_gateway() {
+    let dir = std::env::temp_dir().join(format!("palisade-keys-cli-{}", rand_u64()));
+    let data = dir.join("data");
+    let d = data.to_str().unwrap();
+
+    // Offline, on a data dir no gateway uses yet.
+    let (code, out, err) = keys_cli(
+        &[
+            "create",
+            "--data-dir",
+            d,
+            "--name",
+            "ci",
+            "--account",
+            "acme",
+            "--scopes",
+            "items:read,items:write",
+            "--expires-in",
+            "90d",
+            "--daily-requests",
+            "1000",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (id, prefix, key) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["prefix"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(prefix, format!("pal_{id}"));
+    assert!(key.starts_with(&prefix));
+    let (code, out, _) = keys_cli(&["create", "--data-dir", d, "--name", "people"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("only time the key is shown"), "{out}");
+    let (code, out, _) = keys_cli(&["list", "--data-dir", d], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&prefix) && out.contains("acme") && !out.contains(&key),
+        "{out}"
+    );
+    let (code, _, err) = keys_cli(&["create", "--data-dir", d, "--expires-in", "soon"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expires_in"), "{err}");
+
+    // The gateway picks the keys up from the same data dir.
+    let up = upstream().await;
+    let cfg = config_for(
+        &up,
+        "[[routes]]\nname = \"items\"\nmatch = { path = \"/items/*\" }\nauth = \"api_key\"\nscopes = [\"items:read\"]\n",
+    );
+    let g = Gateway::start_in(dir.clone(), Some(&cfg), &[], &[]);
+    let auth = format!("Bearer {key}");
+    assert_eq!(
+        send("GET", &g.url("/items/1"), &[("authorization", &auth)], "")
+            .await
+            .status,
+        200
+    );
+
+    // While it runs, the data dir is its own; the CLI says to use the admin API.
+    let (code, _, err) = keys_cli(&["list", "--data-dir", d], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by a running gateway"), "{err}");
+
+    // Through the admin API: revoke, and the gateway refuses the key within a second.
+    let admin = format!("http://{}", g.admin);
+    let env = [("PALISADE_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let (code, out, err) = keys_cli(&["show", &id, "--admin", &admin, "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["status"], "active");
+    assert!(shown["last_used_at"].is_string() || shown["last_used_at"].is_null());
+    let (code, out, err) = keys_cli(&["revoke", &id, "--admin", &admin], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let t = std::time::Instant::now();
+    loop {
+        let r = send("GET", &g.url("/items/1"), &[("authorization", &auth)], "").await;
+        if r.status == 401 {
+            break;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+    let (code, out, _) = keys_cli(
+        &["list", "--admin", &admin, "--status", "revoked", "--json"],
+        &env,
+    );
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1);
+    let (code, out, _) = keys_cli(&["audit", "--admin", &admin, "--json"], &env);
+    assert_eq!(code, 0);
+    let audit: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let actors: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actors,
+        [
+            ("cli", "key.create"),
+            ("cli", "key.create"),
+            ("admin-api", "key.revoke")
+        ]
+    );
+    // A wrong token is a clear error.
+    let (code, _, err) = keys_cli(
+        &["list", "--admin", &admin],
+        &[("PALISADE_ADMIN_TOKEN", "wrong")],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("PALISADE_ADMIN_TOKEN"), "{err}");
+}

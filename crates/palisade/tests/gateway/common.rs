@@ -49,7 +49,16 @@ impl Gateway {
     }
 
     pub fn start_with(config: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = temp_dir();
+        Self::start_in(temp_dir(), config, args, env)
+    }
+
+    /// Starts the gateway in `dir` (its data dir is `dir/data`), e.g. again after a crash.
+    pub fn start_in(
+        dir: PathBuf,
+        config: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -119,6 +128,21 @@ impl Gateway {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no flush) and keeps its directory.
+    pub fn kill9(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, PathBuf::from("/nonexistent-palisade-dir"))
+    }
+
+    /// Raw stdout and stderr lines (everything the process printed).
+    pub fn all_output(&self) -> String {
+        let mut s = self.stdout.lock().unwrap().join("\n");
+        s.push('\n');
+        s.push_str(&self.stderr());
+        s
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -295,6 +319,8 @@ pub struct UpstreamState {
     pub release_stream: Notify,
     /// `/upload` signals this when the first body chunk arrives.
     pub first_chunk_seen: Notify,
+    /// What `/jwks.json` serves.
+    pub jwks: Mutex<String>,
 }
 
 pub struct Upstream {
@@ -417,6 +443,22 @@ async fn handle_upstream(
             }
             Response::new(full(serde_json::json!({ "bytes": n }).to_string()))
         }
+        "/spend" => {
+            let ms = query.get("ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let usd = query
+                .get("usd")
+                .cloned()
+                .unwrap_or_else(|| "0.10".to_owned());
+            Response::builder()
+                .header("x-cost-usd", usd)
+                .body(full("spent"))
+                .unwrap()
+        }
+        "/jwks.json" => Response::builder()
+            .header("content-type", "application/json")
+            .body(full(st.jwks.lock().unwrap().clone()))
+            .unwrap(),
         "/cost" => {
             let t = query
                 .get("tokens")
@@ -456,3 +498,44 @@ pub fn config_for(up: &Upstream, extra: &str) -> String {
         up.addr
     )
 }
+
+/// An admin API call with a JSON body.
+pub async fn admin_json(g: &Gateway, method: &str, path: &str, body: serde_json::Value) -> Resp {
+    send(
+        method,
+        &g.admin_url(path),
+        &[
+            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+/// Creates a key through the admin API; returns (id, raw key).
+pub async fn create_key(g: &Gateway, body: serde_json::Value) -> (String, String) {
+    let r = admin_json(g, "POST", "/v1/keys", body).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let j = r.json();
+    (
+        j["id"].as_str().unwrap().to_owned(),
+        j["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Moves the gateway's wall clock forward (it must run with PALISADE_TEST_CLOCK=1); returns
+/// the new unix time in ms.
+pub async fn advance_clock(g: &Gateway, secs: u64) -> u64 {
+    let r = admin_json(
+        g,
+        "POST",
+        "/v1/debug/clock",
+        serde_json::json!({ "advance_secs": secs }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["unix_ms"].as_u64().unwrap()
+}
+
+pub const TEST_CLOCK: (&str, &str) = ("PALISADE_TEST_CLOCK", "1");

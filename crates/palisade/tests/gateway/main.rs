@@ -11,6 +11,8 @@
 mod admin;
 mod cli;
 mod common;
+mod keys;
 mod memory;
 mod policy;
 mod proxy;
+mod tokens;
