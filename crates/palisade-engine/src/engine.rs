@@ -854,8 +854,9 @@ impl Engine {
         }
     }
 
-    /// Gives back everything a decision charged, for a request the gateway ends up not serving
-    /// (a delayed request whose queue was full).
+    /// Gives back what a decision's limits charged, for a request the gateway ends up not
+    /// serving (a delayed request whose queue was full). Quota reservations are given back by
+    /// dropping their [`QuotaSettlement`].
     pub fn refund(&self, decision: &mut Decision, now: Nanos) {
         let key_limit = decision.key_limit.as_ref().map(|(_, a)| *a);
         for o in &mut decision.limits {
@@ -863,10 +864,6 @@ impl Engine {
                 self.adjust(o, now, -(o.charged as i64), key_limit.as_ref());
                 o.charged = 0;
             }
-        }
-        if !decision.quotas.is_empty() {
-            self.ledger.release(&decision.quotas);
-            decision.quotas.clear();
         }
     }
 

@@ -180,6 +180,9 @@ pub async fn handle(
             d
         }
     };
+    // Quota reservations are settled when the upstream answers; dropped unsettled (refused,
+    // client gone, upstream failed), they are given back.
+    let settlement = (!decision.quotas.is_empty()).then(|| rt.engine.quota_settlement(&decision));
     let route_label = rt.route_label(decision.route);
     // Whether this decision is logged: every non-allow, and allows as sampled. Only logged
     // decisions pay for building a record (and only they enter the admin API's recent ring).
@@ -277,8 +280,6 @@ pub async fn handle(
                     parts.headers.insert(X_PALISADE_SIGNALS, v);
                 }
             }
-            let settlement =
-                (!decision.quotas.is_empty()).then(|| rt.engine.quota_settlement(&decision));
             let body: ProxyBody = match (buffered, body) {
                 (Some(bytes), _) => Full::new(bytes)
                     .map_err(|never| match never {})

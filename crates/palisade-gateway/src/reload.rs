@@ -100,6 +100,12 @@ pub async fn reload(shared: &Arc<Shared>, why: &str) -> Result<(), ConfigErrors>
                 })
                 .inc();
             tracing::info!(trigger = why, config = %shared.source.describe(), "configuration reloaded");
+            audit(
+                shared,
+                why,
+                serde_json::json!({ "result": "ok", "config": shared.source.describe() }),
+            )
+            .await;
             Ok(())
         }
         Err(errs) => {
@@ -113,8 +119,31 @@ pub async fn reload(shared: &Arc<Shared>, why: &str) -> Result<(), ConfigErrors>
             for e in &errs.errors {
                 tracing::error!(trigger = why, config = %errs.origin, error = %e, "configuration refused; the previous policy stays in force");
             }
+            audit(
+                shared,
+                why,
+                serde_json::json!({ "result": "refused", "config": errs.origin, "errors": errs.errors.len() }),
+            )
+            .await;
             Err(errs)
         }
+    }
+}
+
+/// Records a reload in the audit log (with what triggered it as the actor).
+async fn audit(shared: &Shared, why: &str, details: serde_json::Value) {
+    let actor = match why {
+        "admin API" => "admin-api".to_owned(),
+        other => other.to_owned(),
+    };
+    let now = shared.clock.unix_secs();
+    if let Err(e) = shared
+        .keys
+        .run(move |s| s.append_audit(&actor, "config.reload", now, details))
+        .await
+    {
+        shared.metrics.store_errors.inc();
+        tracing::error!(error = %e, "writing the audit log failed");
     }
 }
 

@@ -6,6 +6,12 @@
 //! Run: `cargo bench -p palisade-keys --bench keys` (or `bench/engine.sh`). Budget: the key
 //! path adds at most 1 µs over `anonymous`.
 
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "a benchmark's setup fails loudly"
+)]
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -138,11 +138,11 @@ pub struct AuditEntry {
     pub seq: u64,
     /// RFC 3339.
     pub time: String,
-    /// Who: `admin-api` or `cli`.
+    /// Who: `admin-api`, `cli`, or for reloads what triggered them (`SIGHUP`, `file change`).
     pub actor: String,
-    /// What: `key.create`, `key.update`, `key.revoke`, `key.rotate`.
+    /// What: `key.create`, `key.update`, `key.revoke`, `key.rotate`, `config.reload`.
     pub action: String,
-    /// Which key.
+    /// Which key (empty for actions on no key, such as `config.reload`).
     pub key_id: String,
     /// Details (never the raw key or its hash).
     pub details: serde_json::Value,
@@ -648,6 +648,24 @@ impl KeyStore {
             }
         }
         txn.commit().map_err(db_err)
+    }
+
+    /// Records an admin action that is not a key change (a config reload, say).
+    pub fn append_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        now: u64,
+        details: serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
+        let written = self.put(
+            &[],
+            vec![Self::audit_entry(actor, action, "", now, details)],
+        )?;
+        written
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Db("audit entry not written".to_owned()))
     }
 
     /// The most recent audit entries, newest last.

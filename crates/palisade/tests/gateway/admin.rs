@@ -199,6 +199,28 @@ async fn reload_applies_good_configs_and_refuses_bad_ones() {
         "{m}"
     );
     assert!(g.stderr().contains("configuration refused"));
+    // Every reload is in the audit log, with what triggered it.
+    let audit = admin_get(&g, "/v1/audit").await.json();
+    let entries: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "config.reload")
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_owned(),
+                e["details"]["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("admin-api".to_owned(), "refused".to_owned()),
+            ("admin-api".to_owned(), "ok".to_owned()),
+            ("SIGHUP".to_owned(), "ok".to_owned()),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

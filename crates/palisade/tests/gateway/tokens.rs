@@ -230,8 +230,7 @@ rate = "3/1m"
             expect
         );
     }
-    let d = g.wait_decisions(10);
-    let limited = d.iter().find(|d| d["action"] == "limit").unwrap();
+    let limited = g.wait_decision(|d| d["action"] == "limit");
     assert_eq!(limited["identity"]["jwt:sub"], "alice");
     assert_eq!(limited["identity"]["jwt:org_id"], "org-7");
     let _ = std::fs::remove_dir_all(&keys_dir);
