@@ -26,7 +26,8 @@ fn embedded_default_compiles_and_passes_its_cases() {
     assert!(c.upstreams.is_empty(), "the default runs the sample API");
     assert_eq!(c.policy.limits.len(), 5);
     let outcomes = run_cases(&c);
-    assert_eq!(outcomes.len(), 3);
+    assert_eq!(outcomes.len(), 4);
+    assert_eq!(c.policy.quotas.len(), 1);
     for o in outcomes {
         assert!(o.passed, "{o:?}");
     }

@@ -26,7 +26,7 @@ fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
 fn check_accepts_the_shipped_configs() {
     let (code, out, err) = palisade(&["check"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("3 passed, 0 failed"), "{out}");
+    assert!(out.contains("4 passed, 0 failed"), "{out}");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../palisade.example.toml");
     let (code, out, err) = palisade(&["check", "--config", example]);
     assert_eq!(code, 0, "{out}{err}");
@@ -134,8 +134,21 @@ async fn zero_config_start_serves_the_sample_api_behind_the_default_policy() {
     let s = get(&g.url("/api/search?q=99")).await;
     assert!(!s.json()["results"].as_array().unwrap().is_empty());
     let e = get(&g.url("/api/expensive")).await;
+    assert_eq!(e.json()["error"], "missing_api_key");
+    let (_, key) = create_key(&g, serde_json::json!({ "name": "demo" })).await;
+    let e = send(
+        "GET",
+        &g.url("/api/expensive"),
+        &[("authorization", &format!("Bearer {key}"))],
+        "",
+    )
+    .await;
     assert_eq!(e.status, 200);
     assert_eq!(e.header("x-cost-tokens"), "150");
+    assert!(
+        e.header("ratelimit-policy")
+            .contains(r#""daily";q=1000;w=86400"#)
+    );
     // The default policy's login limit (5/1m per IP): three more logins exceed it.
     let mut statuses = Vec::new();
     for _ in 0..4 {
