@@ -60,6 +60,7 @@ fn world() -> &'static World {
                     account_claim: None,
                     scope_claim: "scope".into(),
                     jwks_url: None,
+                    jwks_ca_file: None,
                     jwks_refresh: 0,
                 },
                 vec![key],

@@ -1603,17 +1603,57 @@ fn compile_jwt(
             ),
         }
     }
-    let jwks_url = j.jwks_url.as_ref().and_then(|u| match u.get_ref().parse::<Uri>() {
-        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => Some(uri),
-        Ok(uri) if uri.scheme_str() == Some("https") => {
-            c.at(sp(u), "jwt.jwks_url", "https JWKS URLs are not supported yet; fetch the document to a file and use jwks_file, or serve it over http on a private network");
-            None
-        }
-        _ => {
-            c.at(sp(u), "jwt.jwks_url", format!("`{}` is not an http:// URL", u.get_ref()));
-            None
+    let jwks_url = j
+        .jwks_url
+        .as_ref()
+        .and_then(|u| match u.get_ref().parse::<Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some() =>
+            {
+                Some(uri)
+            }
+            _ => {
+                c.at(
+                    sp(u),
+                    "jwt.jwks_url",
+                    format!("`{}` is not an https:// or http:// URL", u.get_ref()),
+                );
+                None
+            }
+        });
+    let jwks_ca_file = j.jwks_ca_file.as_ref().and_then(|f| {
+        let file = base.join(f.get_ref());
+        match std::fs::read_to_string(&file) {
+            Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {
+                files.push(file.clone());
+                Some(file)
+            }
+            Ok(_) => {
+                c.at(
+                    sp(f),
+                    "jwt.jwks_ca_file",
+                    format!("`{}` holds no PEM certificate", file.display()),
+                );
+                None
+            }
+            Err(e) => {
+                c.at(
+                    sp(f),
+                    "jwt.jwks_ca_file",
+                    format!("cannot read `{}`: {e}", file.display()),
+                );
+                None
+            }
         }
     });
+    if jwks_ca_file.is_some() && jwks_url.is_none() {
+        c.at(
+            j.jwks_ca_file.as_ref().and_then(sp),
+            "jwt.jwks_ca_file",
+            "jwks_ca_file applies to a jwks_url",
+        );
+    }
     let jwks_refresh = opt(
         &j.jwks_refresh,
         600 * palisade_engine::clock::SECOND,
@@ -1639,6 +1679,7 @@ fn compile_jwt(
             account_claim: j.account_claim.clone(),
             scope_claim: j.scope_claim.clone().unwrap_or_else(|| "scope".to_owned()),
             jwks_url,
+            jwks_ca_file,
             jwks_refresh,
         },
         keys,

@@ -226,8 +226,10 @@ pub struct RawJwt {
     pub keys: Vec<RawJwtKey>,
     /// A JWKS document on disk (reloaded when it changes).
     pub jwks_file: Option<Spanned<String>>,
-    /// A JWKS URL (http://), fetched at start and refreshed.
+    /// A JWKS URL (https:// or http://), fetched at start and refreshed.
     pub jwks_url: Option<Spanned<String>>,
+    /// PEM file of CA certificates for the JWKS URL's server (default: the public web PKI).
+    pub jwks_ca_file: Option<Spanned<String>>,
     /// How often the JWKS URL is fetched again. Default `10m`.
     pub jwks_refresh: Option<Spanned<String>>,
 }

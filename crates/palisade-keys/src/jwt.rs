@@ -161,8 +161,11 @@ pub struct JwtSettings {
     pub account_claim: Option<String>,
     /// Claim holding scopes (space-separated string or array).
     pub scope_claim: String,
-    /// JWKS URL the gateway fetches.
+    /// JWKS URL the gateway fetches (http or https).
     pub jwks_url: Option<http::Uri>,
+    /// CA certificates (PEM) that sign the JWKS server's certificate, instead of the public
+    /// web PKI roots.
+    pub jwks_ca_file: Option<std::path::PathBuf>,
     /// Refresh period for the URL.
     pub jwks_refresh: Nanos,
 }

@@ -262,3 +262,168 @@ fn jwk_from_public_pem(dir: &Path, file: &str, kid: &str, alg: &str) -> serde_js
         }
     }
 }
+
+/// Serves `jwks` at `/jwks.json` over TLS with a certificate signed by a private CA made here;
+/// returns the address and the CA file.
+async fn tls_jwks_server(dir: &Path, jwks: String) -> (std::net::SocketAddr, std::path::PathBuf) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=palisade-test-ca",
+            "-days",
+            "2",
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        dir,
+    );
+    std::fs::write(
+        dir.join("srv.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "srv.ext",
+        ],
+        dir,
+    );
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("srv.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("srv.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let jwks = jwks.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = jwks.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, dir.join("ca.pem"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_over_https_is_verified_against_the_configured_ca() {
+    let up = upstream().await;
+    let dir = std::env::temp_dir().join(format!("palisade-jwks-tls-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    key_pair(&dir, "sig", "ec");
+    let jwk = jwk_from_public_pem(&dir, "sig.pub", "tls-1", "ES256");
+    let (addr, ca) = tls_jwks_server(&dir, json!({ "keys": [jwk] }).to_string()).await;
+    let signer = EncodingKey::from_ec_pem(&std::fs::read(dir.join("sig.key")).unwrap()).unwrap();
+    let cfg = |ca_line: &str| {
+        config_for(
+            &up,
+            &format!(
+                "[jwt]\njwks_url = \"https://127.0.0.1:{}/jwks.json\"\n{ca_line}\n\n[[routes]]\nname = \"items\"\nmatch = {{ path = \"/items/*\" }}\nauth = \"jwt\"\n",
+                addr.port()
+            ),
+        )
+    };
+    let t = token(
+        Algorithm::ES256,
+        Some("tls-1"),
+        &signer,
+        json!({ "sub": "s", "exp": now() + 600 }),
+    );
+    let auth = format!("Bearer {t}");
+
+    // Trusting the private CA: the keys arrive and the token verifies.
+    let g = Gateway::start(Some(&cfg(&format!("jwks_ca_file = \"{}\"", ca.display()))));
+    let mut status = 0;
+    for _ in 0..100 {
+        status = send("GET", &g.url("/items/1"), &[("authorization", &auth)], "")
+            .await
+            .status
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "{}", g.stderr());
+
+    // Without it the server's certificate is not trusted: no keys, the token is refused, and
+    // the gateway says why.
+    let g = Gateway::start(Some(&cfg("")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !g.stderr().contains("fetching JWKS failed") {
+        assert!(std::time::Instant::now() < deadline, "{}", g.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = send("GET", &g.url("/items/1"), &[("authorization", &auth)], "").await;
+    assert_eq!(r.status, 401);
+    let _ = std::fs::remove_dir_all(&dir);
+}
