@@ -148,7 +148,7 @@ async fn audit(shared: &Shared, why: &str, details: serde_json::Value) {
 }
 
 /// A cheap fingerprint of the files a config depends on.
-fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+pub fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
     files
         .iter()
         .map(|f| {
@@ -160,13 +160,19 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 }
 
 /// Watches the config file and its list files by polling their metadata every `every`.
-pub async fn watch_files(shared: Arc<Shared>, every: Duration) {
+pub async fn watch_files(
+    shared: Arc<Shared>,
+    every: Duration,
+    initial: Vec<Option<(SystemTime, u64)>>,
+) {
     if matches!(shared.source, ConfigSource::Embedded) {
         return;
     }
     let mut files = shared.runtime.load().compiled.files.clone();
-    let mut last = fingerprint(&files);
-    let mut tick = tokio::time::interval(every);
+    let mut last = initial;
+    // The first look is one period after start: `initial` was taken when the config was read,
+    // so a change made since then is seen, and none is imagined.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

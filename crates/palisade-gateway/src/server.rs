@@ -116,10 +116,15 @@ impl Running {
 /// Starts the gateway: compiles the config, binds the listeners and spawns the servers.
 pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     let source = opts.source.clone();
-    let compiled = tokio::task::spawn_blocking(move || source.compile())
-        .await
-        .context("config task failed")?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (compiled, files_seen) = tokio::task::spawn_blocking(move || {
+        source.compile().map(|c| {
+            let seen = reload::fingerprint(&c.files);
+            (c, seen)
+        })
+    })
+    .await
+    .context("config task failed")?
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut compiled = compiled;
     opts.overrides.apply(&mut compiled);
 
@@ -203,7 +208,11 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     let proxy_task = tokio::spawn(serve_proxy(proxy_listener, shared.clone(), rx.clone()));
     let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone(), rx.clone()));
     let mut background = vec![
-        tokio::spawn(reload::watch_files(shared.clone(), opts.watch_interval)),
+        tokio::spawn(reload::watch_files(
+            shared.clone(),
+            opts.watch_interval,
+            files_seen,
+        )),
         tokio::spawn(flush_loop(shared.clone())),
     ];
     background.push(tokio::spawn(crate::jwks::refresh_loop(shared.clone())));
