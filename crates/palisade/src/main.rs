@@ -41,6 +41,11 @@ enum Command {
     Check(CheckArgs),
     /// Manage API keys, offline on a data dir or through a running gateway's admin API.
     Keys(keys_cmd::KeysArgs),
+    /// Inspect the built-in bot catalog.
+    Bots {
+        #[command(subcommand)]
+        command: BotsCommand,
+    },
     /// Serve only the built-in sample API.
     SampleApi {
         /// Address to listen on.
@@ -50,6 +55,15 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BotsCommand {
+    /// Read user agents on stdin, one per line; print `<category>\t<bot name or ->\t<user agent>`
+    /// for each (category `human` for what looks like a person's browser).
+    Classify,
+    /// List the categories.
+    Categories,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -99,6 +113,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check(args) => return check(args),
         Command::Keys(args) => keys_cmd::run(args),
+        Command::Bots { command } => bots(command),
         Command::SampleApi { listen, workers } => sample_api(listen, workers),
     };
     match result {
@@ -270,6 +285,43 @@ fn report_errors(errs: &ConfigErrors, json: bool) {
     } else {
         eprint!("{errs}");
     }
+}
+
+fn bots(command: BotsCommand) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let catalog = palisade_intel::BotCatalog::builtin()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match command {
+        BotsCommand::Categories => {
+            for c in palisade_intel::Category::ALL {
+                writeln!(out, "{c}")?;
+            }
+        }
+        BotsCommand::Classify => {
+            let stdin = std::io::stdin();
+            let mut line = Vec::new();
+            let mut input = stdin.lock();
+            loop {
+                line.clear();
+                if input.read_until(b'\n', &mut line)? == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&line);
+                let ua = text.trim_end_matches(['\n', '\r']);
+                let c = catalog.classify(ua);
+                writeln!(
+                    out,
+                    "{}\t{}\t{}",
+                    c.category,
+                    c.name.as_deref().unwrap_or("-"),
+                    ua.replace('\t', " ")
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn sample_api(listen: SocketAddr, workers: Option<usize>) -> anyhow::Result<()> {

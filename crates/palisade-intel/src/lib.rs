@@ -1,0 +1,7 @@
+//! Palisade's client intelligence: what a client *is*, from what it sends. The bot catalog
+//! classifies user agents; more detectors join it here. Everything is pure: text in, a
+//! classification out, no I/O.
+
+pub mod bots;
+
+pub use bots::{BotCatalog, Category, Classification};
