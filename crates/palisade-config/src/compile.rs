@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
+use palisade_engine::bots::{BotAction, BotsPolicy};
 use palisade_engine::limits::ceil_secs;
 use palisade_engine::policy::AuthPolicy;
 use palisade_engine::principal::{AuthRequirement, Principal};
@@ -15,6 +16,7 @@ use palisade_engine::{
     Algorithm, IpSet, KeyPart, LimitAction, LimitSpec, ListsPolicy, Mode, Nanos, PathPattern,
     Policy, RouteSpec, RouteTable, ScoringPolicy, Unit,
 };
+use palisade_intel::{BotCatalog, Category};
 use palisade_keys::jwt::{self, JwtVerifier};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
@@ -249,7 +251,8 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
+    "bots",
     "server",
     "upstreams",
     "routes",
@@ -310,7 +313,12 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
                 one(value, name, c, &mut j);
                 raw.jwt = Some(j);
             }
-            "rules" | "bots" | "honeypots" | "store" => c.at(
+            "bots" => {
+                let mut b = RawBots::default();
+                one(value, name, c, &mut b);
+                raw.bots = Some(b);
+            }
+            "rules" | "honeypots" | "store" => c.at(
                 span,
                 name,
                 format!("section `{name}` is not available in this version of Palisade"),
@@ -1177,6 +1185,9 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         max_entries: max_tracked.min(usize::MAX as u64) as usize,
     };
 
+    // [bots]
+    let bots = raw.bots.as_ref().and_then(|b| compile_bots(b, c));
+
     // [jwt]
     let jwt = raw
         .jwt
@@ -1346,6 +1357,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         scoring,
         quotas,
         auth: auth_policy,
+        bots,
     };
     Some(Compiled {
         server: ServerSettings {
@@ -1380,6 +1392,87 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         jwt,
         files,
         redacted,
+    })
+}
+
+/// The catalog is compiled once per process: it is the same for every config.
+fn builtin_catalog() -> Option<Arc<BotCatalog>> {
+    static CATALOG: std::sync::OnceLock<Option<Arc<BotCatalog>>> = std::sync::OnceLock::new();
+    CATALOG
+        .get_or_init(|| BotCatalog::builtin().ok().map(Arc::new))
+        .clone()
+}
+
+fn compile_bots(b: &RawBots, c: &mut Collector<'_>) -> Option<BotsPolicy> {
+    let mut actions = [BotAction::Signal; Category::ALL.len()];
+    if let Some(i) = Category::ALL.iter().position(|x| *x == Category::Human)
+        && let Some(slot) = actions.get_mut(i)
+    {
+        *slot = BotAction::Allow;
+    }
+    for (name, value) in &b.actions {
+        let Some(i) =
+            Category::parse(name).and_then(|cat| Category::ALL.iter().position(|x| *x == cat))
+        else {
+            let known: Vec<&str> = Category::ALL.iter().map(|c| c.name()).collect();
+            c.at(
+                sp(value),
+                format!("bots.actions.{name}"),
+                format!("unknown bot category `{name}`; known: {}", known.join(", ")),
+            );
+            continue;
+        };
+        match (value.get_ref().as_str(), BotAction::parse(value.get_ref())) {
+            (_, Some(a)) => {
+                if let Some(slot) = actions.get_mut(i) {
+                    *slot = a;
+                }
+            }
+            ("allow_verified", None) => c.at(
+                sp(value),
+                format!("bots.actions.{name}"),
+                "allow_verified comes with verified good bots and is not available in this version; use allow or signal",
+            ),
+            (other, None) => c.at(
+                sp(value),
+                format!("bots.actions.{name}"),
+                format!("`{other}` is not one of: allow, signal, tag, challenge, block"),
+            ),
+        }
+    }
+    let weight = match &b.weight {
+        Some(w) if *w.get_ref() > 100 => {
+            c.at(sp(w), "bots.weight", "weight must be between 0 and 100");
+            20
+        }
+        Some(w) => *w.get_ref() as u8,
+        None => 20,
+    };
+    let cache_entries = match &b.cache_entries {
+        Some(v) if *v.get_ref() < 16 || *v.get_ref() > 10_000_000 => {
+            c.at(
+                sp(v),
+                "bots.cache_entries",
+                "must be between 16 and 10000000",
+            );
+            10_000
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => 10_000,
+    };
+    let Some(catalog) = builtin_catalog() else {
+        c.at(
+            None,
+            "bots",
+            "the built-in bot catalog failed to compile (a bug; please report it)",
+        );
+        return None;
+    };
+    Some(BotsPolicy {
+        catalog,
+        actions,
+        weight,
+        cache_entries,
     })
 }
 

@@ -234,6 +234,19 @@ pub struct RawJwt {
     pub jwks_refresh: Option<Spanned<String>>,
 }
 
+/// `[bots]`: the built-in bot catalog and what to do per category.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBots {
+    /// Risk-score weight of a bot signal. Default 20.
+    pub weight: Option<Spanned<u64>>,
+    /// User agents whose classification is remembered. Default 10000.
+    pub cache_entries: Option<Spanned<u64>>,
+    /// Category -> `allow`, `signal` (default), `tag`, `challenge` or `block`.
+    #[serde(default)]
+    pub actions: BTreeMap<String, Spanned<String>>,
+}
+
 /// `[lists]`: static allow and deny lists.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -344,6 +357,8 @@ pub struct RawConfig {
     pub keys: RawKeys,
     /// `[jwt]`.
     pub jwt: Option<RawJwt>,
+    /// `[bots]`.
+    pub bots: Option<RawBots>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.

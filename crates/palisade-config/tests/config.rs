@@ -26,7 +26,7 @@ fn embedded_default_compiles_and_passes_its_cases() {
     assert!(c.upstreams.is_empty(), "the default runs the sample API");
     assert_eq!(c.policy.limits.len(), 5);
     let outcomes = run_cases(&c);
-    assert_eq!(outcomes.len(), 4);
+    assert_eq!(outcomes.len(), 5);
     assert_eq!(c.policy.quotas.len(), 1);
     for o in outcomes {
         assert!(o.passed, "{o:?}");
@@ -146,14 +146,14 @@ fn syntax_errors_have_locations() {
 #[test]
 fn sections_from_later_versions_are_named_not_silently_ignored() {
     let errs =
-        errors("[[rules]]\nname = \"x\"\n\n[bots.actions]\nscanner = \"block\"\n\n[colours]\n");
+        errors("[[rules]]\nname = \"x\"\n\n[[honeypots]]\npaths = [\"/x\"]\n\n[colours]\n");
     let joined = errs.join("\n");
     assert!(
         joined.contains("section `rules` is not available"),
         "{joined}"
     );
     assert!(
-        joined.contains("section `bots` is not available"),
+        joined.contains("section `honeypots` is not available"),
         "{joined}"
     );
     assert!(joined.contains("unknown section `colours`"), "{joined}");
@@ -273,4 +273,37 @@ mod hostile {
             let _ = compile_str(&text, "fuzz", Path::new("/nonexistent"));
         }
     }
+}
+
+#[test]
+fn bots_section_reports_every_bad_category_and_action() {
+    let err = compile_str(
+        "[bots]\nweight = 200\n[bots.actions]\nrobots = \"block\"\nsearch_engine = \"allow_verified\"\nscanner = \"nuke\"\nai_training = \"block\"\n",
+        "t",
+        Path::new("."),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("4 errors"), "{text}");
+    assert!(text.contains("unknown bot category `robots`"), "{text}");
+    assert!(
+        text.contains("allow_verified comes with verified good bots"),
+        "{text}"
+    );
+    assert!(text.contains("`nuke` is not one of"), "{text}");
+    assert!(text.contains("bots.weight"), "{text}");
+    let ok = compile_str("[bots.actions]\nscanner = \"block\"\n", "t", Path::new(".")).unwrap();
+    let bots = ok.policy.bots.unwrap();
+    assert_eq!(
+        bots.action(palisade_intel::Category::Scanner),
+        palisade_engine::bots::BotAction::Block
+    );
+    assert_eq!(
+        bots.action(palisade_intel::Category::Human),
+        palisade_engine::bots::BotAction::Allow
+    );
+    assert_eq!(
+        bots.action(palisade_intel::Category::Seo),
+        palisade_engine::bots::BotAction::Signal
+    );
 }

@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo bench -p palisade-engine --bench engine` (or `bench/engine.sh`).
 
+#![allow(clippy::panic, reason = "a benchmark's setup fails loudly")]
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +43,21 @@ fn limit(
 }
 
 fn engine() -> Engine {
+    engine_with(None)
+}
+
+fn bots() -> palisade_engine::bots::BotsPolicy {
+    use palisade_engine::bots::{BotAction, BotsPolicy};
+    let catalog = palisade_intel::BotCatalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    BotsPolicy {
+        catalog: Arc::new(catalog),
+        actions: [BotAction::Signal; palisade_intel::Category::ALL.len()],
+        weight: 20,
+        cache_entries: 10_000,
+    }
+}
+
+fn engine_with(bots: Option<palisade_engine::bots::BotsPolicy>) -> Engine {
     let fast = Algorithm::Gcra {
         interval: 1,
         burst: 1_000_000_000,
@@ -98,6 +115,7 @@ fn engine() -> Engine {
         scoring: ScoringPolicy::default(),
         quotas: Vec::new(),
         auth: Default::default(),
+        bots,
     };
     Engine::new(policy, None)
 }
@@ -108,6 +126,41 @@ fn five_limits_warm(bencher: divan::Bencher) {
     let mut headers = HeaderMap::new();
     headers.insert("x-tenant", HeaderValue::from_static("acme"));
     headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    let ip: IpAddr = "203.0.113.7"
+        .parse()
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let now = AtomicU64::new(3_600_000_000_000);
+    let method = Method::GET;
+    bencher.bench_local(|| {
+        let facts = RequestFacts {
+            method: &method,
+            path: "/api/items/42",
+            query: None,
+            headers: &headers,
+            client_ip: ip,
+            peer_ip: ip,
+            now: now.fetch_add(1000, Ordering::Relaxed),
+            unix_ms: 1_700_000_000_000,
+            auth: palisade_engine::principal::Auth::Anonymous,
+        };
+        let d = e.evaluate(&facts);
+        assert!(matches!(d.as_ref().map(|d| d.limits.len()), Ok(5)));
+        d
+    });
+}
+
+/// The same request with the bot catalog on (a browser's user agent, classification cached).
+#[divan::bench]
+fn five_limits_warm_with_bots(bencher: divan::Bencher) {
+    let e = engine_with(Some(bots()));
+    let mut headers = HeaderMap::new();
+    headers.insert("x-tenant", HeaderValue::from_static("acme"));
+    headers.insert(
+        "user-agent",
+        HeaderValue::from_static(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+        ),
+    );
     let ip: IpAddr = "203.0.113.7"
         .parse()
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));

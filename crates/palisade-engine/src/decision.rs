@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::bots::ClientClass;
 use crate::clock::Nanos;
 use crate::limits::{Algorithm, Unit, Verdict};
 use crate::quota::QuotaHold;
@@ -144,6 +145,8 @@ pub struct Decision {
     /// The daily budget that refused the request, for its RateLimit headers: the rendered
     /// item, the budget's size and the seconds until it resets.
     pub exhausted: Option<(Arc<HeaderItem>, u64, u64)>,
+    /// What the bot catalog made of the user agent (when `[bots]` is configured).
+    pub client: Option<ClientClass>,
 }
 
 impl Decision {
@@ -161,6 +164,7 @@ impl Decision {
             quotas: Vec::new(),
             key_limit: None,
             exhausted: None,
+            client: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::bots::{BotAction, UaCache};
 use crate::clock::{Nanos, SECOND};
 use crate::decision::{Action, Decision, LimitOutcome, Signal};
 use crate::facts::RequestFacts;
@@ -21,6 +22,7 @@ use crate::quota::{
 };
 use crate::ratelimit_headers::{HeaderEntry, HeaderItem, RateLimitHeaders, render_entries};
 use crate::route::RouteId;
+use palisade_intel::Category;
 
 /// The index a key's own rate limit has in [`Decision::limits`].
 pub const KEY_LIMIT_INDEX: usize = usize::MAX;
@@ -146,6 +148,8 @@ pub struct Engine {
     rule_key_budget: Arc<str>,
     key_budget_name: Arc<str>,
     rule_guessing: Arc<str>,
+    ua_cache: Arc<UaCache>,
+    bot_rules: Vec<Arc<str>>,
     rule_scope: Arc<str>,
     auth_rules: [Arc<str>; 8],
     rule_deny: Arc<str>,
@@ -190,6 +194,22 @@ impl Engine {
             .filter(|p| p.policy.auth == policy.auth)
             .map(|p| p.failure_table.clone())
             .unwrap_or_else(|| Arc::new(LimitTable::new(policy.auth.max_entries)));
+        let cache_entries = policy.bots.as_ref().map_or(16, |b| b.cache_entries);
+        let ua_cache = previous
+            .filter(|p| {
+                p.policy.bots.as_ref().map(|b| b.cache_entries) == Some(cache_entries)
+                    && p.policy
+                        .bots
+                        .as_ref()
+                        .zip(policy.bots.as_ref())
+                        .is_some_and(|(a, b)| Arc::ptr_eq(&a.catalog, &b.catalog))
+            })
+            .map(|p| p.ua_cache.clone())
+            .unwrap_or_else(|| Arc::new(UaCache::new(cache_entries)));
+        let bot_rules = Category::ALL
+            .iter()
+            .map(|c| Arc::from(format!("bot/{c}")))
+            .collect();
         let ledger = previous
             .map(|p| p.ledger.clone())
             .unwrap_or_else(|| Arc::new(QuotaLedger::new()));
@@ -223,6 +243,8 @@ impl Engine {
             rule_key_budget: Arc::from(format!("quota/{KEY_BUDGET_QUOTA}")),
             key_budget_name: Arc::from(KEY_BUDGET_QUOTA),
             rule_guessing: Arc::from("auth/guessing"),
+            ua_cache,
+            bot_rules,
             rule_scope: Arc::from("auth/insufficient_scope"),
             auth_rules: [
                 Arc::from("auth/missing_api_key"),
@@ -361,9 +383,46 @@ impl Engine {
             return Ok(d);
         }
 
-        // Limits: every matching limit applies, then the key's own limit.
+        // Bots: what the catalog makes of the user agent, and what the policy does with it.
         let mut enforced: Option<(Action, Arc<str>)> = None;
         let mut shadowed: Option<(Action, Arc<str>)> = None;
+        let mut tag_floor: Option<Arc<str>> = None;
+        if let Some(bots) = &p.bots {
+            let ua = facts
+                .headers
+                .get(http::header::USER_AGENT)
+                .map_or(&b""[..], |v| v.as_bytes());
+            let class = self.ua_cache.classify(&bots.catalog, ua);
+            let action = bots.action(class.category);
+            let rule = self.bot_rule(class.category);
+            d.client = Some(class);
+            if action != BotAction::Allow {
+                d.signals.push(Signal {
+                    name: rule.clone(),
+                    weight: bots.weight,
+                    shadow: false,
+                });
+            }
+            match action {
+                BotAction::Allow | BotAction::Signal => {}
+                BotAction::Tag => tag_floor = Some(rule),
+                BotAction::Challenge | BotAction::Block => {
+                    let a = if action == BotAction::Block {
+                        Action::Block
+                    } else {
+                        Action::Challenge
+                    };
+                    if p.mode == Mode::Enforce {
+                        // Refused before any limit counts it.
+                        d.score = bots.weight;
+                        return Ok(self.finish(d, a, rule));
+                    }
+                    shadowed = Some((a, rule));
+                }
+            }
+        }
+
+        // Limits: every matching limit applies, then the key's own limit.
         for (i, spec) in p.limits.iter().enumerate() {
             if !spec.applies(route, facts.method) {
                 continue;
@@ -474,6 +533,10 @@ impl Engine {
             None => self
                 .score_action(d.score)
                 .unwrap_or((Action::Allow, self.rule_default.clone())),
+        };
+        let (action, rule) = match (action, tag_floor) {
+            (Action::Allow, Some(r)) => (Action::Tag, r),
+            (a, _) => (a, rule),
         };
         Ok(self.finish(d, action, rule))
     }
@@ -609,6 +672,19 @@ impl Engine {
             }
             Auth::Principal(_) => None,
         }
+    }
+
+    fn bot_rule(&self, c: Category) -> Arc<str> {
+        Category::ALL
+            .iter()
+            .position(|x| *x == c)
+            .and_then(|i| self.bot_rules.get(i).cloned())
+            .unwrap_or_else(|| self.rule_default.clone())
+    }
+
+    /// The user-agent classification cache (its size is a metric).
+    pub fn ua_cache(&self) -> &UaCache {
+        &self.ua_cache
     }
 
     fn auth_rule(&self, failure: AuthFailure) -> Arc<str> {

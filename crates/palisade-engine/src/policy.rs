@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
+use crate::bots::BotsPolicy;
 use crate::clock::SECOND;
 use crate::ipset::IpSet;
 use crate::limits::{Algorithm, LimitSpec};
@@ -133,6 +134,8 @@ pub struct Policy {
     pub quotas: Vec<QuotaSpec>,
     /// Failed-authentication handling.
     pub auth: AuthPolicy,
+    /// The bot catalog and what to do per category; `None` when `[bots]` is not configured.
+    pub bots: Option<BotsPolicy>,
 }
 
 impl Policy {

@@ -251,6 +251,11 @@ impl Metrics {
             "Approximate memory held by each limit's table",
             &|i| tables.get(i).map_or(0, |t| t.approx_bytes() as u64),
         );
+        let _ = writeln!(
+            out,
+            "# HELP palisade_bot_cache_entries User agents whose bot classification is cached\n# TYPE palisade_bot_cache_entries gauge\npalisade_bot_cache_entries {}",
+            engine.ua_cache().len()
+        );
         out.push_str("# EOF\n");
         out
     }

@@ -192,7 +192,16 @@ pub async fn handle(
         || (log_cfg.sample_allow > 0.0 && rand::random::<f64>() < log_cfg.sample_allow);
     let pending_record = logged.then(|| {
         (
-            rt.engine.identity_of(&facts, decision.route),
+            {
+                let mut identity = rt.engine.identity_of(&facts, decision.route);
+                if let Some(c) = &decision.client {
+                    identity.push(("bot".to_owned(), c.category.name().to_owned()));
+                    if let Some(n) = &c.name {
+                        identity.push(("bot_name".to_owned(), n.to_string()));
+                    }
+                }
+                identity
+            },
             parts.method.to_string(),
             bounded_path(parts.uri.path()),
         )

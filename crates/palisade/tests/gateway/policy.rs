@@ -466,3 +466,70 @@ max_queue = 1
     assert_eq!(r.status, 200, "refused although nothing was waiting");
     assert_eq!(slow.await.unwrap(), 200);
 }
+
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+const GPTBOT: &str = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bot_categories_are_signals_or_actions_as_configured() {
+    let up = upstream().await;
+    let bots = r#"
+[bots]
+weight = 10
+
+[bots.actions]
+ai_training = "block"
+http_library = "tag"
+"#;
+    let g = Gateway::start(Some(&config_for(&up, bots)));
+    let ua = |u: &'static str| [("user-agent", u)];
+
+    let r = send("GET", &g.url("/echo"), &ua(GPTBOT), "").await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["error"].clone()),
+        (403, serde_json::json!("forbidden"))
+    );
+    let d = g.wait_decision(|d| d["rule"] == "bot/ai_training");
+    assert_eq!(d["action"], "block");
+    assert_eq!(d["identity"]["bot"], "ai_training");
+    assert_eq!(d["identity"]["bot_name"], "GPTBot");
+
+    // Tagged: forwarded, with the score and the signal for the upstream.
+    let r = send("GET", &g.url("/echo"), &ua("curl/8.5.0"), "").await;
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert_eq!(seen["headers"]["x-palisade-score"][0], "10");
+    assert_eq!(seen["headers"]["x-palisade-signals"][0], "bot/http_library");
+
+    // A person's browser: no signal. A bot with the default action: a signal only.
+    let r = send("GET", &g.url("/echo"), &ua(CHROME), "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["headers"].get("x-palisade-score").is_none());
+    let r = send(
+        "GET",
+        &g.url("/echo"),
+        &ua("Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)"),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let d = g.wait_decision(|d| d["identity"]["bot"] == "seo");
+    assert_eq!(d["action"], "allow");
+    assert_eq!(d["reasons"][0]["signal"], "bot/seo");
+    assert_eq!(d["reasons"][0]["weight"], 10);
+
+    // Shadow mode: the block is logged as would_block and the request forwarded.
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        &format!("[server]\nmode = \"shadow\"\n{bots}"),
+    )));
+    let r = send("GET", &g.url("/echo"), &ua(GPTBOT), "").await;
+    assert_eq!(r.status, 200);
+    let d = g.wait_decision(|d| d["rule"] == "bot/ai_training");
+    assert_eq!(
+        (d["action"].clone(), d["shadow"].clone()),
+        (serde_json::json!("would_block"), serde_json::json!(true))
+    );
+    let m = String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).to_string();
+    assert!(m.contains("palisade_bot_cache_entries 1"), "{m}");
+}
