@@ -40,6 +40,8 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                 peer_ip: case.ip,
                 now,
                 unix_ms: 1_700_000_000_000,
+                version: http::Version::HTTP_11,
+                ja4h: None,
                 auth: match &case.principal {
                     Some(p) => palisade_engine::principal::Auth::Principal(p),
                     None => palisade_engine::principal::Auth::Anonymous,

@@ -145,8 +145,7 @@ fn syntax_errors_have_locations() {
 
 #[test]
 fn sections_from_later_versions_are_named_not_silently_ignored() {
-    let errs =
-        errors("[[rules]]\nname = \"x\"\n\n[[honeypots]]\npaths = [\"/x\"]\n\n[colours]\n");
+    let errs = errors("[[rules]]\nname = \"x\"\n\n[[honeypots]]\npaths = [\"/x\"]\n\n[colours]\n");
     let joined = errs.join("\n");
     assert!(
         joined.contains("section `rules` is not available"),

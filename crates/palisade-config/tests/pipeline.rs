@@ -61,6 +61,8 @@ impl<'a> Req<'a> {
             peer_ip: ip,
             now: self.at,
             unix_ms: 1_700_000_000_000,
+            version: http::Version::HTTP_11,
+            ja4h: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         })
         .unwrap()
@@ -541,6 +543,8 @@ max_entries = 50000
                 peer_ip: ip,
                 now: T0 + u64::from(i) * 1000,
                 unix_ms: 1_700_000_000_000,
+                version: http::Version::HTTP_11,
+                ja4h: None,
                 auth: palisade_engine::principal::Auth::Anonymous,
             })
             .unwrap();

@@ -141,6 +141,8 @@ fn five_limits_warm(bencher: divan::Bencher) {
             peer_ip: ip,
             now: now.fetch_add(1000, Ordering::Relaxed),
             unix_ms: 1_700_000_000_000,
+            version: http::Version::HTTP_11,
+            ja4h: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
@@ -176,6 +178,8 @@ fn five_limits_warm_with_bots(bencher: divan::Bencher) {
             peer_ip: ip,
             now: now.fetch_add(1000, Ordering::Relaxed),
             unix_ms: 1_700_000_000_000,
+            version: http::Version::HTTP_11,
+            ja4h: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
@@ -202,6 +206,8 @@ fn spray_new_identities(bencher: divan::Bencher) {
             peer_ip: ip,
             now: 3_600_000_000_000 + i * 1000,
             unix_ms: 1_700_000_000_000,
+            version: http::Version::HTTP_11,
+            ja4h: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         })
     });

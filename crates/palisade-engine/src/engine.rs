@@ -975,6 +975,9 @@ impl Engine {
                 out.push((format!("jwt:{claim}"), v.to_string()));
             }
         }
+        if let Some(j) = facts.ja4h {
+            out.push(("ja4h".to_owned(), j.to_owned()));
+        }
         for spec in &self.policy.limits {
             for part in &spec.key {
                 if matches!(
@@ -985,6 +988,7 @@ impl Engine {
                         | KeyPart::ApiKey
                         | KeyPart::Account
                         | KeyPart::Jwt(_)
+                        | KeyPart::Ja4h
                 ) {
                     continue;
                 }
@@ -1032,7 +1036,8 @@ impl Engine {
             | KeyPart::Method
             | KeyPart::ApiKey
             | KeyPart::Account
-            | KeyPart::Jwt(_) => {
+            | KeyPart::Jwt(_)
+            | KeyPart::Ja4h => {
                 owned_bytes = value.as_bytes().to_vec();
                 (KeyValue::Bytes(&owned_bytes), value.to_owned(), None)
             }

@@ -30,4 +30,8 @@ pub struct RequestFacts<'a> {
     pub unix_ms: u64,
     /// Who is calling, as the gateway verified it.
     pub auth: Auth<'a>,
+    /// The HTTP version the request arrived with.
+    pub version: http::Version,
+    /// The request's JA4H fingerprint, when the gateway computed it.
+    pub ja4h: Option<&'a str>,
 }

@@ -44,6 +44,8 @@ pub enum KeyPart {
     Account,
     /// A configured claim of the caller's verified JWT, e.g. `jwt:sub`.
     Jwt(Arc<str>),
+    /// The request's JA4H fingerprint.
+    Ja4h,
 }
 
 /// The name of a dimension, as used in config keys and in `/v1/identities/{dimension}/...`.
@@ -54,7 +56,7 @@ pub type Dimension = KeyPart;
 pub enum KeyPartError {
     /// Not a dimension Palisade knows.
     #[error(
-        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM"
+        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, ja4h"
     )]
     Unknown(String),
     /// Known, but provided by a part of Palisade that is not built yet.
@@ -83,7 +85,8 @@ impl KeyPart {
             "method" => return Ok(KeyPart::Method),
             "api_key" => return Ok(KeyPart::ApiKey),
             "account" => return Ok(KeyPart::Account),
-            "asn" | "country" | "ja4" | "ja4h" | "session" => {
+            "ja4h" => return Ok(KeyPart::Ja4h),
+            "asn" | "country" | "ja4" | "session" => {
                 return Err(KeyPartError::NotYetAvailable(s.to_owned()));
             }
             _ => {}
@@ -141,6 +144,7 @@ impl fmt::Display for KeyPart {
             KeyPart::ApiKey => f.write_str("api_key"),
             KeyPart::Account => f.write_str("account"),
             KeyPart::Jwt(c) => write!(f, "jwt:{c}"),
+            KeyPart::Ja4h => f.write_str("ja4h"),
         }
     }
 }
@@ -230,6 +234,7 @@ pub fn value_of<'a>(
             .principal()
             .and_then(|p| p.account.as_deref())
             .map(|v| KeyValue::Bytes(v.as_bytes())),
+        KeyPart::Ja4h => facts.ja4h.map(|v| KeyValue::Bytes(v.as_bytes())),
         KeyPart::Jwt(claim) => facts
             .auth
             .principal()

@@ -27,6 +27,8 @@ use palisade_keys::signature::{
     self, NONCE_HEADER, SIGNATURE_HEADER, SignedParts, TIMESTAMP_HEADER,
 };
 
+use palisade_intel::ja4h::HttpVersion;
+
 use crate::auth::{Authenticated, authenticate};
 use crate::body::{Bounded, ProxyBody, is_body_too_large};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
@@ -149,6 +151,22 @@ pub async fn handle(
         }
         buffered = Some(bytes);
     }
+    // JA4H over the headers as hyper hands them over: in arrival order, but with HTTP/1 names
+    // lowercased (hyper does not expose their original case).
+    let ja4h = palisade_intel::ja4h::ja4h(
+        parts.method.as_str(),
+        match parts.version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
+            http::Version::HTTP_2 => HttpVersion::Http2,
+            http::Version::HTTP_3 => HttpVersion::Http3,
+            _ => HttpVersion::Http11,
+        },
+        parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes())),
+    )
+    .fingerprint;
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),
@@ -159,6 +177,8 @@ pub async fn handle(
         now,
         unix_ms,
         auth: authn.as_auth(),
+        version: parts.version,
+        ja4h: Some(&ja4h),
     };
     let t0 = Instant::now();
     let evaluated = rt.engine.evaluate_on(&facts, route);
@@ -421,6 +441,8 @@ fn usage(
         now: shared.clock.now(),
         unix_ms,
         auth: authn.as_auth(),
+        version: parts.version,
+        ja4h: None,
     };
     if let Some(refused) = rt.engine.authorize(&facts, &spec) {
         let r = match refused.action {

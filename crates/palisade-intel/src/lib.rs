@@ -3,5 +3,6 @@
 //! classification out, no I/O.
 
 pub mod bots;
+pub mod ja4h;
 
 pub use bots::{BotCatalog, Category, Classification};

@@ -135,6 +135,8 @@ fn decide(s: &Setup, now: &AtomicU64, with_key: bool) -> bool {
         peer_ip: ip,
         now: now.fetch_add(1000, Ordering::Relaxed),
         unix_ms: 1_700_000_001_000,
+        version: http::Version::HTTP_11,
+        ja4h: None,
         auth,
     };
     let d = s.engine.evaluate(&facts);
@@ -164,6 +166,8 @@ fn anonymous(bencher: divan::Bencher) {
                 peer_ip: ip,
                 now: now.fetch_add(1000, Ordering::Relaxed),
                 unix_ms: 1_700_000_001_000,
+                version: http::Version::HTTP_11,
+                ja4h: None,
                 auth: Auth::Anonymous,
             })
             .is_ok()

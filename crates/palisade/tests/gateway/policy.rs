@@ -533,3 +533,38 @@ http_library = "tag"
     let m = String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).to_string();
     assert!(m.contains("palisade_bot_cache_entries 1"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ja4h_is_logged_and_limits_can_key_on_it() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        "[[limits]]\nname = \"per-fingerprint\"\nkey = [\"ja4h\"]\nrate = \"2/1m\"\n",
+    )));
+    let a = [("accept", "*/*"), ("x-client", "a")];
+    let b = [
+        ("accept-language", "de-DE,de;q=0.9"),
+        ("accept", "text/html"),
+    ];
+    for expect in [200, 200, 429] {
+        assert_eq!(send("GET", &g.url("/x"), &a, "").await.status, expect);
+    }
+    // Other header habits: another fingerprint, its own budget.
+    assert_eq!(send("GET", &g.url("/x"), &b, "").await.status, 200);
+    let limited = g.wait_decision(|d| d["action"] == "limit");
+    let fp = limited["identity"]["ja4h"].as_str().unwrap().to_owned();
+    // GET, HTTP/1.1, no cookie or referer, the client's headers plus Host, no Accept-Language.
+    assert!(fp.starts_with("ge11nn"), "{fp}");
+    assert!(fp.ends_with("0000_") || fp.contains("0000_"), "{fp}");
+    let other = g.wait_decision(|d| {
+        d["identity"]["ja4h"]
+            .as_str()
+            .is_some_and(|j| j.contains("dede"))
+    });
+    assert_ne!(other["identity"]["ja4h"], limited["identity"]["ja4h"]);
+    // "Why was this fingerprint limited?"
+    let who = admin_get(&g, &format!("/v1/identities/ja4h/{fp}"))
+        .await
+        .json();
+    assert_eq!(who["identity"]["limits"][0]["remaining"], 0);
+}
