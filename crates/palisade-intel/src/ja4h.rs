@@ -55,8 +55,9 @@ fn hash12(s: &str) -> String {
     let d = Sha256::digest(s.as_bytes());
     let mut out = String::with_capacity(12);
     for b in d.iter().take(6) {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        for nibble in [b >> 4, b & 15] {
+            out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+        }
     }
     out
 }
