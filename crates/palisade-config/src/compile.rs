@@ -8,7 +8,7 @@ use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 use palisade_engine::bots::{BotAction, BotsPolicy};
 use palisade_engine::limits::ceil_secs;
-use palisade_engine::policy::AuthPolicy;
+use palisade_engine::policy::{AuthPolicy, HeadersPolicy};
 use palisade_engine::principal::{AuthRequirement, Principal};
 use palisade_engine::quota::{QuotaKey, QuotaSpec};
 use palisade_engine::route::RouteMatch;
@@ -251,8 +251,9 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "bots",
+    "headers",
     "server",
     "upstreams",
     "routes",
@@ -317,6 +318,11 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
                 let mut b = RawBots::default();
                 one(value, name, c, &mut b);
                 raw.bots = Some(b);
+            }
+            "headers" => {
+                let mut h = RawHeaders::default();
+                one(value, name, c, &mut h);
+                raw.headers = Some(h);
             }
             "rules" | "honeypots" | "store" => c.at(
                 span,
@@ -1188,6 +1194,19 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     // [bots]
     let bots = raw.bots.as_ref().and_then(|b| compile_bots(b, c));
 
+    // [headers]
+    let headers = raw.headers.as_ref().map(|h| HeadersPolicy {
+        weight: match &h.weight {
+            Some(w) if *w.get_ref() > 100 => {
+                c.at(sp(w), "headers.weight", "weight must be between 0 and 100");
+                15
+            }
+            Some(w) => *w.get_ref() as u8,
+            None => 15,
+        },
+        assume_https: h.assume_https.unwrap_or(true),
+    });
+
     // [jwt]
     let jwt = raw
         .jwt
@@ -1358,6 +1377,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         quotas,
         auth: auth_policy,
         bots,
+        headers,
     };
     Some(Compiled {
         server: ServerSettings {

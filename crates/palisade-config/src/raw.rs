@@ -247,6 +247,17 @@ pub struct RawBots {
     pub actions: BTreeMap<String, Spanned<String>>,
 }
 
+/// `[headers]`: header-consistency checks for clients that claim a browser.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    /// Risk-score weight of each inconsistency. Default 15.
+    pub weight: Option<Spanned<u64>>,
+    /// Requests reach the site over HTTPS (Palisade behind a TLS terminator), so browsers send
+    /// client hints and fetch metadata. Default true.
+    pub assume_https: Option<bool>,
+}
+
 /// `[lists]`: static allow and deny lists.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -359,6 +370,8 @@ pub struct RawConfig {
     pub jwt: Option<RawJwt>,
     /// `[bots]`.
     pub bots: Option<RawBots>,
+    /// `[headers]`.
+    pub headers: Option<RawHeaders>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.

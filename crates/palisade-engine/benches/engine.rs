@@ -43,7 +43,7 @@ fn limit(
 }
 
 fn engine() -> Engine {
-    engine_with(None)
+    engine_with(None, None)
 }
 
 fn bots() -> palisade_engine::bots::BotsPolicy {
@@ -57,7 +57,10 @@ fn bots() -> palisade_engine::bots::BotsPolicy {
     }
 }
 
-fn engine_with(bots: Option<palisade_engine::bots::BotsPolicy>) -> Engine {
+fn engine_with(
+    bots: Option<palisade_engine::bots::BotsPolicy>,
+    headers: Option<palisade_engine::policy::HeadersPolicy>,
+) -> Engine {
     let fast = Algorithm::Gcra {
         interval: 1,
         burst: 1_000_000_000,
@@ -116,6 +119,7 @@ fn engine_with(bots: Option<palisade_engine::bots::BotsPolicy>) -> Engine {
         quotas: Vec::new(),
         auth: Default::default(),
         bots,
+        headers,
     };
     Engine::new(policy, None)
 }
@@ -151,10 +155,17 @@ fn five_limits_warm(bencher: divan::Bencher) {
     });
 }
 
-/// The same request with the bot catalog on (a browser's user agent, classification cached).
+/// The same request with the client intelligence on: the bot catalog (a browser's user agent,
+/// classification cached) and header consistency.
 #[divan::bench]
-fn five_limits_warm_with_bots(bencher: divan::Bencher) {
-    let e = engine_with(Some(bots()));
+fn five_limits_warm_with_intel(bencher: divan::Bencher) {
+    let e = engine_with(
+        Some(bots()),
+        Some(palisade_engine::policy::HeadersPolicy {
+            weight: 15,
+            assume_https: true,
+        }),
+    );
     let mut headers = HeaderMap::new();
     headers.insert("x-tenant", HeaderValue::from_static("acme"));
     headers.insert(

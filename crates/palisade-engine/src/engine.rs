@@ -23,6 +23,7 @@ use crate::quota::{
 use crate::ratelimit_headers::{HeaderEntry, HeaderItem, RateLimitHeaders, render_entries};
 use crate::route::RouteId;
 use palisade_intel::Category;
+use palisade_intel::headers::Inconsistency;
 
 /// The index a key's own rate limit has in [`Decision::limits`].
 pub const KEY_LIMIT_INDEX: usize = usize::MAX;
@@ -150,6 +151,7 @@ pub struct Engine {
     rule_guessing: Arc<str>,
     ua_cache: Arc<UaCache>,
     bot_rules: Vec<Arc<str>>,
+    header_rules: Vec<Arc<str>>,
     rule_scope: Arc<str>,
     auth_rules: [Arc<str>; 8],
     rule_deny: Arc<str>,
@@ -245,6 +247,10 @@ impl Engine {
             rule_guessing: Arc::from("auth/guessing"),
             ua_cache,
             bot_rules,
+            header_rules: Inconsistency::ALL
+                .iter()
+                .map(|i| Arc::from(format!("headers/{}", i.name())))
+                .collect(),
             rule_scope: Arc::from("auth/insufficient_scope"),
             auth_rules: [
                 Arc::from("auth/missing_api_key"),
@@ -418,6 +424,38 @@ impl Engine {
                         return Ok(self.finish(d, a, rule));
                     }
                     shadowed = Some((a, rule));
+                }
+            }
+        }
+
+        // Header consistency, for what the catalog took for (or did not check as) a browser.
+        if let Some(hp) = &p.headers
+            && d.client
+                .as_ref()
+                .is_none_or(|c| c.category == Category::Human)
+        {
+            let ua = facts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let headers: Vec<(&str, &[u8])> = facts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes()))
+                .collect();
+            for inc in palisade_intel::headers::check(ua, headers.iter().copied(), hp.assume_https)
+            {
+                if let Some(name) = Inconsistency::ALL
+                    .iter()
+                    .position(|x| *x == inc)
+                    .and_then(|i| self.header_rules.get(i))
+                {
+                    d.signals.push(Signal {
+                        name: name.clone(),
+                        weight: hp.weight,
+                        shadow: false,
+                    });
                 }
             }
         }

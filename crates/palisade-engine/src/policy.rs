@@ -136,6 +136,18 @@ pub struct Policy {
     pub auth: AuthPolicy,
     /// The bot catalog and what to do per category; `None` when `[bots]` is not configured.
     pub bots: Option<BotsPolicy>,
+    /// Header-consistency checks; `None` when `[headers]` is not configured.
+    pub headers: Option<HeadersPolicy>,
+}
+
+/// Compiled `[headers]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadersPolicy {
+    /// Weight of each inconsistency's signal.
+    pub weight: u8,
+    /// Whether requests reached the site over HTTPS (behind a TLS terminator), so browsers
+    /// would have sent client hints and fetch metadata.
+    pub assume_https: bool,
 }
 
 impl Policy {

@@ -3,6 +3,7 @@
 //! classification out, no I/O.
 
 pub mod bots;
+pub mod headers;
 pub mod ja4h;
 
 pub use bots::{BotCatalog, Category, Classification};

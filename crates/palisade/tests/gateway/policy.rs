@@ -568,3 +568,49 @@ async fn ja4h_is_logged_and_limits_can_key_on_it() {
         .json();
     assert_eq!(who["identity"]["limits"][0]["remaining"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_library_dressed_as_chrome_is_flagged_by_its_headers() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        "[bots]\n\n[headers]\nweight = 15\n\n[scoring]\ntag_at = 30\nchallenge_at = 0\nblock_at = 0\n",
+    )));
+    // The same Chrome user agent: once with Chrome's headers, once as a script sends it.
+    let real = [
+        ("user-agent", CHROME),
+        (
+            "sec-ch-ua",
+            "\"Chromium\";v=\"124\", \"Google Chrome\";v=\"124\"",
+        ),
+        ("sec-ch-ua-mobile", "?0"),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-dest", "document"),
+        ("accept-language", "en-GB,en;q=0.9"),
+    ];
+    let r = send("GET", &g.url("/echo"), &real, "").await;
+    assert!(
+        r.json()["headers"].get("x-palisade-score").is_none(),
+        "{}",
+        r.json()
+    );
+    let r = send("GET", &g.url("/echo"), &[("user-agent", CHROME)], "").await;
+    let seen = r.json();
+    assert_eq!(seen["headers"]["x-palisade-score"][0], "60");
+    let signals = seen["headers"]["x-palisade-signals"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for s in [
+        "headers/chromium_without_client_hints",
+        "headers/browser_without_fetch_metadata",
+        "headers/browser_without_accept_language",
+        "headers/browser_with_library_headers",
+    ] {
+        assert!(signals.contains(s), "{signals}");
+    }
+    let d = g.wait_decision(|d| d["action"] == "tag");
+    assert_eq!(d["score"], 60);
+    assert_eq!(d["identity"]["bot"], "human");
+}
