@@ -153,7 +153,7 @@ pub async fn handle(
     }
     // JA4H over the headers as hyper hands them over: in arrival order, but with HTTP/1 names
     // lowercased (hyper does not expose their original case).
-    let ja4h = palisade_intel::ja4h::ja4h(
+    let ja4h = palisade_intel::ja4h::ja4h_fingerprint(
         parts.method.as_str(),
         match parts.version {
             http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
@@ -165,8 +165,7 @@ pub async fn handle(
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_bytes())),
-    )
-    .fingerprint;
+    );
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),

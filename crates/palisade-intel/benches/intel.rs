@@ -21,3 +21,23 @@ fn classify(bencher: divan::Bencher, i: usize) {
     let ua = UAS.get(i).copied().unwrap_or_default();
     bencher.bench_local(|| c.classify(ua));
 }
+
+/// JA4H of a browser-like request (10 headers, two cookies): computed by the gateway for every
+/// request.
+#[divan::bench]
+fn ja4h_browser_request(bencher: divan::Bencher) {
+    use palisade_intel::ja4h::{HttpVersion, ja4h_fingerprint};
+    let headers: [(&str, &[u8]); 10] = [
+        ("host", b"api.example.com"),
+        ("sec-ch-ua", b"\"Chromium\";v=\"124\""),
+        ("sec-ch-ua-mobile", b"?0"),
+        ("user-agent", UAS[0].as_bytes()),
+        ("accept", b"text/html,application/xhtml+xml"),
+        ("sec-fetch-mode", b"navigate"),
+        ("accept-encoding", b"gzip, deflate, br"),
+        ("accept-language", b"en-GB,en;q=0.9"),
+        ("cookie", b"session=abc; theme=dark"),
+        ("referer", b"https://example.com/"),
+    ];
+    bencher.bench_local(|| ja4h_fingerprint("GET", HttpVersion::Http11, headers));
+}

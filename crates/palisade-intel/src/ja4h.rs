@@ -48,44 +48,64 @@ pub struct Ja4h {
     pub raw: String,
 }
 
-fn hash12(s: &str) -> String {
-    if s.is_empty() {
-        return "000000000000".to_owned();
+/// SHA-256 of `items` comma-joined, first 12 hex digits; `000000000000` for none.
+fn hash12<'a>(items: impl IntoIterator<Item = &'a str>, out: &mut String) {
+    let mut h = Sha256::new();
+    let mut any = false;
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            h.update(b",");
+        }
+        h.update(item.as_bytes());
+        any = true;
     }
-    let d = Sha256::digest(s.as_bytes());
-    let mut out = String::with_capacity(12);
-    for b in d.iter().take(6) {
+    if !any {
+        out.push_str("000000000000");
+        return;
+    }
+    for b in h.finalize().iter().take(6) {
         for nibble in [b >> 4, b & 15] {
             out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
         }
     }
-    out
 }
 
 /// Most headers and cookies considered (attacker input is bounded).
 const MAX_ITEMS: usize = 256;
 
-/// Computes JA4H. `headers` are (name as sent, value), in the order sent.
-pub fn ja4h<'a>(
+fn cookie_name(c: &str) -> &str {
+    c.split('=').next().unwrap_or("")
+}
+
+struct Parts<'a> {
+    a: String,
+    names: Vec<&'a str>,
+    cookies: Vec<&'a str>,
+}
+
+fn parts<'a>(
     method: &str,
     version: HttpVersion,
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-) -> Ja4h {
-    let mut names: Vec<&str> = Vec::new();
-    let mut cookies: Vec<String> = Vec::new();
+) -> Parts<'a> {
+    let mut names: Vec<&str> = Vec::with_capacity(16);
+    let mut cookies: Vec<&str> = Vec::new();
     let mut has_cookie = false;
     let mut has_referer = false;
-    let mut lang: Option<String> = None;
+    let mut lang = [b'0'; 4];
+    let mut lang_seen = false;
     for (name, value) in headers.into_iter().take(MAX_ITEMS) {
         if name.starts_with(':') {
             continue;
         }
         if name.eq_ignore_ascii_case("cookie") {
             has_cookie = true;
-            let text = String::from_utf8_lossy(value);
-            for c in text.split(';').map(str::trim).filter(|c| !c.is_empty()) {
-                if cookies.len() < MAX_ITEMS {
-                    cookies.push(c.to_owned());
+            // Cookie values that are not UTF-8 are left out of c and d (they still count).
+            if let Ok(text) = std::str::from_utf8(value) {
+                for c in text.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+                    if cookies.len() < MAX_ITEMS {
+                        cookies.push(c);
+                    }
                 }
             }
             continue;
@@ -94,65 +114,75 @@ pub fn ja4h<'a>(
             has_referer = true;
             continue;
         }
-        if lang.is_none() && name.eq_ignore_ascii_case("accept-language") {
-            let text = String::from_utf8_lossy(value).to_ascii_lowercase();
-            let first = text
-                .replace('-', "")
-                .replace(';', ",")
-                .split(',')
+        if !lang_seen && name.eq_ignore_ascii_case("accept-language") {
+            lang_seen = true;
+            // The first language, without '-', lowercased, cut or padded to four characters.
+            let first = value
+                .split(|b| *b == b',' || *b == b';')
                 .next()
-                .unwrap_or("")
-                .to_owned();
-            let mut l: String = first.chars().take(4).collect();
-            while l.len() < 4 {
-                l.push('0');
+                .unwrap_or_default();
+            for (slot, b) in lang.iter_mut().zip(first.iter().filter(|b| **b != b'-')) {
+                *slot = b.to_ascii_lowercase();
             }
-            lang = Some(l);
         }
         names.push(name);
     }
-    let mut m: String = method.to_ascii_lowercase().chars().take(2).collect();
-    while m.len() < 2 {
-        m.push('0');
-    }
-    let a = format!(
-        "{m}{}{}{}{:02}{}",
-        version.code(),
-        if has_cookie { 'c' } else { 'n' },
-        if has_referer { 'r' } else { 'n' },
-        names.len().min(99),
-        lang.as_deref().unwrap_or("0000"),
-    );
-    let header_list = names.join(",");
-    let mut raw = format!("{a}_{header_list}_");
-    if !cookies.is_empty() {
-        let names_in_order: Vec<&str> = cookies
-            .iter()
-            .map(|c| c.split('=').next().unwrap_or(""))
-            .collect();
-        raw.push_str(&names_in_order.join(","));
-        raw.push('_');
-        raw.push_str(&cookies.join(","));
-    }
+    let mut a = String::with_capacity(64);
+    let mut m = method.chars().map(|c| c.to_ascii_lowercase());
+    a.push(m.next().unwrap_or('0'));
+    a.push(m.next().unwrap_or('0'));
+    a.push_str(version.code());
+    a.push(if has_cookie { 'c' } else { 'n' });
+    a.push(if has_referer { 'r' } else { 'n' });
+    let count = names.len().min(99);
+    a.push(char::from_digit((count / 10) as u32, 10).unwrap_or('9'));
+    a.push(char::from_digit((count % 10) as u32, 10).unwrap_or('9'));
+    a.push_str(&String::from_utf8_lossy(&lang));
+    Parts { a, names, cookies }
+}
+
+fn fingerprint_of(p: &Parts<'_>) -> String {
+    let mut out = p.a.clone();
+    out.push('_');
+    hash12(p.names.iter().copied(), &mut out);
     // FoxIO orders cookies by name (stably), not by the whole `name=value` string.
-    cookies.sort_by(|x, y| {
-        let n = |c: &String| c.split('=').next().unwrap_or("").to_owned();
-        n(x).cmp(&n(y))
-    });
-    let mut cookie_names: Vec<&str> = cookies
-        .iter()
-        .map(|c| c.split('=').next().unwrap_or(""))
-        .collect();
-    cookie_names.sort();
-    let cookie_name_list = cookie_names.join(",");
-    let cookie_list = cookies.join(",");
+    let mut by_name = p.cookies.clone();
+    by_name.sort_by(|x, y| cookie_name(x).cmp(cookie_name(y)));
+    let mut names: Vec<&str> = by_name.iter().map(|c| cookie_name(c)).collect();
+    names.sort_unstable();
+    out.push('_');
+    hash12(names, &mut out);
+    out.push('_');
+    hash12(by_name, &mut out);
+    out
+}
+
+/// JA4H alone (what the gateway computes for every request). `headers` are (name as sent,
+/// value), in the order sent.
+pub fn ja4h_fingerprint<'a>(
+    method: &str,
+    version: HttpVersion,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> String {
+    fingerprint_of(&parts(method, version, headers))
+}
+
+/// JA4H and its raw form.
+pub fn ja4h<'a>(
+    method: &str,
+    version: HttpVersion,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Ja4h {
+    let p = parts(method, version, headers);
+    let mut raw = format!("{}_{}_", p.a, p.names.join(","));
+    if !p.cookies.is_empty() {
+        let names: Vec<&str> = p.cookies.iter().map(|c| cookie_name(c)).collect();
+        raw.push_str(&names.join(","));
+        raw.push('_');
+        raw.push_str(&p.cookies.join(","));
+    }
     Ja4h {
-        fingerprint: format!(
-            "{a}_{}_{}_{}",
-            hash12(&header_list),
-            hash12(&cookie_name_list),
-            hash12(&cookie_list)
-        ),
+        fingerprint: fingerprint_of(&p),
         raw,
     }
 }
