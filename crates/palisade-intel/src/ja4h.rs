@@ -122,13 +122,25 @@ fn parts<'a>(
                 .next()
                 .unwrap_or_default();
             for (slot, b) in lang.iter_mut().zip(first.iter().filter(|b| **b != b'-')) {
-                *slot = b.to_ascii_lowercase();
+                // Anything but letters and digits (never sent by a browser) becomes '0', so the
+                // fingerprint keeps its shape whatever a client sends.
+                *slot = if b.is_ascii_alphanumeric() {
+                    b.to_ascii_lowercase()
+                } else {
+                    b'0'
+                };
             }
         }
         names.push(name);
     }
     let mut a = String::with_capacity(64);
-    let mut m = method.chars().map(|c| c.to_ascii_lowercase());
+    let mut m = method.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '0'
+        }
+    });
     a.push(m.next().unwrap_or('0'));
     a.push(m.next().unwrap_or('0'));
     a.push_str(version.code());
@@ -212,6 +224,21 @@ mod tests {
         assert_eq!(
             h.raw,
             "po11nn050000_Host,Accept,User-Agent,Content-Type,Content-Length_"
+        );
+    }
+
+    #[test]
+    fn hostile_methods_and_languages_keep_the_shape() {
+        let h = ja4h(
+            "_\u{e9}",
+            HttpVersion::Http11,
+            [("accept-language", &b"e_\xff-x"[..])],
+        );
+        assert_eq!(h.fingerprint.split('_').count(), 4, "{}", h.fingerprint);
+        assert!(
+            h.fingerprint.starts_with("0011nn01e00x_"),
+            "{}",
+            h.fingerprint
         );
     }
 
