@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
+use palisade_engine::blocks::BlockEffect;
 use palisade_engine::bots::{BotAction, BotsPolicy};
 use palisade_engine::limits::ceil_secs;
-use palisade_engine::policy::{AuthPolicy, HeadersPolicy};
+use palisade_engine::policy::{AuthPolicy, HeadersPolicy, HoneypotSpec};
 use palisade_engine::principal::{AuthRequirement, Principal};
 use palisade_engine::quota::{QuotaKey, QuotaSpec};
 use palisade_engine::route::RouteMatch;
@@ -251,7 +252,8 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
+    "honeypots",
     "bots",
     "headers",
     "server",
@@ -324,7 +326,8 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
                 one(value, name, c, &mut h);
                 raw.headers = Some(h);
             }
-            "rules" | "honeypots" | "store" => c.at(
+            "honeypots" => many(value, name, c, &mut raw.honeypots, &mut raw.broken_names),
+            "rules" | "store" => c.at(
                 span,
                 name,
                 format!("section `{name}` is not available in this version of Palisade"),
@@ -1207,6 +1210,111 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         assume_https: h.assume_https.unwrap_or(true),
     });
 
+    // [[honeypots]]
+    let mut honeypots = Vec::new();
+    for (i, h) in raw.honeypots.iter().enumerate() {
+        let path = format!("honeypots[{}]", h.index);
+        let name = h
+            .name
+            .as_ref()
+            .map_or_else(|| format!("trap-{}", i + 1), |n| n.get_ref().clone());
+        if !valid_name(&name) {
+            c.at(
+                h.name.as_ref().and_then(sp),
+                &path,
+                format!("honeypot name `{name}` must be 1-64 letters, digits, '-', '_' or '.'"),
+            );
+        }
+        let mut paths = Vec::new();
+        for p in &h.paths {
+            match PathPattern::parse(p.get_ref()) {
+                Ok(pat) => paths.push(pat),
+                Err(e) => c.at(sp(p), format!("{path}.paths"), e.to_string()),
+            }
+        }
+        let decoy_keys: Vec<String> = h.decoy_keys.iter().map(|k| k.get_ref().clone()).collect();
+        if let Some(k) = h.decoy_keys.iter().find(|k| k.get_ref().len() < 16) {
+            c.at(sp(k), format!("{path}.decoy_keys"), "a decoy key must be at least 16 characters (it must look real and never collide with a guess)");
+        }
+        if h.paths.is_empty() && h.decoy_keys.is_empty() {
+            c.at(None, &path, "a honeypot needs paths, decoy_keys or both");
+        }
+        let block_for_ms = opt(
+            &h.block_for,
+            3_600_000,
+            &format!("{path}.block_for"),
+            c,
+            |s| parse_duration(s).map(|n| n / 1_000_000),
+        );
+        let weight = match &h.weight {
+            Some(w) if *w.get_ref() > 100 => {
+                c.at(
+                    sp(w),
+                    format!("{path}.weight"),
+                    "weight must be between 0 and 100",
+                );
+                50
+            }
+            Some(w) => *w.get_ref() as u8,
+            None => 50,
+        };
+        let effect = choice(
+            &h.action,
+            &[
+                ("block", BlockEffect::Block),
+                ("score", BlockEffect::Score(weight)),
+            ],
+            BlockEffect::Block,
+            &format!("{path}.action"),
+            c,
+        );
+        let flag: Vec<&'static str> = match &h.flag {
+            None => vec!["ip", "api_key", "ja4h"],
+            Some(list) => list
+                .iter()
+                .filter_map(|f| {
+                    let found = palisade_engine::blocks::DIMENSIONS
+                        .iter()
+                        .find(|d| **d == f.get_ref().as_str())
+                        .copied();
+                    if found.is_none() {
+                        c.at(
+                            sp(f),
+                            format!("{path}.flag"),
+                            format!(
+                                "`{}` is not one of: {}",
+                                f.get_ref(),
+                                palisade_engine::blocks::DIMENSIONS.join(", ")
+                            ),
+                        );
+                    }
+                    found
+                })
+                .collect(),
+        };
+        honeypots.push(HoneypotSpec {
+            name: Arc::from(name.as_str()),
+            paths,
+            decoy_keys,
+            block_for_ms,
+            effect,
+            flag,
+            robots_txt: h.robots_txt.unwrap_or(false),
+        });
+    }
+    let max_blocks = match &s.max_blocks {
+        Some(v) if *v.get_ref() < 16 || *v.get_ref() > 10_000_000 => {
+            c.at(
+                sp(v),
+                "server.max_blocks",
+                "must be between 16 and 10000000",
+            );
+            100_000
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => 100_000,
+    };
+
     // [jwt]
     let jwt = raw
         .jwt
@@ -1378,6 +1486,8 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         auth: auth_policy,
         bots,
         headers,
+        honeypots,
+        max_blocks,
     };
     Some(Compiled {
         server: ServerSettings {

@@ -47,6 +47,8 @@ pub struct RawServer {
     pub max_tracked_keys: Option<Spanned<u64>>,
     /// Most client connections open at once; more are closed as they arrive. Default 10000.
     pub max_connections: Option<Spanned<u64>>,
+    /// Most blocks (from honeypots and operators) held at once. Default 100000.
+    pub max_blocks: Option<Spanned<u64>>,
 }
 
 /// `[[upstreams]]`: where requests go.
@@ -258,6 +260,33 @@ pub struct RawHeaders {
     pub assume_https: Option<bool>,
 }
 
+/// `[[honeypots]]`: trap paths and decoy keys that only automated clients find.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHoneypot {
+    /// Name, for logs (`honeypot/<name>`). Default `trap-<n>`.
+    pub name: Option<Spanned<String>>,
+    /// Trap paths: exact, or a prefix ending in `/*`.
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
+    /// Decoy API keys (published somewhere only scrapers read); presenting one is a hit.
+    #[serde(default)]
+    pub decoy_keys: Vec<Spanned<String>>,
+    /// How long a hit flags the client; doubled for each repeat. Default `1h`.
+    pub block_for: Option<Spanned<String>>,
+    /// `block` (default) or `score`.
+    pub action: Option<Spanned<String>>,
+    /// With `action = "score"`: the signal's weight. Default 50.
+    pub weight: Option<Spanned<u64>>,
+    /// Which identities of the client are flagged. Default `["ip", "api_key", "ja4h"]`.
+    pub flag: Option<Vec<Spanned<String>>>,
+    /// Serve `/robots.txt` disallowing these paths. Default false.
+    pub robots_txt: Option<bool>,
+    /// Position in its array in the file (set by the loader, for error paths).
+    #[serde(skip)]
+    pub index: usize,
+}
+
 /// `[lists]`: static allow and deny lists.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -372,6 +401,8 @@ pub struct RawConfig {
     pub bots: Option<RawBots>,
     /// `[headers]`.
     pub headers: Option<RawHeaders>,
+    /// `[[honeypots]]`.
+    pub honeypots: Vec<RawHoneypot>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.
@@ -402,4 +433,11 @@ macro_rules! indexed {
     )*};
 }
 
-indexed!(RawUpstream, RawRoute, RawLimit, RawQuota, RawTest);
+indexed!(
+    RawUpstream,
+    RawRoute,
+    RawLimit,
+    RawQuota,
+    RawHoneypot,
+    RawTest
+);

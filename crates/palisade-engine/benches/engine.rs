@@ -120,6 +120,8 @@ fn engine_with(
         auth: Default::default(),
         bots,
         headers,
+        honeypots: Vec::new(),
+        max_blocks: 1000,
     };
     Engine::new(policy, None)
 }

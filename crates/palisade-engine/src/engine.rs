@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::blocks::{BlockEffect, BlockTable, block_key};
 use crate::bots::{BotAction, UaCache};
 use crate::clock::{Nanos, SECOND};
 use crate::decision::{Action, Decision, LimitOutcome, Signal};
@@ -150,6 +151,8 @@ pub struct Engine {
     key_budget_name: Arc<str>,
     rule_guessing: Arc<str>,
     ua_cache: Arc<UaCache>,
+    blocks: Arc<BlockTable>,
+    honeypot_rules: Vec<Arc<str>>,
     bot_rules: Vec<Arc<str>>,
     header_rules: Vec<Arc<str>>,
     rule_scope: Arc<str>,
@@ -208,6 +211,15 @@ impl Engine {
             })
             .map(|p| p.ua_cache.clone())
             .unwrap_or_else(|| Arc::new(UaCache::new(cache_entries)));
+        let blocks = previous
+            .filter(|p| p.policy.max_blocks == policy.max_blocks)
+            .map(|p| p.blocks.clone())
+            .unwrap_or_else(|| Arc::new(BlockTable::new(policy.max_blocks)));
+        let honeypot_rules = policy
+            .honeypots
+            .iter()
+            .map(|h| Arc::from(format!("honeypot/{}", h.name)))
+            .collect();
         let bot_rules = Category::ALL
             .iter()
             .map(|c| Arc::from(format!("bot/{c}")))
@@ -246,6 +258,8 @@ impl Engine {
             key_budget_name: Arc::from(KEY_BUDGET_QUOTA),
             rule_guessing: Arc::from("auth/guessing"),
             ua_cache,
+            blocks,
+            honeypot_rules,
             bot_rules,
             header_rules: Inconsistency::ALL
                 .iter()
@@ -375,6 +389,52 @@ impl Engine {
             });
             d.score = 100;
             return Ok(self.finish(d, Action::Block, self.rule_deny.clone()));
+        }
+
+        // Honeypots: a trap path flags the client and answers as if nothing were there.
+        if let Some(i) = p
+            .honeypots
+            .iter()
+            .position(|h| h.paths.iter().any(|pat| pat.matches_path(facts.path)))
+        {
+            self.trap(i, facts);
+            let rule = self
+                .honeypot_rules
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| self.rule_default.clone());
+            d.signals.push(Signal {
+                name: rule.clone(),
+                weight: 100,
+                shadow: false,
+            });
+            d.score = 100;
+            d.code = Some("not_found");
+            return Ok(self.finish(d, Action::Block, rule));
+        }
+
+        // Blocks with a time to live, on any of the client's identities.
+        if !self.blocks.is_empty() {
+            let keys = self.block_keys(facts);
+            if let Some(b) = self.blocks.find(&keys, facts.unix_ms) {
+                let rule: Arc<str> = Arc::from(format!("block/{}", b.reason));
+                match b.effect {
+                    BlockEffect::Block => {
+                        d.signals.push(Signal {
+                            name: rule.clone(),
+                            weight: 100,
+                            shadow: false,
+                        });
+                        d.score = 100;
+                        return Ok(self.finish(d, Action::Block, rule));
+                    }
+                    BlockEffect::Score(w) => d.signals.push(Signal {
+                        name: rule,
+                        weight: w,
+                        shadow: false,
+                    }),
+                }
+            }
         }
 
         // Authentication is access control, not abuse detection: it is enforced in shadow mode
@@ -710,6 +770,66 @@ impl Engine {
             }
             Auth::Principal(_) => None,
         }
+    }
+
+    /// The block-table keys of a request's identities.
+    fn block_keys(&self, facts: &RequestFacts<'_>) -> Vec<String> {
+        let ip = facts.client_ip.to_canonical();
+        let mut keys = vec![format!("ip:{ip}"), format!("ip/24:{}", mask(ip, 24, 48))];
+        if let Some(p) = facts.auth.principal() {
+            if let Some(k) = &p.key_id {
+                keys.push(format!("api_key:{k}"));
+            }
+            if let Some(a) = &p.account {
+                keys.push(format!("account:{a}"));
+            }
+        }
+        if let Some(j) = facts.ja4h {
+            keys.push(format!("ja4h:{j}"));
+        }
+        keys
+    }
+
+    /// Records a honeypot hit: flags the client's configured identities for the honeypot's
+    /// time (doubling for a repeat offender).
+    pub fn trap(&self, honeypot: usize, facts: &RequestFacts<'_>) {
+        let Some(h) = self.policy.honeypots.get(honeypot) else {
+            return;
+        };
+        let reason = format!("honeypot/{}", h.name);
+        let ip = facts.client_ip.to_canonical().to_string();
+        for dim in &h.flag {
+            let value = match *dim {
+                "ip" | "ip/24" => Some(ip.clone()),
+                "api_key" => facts
+                    .auth
+                    .principal()
+                    .and_then(|p| p.key_id.as_deref().map(str::to_owned)),
+                "account" => facts
+                    .auth
+                    .principal()
+                    .and_then(|p| p.account.as_deref().map(str::to_owned)),
+                "ja4h" => facts.ja4h.map(str::to_owned),
+                _ => None,
+            };
+            if let Some(key) = value.and_then(|v| block_key(dim, &v)) {
+                self.blocks
+                    .add(key, h.block_for_ms, &reason, h.effect, true, facts.unix_ms);
+            }
+        }
+    }
+
+    /// The index of the honeypot whose decoy key this is, if any.
+    pub fn decoy_key(&self, raw: &str) -> Option<usize> {
+        self.policy
+            .honeypots
+            .iter()
+            .position(|h| h.decoy_keys.iter().any(|k| k == raw))
+    }
+
+    /// The block table (shared with the admin API and the store).
+    pub fn blocks(&self) -> &Arc<BlockTable> {
+        &self.blocks
     }
 
     fn bot_rule(&self, c: Category) -> Arc<str> {

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
+use crate::blocks::BlockEffect;
 use crate::bots::BotsPolicy;
 use crate::clock::SECOND;
 use crate::ipset::IpSet;
 use crate::limits::{Algorithm, LimitSpec};
 use crate::principal::AuthRequirement;
 use crate::quota::QuotaSpec;
+use crate::route::PathPattern;
 use crate::route::RouteTable;
 
 /// Whether decisions are enforced.
@@ -138,6 +140,30 @@ pub struct Policy {
     pub bots: Option<BotsPolicy>,
     /// Header-consistency checks; `None` when `[headers]` is not configured.
     pub headers: Option<HeadersPolicy>,
+    /// Honeypots: trap paths and decoy keys.
+    pub honeypots: Vec<HoneypotSpec>,
+    /// Most blocks held.
+    pub max_blocks: usize,
+}
+
+/// A compiled `[[honeypots]]` entry.
+#[derive(Debug, Clone)]
+pub struct HoneypotSpec {
+    /// Its name (`honeypot/<name>` in logs).
+    pub name: Arc<str>,
+    /// Trap paths: exact, or a prefix with a trailing `/*`.
+    pub paths: Vec<PathPattern>,
+    /// Decoy API keys: presenting one is a hit.
+    pub decoy_keys: Vec<String>,
+    /// How long a hit flags the client (doubling for repeat offenders).
+    pub block_for_ms: u64,
+    /// Block the client, or add a signal of a weight.
+    pub effect: BlockEffect,
+    /// Which of the client's identities are flagged: `ip`, `ip/24`, `api_key`, `account`,
+    /// `ja4h`.
+    pub flag: Vec<&'static str>,
+    /// Whether `/robots.txt` is served with these paths disallowed.
+    pub robots_txt: bool,
 }
 
 /// Compiled `[headers]`.

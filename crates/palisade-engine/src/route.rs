@@ -92,6 +92,11 @@ impl PathPattern {
     }
 
     /// Whether an already normalised path matches.
+    /// Whether a raw request path matches (normalised first, as for routes).
+    pub fn matches_path(&self, path: &str) -> bool {
+        self.matches_normalized(&normalize_for_match(path))
+    }
+
     fn matches_normalized(&self, path: &str) -> bool {
         let rest = path.strip_prefix('/').unwrap_or(path);
         let mut parts = if rest.is_empty() {

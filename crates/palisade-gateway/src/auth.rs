@@ -61,13 +61,8 @@ fn bearer(v: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-/// Finds and verifies the request's credential.
-pub fn authenticate(
-    shared: &Shared,
-    rt: &Runtime,
-    headers: &HeaderMap,
-    route: &RouteSpec,
-) -> Authenticated {
+/// The API key and the bearer token a request presents, unverified.
+pub fn presented<'h>(rt: &Runtime, headers: &'h HeaderMap) -> (Option<&'h str>, Option<&'h str>) {
     let keys = &rt.compiled.keys;
     let mut key: Option<&str> = None;
     let mut token: Option<&str> = None;
@@ -88,6 +83,17 @@ pub fn authenticate(
             break;
         }
     }
+    (key, token)
+}
+
+/// Finds and verifies the request's credential.
+pub fn authenticate(
+    shared: &Shared,
+    rt: &Runtime,
+    headers: &HeaderMap,
+    route: &RouteSpec,
+) -> Authenticated {
+    let (key, token) = presented(rt, headers);
     let now = shared.clock.unix_secs();
     if let Some(raw) = key {
         return match shared.keys.directory.verify(raw, now) {

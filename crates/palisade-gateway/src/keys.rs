@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use palisade_engine::blocks::BlockTable;
 use palisade_engine::quota::{QuotaLedger, day_of};
 use palisade_keys::signature::NonceCache;
 use palisade_keys::{ApiKeyRecord, KeyDirectory, KeyStore, StoreError};
@@ -58,18 +59,38 @@ impl KeyService {
         Ok(())
     }
 
-    /// Writes changed quota usage and last-used times to the store.
-    pub async fn flush(&self, ledger: &QuotaLedger, unix_ms: u64) -> Result<(), StoreError> {
+    /// Writes changed quota usage, last-used times and new blocks to the store.
+    pub async fn flush(
+        &self,
+        ledger: &QuotaLedger,
+        blocks: &BlockTable,
+        unix_ms: u64,
+    ) -> Result<(), StoreError> {
         let today = day_of(unix_ms);
         let rows = ledger.take_dirty(today);
         let used = self.directory.take_used();
-        if rows.is_empty() && used.is_empty() {
+        let added = blocks.take_added();
+        if rows.is_empty() && used.is_empty() && added.is_empty() {
             return Ok(());
         }
         self.run(move |s| {
             s.save_usage(&rows, today)?;
+            if !added.is_empty() {
+                s.save_blocks(&added, unix_ms)?;
+            }
             s.touch(&used)
         })
         .await
+    }
+
+    /// Loads persisted blocks into the table.
+    pub async fn restore_blocks(
+        &self,
+        blocks: &BlockTable,
+        unix_ms: u64,
+    ) -> Result<(), StoreError> {
+        let rows = self.run(|s| s.load_blocks()).await?;
+        blocks.restore(rows, unix_ms);
+        Ok(())
     }
 }

@@ -29,7 +29,7 @@ use palisade_keys::signature::{
 
 use palisade_intel::ja4h::HttpVersion;
 
-use crate::auth::{Authenticated, authenticate};
+use crate::auth::{Authenticated, authenticate, presented};
 use crate::body::{Bounded, ProxyBody, is_body_too_large};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
@@ -82,6 +82,11 @@ pub async fn handle(
     let client = client_ip(peer.ip(), &parts.headers, &server.trusted_proxies);
     let now = shared.clock.now();
     let unix_ms = shared.clock.unix_ms();
+    if parts.uri.path() == "/robots.txt"
+        && rt.compiled.policy.honeypots.iter().any(|h| h.robots_txt)
+    {
+        return Ok(robots_txt(&rt, &request_id));
+    }
     if parts.uri.path() == USAGE_PATH {
         return Ok(usage(&shared, &rt, &parts, client, peer, &request_id));
     }
@@ -179,6 +184,12 @@ pub async fn handle(
         version: parts.version,
         ja4h: Some(&ja4h),
     };
+    // A decoy key (published where only scrapers look) flags whoever presents it.
+    if let (Some(key), _) = presented(&rt, &parts.headers)
+        && let Some(i) = rt.engine.decoy_key(key)
+    {
+        rt.engine.trap(i, &facts);
+    }
     let t0 = Instant::now();
     let evaluated = rt.engine.evaluate_on(&facts, route);
     shared
@@ -235,6 +246,7 @@ pub async fn handle(
             code: decision.code.unwrap_or("rate_limited"),
         }),
         Action::Block if decision.rule.starts_with("engine/") => Some(Refusal::Unavailable),
+        Action::Block if decision.code == Some("not_found") => Some(Refusal::NotFound),
         Action::Block => Some(Refusal::Forbidden {
             code: decision.code.unwrap_or("forbidden"),
         }),
@@ -407,6 +419,34 @@ pub async fn handle(
         }
     }
     Ok(response)
+}
+
+/// `robots.txt` disallowing the honeypots' trap paths, so only clients that ignore it walk
+/// into them.
+fn robots_txt(rt: &Runtime, request_id: &str) -> Response<ProxyBody> {
+    let mut body = String::from("User-agent: *\n");
+    for h in rt.compiled.policy.honeypots.iter().filter(|h| h.robots_txt) {
+        for p in &h.paths {
+            let s = p.as_str();
+            let cut = s.find(['{', '*']).unwrap_or(s.len());
+            body.push_str("Disallow: ");
+            body.push_str(s.get(..cut).unwrap_or(s));
+            body.push('\n');
+        }
+    }
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    resp
 }
 
 /// Where a key holder reads its own quota usage, on the proxy listener.

@@ -41,6 +41,8 @@ pub enum Refusal {
     BodyTooLarge,
     /// Too many or too large headers (431).
     HeadersTooLarge,
+    /// Nothing here (404): what a honeypot answers.
+    NotFound,
     /// Unparseable request target (400).
     BadRequest,
 }
@@ -111,6 +113,7 @@ impl Refusal {
                 "body_too_large",
                 "the request body is too large",
             ),
+            Refusal::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such resource"),
             Refusal::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",

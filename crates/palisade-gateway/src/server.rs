@@ -202,6 +202,11 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
             .restore_usage(rt.engine.quota_ledger(), shared.clock.unix_ms())
             .await
             .context("loading quota usage from the store")?;
+        shared
+            .keys
+            .restore_blocks(rt.engine.blocks(), shared.clock.unix_ms())
+            .await
+            .context("loading blocks from the store")?;
     }
 
     let (tx, rx) = watch::channel(false);
@@ -247,8 +252,15 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 async fn flush(shared: &Shared) {
-    let ledger = shared.runtime.load().engine.quota_ledger().clone();
-    if let Err(e) = shared.keys.flush(&ledger, shared.clock.unix_ms()).await {
+    let (ledger, blocks) = {
+        let rt = shared.runtime.load();
+        (rt.engine.quota_ledger().clone(), rt.engine.blocks().clone())
+    };
+    if let Err(e) = shared
+        .keys
+        .flush(&ledger, &blocks, shared.clock.unix_ms())
+        .await
+    {
         shared.metrics.store_errors.inc();
         tracing::error!(error = %e, "writing quota usage to the store failed");
     }

@@ -11,6 +11,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use palisade_engine::blocks::BlockEntry;
 use palisade_engine::quota::{Usage, UsageRow};
 use palisade_engine::units::{parse_duration, parse_rate};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -24,6 +25,7 @@ use crate::signature::signing_secret;
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("usage");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
 
 /// The database file in the data dir.
 pub const DB_FILE: &str = "palisade.redb";
@@ -272,6 +274,7 @@ impl KeyStore {
             txn.open_table(KEYS).map_err(db_err)?;
             txn.open_table(USAGE).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
+            txn.open_table(BLOCKS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self {
@@ -681,6 +684,65 @@ impl KeyStore {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Persisted blocks (expired ones included; the caller skips them).
+    pub fn load_blocks(&self) -> Result<Vec<BlockEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(BLOCKS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            if let Ok(b) = serde_json::from_slice::<BlockEntry>(v.value()) {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes blocks, and deletes the ones that expired before `now_ms`.
+    pub fn save_blocks(&self, blocks: &[BlockEntry], now_ms: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(BLOCKS).map_err(db_err)?;
+            for b in blocks {
+                let bytes = serde_json::to_vec(b).map_err(db_err)?;
+                table
+                    .insert(b.key.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            let expired: Vec<String> = table
+                .iter()
+                .map_err(db_err)?
+                .filter_map(Result::ok)
+                .filter(|(_, v)| {
+                    serde_json::from_slice::<BlockEntry>(v.value())
+                        .is_ok_and(|b| b.until_ms <= now_ms)
+                })
+                .map(|(k, _)| k.value().to_owned())
+                .collect();
+            for k in expired {
+                table.remove(k.as_str()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Deletes a block, with an audit entry.
+    pub fn delete_block(&self, key: &str, actor: &str, now: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(BLOCKS).map_err(db_err)?;
+            table.remove(key).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        self.append_audit(
+            actor,
+            "block.remove",
+            now,
+            serde_json::json!({ "block": key }),
+        )?;
+        Ok(())
     }
 
     /// Persisted quota usage.

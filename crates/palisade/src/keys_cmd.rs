@@ -498,3 +498,114 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
         println!("(none)");
     }
 }
+
+/// `palisade blocks`.
+#[derive(Args, Debug)]
+pub struct BlocksArgs {
+    #[command(subcommand)]
+    command: BlocksCommand,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Subcommand, Debug)]
+enum BlocksCommand {
+    /// Block an identity for a while (again: for twice as long).
+    Add {
+        /// ip, ip/24, api_key, account or ja4h.
+        dimension: String,
+        /// The value, e.g. 203.0.113.7.
+        value: String,
+        /// How long, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Why (letters, digits, -_./), shown in the decision log as block/admin/<reason>.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Add a signal of this weight instead of refusing.
+        #[arg(long)]
+        score: Option<u8>,
+    },
+    /// List active blocks.
+    List,
+    /// Lift a block.
+    Remove {
+        /// ip, ip/24, api_key, account or ja4h.
+        dimension: String,
+        /// The value.
+        value: String,
+    },
+}
+
+/// Runs `palisade blocks …` against a running gateway (blocks are its live state).
+pub fn run_blocks(args: BlocksArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    if t.admin.is_none() {
+        bail!(
+            "blocks live in the running gateway: give its admin API with --admin URL or PALISADE_ADMIN_URL"
+        );
+    }
+    let Backend::Admin(a) = backend(t)? else {
+        bail!("blocks need --admin");
+    };
+    match args.command {
+        BlocksCommand::Add {
+            dimension,
+            value,
+            ttl,
+            reason,
+            score,
+        } => {
+            let v = a.call(
+                Method::POST,
+                "/v1/blocks",
+                Some(json!({ "dimension": dimension, "value": value, "ttl": ttl, "reason": reason, "score": score })),
+            )?;
+            if t.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "blocked {} until {} (offence {})",
+                    field(&v, "key").as_str().unwrap_or(""),
+                    field(&v, "until").as_str().unwrap_or(""),
+                    field(&v, "strikes")
+                );
+            }
+        }
+        BlocksCommand::List => {
+            let v = a.call(Method::GET, "/v1/blocks", None)?;
+            if t.json {
+                println!("{v}");
+            } else {
+                let rows: Vec<Vec<String>> = field(&v, "blocks")
+                    .as_array()
+                    .map(|list| {
+                        list.iter()
+                            .map(|b| {
+                                let s = |k: &str| match field(b, k) {
+                                    Value::String(s) => s.clone(),
+                                    other => other.to_string(),
+                                };
+                                vec![s("key"), s("until"), s("reason"), s("effect"), s("strikes")]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["BLOCK", "UNTIL", "REASON", "EFFECT", "OFFENCES"], &rows);
+            }
+        }
+        BlocksCommand::Remove { dimension, value } => {
+            let v = a.call(
+                Method::POST,
+                "/v1/blocks/remove",
+                Some(json!({ "dimension": dimension, "value": value })),
+            )?;
+            if t.json {
+                println!("{v}");
+            } else {
+                println!("removed {}", field(&v, "removed").as_str().unwrap_or(""));
+            }
+        }
+    }
+    Ok(())
+}

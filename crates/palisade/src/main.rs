@@ -41,6 +41,8 @@ enum Command {
     Check(CheckArgs),
     /// Manage API keys, offline on a data dir or through a running gateway's admin API.
     Keys(keys_cmd::KeysArgs),
+    /// Block identities for a while, list and lift blocks (through a running gateway's admin API).
+    Blocks(keys_cmd::BlocksArgs),
     /// Inspect the built-in bot catalog.
     Bots {
         #[command(subcommand)]
@@ -113,6 +115,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check(args) => return check(args),
         Command::Keys(args) => keys_cmd::run(args),
+        Command::Blocks(args) => keys_cmd::run_blocks(args),
         Command::Bots { command } => bots(command),
         Command::SampleApi { listen, workers } => sample_api(listen, workers),
     };
