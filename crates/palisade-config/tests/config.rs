@@ -26,7 +26,7 @@ fn embedded_default_compiles_and_passes_its_cases() {
     assert!(c.upstreams.is_empty(), "the default runs the sample API");
     assert_eq!(c.policy.limits.len(), 5);
     let outcomes = run_cases(&c);
-    assert_eq!(outcomes.len(), 5);
+    assert_eq!(outcomes.len(), 6);
     assert_eq!(c.policy.quotas.len(), 1);
     for o in outcomes {
         assert!(o.passed, "{o:?}");
@@ -145,14 +145,14 @@ fn syntax_errors_have_locations() {
 
 #[test]
 fn sections_from_later_versions_are_named_not_silently_ignored() {
-    let errs = errors("[[rules]]\nname = \"x\"\n\n[[honeypots]]\npaths = [\"/x\"]\n\n[colours]\n");
+    let errs = errors("[[rules]]\nname = \"x\"\n\n[store]\nbackend = \"redis\"\n\n[colours]\n");
     let joined = errs.join("\n");
     assert!(
         joined.contains("section `rules` is not available"),
         "{joined}"
     );
     assert!(
-        joined.contains("section `honeypots` is not available"),
+        joined.contains("section `store` is not available"),
         "{joined}"
     );
     assert!(joined.contains("unknown section `colours`"), "{joined}");

@@ -199,8 +199,16 @@ async fn reload_applies_good_configs_and_refuses_bad_ones() {
         "{m}"
     );
     assert!(g.stderr().contains("configuration refused"));
-    // Every reload is in the audit log, with what triggered it.
-    let audit = admin_get(&g, "/v1/audit").await.json();
+    // Every reload is in the audit log, with what triggered it (written just after the new
+    // policy takes effect, so wait for the third).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let a = admin_get(&g, "/v1/audit").await.json();
+        if a["entries"].as_array().unwrap().len() >= 3 || Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let entries: Vec<(String, String)> = audit["entries"]
         .as_array()
         .unwrap()
