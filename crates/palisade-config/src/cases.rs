@@ -42,6 +42,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                 unix_ms: 1_700_000_000_000,
                 version: http::Version::HTTP_11,
                 ja4h: None,
+                ip_info: None,
                 auth: match &case.principal {
                     Some(p) => palisade_engine::principal::Auth::Principal(p),
                     None => palisade_engine::principal::Auth::Anonymous,

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use palisade_engine::blocks::BlockEffect;
 use palisade_engine::bots::{BotAction, BotsPolicy};
 use palisade_engine::limits::ceil_secs;
-use palisade_engine::policy::{AuthPolicy, HeadersPolicy, HoneypotSpec};
+use palisade_engine::policy::{AuthPolicy, HeadersPolicy, HoneypotSpec, IntelPolicy};
 use palisade_engine::principal::{AuthRequirement, Principal};
 use palisade_engine::quota::{QuotaKey, QuotaSpec};
 use palisade_engine::route::RouteMatch;
@@ -17,6 +17,7 @@ use palisade_engine::{
     Algorithm, IpSet, KeyPart, LimitAction, LimitSpec, ListsPolicy, Mode, Nanos, PathPattern,
     Policy, RouteSpec, RouteTable, ScoringPolicy, Unit,
 };
+use palisade_intel::ipinfo::{BUILTIN_ASN_CATEGORIES, IpIntel};
 use palisade_intel::{BotCatalog, Category};
 use palisade_keys::jwt::{self, JwtVerifier};
 use serde::de::DeserializeOwned;
@@ -252,7 +253,8 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
+    "intel",
     "honeypots",
     "bots",
     "headers",
@@ -325,6 +327,11 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
                 let mut h = RawHeaders::default();
                 one(value, name, c, &mut h);
                 raw.headers = Some(h);
+            }
+            "intel" => {
+                let mut i = RawIntel::default();
+                one(value, name, c, &mut i);
+                raw.intel = Some(i);
             }
             "honeypots" => many(value, name, c, &mut raw.honeypots, &mut raw.broken_names),
             "rules" | "store" => c.at(
@@ -1315,6 +1322,12 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         None => 100_000,
     };
 
+    // [intel]
+    let intel = raw
+        .intel
+        .as_ref()
+        .map(|i| compile_intel(i, base, c, &mut files));
+
     // [jwt]
     let jwt = raw
         .jwt
@@ -1488,6 +1501,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         headers,
         honeypots,
         max_blocks,
+        intel,
     };
     Some(Compiled {
         server: ServerSettings {
@@ -1604,6 +1618,102 @@ fn compile_bots(b: &RawBots, c: &mut Collector<'_>) -> Option<BotsPolicy> {
         weight,
         cache_entries,
     })
+}
+
+fn compile_intel(
+    raw: &RawIntel,
+    base: &Path,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> IntelPolicy {
+    let mut db = IpIntel::new();
+    let mut read =
+        |s: &Spanned<String>, path: &str, c: &mut Collector<'_>| -> Option<(String, String)> {
+            let name = s.get_ref().strip_prefix("file:").unwrap_or(s.get_ref());
+            let file = base.join(name);
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    files.push(file.clone());
+                    Some((file.display().to_string(), text))
+                }
+                Err(e) => {
+                    c.at(
+                        sp(s),
+                        path,
+                        format!("cannot read `{}`: {e}", file.display()),
+                    );
+                    None
+                }
+            }
+        };
+    let report = |s: &Spanned<String>,
+                  path: &str,
+                  errs: Vec<palisade_intel::ipinfo::DataError>,
+                  c: &mut Collector<'_>| {
+        for e in errs {
+            c.at(sp(s), path, e.to_string());
+        }
+    };
+    if let Some(f) = &raw.asn_db
+        && let Some((name, text)) = read(f, "intel.asn_db", c)
+        && let Err(errs) = db.load_iptoasn(&name, &text)
+    {
+        report(f, "intel.asn_db", errs, c);
+    }
+    match &raw.asn_categories {
+        None => {
+            let _ = db.load_categories("builtin", BUILTIN_ASN_CATEGORIES);
+        }
+        Some(list) => {
+            for f in list {
+                if f.get_ref() == "builtin" {
+                    let _ = db.load_categories("builtin", BUILTIN_ASN_CATEGORIES);
+                } else if let Some((name, text)) = read(f, "intel.asn_categories", c)
+                    && let Err(errs) = db.load_categories(&name, &text)
+                {
+                    report(f, "intel.asn_categories", errs, c);
+                }
+            }
+        }
+    }
+    if let Some(f) = &raw.tor_exits
+        && let Some((name, text)) = read(f, "intel.tor_exits", c)
+        && let Err(errs) = db.load_tor_exits(&name, &text)
+    {
+        report(f, "intel.tor_exits", errs, c);
+    }
+    let mut category_weights = [20u8, 20, 0, 0];
+    let mut tor_weight = 40u8;
+    for (k, v) in &raw.weights {
+        let w = match u8::try_from(*v.get_ref()) {
+            Ok(w) if w <= 100 => w,
+            _ => {
+                c.at(
+                    sp(v),
+                    format!("intel.weights.{k}"),
+                    "weight must be between 0 and 100",
+                );
+                continue;
+            }
+        };
+        match k.as_str() {
+            "hosting" => category_weights[0] = w,
+            "vpn" => category_weights[1] = w,
+            "mobile" => category_weights[2] = w,
+            "residential" => category_weights[3] = w,
+            "tor" => tor_weight = w,
+            other => c.at(
+                sp(v),
+                format!("intel.weights.{other}"),
+                format!("`{other}` is not one of: hosting, vpn, mobile, residential, tor"),
+            ),
+        }
+    }
+    IntelPolicy {
+        db: Arc::new(db),
+        category_weights,
+        tor_weight,
+    }
 }
 
 fn valid_scope(s: &str) -> bool {

@@ -287,6 +287,23 @@ pub struct RawHoneypot {
     pub index: usize,
 }
 
+/// `[intel]`: IP intelligence from files the operator keeps fresh.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntel {
+    /// iptoasn TSV (`ip2asn-combined.tsv`, `ip2asn-v4.tsv`): network, owner and country.
+    pub asn_db: Option<Spanned<String>>,
+    /// ASN category lists: `builtin` (the shipped starter list) and/or files of
+    /// `AS<number> <hosting|vpn|mobile|residential>` lines. Default `["builtin"]`.
+    pub asn_categories: Option<Vec<Spanned<String>>>,
+    /// Tor exit list: addresses one per line, or the Tor project's `exit-addresses` format.
+    pub tor_exits: Option<Spanned<String>>,
+    /// Signal weights: `hosting` (default 20), `vpn` (20), `mobile` (0), `residential` (0),
+    /// `tor` (40).
+    #[serde(default)]
+    pub weights: BTreeMap<String, Spanned<u64>>,
+}
+
 /// `[lists]`: static allow and deny lists.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -403,6 +420,8 @@ pub struct RawConfig {
     pub headers: Option<RawHeaders>,
     /// `[[honeypots]]`.
     pub honeypots: Vec<RawHoneypot>,
+    /// `[intel]`.
+    pub intel: Option<RawIntel>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.

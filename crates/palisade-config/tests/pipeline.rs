@@ -63,6 +63,7 @@ impl<'a> Req<'a> {
             unix_ms: 1_700_000_000_000,
             version: http::Version::HTTP_11,
             ja4h: None,
+            ip_info: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         })
         .unwrap()
@@ -545,6 +546,7 @@ max_entries = 50000
                 unix_ms: 1_700_000_000_000,
                 version: http::Version::HTTP_11,
                 ja4h: None,
+                ip_info: None,
                 auth: palisade_engine::principal::Auth::Anonymous,
             })
             .unwrap();

@@ -122,6 +122,7 @@ fn engine_with(
         headers,
         honeypots: Vec::new(),
         max_blocks: 1000,
+        intel: None,
     };
     Engine::new(policy, None)
 }
@@ -149,6 +150,7 @@ fn five_limits_warm(bencher: divan::Bencher) {
             unix_ms: 1_700_000_000_000,
             version: http::Version::HTTP_11,
             ja4h: None,
+            ip_info: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
@@ -193,6 +195,7 @@ fn five_limits_warm_with_intel(bencher: divan::Bencher) {
             unix_ms: 1_700_000_000_000,
             version: http::Version::HTTP_11,
             ja4h: None,
+            ip_info: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
@@ -221,6 +224,7 @@ fn spray_new_identities(bencher: divan::Bencher) {
             unix_ms: 1_700_000_000_000,
             version: http::Version::HTTP_11,
             ja4h: None,
+            ip_info: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         })
     });

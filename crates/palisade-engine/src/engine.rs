@@ -25,6 +25,7 @@ use crate::ratelimit_headers::{HeaderEntry, HeaderItem, RateLimitHeaders, render
 use crate::route::RouteId;
 use palisade_intel::Category;
 use palisade_intel::headers::Inconsistency;
+use palisade_intel::ipinfo::AsnCategory;
 
 /// The index a key's own rate limit has in [`Decision::limits`].
 pub const KEY_LIMIT_INDEX: usize = usize::MAX;
@@ -155,6 +156,7 @@ pub struct Engine {
     honeypot_rules: Vec<Arc<str>>,
     bot_rules: Vec<Arc<str>>,
     header_rules: Vec<Arc<str>>,
+    intel_rules: Vec<Arc<str>>,
     rule_scope: Arc<str>,
     auth_rules: [Arc<str>; 8],
     rule_deny: Arc<str>,
@@ -261,6 +263,10 @@ impl Engine {
             blocks,
             honeypot_rules,
             bot_rules,
+            intel_rules: ["hosting", "vpn", "mobile", "residential", "tor"]
+                .iter()
+                .map(|n| Arc::from(format!("intel/{n}")))
+                .collect(),
             header_rules: Inconsistency::ALL
                 .iter()
                 .map(|i| Arc::from(format!("headers/{}", i.name())))
@@ -485,6 +491,36 @@ impl Engine {
                     }
                     shadowed = Some((a, rule));
                 }
+            }
+        }
+
+        // IP intelligence: the kind of network the client comes from.
+        if let (Some(ip), Some(intel)) = (facts.ip_info, &p.intel) {
+            if let Some(c) = ip.category {
+                let i = match c {
+                    AsnCategory::Hosting => 0,
+                    AsnCategory::Vpn => 1,
+                    AsnCategory::Mobile => 2,
+                    AsnCategory::Residential => 3,
+                };
+                let w = intel.category_weights.get(i).copied().unwrap_or(0);
+                if let (true, Some(name)) = (w > 0, self.intel_rules.get(i)) {
+                    d.signals.push(Signal {
+                        name: name.clone(),
+                        weight: w,
+                        shadow: false,
+                    });
+                }
+            }
+            if ip.tor_exit
+                && intel.tor_weight > 0
+                && let Some(name) = self.intel_rules.get(4)
+            {
+                d.signals.push(Signal {
+                    name: name.clone(),
+                    weight: intel.tor_weight,
+                    shadow: false,
+                });
             }
         }
 
@@ -1136,6 +1172,21 @@ impl Engine {
         if let Some(j) = facts.ja4h {
             out.push(("ja4h".to_owned(), j.to_owned()));
         }
+        if let Some(i) = facts.ip_info {
+            if i.asn != 0 {
+                out.push(("asn".to_owned(), format!("AS{}", i.asn)));
+                out.push(("as_name".to_owned(), i.as_name.to_string()));
+            }
+            if !i.country.is_empty() {
+                out.push(("country".to_owned(), i.country.to_string()));
+            }
+            if let Some(c) = i.category {
+                out.push(("network".to_owned(), c.name().to_owned()));
+            }
+            if i.tor_exit {
+                out.push(("tor_exit".to_owned(), "true".to_owned()));
+            }
+        }
         for spec in &self.policy.limits {
             for part in &spec.key {
                 if matches!(
@@ -1147,6 +1198,8 @@ impl Engine {
                         | KeyPart::Account
                         | KeyPart::Jwt(_)
                         | KeyPart::Ja4h
+                        | KeyPart::Asn
+                        | KeyPart::Country
                 ) {
                     continue;
                 }
@@ -1189,6 +1242,22 @@ impl Engine {
             KeyPart::Route => {
                 let id = self.policy.route_id(value).ok_or_else(bad)?;
                 (KeyValue::Route(id), value.to_owned(), None)
+            }
+            KeyPart::Asn => {
+                let n: u64 = value
+                    .trim_start_matches("AS")
+                    .trim_start_matches("as")
+                    .parse()
+                    .map_err(|_| bad())?;
+                (KeyValue::Num(n), format!("AS{n}"), None)
+            }
+            KeyPart::Country => {
+                owned_bytes = value.to_ascii_uppercase().into_bytes();
+                (
+                    KeyValue::Bytes(&owned_bytes),
+                    value.to_ascii_uppercase(),
+                    None,
+                )
             }
             KeyPart::Header(_)
             | KeyPart::Method

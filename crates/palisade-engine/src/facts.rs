@@ -34,4 +34,6 @@ pub struct RequestFacts<'a> {
     pub version: http::Version,
     /// The request's JA4H fingerprint, when the gateway computed it.
     pub ja4h: Option<&'a str>,
+    /// What IP intelligence knows about the client's address (network, country, kind).
+    pub ip_info: Option<&'a palisade_intel::ipinfo::IpInfo>,
 }

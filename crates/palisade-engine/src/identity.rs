@@ -46,6 +46,10 @@ pub enum KeyPart {
     Jwt(Arc<str>),
     /// The request's JA4H fingerprint.
     Ja4h,
+    /// The client network's autonomous system number.
+    Asn,
+    /// The client address's country.
+    Country,
 }
 
 /// The name of a dimension, as used in config keys and in `/v1/identities/{dimension}/...`.
@@ -56,7 +60,7 @@ pub type Dimension = KeyPart;
 pub enum KeyPartError {
     /// Not a dimension Palisade knows.
     #[error(
-        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, ja4h"
+        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, ja4h, asn, country"
     )]
     Unknown(String),
     /// Known, but provided by a part of Palisade that is not built yet.
@@ -86,7 +90,9 @@ impl KeyPart {
             "api_key" => return Ok(KeyPart::ApiKey),
             "account" => return Ok(KeyPart::Account),
             "ja4h" => return Ok(KeyPart::Ja4h),
-            "asn" | "country" | "ja4" | "session" => {
+            "asn" => return Ok(KeyPart::Asn),
+            "country" => return Ok(KeyPart::Country),
+            "ja4" | "session" => {
                 return Err(KeyPartError::NotYetAvailable(s.to_owned()));
             }
             _ => {}
@@ -145,6 +151,8 @@ impl fmt::Display for KeyPart {
             KeyPart::Account => f.write_str("account"),
             KeyPart::Jwt(c) => write!(f, "jwt:{c}"),
             KeyPart::Ja4h => f.write_str("ja4h"),
+            KeyPart::Asn => f.write_str("asn"),
+            KeyPart::Country => f.write_str("country"),
         }
     }
 }
@@ -182,6 +190,8 @@ pub enum KeyValue<'a> {
     Bytes(&'a [u8]),
     /// A route.
     Route(RouteId),
+    /// A number (an ASN).
+    Num(u64),
 }
 
 impl KeyValue<'_> {
@@ -199,6 +209,7 @@ impl KeyValue<'_> {
                 h.write(b.get(..MAX_KEY_VALUE_LEN).unwrap_or(b));
             }
             KeyValue::Route(r) => h.write_usize(*r),
+            KeyValue::Num(n) => h.write_u64(*n),
         }
     }
 }
@@ -235,6 +246,15 @@ pub fn value_of<'a>(
             .and_then(|p| p.account.as_deref())
             .map(|v| KeyValue::Bytes(v.as_bytes())),
         KeyPart::Ja4h => facts.ja4h.map(|v| KeyValue::Bytes(v.as_bytes())),
+        KeyPart::Asn => facts
+            .ip_info
+            .filter(|i| i.asn != 0)
+            .map(|i| KeyValue::Num(u64::from(i.asn))),
+        KeyPart::Country => facts
+            .ip_info
+            .map(|i| i.country.as_bytes())
+            .filter(|c| !c.is_empty())
+            .map(KeyValue::Bytes),
         KeyPart::Jwt(claim) => facts
             .auth
             .principal()
@@ -276,6 +296,7 @@ pub fn display_value(part: &KeyPart, facts: &RequestFacts<'_>, route_name: &str)
             Some(String::from_utf8_lossy(b).into_owned())
         }
         KeyValue::Route(_) => Some(route_name.to_owned()),
+        KeyValue::Num(n) => Some(format!("AS{n}")),
     }
 }
 

@@ -144,6 +144,19 @@ pub struct Policy {
     pub honeypots: Vec<HoneypotSpec>,
     /// Most blocks held.
     pub max_blocks: usize,
+    /// IP intelligence; `None` when `[intel]` is not configured.
+    pub intel: Option<IntelPolicy>,
+}
+
+/// Compiled `[intel]`.
+#[derive(Debug, Clone)]
+pub struct IntelPolicy {
+    /// The loaded data.
+    pub db: Arc<palisade_intel::ipinfo::IpIntel>,
+    /// Signal weight per network category (hosting, vpn, mobile, residential; 0 = none).
+    pub category_weights: [u8; 4],
+    /// Signal weight of a Tor exit.
+    pub tor_weight: u8,
 }
 
 /// A compiled `[[honeypots]]` entry.

@@ -171,6 +171,12 @@ pub async fn handle(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_bytes())),
     );
+    let ip_info = rt
+        .compiled
+        .policy
+        .intel
+        .as_ref()
+        .and_then(|i| i.db.lookup(client));
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),
@@ -183,6 +189,7 @@ pub async fn handle(
         auth: authn.as_auth(),
         version: parts.version,
         ja4h: Some(&ja4h),
+        ip_info: ip_info.as_ref(),
     };
     // A decoy key (published where only scrapers look) flags whoever presents it.
     if let (Some(key), _) = presented(&rt, &parts.headers)
@@ -482,6 +489,7 @@ fn usage(
         auth: authn.as_auth(),
         version: parts.version,
         ja4h: None,
+        ip_info: None,
     };
     if let Some(refused) = rt.engine.authorize(&facts, &spec) {
         let r = match refused.action {

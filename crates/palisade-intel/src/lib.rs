@@ -4,6 +4,7 @@
 
 pub mod bots;
 pub mod headers;
+pub mod ipinfo;
 pub mod ja4h;
 
 pub use bots::{BotCatalog, Category, Classification};

@@ -137,6 +137,7 @@ fn decide(s: &Setup, now: &AtomicU64, with_key: bool) -> bool {
         unix_ms: 1_700_000_001_000,
         version: http::Version::HTTP_11,
         ja4h: None,
+        ip_info: None,
         auth,
     };
     let d = s.engine.evaluate(&facts);
@@ -168,6 +169,7 @@ fn anonymous(bencher: divan::Bencher) {
                 unix_ms: 1_700_000_001_000,
                 version: http::Version::HTTP_11,
                 ja4h: None,
+                ip_info: None,
                 auth: Auth::Anonymous,
             })
             .is_ok()
