@@ -1682,6 +1682,23 @@ fn compile_intel(
     {
         report(f, "intel.tor_exits", errs, c);
     }
+    for f in raw.mmdb.iter().flatten() {
+        let name = f.get_ref().strip_prefix("file:").unwrap_or(f.get_ref());
+        let file = base.join(name);
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                files.push(file.clone());
+                if let Err(e) = db.load_mmdb(&file.display().to_string(), bytes) {
+                    c.at(sp(f), "intel.mmdb", e);
+                }
+            }
+            Err(e) => c.at(
+                sp(f),
+                "intel.mmdb",
+                format!("cannot read `{}`: {e}", file.display()),
+            ),
+        }
+    }
     let mut category_weights = [20u8, 20, 0, 0];
     let mut tor_weight = 40u8;
     for (k, v) in &raw.weights {

@@ -298,6 +298,9 @@ pub struct RawIntel {
     pub asn_categories: Option<Vec<Spanned<String>>>,
     /// Tor exit list: addresses one per line, or the Tor project's `exit-addresses` format.
     pub tor_exits: Option<Spanned<String>>,
+    /// MaxMind-format databases (GeoLite2 / DB-IP lite, ASN and country); used for what
+    /// `asn_db` does not cover.
+    pub mmdb: Option<Vec<Spanned<String>>>,
     /// Signal weights: `hosting` (default 20), `vpn` (20), `mobile` (0), `residential` (0),
     /// `tor` (40).
     #[serde(default)]

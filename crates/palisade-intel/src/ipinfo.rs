@@ -80,12 +80,26 @@ fn to_u128(ip: IpAddr) -> u128 {
     }
 }
 
+/// A MaxMind-format database (GeoLite2 / DB-IP lite, ASN or country).
+#[derive(Clone)]
+struct Mmdb {
+    name: String,
+    reader: Arc<maxminddb::Reader<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Mmdb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mmdb").field("name", &self.name).finish()
+    }
+}
+
 /// Everything loaded for IP look-ups.
 #[derive(Debug, Clone, Default)]
 pub struct IpIntel {
     ranges: Vec<AsnRange>,
     categories: HashMap<u32, AsnCategory>,
     tor: Vec<u128>,
+    mmdbs: Vec<Mmdb>,
 }
 
 /// A problem in a data file, with its place.
@@ -259,9 +273,45 @@ impl IpIntel {
         Ok(self.tor.len() - before)
     }
 
+    /// Adds a MaxMind-format database (ASN or country data; GeoLite2 or DB-IP lite). Returns
+    /// its database type.
+    pub fn load_mmdb(&mut self, name: &str, bytes: Vec<u8>) -> Result<String, String> {
+        let reader = maxminddb::Reader::from_source(bytes)
+            .map_err(|e| format!("{name}: not a MaxMind DB: {e}"))?;
+        let kind = reader.metadata.database_type.clone();
+        self.mmdbs.push(Mmdb {
+            name: name.to_owned(),
+            reader: Arc::new(reader),
+        });
+        Ok(kind)
+    }
+
     /// Whether anything is loaded.
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty() && self.tor.is_empty()
+        self.ranges.is_empty() && self.tor.is_empty() && self.mmdbs.is_empty()
+    }
+
+    /// ASN, organisation and country from the MaxMind databases, for what the TSV lacks.
+    fn from_mmdb(&self, ip: IpAddr, asn: &mut u32, name: &mut Arc<str>, country: &mut Arc<str>) {
+        for db in &self.mmdbs {
+            let Ok(found) = db.reader.lookup(ip) else {
+                continue;
+            };
+            if *asn == 0
+                && let Ok(Some(a)) = found.decode::<maxminddb::geoip2::Asn<'_>>()
+                && let Some(n) = a.autonomous_system_number
+            {
+                *asn = n;
+                *name = Arc::from(a.autonomous_system_organization.unwrap_or(""));
+            }
+            if country.is_empty()
+                && let Ok(Some(c)) = found.decode::<maxminddb::geoip2::Country<'_>>()
+                && let Some(code) = c.country.iso_code
+                && code.len() == 2
+            {
+                *country = Arc::from(code.to_ascii_uppercase().as_str());
+            }
+        }
     }
 
     /// Looks an address up. `None` when nothing at all is known about it.
@@ -274,13 +324,16 @@ impl IpIntel {
             .checked_sub(1)
             .and_then(|i| self.ranges.get(i))
             .filter(|r| r.end >= x);
-        if range.is_none() && !tor_exit {
-            return None;
-        }
-        let (asn, country, as_name) = match range {
+        let (mut asn, mut country, mut as_name) = match range {
             Some(r) => (r.asn, r.country.clone(), r.name.clone()),
             None => (0, Arc::from(""), Arc::from("")),
         };
+        if !self.mmdbs.is_empty() && (asn == 0 || country.is_empty()) {
+            self.from_mmdb(ip.to_canonical(), &mut asn, &mut as_name, &mut country);
+        }
+        if asn == 0 && country.is_empty() && !tor_exit {
+            return None;
+        }
         Some(IpInfo {
             asn,
             country,

@@ -6,5 +6,6 @@ pub mod bots;
 pub mod headers;
 pub mod ipinfo;
 pub mod ja4h;
+pub mod mmdb_write;
 
 pub use bots::{BotCatalog, Category, Classification};

@@ -808,6 +808,28 @@ async fn networks_countries_and_tor_exits_are_signals_and_keys() {
         "ExitNode 0011\nExitAddress 81.2.69.160 2026-11-20 10:00:00\n",
     )
     .unwrap();
+    // And MaxMind-format databases for what the table lacks, written by the test.
+    use palisade_intel::mmdb_write::{asn, country, write};
+    std::fs::write(
+        dir.join("asn.mmdb"),
+        write(
+            "GeoLite2-ASN",
+            &[(
+                "203.0.113.0".parse().unwrap(),
+                24,
+                asn(64496, "EXAMPLE-NET"),
+            )],
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("country.mmdb"),
+        write(
+            "GeoLite2-Country",
+            &[("203.0.113.0".parse().unwrap(), 24, country("NZ"))],
+        ),
+    )
+    .unwrap();
     let g = Gateway::start(Some(&config_for(
         &up,
         &format!(
@@ -818,6 +840,7 @@ trusted_proxies = ["127.0.0.1"]
 [intel]
 asn_db = "{dir}/ip2asn.tsv"
 tor_exits = "{dir}/tor.txt"
+mmdb = ["{dir}/asn.mmdb", "{dir}/country.mmdb"]
 
 [intel.weights]
 hosting = 25
@@ -826,6 +849,11 @@ hosting = 25
 name = "per-asn"
 key = ["asn"]
 rate = "2/1m"
+
+[[limits]]
+name = "per-country"
+key = ["country"]
+rate = "100/1m"
 "#,
             dir = dir.display()
         ),
@@ -872,6 +900,26 @@ rate = "2/1m"
         .map(|r| r["signal"].as_str().unwrap())
         .collect();
     assert_eq!(signals, ["intel/tor"]);
+    // From the MaxMind databases.
+    assert_eq!(
+        send("GET", &g.url("/x"), &from("203.0.113.50"), "")
+            .await
+            .status,
+        200
+    );
+    let d = g.wait_decision(|d| d["identity"]["country"] == "NZ");
+    assert_eq!(
+        (
+            d["identity"]["asn"].clone(),
+            d["identity"]["as_name"].clone()
+        ),
+        (
+            serde_json::json!("AS64496"),
+            serde_json::json!("EXAMPLE-NET")
+        )
+    );
+    let who = admin_get(&g, "/v1/identities/country/NZ").await.json();
+    assert_eq!(who["identity"]["limits"][0]["remaining"], 99);
     // Unknown addresses carry nothing.
     assert_eq!(
         send("GET", &g.url("/x"), &from("198.51.100.1"), "")
