@@ -292,7 +292,13 @@ impl IpIntel {
     }
 
     /// ASN, organisation and country from the MaxMind databases, for what the TSV lacks.
-    fn from_mmdb(&self, ip: IpAddr, asn: &mut u32, name: &mut Arc<str>, country: &mut Arc<str>) {
+    fn fill_from_mmdb(
+        &self,
+        ip: IpAddr,
+        asn: &mut u32,
+        name: &mut Arc<str>,
+        country: &mut Arc<str>,
+    ) {
         for db in &self.mmdbs {
             let Ok(found) = db.reader.lookup(ip) else {
                 continue;
@@ -329,7 +335,7 @@ impl IpIntel {
             None => (0, Arc::from(""), Arc::from("")),
         };
         if !self.mmdbs.is_empty() && (asn == 0 || country.is_empty()) {
-            self.from_mmdb(ip.to_canonical(), &mut asn, &mut as_name, &mut country);
+            self.fill_from_mmdb(ip.to_canonical(), &mut asn, &mut as_name, &mut country);
         }
         if asn == 0 && country.is_empty() && !tor_exit {
             return None;

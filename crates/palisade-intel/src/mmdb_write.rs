@@ -99,12 +99,12 @@ pub fn write(database_type: &str, entries: &[(IpAddr, u8, Value)]) -> Vec<u8> {
         for i in 0..len.max(1) {
             let bit = ((addr >> (127 - i)) & 1) as usize;
             let last = i + 1 >= len;
-            let Some(current) = nodes.get(node).map(|n| n[bit]) else {
+            let Some(current) = nodes.get(node).and_then(|n| n.get(bit).copied()) else {
                 break;
             };
             if last {
-                if let Some(n) = nodes.get_mut(node) {
-                    n[bit] = DATA | offset;
+                if let Some(slot) = nodes.get_mut(node).and_then(|n| n.get_mut(bit)) {
+                    *slot = DATA | offset;
                 }
                 break;
             }
@@ -112,8 +112,8 @@ pub fn write(database_type: &str, entries: &[(IpAddr, u8, Value)]) -> Vec<u8> {
                 // A new branch (splitting a shorter prefix's data if there was one).
                 nodes.push([current, current]);
                 let idx = (nodes.len() - 1) as u32;
-                if let Some(n) = nodes.get_mut(node) {
-                    n[bit] = idx;
+                if let Some(slot) = nodes.get_mut(node).and_then(|n| n.get_mut(bit)) {
+                    *slot = idx;
                 }
                 idx
             } else {
