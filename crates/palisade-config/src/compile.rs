@@ -1337,6 +1337,55 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     // [lists]
     let deny = parse_ip_entries(&raw.lists.deny, "lists.deny", base, c, &mut files);
     let allow = parse_ip_entries(&raw.lists.allow, "lists.allow", base, c, &mut files);
+    let mut allow_if = Vec::new();
+    for cond in &raw.lists.allow_if {
+        let net = match parse_net(cond.net.get_ref()) {
+            Ok(n) => n,
+            Err(msg) => {
+                c.at(sp(&cond.net), "lists.allow_if", msg);
+                continue;
+            }
+        };
+        let mut paths = Vec::new();
+        for p in &cond.paths {
+            match PathPattern::parse(p.get_ref()) {
+                Ok(pat) => paths.push(pat),
+                Err(err) => c.at(sp(p), "lists.allow_if.paths", err.to_string()),
+            }
+        }
+        let header = cond.header.as_ref().and_then(|h| {
+            let (name, value) = match h.get_ref().split_once(':') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (h.get_ref().trim(), None),
+            };
+            let name = HeaderName::from_bytes(name.as_bytes()).ok();
+            let value = value.map(http::HeaderValue::from_str);
+            match (name, value) {
+                (Some(n), None) => Some((n, None)),
+                (Some(n), Some(Ok(v))) => Some((n, Some(v))),
+                _ => {
+                    c.at(
+                        sp(h),
+                        "lists.allow_if.header",
+                        format!("`{}` is not `name` or `name: value`", h.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
+        if cond.paths.is_empty() && cond.header.is_none() {
+            c.at(
+                sp(&cond.net),
+                "lists.allow_if",
+                "an entry needs paths, a header or both; an unconditional network goes in `allow`",
+            );
+        }
+        allow_if.push(palisade_engine::policy::ConditionalAllow {
+            net: IpSet::new([net]),
+            paths,
+            header,
+        });
+    }
 
     // [scoring]
     let threshold = |v: &Option<Spanned<u64>>, d: u8, name: &str, c: &mut Collector<'_>| match v {
@@ -1493,7 +1542,11 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         routes: RouteTable::new(matches),
         route_specs,
         limits,
-        lists: ListsPolicy { allow, deny },
+        lists: ListsPolicy {
+            allow,
+            deny,
+            allow_if,
+        },
         scoring,
         quotas,
         auth: auth_policy,

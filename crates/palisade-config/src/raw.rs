@@ -307,6 +307,19 @@ pub struct RawIntel {
     pub weights: BTreeMap<String, Spanned<u64>>,
 }
 
+/// A conditional allow entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConditionalAllow {
+    /// The network (CIDR or address).
+    pub net: Spanned<String>,
+    /// Paths the entry covers (exact, `{param}`, trailing `/*`); absent means all.
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
+    /// A header the request must carry: `name` (present) or `name: value` (exact value).
+    pub header: Option<Spanned<String>>,
+}
+
 /// `[lists]`: static allow and deny lists.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -317,6 +330,10 @@ pub struct RawLists {
     /// Same; allowlisted clients bypass every limit.
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
+    /// Allow entries with conditions: `{ net = "198.51.100.0/24", paths = ["/partner/*"],
+    /// header = "x-partner: acme" }`; the client is allowlisted only when every one holds.
+    #[serde(default)]
+    pub allow_if: Vec<RawConditionalAllow>,
 }
 
 /// `[scoring]`: risk score thresholds.

@@ -306,3 +306,58 @@ fn bots_section_reports_every_bad_category_and_action() {
         palisade_engine::bots::BotAction::Signal
     );
 }
+
+#[test]
+fn conditional_allow_entries_need_every_condition() {
+    let c = compile_str(
+        r#"
+[lists]
+allow = ["192.0.2.1"]
+allow_if = [{ net = "198.51.100.0/24", paths = ["/partner/*"], header = "x-partner: acme" }]
+
+[[limits]]
+name = "per-ip"
+key = ["ip"]
+rate = "1/1m"
+
+[[tests]]
+name = "the partner, on its paths, with its header"
+request = { path = "/partner/feed", ip = "198.51.100.7", repeat = 5, headers = { x-partner = "acme" } }
+expect = { action = "allow", rule = "list/allow" }
+
+[[tests]]
+name = "the same range without the header"
+request = { path = "/partner/feed", ip = "198.51.100.8", repeat = 2 }
+expect = { action = "limit" }
+
+[[tests]]
+name = "the same range and header, another path"
+request = { path = "/admin", ip = "198.51.100.9", repeat = 2, headers = { x-partner = "acme" } }
+expect = { action = "limit" }
+
+[[tests]]
+name = "a wrong header value"
+request = { path = "/partner/feed", ip = "198.51.100.10", repeat = 2, headers = { x-partner = "evil" } }
+expect = { action = "limit" }
+
+[[tests]]
+name = "a plain entry still works"
+request = { path = "/anything", ip = "192.0.2.1", repeat = 3 }
+expect = { action = "allow", rule = "list/allow" }
+"#,
+        "t",
+        Path::new("."),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for o in run_cases(&c) {
+        assert!(o.passed, "{o:?}");
+    }
+    let err = compile_str(
+        "[lists]\nallow_if = [{ net = \"nope\", paths = [\"/x\"] }, { net = \"10.0.0.0/8\", header = \"bad header\" }]\n",
+        "t",
+        Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nope") && err.contains("bad header"), "{err}");
+}

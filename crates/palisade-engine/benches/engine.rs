@@ -114,6 +114,7 @@ fn engine_with(
         lists: ListsPolicy {
             allow: IpSet::default(),
             deny,
+            allow_if: Vec::new(),
         },
         scoring: ScoringPolicy::default(),
         quotas: Vec::new(),

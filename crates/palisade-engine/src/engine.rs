@@ -450,7 +450,12 @@ impl Engine {
         }
 
         // An allowlisted client skips limits, quotas and checks.
-        if p.lists.allow.contains(ip) {
+        if p.lists.allow.contains(ip)
+            || p.lists
+                .allow_if
+                .iter()
+                .any(|a| a.matches(ip, facts.path, facts.headers))
+        {
             d.rule = self.rule_allow_list.clone();
             return Ok(d);
         }

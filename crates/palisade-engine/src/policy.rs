@@ -94,6 +94,34 @@ pub struct ListsPolicy {
     pub allow: IpSet,
     /// Clients that are refused.
     pub deny: IpSet,
+    /// Clients allowlisted only when conditions hold (a partner's range, for its paths, with
+    /// its header), so being in the range is not enough to impersonate it.
+    pub allow_if: Vec<ConditionalAllow>,
+}
+
+/// A conditional allow entry.
+#[derive(Debug, Clone)]
+pub struct ConditionalAllow {
+    /// The network.
+    pub net: IpSet,
+    /// Paths covered; empty means all.
+    pub paths: Vec<PathPattern>,
+    /// A header that must be present (with this exact value, if given).
+    pub header: Option<(HeaderName, Option<http::HeaderValue>)>,
+}
+
+impl ConditionalAllow {
+    /// Whether a request satisfies the entry.
+    pub fn matches(&self, ip: std::net::IpAddr, path: &str, headers: &http::HeaderMap) -> bool {
+        self.net.contains(ip)
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches_path(path)))
+            && self.header.as_ref().is_none_or(|(name, value)| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| value.as_ref().is_none_or(|want| v == want))
+            })
+    }
 }
 
 /// Risk score thresholds (0-100). A threshold of 0 disables that step.
