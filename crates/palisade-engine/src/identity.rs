@@ -345,7 +345,7 @@ mod tests {
             Err(KeyPartError::BadClaim(_))
         ));
         assert!(matches!(
-            KeyPart::parse("asn"),
+            KeyPart::parse("ja4"),
             Err(KeyPartError::NotYetAvailable(_))
         ));
         assert!(matches!(
@@ -363,6 +363,9 @@ mod tests {
             "api_key",
             "account",
             "jwt:org_id",
+            "ja4h",
+            "asn",
+            "country",
         ] {
             assert_eq!(KeyPart::parse(s).unwrap().to_string(), s);
         }
