@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 need=()
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || need+=(procps)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# `dnsmasq` (the dnsmasq-base package: no service) is the real DNS server the verified-bot
+# tests resolve against.
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "scripts/test.sh: installing ${need[*]}" >&2

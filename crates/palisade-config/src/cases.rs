@@ -43,6 +43,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                 version: http::Version::HTTP_11,
                 ja4h: None,
                 ip_info: None,
+                bot_verification: None,
                 auth: match &case.principal {
                     Some(p) => palisade_engine::principal::Auth::Principal(p),
                     None => palisade_engine::principal::Auth::Anonymous,

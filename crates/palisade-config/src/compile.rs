@@ -1202,7 +1202,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     };
 
     // [bots]
-    let bots = raw.bots.as_ref().and_then(|b| compile_bots(b, c));
+    let bots = raw
+        .bots
+        .as_ref()
+        .and_then(|b| compile_bots(b, base, c, &mut files));
 
     // [headers]
     let headers = raw.headers.as_ref().map(|h| HeadersPolicy {
@@ -1600,7 +1603,12 @@ fn builtin_catalog() -> Option<Arc<BotCatalog>> {
         .clone()
 }
 
-fn compile_bots(b: &RawBots, c: &mut Collector<'_>) -> Option<BotsPolicy> {
+fn compile_bots(
+    b: &RawBots,
+    base: &Path,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> Option<BotsPolicy> {
     let mut actions = [BotAction::Signal; Category::ALL.len()];
     if let Some(i) = Category::ALL.iter().position(|x| *x == Category::Human)
         && let Some(slot) = actions.get_mut(i)
@@ -1625,15 +1633,12 @@ fn compile_bots(b: &RawBots, c: &mut Collector<'_>) -> Option<BotsPolicy> {
                     *slot = a;
                 }
             }
-            ("allow_verified", None) => c.at(
-                sp(value),
-                format!("bots.actions.{name}"),
-                "allow_verified comes with verified good bots and is not available in this version; use allow or signal",
-            ),
             (other, None) => c.at(
                 sp(value),
                 format!("bots.actions.{name}"),
-                format!("`{other}` is not one of: allow, signal, tag, challenge, block"),
+                format!(
+                    "`{other}` is not one of: allow, allow_verified, signal, tag, challenge, block"
+                ),
             ),
         }
     }
@@ -1657,6 +1662,76 @@ fn compile_bots(b: &RawBots, c: &mut Collector<'_>) -> Option<BotsPolicy> {
         Some(v) => *v.get_ref() as usize,
         None => 10_000,
     };
+    let mut verified = Vec::new();
+    for (i, v) in b.verify.iter().enumerate() {
+        let path = format!("bots.verify[{i}]");
+        let mut ranges = Vec::new();
+        for r in &v.ranges {
+            let file = base.join(r.get_ref().strip_prefix("file:").unwrap_or(r.get_ref()));
+            match std::fs::read_to_string(&file) {
+                Ok(text) => match palisade_intel::verify::parse_ranges(&text) {
+                    Ok(mut rs) => {
+                        files.push(file);
+                        ranges.append(&mut rs);
+                    }
+                    Err(e) => c.at(
+                        sp(r),
+                        format!("{path}.ranges"),
+                        format!("`{}`: {e}", file.display()),
+                    ),
+                },
+                Err(e) => c.at(
+                    sp(r),
+                    format!("{path}.ranges"),
+                    format!("cannot read `{}`: {e}", file.display()),
+                ),
+            }
+        }
+        if v.ranges.is_empty() && v.rdns.is_empty() {
+            c.at(
+                sp(&v.name),
+                &path,
+                "a verified bot needs ranges, rdns domains or both",
+            );
+        }
+        match palisade_intel::verify::VerifiedBot::new(
+            v.name.get_ref(),
+            v.claims.get_ref(),
+            ranges,
+            v.rdns.clone(),
+        ) {
+            Ok(vb) => verified.push(Arc::new(vb)),
+            Err(e) => c.at(sp(&v.claims), format!("{path}.claims"), e),
+        }
+    }
+    let outcome =
+        |v: &Option<Spanned<String>>, dflt: BotAction, field: &str, c: &mut Collector<'_>| {
+            choice(
+                v,
+                &[
+                    ("allow", BotAction::Allow),
+                    ("signal", BotAction::Signal),
+                    ("challenge", BotAction::Challenge),
+                    ("block", BotAction::Block),
+                ],
+                dflt,
+                &format!("bots.{field}"),
+                c,
+            )
+        };
+    let on_pending = outcome(&b.pending, BotAction::Allow, "pending", c);
+    let on_spoofed = outcome(&b.spoofed, BotAction::Block, "spoofed", c);
+    let mut dns_servers = Vec::new();
+    for d in &b.dns_servers {
+        match d.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => dns_servers.push(a),
+            Err(_) => c.at(
+                sp(d),
+                "bots.dns_servers",
+                format!("`{}` is not ip:port", d.get_ref()),
+            ),
+        }
+    }
     let Some(catalog) = builtin_catalog() else {
         c.at(
             None,
@@ -1670,6 +1745,10 @@ fn compile_bots(b: &RawBots, c: &mut Collector<'_>) -> Option<BotsPolicy> {
         actions,
         weight,
         cache_entries,
+        verified,
+        on_pending,
+        on_spoofed,
+        dns_servers,
     })
 }
 

@@ -244,9 +244,36 @@ pub struct RawBots {
     pub weight: Option<Spanned<u64>>,
     /// User agents whose classification is remembered. Default 10000.
     pub cache_entries: Option<Spanned<u64>>,
-    /// Category -> `allow`, `signal` (default), `tag`, `challenge` or `block`.
+    /// Category -> `allow`, `allow_verified`, `signal` (default), `tag`, `challenge` or `block`.
     #[serde(default)]
     pub actions: BTreeMap<String, Spanned<String>>,
+    /// Bots whose claims are verified.
+    #[serde(default)]
+    pub verify: Vec<RawVerifiedBot>,
+    /// What a claimant gets while its DNS check is pending: `allow` (default), `challenge`,
+    /// `block`.
+    pub pending: Option<Spanned<String>>,
+    /// What a false claimant gets: `block` (default), `challenge`, `signal`.
+    pub spoofed: Option<Spanned<String>>,
+    /// DNS servers for the reverse lookups, `ip:port`; default: the system's resolv.conf.
+    #[serde(default)]
+    pub dns_servers: Vec<Spanned<String>>,
+}
+
+/// `[[bots.verify]]`: a bot whose claim is checked.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerifiedBot {
+    /// Name (`googlebot`), in logs.
+    pub name: Spanned<String>,
+    /// Regular expression (case-insensitive) matching user agents that claim to be it.
+    pub claims: Spanned<String>,
+    /// Published ranges: files in the `{"prefixes": [...]}` format or CIDR lists.
+    #[serde(default)]
+    pub ranges: Vec<Spanned<String>>,
+    /// Domains its reverse DNS names end in (forward-confirmed).
+    #[serde(default)]
+    pub rdns: Vec<String>,
 }
 
 /// `[headers]`: header-consistency checks for clients that claim a browser.

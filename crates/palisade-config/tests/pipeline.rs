@@ -64,6 +64,7 @@ impl<'a> Req<'a> {
             version: http::Version::HTTP_11,
             ja4h: None,
             ip_info: None,
+            bot_verification: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         })
         .unwrap()
@@ -547,6 +548,7 @@ max_entries = 50000
                 version: http::Version::HTTP_11,
                 ja4h: None,
                 ip_info: None,
+                bot_verification: None,
                 auth: palisade_engine::principal::Auth::Anonymous,
             })
             .unwrap();

@@ -54,6 +54,10 @@ fn bots() -> palisade_engine::bots::BotsPolicy {
         actions: [BotAction::Signal; palisade_intel::Category::ALL.len()],
         weight: 20,
         cache_entries: 10_000,
+        verified: Vec::new(),
+        on_pending: BotAction::Allow,
+        on_spoofed: BotAction::Block,
+        dns_servers: Vec::new(),
     }
 }
 
@@ -152,6 +156,7 @@ fn five_limits_warm(bencher: divan::Bencher) {
             version: http::Version::HTTP_11,
             ja4h: None,
             ip_info: None,
+            bot_verification: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
@@ -197,6 +202,7 @@ fn five_limits_warm_with_intel(bencher: divan::Bencher) {
             version: http::Version::HTTP_11,
             ja4h: None,
             ip_info: None,
+            bot_verification: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
@@ -226,6 +232,7 @@ fn spray_new_identities(bencher: divan::Bencher) {
             version: http::Version::HTTP_11,
             ja4h: None,
             ip_info: None,
+            bot_verification: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         })
     });

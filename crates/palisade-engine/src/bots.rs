@@ -22,6 +22,8 @@ pub enum BotAction {
     Challenge,
     /// Refuse (403).
     Block,
+    /// Allow a claimed bot whose claim was verified; a signal otherwise.
+    AllowVerified,
 }
 
 impl BotAction {
@@ -33,6 +35,7 @@ impl BotAction {
             "tag" => BotAction::Tag,
             "challenge" => BotAction::Challenge,
             "block" => BotAction::Block,
+            "allow_verified" => BotAction::AllowVerified,
             _ => return None,
         })
     }
@@ -49,6 +52,14 @@ pub struct BotsPolicy {
     pub weight: u8,
     /// User agents whose classification is remembered.
     pub cache_entries: usize,
+    /// Bots whose claims are verified (published ranges, forward-confirmed reverse DNS).
+    pub verified: Vec<Arc<palisade_intel::verify::VerifiedBot>>,
+    /// What a claimant gets while its DNS check is pending.
+    pub on_pending: BotAction,
+    /// What a false claimant gets.
+    pub on_spoofed: BotAction,
+    /// DNS servers for reverse lookups (empty: the system's).
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 impl BotsPolicy {
@@ -69,6 +80,8 @@ pub struct ClientClass {
     pub category: Category,
     /// The catalog's name for the client.
     pub name: Option<Arc<str>>,
+    /// The verified-bot claim and its state, if the user agent made one.
+    pub verification: Option<(Arc<str>, palisade_intel::verify::VerifyStatus)>,
 }
 
 /// The classification cache.
@@ -105,6 +118,7 @@ impl UaCache {
         let class = ClientClass {
             category: c.category,
             name: c.name,
+            verification: None,
         };
         self.cache.insert(key, class.clone());
         class

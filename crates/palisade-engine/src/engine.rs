@@ -26,6 +26,7 @@ use crate::route::RouteId;
 use palisade_intel::Category;
 use palisade_intel::headers::Inconsistency;
 use palisade_intel::ipinfo::AsnCategory;
+use palisade_intel::verify::VerifyStatus;
 
 /// The index a key's own rate limit has in [`Decision::limits`].
 pub const KEY_LIMIT_INDEX: usize = usize::MAX;
@@ -151,6 +152,8 @@ pub struct Engine {
     rule_key_budget: Arc<str>,
     key_budget_name: Arc<str>,
     rule_guessing: Arc<str>,
+    rule_spoofed: Arc<str>,
+    rule_unverified: Arc<str>,
     ua_cache: Arc<UaCache>,
     blocks: Arc<BlockTable>,
     honeypot_rules: Vec<Arc<str>>,
@@ -259,6 +262,8 @@ impl Engine {
             rule_key_budget: Arc::from(format!("quota/{KEY_BUDGET_QUOTA}")),
             key_budget_name: Arc::from(KEY_BUDGET_QUOTA),
             rule_guessing: Arc::from("auth/guessing"),
+            rule_spoofed: Arc::from("bot/spoofed"),
+            rule_unverified: Arc::from("bot/unverified"),
             ua_cache,
             blocks,
             honeypot_rules,
@@ -469,9 +474,35 @@ impl Engine {
                 .headers
                 .get(http::header::USER_AGENT)
                 .map_or(&b""[..], |v| v.as_bytes());
-            let class = self.ua_cache.classify(&bots.catalog, ua);
-            let action = bots.action(class.category);
-            let rule = self.bot_rule(class.category);
+            let mut class = self.ua_cache.classify(&bots.catalog, ua);
+            let mut action = bots.action(class.category);
+            let mut rule = self.bot_rule(class.category);
+            let mut verified = false;
+            if let Some((i, status)) = facts.bot_verification
+                && let Some(vb) = bots.verified.get(i)
+            {
+                class.verification = Some((vb.name.clone(), status));
+                match status {
+                    VerifyStatus::Verified => verified = true,
+                    VerifyStatus::Spoofed => {
+                        action = bots.on_spoofed;
+                        rule = self.rule_spoofed.clone();
+                    }
+                    VerifyStatus::Pending => {
+                        if bots.on_pending != BotAction::Allow {
+                            action = bots.on_pending;
+                            rule = self.rule_unverified.clone();
+                        }
+                    }
+                }
+            }
+            if action == BotAction::AllowVerified {
+                action = if verified {
+                    BotAction::Allow
+                } else {
+                    BotAction::Signal
+                };
+            }
             d.client = Some(class);
             if action != BotAction::Allow {
                 d.signals.push(Signal {
@@ -481,7 +512,7 @@ impl Engine {
                 });
             }
             match action {
-                BotAction::Allow | BotAction::Signal => {}
+                BotAction::Allow | BotAction::Signal | BotAction::AllowVerified => {}
                 BotAction::Tag => tag_floor = Some(rule),
                 BotAction::Challenge | BotAction::Block => {
                     let a = if action == BotAction::Block {

@@ -36,4 +36,7 @@ pub struct RequestFacts<'a> {
     pub ja4h: Option<&'a str>,
     /// What IP intelligence knows about the client's address (network, country, kind).
     pub ip_info: Option<&'a palisade_intel::ipinfo::IpInfo>,
+    /// A verified-bot claim the user agent makes: the index of the bot in `[bots]`'s verified
+    /// list, and what the gateway found out so far.
+    pub bot_verification: Option<(usize, palisade_intel::verify::VerifyStatus)>,
 }

@@ -20,6 +20,7 @@ pub mod sample_api;
 pub mod server;
 pub mod token;
 pub mod upstream;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -211,6 +212,8 @@ pub struct Shared {
     pub reload_lock: tokio::sync::Mutex<()>,
     /// API keys: the durable store and the directory requests are verified against.
     pub keys: keys::KeyService,
+    /// Verified-bot DNS checks.
+    pub verifier: verify::BotVerifier,
 }
 
 impl std::fmt::Debug for Shared {

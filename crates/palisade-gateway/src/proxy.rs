@@ -177,6 +177,19 @@ pub async fn handle(
         .intel
         .as_ref()
         .and_then(|i| i.db.lookup(client));
+    // A claim to be a verifiable bot (Googlebot, ...): its state, from ranges, cache or DNS.
+    let bot_verification = rt.compiled.policy.bots.as_ref().and_then(|b| {
+        if b.verified.is_empty() {
+            return None;
+        }
+        let ua = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())?;
+        let i = b.verified.iter().position(|v| v.claimed_by(ua))?;
+        let bot = b.verified.get(i)?;
+        Some((i, shared.verifier.status(bot, client, &b.dns_servers)))
+    });
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),
@@ -190,6 +203,7 @@ pub async fn handle(
         version: parts.version,
         ja4h: Some(&ja4h),
         ip_info: ip_info.as_ref(),
+        bot_verification,
     };
     // A decoy key (published where only scrapers look) flags whoever presents it.
     if let (Some(key), _) = presented(&rt, &parts.headers)
@@ -233,6 +247,10 @@ pub async fn handle(
                 let mut identity = rt.engine.identity_of(&facts, decision.route);
                 if let Some(c) = &decision.client {
                     identity.push(("bot".to_owned(), c.category.name().to_owned()));
+                    if let Some((name, status)) = &c.verification {
+                        identity
+                            .push(("bot_claim".to_owned(), format!("{name}:{}", status.name())));
+                    }
                     if let Some(n) = &c.name {
                         identity.push(("bot_name".to_owned(), n.to_string()));
                     }
@@ -490,6 +508,7 @@ fn usage(
         version: parts.version,
         ja4h: None,
         ip_info: None,
+        bot_verification: None,
     };
     if let Some(refused) = rt.engine.authorize(&facts, &spec) {
         let r = match refused.action {

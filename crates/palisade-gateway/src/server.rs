@@ -194,6 +194,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         },
         reload_lock: tokio::sync::Mutex::new(()),
         keys,
+        verifier: crate::verify::BotVerifier::new(),
     });
     {
         let rt = shared.runtime.load();

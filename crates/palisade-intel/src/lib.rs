@@ -7,5 +7,6 @@ pub mod headers;
 pub mod ipinfo;
 pub mod ja4h;
 pub mod mmdb_write;
+pub mod verify;
 
 pub use bots::{BotCatalog, Category, Classification};

@@ -138,6 +138,7 @@ fn decide(s: &Setup, now: &AtomicU64, with_key: bool) -> bool {
         version: http::Version::HTTP_11,
         ja4h: None,
         ip_info: None,
+        bot_verification: None,
         auth,
     };
     let d = s.engine.evaluate(&facts);
@@ -170,6 +171,7 @@ fn anonymous(bencher: divan::Bencher) {
                 version: http::Version::HTTP_11,
                 ja4h: None,
                 ip_info: None,
+                bot_verification: None,
                 auth: Auth::Anonymous,
             })
             .is_ok()

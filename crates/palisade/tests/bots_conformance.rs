@@ -164,3 +164,38 @@ fn classify_prints_one_line_per_user_agent() {
         ]
     );
 }
+
+/// Google's published crawler ranges (shared/testdata/goodbots, via jonhadfield/cloud-ips) load
+/// in the format `[[bots.verify]] ranges` reads, and Google's documented example crawler address
+/// (66.249.66.1, crawl-66-249-66-1.googlebot.com) is in them.
+#[test]
+#[cfg_attr(
+    not(palisade_testdata),
+    ignore = "shared testdata not found: published bot ranges check skipped"
+)]
+fn published_googlebot_ranges_load() {
+    use palisade_intel::verify::{VerifiedBot, VerifyStatus, parse_ranges};
+    let dir = testdata().join("goodbots");
+    let mut total = 0;
+    for f in [
+        "googlebot.json",
+        "googlesc.json",
+        "user-triggered-fetchers.json",
+    ] {
+        let ranges = parse_ranges(&std::fs::read_to_string(dir.join(f)).unwrap())
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(!ranges.is_empty(), "{f}");
+        total += ranges.len();
+    }
+    let g = parse_ranges(&std::fs::read_to_string(dir.join("googlebot.json")).unwrap()).unwrap();
+    let bot = VerifiedBot::new("googlebot", "googlebot", g, vec![]).unwrap();
+    assert_eq!(
+        bot.check_without_dns("66.249.66.1".parse().unwrap()),
+        Some(VerifyStatus::Verified)
+    );
+    assert_eq!(
+        bot.check_without_dns("203.0.113.1".parse().unwrap()),
+        Some(VerifyStatus::Spoofed)
+    );
+    println!("published ranges: {total} prefixes");
+}

@@ -931,3 +931,162 @@ rate = "100/1m"
     assert_eq!(who["identity"]["limits"][0]["remaining"], 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A real DNS server (dnsmasq) on a free loopback port, answering the given PTR and A records.
+struct Dns {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dnsmasq(ptr: &[(&str, &str)], hosts: &[(&str, &str)]) -> Dns {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("dnsmasq must be installed (scripts/test.sh installs dnsmasq-base)");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+    ])
+    .args([
+        "--listen-address=127.0.0.1",
+        "--pid-file=",
+        "--user=root",
+        "--log-facility=-",
+    ])
+    .arg(format!("--port={port}"));
+    for (ip, name) in ptr {
+        let rev: Vec<&str> = ip.split('.').rev().collect();
+        cmd.arg(format!(
+            "--ptr-record={}.in-addr.arpa,{name}",
+            rev.join(".")
+        ));
+    }
+    for (name, ip) in hosts {
+        cmd.arg(format!("--host-record={name},{ip}"));
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Dns { child, port }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claimed_good_bots_are_verified_by_ranges_and_forward_confirmed_dns() {
+    let up = upstream().await;
+    let dns = dnsmasq(
+        &[
+            ("198.51.100.7", "crawl-198-51-100-7.googlebot.com"),
+            ("198.51.100.8", "evil.example.com"),
+            ("198.51.100.9", "crawl-fake.googlebot.com"),
+        ],
+        &[
+            ("crawl-198-51-100-7.googlebot.com", "198.51.100.7"),
+            ("crawl-fake.googlebot.com", "203.0.113.1"),
+        ],
+    );
+    let dir = std::env::temp_dir().join(format!("palisade-verify-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("googlebot.json"),
+        r#"{"creationTime": "2026-11-21T00:00:00", "prefixes": [{"ipv4Prefix": "66.249.64.0/27"}]}"#,
+    )
+    .unwrap();
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        &format!(
+            r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[bots]
+dns_servers = ["127.0.0.1:{port}"]
+pending = "allow"
+spoofed = "block"
+
+[bots.actions]
+search_engine = "allow_verified"
+
+[[bots.verify]]
+name = "googlebot"
+claims = "googlebot"
+ranges = ["{dir}/googlebot.json"]
+rdns = ["googlebot.com", "google.com"]
+"#,
+            port = dns.port,
+            dir = dir.display()
+        ),
+    )));
+    const GOOGLEBOT: &str =
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    let as_googlebot = |ip: &'static str| [("x-forwarded-for", ip), ("user-agent", GOOGLEBOT)];
+
+    // In the published ranges: verified at once, and allowed without a signal.
+    assert_eq!(
+        send("GET", &g.url("/x"), &as_googlebot("66.249.64.5"), "")
+            .await
+            .status,
+        200
+    );
+    let d = g.wait_decision(|d| d["identity"]["bot_claim"] == "googlebot:verified");
+    assert_eq!(d["score"], 0);
+
+    // Elsewhere: reverse DNS, then forward confirmation, in the background. Pending claimants
+    // are allowed (as configured); the verdict follows.
+    let status = |ip: &'static str| {
+        let url = g.url("/x");
+        async move {
+            send("GET", &url, &as_googlebot(ip), "")
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(status("198.51.100.7").await, 200);
+    g.wait_decision(|d| d["identity"]["bot_claim"] == "googlebot:pending");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut outcomes = (0, 0, 0);
+    while std::time::Instant::now() < deadline {
+        outcomes = (
+            status("198.51.100.7").await,
+            status("198.51.100.8").await,
+            status("198.51.100.9").await,
+        );
+        if outcomes == (200, 403, 403) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        outcomes,
+        (200, 403, 403),
+        "genuine, wrong domain, forward mismatch"
+    );
+    g.wait_decision(|d| {
+        d["identity"]["bot_claim"] == "googlebot:verified" && d["client_ip"] == "198.51.100.7"
+    });
+    let spoofed = g.wait_decision(|d| d["rule"] == "bot/spoofed");
+    assert_eq!(spoofed["action"], "block");
+    // The block is for the false claim, not the address.
+    let browser = [("x-forwarded-for", "198.51.100.8"), ("user-agent", CHROME)];
+    assert_eq!(send("GET", &g.url("/x"), &browser, "").await.status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}

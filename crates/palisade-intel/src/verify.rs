@@ -1,0 +1,223 @@
+//! Verified good bots: a client that claims to be Googlebot, Bingbot, GPTBot and the like is
+//! checked against the operator's published address ranges (the `{"prefixes": [{"ipv4Prefix":
+//! ...}]}` JSON Google, Bing and OpenAI publish) and/or forward-confirmed reverse DNS (the PTR
+//! name must end in one of the operator's domains, and that name must resolve back to the
+//! address). The DNS part is done by the gateway, off the request path; this module holds the
+//! pure parts.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use regex::{Regex, RegexBuilder};
+
+/// The state of a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VerifyStatus {
+    /// The address belongs to the operator.
+    Verified,
+    /// It does not: the claim is false.
+    Spoofed,
+    /// A DNS check is under way.
+    Pending,
+}
+
+impl VerifyStatus {
+    /// The name in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VerifyStatus::Verified => "verified",
+            VerifyStatus::Spoofed => "spoofed",
+            VerifyStatus::Pending => "pending",
+        }
+    }
+}
+
+/// One verifiable bot.
+#[derive(Debug, Clone)]
+pub struct VerifiedBot {
+    /// Its name (`googlebot`).
+    pub name: Arc<str>,
+    /// What a user agent claiming it matches.
+    claims: Regex,
+    /// Published ranges, sorted, as inclusive `u128` bounds.
+    ranges: Vec<(u128, u128)>,
+    /// Domains the reverse DNS name must end in (empty: ranges only).
+    pub rdns: Vec<String>,
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn cidr_bounds(s: &str) -> Option<(u128, u128)> {
+    let (addr, len) = match s.trim().split_once('/') {
+        Some((a, l)) => (a, Some(l.parse::<u32>().ok()?)),
+        None => (s.trim(), None),
+    };
+    let ip: IpAddr = addr.trim().parse().ok()?;
+    let (bits, width) = match ip {
+        IpAddr::V4(_) => (len.unwrap_or(32) + 96, 128),
+        IpAddr::V6(_) => (len.unwrap_or(128), 128),
+    };
+    if bits > width {
+        return None;
+    }
+    let start = to_u128(ip);
+    let host = if bits == 128 { 0 } else { u128::MAX >> bits };
+    Some((start & !host, start | host))
+}
+
+/// Parses a published ranges document (`{"prefixes": [{"ipv4Prefix": ...}|{"ipv6Prefix": ...}]}`)
+/// or a plain list of CIDRs (one per line, `#` comments).
+pub fn parse_ranges(text: &str) -> Result<Vec<(u128, u128)>, String> {
+    let trimmed = text.trim_start();
+    let mut out = Vec::new();
+    if trimmed.starts_with('{') {
+        // Stray zero-width spaces have appeared in published files; drop them before parsing.
+        let clean: String = text.chars().filter(|c| *c != '\u{200b}').collect();
+        let v: serde_json::Value =
+            serde_json::from_str(&clean).map_err(|e| format!("not a ranges document: {e}"))?;
+        let prefixes = v
+            .get("prefixes")
+            .and_then(|p| p.as_array())
+            .ok_or("no `prefixes` array")?;
+        for p in prefixes {
+            let s = p
+                .get("ipv4Prefix")
+                .or_else(|| p.get("ipv6Prefix"))
+                .and_then(|s| s.as_str())
+                .ok_or("a prefix without ipv4Prefix or ipv6Prefix")?;
+            out.push(cidr_bounds(s).ok_or_else(|| format!("`{s}` is not a CIDR"))?);
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            let l = line.split('#').next().unwrap_or("").trim();
+            if l.is_empty() {
+                continue;
+            }
+            out.push(cidr_bounds(l).ok_or_else(|| format!("line {}: `{l}` is not a CIDR", i + 1))?);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+impl VerifiedBot {
+    /// A verifiable bot: `claims` is a case-insensitive regular expression on the user agent.
+    pub fn new(
+        name: &str,
+        claims: &str,
+        ranges: Vec<(u128, u128)>,
+        rdns: Vec<String>,
+    ) -> Result<Self, String> {
+        let claims = RegexBuilder::new(claims)
+            .case_insensitive(true)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("claims: {e}"))?;
+        let mut ranges = ranges;
+        ranges.sort_unstable();
+        // Merge overlaps so one binary search decides.
+        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+        for (s, e) in ranges {
+            match merged.last_mut() {
+                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        let ranges = merged;
+        Ok(Self {
+            name: Arc::from(name),
+            claims,
+            ranges,
+            rdns: rdns
+                .into_iter()
+                .map(|d| d.trim_start_matches('.').to_ascii_lowercase())
+                .collect(),
+        })
+    }
+
+    /// Whether a user agent claims to be this bot.
+    pub fn claimed_by(&self, user_agent: &str) -> bool {
+        self.claims.is_match(user_agent)
+    }
+
+    /// Whether an address is in the published ranges.
+    pub fn in_ranges(&self, ip: IpAddr) -> bool {
+        let x = to_u128(ip);
+        let i = self.ranges.partition_point(|r| r.0 <= x);
+        i.checked_sub(1)
+            .and_then(|i| self.ranges.get(i))
+            .is_some_and(|r| r.1 >= x)
+    }
+
+    /// Whether a reverse DNS name is in one of the operator's domains.
+    pub fn rdns_matches(&self, name: &str) -> bool {
+        let n = name.trim_end_matches('.').to_ascii_lowercase();
+        self.rdns.iter().any(|d| {
+            n.len() > d.len() && n.ends_with(d.as_str()) && n[..n.len() - d.len()].ends_with('.')
+        })
+    }
+
+    /// What can be said without DNS: `Some` if the ranges decide, `None` if DNS must.
+    pub fn check_without_dns(&self, ip: IpAddr) -> Option<VerifyStatus> {
+        if self.in_ranges(ip) {
+            Some(VerifyStatus::Verified)
+        } else if self.rdns.is_empty() {
+            Some(VerifyStatus::Spoofed)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_documents_and_rdns_names() {
+        let r = parse_ranges(
+            r#"{"creationTime": "x", "prefixes": [{"ipv4Prefix": "66.249.64.0/27"}, {"ipv6Prefix": "2001:4860:4801:10::/64"}]}"#,
+        )
+        .unwrap();
+        let g = VerifiedBot::new(
+            "googlebot",
+            "googlebot",
+            r,
+            vec![".googlebot.com".into(), "google.com".into()],
+        )
+        .unwrap();
+        assert!(g.claimed_by(
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+        ));
+        assert_eq!(
+            g.check_without_dns("66.249.64.31".parse().unwrap()),
+            Some(VerifyStatus::Verified)
+        );
+        assert_eq!(
+            g.check_without_dns("2001:4860:4801:10::7".parse().unwrap()),
+            Some(VerifyStatus::Verified)
+        );
+        assert_eq!(g.check_without_dns("66.249.64.32".parse().unwrap()), None);
+        assert!(g.rdns_matches("crawl-66-249-66-1.googlebot.com."));
+        assert!(g.rdns_matches("rate-limited-proxy-66-249-90-77.google.com"));
+        assert!(!g.rdns_matches("googlebot.com.evil.example"));
+        assert!(!g.rdns_matches("evilgooglebot.com"));
+        let ranges_only = VerifiedBot::new(
+            "gptbot",
+            "gptbot",
+            parse_ranges("20.171.206.0/24\n").unwrap(),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(
+            ranges_only.check_without_dns("1.2.3.4".parse().unwrap()),
+            Some(VerifyStatus::Spoofed)
+        );
+        assert!(parse_ranges("{\"prefixes\": [{\"ipv4Prefix\": \"nope\"}]}").is_err());
+    }
+}
