@@ -42,7 +42,7 @@ pub struct BlockEntry {
 }
 
 /// The dimensions a block can name.
-pub const DIMENSIONS: [&str; 5] = ["ip", "ip/24", "api_key", "account", "ja4h"];
+pub const DIMENSIONS: [&str; 6] = ["ip", "ip/24", "asn", "api_key", "account", "ja4h"];
 
 /// Normalises a block key: `dimension:value`, with IPs canonical and prefixes masked (ip/24
 /// masks IPv6 to /48). Returns `None` for an unknown dimension or a bad value.
@@ -56,6 +56,14 @@ pub fn block_key(dimension: &str, value: &str) -> Option<String> {
         "ip/24" => {
             let ip: IpAddr = value.split('/').next()?.parse().ok()?;
             Some(format!("ip/24:{}", mask(ip.to_canonical(), 24, 48)))
+        }
+        "asn" => {
+            let n: u32 = value
+                .trim_start_matches("AS")
+                .trim_start_matches("as")
+                .parse()
+                .ok()?;
+            Some(format!("asn:{n}"))
         }
         "api_key" | "account" | "ja4h"
             if !value.is_empty()
@@ -230,6 +238,8 @@ mod tests {
             Some("ip/24:2001:db8:1::")
         );
         assert_eq!(block_key("ip", "nope"), None);
+        assert_eq!(block_key("asn", "AS16509").as_deref(), Some("asn:16509"));
+        assert_eq!(block_key("asn", "x"), None);
         assert_eq!(block_key("colour", "red"), None);
         assert_eq!(block_key("api_key", "a b"), None);
     }

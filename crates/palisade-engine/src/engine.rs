@@ -859,6 +859,9 @@ impl Engine {
         if let Some(j) = facts.ja4h {
             keys.push(format!("ja4h:{j}"));
         }
+        if let Some(i) = facts.ip_info.filter(|i| i.asn != 0) {
+            keys.push(format!("asn:{}", i.asn));
+        }
         keys
     }
 
@@ -882,6 +885,10 @@ impl Engine {
                     .principal()
                     .and_then(|p| p.account.as_deref().map(str::to_owned)),
                 "ja4h" => facts.ja4h.map(str::to_owned),
+                "asn" => facts
+                    .ip_info
+                    .filter(|i| i.asn != 0)
+                    .map(|i| i.asn.to_string()),
                 _ => None,
             };
             if let Some(key) = value.and_then(|v| block_key(dim, &v)) {

@@ -272,8 +272,22 @@ async fn identity(
         }
     };
     let recent = shared.log.recent(50, matches);
+    // An active block on this identity, if any.
+    let now = shared.clock.unix_ms();
+    let block = palisade_engine::blocks::block_key(&dim_s, &value)
+        .and_then(|k| rt.engine.blocks().find(&[k], now))
+        .map(|b| {
+            json!({
+                "key": b.key,
+                "until": palisade_keys::time::rfc3339(b.until_ms / 1000),
+                "reason": b.reason,
+                "effect": b.effect,
+                "strikes": b.strikes,
+            })
+        });
     axum::Json(json!({
         "identity": report,
+        "block": block,
         "recent_decisions": recent,
     }))
     .into_response()

@@ -742,6 +742,10 @@ robots_txt = true
         403
     );
     g.wait_decision(|d| d["rule"] == "block/admin/abuse-report");
+    let who = admin_get(&g, "/v1/identities/ip/198.51.100.10")
+        .await
+        .json();
+    assert_eq!(who["block"]["reason"], "admin/abuse-report");
     let (_, out, _) = palisade_cli(&["blocks", "list", "--admin", &admin]);
     assert!(
         out.contains("ip:198.51.100.10") && out.contains("admin/abuse-report"),
@@ -929,6 +933,27 @@ rate = "100/1m"
     );
     let who = admin_get(&g, "/v1/identities/asn/AS16509").await.json();
     assert_eq!(who["identity"]["limits"][0]["remaining"], 0);
+    // A whole network can be blocked for a while.
+    let r = admin_json(
+        &g,
+        "POST",
+        "/v1/blocks",
+        serde_json::json!({ "dimension": "asn", "value": "AS20712", "ttl": "10m" }),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(
+        send("GET", &g.url("/x"), &from("81.2.69.160"), "")
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        send("GET", &g.url("/x"), &from("81.2.69.7"), "")
+            .await
+            .status,
+        403
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
