@@ -73,8 +73,9 @@ struct AsnRange {
     name: Arc<str>,
 }
 
-fn to_u128(ip: IpAddr) -> u128 {
-    match ip {
+/// An address as a `u128`, IPv4 mapped into IPv6 (so both families sort in one space).
+pub(crate) fn to_u128(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
         IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
         IpAddr::V6(a) => u128::from(a),
     }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
 
+use crate::ipinfo::to_u128;
+
 /// The state of a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VerifyStatus {
@@ -43,13 +45,6 @@ pub struct VerifiedBot {
     ranges: Vec<(u128, u128)>,
     /// Domains the reverse DNS name must end in (empty: ranges only).
     pub rdns: Vec<String>,
-}
-
-fn to_u128(ip: IpAddr) -> u128 {
-    match ip.to_canonical() {
-        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
-        IpAddr::V6(a) => u128::from(a),
-    }
 }
 
 fn cidr_bounds(s: &str) -> Option<(u128, u128)> {

@@ -217,17 +217,7 @@ impl ApiKeyRecord {
 
     /// The stored hash as bytes (all zero if the record is corrupt, which matches nothing).
     pub fn hash_bytes(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        if self.hash.len() == 64 {
-            for (i, slot) in out.iter_mut().enumerate() {
-                *slot = self
-                    .hash
-                    .get(i * 2..i * 2 + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .unwrap_or(0);
-            }
-        }
-        out
+        unhex32(&self.hash).unwrap_or([0; 32])
     }
 
     /// What the admin API and the CLI show: everything but the hash.
@@ -267,6 +257,18 @@ pub fn hex(bytes: &[u8]) -> String {
         ));
     }
     s
+}
+
+/// 32 bytes from 64 hex digits; `None` for anything else.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A key as shown to operators.

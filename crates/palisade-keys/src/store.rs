@@ -18,7 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::key::{
-    ApiKeyRecord, KeyRateSpec, KeyStatus, KeyView, ServerSecret, hex, new_id, new_raw_key,
+    ApiKeyRecord, KeyRateSpec, KeyStatus, KeyView, ServerSecret, hex, new_id, new_raw_key, unhex32,
 };
 use crate::signature::signing_secret;
 
@@ -169,21 +169,14 @@ pub fn load_or_create_secret(dir: &Path) -> Result<ServerSecret, StoreError> {
     match fs::read_to_string(&path) {
         Ok(s) => {
             let s = s.trim();
-            let mut bytes = [0u8; 32];
             if s.len() != 64 {
                 return Err(StoreError::Io(format!(
                     "{} is not a 64-hex-digit secret; restore it from backup (keys cannot be verified without it)",
                     path.display()
                 )));
             }
-            for (i, slot) in bytes.iter_mut().enumerate() {
-                *slot = s
-                    .get(i * 2..i * 2 + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        StoreError::Io(format!("{} is not a hex secret", path.display()))
-                    })?;
-            }
+            let bytes = unhex32(s)
+                .ok_or_else(|| StoreError::Io(format!("{} is not a hex secret", path.display())))?;
             Ok(ServerSecret::from_bytes(bytes))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
