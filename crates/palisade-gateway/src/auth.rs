@@ -86,14 +86,14 @@ pub fn presented<'h>(rt: &Runtime, headers: &'h HeaderMap) -> (Option<&'h str>, 
     (key, token)
 }
 
-/// Finds and verifies the request's credential.
+/// Verifies the request's credential, as [`presented`] found it.
 pub fn authenticate(
     shared: &Shared,
     rt: &Runtime,
     headers: &HeaderMap,
     route: &RouteSpec,
+    (key, token): (Option<&str>, Option<&str>),
 ) -> Authenticated {
-    let (key, token) = presented(rt, headers);
     let now = shared.clock.unix_secs();
     if let Some(raw) = key {
         return match shared.keys.directory.verify(raw, now) {

@@ -91,8 +91,10 @@ pub async fn handle(
         return Ok(usage(&shared, &rt, &parts, client, peer, &request_id));
     }
     let route = rt.engine.route_of(&parts.method, parts.uri.path());
+    // The credentials are read once: for authentication and for the decoy-key check.
+    let credentials = presented(&rt, &parts.headers);
     let mut authn = match rt.compiled.policy.route(route) {
-        Some(spec) => authenticate(&shared, &rt, &parts.headers, spec),
+        Some(spec) => authenticate(&shared, &rt, &parts.headers, spec, credentials),
         None => Authenticated::Anonymous,
     };
     // A key that must sign its requests: the body is read (bounded) to check its digest.
@@ -206,7 +208,7 @@ pub async fn handle(
         bot_verification,
     };
     // A decoy key (published where only scrapers look) flags whoever presents it.
-    if let (Some(key), _) = presented(&rt, &parts.headers)
+    if let (Some(key), _) = credentials
         && let Some(i) = rt.engine.decoy_key(key)
     {
         rt.engine.trap(i, &facts);
@@ -493,7 +495,13 @@ fn usage(
 ) -> Response<ProxyBody> {
     let mut spec = RouteSpec::new("usage", 0);
     spec.auth = AuthRequirement::Any;
-    let authn = authenticate(shared, rt, &parts.headers, &spec);
+    let authn = authenticate(
+        shared,
+        rt,
+        &parts.headers,
+        &spec,
+        presented(rt, &parts.headers),
+    );
     let unix_ms = shared.clock.unix_ms();
     let facts = RequestFacts {
         method: &parts.method,
