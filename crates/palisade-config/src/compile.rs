@@ -929,28 +929,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
                 Err(e) => c.at(sp(k), format!("{path}.key"), e.to_string()),
             }
         }
-        let routes = l.routes.as_ref().map(|rs| {
-            rs.iter()
-                .filter_map(|r| {
-                    let found = route_specs
-                        .iter()
-                        .position(|s| &*s.name == r.get_ref().as_str());
-                    if found.is_none() {
-                        let known: Vec<&str> = route_specs.iter().map(|s| &*s.name).collect();
-                        c.at(
-                            sp(r),
-                            format!("{path}.routes"),
-                            format!(
-                                "no route named `{}` (known: {})",
-                                r.get_ref(),
-                                known.join(", ")
-                            ),
-                        );
-                    }
-                    found
-                })
-                .collect::<Vec<_>>()
-        });
+        let routes = l
+            .routes
+            .as_ref()
+            .map(|rs| route_ids(rs, &route_specs, &format!("{path}.routes"), c));
         let meths = methods(&l.methods, &format!("{path}.methods"), c);
         let rate = match parse_rate(l.rate.get_ref()) {
             Ok(r) => Some(r),
@@ -1025,18 +1007,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             &format!("{path}.unit"),
             c,
         );
-        let weight = match &l.weight {
-            Some(w) if *w.get_ref() > 100 => {
-                c.at(
-                    sp(w),
-                    format!("{path}.weight"),
-                    "weight must be between 0 and 100",
-                );
-                50
-            }
-            Some(w) => *w.get_ref() as u8,
-            None => 50,
-        };
+        let weight = weight(&l.weight, 50, &format!("{path}.weight"), c);
         let max_entries = match &l.max_entries {
             Some(m) if *m.get_ref() < 16 => {
                 c.at(sp(m), format!("{path}.max_entries"), "must be at least 16");
@@ -1124,23 +1095,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
                 QuotaKey::ApiKey
             }
         };
-        let routes = q.routes.as_ref().map(|rs| {
-            rs.iter()
-                .filter_map(|r| {
-                    let found = route_specs
-                        .iter()
-                        .position(|s| &*s.name == r.get_ref().as_str());
-                    if found.is_none() {
-                        c.at(
-                            sp(r),
-                            format!("{path}.routes"),
-                            format!("no route named `{}`", r.get_ref()),
-                        );
-                    }
-                    found
-                })
-                .collect::<Vec<_>>()
-        });
+        let routes = q
+            .routes
+            .as_ref()
+            .map(|rs| route_ids(rs, &route_specs, &format!("{path}.routes"), c));
         let requests_per_day = match &q.requests_per_day {
             Some(v) if *v.get_ref() == 0 => {
                 c.at(
@@ -1209,14 +1167,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
 
     // [headers]
     let headers = raw.headers.as_ref().map(|h| HeadersPolicy {
-        weight: match &h.weight {
-            Some(w) if *w.get_ref() > 100 => {
-                c.at(sp(w), "headers.weight", "weight must be between 0 and 100");
-                15
-            }
-            Some(w) => *w.get_ref() as u8,
-            None => 15,
-        },
+        weight: weight(&h.weight, 15, "headers.weight", c),
         assume_https: h.assume_https.unwrap_or(true),
     });
 
@@ -1256,18 +1207,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             c,
             |s| parse_duration(s).map(|n| n / 1_000_000),
         );
-        let weight = match &h.weight {
-            Some(w) if *w.get_ref() > 100 => {
-                c.at(
-                    sp(w),
-                    format!("{path}.weight"),
-                    "weight must be between 0 and 100",
-                );
-                50
-            }
-            Some(w) => *w.get_ref() as u8,
-            None => 50,
-        };
+        let weight = weight(&h.weight, 50, &format!("{path}.weight"), c);
         let effect = choice(
             &h.action,
             &[
@@ -1642,14 +1582,7 @@ fn compile_bots(
             ),
         }
     }
-    let weight = match &b.weight {
-        Some(w) if *w.get_ref() > 100 => {
-            c.at(sp(w), "bots.weight", "weight must be between 0 and 100");
-            20
-        }
-        Some(w) => *w.get_ref() as u8,
-        None => 20,
-    };
+    let weight = weight(&b.weight, 20, "bots.weight", c);
     let cache_entries = match &b.cache_entries {
         Some(v) if *v.get_ref() < 16 || *v.get_ref() > 10_000_000 => {
             c.at(
@@ -1863,6 +1796,46 @@ fn compile_intel(
         category_weights,
         tor_weight,
     }
+}
+
+/// A risk-score weight from 0 to 100, or `default` (reporting one out of range).
+fn weight(v: &Option<Spanned<u64>>, default: u8, path: &str, c: &mut Collector<'_>) -> u8 {
+    match v {
+        Some(w) if *w.get_ref() > 100 => {
+            c.at(sp(w), path, "weight must be between 0 and 100");
+            default
+        }
+        Some(w) => *w.get_ref() as u8,
+        None => default,
+    }
+}
+
+/// The ids of the named routes, reporting names no route has.
+fn route_ids(
+    names: &[Spanned<String>],
+    specs: &[RouteSpec],
+    path: &str,
+    c: &mut Collector<'_>,
+) -> Vec<usize> {
+    names
+        .iter()
+        .filter_map(|r| {
+            let found = specs.iter().position(|s| &*s.name == r.get_ref().as_str());
+            if found.is_none() {
+                let known: Vec<&str> = specs.iter().map(|s| &*s.name).collect();
+                c.at(
+                    sp(r),
+                    path,
+                    format!(
+                        "no route named `{}` (known: {})",
+                        r.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+            }
+            found
+        })
+        .collect()
 }
 
 fn valid_scope(s: &str) -> bool {
