@@ -132,12 +132,11 @@ fn engine_with(
     Engine::new(policy, None)
 }
 
-#[divan::bench]
-fn five_limits_warm(bencher: divan::Bencher) {
-    let e = engine();
+/// One client's request through five matching limits, again and again (warm cells).
+fn bench_warm(bencher: divan::Bencher, e: &Engine, user_agent: &'static str) {
     let mut headers = HeaderMap::new();
     headers.insert("x-tenant", HeaderValue::from_static("acme"));
-    headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    headers.insert("user-agent", HeaderValue::from_static(user_agent));
     let ip: IpAddr = "203.0.113.7"
         .parse()
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
@@ -165,6 +164,11 @@ fn five_limits_warm(bencher: divan::Bencher) {
     });
 }
 
+#[divan::bench]
+fn five_limits_warm(bencher: divan::Bencher) {
+    bench_warm(bencher, &engine(), "bench/1.0");
+}
+
 /// The same request with the client intelligence on: the bot catalog (a browser's user agent,
 /// classification cached) and header consistency.
 #[divan::bench]
@@ -176,39 +180,11 @@ fn five_limits_warm_with_intel(bencher: divan::Bencher) {
             assume_https: true,
         }),
     );
-    let mut headers = HeaderMap::new();
-    headers.insert("x-tenant", HeaderValue::from_static("acme"));
-    headers.insert(
-        "user-agent",
-        HeaderValue::from_static(
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-        ),
+    bench_warm(
+        bencher,
+        &e,
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
     );
-    let ip: IpAddr = "203.0.113.7"
-        .parse()
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let now = AtomicU64::new(3_600_000_000_000);
-    let method = Method::GET;
-    bencher.bench_local(|| {
-        let facts = RequestFacts {
-            method: &method,
-            path: "/api/items/42",
-            query: None,
-            headers: &headers,
-            client_ip: ip,
-            peer_ip: ip,
-            now: now.fetch_add(1000, Ordering::Relaxed),
-            unix_ms: 1_700_000_000_000,
-            version: http::Version::HTTP_11,
-            ja4h: None,
-            ip_info: None,
-            bot_verification: None,
-            auth: palisade_engine::principal::Auth::Anonymous,
-        };
-        let d = e.evaluate(&facts);
-        assert!(matches!(d.as_ref().map(|d| d.limits.len()), Ok(5)));
-        d
-    });
 }
 
 #[divan::bench]
