@@ -44,6 +44,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                 ja4h: None,
                 ip_info: None,
                 bot_verification: None,
+                username: None,
                 auth: match &case.principal {
                     Some(p) => palisade_engine::principal::Auth::Principal(p),
                     None => palisade_engine::principal::Auth::Anonymous,

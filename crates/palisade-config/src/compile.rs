@@ -1347,7 +1347,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         tag_at: threshold(&raw.scoring.tag_at, 30, "tag_at", c),
         challenge_at: threshold(&raw.scoring.challenge_at, 60, "challenge_at", c),
         block_at: threshold(&raw.scoring.block_at, 90, "block_at", c),
+        ..ScoringPolicy::default()
     };
+
+    let behaviour: Option<palisade_engine::behaviour::BehaviourPolicy> = None;
 
     // [log]
     let decisions = match raw.log.decisions.as_deref() {
@@ -1467,6 +1470,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
                     rate: None,
                     budget: Default::default(),
                     budget_items: None,
+                    created_ms: None,
                 })
             }),
             line,
@@ -1498,6 +1502,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         honeypots,
         max_blocks,
         intel,
+        behaviour,
     };
     Some(Compiled {
         server: ServerSettings {

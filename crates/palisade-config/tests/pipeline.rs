@@ -65,6 +65,7 @@ impl<'a> Req<'a> {
             ja4h: None,
             ip_info: None,
             bot_verification: None,
+            username: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         })
         .unwrap()
@@ -549,6 +550,7 @@ max_entries = 50000
                 ja4h: None,
                 ip_info: None,
                 bot_verification: None,
+                username: None,
                 auth: palisade_engine::principal::Auth::Anonymous,
             })
             .unwrap();

@@ -43,7 +43,7 @@ fn limit(
 }
 
 fn engine() -> Engine {
-    engine_with(None, None)
+    engine_with(None, None, None)
 }
 
 fn bots() -> palisade_engine::bots::BotsPolicy {
@@ -64,6 +64,7 @@ fn bots() -> palisade_engine::bots::BotsPolicy {
 fn engine_with(
     bots: Option<palisade_engine::bots::BotsPolicy>,
     headers: Option<palisade_engine::policy::HeadersPolicy>,
+    behaviour: Option<palisade_engine::behaviour::BehaviourPolicy>,
 ) -> Engine {
     let fast = Algorithm::Gcra {
         interval: 1,
@@ -128,6 +129,7 @@ fn engine_with(
         honeypots: Vec::new(),
         max_blocks: 1000,
         intel: None,
+        behaviour,
     };
     Engine::new(policy, None)
 }
@@ -153,9 +155,10 @@ fn bench_warm(bencher: divan::Bencher, e: &Engine, user_agent: &'static str) {
             now: now.fetch_add(1000, Ordering::Relaxed),
             unix_ms: 1_700_000_000_000,
             version: http::Version::HTTP_11,
-            ja4h: None,
+            ja4h: Some("ge11nn030000_4e2fa2b3a2a4_000000000000_000000000000"),
             ip_info: None,
             bot_verification: None,
+            username: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
@@ -179,6 +182,7 @@ fn five_limits_warm_with_intel(bencher: divan::Bencher) {
             weight: 15,
             assume_https: true,
         }),
+        None,
     );
     bench_warm(
         bencher,
@@ -187,9 +191,67 @@ fn five_limits_warm_with_intel(bencher: divan::Bencher) {
     );
 }
 
+/// The same request with everything on: client intelligence and behaviour (features on
+/// ip, prefix, session and fingerprint, flows, cache keys, stuffing, baselines).
+#[divan::bench]
+fn five_limits_warm_with_behaviour(bencher: divan::Bencher) {
+    bench_warm(
+        bencher,
+        &behaviour_engine(),
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    );
+}
+
+fn behaviour_engine() -> Engine {
+    use palisade_engine::behaviour::{BehaviourPolicy, CacheKeySpec, FlowSpec, StuffingSpec};
+    let b = BehaviourPolicy {
+        flows: vec![FlowSpec {
+            name: "login-first".into(),
+            route: 1,
+            after: 0,
+            within: 600 * palisade_engine::clock::SECOND,
+            min_gap: palisade_engine::clock::SECOND,
+            anonymous_only: true,
+            weight: 10,
+        }],
+        cache_keys: vec![CacheKeySpec {
+            route: 1,
+            params: vec!["q".to_owned()],
+        }],
+        stuffing: Some(StuffingSpec {
+            route: 0,
+            failure_status: vec![401],
+            username_field: "username".to_owned(),
+            min_failures: 10,
+            min_usernames: 5,
+            failure_share: 0.8,
+            sources_per_username: 5,
+            max_usernames: 10_000,
+        }),
+        ..BehaviourPolicy::default()
+    };
+    engine_with(
+        Some(bots()),
+        Some(palisade_engine::policy::HeadersPolicy {
+            weight: 15,
+            assume_https: true,
+        }),
+        Some(b),
+    )
+}
+
+/// A million-address spray through the engine with behaviour on.
+#[divan::bench]
+fn spray_new_identities_with_behaviour(bencher: divan::Bencher) {
+    spray(bencher, &behaviour_engine());
+}
+
 #[divan::bench]
 fn spray_new_identities(bencher: divan::Bencher) {
-    let e = engine();
+    spray(bencher, &engine());
+}
+
+fn spray(bencher: divan::Bencher, e: &Engine) {
     let headers = HeaderMap::new();
     let counter = AtomicU64::new(0);
     let method = Method::GET;
@@ -209,6 +271,7 @@ fn spray_new_identities(bencher: divan::Bencher) {
             ja4h: None,
             ip_info: None,
             bot_verification: None,
+            username: None,
             auth: palisade_engine::principal::Auth::Anonymous,
         })
     });

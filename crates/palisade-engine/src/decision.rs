@@ -147,6 +147,10 @@ pub struct Decision {
     pub exhausted: Option<(Arc<HeaderItem>, u64, u64)>,
     /// What the bot catalog made of the user agent (when `[bots]` is configured).
     pub client: Option<ClientClass>,
+    /// What behaviour counted the request under, for observing its answer.
+    pub trace: Option<crate::behaviour::Trace>,
+    /// Whether the route was in attack mode (the stricter scoring profile applied).
+    pub under_attack: bool,
 }
 
 impl Decision {
@@ -165,6 +169,8 @@ impl Decision {
             key_limit: None,
             exhausted: None,
             client: None,
+            trace: None,
+            under_attack: false,
         }
     }
 }

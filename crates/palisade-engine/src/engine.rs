@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::behaviour::{Behaviour, Emitted, Sig};
 use crate::blocks::{BlockEffect, BlockTable, block_key};
 use crate::bots::{BotAction, UaCache};
 use crate::clock::{Nanos, SECOND};
@@ -166,6 +167,10 @@ pub struct Engine {
     rule_allow_list: Arc<str>,
     rule_default: Arc<str>,
     rule_score: [Arc<str>; 3],
+    rule_delay: Arc<str>,
+    rule_throttle: Arc<str>,
+    behaviour: Option<Arc<Behaviour>>,
+    behaviour_names: Vec<Arc<str>>,
 }
 
 impl Engine {
@@ -248,7 +253,29 @@ impl Engine {
                 ))
             })
             .collect();
+        let routes = policy.route_specs.len();
+        let behaviour = policy.behaviour.as_ref().map(|b| {
+            previous
+                .and_then(|p| p.behaviour.clone())
+                .filter(|old| old.policy() == b && old.routes() == routes)
+                .unwrap_or_else(|| Arc::new(Behaviour::new(b.clone(), routes)))
+        });
+        let behaviour_names = policy
+            .behaviour
+            .iter()
+            .flat_map(|b| {
+                Sig::ALL.iter().map(|s| Arc::from(s.name())).chain(
+                    b.flows
+                        .iter()
+                        .map(|f| Arc::from(format!("flow/{}", f.name))),
+                )
+            })
+            .collect();
         Self {
+            behaviour,
+            behaviour_names,
+            rule_delay: Arc::from("score/delay"),
+            rule_throttle: Arc::from("score/throttle"),
             policy,
             tables,
             signal_names,
@@ -592,6 +619,23 @@ impl Engine {
             }
         }
 
+        // Behaviour over time and across identities.
+        if let Some(b) = &self.behaviour {
+            let mut emitted: Vec<Emitted> = Vec::new();
+            let created = facts.auth.principal().and_then(|p| p.created_ms);
+            d.trace = Some(b.assess(facts, route, facts.username, created, &mut emitted));
+            d.under_attack = b.under_attack(route);
+            for e in emitted {
+                if let Some(name) = self.behaviour_names.get(e.index) {
+                    d.signals.push(Signal {
+                        name: name.clone(),
+                        weight: e.weight,
+                        shadow: false,
+                    });
+                }
+            }
+        }
+
         // Limits: every matching limit applies, then the key's own limit.
         for (i, spec) in p.limits.iter().enumerate() {
             if !spec.applies(route, facts.method) {
@@ -692,17 +736,30 @@ impl Engine {
 
         d.shadow = shadowed;
         if shadow_score > d.score
-            && let Some((a, r)) = self.score_action(shadow_score)
+            && let Some((a, r)) = self.score_action(shadow_score, &d)
             && stronger(a, d.shadow.as_ref().map(|s| s.0))
         {
             d.shadow = Some((a, r));
         }
 
-        let (action, rule) = match enforced {
-            Some(x) => x,
-            None => self
-                .score_action(d.score)
-                .unwrap_or((Action::Allow, self.rule_default.clone())),
+        // The score's action, with progressive throttling for repeat offenders: an offence
+        // counts even when a limit refuses the request anyway, so a client that ignores 429s
+        // climbs the steps to a block.
+        let mut scored = self.score_action(d.score, &d);
+        if let Some((Action::Delay { .. }, _)) = scored {
+            scored = Some(self.throttle(&d, facts));
+        }
+        let (action, rule) = match (enforced, scored) {
+            (Some(e), Some(s)) if s.0 == Action::Block => {
+                if stronger(s.0, Some(e.0)) {
+                    s
+                } else {
+                    e
+                }
+            }
+            (Some(e), _) => e,
+            (None, Some(s)) => s,
+            (None, None) => (Action::Allow, self.rule_default.clone()),
         };
         let (action, rule) = match (action, tag_floor) {
             (Action::Allow, Some(r)) => (Action::Tag, r),
@@ -1116,18 +1173,99 @@ impl Engine {
         out
     }
 
-    fn score_action(&self, score: u8) -> Option<(Action, Arc<str>)> {
-        let s = &self.policy.scoring;
+    fn score_action(&self, score: u8, d: &Decision) -> Option<(Action, Arc<str>)> {
+        let s = self.policy.scoring.thresholds(d.under_attack);
         let [tag, challenge, block] = &self.rule_score;
         if s.block_at > 0 && score >= s.block_at {
             Some((Action::Block, block.clone()))
         } else if s.challenge_at > 0 && score >= s.challenge_at {
             Some((Action::Challenge, challenge.clone()))
+        } else if s.delay_at > 0 && score >= s.delay_at && !self.policy.scoring.throttle.is_empty()
+        {
+            Some((
+                Action::Delay {
+                    wait: self
+                        .policy
+                        .scoring
+                        .throttle
+                        .first()
+                        .copied()
+                        .unwrap_or(SECOND),
+                },
+                self.rule_delay.clone(),
+            ))
         } else if s.tag_at > 0 && score >= s.tag_at {
             Some((Action::Tag, tag.clone()))
         } else {
             None
         }
+    }
+
+    /// Progressive throttling: the delay step for this offence, or a block past the last step
+    /// (which also blocks the client's key or address for a while).
+    fn throttle(&self, d: &Decision, facts: &RequestFacts<'_>) -> (Action, Arc<str>) {
+        let scoring = &self.policy.scoring;
+        let (Some(b), Some(trace)) = (&self.behaviour, &d.trace) else {
+            let wait = scoring.throttle.first().copied().unwrap_or(SECOND);
+            return (Action::Delay { wait }, self.rule_delay.clone());
+        };
+        let level = b.throttle(
+            trace,
+            facts.now,
+            true,
+            &scoring.throttle,
+            scoring.relax_after,
+        );
+        match scoring.throttle.get(usize::from(level.max(1)) - 1) {
+            Some(wait) => (Action::Delay { wait: *wait }, self.rule_delay.clone()),
+            None => {
+                if scoring.throttle_block_ms > 0 && self.policy.mode == Mode::Enforce {
+                    let key = match (trace.throttle_identity(), facts.auth.principal()) {
+                        (Some(crate::behaviour::Dim::ApiKey), Some(p)) => {
+                            p.key_id.as_deref().and_then(|k| block_key("api_key", k))
+                        }
+                        _ => block_key("ip", &facts.client_ip.to_canonical().to_string()),
+                    };
+                    if let Some(key) = key {
+                        self.blocks.add(
+                            key,
+                            scoring.throttle_block_ms,
+                            "score/throttle",
+                            BlockEffect::Block,
+                            true,
+                            facts.unix_ms,
+                        );
+                    }
+                }
+                (Action::Block, self.rule_throttle.clone())
+            }
+        }
+    }
+
+    /// Records the answer a decided request got, for behaviour (status mix, 429s, failed
+    /// logins, flow steps, route baselines).
+    pub fn observe_status(&self, d: &Decision, status: u16, now: Nanos) {
+        let (Some(b), Some(trace)) = (&self.behaviour, &d.trace) else {
+            return;
+        };
+        let retry_after = match d.action {
+            Action::Limit { retry_after } => retry_after,
+            _ if status == 429 => SECOND,
+            _ => 0,
+        };
+        b.observe(trace, status, retry_after, now);
+    }
+
+    /// The behaviour state, when `[behaviour]` is on.
+    pub fn behaviour(&self) -> Option<&Arc<Behaviour>> {
+        self.behaviour.as_ref()
+    }
+
+    /// A behaviour signal's name by its index in [`crate::behaviour::Emitted`].
+    pub fn behaviour_signal_name(&self, index: usize) -> String {
+        self.behaviour_names
+            .get(index)
+            .map_or_else(|| format!("behaviour/{index}"), |n| n.to_string())
     }
 
     /// Applies the mode: in shadow mode anything beyond tagging is logged, not enforced.

@@ -39,4 +39,7 @@ pub struct RequestFacts<'a> {
     /// A verified-bot claim the user agent makes: the index of the bot in `[bots]`'s verified
     /// list, and what the gateway found out so far.
     pub bot_verification: Option<(usize, palisade_intel::verify::VerifyStatus)>,
+    /// The username a login request names (read from the body field `[behaviour.stuffing]`
+    /// configures). The engine only ever keeps a keyed hash of it.
+    pub username: Option<&'a [u8]>,
 }

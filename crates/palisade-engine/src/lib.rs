@@ -9,6 +9,7 @@
 //! Policy is compiled elsewhere (the `palisade-config` crate) into a [`Policy`]; the gateway does
 //! all I/O and maps decisions to responses.
 
+pub mod behaviour;
 pub mod blocks;
 pub mod bots;
 pub mod client_ip;

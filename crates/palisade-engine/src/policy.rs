@@ -124,23 +124,74 @@ impl ConditionalAllow {
     }
 }
 
-/// Risk score thresholds (0-100). A threshold of 0 disables that step.
+/// Score thresholds (0-100) mapping a risk score to an action. A threshold of 0 disables
+/// that step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScoringPolicy {
+pub struct Thresholds {
     /// Forward, with `X-Palisade-Score` for the upstream.
     pub tag_at: u8,
+    /// Delay, escalating for repeat offenders (progressive throttling).
+    pub delay_at: u8,
     /// Challenge the client.
     pub challenge_at: u8,
     /// Refuse the client.
     pub block_at: u8,
 }
 
+/// Risk scoring: thresholds, the stricter profile for routes under attack, and progressive
+/// throttling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoringPolicy {
+    /// Forward, with `X-Palisade-Score` for the upstream.
+    pub tag_at: u8,
+    /// Delay, escalating for repeat offenders.
+    pub delay_at: u8,
+    /// Challenge the client.
+    pub challenge_at: u8,
+    /// Refuse the client.
+    pub block_at: u8,
+    /// Thresholds while the route (or gateway) is in attack mode.
+    pub under_attack: Thresholds,
+    /// Delay steps of progressive throttling; past the last one the client is blocked.
+    pub throttle: Vec<crate::clock::Nanos>,
+    /// Good behaviour that lowers the throttling level by one step.
+    pub relax_after: crate::clock::Nanos,
+    /// How long a client that went past the last step is blocked (0: refused, not blocked).
+    pub throttle_block_ms: u64,
+}
+
+impl ScoringPolicy {
+    /// The thresholds in force: the normal ones, or the attack-mode ones.
+    pub fn thresholds(&self, under_attack: bool) -> Thresholds {
+        if under_attack {
+            self.under_attack
+        } else {
+            Thresholds {
+                tag_at: self.tag_at,
+                delay_at: self.delay_at,
+                challenge_at: self.challenge_at,
+                block_at: self.block_at,
+            }
+        }
+    }
+}
+
 impl Default for ScoringPolicy {
     fn default() -> Self {
         Self {
             tag_at: 30,
+            delay_at: 40,
             challenge_at: 60,
             block_at: 90,
+            under_attack: Thresholds {
+                tag_at: 20,
+                delay_at: 30,
+                challenge_at: 45,
+                block_at: 75,
+            },
+            throttle: vec![SECOND, 5 * SECOND, 30 * SECOND],
+            relax_after: 120 * SECOND,
+            throttle_block_ms: 600_000,
         }
     }
 }
@@ -174,6 +225,8 @@ pub struct Policy {
     pub max_blocks: usize,
     /// IP intelligence; `None` when `[intel]` is not configured.
     pub intel: Option<IntelPolicy>,
+    /// Behaviour and collective detection; `None` when `[behaviour]` is switched off.
+    pub behaviour: Option<crate::behaviour::BehaviourPolicy>,
 }
 
 /// Compiled `[intel]`.

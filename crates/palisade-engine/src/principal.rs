@@ -89,6 +89,8 @@ pub struct Principal {
     pub budget: KeyBudget,
     /// Header items for the key's own budgets (when it has any).
     pub budget_items: Option<Arc<QuotaItems>>,
+    /// When the key was created (Unix ms), for grouping keys created together.
+    pub created_ms: Option<u64>,
 }
 
 impl Principal {
@@ -187,6 +189,7 @@ mod tests {
             rate: None,
             budget: KeyBudget::default(),
             budget_items: None,
+            created_ms: None,
         };
         assert!(p.has_scopes(&[Arc::from("items:read"), Arc::from("search")]));
         assert!(p.has_scopes(&[]));

@@ -206,6 +206,7 @@ pub async fn handle(
         ja4h: Some(&ja4h),
         ip_info: ip_info.as_ref(),
         bot_verification,
+        username: None,
     };
     // A decoy key (published where only scrapers look) flags whoever presents it.
     if let (Some(key), _) = credentials
@@ -517,6 +518,7 @@ fn usage(
         ja4h: None,
         ip_info: None,
         bot_verification: None,
+        username: None,
     };
     if let Some(refused) = rt.engine.authorize(&facts, &spec) {
         let r = match refused.action {

@@ -139,6 +139,7 @@ fn decide(s: &Setup, now: &AtomicU64, with_key: bool) -> bool {
         ja4h: None,
         ip_info: None,
         bot_verification: None,
+        username: None,
         auth,
     };
     let d = s.engine.evaluate(&facts);
@@ -172,6 +173,7 @@ fn anonymous(bencher: divan::Bencher) {
                 ja4h: None,
                 ip_info: None,
                 bot_verification: None,
+                username: None,
                 auth: Auth::Anonymous,
             })
             .is_ok()

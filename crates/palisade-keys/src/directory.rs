@@ -64,6 +64,7 @@ fn principal_of(r: &ApiKeyRecord) -> Principal {
         rate,
         budget,
         budget_items,
+        created_ms: Some(r.created_at.saturating_mul(1000)),
     }
 }
 

@@ -326,6 +326,7 @@ impl JwtVerifier {
             rate: None,
             budget: KeyBudget::default(),
             budget_items: None,
+            created_ms: None,
         }
     }
 }
