@@ -373,6 +373,150 @@ pub struct RawScoring {
     pub challenge_at: Option<Spanned<u64>>,
     /// Default 90.
     pub block_at: Option<Spanned<u64>>,
+    /// Default 40.
+    pub delay_at: Option<Spanned<u64>>,
+    /// Delay steps of progressive throttling. Default `["1s", "5s", "30s"]`.
+    pub throttle: Option<Vec<Spanned<String>>>,
+    /// Good behaviour that takes one step off. Default `2m`.
+    pub relax_after: Option<Spanned<String>>,
+    /// How long a client past the last step is blocked; `0s`: refused, not blocked. Default
+    /// `10m`.
+    pub throttle_block_for: Option<Spanned<String>>,
+    /// Thresholds while a route is in attack mode.
+    pub under_attack: Option<RawThresholds>,
+}
+
+/// `[scoring.under_attack]`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawThresholds {
+    /// Default 20.
+    pub tag_at: Option<Spanned<u64>>,
+    /// Default 30.
+    pub delay_at: Option<Spanned<u64>>,
+    /// Default 45.
+    pub challenge_at: Option<Spanned<u64>>,
+    /// Default 75.
+    pub block_at: Option<Spanned<u64>>,
+}
+
+/// `[behaviour]`: behaviour over time and across identities.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBehaviour {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Dimensions with feature tables. Default all: ip, ip/24, api_key, account, session,
+    /// ja4h, asn.
+    pub track: Option<Vec<Spanned<String>>>,
+    /// Most identities per dimension. Default 50000.
+    pub max_entries: Option<Spanned<u64>>,
+    /// Long window. Default `5m`.
+    pub window: Option<Spanned<String>>,
+    /// Short window (request rate). Default `10s`.
+    pub short_window: Option<Spanned<String>>,
+    /// Half-life of a remembered signal. Default `2m`.
+    pub half_life: Option<Spanned<String>>,
+    /// Session sources, first present wins: `cookie:<name>`, `header:<name>`, `jwt:<claim>`,
+    /// `api_key`. Default `["api_key"]`.
+    pub session: Option<Vec<Spanned<String>>>,
+    /// Query parameters that carry ids. Default `["id"]`.
+    pub id_params: Option<Vec<String>>,
+    /// Detector thresholds.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, Spanned<f64>>,
+    /// Signal weights by name.
+    #[serde(default)]
+    pub weights: BTreeMap<String, Spanned<u64>>,
+    /// Credential stuffing.
+    pub stuffing: Option<RawStuffing>,
+    /// Routes' resource-identifying parameters.
+    #[serde(default)]
+    pub cache_keys: Vec<RawCacheKey>,
+    /// Flow rules.
+    #[serde(default)]
+    pub flows: Vec<RawFlow>,
+    /// Baselines and attack mode.
+    pub attack: Option<RawAttack>,
+}
+
+/// `[behaviour.stuffing]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStuffing {
+    /// The login route.
+    pub route: Spanned<String>,
+    /// Answers that mean a failed login. Default `[401, 403]`.
+    pub failure_status: Option<Vec<Spanned<u64>>>,
+    /// Body field with the username (JSON or form). Default `username`.
+    pub username_field: Option<String>,
+    /// Default 10.
+    pub min_failures: Option<u32>,
+    /// Default 5.
+    pub min_usernames: Option<u32>,
+    /// Default 0.8.
+    pub failure_share: Option<Spanned<f64>>,
+    /// Default 5.
+    pub sources_per_username: Option<u32>,
+    /// Default 100000.
+    pub max_usernames: Option<u64>,
+    /// Most body bytes read to find the username. Default `16KiB`.
+    pub max_body: Option<Spanned<String>>,
+}
+
+/// `[[behaviour.cache_keys]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheKey {
+    /// The route.
+    pub route: Spanned<String>,
+    /// Parameters that select the resource.
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+/// `[[behaviour.flows]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlow {
+    /// Name (signal `flow/<name>`).
+    pub name: Spanned<String>,
+    /// The guarded route.
+    pub route: Spanned<String>,
+    /// The route that must come first.
+    pub after: Spanned<String>,
+    /// Default `1h`.
+    pub within: Option<Spanned<String>>,
+    /// Default `0s`.
+    pub min_gap: Option<Spanned<String>>,
+    /// Default false.
+    pub anonymous_only: Option<bool>,
+    /// Default 20.
+    pub weight: Option<Spanned<u64>>,
+}
+
+/// `[behaviour.attack]`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAttack {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Default `10s`.
+    pub bucket: Option<Spanned<String>>,
+    /// Default 6.
+    pub warmup: Option<u32>,
+    /// Default 4.0.
+    pub rate_factor: Option<Spanned<f64>>,
+    /// Default 50.
+    pub min_requests: Option<u32>,
+    /// Default 0.3.
+    pub error_increase: Option<Spanned<f64>>,
+    /// Default 3.
+    pub enter_after: Option<u32>,
+    /// Default 6.
+    pub leave_after: Option<u32>,
+    /// `route` (default) or `gateway`.
+    pub scope: Option<Spanned<String>>,
 }
 
 /// `[log]`: the decision log.
@@ -469,6 +613,8 @@ pub struct RawConfig {
     pub honeypots: Vec<RawHoneypot>,
     /// `[intel]`.
     pub intel: Option<RawIntel>,
+    /// `[behaviour]`.
+    pub behaviour: Option<RawBehaviour>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.

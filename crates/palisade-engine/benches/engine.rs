@@ -227,6 +227,7 @@ fn behaviour_engine() -> Engine {
             failure_share: 0.8,
             sources_per_username: 5,
             max_usernames: 10_000,
+            max_body: 16 * 1024,
         }),
         ..BehaviourPolicy::default()
     };

@@ -236,7 +236,8 @@ impl Sig {
     /// The weight a signal has unless configured.
     pub fn default_weight(self) -> u8 {
         match self {
-            Sig::Regular | Sig::OneRoute => 10,
+            // Weak on their own: steady, single-route traffic is what good integrations do too.
+            Sig::Regular | Sig::OneRoute => 5,
             Sig::Errors => 30,
             Sig::IgnoresRetryAfter => 50,
             Sig::ManyUserAgents | Sig::ManyIps | Sig::ManyAsns => 20,
@@ -249,7 +250,7 @@ impl Sig {
             Sig::StuffingSource => 70,
             Sig::StuffingTarget => 40,
             Sig::SimilarKeys => 30,
-            Sig::KeyCohort => 30,
+            Sig::KeyCohort => 15,
         }
     }
 
@@ -354,6 +355,8 @@ pub struct StuffingSpec {
     pub sources_per_username: u32,
     /// Most usernames tracked.
     pub max_usernames: usize,
+    /// Most body bytes the gateway reads to find the username.
+    pub max_body: usize,
 }
 
 /// A route's resource-identifying query parameters: every other parameter's values count
@@ -900,6 +903,8 @@ pub struct FeatureReport {
     pub cache_busting_values: u32,
     /// Remembered signals and their decayed weight.
     pub remembered: Vec<(String, u8)>,
+    /// What the remembered signals add to this identity's requests now (0-100).
+    pub score: u8,
     /// Progressive throttling level (0: none).
     pub throttle_level: u8,
 }
@@ -1052,7 +1057,15 @@ impl Behaviour {
         hash_one(&self.hasher, 100 + dim as u8, value)
     }
 
-    fn ip_key(&self, dim: Dim, ip: IpAddr) -> u64 {
+    /// Hashes an address (`ip`) or a network's first address (`ip/24`) the way the tables
+    /// key it.
+    pub fn ip_key(&self, dim: Dim, ip: IpAddr) -> u64 {
+        let ip = ip.to_canonical();
+        let ip = if dim == Dim::Prefix {
+            mask(ip, 24, 48)
+        } else {
+            ip
+        };
         hash_one(&self.hasher, 100 + dim as u8, ip)
     }
 
@@ -1065,8 +1078,7 @@ impl Behaviour {
                 continue;
             }
             let k = match d {
-                Dim::Ip => Some(self.ip_key(d, ip)),
-                Dim::Prefix => Some(self.ip_key(d, mask(ip, 24, 48))),
+                Dim::Ip | Dim::Prefix => Some(self.ip_key(d, ip)),
                 Dim::ApiKey => principal
                     .and_then(|p| p.key_id.as_deref())
                     .map(|k| self.key_of(d, k.as_bytes())),
@@ -1826,6 +1838,13 @@ impl Behaviour {
                 .filter(|(t, _)| *t > 0)
                 .map(|(t, a)| (names(usize::from(*t) - 1), a.round() as u8))
                 .collect(),
+            score: f
+                .memory
+                .iter()
+                .filter(|(t, _)| *t > 0)
+                .map(|(_, a)| a.round() as u32)
+                .sum::<u32>()
+                .min(100) as u8,
             throttle_level: f.level,
         })
     }
@@ -1864,6 +1883,7 @@ mod tests {
                 failure_share: 0.8,
                 sources_per_username: 5,
                 max_usernames: 1000,
+                max_body: 16 * 1024,
             }),
             cache_keys: vec![CacheKeySpec {
                 route: SEARCH,

@@ -93,6 +93,11 @@ pub struct IdentityReport {
     /// Daily quota usage (api_key and account dimensions).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaReport>,
+    /// Behaviour features, remembered signals and throttling level, when tracked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behaviour: Option<crate::behaviour::FeatureReport>,
+    /// Whether behaviour is tracked for this dimension at all.
+    pub behaviour_tracked: bool,
 }
 
 /// A daily budget's usage, for the usage endpoint.
@@ -1484,7 +1489,39 @@ impl Engine {
             limits.push(report);
         }
         let quotas = self.quota_report(dimension, value, now_unix_ms);
+        let (behaviour, behaviour_tracked) = match &self.behaviour {
+            Some(b) => {
+                use crate::behaviour::Dim;
+                let key = match (dimension, &kv) {
+                    (KeyPart::Ip, KeyValue::Ip(a, _)) => Some((Dim::Ip, b.ip_key(Dim::Ip, *a))),
+                    (KeyPart::IpPrefix { .. }, KeyValue::Ip(a, _)) => {
+                        Some((Dim::Prefix, b.ip_key(Dim::Prefix, *a)))
+                    }
+                    (KeyPart::ApiKey, _) => {
+                        Some((Dim::ApiKey, b.key_of(Dim::ApiKey, value.as_bytes())))
+                    }
+                    (KeyPart::Account, _) => {
+                        Some((Dim::Account, b.key_of(Dim::Account, value.as_bytes())))
+                    }
+                    (KeyPart::Ja4h, _) => Some((Dim::Ja4h, b.key_of(Dim::Ja4h, value.as_bytes()))),
+                    (KeyPart::Asn, KeyValue::Num(n)) => u32::try_from(*n)
+                        .ok()
+                        .map(|n| (Dim::Asn, b.key_of(Dim::Asn, &n.to_be_bytes()))),
+                    _ => None,
+                };
+                match key {
+                    Some((dim, key)) if b.policy().track.contains(&dim) => (
+                        b.report(dim, key, now, &|i| self.behaviour_signal_name(i)),
+                        true,
+                    ),
+                    _ => (None, false),
+                }
+            }
+            None => (None, false),
+        };
         Ok(IdentityReport {
+            behaviour,
+            behaviour_tracked,
             quotas,
             dimension: dimension.to_string(),
             value: shown,

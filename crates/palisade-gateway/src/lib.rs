@@ -110,6 +110,8 @@ pub struct Runtime {
     pub route_labels: Vec<Arc<str>>,
     /// Whether a limit keys on a JWT claim (tokens are then verified on every route).
     pub jwt_identity: bool,
+    /// Requests held by a score delay (progressive throttling), gateway-wide.
+    pub score_delays: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -169,7 +171,12 @@ impl Runtime {
                 .iter()
                 .any(|k| matches!(k, palisade_engine::KeyPart::Jwt(_)))
         });
+        let score_delays = previous.map_or_else(
+            || Arc::new(Semaphore::new(compiled.server.max_connections.max(1))),
+            |p| p.score_delays.clone(),
+        );
         Self {
+            score_delays,
             compiled,
             engine,
             upstreams,

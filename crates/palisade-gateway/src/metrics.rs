@@ -86,10 +86,21 @@ pub struct Metrics {
     pub store_errors: Counter,
     /// Admin changes to keys, by action.
     pub key_changes: Family<KeyChangeLabels, Counter>,
+    /// Attack-mode switches, by route and direction.
+    pub attack_mode: Family<AttackLabels, Counter>,
 }
 
-/// Labels of key changes.
+/// Labels of attack-mode switches.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttackLabels {
+    /// The route.
+    pub route: Label,
+    /// `on` or `off`.
+    pub mode: &'static str,
+}
+
+/// Labels of key-change counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyChangeLabels {
     /// `create`, `update`, `revoke`, `rotate`.
     pub action: &'static str,
@@ -125,6 +136,12 @@ impl Metrics {
         let connections_refused = Counter::default();
         let store_errors = Counter::default();
         let key_changes = Family::<KeyChangeLabels, Counter>::default();
+        let attack_mode = Family::<AttackLabels, Counter>::default();
+        registry.register(
+            "attack_mode_switches",
+            "Routes switched into (on) or out of (off) attack mode",
+            attack_mode.clone(),
+        );
         registry.register(
             "store_errors",
             "Writes to the embedded store that failed",
@@ -199,6 +216,7 @@ impl Metrics {
             connections_refused,
             store_errors,
             key_changes,
+            attack_mode,
         }
     }
 
@@ -256,6 +274,30 @@ impl Metrics {
             "# HELP palisade_bot_cache_entries User agents whose bot classification is cached\n# TYPE palisade_bot_cache_entries gauge\npalisade_bot_cache_entries {}",
             engine.ua_cache().len()
         );
+        if let Some(b) = engine.behaviour() {
+            let _ = writeln!(
+                out,
+                "# HELP palisade_behaviour_tracked Identities with a behaviour record now\n# TYPE palisade_behaviour_tracked gauge\npalisade_behaviour_tracked {}\n# HELP palisade_behaviour_capacity Most identities with a behaviour record\n# TYPE palisade_behaviour_capacity gauge\npalisade_behaviour_capacity {}\n# HELP palisade_behaviour_evictions Behaviour records evicted\n# TYPE palisade_behaviour_evictions counter\npalisade_behaviour_evictions_total {}\n# HELP palisade_behaviour_bytes Approximate memory held by behaviour records\n# TYPE palisade_behaviour_bytes gauge\npalisade_behaviour_bytes {}\n# HELP palisade_failed_logins Failed logins seen on the stuffing route\n# TYPE palisade_failed_logins counter\npalisade_failed_logins_total {}",
+                b.len(),
+                b.capacity(),
+                b.evictions(),
+                b.approx_bytes(),
+                b.failed_logins()
+            );
+            let attacked = b.attacked_routes();
+            let _ = writeln!(
+                out,
+                "# HELP palisade_under_attack Whether a route is in attack mode (stricter scoring)\n# TYPE palisade_under_attack gauge"
+            );
+            for (i, r) in engine.policy().route_specs.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "palisade_under_attack{{route=\"{}\"}} {}",
+                    r.name,
+                    u8::from(attacked.contains(&i))
+                );
+            }
+        }
         out.push_str("# EOF\n");
         out
     }

@@ -109,27 +109,10 @@ pub async fn handle(
                 "bounds/body_read",
             ));
         };
-        let limited = Limited::new(
-            incoming,
-            usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX),
-        );
-        let bytes = match limited.collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Ok(bounded_refusal(
-                    &shared,
-                    Refusal::BodyTooLarge,
-                    &request_id,
-                    "bounds/body",
-                ));
-            }
-            Err(_) => {
-                return Ok(bounded_refusal(
-                    &shared,
-                    Refusal::BadRequest,
-                    &request_id,
-                    "bounds/body_read",
-                ));
+        let bytes = match read_bounded(incoming, server.max_body_bytes).await {
+            Ok(b) => b,
+            Err((refusal, rule)) => {
+                return Ok(bounded_refusal(&shared, refusal, &request_id, rule));
             }
         };
         let signed = SignedParts {
@@ -157,6 +140,35 @@ pub async fn handle(
             };
         }
         buffered = Some(bytes);
+    }
+    // A login on the stuffing route: the username is read from the (bounded) body, hashed by
+    // the engine and never kept.
+    let mut username: Option<Vec<u8>> = None;
+    if let Some(st) = rt
+        .compiled
+        .policy
+        .behaviour
+        .as_ref()
+        .and_then(|b| b.stuffing.as_ref())
+        .filter(|s| s.route == route)
+    {
+        let bytes = match (buffered.take(), body.take()) {
+            (Some(b), _) => Some(b),
+            (None, Some(incoming)) => {
+                let max = server.max_body_bytes.min(st.max_body as u64);
+                match read_bounded(incoming, max).await {
+                    Ok(b) => Some(b),
+                    Err((refusal, rule)) => {
+                        return Ok(bounded_refusal(&shared, refusal, &request_id, rule));
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(b) = &bytes {
+            username = username_in(b, &st.username_field, &parts.headers);
+        }
+        buffered = bytes;
     }
     // JA4H over the headers as hyper hands them over: in arrival order, but with HTTP/1 names
     // lowercased (hyper does not expose their original case).
@@ -206,7 +218,7 @@ pub async fn handle(
         ja4h: Some(&ja4h),
         ip_info: ip_info.as_ref(),
         bot_verification,
-        username: None,
+        username: username.as_deref(),
     };
     // A decoy key (published where only scrapers look) flags whoever presents it.
     if let (Some(key), _) = credentials
@@ -282,6 +294,25 @@ pub async fn handle(
             code: decision.code.unwrap_or("missing_credentials"),
         }),
         Action::Challenge => Some(Refusal::ChallengeRequired),
+        Action::Delay { wait } if decision.rule.starts_with("score/") => {
+            // A delay from the risk score (progressive throttling): bounded by one queue for
+            // the whole gateway.
+            match rt.score_delays.clone().try_acquire_owned() {
+                Ok(p) => {
+                    tokio::time::sleep(Duration::from_nanos(wait)).await;
+                    drop(p);
+                    None
+                }
+                Err(_) => {
+                    queue_full = true;
+                    rt.engine.refund(&mut decision, shared.clock.now());
+                    Some(Refusal::RateLimited {
+                        retry_after: ceil_secs(wait).max(1),
+                        code: "rate_limited",
+                    })
+                }
+            }
+        }
         Action::Delay { wait } => {
             for o in decision
                 .limits
@@ -333,7 +364,11 @@ pub async fn handle(
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 parts.headers.insert(X_REQUEST_ID, v);
             }
-            if decision.action == Action::Tag {
+            // The upstream sees the score of what it is sent: tagged requests, and requests
+            // the score delayed.
+            let scored_delay = matches!(decision.action, Action::Delay { .. })
+                && decision.rule.starts_with("score/");
+            if decision.action == Action::Tag || scored_delay {
                 parts.headers.insert(
                     X_PALISADE_SCORE,
                     HeaderValue::from(u16::from(decision.score)),
@@ -390,6 +425,8 @@ pub async fn handle(
 
     // Log and metrics.
     let status = response.status().as_u16();
+    rt.engine
+        .observe_status(&decision, status, shared.clock.now());
     let (action, rule): (&'static str, Arc<str>) = if queue_full {
         ("limit", Arc::from(format!("{}/queue_full", decision.rule)))
     } else {
@@ -447,6 +484,46 @@ pub async fn handle(
         }
     }
     Ok(response)
+}
+
+/// Reads a body up to `max` bytes; past that, or on a read error, the refusal to answer.
+async fn read_bounded(incoming: Incoming, max: u64) -> Result<Bytes, (Refusal, &'static str)> {
+    let limited = Limited::new(incoming, usize::try_from(max).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err((Refusal::BodyTooLarge, "bounds/body"))
+        }
+        Err(_) => Err((Refusal::BadRequest, "bounds/body_read")),
+    }
+}
+
+/// The username a login body names: a top-level string field of a JSON object, or a field
+/// of a form. Bounded to 256 bytes.
+fn username_in(body: &[u8], field: &str, headers: &http::HeaderMap) -> Option<Vec<u8>> {
+    let form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let found: Option<Vec<u8>> = if form {
+        form_urlencoded::parse(body)
+            .find(|(k, _)| k == field)
+            .map(|(_, v)| v.into_owned().into_bytes())
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(m)) => m
+                .get(field)
+                .and_then(|v| v.as_str())
+                .map(|s| s.as_bytes().to_vec()),
+            _ => None,
+        }
+    };
+    found.filter(|u| !u.is_empty()).map(|mut u| {
+        u.truncate(256);
+        // Usernames are compared case-insensitively (emails mostly are).
+        u.make_ascii_lowercase();
+        u
+    })
 }
 
 /// `robots.txt` disallowing the honeypots' trap paths, so only clients that ignore it walk

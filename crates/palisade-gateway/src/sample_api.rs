@@ -71,8 +71,16 @@ async fn login(body: Bytes) -> Response {
             ))
         });
     match creds {
-        Some((u, p)) if u == DEMO_USER && p == DEMO_PASSWORD => {
-            axum::Json(json!({ "token": "demo-session-token", "user": DEMO_USER })).into_response()
+        Some((u, p)) if known_user(&u) && p == DEMO_PASSWORD => {
+            let session = format!("{:032x}", rand::random::<u128>());
+            (
+                [(
+                    axum::http::header::SET_COOKIE,
+                    format!("session={session}; Path=/; HttpOnly; SameSite=Lax"),
+                )],
+                axum::Json(json!({ "token": "demo-session-token", "user": u })),
+            )
+                .into_response()
         }
         Some(_) => (StatusCode::UNAUTHORIZED, axum::Json(json!({ "error": "invalid_credentials" }))).into_response(),
         None => (
@@ -81,6 +89,15 @@ async fn login(body: Bytes) -> Response {
         )
             .into_response(),
     }
+}
+
+/// The demo user, and `user-1` ... `user-1000` (for the traffic simulator's people), all with
+/// the demo password.
+fn known_user(u: &str) -> bool {
+    u == DEMO_USER
+        || u.strip_prefix("user-")
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| (1..=1000).contains(&n) && !u.contains('+'))
 }
 
 fn item_json(id: u64) -> serde_json::Value {

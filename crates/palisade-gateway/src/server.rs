@@ -255,6 +255,28 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 async fn flush(shared: &Shared) {
     let (ledger, blocks) = {
         let rt = shared.runtime.load();
+        if let Some(b) = rt.engine.behaviour() {
+            for e in b.take_events() {
+                let route = rt.route_label(e.route);
+                let mode = if e.on { "on" } else { "off" };
+                shared
+                    .metrics
+                    .attack_mode
+                    .get_or_create(&crate::metrics::AttackLabels {
+                        route: crate::metrics::Label(route.clone()),
+                        mode,
+                    })
+                    .inc();
+                tracing::warn!(
+                    route = %route,
+                    attack_mode = mode,
+                    requests_in_bucket = e.requests,
+                    baseline_requests = e.baseline,
+                    error_ratio = e.error_ratio,
+                    "route attack mode switched {mode}"
+                );
+            }
+        }
         (rt.engine.quota_ledger().clone(), rt.engine.blocks().clone())
     };
     if let Err(e) = shared
