@@ -1225,7 +1225,9 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             c,
         );
         let flag: Vec<&'static str> = match &h.flag {
-            None => vec!["ip", "api_key", "ja4h"],
+            // Not `ja4h` by default: a fingerprint is shared by every client with the same header
+            // set, so a scanner dressed as a browser would get that browser's users blocked.
+            None => vec!["ip", "api_key"],
             Some(list) => list
                 .iter()
                 .filter_map(|f| {
@@ -2342,7 +2344,7 @@ fn compile_behaviour(
             }
         };
         let count = |slot: &mut u32, c: &mut Collector<'_>| {
-            if x >= 1.0 && x <= 1e6 && x.fract() == 0.0 {
+            if (1.0..=1e6).contains(&x) && x.fract() == 0.0 {
                 *slot = x as u32;
             } else {
                 c.at(sp(v), &path, "must be a whole number from 1 to 1000000");

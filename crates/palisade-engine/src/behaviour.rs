@@ -521,6 +521,8 @@ struct Features {
     gap_mean: f32,
     gap_sq: f32,
     quiet_until: Nanos,
+    /// The route the last 429 answered (a `Retry-After` covers that route).
+    quiet_route: RouteId,
     last_id: u64,
     id_run: u16,
     /// Remembered signals: (signal index + 1, amount); 0 = free slot.
@@ -1224,7 +1226,7 @@ impl Behaviour {
                         if let Some(r) = c.routes.get_mut(route_bucket) {
                             *r = r.saturating_add(1);
                         }
-                        if now < f.quiet_until {
+                        if now < f.quiet_until && f.quiet_route == route {
                             c.after_429 = c.after_429.saturating_add(1);
                         }
                         if d.is_principal() {
@@ -1570,7 +1572,8 @@ impl Behaviour {
                         404 => c.s404 = c.s404.saturating_add(1),
                         429 => {
                             c.s429 = c.s429.saturating_add(1);
-                            f.quiet_until = f.quiet_until.max(now.saturating_add(retry_after));
+                            f.quiet_until = now.saturating_add(retry_after);
+                            f.quiet_route = trace.route;
                         }
                         _ => {}
                     }

@@ -536,7 +536,10 @@ impl Engine {
                 };
             }
             d.client = Some(class);
-            if action != BotAction::Allow {
+            // A verified key or token names an accountable caller: what software it uses (an
+            // HTTP library, mostly) is no evidence against it. Explicit actions still apply.
+            let keyed_signal = action == BotAction::Signal && facts.auth.principal().is_some();
+            if action != BotAction::Allow && !keyed_signal {
                 d.signals.push(Signal {
                     name: rule.clone(),
                     weight: bots.weight,

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use palisade_config::{ConfigErrors, Overrides};
 
 mod keys_cmd;
+mod simulate;
 
 // The request path allocates small, short-lived buffers at a high rate; mimalloc measured
 // noticeably faster than glibc malloc for it (see bench/README.md).
@@ -48,6 +49,9 @@ enum Command {
         #[command(subcommand)]
         command: BotsCommand,
     },
+    /// Run scripted people, integrations and bots against a gateway and report, per class,
+    /// what reached the upstream and what was stopped.
+    Simulate(simulate::SimArgs),
     /// Serve only the built-in sample API.
     SampleApi {
         /// Address to listen on.
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Blocks(args) => keys_cmd::run_blocks(args),
         Command::Bots { command } => bots(command),
         Command::SampleApi { listen, workers } => sample_api(listen, workers),
+        Command::Simulate(args) => simulate_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -324,6 +329,20 @@ fn bots(command: BotsCommand) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+fn simulate_cmd(args: &simulate::SimArgs) -> anyhow::Result<()> {
+    let rt = runtime(None)?;
+    let report = rt.block_on(simulate::run(args))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", simulate::render(&report));
+    }
+    if !report.all_targets_met {
+        anyhow::bail!("some classes missed their target");
+    }
     Ok(())
 }
 
