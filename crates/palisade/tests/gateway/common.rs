@@ -469,6 +469,26 @@ async fn handle_upstream(
                 .body(full("costed"))
                 .unwrap()
         }
+        "/login" => {
+            // Answers with the status asked for in `x-echo-status`, echoing the body.
+            let status = req
+                .headers()
+                .get("x-echo-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u16>().ok())
+                .unwrap_or(200);
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(full(serde_json::json!({ "body": body }).to_string()))
+                .unwrap()
+        }
         _ => Response::new(full(format!("ok {path}"))),
     };
     Ok(resp)

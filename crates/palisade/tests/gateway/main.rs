@@ -9,6 +9,7 @@
 )]
 
 mod admin;
+mod behaviour;
 mod cli;
 mod common;
 mod keys;

@@ -18,6 +18,7 @@ fn spray_size() -> u32 {
 }
 
 const CAP: u64 = 50_000;
+const BEHAVIOUR_CAP: u64 = 20_000;
 
 /// Sends `count` pipelined requests with distinct client IPs over one connection; returns how
 /// many responses came back.
@@ -88,6 +89,10 @@ rate = "10/1s"
 name = "global"
 rate = "1/1h"
 headers = false
+
+# Behaviour records for every address and network too, capped on their own.
+[behaviour]
+max_entries = {BEHAVIOUR_CAP}
 "#
             ),
         )
@@ -120,16 +125,32 @@ headers = false
         "spray: {answered} requests, per-ip table {tracked}/{capacity} keys, {evicted} evictions, RSS {before} KiB -> {after} KiB (+{} KiB)",
         after.saturating_sub(before)
     );
+    let b_tracked = metric("palisade_behaviour_tracked ");
+    let b_capacity = metric("palisade_behaviour_capacity ");
+    let b_evicted = metric("palisade_behaviour_evictions_total ");
+    let b_bytes = metric("palisade_behaviour_bytes ");
+    println!(
+        "behaviour: {b_tracked}/{b_capacity} records, {b_evicted} evictions, ~{} KiB",
+        b_bytes / 1024
+    );
+    assert!(b_tracked <= b_capacity, "{b_tracked} > {b_capacity}");
+    // Per dimension (ip, ip/24, ja4h, ...) each table is capped at BEHAVIOUR_CAP; the sprayed
+    // addresses alone overflow the ip table many times.
+    assert!(
+        b_evicted >= u64::from(answered) - 2 * BEHAVIOUR_CAP,
+        "{b_evicted}"
+    );
     assert!(tracked <= capacity, "{tracked} > {capacity}");
     assert_eq!(capacity, CAP);
     assert!(
         evicted >= u64::from(answered) - CAP - 1000,
         "evictions {evicted}"
     );
-    // 50k keys at well under 100 B each; a table that kept every key would need ~1M of them.
+    // 50k limiter keys at well under 100 B each and ~40k behaviour records at well under 1 KiB;
+    // tables that kept every identity would need ~1M of each.
     let growth_mib = after.saturating_sub(before) / 1024;
     assert!(
-        growth_mib < 48,
+        growth_mib < 96,
         "RSS grew by {growth_mib} MiB for a {CAP}-key cap"
     );
     // Still answering, and still limiting a known client.

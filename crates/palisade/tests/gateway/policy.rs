@@ -574,7 +574,7 @@ async fn a_library_dressed_as_chrome_is_flagged_by_its_headers() {
     let up = upstream().await;
     let g = Gateway::start(Some(&config_for(
         &up,
-        "[bots]\n\n[headers]\nweight = 15\n\n[scoring]\ntag_at = 30\nchallenge_at = 0\nblock_at = 0\n",
+        "[bots]\n\n[headers]\nweight = 15\n\n[scoring]\ntag_at = 30\ndelay_at = 0\nchallenge_at = 0\nblock_at = 0\n",
     )));
     // The same Chrome user agent: once with Chrome's headers, once as a script sends it.
     let real = [
