@@ -357,3 +357,128 @@ expect = { action = "allow", rule = "list/allow" }
     .to_string();
     assert!(err.contains("nope") && err.contains("bad header"), "{err}");
 }
+
+#[test]
+fn behaviour_and_scoring_errors_are_all_reported_and_good_values_compile() {
+    let src = r#"
+[[routes]]
+name = "login"
+match = { path = "/login" }
+
+[behaviour]
+track = ["ip", "mac_address"]
+window = "five minutes"
+session = ["cookie:sid", "tea"]
+thresholds = { error_share = 1.5, enumeration_run = 0, colour = 3 }
+weights = { enumeration = 200, telepathy = 5 }
+
+[behaviour.stuffing]
+route = "signin"
+failure_status = [200]
+
+[[behaviour.flows]]
+name = "x"
+route = "login"
+after = "login"
+within = "1s"
+min_gap = "2s"
+
+[behaviour.attack]
+scope = "planet"
+
+[scoring]
+tag_at = 50
+delay_at = 40
+throttle = ["0s", "10m"]
+"#;
+    let errs = errors(src);
+    let text = errs.join("\n");
+    for want in [
+        "unknown dimension `mac_address`",
+        "behaviour.window",
+        "`tea` is not a session source",
+        "behaviour.thresholds.error_share",
+        "behaviour.thresholds.enumeration_run",
+        "unknown threshold `colour`",
+        "behaviour.weights.enumeration",
+        "unknown signal `telepathy`",
+        "signin",
+        "a failure status must be from 400 to 599",
+        "min_gap must be shorter than within",
+        "a flow's two routes must differ",
+        "`planet` is not one of",
+        "thresholds must rise",
+        "a delay step must be longer than 0s",
+        "longer than 5m",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+    // Every error has its line (those of a whole section name the section).
+    assert!(errs.len() >= 16, "{text}");
+
+    let ok = compile_str(
+        r#"
+[[routes]]
+name = "login"
+match = { path = "/login", methods = ["POST"] }
+
+[[routes]]
+name = "items"
+match = { path = "/items/{id}" }
+
+[behaviour]
+track = ["ip", "ip/24", "api_key"]
+max_entries = 1000
+session = ["cookie:sid", "jwt:sub", "header:x-session", "api_key"]
+thresholds = { enumeration_run = 30, error_share = 0.6 }
+weights = { enumeration = 80 }
+
+[behaviour.stuffing]
+route = "login"
+username_field = "email"
+
+[[behaviour.flows]]
+name = "sign-in-first"
+route = "items"
+after = "login"
+within = "30m"
+min_gap = "2s"
+
+[behaviour.attack]
+scope = "gateway"
+
+[scoring]
+delay_at = 45
+throttle = ["2s", "10s"]
+under_attack = { challenge_at = 50 }
+"#,
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    let b = ok.policy.behaviour.unwrap();
+    assert_eq!(b.track.len(), 3);
+    assert_eq!(b.max_entries, 1000);
+    assert_eq!(b.session.len(), 4);
+    assert_eq!(b.thresholds.enumeration_run, 30);
+    assert_eq!(
+        b.weights[palisade_engine::behaviour::Sig::Enumeration as usize],
+        80
+    );
+    let s = b.stuffing.unwrap();
+    assert_eq!((s.route, s.failure_status), (0, vec![401, 403]));
+    assert_eq!(s.username_field, "email");
+    let f = &b.flows[0];
+    assert_eq!((f.route, f.after, f.min_gap), (1, 0, 2_000_000_000));
+    assert_eq!(
+        b.attack.unwrap().scope,
+        palisade_engine::behaviour::AttackScope::Gateway
+    );
+    assert_eq!(ok.policy.scoring.delay_at, 45);
+    assert_eq!(ok.policy.scoring.throttle, vec![2_000_000_000, 10_000_000_000]);
+    assert_eq!(ok.policy.scoring.under_attack.challenge_at, 50);
+    assert_eq!(ok.policy.scoring.under_attack.block_at, 75);
+    // Switched off, it compiles to nothing.
+    let off = compile_str("[behaviour]\nenabled = false\n", "t", Path::new(".")).unwrap();
+    assert!(off.policy.behaviour.is_none());
+}
