@@ -253,8 +253,9 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 16] = [
+const SECTIONS: [&str; 17] = [
     "behaviour",
+    "rules",
     "intel",
     "honeypots",
     "bots",
@@ -340,7 +341,8 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
                 one(value, name, c, &mut b);
                 raw.behaviour = Some(b);
             }
-            "rules" | "store" => c.at(
+            "rules" => many(value, name, c, &mut raw.rules, &mut raw.broken_names),
+            "store" => c.at(
                 span,
                 name,
                 format!("section `{name}` is not available in this version of Palisade"),
@@ -1440,6 +1442,9 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         }
     }
 
+    // [[rules]]
+    let rules = compile_rules(&raw.rules, c);
+
     let behaviour = raw
         .behaviour
         .as_ref()
@@ -1597,6 +1602,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         max_blocks,
         intel,
         behaviour,
+        rules,
     };
     Some(Compiled {
         server: ServerSettings {
@@ -2563,4 +2569,81 @@ fn compile_behaviour(
         }
     }
     p
+}
+
+/// `[[rules]]`.
+fn compile_rules(
+    raw: &[RawRule],
+    c: &mut Collector<'_>,
+) -> Option<palisade_engine::rules::RulesPolicy> {
+    use palisade_engine::rules::{RuleAction, RuleSpec, RulesPolicy, compile, environment};
+    if raw.is_empty() {
+        return None;
+    }
+    let env = environment();
+    let mut rules = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for r in raw {
+        let path = format!("rules[{}]", r.index);
+        let name = r.name.get_ref();
+        if !valid_name(name) {
+            c.at(
+                sp(&r.name),
+                format!("{path}.name"),
+                format!("rule name `{name}` must be 1-64 letters, digits, '-', '_' or '.'"),
+            );
+        } else if names.contains(name) {
+            c.at(
+                sp(&r.name),
+                format!("{path}.name"),
+                format!("rule name `{name}` is used twice"),
+            );
+        }
+        names.push(name.clone());
+        let program = match compile(&env, r.when.get_ref()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.at(sp(&r.when), format!("{path}.when"), e);
+                None
+            }
+        };
+        let action = match r.action.get_ref().as_str() {
+            "allow" => Some(RuleAction::Allow),
+            "tag" => Some(RuleAction::Tag),
+            "delay" => Some(RuleAction::Delay),
+            "challenge" => Some(RuleAction::Challenge),
+            "block" => Some(RuleAction::Block),
+            "score" => Some(RuleAction::Score(weight(
+                &r.weight,
+                20,
+                &format!("{path}.weight"),
+                c,
+            ))),
+            other => {
+                c.at(
+                    sp(&r.action),
+                    format!("{path}.action"),
+                    format!("`{other}` is not one of: allow, tag, delay, challenge, block, score"),
+                );
+                None
+            }
+        };
+        if r.weight.is_some() && !matches!(action, Some(RuleAction::Score(_)) | None) {
+            c.at(
+                r.weight.as_ref().and_then(sp),
+                format!("{path}.weight"),
+                "`weight` is for action = \"score\"",
+            );
+        }
+        if let (Some(program), Some(action)) = (program, action) {
+            rules.push(RuleSpec {
+                name: Arc::from(name.as_str()),
+                source: r.when.get_ref().clone(),
+                program: Arc::new(program),
+                action,
+                shadow: r.shadow.unwrap_or(false),
+            });
+        }
+    }
+    Some(RulesPolicy { env, rules })
 }

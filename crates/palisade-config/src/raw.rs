@@ -400,6 +400,25 @@ pub struct RawThresholds {
     pub block_at: Option<Spanned<u64>>,
 }
 
+/// `[[rules]]`: an explicit rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Name (`rule/<name>` in logs). Required.
+    pub name: Spanned<String>,
+    /// CEL expression; the rule matches when it is true. Required.
+    pub when: Spanned<String>,
+    /// `allow` | `tag` | `delay` | `challenge` | `block` | `score`. Required.
+    pub action: Spanned<String>,
+    /// For `score`: the signal's weight (default 20).
+    pub weight: Option<Spanned<u64>>,
+    /// Log as `would_<action>`, never enforce. Default false.
+    pub shadow: Option<bool>,
+    /// Position in the file.
+    #[serde(skip)]
+    pub index: usize,
+}
+
 /// `[behaviour]`: behaviour over time and across identities.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -615,6 +634,8 @@ pub struct RawConfig {
     pub intel: Option<RawIntel>,
     /// `[behaviour]`.
     pub behaviour: Option<RawBehaviour>,
+    /// `[[rules]]`.
+    pub rules: Vec<RawRule>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.
@@ -651,5 +672,6 @@ indexed!(
     RawLimit,
     RawQuota,
     RawHoneypot,
+    RawRule,
     RawTest
 );

@@ -26,7 +26,8 @@ fn embedded_default_compiles_and_passes_its_cases() {
     assert!(c.upstreams.is_empty(), "the default runs the sample API");
     assert_eq!(c.policy.limits.len(), 5);
     let outcomes = run_cases(&c);
-    assert_eq!(outcomes.len(), 6);
+    assert_eq!(outcomes.len(), 7);
+    assert!(c.policy.behaviour.is_some(), "behaviour is on by default");
     assert_eq!(c.policy.quotas.len(), 1);
     for o in outcomes {
         assert!(o.passed, "{o:?}");
@@ -148,7 +149,7 @@ fn sections_from_later_versions_are_named_not_silently_ignored() {
     let errs = errors("[[rules]]\nname = \"x\"\n\n[store]\nbackend = \"redis\"\n\n[colours]\n");
     let joined = errs.join("\n");
     assert!(
-        joined.contains("section `rules` is not available"),
+        joined.contains("rules[0]: missing field `when`"),
         "{joined}"
     );
     assert!(
@@ -475,7 +476,10 @@ under_attack = { challenge_at = 50 }
         palisade_engine::behaviour::AttackScope::Gateway
     );
     assert_eq!(ok.policy.scoring.delay_at, 45);
-    assert_eq!(ok.policy.scoring.throttle, vec![2_000_000_000, 10_000_000_000]);
+    assert_eq!(
+        ok.policy.scoring.throttle,
+        vec![2_000_000_000, 10_000_000_000]
+    );
     assert_eq!(ok.policy.scoring.under_attack.challenge_at, 50);
     assert_eq!(ok.policy.scoring.under_attack.block_at, 75);
     // Switched off, it compiles to nothing.

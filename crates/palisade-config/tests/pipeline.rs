@@ -579,3 +579,139 @@ max_entries = 50000
         Action::Limit { .. }
     ));
 }
+
+#[test]
+fn rules_score_override_and_shadow() {
+    let e = engine(
+        r#"
+[[routes]]
+name = "login"
+match = { path = "/login" }
+
+[bots]
+
+[scoring]
+tag_at = 30
+delay_at = 0
+challenge_at = 60
+block_at = 90
+
+[[rules]]
+name = "scripted-login"
+when = 'route == "login" && bot.category == "http_library"'
+action = "score"
+weight = 35
+
+[[rules]]
+name = "partner-monitor"
+when = 'headers["x-monitor"] == "acme" && path.startsWith("/health")'
+action = "allow"
+
+[[rules]]
+name = "no-language"
+when = '!("accept-language" in headers) && score >= 30'
+action = "challenge"
+
+[[rules]]
+name = "would-block-curl"
+when = 'user_agent.matches("^curl/")'
+action = "block"
+shadow = true
+"#,
+    );
+    // A library on the login route: the score rule adds 35 to the catalog's 20 -> 55, then the
+    // header rule challenges (decisive rules see the score with the score rules' signals).
+    let d = Req::get("/login", "198.51.100.1")
+        .header("user-agent", "python-requests/2.32")
+        .eval(&e);
+    assert_eq!(
+        (d.action, &*d.rule),
+        (Action::Challenge, "rule/no-language")
+    );
+    assert!(
+        d.signals
+            .iter()
+            .any(|s| &*s.name == "rule/scripted-login" && s.weight == 35)
+    );
+    assert_eq!(d.score, 55);
+    // The same with accept-language: no decisive rule, the score (55) tags.
+    let d = Req::get("/login", "198.51.100.1")
+        .header("user-agent", "python-requests/2.32")
+        .header("accept-language", "en")
+        .eval(&e);
+    assert_eq!((d.action, &*d.rule), (Action::Tag, "score/tag"));
+    // Off the login route the score rule does not match.
+    let d = Req::get("/items", "198.51.100.1")
+        .header("user-agent", "python-requests/2.32")
+        .header("accept-language", "en")
+        .eval(&e);
+    assert_eq!(d.score, 20);
+    // An allow rule sets aside the score's action.
+    let d = Req::get("/health", "198.51.100.2")
+        .header("user-agent", "curl/8.1")
+        .header("x-monitor", "acme")
+        .eval(&e);
+    assert_eq!(
+        (d.action, &*d.rule),
+        (Action::Allow, "rule/partner-monitor")
+    );
+    // A shadowed rule is logged as would_block, never enforced.
+    let d = Req::get("/other", "198.51.100.3")
+        .header("user-agent", "curl/8.1")
+        .header("accept-language", "en")
+        .eval(&e);
+    assert_eq!(d.action, Action::Allow);
+    assert_eq!(d.logged_action(), "would_block");
+    assert_eq!(&**d.logged_rule(), "rule/would-block-curl");
+    // A rule reading a missing header key errors: no match, counted.
+    let before = e.rule_errors();
+    let d = Req::get("/health", "198.51.100.4")
+        .header("accept-language", "en")
+        .eval(&e);
+    assert_eq!((d.action, d.score), (Action::Allow, 20));
+    assert!(
+        e.rule_errors() > before,
+        "headers[\"x-monitor\"] is missing"
+    );
+}
+
+#[test]
+fn rule_errors_are_reported_with_their_place() {
+    let err = compile_str(
+        r#"
+[[rules]]
+name = "a"
+when = 'route == '
+action = "block"
+
+[[rules]]
+name = "b"
+when = 'rout == "login"'
+action = "block"
+
+[[rules]]
+name = "b"
+when = 'true'
+action = "explode"
+
+[[rules]]
+name = "c"
+when = 'true'
+action = "block"
+weight = 5
+"#,
+        "t",
+        Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "rules[0].when",
+        "unknown variable `rout`",
+        "rule name `b` is used twice",
+        "`explode` is not one of",
+        "`weight` is for action = \"score\"",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in {err}");
+    }
+}

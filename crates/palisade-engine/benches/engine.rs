@@ -43,7 +43,7 @@ fn limit(
 }
 
 fn engine() -> Engine {
-    engine_with(None, None, None)
+    engine_with(None, None, None, None)
 }
 
 fn bots() -> palisade_engine::bots::BotsPolicy {
@@ -65,6 +65,7 @@ fn engine_with(
     bots: Option<palisade_engine::bots::BotsPolicy>,
     headers: Option<palisade_engine::policy::HeadersPolicy>,
     behaviour: Option<palisade_engine::behaviour::BehaviourPolicy>,
+    rules: Option<palisade_engine::rules::RulesPolicy>,
 ) -> Engine {
     let fast = Algorithm::Gcra {
         interval: 1,
@@ -130,6 +131,7 @@ fn engine_with(
         max_blocks: 1000,
         intel: None,
         behaviour,
+        rules,
     };
     Engine::new(policy, None)
 }
@@ -183,6 +185,7 @@ fn five_limits_warm_with_intel(bencher: divan::Bencher) {
             assume_https: true,
         }),
         None,
+        None,
     );
     bench_warm(
         bencher,
@@ -203,6 +206,20 @@ fn five_limits_warm_with_behaviour(bencher: divan::Bencher) {
 }
 
 fn behaviour_engine() -> Engine {
+    behaviour_engine_with(false)
+}
+
+/// Everything, plus three CEL rules (one reads the header map).
+#[divan::bench]
+fn five_limits_warm_with_behaviour_and_rules(bencher: divan::Bencher) {
+    bench_warm(
+        bencher,
+        &behaviour_engine_with(true),
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    );
+}
+
+fn behaviour_engine_with(rules: bool) -> Engine {
     use palisade_engine::behaviour::{BehaviourPolicy, CacheKeySpec, FlowSpec, StuffingSpec};
     let b = BehaviourPolicy {
         flows: vec![FlowSpec {
@@ -238,6 +255,37 @@ fn behaviour_engine() -> Engine {
             assume_https: true,
         }),
         Some(b),
+        rules.then(|| {
+            use palisade_engine::rules::{RuleAction, RuleSpec, RulesPolicy, compile, environment};
+            let env = environment();
+            let rule = |name: &str, when: &str, action| RuleSpec {
+                name: name.into(),
+                source: when.to_owned(),
+                program: std::sync::Arc::new(compile(&env, when).unwrap_or_else(|e| panic!("{e}"))),
+                action,
+                shadow: false,
+            };
+            RulesPolicy {
+                rules: vec![
+                    rule(
+                        "hosting-login",
+                        "asn.category == \"hosting\" && route == \"login\"",
+                        RuleAction::Challenge,
+                    ),
+                    rule(
+                        "no-accept-language",
+                        "!(\"accept-language\" in headers) && bot.category == \"human\"",
+                        RuleAction::Score(10),
+                    ),
+                    rule(
+                        "risky",
+                        "score >= 50 && signals.exists(s, s.startsWith(\"behaviour/\"))",
+                        RuleAction::Block,
+                    ),
+                ],
+                env,
+            }
+        }),
     )
 }
 

@@ -176,6 +176,8 @@ pub struct Engine {
     rule_throttle: Arc<str>,
     behaviour: Option<Arc<Behaviour>>,
     behaviour_names: Vec<Arc<str>>,
+    rule_names: Vec<Arc<str>>,
+    rule_errors: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -276,7 +278,18 @@ impl Engine {
                 )
             })
             .collect();
+        let rule_names = policy
+            .rules
+            .iter()
+            .flat_map(|r| {
+                r.rules
+                    .iter()
+                    .map(|r| Arc::from(format!("rule/{}", r.name)))
+            })
+            .collect();
         Self {
+            rule_names,
+            rule_errors: std::sync::atomic::AtomicU64::new(0),
             behaviour,
             behaviour_names,
             rule_delay: Arc::from("score/delay"),
@@ -730,19 +743,32 @@ impl Engine {
             self.refund(&mut d, facts.now);
         }
 
-        d.score = d
-            .signals
-            .iter()
-            .filter(|s| !s.shadow)
-            .fold(0u32, |acc, s| acc + u32::from(s.weight))
-            .min(100) as u8;
-        let shadow_score = d
-            .signals
-            .iter()
-            .fold(0u32, |acc, s| acc + u32::from(s.weight))
-            .min(100) as u8;
+        let score_of = |d: &Decision| {
+            let enforced = d
+                .signals
+                .iter()
+                .filter(|s| !s.shadow)
+                .fold(0u32, |acc, s| acc + u32::from(s.weight))
+                .min(100) as u8;
+            let all = d
+                .signals
+                .iter()
+                .fold(0u32, |acc, s| acc + u32::from(s.weight))
+                .min(100) as u8;
+            (enforced, all)
+        };
+        (d.score, _) = score_of(&d);
 
-        d.shadow = shadowed;
+        // Explicit rules: `score` rules add signals; the first other match decides.
+        let decided = self.run_rules(&mut d, facts, route_spec);
+        let (score, shadow_score) = score_of(&d);
+        d.score = score;
+
+        if let Some((a, r)) = shadowed
+            && stronger(a, d.shadow.as_ref().map(|s| s.0))
+        {
+            d.shadow = Some((a, r));
+        }
         if shadow_score > d.score
             && let Some((a, r)) = self.score_action(shadow_score, &d)
             && stronger(a, d.shadow.as_ref().map(|s| s.0))
@@ -753,17 +779,28 @@ impl Engine {
         // The score's action, with progressive throttling for repeat offenders: an offence
         // counts even when a limit refuses the request anyway, so a client that ignores 429s
         // climbs the steps to a block.
-        let mut scored = self.score_action(d.score, &d);
-        if let Some((Action::Delay { .. }, _)) = scored {
-            scored = Some(self.throttle(&d, facts));
+        let mut scored = match decided {
+            Some((None, rule)) => Some((Action::Allow, rule)),
+            Some((Some(a), rule)) => Some((a, rule)),
+            None => self.score_action(d.score, &d),
+        };
+        if let Some((Action::Delay { .. }, rule)) = &scored {
+            let from_rule = !rule.starts_with("score/");
+            let (a, r) = self.throttle(&d, facts);
+            scored = Some(if from_rule && a != Action::Block {
+                (a, rule.clone())
+            } else {
+                (a, r)
+            });
         }
         let (action, rule) = match (enforced, scored) {
-            (Some(e), Some(s)) if s.0 == Action::Block => {
-                if stronger(s.0, Some(e.0)) {
-                    s
-                } else {
-                    e
-                }
+            // A limit's refusal stands against the score; a block from progressive throttling
+            // or an explicit rule goes further.
+            (Some(e), Some(s))
+                if s.0 == Action::Block
+                    && (s.1 == self.rule_throttle || s.1.starts_with("rule/")) =>
+            {
+                if stronger(s.0, Some(e.0)) { s } else { e }
             }
             (Some(e), _) => e,
             (None, Some(s)) => s,
@@ -1207,6 +1244,109 @@ impl Engine {
         } else {
             None
         }
+    }
+
+    /// Runs the rules: `score` rules add their signals to `d`; the first other matching rule
+    /// decides the score's action: `Some((None, rule))` for `allow`, `Some((Some(action),
+    /// rule))` otherwise. Shadowed rules only record what they would have done.
+    #[allow(clippy::type_complexity, reason = "private; documented above")]
+    fn run_rules(
+        &self,
+        d: &mut Decision,
+        facts: &RequestFacts<'_>,
+        route: &RouteSpec,
+    ) -> Option<(Option<Action>, Arc<str>)> {
+        use crate::rules::{Facts, RuleAction, matches};
+        let rp = self.policy.rules.as_ref()?;
+        let check = |r: &crate::rules::RuleSpec, view: &Facts<'_>| match matches(&rp.env, r, view) {
+            Ok(b) => b,
+            Err(_) => {
+                self.rule_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+        };
+        // Pass one: `score` rules add their signals.
+        let mut added: Vec<Signal> = Vec::new();
+        {
+            let view = Facts {
+                facts,
+                route: &route.name,
+                decision: d,
+                score: d.score,
+            };
+            for (r, name) in rp.rules.iter().zip(&self.rule_names) {
+                if let RuleAction::Score(w) = r.action
+                    && check(r, &view)
+                {
+                    added.push(Signal {
+                        name: name.clone(),
+                        weight: w,
+                        shadow: r.shadow,
+                    });
+                }
+            }
+        }
+        if !added.is_empty() {
+            d.signals.extend(added);
+            d.score = d
+                .signals
+                .iter()
+                .filter(|s| !s.shadow)
+                .fold(0u32, |acc, s| acc + u32::from(s.weight))
+                .min(100) as u8;
+        }
+        // Pass two: the first other matching rule decides, seeing the score with them.
+        let mut decided: Option<(Option<Action>, Arc<str>)> = None;
+        let mut would: Option<(Action, Arc<str>)> = None;
+        {
+            let view = Facts {
+                facts,
+                route: &route.name,
+                decision: d,
+                score: d.score,
+            };
+            for (r, name) in rp.rules.iter().zip(&self.rule_names) {
+                let action = match r.action {
+                    RuleAction::Score(_) => continue,
+                    RuleAction::Allow => None,
+                    RuleAction::Tag => Some(Action::Tag),
+                    RuleAction::Delay => Some(Action::Delay {
+                        wait: self
+                            .policy
+                            .scoring
+                            .throttle
+                            .first()
+                            .copied()
+                            .unwrap_or(SECOND),
+                    }),
+                    RuleAction::Challenge => Some(Action::Challenge),
+                    RuleAction::Block => Some(Action::Block),
+                };
+                if (r.shadow && would.is_some()) || !check(r, &view) {
+                    continue;
+                }
+                if r.shadow {
+                    if let Some(a) = action {
+                        would = Some((a, name.clone()));
+                    }
+                    continue;
+                }
+                decided = Some((action, name.clone()));
+                break;
+            }
+        }
+        if let Some((a, r)) = would
+            && stronger(a, d.shadow.as_ref().map(|s| s.0))
+        {
+            d.shadow = Some((a, r));
+        }
+        decided
+    }
+
+    /// Rule evaluations that failed (a missing key, a type mismatch), counted as no match.
+    pub fn rule_errors(&self) -> u64 {
+        self.rule_errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Progressive throttling: the delay step for this offence, or a block past the last step

@@ -25,6 +25,7 @@ pub mod principal;
 pub mod quota;
 pub mod ratelimit_headers;
 pub mod route;
+pub mod rules;
 pub mod units;
 
 pub use clock::{Clock, ManualClock, Nanos};

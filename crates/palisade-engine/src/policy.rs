@@ -227,6 +227,8 @@ pub struct Policy {
     pub intel: Option<IntelPolicy>,
     /// Behaviour and collective detection; `None` when `[behaviour]` is switched off.
     pub behaviour: Option<crate::behaviour::BehaviourPolicy>,
+    /// Explicit rules; `None` when there are none.
+    pub rules: Option<crate::rules::RulesPolicy>,
 }
 
 /// Compiled `[intel]`.

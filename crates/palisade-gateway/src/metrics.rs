@@ -274,6 +274,13 @@ impl Metrics {
             "# HELP palisade_bot_cache_entries User agents whose bot classification is cached\n# TYPE palisade_bot_cache_entries gauge\npalisade_bot_cache_entries {}",
             engine.ua_cache().len()
         );
+        if engine.policy().rules.is_some() {
+            let _ = writeln!(
+                out,
+                "# HELP palisade_rule_errors Rule evaluations that failed (counted as no match)\n# TYPE palisade_rule_errors counter\npalisade_rule_errors_total {}",
+                engine.rule_errors()
+            );
+        }
         if let Some(b) = engine.behaviour() {
             let _ = writeln!(
                 out,

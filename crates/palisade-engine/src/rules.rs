@@ -1,0 +1,259 @@
+//! Explicit rules: CEL expressions over request facts and signals, each with an action.
+//!
+//! Rules run after every detector, in configuration order. A rule whose action is `score` adds
+//! a signal `rule/<name>` of its weight (every matching one does); the first matching rule with
+//! another action decides what the score would have: `allow` (nothing, whatever the score),
+//! `tag`, `delay` (progressive throttling), `challenge` or `block`. Rate limits and quotas still
+//! refuse what they refuse; the static allow list is the way to exempt a client from
+//! everything.
+//!
+//! Variables are resolved on demand (a rule that reads only `route` never builds the header
+//! map): see [`VARIABLES`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cel::common::value::CowVal;
+use cel::context::VariableResolver;
+use cel::{Context, Env, Program, Value};
+
+use crate::decision::Decision;
+use crate::facts::RequestFacts;
+
+/// Variables a rule may read, with what they hold.
+pub const VARIABLES: [(&str, &str); 17] = [
+    ("route", "the matched route's name"),
+    ("method", "the request method, e.g. \"GET\""),
+    ("path", "the path, without the query"),
+    ("query", "the raw query string (\"\" if none)"),
+    ("ip", "the client address"),
+    ("country", "ISO country code from [intel] (\"\" if unknown)"),
+    (
+        "asn",
+        "{number, name, category}: the client's network from [intel] (category \"\" if unknown)",
+    ),
+    ("tor", "whether the client is a Tor exit"),
+    (
+        "bot",
+        "{category, name, verified}: what the bot catalog made of the user agent",
+    ),
+    ("user_agent", "the User-Agent header (\"\" if none)"),
+    ("headers", "request headers by lowercase name (first value)"),
+    ("score", "the risk score from every signal so far (0-100)"),
+    (
+        "signals",
+        "signal name -> weight, e.g. signals[\"behaviour/errors\"]",
+    ),
+    ("authenticated", "whether a key or token was verified"),
+    ("api_key", "the key's id, or null"),
+    ("account", "the caller's account, or null"),
+    ("under_attack", "whether the route is in attack mode"),
+];
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    /// The score's action does not apply.
+    Allow,
+    /// Forward with score headers.
+    Tag,
+    /// Delay (progressive throttling).
+    Delay,
+    /// Challenge.
+    Challenge,
+    /// Refuse.
+    Block,
+    /// Add a signal of this weight; later rules still run.
+    Score(u8),
+}
+
+/// A compiled `[[rules]]` entry.
+#[derive(Clone)]
+pub struct RuleSpec {
+    /// Name (`rule/<name>` in logs).
+    pub name: Arc<str>,
+    /// The expression as written.
+    pub source: String,
+    /// Compiled.
+    pub program: Arc<Program>,
+    /// What it does.
+    pub action: RuleAction,
+    /// Logged as `would_<action>`, never enforced.
+    pub shadow: bool,
+}
+
+impl std::fmt::Debug for RuleSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSpec")
+            .field("name", &self.name)
+            .field("when", &self.source)
+            .field("action", &self.action)
+            .finish()
+    }
+}
+
+impl PartialEq for RuleSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.source == other.source
+            && self.action == other.action
+            && self.shadow == other.shadow
+    }
+}
+
+/// Compiled `[[rules]]`, with the environment they run in.
+#[derive(Clone)]
+pub struct RulesPolicy {
+    /// The CEL environment.
+    pub env: Arc<Env>,
+    /// The rules, in configuration order.
+    pub rules: Vec<RuleSpec>,
+}
+
+impl std::fmt::Debug for RulesPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.rules).finish()
+    }
+}
+
+/// The CEL environment rules compile and run in (the standard library and macros).
+pub fn environment() -> Arc<Env> {
+    Arc::new(Env::stdlib())
+}
+
+/// Compiles an expression, refusing unknown variables (a typo would otherwise never match).
+pub fn compile(env: &Env, source: &str) -> Result<Program, String> {
+    let program = env.compile(source).map_err(|e| e.to_string())?;
+    let refs = program.references();
+    let unknown: Vec<&str> = refs
+        .variables()
+        .into_iter()
+        .filter(|v| !VARIABLES.iter().any(|(k, _)| k == v))
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = VARIABLES.iter().map(|(k, _)| *k).collect();
+        return Err(format!(
+            "unknown variable{} `{}`; known: {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join("`, `"),
+            known.join(", ")
+        ));
+    }
+    Ok(program)
+}
+
+/// Resolves a rule's variables from one request, on demand.
+pub struct Facts<'a> {
+    /// The request.
+    pub facts: &'a RequestFacts<'a>,
+    /// The route's name.
+    pub route: &'a str,
+    /// The decision so far (signals, bot class).
+    pub decision: &'a Decision,
+    /// The score so far.
+    pub score: u8,
+}
+
+fn s(v: &str) -> Value {
+    Value::String(Arc::new(v.to_owned()))
+}
+
+fn map(pairs: Vec<(&str, Value)>) -> Value {
+    let m: HashMap<String, Value> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Value::from(m)
+}
+
+impl Facts<'_> {
+    fn value(&self, name: &str) -> Option<Value> {
+        let f = self.facts;
+        let principal = f.auth.principal();
+        Some(match name {
+            "route" => s(self.route),
+            "method" => s(f.method.as_str()),
+            "path" => s(f.path),
+            "query" => s(f.query.unwrap_or("")),
+            "ip" => s(&f.client_ip.to_canonical().to_string()),
+            "country" => s(f.ip_info.map_or("", |i| &*i.country)),
+            "asn" => {
+                let (number, name, category) = match f.ip_info {
+                    Some(i) => (
+                        i64::from(i.asn),
+                        &*i.as_name,
+                        i.category.map_or("", |c| c.name()),
+                    ),
+                    None => (0, "", ""),
+                };
+                map(vec![
+                    ("number", Value::Int(number)),
+                    ("name", s(name)),
+                    ("category", s(category)),
+                ])
+            }
+            "tor" => Value::Bool(f.ip_info.is_some_and(|i| i.tor_exit)),
+            "bot" => {
+                let c = self.decision.client.as_ref();
+                map(vec![
+                    ("category", s(c.map_or("", |c| c.category.name()))),
+                    ("name", s(c.and_then(|c| c.name.as_deref()).unwrap_or(""))),
+                    (
+                        "verified",
+                        Value::Bool(c.and_then(|c| c.verification.as_ref()).is_some_and(
+                            |(_, st)| *st == palisade_intel::verify::VerifyStatus::Verified,
+                        )),
+                    ),
+                ])
+            }
+            "user_agent" => s(f
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")),
+            "headers" => {
+                let mut m: HashMap<String, Value> = HashMap::new();
+                for (k, v) in f.headers {
+                    if let Ok(v) = v.to_str() {
+                        m.entry(k.as_str().to_owned()).or_insert_with(|| s(v));
+                    }
+                }
+                Value::from(m)
+            }
+            "score" => Value::Int(i64::from(self.score)),
+            "signals" => {
+                let mut m: HashMap<String, Value> = HashMap::new();
+                for sig in self.decision.signals.iter().filter(|x| !x.shadow) {
+                    m.insert(sig.name.to_string(), Value::Int(i64::from(sig.weight)));
+                }
+                Value::from(m)
+            }
+            "authenticated" => Value::Bool(principal.is_some()),
+            "api_key" => principal
+                .and_then(|p| p.key_id.as_deref())
+                .map_or(Value::Null, s),
+            "account" => principal
+                .and_then(|p| p.account.as_deref())
+                .map_or(Value::Null, s),
+            "under_attack" => Value::Bool(self.decision.under_attack),
+            _ => return None,
+        })
+    }
+}
+
+impl VariableResolver for Facts<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        self.value(variable)
+            .and_then(|v| v.try_into().ok())
+            .map(CowVal::Owned)
+    }
+}
+
+/// Whether a rule matches: its expression evaluates to `true`. An error (a missing map key, a
+/// type mismatch) is no match; `Err` carries it for counting.
+pub fn matches(env: &Arc<Env>, rule: &RuleSpec, facts: &Facts<'_>) -> Result<bool, String> {
+    let mut ctx = Context::with_env(env.clone());
+    ctx.set_variable_resolver(facts);
+    match rule.program.execute(&ctx) {
+        Ok(Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("rule {} gave {other:?}, not a bool", rule.name)),
+        Err(e) => Err(format!("rule {}: {e}", rule.name)),
+    }
+}
