@@ -125,10 +125,11 @@ pub fn environment() -> Arc<Env> {
 pub fn compile(env: &Env, source: &str) -> Result<Program, String> {
     let program = env.compile(source).map_err(|e| e.to_string())?;
     let refs = program.references();
+    let bound = comprehension_variables(source);
     let unknown: Vec<&str> = refs
         .variables()
         .into_iter()
-        .filter(|v| !VARIABLES.iter().any(|(k, _)| k == v))
+        .filter(|v| !VARIABLES.iter().any(|(k, _)| k == v) && !bound.iter().any(|b| b == v))
         .collect();
     if !unknown.is_empty() {
         let known: Vec<&str> = VARIABLES.iter().map(|(k, _)| *k).collect();
@@ -140,6 +141,29 @@ pub fn compile(env: &Env, source: &str) -> Result<Program, String> {
         ));
     }
     Ok(program)
+}
+
+/// Names bound by the comprehension macros (`x` in `list.exists(x, ...)`), which the
+/// expression's references list as variables.
+fn comprehension_variables(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in ["all", "exists", "exists_one", "map", "filter"] {
+        let pat = format!(".{m}(");
+        let mut rest = source;
+        while let Some(i) = rest.find(&pat) {
+            rest = rest.get(i + pat.len()..).unwrap_or("");
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let after = rest.trim_start().get(name.len()..).unwrap_or("");
+            if !name.is_empty() && after.trim_start().starts_with(',') {
+                out.push(name);
+            }
+        }
+    }
+    out
 }
 
 /// Resolves a rule's variables from one request, on demand.
@@ -255,5 +279,31 @@ pub fn matches(env: &Arc<Env>, rule: &RuleSpec, facts: &Facts<'_>) -> Result<boo
         Ok(Value::Bool(b)) => Ok(b),
         Ok(other) => Err(format!("rule {} gave {other:?}, not a bool", rule.name)),
         Err(e) => Err(format!("rule {}: {e}", rule.name)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_variables_are_refused_and_comprehension_variables_are_not() {
+        let env = environment();
+        assert!(compile(&env, "route == \"login\" && score > 3").is_ok());
+        assert!(compile(&env, "signals.exists(s, s.startsWith(\"behaviour/\"))").is_ok());
+        assert!(
+            compile(
+                &env,
+                "[1, 2].all(n, n > 0) && headers.exists_one(h, h == \"a\")"
+            )
+            .is_ok()
+        );
+        let e = compile(&env, "rout == \"x\" || signals.exists(s, s == nme)").unwrap_err();
+        assert!(
+            e.contains("`rout`") && e.contains("`nme`") && !e.contains("`s`"),
+            "{e}"
+        );
+        assert!(compile(&env, "route ==").is_err());
     }
 }

@@ -500,7 +500,7 @@ async fn read_bounded(incoming: Incoming, max: u64) -> Result<Bytes, (Refusal, &
 
 /// The username a login body names: a top-level string field of a JSON object, or a field
 /// of a form. Bounded to 256 bytes.
-fn username_in(body: &[u8], field: &str, headers: &http::HeaderMap) -> Option<Vec<u8>> {
+pub fn username_in(body: &[u8], field: &str, headers: &http::HeaderMap) -> Option<Vec<u8>> {
     let form = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
