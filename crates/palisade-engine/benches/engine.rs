@@ -279,7 +279,7 @@ fn behaviour_engine_with(rules: bool) -> Engine {
                     ),
                     rule(
                         "risky",
-                        "score >= 50 && signals.exists(s, s.startsWith(\"behaviour/\"))",
+                        "score >= 50 && \"behaviour/enumeration\" in signals",
                         RuleAction::Block,
                     ),
                 ],

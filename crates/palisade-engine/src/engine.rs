@@ -1269,12 +1269,7 @@ impl Engine {
         // Pass one: `score` rules add their signals.
         let mut added: Vec<Signal> = Vec::new();
         {
-            let view = Facts {
-                facts,
-                route: &route.name,
-                decision: d,
-                score: d.score,
-            };
+            let view = Facts::new(facts, &route.name, d, d.score);
             for (r, name) in rp.rules.iter().zip(&self.rule_names) {
                 if let RuleAction::Score(w) = r.action
                     && check(r, &view)
@@ -1300,12 +1295,7 @@ impl Engine {
         let mut decided: Option<(Option<Action>, Arc<str>)> = None;
         let mut would: Option<(Action, Arc<str>)> = None;
         {
-            let view = Facts {
-                facts,
-                route: &route.name,
-                decision: d,
-                score: d.score,
-            };
+            let view = Facts::new(facts, &route.name, d, d.score);
             for (r, name) in rp.rules.iter().zip(&self.rule_names) {
                 let action = match r.action {
                     RuleAction::Score(_) => continue,

@@ -13,7 +13,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cel::common::value::CowVal;
+use cel::common::types::{CelBool, CelInt, CelMap, CelMapKey, CelNull, CelString};
+use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
 
@@ -166,38 +167,65 @@ fn comprehension_variables(source: &str) -> Vec<String> {
     out
 }
 
-/// Resolves a rule's variables from one request, on demand.
+/// Resolves a rule's variables from one request, on demand, each at most once (every rule of
+/// the pass shares them).
 pub struct Facts<'a> {
-    /// The request.
-    pub facts: &'a RequestFacts<'a>,
-    /// The route's name.
-    pub route: &'a str,
-    /// The decision so far (signals, bot class).
-    pub decision: &'a Decision,
-    /// The score so far.
-    pub score: u8,
+    facts: &'a RequestFacts<'a>,
+    route: &'a str,
+    decision: &'a Decision,
+    score: u8,
+    cache: [std::sync::OnceLock<Option<Box<dyn Val + 'a>>>; VARIABLES.len()],
 }
 
-fn s(v: &str) -> Value {
-    Value::String(Arc::new(v.to_owned()))
+impl<'a> Facts<'a> {
+    /// A view of one request: its facts, route name, the decision so far and its score.
+    pub fn new(
+        facts: &'a RequestFacts<'a>,
+        route: &'a str,
+        decision: &'a Decision,
+        score: u8,
+    ) -> Self {
+        Self {
+            facts,
+            route,
+            decision,
+            score,
+            cache: std::array::from_fn(|_| std::sync::OnceLock::new()),
+        }
+    }
 }
 
-fn map(pairs: Vec<(&str, Value)>) -> Value {
-    let m: HashMap<String, Value> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    Value::from(m)
+type Boxed<'a> = Box<dyn Val + 'a>;
+
+fn st(v: &str) -> Boxed<'_> {
+    Box::new(CelString::from(v))
 }
 
-impl Facts<'_> {
-    fn value(&self, name: &str) -> Option<Value> {
+fn owned(v: String) -> Boxed<'static> {
+    Box::new(CelString::from(std::borrow::Cow::Owned::<str>(v)))
+}
+
+fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, Boxed<'a>)>) -> Boxed<'a> {
+    let m: HashMap<CelMapKey<'a>, Boxed<'a>> = pairs
+        .into_iter()
+        .map(|(k, v)| (CelMapKey::String(CelString::from(k)), v))
+        .collect();
+    Box::new(CelMap::from(m))
+}
+
+impl<'a> Facts<'a> {
+    /// A variable's value, borrowing from the request where it can.
+    fn value(&self, name: &str) -> Option<Boxed<'a>> {
         let f = self.facts;
         let principal = f.auth.principal();
+        let d: &'a Decision = self.decision;
         Some(match name {
-            "route" => s(self.route),
-            "method" => s(f.method.as_str()),
-            "path" => s(f.path),
-            "query" => s(f.query.unwrap_or("")),
-            "ip" => s(&f.client_ip.to_canonical().to_string()),
-            "country" => s(f.ip_info.map_or("", |i| &*i.country)),
+            "route" => st(self.route),
+            "method" => st(f.method.as_str()),
+            "path" => st(f.path),
+            "query" => st(f.query.unwrap_or("")),
+            "ip" => owned(f.client_ip.to_canonical().to_string()),
+            "country" => st(f.ip_info.map_or("", |i| &*i.country)),
             "asn" => {
                 let (number, name, category) = match f.ip_info {
                     Some(i) => (
@@ -207,56 +235,60 @@ impl Facts<'_> {
                     ),
                     None => (0, "", ""),
                 };
-                map(vec![
-                    ("number", Value::Int(number)),
-                    ("name", s(name)),
-                    ("category", s(category)),
+                map([
+                    ("number", Box::new(CelInt::from(number)) as Boxed<'a>),
+                    ("name", st(name)),
+                    ("category", st(category)),
                 ])
             }
-            "tor" => Value::Bool(f.ip_info.is_some_and(|i| i.tor_exit)),
+            "tor" => Box::new(CelBool::from(f.ip_info.is_some_and(|i| i.tor_exit))),
             "bot" => {
-                let c = self.decision.client.as_ref();
-                map(vec![
-                    ("category", s(c.map_or("", |c| c.category.name()))),
-                    ("name", s(c.and_then(|c| c.name.as_deref()).unwrap_or(""))),
-                    (
-                        "verified",
-                        Value::Bool(c.and_then(|c| c.verification.as_ref()).is_some_and(
-                            |(_, st)| *st == palisade_intel::verify::VerifyStatus::Verified,
-                        )),
-                    ),
+                let c = d.client.as_ref();
+                let verified = c
+                    .and_then(|c| c.verification.as_ref())
+                    .is_some_and(|(_, st)| *st == palisade_intel::verify::VerifyStatus::Verified);
+                map([
+                    ("category", st(c.map_or("", |c| c.category.name()))),
+                    ("name", st(c.and_then(|c| c.name.as_deref()).unwrap_or(""))),
+                    ("verified", Box::new(CelBool::from(verified)) as Boxed<'a>),
                 ])
             }
-            "user_agent" => s(f
+            "user_agent" => st(f
                 .headers
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")),
             "headers" => {
-                let mut m: HashMap<String, Value> = HashMap::new();
+                let mut m: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
                 for (k, v) in f.headers {
                     if let Ok(v) = v.to_str() {
-                        m.entry(k.as_str().to_owned()).or_insert_with(|| s(v));
+                        m.entry(CelMapKey::String(CelString::from(k.as_str())))
+                            .or_insert_with(|| st(v));
                     }
                 }
-                Value::from(m)
+                Box::new(CelMap::from(m))
             }
-            "score" => Value::Int(i64::from(self.score)),
+            "score" => Box::new(CelInt::from(i64::from(self.score))),
             "signals" => {
-                let mut m: HashMap<String, Value> = HashMap::new();
-                for sig in self.decision.signals.iter().filter(|x| !x.shadow) {
-                    m.insert(sig.name.to_string(), Value::Int(i64::from(sig.weight)));
+                let mut m: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
+                for sig in d.signals.iter().filter(|x| !x.shadow) {
+                    m.insert(
+                        CelMapKey::String(CelString::from(&*sig.name)),
+                        Box::new(CelInt::from(i64::from(sig.weight))),
+                    );
                 }
-                Value::from(m)
+                Box::new(CelMap::from(m))
             }
-            "authenticated" => Value::Bool(principal.is_some()),
-            "api_key" => principal
-                .and_then(|p| p.key_id.as_deref())
-                .map_or(Value::Null, s),
-            "account" => principal
-                .and_then(|p| p.account.as_deref())
-                .map_or(Value::Null, s),
-            "under_attack" => Value::Bool(self.decision.under_attack),
+            "authenticated" => Box::new(CelBool::from(principal.is_some())),
+            "api_key" => match principal.and_then(|p| p.key_id.as_deref()) {
+                Some(k) => st(k),
+                None => Box::new(CelNull),
+            },
+            "account" => match principal.and_then(|p| p.account.as_deref()) {
+                Some(a) => st(a),
+                None => Box::new(CelNull),
+            },
+            "under_attack" => Box::new(CelBool::from(d.under_attack)),
             _ => return None,
         })
     }
@@ -264,9 +296,10 @@ impl Facts<'_> {
 
 impl VariableResolver for Facts<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        self.value(variable)
-            .and_then(|v| v.try_into().ok())
-            .map(CowVal::Owned)
+        let i = VARIABLES.iter().position(|(k, _)| *k == variable)?;
+        let slot = self.cache.get(i)?;
+        let val = slot.get_or_init(|| self.value(variable));
+        val.as_deref().map(CowVal::Borrowed)
     }
 }
 
