@@ -143,6 +143,57 @@ pub struct TestCase {
     pub line: Option<usize>,
 }
 
+/// Where shared state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// In-process tables and the embedded on-disk store.
+    Embedded,
+    /// Redis (or Valkey): one server, or a cluster.
+    Redis {
+        /// `redis://` / `rediss://` URLs: one for a server, the nodes of a cluster.
+        urls: Vec<String>,
+        /// Whether `urls` are Redis Cluster nodes.
+        cluster: bool,
+    },
+}
+
+/// What a request gets when the shared store fails or is too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Enforce with this instance's own tables.
+    Local,
+    /// Admit (the shared limits do not apply).
+    Allow,
+    /// Refuse with 503.
+    Deny,
+}
+
+/// How limits consult the shared store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreSync {
+    /// Every decision consults the store.
+    Strict,
+    /// Decisions are local; counts are reconciled with the store every interval.
+    Batched,
+}
+
+/// Compiled `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The backend.
+    pub backend: StoreBackend,
+    /// Longest a request waits on the store.
+    pub timeout: std::time::Duration,
+    /// Fallback.
+    pub on_error: OnStoreError,
+    /// Strict or batched.
+    pub sync: StoreSync,
+    /// Batched mode's reconciliation interval.
+    pub batch_interval: std::time::Duration,
+    /// Key prefix.
+    pub prefix: String,
+}
+
 /// Compiled `[keys]`.
 #[derive(Debug, Clone)]
 pub struct KeySettings {
@@ -194,6 +245,8 @@ pub struct Compiled {
     pub files: Vec<PathBuf>,
     /// The config as a JSON value, secrets redacted, for the admin API.
     pub redacted: serde_json::Value,
+    /// `[store]`.
+    pub store: StoreSettings,
 }
 
 /// Command-line overrides applied after every (re)load.
@@ -253,7 +306,8 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 17] = [
+const SECTIONS: [&str; 18] = [
+    "store",
     "behaviour",
     "rules",
     "intel",
@@ -342,11 +396,7 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
                 raw.behaviour = Some(b);
             }
             "rules" => many(value, name, c, &mut raw.rules, &mut raw.broken_names),
-            "store" => c.at(
-                span,
-                name,
-                format!("section `{name}` is not available in this version of Palisade"),
-            ),
+            "store" => one(value, name, c, &mut raw.store),
             other => c.at(
                 span,
                 other,
@@ -1576,11 +1626,25 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         });
     }
 
+    let store = compile_store(&raw.store, c);
     let mut redacted = serde_json::to_value(&raw).unwrap_or(serde_json::Value::Null);
     if let Some(tok) = redacted.pointer_mut("/server/admin_token")
         && !tok.is_null()
     {
         *tok = serde_json::Value::String("<redacted>".to_owned());
+    }
+    // Store URLs may carry a password.
+    if let Some(url) = redacted.pointer_mut("/store/url")
+        && let Some(u) = url.as_str()
+    {
+        *url = serde_json::Value::String(redact_url(u));
+    }
+    if let Some(serde_json::Value::Array(nodes)) = redacted.pointer_mut("/store/nodes") {
+        for n in nodes {
+            if let Some(u) = n.as_str() {
+                *n = serde_json::Value::String(redact_url(u));
+            }
+        }
     }
 
     let policy = Policy {
@@ -1637,6 +1701,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         jwt,
         files,
         redacted,
+        store,
     })
 }
 
@@ -2646,4 +2711,154 @@ fn compile_rules(
         }
     }
     Some(RulesPolicy { env, rules })
+}
+
+/// A store URL with its password replaced.
+fn redact_url(u: &str) -> String {
+    match (u.find("://"), u.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = u.get(scheme + 3..at).unwrap_or("");
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{}:<redacted>{}",
+                u.get(..scheme + 3).unwrap_or(""),
+                user,
+                u.get(at..).unwrap_or("")
+            )
+        }
+        _ => u.to_owned(),
+    }
+}
+
+/// `[store]`.
+fn compile_store(raw: &RawStore, c: &mut Collector<'_>) -> StoreSettings {
+    let backend_name = choice(
+        &raw.backend,
+        &[("embedded", false), ("redis", true)],
+        false,
+        "store.backend",
+        c,
+    );
+    let resolve = |v: &Spanned<String>, c: &mut Collector<'_>| -> Option<String> {
+        let text = v.get_ref();
+        let url = match text.strip_prefix("env:") {
+            Some(var) => match std::env::var(var) {
+                Ok(u) => u,
+                Err(_) => {
+                    c.at(
+                        sp(v),
+                        "store.url",
+                        format!("environment variable `{var}` is not set"),
+                    );
+                    return None;
+                }
+            },
+            None => text.clone(),
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            c.at(
+                sp(v),
+                "store",
+                format!("`{}` is not a redis:// or rediss:// URL", redact_url(&url)),
+            );
+            return None;
+        }
+        Some(url)
+    };
+    let backend = if backend_name {
+        match (&raw.url, &raw.nodes) {
+            (Some(_), Some(n)) => {
+                c.at(
+                    n.first().and_then(sp),
+                    "store.nodes",
+                    "give either `url` (one server) or `nodes` (a cluster), not both",
+                );
+                StoreBackend::Embedded
+            }
+            (Some(u), None) => match resolve(u, c) {
+                Some(url) => StoreBackend::Redis {
+                    urls: vec![url],
+                    cluster: false,
+                },
+                None => StoreBackend::Embedded,
+            },
+            (None, Some(nodes)) if !nodes.is_empty() => StoreBackend::Redis {
+                urls: nodes.iter().filter_map(|n| resolve(n, c)).collect(),
+                cluster: true,
+            },
+            _ => {
+                c.at(
+                    raw.backend.as_ref().and_then(sp),
+                    "store",
+                    "backend = \"redis\" needs `url` (one server) or `nodes` (a cluster)",
+                );
+                StoreBackend::Embedded
+            }
+        }
+    } else {
+        if raw.url.is_some() || raw.nodes.is_some() {
+            c.at(
+                raw.url.as_ref().and_then(sp),
+                "store",
+                "`url` and `nodes` are for backend = \"redis\"",
+            );
+        }
+        StoreBackend::Embedded
+    };
+    let timeout = opt(&raw.timeout, 5_000_000, "store.timeout", c, parse_duration);
+    if raw.timeout.is_some() && !(100_000..=10 * palisade_engine::clock::SECOND).contains(&timeout)
+    {
+        c.at(
+            raw.timeout.as_ref().and_then(sp),
+            "store.timeout",
+            "must be between 100us and 10s (requests wait this long at most)",
+        );
+    }
+    let batch = opt(
+        &raw.batch_interval,
+        100_000_000,
+        "store.batch_interval",
+        c,
+        parse_duration,
+    );
+    if raw.batch_interval.is_some()
+        && !(1_000_000..=60 * palisade_engine::clock::SECOND).contains(&batch)
+    {
+        c.at(
+            raw.batch_interval.as_ref().and_then(sp),
+            "store.batch_interval",
+            "must be between 1ms and 60s",
+        );
+    }
+    StoreSettings {
+        backend,
+        timeout: std::time::Duration::from_nanos(timeout),
+        on_error: choice(
+            &raw.on_store_error,
+            &[
+                ("local", OnStoreError::Local),
+                ("allow", OnStoreError::Allow),
+                ("deny", OnStoreError::Deny),
+            ],
+            OnStoreError::Local,
+            "store.on_store_error",
+            c,
+        ),
+        sync: choice(
+            &raw.sync,
+            &[
+                ("strict", StoreSync::Strict),
+                ("batched", StoreSync::Batched),
+            ],
+            StoreSync::Strict,
+            "store.sync",
+            c,
+        ),
+        batch_interval: std::time::Duration::from_nanos(batch),
+        prefix: raw
+            .prefix
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "palisade".to_owned()),
+    }
 }

@@ -16,8 +16,9 @@ pub use palisade_engine::units;
 
 pub use cases::{CaseOutcome, run_cases};
 pub use compile::{
-    Compiled, DecisionLogTarget, KeySettings, LogSettings, OnEngineError, Overrides,
-    ServerSettings, TestCase, UpstreamProtocol, UpstreamSettings, compile_str, load_file,
+    Compiled, DecisionLogTarget, KeySettings, LogSettings, OnEngineError, OnStoreError, Overrides,
+    ServerSettings, StoreBackend, StoreSettings, StoreSync, TestCase, UpstreamProtocol,
+    UpstreamSettings, compile_str, load_file,
 };
 pub use error::{ConfigError, ConfigErrors};
 

@@ -400,6 +400,29 @@ pub struct RawThresholds {
     pub block_at: Option<Spanned<u64>>,
 }
 
+/// `[store]`: where shared state lives.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `embedded` (default) or `redis`.
+    pub backend: Option<Spanned<String>>,
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS); `env:VAR` reads it from
+    /// the environment.
+    pub url: Option<Spanned<String>>,
+    /// Redis Cluster nodes (instead of `url`).
+    pub nodes: Option<Vec<Spanned<String>>>,
+    /// Longest a request waits on the store. Default `5ms`.
+    pub timeout: Option<Spanned<String>>,
+    /// `local` (default), `allow` or `deny`.
+    pub on_store_error: Option<Spanned<String>>,
+    /// `strict` (default) or `batched`.
+    pub sync: Option<Spanned<String>>,
+    /// Batched mode: how often counts are reconciled. Default `100ms`.
+    pub batch_interval: Option<Spanned<String>>,
+    /// Key prefix. Default `palisade`.
+    pub prefix: Option<String>,
+}
+
 /// `[[rules]]`: an explicit rule.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -636,6 +659,8 @@ pub struct RawConfig {
     pub behaviour: Option<RawBehaviour>,
     /// `[[rules]]`.
     pub rules: Vec<RawRule>,
+    /// `[store]`.
+    pub store: RawStore,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.

@@ -116,6 +116,9 @@ pub struct LimitOutcome {
     pub unit: Unit,
     /// Whether it is advertised in headers.
     pub headers: bool,
+    /// When the shared store counted it: its key there (a [`crate::identity::StableHasher`]
+    /// hash); adjustments then go to the store, not the local table.
+    pub shared: Option<u64>,
 }
 
 /// The engine's decision for one request.
@@ -151,6 +154,8 @@ pub struct Decision {
     pub trace: Option<crate::behaviour::Trace>,
     /// Whether the route was in attack mode (the stricter scoring profile applied).
     pub under_attack: bool,
+    /// Corrections for the shared store (refunds of what it counted), for the gateway to send.
+    pub shared_adjust: Vec<crate::engine::SharedAdjust>,
 }
 
 impl Decision {
@@ -171,6 +176,7 @@ impl Decision {
             client: None,
             trace: None,
             under_attack: false,
+            shared_adjust: Vec::new(),
         }
     }
 }

@@ -29,6 +29,42 @@ use palisade_intel::headers::Inconsistency;
 use palisade_intel::ipinfo::AsnCategory;
 use palisade_intel::verify::VerifyStatus;
 
+/// A limit check the shared store makes for a request (cluster mode): which limit, under which
+/// stable key, for how many units.
+#[derive(Debug, Clone)]
+pub struct SharedCheck {
+    /// Index of the limit in the policy.
+    pub index: usize,
+    /// The limit's name.
+    pub limit: Arc<str>,
+    /// The key, hashed with [`crate::identity::StableHasher`].
+    pub key: u64,
+    /// How it counts.
+    pub algorithm: Algorithm,
+    /// Units asked for.
+    pub cost: u64,
+    /// How far into the future a delayed request may reserve.
+    pub reserve: Nanos,
+    /// The limit's quota per window (for headers when the store is bypassed).
+    pub quota: u64,
+}
+
+/// A correction the shared store must apply (a refund, or the difference between a reported
+/// and a charged cost).
+#[derive(Debug, Clone)]
+pub struct SharedAdjust {
+    /// Index of the limit in the policy.
+    pub index: usize,
+    /// The limit's name.
+    pub limit: Arc<str>,
+    /// The stable key.
+    pub key: u64,
+    /// How it counts.
+    pub algorithm: Algorithm,
+    /// Units to add (negative: give back).
+    pub delta: i64,
+}
+
 /// The index a key's own rate limit has in [`Decision::limits`].
 pub const KEY_LIMIT_INDEX: usize = usize::MAX;
 
@@ -431,6 +467,73 @@ impl Engine {
         facts: &RequestFacts<'_>,
         route: RouteId,
     ) -> Result<Decision, EngineError> {
+        self.evaluate_shared(facts, route, &[])
+    }
+
+    /// The limit checks the shared store should make for a request (cluster mode), keyed with
+    /// the stable hasher every instance shares.
+    pub fn shared_checks(&self, facts: &RequestFacts<'_>, route: RouteId) -> Vec<SharedCheck> {
+        let Some(route_spec) = self.policy.route(route) else {
+            return Vec::new();
+        };
+        self.policy
+            .limits
+            .iter()
+            .enumerate()
+            .filter_map(|(index, spec)| {
+                let (key, cost, reserve) = self.limit_plan(
+                    spec,
+                    &crate::identity::StableHasher,
+                    facts,
+                    route,
+                    route_spec,
+                )?;
+                Some(SharedCheck {
+                    index,
+                    limit: spec.name.clone(),
+                    key,
+                    algorithm: spec.algorithm,
+                    cost,
+                    reserve,
+                    quota: spec.quota,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a limit applies to a request, and if so its key (under `hasher`), the units the
+    /// request costs it and how far a delayed request may reserve.
+    fn limit_plan<B: std::hash::BuildHasher>(
+        &self,
+        spec: &crate::limits::LimitSpec,
+        hasher: &B,
+        facts: &RequestFacts<'_>,
+        route: RouteId,
+        route_spec: &RouteSpec,
+    ) -> Option<(u64, u64, Nanos)> {
+        if !spec.applies(route, facts.method) {
+            return None;
+        }
+        let key = key_hash(hasher, &spec.key, facts, route)?;
+        let cost = match spec.unit {
+            Unit::Requests => 1,
+            Unit::Cost => route_spec.cost,
+        };
+        let reserve = match spec.action {
+            LimitAction::Delay { max_delay, .. } if self.policy.mode == Mode::Enforce => max_delay,
+            _ => 0,
+        };
+        Some((key, cost, reserve))
+    }
+
+    /// Decides one request with verdicts the shared store gave for some limits: `(limit index,
+    /// verdict, stable key)`. Limits without one are checked locally.
+    pub fn evaluate_shared(
+        &self,
+        facts: &RequestFacts<'_>,
+        route: RouteId,
+        shared: &[(usize, crate::limits::Verdict, u64)],
+    ) -> Result<Decision, EngineError> {
         let p = &self.policy;
         let route_spec = p.route(route).ok_or(EngineError::NoRoute)?;
         let mut d = Decision::new(route, self.rule_default.clone());
@@ -657,26 +760,22 @@ impl Engine {
             }
         }
 
-        // Limits: every matching limit applies, then the key's own limit.
+        // Limits: every matching limit applies, then the key's own limit. A verdict the shared
+        // store already gave (cluster mode) stands for the local table's.
         for (i, spec) in p.limits.iter().enumerate() {
-            if !spec.applies(route, facts.method) {
-                continue;
-            }
             let (Some(table), Some(signal)) = (self.tables.get(i), self.signal_names.get(i)) else {
                 continue;
             };
-            let Some(key) = key_hash(&table.hasher, &spec.key, facts, route) else {
+            let Some((key, cost, reserve)) =
+                self.limit_plan(spec, &table.hasher, facts, route, route_spec)
+            else {
                 continue;
             };
-            let cost = match spec.unit {
-                Unit::Requests => 1,
-                Unit::Cost => route_spec.cost,
+            let from_store = shared.iter().find(|(x, _, _)| *x == i);
+            let verdict = match from_store {
+                Some((_, v, _)) => *v,
+                None => table.check(&spec.algorithm, key, facts.now, cost, reserve),
             };
-            let reserve = match spec.action {
-                LimitAction::Delay { max_delay, .. } if p.mode == Mode::Enforce => max_delay,
-                _ => 0,
-            };
-            let verdict = table.check(&spec.algorithm, key, facts.now, cost, reserve);
             let shadow = spec.action == LimitAction::Shadow;
             let charged = if verdict.allowed || (reserve > 0 && verdict.retry_after <= reserve) {
                 cost
@@ -715,6 +814,7 @@ impl Engine {
                 window_secs: spec.window_secs,
                 unit: spec.unit,
                 headers: spec.headers,
+                shared: from_store.map(|(_, _, k)| *k),
             });
         }
         if let Some(principal) = facts.auth.principal() {
@@ -1087,6 +1187,7 @@ impl Engine {
             window_secs: rate.window_secs,
             unit: Unit::Requests,
             headers: true,
+            shared: None,
         });
     }
 
@@ -1423,12 +1524,17 @@ impl Engine {
 
     /// Charges (or refunds) the difference between what the upstream reported a request cost
     /// and what was charged up front, for every cost-counting limit the request passed.
-    pub fn observe_response(&self, decision: &Decision, response: &ResponseFacts) {
+    pub fn observe_response(
+        &self,
+        decision: &Decision,
+        response: &ResponseFacts,
+    ) -> Vec<SharedAdjust> {
+        let mut shared = Vec::new();
         let Some(reported) = response.reported_cost else {
-            return;
+            return shared;
         };
         if !reported.is_finite() || reported < 0.0 {
-            return;
+            return shared;
         }
         let reported = reported.min(1e12).round() as i64;
         for o in &decision.limits {
@@ -1439,25 +1545,36 @@ impl Engine {
             if delta == 0 {
                 continue;
             }
-            self.adjust(o, response.now, delta, None);
+            shared.extend(self.adjust(o, response.now, delta, None));
         }
+        shared
     }
 
     /// Gives back what a decision's limits charged, for a request the gateway ends up not
     /// serving (a delayed request whose queue was full). Quota reservations are given back by
-    /// dropping their [`QuotaSettlement`].
+    /// dropping their [`QuotaSettlement`]. What the shared store counted is queued in
+    /// [`Decision::shared_adjust`] for the gateway to send.
     pub fn refund(&self, decision: &mut Decision, now: Nanos) {
         let key_limit = decision.key_limit.as_ref().map(|(_, a)| *a);
+        let mut shared = Vec::new();
         for o in &mut decision.limits {
             if o.charged > 0 {
-                self.adjust(o, now, -(o.charged as i64), key_limit.as_ref());
+                shared.extend(self.adjust(o, now, -(o.charged as i64), key_limit.as_ref()));
                 o.charged = 0;
             }
         }
+        decision.shared_adjust.extend(shared);
     }
 
-    /// Adds (or, negative, gives back) units to the cell a limit outcome was counted in.
-    fn adjust(&self, o: &LimitOutcome, now: Nanos, delta: i64, key_limit: Option<&Algorithm>) {
+    /// Adds (or, negative, gives back) units to the cell a limit outcome was counted in; for
+    /// an outcome the shared store counted, returns the adjustment to send it instead.
+    fn adjust(
+        &self,
+        o: &LimitOutcome,
+        now: Nanos,
+        delta: i64,
+        key_limit: Option<&Algorithm>,
+    ) -> Option<SharedAdjust> {
         if o.index == KEY_LIMIT_INDEX {
             if let Some(alg) = key_limit {
                 self.key_table.adjust(alg, o.key, now, delta);
@@ -1465,8 +1582,18 @@ impl Engine {
         } else if let (Some(spec), Some(table)) =
             (self.policy.limits.get(o.index), self.tables.get(o.index))
         {
+            if let Some(key) = o.shared {
+                return Some(SharedAdjust {
+                    index: o.index,
+                    limit: spec.name.clone(),
+                    key,
+                    algorithm: spec.algorithm,
+                    delta,
+                });
+            }
             table.adjust(&spec.algorithm, o.key, now, delta);
         }
+        None
     }
 
     /// The identity dimensions the policy keys on, with this request's values (for the log).

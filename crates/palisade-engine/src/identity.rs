@@ -380,3 +380,17 @@ mod tests {
         assert_eq!(m("1.2.3.4", 32, 128), "1.2.3.4");
     }
 }
+
+/// A key hasher that every gateway of a cluster shares: SipHash-1-3 under fixed keys, so the
+/// same identity hashes to the same shared-store key on every instance and across restarts.
+/// (Finding another identity with a given identity's hash takes ~2^64 work.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StableHasher;
+
+impl std::hash::BuildHasher for StableHasher {
+    type Hasher = siphasher::sip::SipHasher13;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        siphasher::sip::SipHasher13::new_with_keys(0x7061_6c69_7361_6465, 0x7368_6172_6564_6b31)
+    }
+}

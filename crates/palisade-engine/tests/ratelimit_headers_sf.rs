@@ -44,6 +44,7 @@ fn outcome(
         window_secs: window,
         unit,
         headers: true,
+        shared: None,
     }
 }
 

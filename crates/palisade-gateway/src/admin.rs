@@ -135,13 +135,20 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
         palisade_engine::Mode::Enforce => "enforce",
         palisade_engine::Mode::Shadow => "shadow",
     };
-    axum::Json(json!({ "status": "ok", "mode": mode, "version": env!("CARGO_PKG_VERSION") }))
+    // A gateway whose shared store is down still answers (with its fallback): degraded, not
+    // dead, so load balancers keep it.
+    let (status, store) = match &shared.store {
+        None => ("ok", "embedded"),
+        Some(s) if s.is_healthy() => ("ok", "connected"),
+        Some(_) => ("degraded", "unreachable"),
+    };
+    axum::Json(json!({ "status": status, "mode": mode, "store": store, "version": env!("CARGO_PKG_VERSION") }))
         .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let rt = shared.runtime.load();
-    let body = shared.metrics.render(&rt.engine);
+    let body = shared.metrics.render(&rt.engine, shared.store.as_deref());
     (
         [(
             header::CONTENT_TYPE,

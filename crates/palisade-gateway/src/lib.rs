@@ -18,6 +18,7 @@ pub mod reload;
 pub mod respond;
 pub mod sample_api;
 pub mod server;
+pub mod store;
 pub mod token;
 pub mod upstream;
 pub mod verify;
@@ -221,6 +222,8 @@ pub struct Shared {
     pub keys: keys::KeyService,
     /// Verified-bot DNS checks.
     pub verifier: verify::BotVerifier,
+    /// The shared store (cluster mode), fixed at start.
+    pub store: Option<Arc<store::SharedStore>>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -221,7 +221,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, including the live sizes of the engine's tables.
-    pub fn render(&self, engine: &Engine) -> String {
+    pub fn render(&self, engine: &Engine, store: Option<&crate::store::SharedStore>) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -274,6 +274,17 @@ impl Metrics {
             "# HELP palisade_bot_cache_entries User agents whose bot classification is cached\n# TYPE palisade_bot_cache_entries gauge\npalisade_bot_cache_entries {}",
             engine.ua_cache().len()
         );
+        if let Some(s) = store {
+            use std::sync::atomic::Ordering::Relaxed;
+            let _ = writeln!(
+                out,
+                "# HELP palisade_shared_store_healthy Whether the shared store answered its last operation\n# TYPE palisade_shared_store_healthy gauge\npalisade_shared_store_healthy {}\n# HELP palisade_shared_store_commands Commands sent to the shared store\n# TYPE palisade_shared_store_commands counter\npalisade_shared_store_commands_total {}\n# HELP palisade_shared_store_errors Shared-store operations that failed or timed out\n# TYPE palisade_shared_store_errors counter\npalisade_shared_store_errors_total {}\n# HELP palisade_shared_store_fallbacks Requests decided by the on_store_error fallback\n# TYPE palisade_shared_store_fallbacks counter\npalisade_shared_store_fallbacks_total {}",
+                u8::from(s.is_healthy()),
+                s.commands.load(Relaxed),
+                s.errors.load(Relaxed),
+                s.fallbacks.load(Relaxed)
+            );
+        }
         if engine.policy().rules.is_some() {
             let _ = writeln!(
                 out,

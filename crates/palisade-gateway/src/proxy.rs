@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use palisade_config::OnEngineError;
+use palisade_config::{OnEngineError, OnStoreError, StoreSync};
 use palisade_engine::client_ip::client_ip;
 use palisade_engine::limits::ceil_secs;
 use palisade_engine::{Action, Clock, Decision, RequestFacts, ResponseFacts};
@@ -227,7 +227,60 @@ pub async fn handle(
         rt.engine.trap(i, &facts);
     }
     let t0 = Instant::now();
-    let evaluated = rt.engine.evaluate_on(&facts, route);
+    // Cluster mode, strict: the shared limits are counted in the store first (bounded by its
+    // timeout); when it fails, `on_store_error` decides.
+    let evaluated = match shared
+        .store
+        .as_ref()
+        .filter(|s| s.settings().sync == StoreSync::Strict)
+    {
+        Some(store) => {
+            let checks = rt.engine.shared_checks(&facts, route);
+            if checks.is_empty() {
+                rt.engine.evaluate_on(&facts, route)
+            } else {
+                match store.check(&checks).await {
+                    Ok(verdicts) => rt.engine.evaluate_shared(&facts, route, &verdicts),
+                    Err(e) => {
+                        store
+                            .fallbacks
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(error = %e, "shared store failed; applying on_store_error");
+                        match store.settings().on_error {
+                            OnStoreError::Local => rt.engine.evaluate_on(&facts, route),
+                            OnStoreError::Allow => {
+                                let allowed: Vec<_> = checks
+                                    .iter()
+                                    .map(|c| {
+                                        (
+                                            c.index,
+                                            palisade_engine::limits::Verdict {
+                                                allowed: true,
+                                                remaining: c.quota,
+                                                reset: 0,
+                                                retry_after: 0,
+                                            },
+                                            c.key,
+                                        )
+                                    })
+                                    .collect();
+                                rt.engine.evaluate_shared(&facts, route, &allowed)
+                            }
+                            OnStoreError::Deny => {
+                                return Ok(bounded_refusal(
+                                    &shared,
+                                    Refusal::Unavailable,
+                                    &request_id,
+                                    "store/unavailable",
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        None => rt.engine.evaluate_on(&facts, route),
+    };
     shared
         .metrics
         .decision_seconds
@@ -421,6 +474,11 @@ pub async fn handle(
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID, v);
+    }
+
+    // What the shared store counted for a request that was refused after all goes back.
+    if let Some(store) = &shared.store {
+        store.adjust(std::mem::take(&mut decision.shared_adjust));
     }
 
     // Log and metrics.
@@ -789,7 +847,7 @@ async fn forward(
             .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok());
-        rt.engine.observe_response(
+        let shared_adjust = rt.engine.observe_response(
             decision,
             &ResponseFacts {
                 status: rparts.status.as_u16(),
@@ -797,6 +855,9 @@ async fn forward(
                 now: shared.clock.now(),
             },
         );
+        if let Some(store) = &shared.store {
+            store.adjust(shared_adjust);
+        }
     }
     if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
         // Upgrades are not proxied (yet); do not pretend they work.

@@ -179,7 +179,12 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let store = crate::store::SharedStore::new(compiled.store.clone());
+    if let Some(s) = &store {
+        tokio::spawn(s.clone().maintain());
+    }
     let shared = Arc::new(Shared {
+        store,
         runtime: ArcSwap::from_pointee(Runtime::build(compiled, None)),
         metrics: metrics::Metrics::new(),
         log: decision_log,

@@ -11,6 +11,7 @@
 mod admin;
 mod behaviour;
 mod cli;
+mod cluster;
 mod common;
 mod keys;
 mod memory;

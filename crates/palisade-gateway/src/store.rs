@@ -1,0 +1,363 @@
+//! The shared store of cluster mode: Redis (or Valkey), one server or a cluster.
+//!
+//! Limits are counted atomically in Lua scripts that read the time from Redis itself (`TIME`),
+//! so instances with skewed clocks still share one window. Every key of one identity under one
+//! limit carries the same hash tag (`{<prefix>:<limit>:<hash>}`), so a script only ever touches
+//! one slot of a cluster. The checks of one request run concurrently on multiplexed
+//! connections (each to its slot's node) and are bounded by `[store] timeout`: a request never
+//! waits longer. A failed or late store is counted, marks the store degraded (`/healthz`), and
+//! the request gets the `on_store_error` fallback; a background ping marks it healthy again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use palisade_config::{StoreBackend, StoreSettings};
+use palisade_engine::clock::Nanos;
+use palisade_engine::engine::{SharedAdjust, SharedCheck};
+use palisade_engine::limits::{Algorithm, Verdict};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, Script};
+
+/// GCRA: one theoretical arrival time per key, in microseconds of Redis time.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local reserve = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+local base = math.max(tat, now)
+local new_tat = base + interval * cost
+local horizon = now + interval * burst
+if new_tat <= horizon then
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  return {1, math.floor((horizon - new_tat) / interval), new_tat - now, 0}
+end
+local wait = new_tat - horizon
+if wait <= reserve then
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+end
+return {0, math.floor(math.max(horizon - base, 0) / interval), base - now, wait}
+";
+
+/// Sliding window: one hash per key, a field per window index.
+const WINDOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local idx = math.floor(now / window)
+local elapsed = now - idx * window
+local cur = tonumber(redis.call('HGET', KEYS[1], idx)) or 0
+local prev = tonumber(redis.call('HGET', KEYS[1], idx - 1)) or 0
+local est = math.ceil(prev * (window - elapsed) / window) + cur
+if est + cost <= limit then
+  redis.call('HINCRBY', KEYS[1], idx, cost)
+  redis.call('HDEL', KEYS[1], idx - 2)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(2 * window / 1000) + 1000)
+  return {1, limit - est - cost, window - elapsed, 0}
+end
+local wait
+if cost > limit then
+  wait = 2 * window
+elseif cur + cost <= limit and prev > 0 then
+  local e = window - math.floor((limit - cur - cost) * window / prev)
+  wait = math.max(e - elapsed, 0) + 1
+elseif cur == 0 then
+  wait = window - elapsed
+else
+  wait = (window - elapsed) + math.max(window - math.floor((limit - cost) * window / cur), 0) + 1
+end
+return {0, math.max(limit - est, 0), window - elapsed, wait}
+";
+
+/// Gives back (or adds) units: GCRA moves the arrival time, a window its current count.
+const ADJUST: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local kind = ARGV[1]
+local delta = tonumber(ARGV[2])
+local unit = tonumber(ARGV[3])
+if kind == 'g' then
+  local tat = tonumber(redis.call('GET', KEYS[1]))
+  if not tat then return 0 end
+  local new_tat = math.max(tat + delta * unit, now)
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+else
+  local idx = math.floor(now / unit)
+  local cur = tonumber(redis.call('HGET', KEYS[1], idx)) or 0
+  redis.call('HSET', KEYS[1], idx, math.max(cur + delta, 0))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(2 * unit / 1000) + 1000)
+end
+return 1
+";
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Not connected (yet, or any more).
+    #[error("the shared store is not connected")]
+    NotConnected,
+    /// No answer within `[store] timeout`.
+    #[error("the shared store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error, or the connection failed.
+    #[error("the shared store failed: {0}")]
+    Redis(#[from] RedisError),
+    /// An answer of the wrong shape.
+    #[error("the shared store answered something unexpected")]
+    Shape,
+}
+
+/// The Redis store.
+pub struct SharedStore {
+    settings: StoreSettings,
+    conn: ArcSwapOption<Conn>,
+    gcra: Script,
+    window: Script,
+    adjust: Script,
+    healthy: AtomicBool,
+    /// Commands sent (one per limit check or adjustment).
+    pub commands: AtomicU64,
+    /// Requests that got the fallback.
+    pub fallbacks: AtomicU64,
+    /// Operations that failed or timed out.
+    pub errors: AtomicU64,
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore")
+            .field("healthy", &self.is_healthy())
+            .finish()
+    }
+}
+
+fn micros(n: Nanos) -> u64 {
+    n.div_ceil(1000).max(1)
+}
+
+impl SharedStore {
+    /// A store for the settings; connects in the background (see [`SharedStore::maintain`]).
+    pub fn new(settings: StoreSettings) -> Option<Arc<Self>> {
+        matches!(settings.backend, StoreBackend::Redis { .. }).then(|| {
+            Arc::new(Self {
+                settings,
+                conn: ArcSwapOption::empty(),
+                gcra: Script::new(GCRA),
+                window: Script::new(WINDOW),
+                adjust: Script::new(ADJUST),
+                healthy: AtomicBool::new(false),
+                commands: AtomicU64::new(0),
+                fallbacks: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+            })
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// Whether the last operation (or health ping) succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        let StoreBackend::Redis { urls, cluster } = &self.settings.backend else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "not a redis backend",
+            )));
+        };
+        let timeout = self.settings.timeout.max(Duration::from_millis(200));
+        if *cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(timeout)
+                .retries(0)
+                .build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        } else {
+            let url = urls.first().cloned().unwrap_or_default();
+            let client = redis::Client::open(url)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Ok(Conn::Single(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
+        }
+    }
+
+    /// Keeps the store connected and its health current: connects (and reconnects) in the
+    /// background and pings every second. Runs until the process ends.
+    pub async fn maintain(self: Arc<Self>) {
+        loop {
+            if self.conn.load().is_none() {
+                match self.connect().await {
+                    Ok(c) => {
+                        self.conn.store(Some(Arc::new(c)));
+                        tracing::info!("shared store connected");
+                    }
+                    Err(e) => {
+                        if self.healthy.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "shared store unreachable");
+                        }
+                    }
+                }
+            }
+            if let Some(c) = self.conn.load_full() {
+                let mut c = (*c).clone();
+                let ping = tokio::time::timeout(Duration::from_millis(500), async {
+                    match &mut c {
+                        Conn::Single(m) => redis::cmd("PING").query_async::<String>(m).await,
+                        Conn::Cluster(m) => redis::cmd("PING").query_async::<String>(m).await,
+                    }
+                })
+                .await;
+                let ok = matches!(ping, Ok(Ok(_)));
+                let was = self.healthy.swap(ok, Ordering::Relaxed);
+                if ok && !was {
+                    tracing::info!("shared store healthy");
+                } else if !ok && was {
+                    tracing::warn!("shared store degraded: ping failed");
+                }
+                if !ok && matches!(self.conn.load().as_deref(), Some(Conn::Cluster(_))) {
+                    // A cluster connection does not heal from a full outage by itself: build
+                    // a fresh one.
+                    self.conn.store(None);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn key(&self, limit: &str, key: u64, kind: &str) -> String {
+        format!("{}:{{{limit}:{key:016x}}}:{kind}", self.settings.prefix)
+    }
+
+    /// Runs a request's limit checks in the store, all at once, within the timeout. Marks the
+    /// store degraded on failure.
+    pub async fn check(
+        &self,
+        checks: &[SharedCheck],
+    ) -> Result<Vec<(usize, Verdict, u64)>, StoreError> {
+        let result = tokio::time::timeout(self.settings.timeout, self.check_inner(checks)).await;
+        let out = match result {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.settings.timeout)),
+        };
+        if out.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.healthy.store(false, Ordering::Relaxed);
+        }
+        out
+    }
+
+    async fn check_inner(
+        &self,
+        checks: &[SharedCheck],
+    ) -> Result<Vec<(usize, Verdict, u64)>, StoreError> {
+        let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
+        self.commands
+            .fetch_add(checks.len() as u64, Ordering::Relaxed);
+        let calls = checks.iter().map(|c| {
+            let mut conn = (*conn).clone();
+            let inv = match c.algorithm {
+                Algorithm::Gcra { interval, burst } => {
+                    let mut i = self.gcra.key(self.key(&c.limit, c.key, "g"));
+                    i.arg(micros(interval))
+                        .arg(burst)
+                        .arg(c.cost)
+                        .arg(c.reserve / 1000);
+                    i
+                }
+                Algorithm::SlidingWindow { window, limit } => {
+                    let mut i = self.window.key(self.key(&c.limit, c.key, "w"));
+                    i.arg(micros(window)).arg(limit).arg(c.cost);
+                    i
+                }
+            };
+            async move {
+                let r: Vec<i64> = match &mut conn {
+                    Conn::Single(m) => inv.invoke_async(m).await?,
+                    Conn::Cluster(m) => inv.invoke_async(m).await?,
+                };
+                Ok::<_, StoreError>(r)
+            }
+        });
+        let answers = futures_util::future::try_join_all(calls).await?;
+        let mut out = Vec::with_capacity(checks.len());
+        for (c, a) in checks.iter().zip(answers) {
+            let [allowed, remaining, reset, retry] = a.as_slice() else {
+                return Err(StoreError::Shape);
+            };
+            let nanos = |us: i64| u64::try_from(us).unwrap_or(0).saturating_mul(1000);
+            out.push((
+                c.index,
+                Verdict {
+                    allowed: *allowed == 1,
+                    remaining: u64::try_from(*remaining).unwrap_or(0),
+                    reset: nanos(*reset),
+                    retry_after: if *allowed == 1 {
+                        0
+                    } else {
+                        nanos(*retry).max(1000)
+                    },
+                },
+                c.key,
+            ));
+        }
+        self.healthy.store(true, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Sends corrections (refunds, reported costs) in the background; a failure only counts.
+    pub fn adjust(self: &Arc<Self>, adjustments: Vec<SharedAdjust>) {
+        if adjustments.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let Some(conn) = store.conn.load_full() else {
+                return;
+            };
+            for a in adjustments {
+                let mut conn = (*conn).clone();
+                let (kind, unit, key) = match a.algorithm {
+                    Algorithm::Gcra { interval, .. } => ("g", micros(interval), "g"),
+                    Algorithm::SlidingWindow { window, .. } => ("w", micros(window), "w"),
+                };
+                let mut inv = store.adjust.key(store.key(&a.limit, a.key, key));
+                inv.arg(kind).arg(a.delta).arg(unit);
+                store.commands.fetch_add(1, Ordering::Relaxed);
+                let r = tokio::time::timeout(Duration::from_secs(1), async {
+                    match &mut conn {
+                        Conn::Single(m) => inv.invoke_async::<i64>(m).await,
+                        Conn::Cluster(m) => inv.invoke_async::<i64>(m).await,
+                    }
+                })
+                .await;
+                if !matches!(r, Ok(Ok(_))) {
+                    store.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+}

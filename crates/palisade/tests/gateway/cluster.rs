@@ -1,0 +1,316 @@
+//! Cluster mode: three real gateway processes sharing a real `redis-server`.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn cluster_config(up: &Upstream, redis_url: &str, extra: &str) -> String {
+    cluster_config_with(up, redis_url, "50ms", extra)
+}
+
+fn cluster_config_with(up: &Upstream, redis_url: &str, timeout: &str, extra: &str) -> String {
+    config_for(
+        up,
+        &format!(
+            r#"
+[store]
+backend = "redis"
+url = "{redis_url}"
+timeout = "{timeout}"
+{extra}
+"#
+        ),
+    )
+}
+
+async fn metric(g: &Gateway, name: &str) -> Option<u64> {
+    let m = String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).to_string();
+    m.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn wait_healthy(g: &Gateway, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let h = get(&g.admin_url("/healthz")).await.json();
+        if h["status"] == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "healthz stayed {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `n` requests to each gateway at once; returns how many were admitted.
+async fn drive(gateways: &[&Gateway], n: usize, ip: &str) -> usize {
+    let c = client();
+    let mut tasks = Vec::new();
+    for g in gateways {
+        for _ in 0..n {
+            let c = c.clone();
+            let url = g.url("/x");
+            let ip = ip.to_owned();
+            tasks.push(tokio::spawn(async move {
+                send_with(&c, "GET", &url, &[("x-forwarded-for", &ip)], "")
+                    .await
+                    .status
+            }));
+        }
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap() == 200 {
+            admitted += 1;
+        }
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_global_limit_holds_across_three_gateways_in_strict_mode() {
+    let redis = Redis::start();
+    let up = upstream().await;
+    // A generous timeout: this test is about exactness (600 requests at once on two cores of
+    // debug builds); the fallback has its own test.
+    let cfg = cluster_config_with(
+        &up,
+        &redis.url(),
+        "2s",
+        r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[[limits]]
+name = "global"
+rate = "300/10m"
+algorithm = "sliding_window"
+
+[[limits]]
+name = "per-ip"
+key = ["ip"]
+rate = "100/1h"
+burst = 100
+"#,
+    );
+    let gs: Vec<Gateway> = (0..3).map(|_| Gateway::start(Some(&cfg))).collect();
+    for g in &gs {
+        wait_healthy(g, "ok").await;
+    }
+    let refs: Vec<&Gateway> = gs.iter().collect();
+    // 600 requests from many addresses, 200 at each gateway concurrently: the global limit
+    // (300 per window, shared) admits 300 in total, not 300 per gateway.
+    let c = client();
+    let mut tasks = Vec::new();
+    for (k, g) in refs.iter().enumerate() {
+        for i in 0..200 {
+            let c = c.clone();
+            let url = g.url("/x");
+            let ip = format!("198.51.{k}.{}", i % 250);
+            tasks.push(tokio::spawn(async move {
+                send_with(&c, "GET", &url, &[("x-forwarded-for", &ip)], "")
+                    .await
+                    .status
+            }));
+        }
+    }
+    let mut admitted = 0;
+    let mut limited = 0;
+    for t in tasks {
+        match t.await.unwrap().as_u16() {
+            200 => admitted += 1,
+            429 => limited += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    println!("strict: admitted {admitted} of 600 against a shared limit of 300");
+    assert!(
+        (297..=303).contains(&admitted),
+        "admitted {admitted}, want 300 within 1%"
+    );
+    assert_eq!(admitted + limited, 600);
+    // A per-address GCRA limit is shared too: one address, 40 requests at each gateway, 100
+    // allowed in total.
+    let per_ip = drive(&refs, 40, "203.0.113.9").await;
+    assert_eq!(per_ip, 0, "the global limit is exhausted already");
+    // The keys live in Redis under the prefix, tagged per limit and identity.
+    let keys = redis.cli(&["--scan", "--pattern", "palisade:*"]);
+    assert!(keys.contains("palisade:{global:"), "{keys}");
+    assert!(keys.contains("palisade:{per-ip:"), "{keys}");
+    for g in &gs {
+        assert!(
+            metric(g, "palisade_shared_store_commands_total")
+                .await
+                .unwrap()
+                > 0
+        );
+        assert_eq!(metric(g, "palisade_shared_store_healthy").await, Some(1));
+        assert_eq!(
+            metric(g, "palisade_shared_store_fallbacks_total").await,
+            Some(0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_identity_limits_are_shared_and_refunds_reach_the_store() {
+    let redis = Redis::start();
+    let up = upstream().await;
+    let cfg = cluster_config(
+        &up,
+        &redis.url(),
+        r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[[limits]]
+name = "per-ip"
+key = ["ip"]
+rate = "30/1h"
+burst = 30
+
+[[limits]]
+name = "tight"
+key = ["ip"]
+routes = ["tight"]
+rate = "5/1h"
+burst = 5
+
+[[routes]]
+name = "tight"
+match = { path = "/tight" }
+"#,
+    );
+    let gs: Vec<Gateway> = (0..3).map(|_| Gateway::start(Some(&cfg))).collect();
+    for g in &gs {
+        wait_healthy(g, "ok").await;
+    }
+    // 20 requests per gateway from one address: 30 admitted in total.
+    let refs: Vec<&Gateway> = gs.iter().collect();
+    let admitted = drive(&refs, 20, "192.0.2.10").await;
+    assert_eq!(admitted, 30);
+    // On /tight, "tight" (5) refuses after 5; the per-ip units those refused requests took
+    // are given back, so per-ip still has room for 25 more plain requests afterwards.
+    let ip = "192.0.2.11";
+    let c = client();
+    let mut ok = 0;
+    for i in 0..15 {
+        let g = &gs[i % 3];
+        if send_with(&c, "GET", &g.url("/tight"), &[("x-forwarded-for", ip)], "")
+            .await
+            .status
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut plain = 0;
+    for i in 0..40 {
+        let g = &gs[i % 3];
+        if send_with(&c, "GET", &g.url("/x"), &[("x-forwarded-for", ip)], "")
+            .await
+            .status
+            == 200
+        {
+            plain += 1;
+        }
+    }
+    assert_eq!(plain, 25, "refused requests were refunded in the store");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_means_a_bounded_wait_the_fallback_and_recovery_without_restart() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let up = upstream().await;
+    let limits = r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[[limits]]
+name = "per-ip"
+key = ["ip"]
+rate = "10/1h"
+burst = 10
+"#;
+    let local = Gateway::start(Some(&cluster_config(
+        &up,
+        &redis.url(),
+        &format!("on_store_error = \"local\"\n{limits}"),
+    )));
+    let deny = Gateway::start(Some(&cluster_config(
+        &up,
+        &redis.url(),
+        &format!("on_store_error = \"deny\"\n{limits}"),
+    )));
+    wait_healthy(&local, "ok").await;
+    wait_healthy(&deny, "ok").await;
+    let c = client();
+    let hit = |g: &Gateway, ip: &str| {
+        let url = g.url("/x");
+        let ip = ip.to_owned();
+        let c = c.clone();
+        async move {
+            let t = Instant::now();
+            let s = send_with(&c, "GET", &url, &[("x-forwarded-for", &ip)], "")
+                .await
+                .status;
+            (s.as_u16(), t.elapsed())
+        }
+    };
+    assert_eq!(hit(&local, "192.0.2.1").await.0, 200);
+
+    // Kill Redis mid-traffic.
+    redis.kill();
+    let mut worst = Duration::ZERO;
+    let mut local_statuses = Vec::new();
+    for _ in 0..15 {
+        let (s, took) = hit(&local, "192.0.2.2").await;
+        worst = worst.max(took);
+        local_statuses.push(s);
+        let (s, took) = hit(&deny, "192.0.2.2").await;
+        worst = worst.max(took);
+        assert_eq!(s, 503, "deny refuses while the store is down");
+    }
+    // Local enforcement: this instance's own limit of 10 holds.
+    assert_eq!(local_statuses.iter().filter(|s| **s == 200).count(), 10);
+    assert_eq!(local_statuses.iter().filter(|s| **s == 429).count(), 5);
+    println!("worst wait with Redis down: {worst:?} (store timeout 50ms)");
+    assert!(
+        worst < Duration::from_millis(1000),
+        "a request waited {worst:?}"
+    );
+    wait_healthy(&local, "degraded").await;
+    assert!(
+        metric(&local, "palisade_shared_store_fallbacks_total")
+            .await
+            .unwrap()
+            >= 15
+    );
+    assert!(
+        metric(&deny, "palisade_shared_store_fallbacks_total")
+            .await
+            .unwrap()
+            >= 15
+    );
+
+    // Redis back on the same port: both recover by themselves.
+    let _redis = Redis::start_on(port);
+    wait_healthy(&local, "ok").await;
+    wait_healthy(&deny, "ok").await;
+    let (s, _) = hit(&deny, "192.0.2.3").await;
+    assert_eq!(s, 200);
+    let before = metric(&local, "palisade_shared_store_commands_total")
+        .await
+        .unwrap();
+    assert_eq!(hit(&local, "192.0.2.4").await.0, 200);
+    assert!(
+        metric(&local, "palisade_shared_store_commands_total")
+            .await
+            .unwrap()
+            > before
+    );
+}
