@@ -314,3 +314,76 @@ burst = 10
             > before
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_node_redis_cluster_shares_limits_across_three_gateways() {
+    let cluster = RedisCluster::start();
+    let up = upstream().await;
+    let nodes = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = config_for(
+        &up,
+        &format!(
+            r#"
+[store]
+backend = "redis"
+nodes = [{nodes}]
+timeout = "2s"
+
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[[limits]]
+name = "per-ip"
+key = ["ip"]
+rate = "12/1h"
+burst = 12
+
+[[limits]]
+name = "per-subnet"
+key = ["ip/24"]
+rate = "40/10m"
+algorithm = "sliding_window"
+"#
+        ),
+    );
+    let gs: Vec<Gateway> = (0..3).map(|_| Gateway::start(Some(&cfg))).collect();
+    for g in &gs {
+        wait_healthy(g, "ok").await;
+    }
+    let refs: Vec<&Gateway> = gs.iter().collect();
+    // Many addresses: their keys spread over the three nodes' slots. Each address gets 12 in
+    // total across the gateways; each /24 gets 40.
+    let mut total = 0;
+    for i in 0..6 {
+        let ip = format!("10.{i}.0.1");
+        let admitted = drive(&refs, 8, &ip).await;
+        assert_eq!(admitted, 12, "address {ip}");
+        total += admitted;
+    }
+    assert_eq!(total, 72);
+    let c = client();
+    let mut subnet = 0;
+    for i in 0..60 {
+        let ip = format!("10.200.0.{}", i + 1);
+        if send_with(&c, "GET", &gs[i % 3].url("/x"), &[("x-forwarded-for", &ip)], "")
+            .await
+            .status
+            == 200
+        {
+            subnet += 1;
+        }
+    }
+    assert_eq!(subnet, 40);
+    // The keys are spread over more than one node.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["dbsize"]).trim().parse::<u64>().unwrap_or(0) > 0)
+        .count();
+    assert!(holding >= 2, "keys on {holding} node(s)");
+}
