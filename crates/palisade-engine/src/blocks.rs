@@ -83,6 +83,24 @@ pub struct BlockTable {
     len: AtomicUsize,
     max: usize,
     added: Mutex<Vec<BlockEntry>>,
+    /// Local changes for other gateways (cluster mode), when enabled.
+    outbox: Mutex<Option<Vec<BlockChange>>>,
+}
+
+/// A change to share with the other gateways of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum BlockChange {
+    /// A block was added or escalated.
+    Add {
+        /// The block.
+        entry: BlockEntry,
+    },
+    /// A block was lifted.
+    Remove {
+        /// Its key.
+        key: String,
+    },
 }
 
 impl BlockTable {
@@ -93,6 +111,67 @@ impl BlockTable {
             len: AtomicUsize::new(0),
             max: max.max(16),
             added: Mutex::new(Vec::new()),
+            outbox: Mutex::new(None),
+        }
+    }
+
+    /// Starts recording local changes for other gateways (cluster mode).
+    pub fn share_changes(&self) {
+        let mut o = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if o.is_none() {
+            *o = Some(Vec::new());
+        }
+    }
+
+    /// Local changes since the last call (empty unless sharing).
+    pub fn take_changes(&self) -> Vec<BlockChange> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(&self, change: BlockChange) {
+        if let Some(o) = self
+            .outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            && o.len() < 100_000
+        {
+            o.push(change);
+        }
+    }
+
+    /// Applies a change another gateway made: kept (and persisted) like a local one, not
+    /// shared again.
+    pub fn apply_remote(&self, change: BlockChange, now_ms: u64) {
+        match change {
+            BlockChange::Add { entry } => {
+                if entry.until_ms <= now_ms {
+                    return;
+                }
+                let mut map = self.lock();
+                if !map.contains_key(&entry.key) && map.len() >= self.max {
+                    map.retain(|_, e| e.until_ms > now_ms);
+                }
+                if map.len() < self.max || map.contains_key(&entry.key) {
+                    map.insert(entry.key.clone(), entry.clone());
+                }
+                self.len.store(map.len(), Ordering::Relaxed);
+                drop(map);
+                self.added
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(entry);
+            }
+            BlockChange::Remove { key } => {
+                let mut map = self.lock();
+                map.remove(&key);
+                self.len.store(map.len(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -156,6 +235,9 @@ impl BlockTable {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(entry.clone());
+        self.record(BlockChange::Add {
+            entry: entry.clone(),
+        });
         entry
     }
 
@@ -175,6 +257,10 @@ impl BlockTable {
         let mut map = self.lock();
         let had = map.remove(key).is_some();
         self.len.store(map.len(), Ordering::Relaxed);
+        drop(map);
+        self.record(BlockChange::Remove {
+            key: key.to_owned(),
+        });
         had
     }
 

@@ -215,6 +215,10 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
             .context("loading blocks from the store")?;
     }
 
+    if shared.store.is_some() {
+        tokio::spawn(crate::store::share_blocks(shared.clone()));
+    }
+
     let (tx, rx) = watch::channel(false);
     let proxy_task = tokio::spawn(serve_proxy(proxy_listener, shared.clone(), rx.clone()));
     let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone(), rx.clone()));

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use palisade_engine::clock::Clock as _;
+
 use arc_swap::ArcSwapOption;
 use palisade_config::{StoreBackend, StoreSettings};
 use palisade_engine::clock::Nanos;
@@ -359,5 +361,170 @@ impl SharedStore {
                 }
             }
         });
+    }
+}
+
+/// What gateways tell each other on the store's channel.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Event {
+    /// The sending instance (its own messages come back to it).
+    from: u64,
+    /// Block changes.
+    #[serde(default)]
+    blocks: Vec<palisade_engine::blocks::BlockChange>,
+}
+
+impl SharedStore {
+    fn channel(&self) -> String {
+        format!("{}:events", self.settings.prefix)
+    }
+
+    fn blocks_hash(&self) -> String {
+        format!("{}:blocks", self.settings.prefix)
+    }
+
+    /// A plain client for pub/sub (in a cluster, classic pub/sub reaches every node).
+    fn pubsub_client(&self) -> Option<redis::Client> {
+        let StoreBackend::Redis { urls, .. } = &self.settings.backend else {
+            return None;
+        };
+        urls.iter()
+            .find_map(|u| redis::Client::open(u.as_str()).ok())
+    }
+}
+
+/// Shares blocks across the cluster: publishes this gateway's block changes (and keeps them in
+/// a hash, for gateways that start later) every 100 ms, and applies the other gateways'.
+pub async fn share_blocks(shared: Arc<crate::Shared>) {
+    let Some(store) = shared.store.clone() else {
+        return;
+    };
+    let me: u64 = rand::random();
+    tokio::spawn(subscribe(shared.clone(), store.clone(), me));
+    let mut loaded = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Vec<palisade_engine::blocks::BlockChange> = Vec::new();
+    loop {
+        tick.tick().await;
+        let blocks = shared.runtime.load().engine.blocks().clone();
+        blocks.share_changes();
+        pending.extend(blocks.take_changes());
+        let Some(conn) = store.conn.load_full() else {
+            continue;
+        };
+        let mut conn = (*conn).clone();
+        if !loaded {
+            // Blocks other gateways added before this one started.
+            let all: Result<Vec<String>, RedisError> = match &mut conn {
+                Conn::Single(m) => {
+                    redis::cmd("HVALS")
+                        .arg(store.blocks_hash())
+                        .query_async(m)
+                        .await
+                }
+                Conn::Cluster(m) => {
+                    redis::cmd("HVALS")
+                        .arg(store.blocks_hash())
+                        .query_async(m)
+                        .await
+                }
+            };
+            if let Ok(all) = all {
+                let now = shared.clock.unix_ms();
+                for json in all {
+                    if let Ok(entry) = serde_json::from_str(&json) {
+                        blocks
+                            .apply_remote(palisade_engine::blocks::BlockChange::Add { entry }, now);
+                    }
+                }
+                loaded = true;
+            }
+        }
+        if pending.len() > 10_000 {
+            // The store has been away for long: keep the newest changes.
+            let excess = pending.len() - 10_000;
+            pending.drain(..excess);
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let changes = std::mem::take(&mut pending);
+        let mut pipe = redis::pipe();
+        for c in &changes {
+            match c {
+                palisade_engine::blocks::BlockChange::Add { entry } => {
+                    if let Ok(json) = serde_json::to_string(entry) {
+                        pipe.hset(store.blocks_hash(), &entry.key, json).ignore();
+                    }
+                }
+                palisade_engine::blocks::BlockChange::Remove { key } => {
+                    pipe.hdel(store.blocks_hash(), key).ignore();
+                }
+            }
+        }
+        let event = Event {
+            from: me,
+            blocks: changes.clone(),
+        };
+        if let Ok(json) = serde_json::to_string(&event) {
+            pipe.publish(store.channel(), json).ignore();
+        }
+        store.commands.fetch_add(1, Ordering::Relaxed);
+        let sent = tokio::time::timeout(Duration::from_secs(1), async {
+            match &mut conn {
+                Conn::Single(m) => pipe.query_async::<()>(m).await,
+                Conn::Cluster(m) => pipe.query_async::<()>(m).await,
+            }
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            store.errors.fetch_add(1, Ordering::Relaxed);
+            pending = changes;
+        }
+    }
+}
+
+/// Listens on the channel and applies other gateways' changes; reconnects when the store
+/// comes back.
+async fn subscribe(shared: Arc<crate::Shared>, store: Arc<SharedStore>, me: u64) {
+    use futures_util::StreamExt as _;
+    loop {
+        let Some(client) = store.pubsub_client() else {
+            return;
+        };
+        match client.get_async_pubsub().await {
+            Ok(mut ps) => {
+                if ps.subscribe(store.channel()).await.is_ok() {
+                    let mut messages = ps.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        let Ok(event) = serde_json::from_str::<Event>(&payload) else {
+                            continue;
+                        };
+                        if event.from == me {
+                            continue;
+                        }
+                        let blocks = shared.runtime.load().engine.blocks().clone();
+                        let now = shared.clock.unix_ms();
+                        for change in event.blocks {
+                            if let palisade_engine::blocks::BlockChange::Remove { key } = &change {
+                                let k = key.clone();
+                                let now_s = now / 1000;
+                                let _ = shared
+                                    .keys
+                                    .run(move |s| s.delete_block(&k, "cluster", now_s))
+                                    .await;
+                            }
+                            blocks.apply_remote(change, now);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "store subscription failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

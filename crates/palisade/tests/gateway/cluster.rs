@@ -370,9 +370,15 @@ algorithm = "sliding_window"
     let mut subnet = 0;
     for i in 0..60 {
         let ip = format!("10.200.0.{}", i + 1);
-        if send_with(&c, "GET", &gs[i % 3].url("/x"), &[("x-forwarded-for", &ip)], "")
-            .await
-            .status
+        if send_with(
+            &c,
+            "GET",
+            &gs[i % 3].url("/x"),
+            &[("x-forwarded-for", &ip)],
+            "",
+        )
+        .await
+        .status
             == 200
         {
             subnet += 1;
@@ -386,4 +392,109 @@ algorithm = "sliding_window"
         .filter(|n| n.cli(&["dbsize"]).trim().parse::<u64>().unwrap_or(0) > 0)
         .count();
     assert!(holding >= 2, "keys on {holding} node(s)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_block_on_one_gateway_is_enforced_by_all_within_a_second() {
+    let redis = Redis::start();
+    let up = upstream().await;
+    let cfg = cluster_config(
+        &up,
+        &redis.url(),
+        r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[[honeypots]]
+name = "probes"
+paths = ["/.env"]
+"#,
+    );
+    let gs: Vec<Gateway> = (0..3).map(|_| Gateway::start(Some(&cfg))).collect();
+    for g in &gs {
+        wait_healthy(g, "ok").await;
+    }
+    let c = client();
+    let status = |g: &Gateway, ip: &str| {
+        let url = g.url("/x");
+        let ip = ip.to_owned();
+        let c = c.clone();
+        async move {
+            send_with(&c, "GET", &url, &[("x-forwarded-for", &ip)], "")
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    // Returns how long until every gateway answers `want` for `ip`.
+    let until_all = |want: u16, ip: &'static str| {
+        let gs = &gs;
+        async move {
+            let t = Instant::now();
+            loop {
+                let mut all = true;
+                for g in gs {
+                    all &= status(g, ip).await == want;
+                }
+                if all {
+                    return t.elapsed();
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "not {want} everywhere"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(status(&gs[1], "203.0.113.50").await, 200);
+    // An operator blocks an address on gateway 0.
+    let r = admin_json(
+        &gs[0],
+        "POST",
+        "/v1/blocks",
+        serde_json::json!({ "dimension": "ip", "value": "203.0.113.50", "ttl": "1h", "reason": "abuse-report" }),
+    )
+    .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let took = until_all(403, "203.0.113.50").await;
+    println!("block propagated in {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // The other gateways list it too.
+    let listed = admin_get(&gs[2], "/v1/blocks").await.json();
+    assert!(listed.to_string().contains("abuse-report"), "{listed}");
+    // Lifted on gateway 1: lifted everywhere.
+    let r = admin_json(
+        &gs[1],
+        "POST",
+        "/v1/blocks/remove",
+        serde_json::json!({ "dimension": "ip", "value": "203.0.113.50" }),
+    )
+    .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let took = until_all(200, "203.0.113.50").await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // A honeypot hit on gateway 2 follows the client to the others.
+    let r = send_with(
+        &c,
+        "GET",
+        &gs[2].url("/.env"),
+        &[("x-forwarded-for", "203.0.113.51")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let took = until_all(403, "203.0.113.51").await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // A gateway that starts later learns the blocks from the store.
+    let late = Gateway::start(Some(&cfg));
+    wait_healthy(&late, "ok").await;
+    let t = Instant::now();
+    while status(&late, "203.0.113.51").await != 403 {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the late gateway never learned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
