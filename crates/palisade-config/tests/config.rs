@@ -152,10 +152,7 @@ fn sections_from_later_versions_are_named_not_silently_ignored() {
         joined.contains("rules[0]: missing field `when`"),
         "{joined}"
     );
-    assert!(
-        joined.contains("section `store` is not available"),
-        "{joined}"
-    );
+    assert!(joined.contains("needs `url`"), "{joined}");
     assert!(joined.contains("unknown section `colours`"), "{joined}");
 }
 
@@ -485,4 +482,47 @@ under_attack = { challenge_at = 50 }
     // Switched off, it compiles to nothing.
     let off = compile_str("[behaviour]\nenabled = false\n", "t", Path::new(".")).unwrap();
     assert!(off.policy.behaviour.is_none());
+}
+
+#[test]
+fn store_settings_are_checked_and_passwords_redacted() {
+    let errs = errors(
+        "[store]\nbackend = \"redis\"\nurl = \"http://x\"\ntimeout = \"1h\"\non_store_error = \"panic\"\nsync = \"eventually\"\n",
+    )
+    .join("\n");
+    for want in [
+        "is not a redis:// or rediss:// URL",
+        "store.timeout",
+        "`panic` is not one of",
+        "`eventually` is not one of",
+    ] {
+        assert!(errs.contains(want), "missing `{want}` in {errs}");
+    }
+    let errs = errors("[store]\nbackend = \"redis\"\n").join("\n");
+    assert!(errs.contains("needs `url`"), "{errs}");
+    let ok = compile_str(
+        "[store]\nbackend = \"redis\"\nurl = \"redis://:s3cret@10.0.0.5:6379/0\"\non_store_error = \"deny\"\n",
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(ok.store.on_error, palisade_config::OnStoreError::Deny);
+    assert_eq!(ok.store.timeout, std::time::Duration::from_millis(5));
+    assert!(matches!(
+        &ok.store.backend,
+        palisade_config::StoreBackend::Redis { urls, cluster: false } if urls[0].contains("s3cret")
+    ));
+    let shown = ok.redacted.to_string();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    let cluster = compile_str(
+        "[store]\nbackend = \"redis\"\nnodes = [\"redis://a:7000\", \"redis://b:7000\"]\n",
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    assert!(matches!(
+        cluster.store.backend,
+        palisade_config::StoreBackend::Redis { cluster: true, .. }
+    ));
 }

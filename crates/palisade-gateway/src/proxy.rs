@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use palisade_config::{OnEngineError, OnStoreError, StoreSync};
+use palisade_config::{OnEngineError, OnStoreError};
 use palisade_engine::client_ip::client_ip;
 use palisade_engine::limits::ceil_secs;
 use palisade_engine::{Action, Clock, Decision, RequestFacts, ResponseFacts};
@@ -229,11 +229,8 @@ pub async fn handle(
     let t0 = Instant::now();
     // Cluster mode, strict: the shared limits are counted in the store first (bounded by its
     // timeout); when it fails, `on_store_error` decides.
-    let evaluated = match shared
-        .store
-        .as_ref()
-        .filter(|s| s.settings().sync == StoreSync::Strict)
-    {
+    // (`sync = "batched"` is accepted and, until it lands, consults the store the same way.)
+    let evaluated = match shared.store.as_ref() {
         Some(store) => {
             let checks = rt.engine.shared_checks(&facts, route);
             if checks.is_empty() {
