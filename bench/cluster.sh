@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Cluster mode against the embedded store, one run on this machine: one Palisade (1 worker
+# thread, bench/palisade-bench.toml: 5 limits on every request) on the embedded store, then the
+# same with [store] backend = "redis" (a local redis-server, sync = "strict"), each under wrk.
+# Prints throughput and p99 ratios and Redis commands per request.
+#
+# Usage: bench/cluster.sh        (DURATION=10s CONNECTIONS=64 to change the load)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+OUT=bench/out
+mkdir -p "$OUT"
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release -q -p palisade
+BIN=target/release/palisade
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); RD=$(free_port)
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+"$BIN" sample-api --listen "127.0.0.1:$UP" --workers 1 2>"$OUT/upstream.log" & pids+=($!)
+redis-server --port "$RD" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 & pids+=($!)
+wait_port "$UP"; wait_port "$RD"
+
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'; }
+
+bench() { # name config
+  local PA AD pid
+  PA=$(free_port); AD=$(free_port)
+  rm -rf "$OUT/data-$1"
+  PALISADE_ADMIN_TOKEN=bench "$BIN" serve --config "$2" --upstream "http://127.0.0.1:$UP" \
+    --listen "127.0.0.1:$PA" --admin-listen "127.0.0.1:$AD" --data-dir "$OUT/data-$1" --workers 1 \
+    --log-level warn 2>"$OUT/palisade-$1.log" &
+  pid=$!
+  wait_port "$PA"; sleep 1
+  wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PA/api/items/42" >/dev/null
+  local before
+  before=$(metric "$AD" palisade_shared_store_commands_total); before=${before:-0}
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "x-tenant: acme" "http://127.0.0.1:$PA/api/items/42" > "$OUT/cluster-$1.txt"
+  local after fallbacks
+  after=$(metric "$AD" palisade_shared_store_commands_total); after=${after:-0}
+  fallbacks=$(metric "$AD" palisade_shared_store_fallbacks_total); fallbacks=${fallbacks:-0}
+  echo "$((after - before)) $fallbacks" > "$OUT/cluster-$1.store"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+sed 's|^decisions = "off".*|decisions = "off"|' bench/palisade-bench.toml > "$OUT/cluster-embedded.toml"
+{ cat "$OUT/cluster-embedded.toml"; printf '\n[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s"\ntimeout = "20ms"\nsync = "strict"\n' "$RD"; } > "$OUT/cluster-strict.toml"
+bench embedded "$OUT/cluster-embedded.toml"
+bench strict "$OUT/cluster-strict.toml"
+
+python3 - "$OUT" "$DURATION" <<'PY'
+import re, sys
+out, dur = sys.argv[1], sys.argv[2]
+def parse(name):
+    t = open(f"{out}/cluster-{name}.txt").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+    def ms(v, u): return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[u]
+    p99 = ms(*re.search(r"99%\s+([\d.]+)(us|ms|s)", t).groups())
+    total = int(re.search(r"(\d+) requests in", t).group(1))
+    return rps, p99, total
+e = parse("embedded"); s = parse("strict")
+cmds, fb = map(int, open(f"{out}/cluster-strict.store").read().split())
+print(f"{'store':<10} {'req/s':>10} {'p99 ms':>8}")
+print(f"{'embedded':<10} {e[0]:>10.0f} {e[1]:>8.2f}")
+print(f"{'strict':<10} {s[0]:>10.0f} {s[1]:>8.2f}")
+print(f"strict/embedded: throughput {s[0]/e[0]:.2f}x, p99 {s[1]/e[1]:.2f}x; "
+      f"Redis commands per request {cmds/max(s[2],1):.2f}; fallbacks {fb}")
+PY
