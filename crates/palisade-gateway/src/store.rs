@@ -78,6 +78,71 @@ end
 return {0, math.max(limit - est, 0), window - elapsed, wait}
 ";
 
+/// Every check of one request in one call (one server: no slots to respect). The same two
+/// algorithms as [`GCRA`] and [`WINDOW`], one after the other; five arguments per key:
+/// kind (`g`/`w`), interval or window, burst or limit, cost, reserve.
+const MULTI: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 1, #KEYS do
+  local b = (i - 1) * 5
+  local kind = ARGV[b + 1]
+  local p1 = tonumber(ARGV[b + 2])
+  local p2 = tonumber(ARGV[b + 3])
+  local cost = tonumber(ARGV[b + 4])
+  local reserve = tonumber(ARGV[b + 5])
+  local key = KEYS[i]
+  if kind == 'g' then
+    local interval, burst = p1, p2
+    local tat = tonumber(redis.call('GET', key)) or now
+    local base = math.max(tat, now)
+    local new_tat = base + interval * cost
+    local horizon = now + interval * burst
+    if new_tat <= horizon then
+      redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+      out[#out + 1] = 1; out[#out + 1] = math.floor((horizon - new_tat) / interval)
+      out[#out + 1] = new_tat - now; out[#out + 1] = 0
+    else
+      local wait = new_tat - horizon
+      if wait <= reserve then
+        redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+      end
+      out[#out + 1] = 0; out[#out + 1] = math.floor(math.max(horizon - base, 0) / interval)
+      out[#out + 1] = base - now; out[#out + 1] = wait
+    end
+  else
+    local window, limit = p1, p2
+    local idx = math.floor(now / window)
+    local elapsed = now - idx * window
+    local cur = tonumber(redis.call('HGET', key, idx)) or 0
+    local prev = tonumber(redis.call('HGET', key, idx - 1)) or 0
+    local est = math.ceil(prev * (window - elapsed) / window) + cur
+    if est + cost <= limit then
+      redis.call('HINCRBY', key, idx, cost)
+      redis.call('HDEL', key, idx - 2)
+      redis.call('PEXPIRE', key, math.ceil(2 * window / 1000) + 1000)
+      out[#out + 1] = 1; out[#out + 1] = limit - est - cost
+      out[#out + 1] = window - elapsed; out[#out + 1] = 0
+    else
+      local wait
+      if cost > limit then
+        wait = 2 * window
+      elseif cur + cost <= limit and prev > 0 then
+        wait = math.max(window - math.floor((limit - cur - cost) * window / prev) - elapsed, 0) + 1
+      elseif cur == 0 then
+        wait = window - elapsed
+      else
+        wait = (window - elapsed) + math.max(window - math.floor((limit - cost) * window / cur), 0) + 1
+      end
+      out[#out + 1] = 0; out[#out + 1] = math.max(limit - est, 0)
+      out[#out + 1] = window - elapsed; out[#out + 1] = wait
+    end
+  end
+end
+return out
+";
+
 /// Gives back (or adds) units: GCRA moves the arrival time, a window its current count.
 const ADJUST: &str = r"
 local t = redis.call('TIME')
@@ -128,6 +193,7 @@ pub struct SharedStore {
     conn: ArcSwapOption<Conn>,
     gcra: Script,
     window: Script,
+    multi: Script,
     adjust: Script,
     healthy: AtomicBool,
     /// Commands sent (one per limit check or adjustment).
@@ -159,6 +225,7 @@ impl SharedStore {
                 conn: ArcSwapOption::empty(),
                 gcra: Script::new(GCRA),
                 window: Script::new(WINDOW),
+                multi: Script::new(MULTI),
                 adjust: Script::new(ADJUST),
                 healthy: AtomicBool::new(false),
                 commands: AtomicU64::new(0),
@@ -277,10 +344,53 @@ impl SharedStore {
         checks: &[SharedCheck],
     ) -> Result<Vec<(usize, Verdict, u64)>, StoreError> {
         let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
+        let answers: Vec<Vec<i64>> = match &*conn {
+            // One server: every check in one script call.
+            Conn::Single(m) => {
+                let mut m = m.clone();
+                self.commands.fetch_add(1, Ordering::Relaxed);
+                let mut inv = self.multi.prepare_invoke();
+                for c in checks {
+                    match c.algorithm {
+                        Algorithm::Gcra { interval, burst } => {
+                            inv.key(self.key(&c.limit, c.key, "g"))
+                                .arg("g")
+                                .arg(micros(interval))
+                                .arg(burst)
+                                .arg(c.cost)
+                                .arg(c.reserve / 1000);
+                        }
+                        Algorithm::SlidingWindow { window, limit } => {
+                            inv.key(self.key(&c.limit, c.key, "w"))
+                                .arg("w")
+                                .arg(micros(window))
+                                .arg(limit)
+                                .arg(c.cost)
+                                .arg(0);
+                        }
+                    }
+                }
+                let flat: Vec<i64> = inv.invoke_async(&mut m).await?;
+                if flat.len() != checks.len() * 4 {
+                    return Err(StoreError::Shape);
+                }
+                flat.chunks(4).map(<[i64]>::to_vec).collect()
+            }
+            // A cluster: one script per check, each to its slot's node, all at once.
+            Conn::Cluster(_) => self.check_each(&conn, checks).await?,
+        };
+        self.verdicts(checks, answers)
+    }
+
+    async fn check_each(
+        &self,
+        conn: &Conn,
+        checks: &[SharedCheck],
+    ) -> Result<Vec<Vec<i64>>, StoreError> {
         self.commands
             .fetch_add(checks.len() as u64, Ordering::Relaxed);
         let calls = checks.iter().map(|c| {
-            let mut conn = (*conn).clone();
+            let mut conn = conn.clone();
             let inv = match c.algorithm {
                 Algorithm::Gcra { interval, burst } => {
                     let mut i = self.gcra.key(self.key(&c.limit, c.key, "g"));
@@ -304,7 +414,14 @@ impl SharedStore {
                 Ok::<_, StoreError>(r)
             }
         });
-        let answers = futures_util::future::try_join_all(calls).await?;
+        futures_util::future::try_join_all(calls).await
+    }
+
+    fn verdicts(
+        &self,
+        checks: &[SharedCheck],
+        answers: Vec<Vec<i64>>,
+    ) -> Result<Vec<(usize, Verdict, u64)>, StoreError> {
         let mut out = Vec::with_capacity(checks.len());
         for (c, a) in checks.iter().zip(answers) {
             let [allowed, remaining, reset, retry] = a.as_slice() else {
