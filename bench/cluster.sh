@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cluster mode against the embedded store, one run on this machine: one Palisade (1 worker
 # thread, bench/palisade-bench.toml: 5 limits on every request) on the embedded store, then the
-# same with [store] backend = "redis" (a local redis-server, sync = "strict"), each under wrk.
+# same with [store] backend = "redis" (a local redis-server, sync = "strict", then "batched"),
+# each under wrk.
 # Prints throughput and p99 ratios and Redis commands per request.
 #
 # Usage: bench/cluster.sh        (DURATION=10s CONNECTIONS=64 to change the load)
@@ -60,8 +61,10 @@ bench() { # name config
 
 sed 's|^decisions = "off".*|decisions = "off"|' bench/palisade-bench.toml > "$OUT/cluster-embedded.toml"
 { cat "$OUT/cluster-embedded.toml"; printf '\n[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s"\ntimeout = "20ms"\nsync = "strict"\n' "$RD"; } > "$OUT/cluster-strict.toml"
+sed 's|^sync = "strict"|sync = "batched"|' "$OUT/cluster-strict.toml" > "$OUT/cluster-batched.toml"
 bench embedded "$OUT/cluster-embedded.toml"
 bench strict "$OUT/cluster-strict.toml"
+bench batched "$OUT/cluster-batched.toml"
 
 python3 - "$OUT" "$DURATION" <<'PY'
 import re, sys
@@ -73,11 +76,12 @@ def parse(name):
     p99 = ms(*re.search(r"99%\s+([\d.]+)(us|ms|s)", t).groups())
     total = int(re.search(r"(\d+) requests in", t).group(1))
     return rps, p99, total
-e = parse("embedded"); s = parse("strict")
-cmds, fb = map(int, open(f"{out}/cluster-strict.store").read().split())
+e = parse("embedded")
 print(f"{'store':<10} {'req/s':>10} {'p99 ms':>8}")
 print(f"{'embedded':<10} {e[0]:>10.0f} {e[1]:>8.2f}")
-print(f"{'strict':<10} {s[0]:>10.0f} {s[1]:>8.2f}")
-print(f"strict/embedded: throughput {s[0]/e[0]:.2f}x, p99 {s[1]/e[1]:.2f}x; "
-      f"Redis commands per request {cmds/max(s[2],1):.2f}; fallbacks {fb}")
+for name in ["strict", "batched"]:
+    s = parse(name)
+    cmds, fb = map(int, open(f"{out}/cluster-{name}.store").read().split())
+    print(f"{name:<10} {s[0]:>10.0f} {s[1]:>8.2f}   /embedded: throughput {s[0]/e[0]:.2f}x, "
+          f"p99 {s[1]/e[1]:.2f}x; Redis commands per request {cmds/max(s[2],1):.3f}; fallbacks {fb}")
 PY

@@ -224,6 +224,8 @@ pub struct Shared {
     pub verifier: verify::BotVerifier,
     /// The shared store (cluster mode), fixed at start.
     pub store: Option<Arc<store::SharedStore>>,
+    /// Batched sync's local charges (cluster mode with `sync = "batched"`).
+    pub batcher: Option<Arc<store::Batcher>>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -229,8 +229,12 @@ pub async fn handle(
     let t0 = Instant::now();
     // Cluster mode, strict: the shared limits are counted in the store first (bounded by its
     // timeout); when it fails, `on_store_error` decides.
-    // (`sync = "batched"` is accepted and, until it lands, consults the store the same way.)
-    let evaluated = match shared.store.as_ref() {
+    // Batched: decided locally; the charges are reconciled with the store in the background.
+    let batched = shared
+        .batcher
+        .as_ref()
+        .map(|b| (b, rt.engine.shared_checks(&facts, route)));
+    let evaluated = match shared.store.as_ref().filter(|_| batched.is_none()) {
         Some(store) => {
             let checks = rt.engine.shared_checks(&facts, route);
             if checks.is_empty() {
@@ -296,6 +300,9 @@ pub async fn handle(
             d
         }
     };
+    if let Some((batcher, checks)) = &batched {
+        batcher.record(&decision, checks);
+    }
     // Quota reservations are settled when the upstream answers; dropped unsettled (refused,
     // client gone, upstream failed), they are given back.
     let settlement = (!decision.quotas.is_empty()).then(|| rt.engine.quota_settlement(&decision));

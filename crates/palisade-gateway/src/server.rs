@@ -183,7 +183,12 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     if let Some(s) = &store {
         tokio::spawn(s.clone().maintain());
     }
+    let batcher = store
+        .as_ref()
+        .filter(|s| s.settings().sync == palisade_config::StoreSync::Batched)
+        .map(|_| Arc::new(crate::store::Batcher::default()));
     let shared = Arc::new(Shared {
+        batcher,
         store,
         runtime: ArcSwap::from_pointee(Runtime::build(compiled, None)),
         metrics: metrics::Metrics::new(),
@@ -217,6 +222,9 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
 
     if shared.store.is_some() {
         tokio::spawn(crate::store::share_blocks(shared.clone()));
+    }
+    if shared.batcher.is_some() {
+        tokio::spawn(crate::store::reconcile(shared.clone()));
     }
 
     let (tx, rx) = watch::channel(false);
