@@ -85,6 +85,8 @@ pub struct BlockTable {
     added: Mutex<Vec<BlockEntry>>,
     /// Local changes for other gateways (cluster mode), when enabled.
     outbox: Mutex<Option<Vec<BlockChange>>>,
+    /// When each key last changed (cluster mode), to order changes from several gateways.
+    versions: Mutex<HashMap<String, u64>>,
 }
 
 /// A change to share with the other gateways of a cluster.
@@ -95,11 +97,18 @@ pub enum BlockChange {
     Add {
         /// The block.
         entry: BlockEntry,
+        /// When (unix ms): a change older than the last one seen for its key is ignored, so a
+        /// retried message cannot bring back a block lifted since.
+        #[serde(default)]
+        at_ms: u64,
     },
     /// A block was lifted.
     Remove {
         /// Its key.
         key: String,
+        /// When (unix ms).
+        #[serde(default)]
+        at_ms: u64,
     },
 }
 
@@ -112,7 +121,21 @@ impl BlockTable {
             max: max.max(16),
             added: Mutex::new(Vec::new()),
             outbox: Mutex::new(None),
+            versions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Notes that `key` changed at `at_ms`; false if a newer change was seen already.
+    fn newer(&self, key: &str, at_ms: u64) -> bool {
+        let mut v = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
+        if v.get(key).is_some_and(|seen| *seen > at_ms) {
+            return false;
+        }
+        if v.len() >= 2 * self.max && !v.contains_key(key) {
+            v.clear();
+        }
+        v.insert(key.to_owned(), at_ms);
+        true
     }
 
     /// Starts recording local changes for other gateways (cluster mode).
@@ -149,8 +172,8 @@ impl BlockTable {
     /// shared again.
     pub fn apply_remote(&self, change: BlockChange, now_ms: u64) {
         match change {
-            BlockChange::Add { entry } => {
-                if entry.until_ms <= now_ms {
+            BlockChange::Add { entry, at_ms } => {
+                if entry.until_ms <= now_ms || !self.newer(&entry.key, at_ms) {
                     return;
                 }
                 let mut map = self.lock();
@@ -167,7 +190,10 @@ impl BlockTable {
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(entry);
             }
-            BlockChange::Remove { key } => {
+            BlockChange::Remove { key, at_ms } => {
+                if !self.newer(&key, at_ms) {
+                    return;
+                }
                 let mut map = self.lock();
                 map.remove(&key);
                 self.len.store(map.len(), Ordering::Relaxed);
@@ -235,10 +261,21 @@ impl BlockTable {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(entry.clone());
-        self.record(BlockChange::Add {
-            entry: entry.clone(),
-        });
+        if self.sharing() {
+            self.newer(&entry.key, now_ms);
+            self.record(BlockChange::Add {
+                entry: entry.clone(),
+                at_ms: now_ms,
+            });
+        }
         entry
+    }
+
+    fn sharing(&self) -> bool {
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     /// Loads persisted blocks (expired ones are skipped; nothing is reported as added).
@@ -253,14 +290,18 @@ impl BlockTable {
     }
 
     /// Removes a block. Returns whether there was one.
-    pub fn remove(&self, key: &str) -> bool {
+    pub fn remove(&self, key: &str, now_ms: u64) -> bool {
         let mut map = self.lock();
         let had = map.remove(key).is_some();
         self.len.store(map.len(), Ordering::Relaxed);
         drop(map);
-        self.record(BlockChange::Remove {
-            key: key.to_owned(),
-        });
+        if self.sharing() {
+            self.newer(key, now_ms);
+            self.record(BlockChange::Remove {
+                key: key.to_owned(),
+                at_ms: now_ms,
+            });
+        }
         had
     }
 
@@ -379,7 +420,52 @@ mod tests {
             .find(&["ja4h:x".into(), "account:a".into()], 20_001)
             .unwrap();
         assert_eq!(f.effect, BlockEffect::Block);
-        assert!(t.remove("account:a"));
-        assert!(!t.remove("account:a"));
+        assert!(t.remove("account:a", 0));
+        assert!(!t.remove("account:a", 0));
+    }
+
+    #[test]
+    fn shared_changes_are_ordered_so_a_retried_add_cannot_undo_a_removal() {
+        let a = BlockTable::new(100);
+        let b = BlockTable::new(100);
+        a.share_changes();
+        b.share_changes();
+        a.add(
+            "ip:1.2.3.4".into(),
+            60_000,
+            "r",
+            BlockEffect::Block,
+            true,
+            1_000,
+        );
+        let add = a.take_changes();
+        assert_eq!(add.len(), 1);
+        for c in add.clone() {
+            b.apply_remote(c, 1_001);
+        }
+        assert!(b.find(&["ip:1.2.3.4".to_owned()], 1_002).is_some());
+        // Lifted on b, then a's add arrives again (a retried message): the block stays lifted.
+        assert!(b.remove("ip:1.2.3.4", 2_000));
+        for c in add {
+            b.apply_remote(c, 2_001);
+        }
+        assert!(b.find(&["ip:1.2.3.4".to_owned()], 2_002).is_none());
+        // b's removal reaches a; a later block on a is newer and applies again.
+        for c in b.take_changes() {
+            a.apply_remote(c, 2_003);
+        }
+        assert!(a.find(&["ip:1.2.3.4".to_owned()], 2_004).is_none());
+        a.add(
+            "ip:1.2.3.4".into(),
+            60_000,
+            "r",
+            BlockEffect::Block,
+            true,
+            3_000,
+        );
+        for c in a.take_changes() {
+            b.apply_remote(c, 3_001);
+        }
+        assert!(b.find(&["ip:1.2.3.4".to_owned()], 3_002).is_some());
     }
 }

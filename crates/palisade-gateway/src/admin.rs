@@ -687,7 +687,12 @@ async fn remove_block(
     let Some(key) = palisade_engine::blocks::block_key(&req.dimension, &req.value) else {
         return bad_block("no such dimension or value");
     };
-    let removed = shared.runtime.load().engine.blocks().remove(&key);
+    let removed = shared
+        .runtime
+        .load()
+        .engine
+        .blocks()
+        .remove(&key, shared.clock.unix_ms());
     let k = key.clone();
     let now = shared.clock.unix_secs();
     if let Err(e) = shared

@@ -551,8 +551,10 @@ pub async fn share_blocks(shared: Arc<crate::Shared>) {
                 let now = shared.clock.unix_ms();
                 for json in all {
                     if let Ok(entry) = serde_json::from_str(&json) {
-                        blocks
-                            .apply_remote(palisade_engine::blocks::BlockChange::Add { entry }, now);
+                        blocks.apply_remote(
+                            palisade_engine::blocks::BlockChange::Add { entry, at_ms: 0 },
+                            now,
+                        );
                     }
                 }
                 loaded = true;
@@ -570,12 +572,12 @@ pub async fn share_blocks(shared: Arc<crate::Shared>) {
         let mut pipe = redis::pipe();
         for c in &changes {
             match c {
-                palisade_engine::blocks::BlockChange::Add { entry } => {
+                palisade_engine::blocks::BlockChange::Add { entry, .. } => {
                     if let Ok(json) = serde_json::to_string(entry) {
                         pipe.hset(store.blocks_hash(), &entry.key, json).ignore();
                     }
                 }
-                palisade_engine::blocks::BlockChange::Remove { key } => {
+                palisade_engine::blocks::BlockChange::Remove { key, .. } => {
                     pipe.hdel(store.blocks_hash(), key).ignore();
                 }
             }
@@ -627,7 +629,9 @@ async fn subscribe(shared: Arc<crate::Shared>, store: Arc<SharedStore>, me: u64)
                         let blocks = shared.runtime.load().engine.blocks().clone();
                         let now = shared.clock.unix_ms();
                         for change in event.blocks {
-                            if let palisade_engine::blocks::BlockChange::Remove { key } = &change {
+                            if let palisade_engine::blocks::BlockChange::Remove { key, .. } =
+                                &change
+                            {
                                 let k = key.clone();
                                 let now_s = now / 1000;
                                 let _ = shared
