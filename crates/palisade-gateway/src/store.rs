@@ -23,64 +23,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
 
-/// GCRA: one theoretical arrival time per key, in microseconds of Redis time.
-const GCRA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local reserve = tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-local base = math.max(tat, now)
-local new_tat = base + interval * cost
-local horizon = now + interval * burst
-if new_tat <= horizon then
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-  return {1, math.floor((horizon - new_tat) / interval), new_tat - now, 0}
-end
-local wait = new_tat - horizon
-if wait <= reserve then
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-end
-return {0, math.floor(math.max(horizon - base, 0) / interval), base - now, wait}
-";
-
-/// Sliding window: one hash per key, a field per window index.
-const WINDOW: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local window = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local idx = math.floor(now / window)
-local elapsed = now - idx * window
-local cur = tonumber(redis.call('HGET', KEYS[1], idx)) or 0
-local prev = tonumber(redis.call('HGET', KEYS[1], idx - 1)) or 0
-local est = math.ceil(prev * (window - elapsed) / window) + cur
-if est + cost <= limit then
-  redis.call('HINCRBY', KEYS[1], idx, cost)
-  redis.call('HDEL', KEYS[1], idx - 2)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(2 * window / 1000) + 1000)
-  return {1, limit - est - cost, window - elapsed, 0}
-end
-local wait
-if cost > limit then
-  wait = 2 * window
-elseif cur + cost <= limit and prev > 0 then
-  local e = window - math.floor((limit - cur - cost) * window / prev)
-  wait = math.max(e - elapsed, 0) + 1
-elseif cur == 0 then
-  wait = window - elapsed
-else
-  wait = (window - elapsed) + math.max(window - math.floor((limit - cost) * window / cur), 0) + 1
-end
-return {0, math.max(limit - est, 0), window - elapsed, wait}
-";
-
-/// Every check of one request in one call (one server: no slots to respect). The same two
-/// algorithms as [`GCRA`] and [`WINDOW`], one after the other; five arguments per key:
-/// kind (`g`/`w`), interval or window, burst or limit, cost, reserve.
+/// Limit checks, in microseconds of Redis time: GCRA (one theoretical arrival time per key) or
+/// a sliding window (one hash per key, a field per window index). Any number of keys, five
+/// arguments each: kind (`g`/`w`), interval or window, burst or limit, cost, reserve. One
+/// server takes all of a request's checks in one call; a cluster one call per key.
 const MULTI: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -191,8 +137,6 @@ pub enum StoreError {
 pub struct SharedStore {
     settings: StoreSettings,
     conn: ArcSwapOption<Conn>,
-    gcra: Script,
-    window: Script,
     multi: Script,
     adjust: Script,
     healthy: AtomicBool,
@@ -223,8 +167,6 @@ impl SharedStore {
             Arc::new(Self {
                 settings,
                 conn: ArcSwapOption::empty(),
-                gcra: Script::new(GCRA),
-                window: Script::new(WINDOW),
                 multi: Script::new(MULTI),
                 adjust: Script::new(ADJUST),
                 healthy: AtomicBool::new(false),
@@ -349,72 +291,51 @@ impl SharedStore {
             Conn::Single(m) => {
                 let mut m = m.clone();
                 self.commands.fetch_add(1, Ordering::Relaxed);
-                let mut inv = self.multi.prepare_invoke();
-                for c in checks {
-                    match c.algorithm {
-                        Algorithm::Gcra { interval, burst } => {
-                            inv.key(self.key(&c.limit, c.key, "g"))
-                                .arg("g")
-                                .arg(micros(interval))
-                                .arg(burst)
-                                .arg(c.cost)
-                                .arg(c.reserve / 1000);
-                        }
-                        Algorithm::SlidingWindow { window, limit } => {
-                            inv.key(self.key(&c.limit, c.key, "w"))
-                                .arg("w")
-                                .arg(micros(window))
-                                .arg(limit)
-                                .arg(c.cost)
-                                .arg(0);
-                        }
-                    }
-                }
-                let flat: Vec<i64> = inv.invoke_async(&mut m).await?;
+                let flat: Vec<i64> = self.invocation(checks).invoke_async(&mut m).await?;
                 if flat.len() != checks.len() * 4 {
                     return Err(StoreError::Shape);
                 }
                 flat.chunks(4).map(<[i64]>::to_vec).collect()
             }
-            // A cluster: one script per check, each to its slot's node, all at once.
-            Conn::Cluster(_) => self.check_each(&conn, checks).await?,
+            // A cluster: one call per check, each to its slot's node, all at once.
+            Conn::Cluster(m) => {
+                self.commands
+                    .fetch_add(checks.len() as u64, Ordering::Relaxed);
+                let calls = checks.iter().map(|c| {
+                    let mut m = m.clone();
+                    let inv = self.invocation(std::slice::from_ref(c));
+                    async move { inv.invoke_async::<Vec<i64>>(&mut m).await }
+                });
+                futures_util::future::try_join_all(calls).await?
+            }
         };
         self.verdicts(checks, answers)
     }
 
-    async fn check_each(
-        &self,
-        conn: &Conn,
-        checks: &[SharedCheck],
-    ) -> Result<Vec<Vec<i64>>, StoreError> {
-        self.commands
-            .fetch_add(checks.len() as u64, Ordering::Relaxed);
-        let calls = checks.iter().map(|c| {
-            let mut conn = conn.clone();
-            let inv = match c.algorithm {
+    /// The limit script for these checks.
+    fn invocation(&self, checks: &[SharedCheck]) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.multi.prepare_invoke();
+        for c in checks {
+            match c.algorithm {
                 Algorithm::Gcra { interval, burst } => {
-                    let mut i = self.gcra.key(self.key(&c.limit, c.key, "g"));
-                    i.arg(micros(interval))
+                    inv.key(self.key(&c.limit, c.key, "g"))
+                        .arg("g")
+                        .arg(micros(interval))
                         .arg(burst)
                         .arg(c.cost)
                         .arg(c.reserve / 1000);
-                    i
                 }
                 Algorithm::SlidingWindow { window, limit } => {
-                    let mut i = self.window.key(self.key(&c.limit, c.key, "w"));
-                    i.arg(micros(window)).arg(limit).arg(c.cost);
-                    i
+                    inv.key(self.key(&c.limit, c.key, "w"))
+                        .arg("w")
+                        .arg(micros(window))
+                        .arg(limit)
+                        .arg(c.cost)
+                        .arg(0);
                 }
-            };
-            async move {
-                let r: Vec<i64> = match &mut conn {
-                    Conn::Single(m) => inv.invoke_async(m).await?,
-                    Conn::Cluster(m) => inv.invoke_async(m).await?,
-                };
-                Ok::<_, StoreError>(r)
             }
-        });
-        futures_util::future::try_join_all(calls).await
+        }
+        inv
     }
 
     fn verdicts(
