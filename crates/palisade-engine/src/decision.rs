@@ -182,6 +182,16 @@ impl Decision {
 }
 
 impl Decision {
+    /// The risk score the signals add up to (0-100): the enforced ones, or with
+    /// `with_shadowed` the shadowed ones too.
+    pub fn signal_score(&self, with_shadowed: bool) -> u8 {
+        self.signals
+            .iter()
+            .filter(|s| with_shadowed || !s.shadow)
+            .fold(0u32, |acc, s| acc + u32::from(s.weight))
+            .min(100) as u8
+    }
+
     /// The shadowed action and its rule, when it is stronger than the enforced one.
     fn stronger_shadow(&self) -> Option<&(Action, Arc<str>)> {
         self.shadow

@@ -843,26 +843,12 @@ impl Engine {
             self.refund(&mut d, facts.now);
         }
 
-        let score_of = |d: &Decision| {
-            let enforced = d
-                .signals
-                .iter()
-                .filter(|s| !s.shadow)
-                .fold(0u32, |acc, s| acc + u32::from(s.weight))
-                .min(100) as u8;
-            let all = d
-                .signals
-                .iter()
-                .fold(0u32, |acc, s| acc + u32::from(s.weight))
-                .min(100) as u8;
-            (enforced, all)
-        };
-        (d.score, _) = score_of(&d);
+        d.score = d.signal_score(false);
 
         // Explicit rules: `score` rules add signals; the first other match decides.
         let decided = self.run_rules(&mut d, facts, route_spec);
-        let (score, shadow_score) = score_of(&d);
-        d.score = score;
+        d.score = d.signal_score(false);
+        let shadow_score = d.signal_score(true);
 
         if let Some((a, r)) = shadowed
             && stronger(a, d.shadow.as_ref().map(|s| s.0))
@@ -1385,12 +1371,7 @@ impl Engine {
         }
         if !added.is_empty() {
             d.signals.extend(added);
-            d.score = d
-                .signals
-                .iter()
-                .filter(|s| !s.shadow)
-                .fold(0u32, |acc, s| acc + u32::from(s.weight))
-                .min(100) as u8;
+            d.score = d.signal_score(false);
         }
         // Pass two: the first other matching rule decides, seeing the score with them.
         let mut decided: Option<(Option<Action>, Arc<str>)> = None;
