@@ -463,19 +463,31 @@ async fn integration(sim: Arc<Sim>, id: u32, key: String, seed: u64) {
 
 /// One address, as fast as a few connections go (paced to keep the machine usable).
 async fn flood(sim: Arc<Sim>) {
-    let ip = v4(30, 0, 1);
+    readers(sim, Class::Flood, v4(30, 0, 1), python_requests(), 5, 0).await;
+}
+
+/// Two connections from one address reading random items as fast as the answers come,
+/// pausing `pause_ms` between requests and never waiting for a Retry-After.
+async fn readers(
+    sim: Arc<Sim>,
+    class: Class,
+    ip: IpAddr,
+    headers: Headers,
+    pause_ms: u64,
+    seed: u64,
+) {
     let mut tasks = Vec::new();
     for w in 0..2u64 {
         let sim = sim.clone();
+        let headers = headers.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(w);
-            let headers = python_requests();
+            let mut rng = StdRng::seed_from_u64(seed ^ w);
             let mut seq = (w as u32) * 1_000_000;
             while sim.running() {
                 let path = format!("/api/items/{}", rng.random_range(1..1000));
-                sim.send(Class::Flood, 0, &mut seq, ip, "GET", &path, &headers, None)
+                sim.send(class, 0, &mut seq, ip, "GET", &path, &headers, None)
                     .await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
             }
         }));
     }
@@ -595,29 +607,20 @@ async fn cache_busting(sim: Arc<Sim>, key: String, seed: u64) {
 /// Reads at a rate over its limit and keeps going after 429s, never waiting for
 /// Retry-After.
 async fn ignores_retry_after(sim: Arc<Sim>, seed: u64) {
-    let ip = v4(80, 0, 1);
-    let mut tasks = Vec::new();
-    for w in 0..2u64 {
-        let sim = sim.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed ^ w);
-            let headers = vec![
-                ("user-agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15".into()),
-                ("accept", "*/*".into()),
-                ("accept-language", "en-GB".into()),
-            ];
-            let mut seq = (w as u32) * 1_000_000;
-            while sim.running() {
-                let path = format!("/api/items/{}", rng.random_range(1..1000));
-                sim.send(Class::IgnoresRetryAfter, 0, &mut seq, ip, "GET", &path, &headers, None)
-                    .await;
-                tokio::time::sleep(Duration::from_millis(60)).await;
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+    let headers = vec![
+        ("user-agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15".into()),
+        ("accept", "*/*".into()),
+        ("accept-language", "en-GB".into()),
+    ];
+    readers(
+        sim,
+        Class::IgnoresRetryAfter,
+        v4(80, 0, 1),
+        headers,
+        60,
+        seed,
+    )
+    .await;
 }
 
 /// Probes for well-known files and admin pages, and tries injections.
