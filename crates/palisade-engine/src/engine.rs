@@ -1265,6 +1265,65 @@ impl Engine {
         }
     }
 
+    /// Refuses a forwarded request that the shared store found over one of its daily quotas
+    /// (cluster mode; `index` into `decision.quotas`): gives back its local reservations and
+    /// what its limits charged, and answers as a local refusal would. In shadow mode the
+    /// refusal is only recorded.
+    pub fn refuse_quota(
+        &self,
+        d: &mut Decision,
+        index: usize,
+        budget: Budget,
+        unix_ms: u64,
+        now: Nanos,
+    ) {
+        let Some(hold) = d.quotas.get(index).cloned() else {
+            return;
+        };
+        self.ledger.release(&d.quotas);
+        d.quotas.clear();
+        let reset = secs_to_midnight(unix_ms);
+        d.exhausted = match budget {
+            Budget::Requests => hold
+                .items
+                .requests
+                .clone()
+                .zip(hold.requests_per_day)
+                .map(|(i, q)| (i, q, reset)),
+            Budget::Spend => hold
+                .items
+                .spend
+                .clone()
+                .zip(hold.spend_per_day)
+                .map(|(i, q)| (i, q, reset)),
+        };
+        let rule: Arc<str> = if *hold.quota == *self.key_budget_name {
+            self.rule_key_budget.clone()
+        } else {
+            Arc::from(format!("quota/{}", hold.quota))
+        };
+        let shadow = self.policy.mode == Mode::Shadow;
+        d.signals.push(Signal {
+            name: rule.clone(),
+            weight: 50,
+            shadow,
+        });
+        let action = Action::Limit {
+            retry_after: reset.saturating_mul(SECOND),
+        };
+        if shadow {
+            if stronger(action, d.shadow.as_ref().map(|s| s.0)) {
+                d.shadow = Some((action, rule));
+            }
+            return;
+        }
+        self.refund(d, now);
+        d.score = d.signal_score(false);
+        d.code = Some(budget.code());
+        d.action = action;
+        d.rule = rule;
+    }
+
     /// Today's usage of every daily quota counted per `dimension` (api_key or account).
     pub fn quota_report(&self, dimension: &KeyPart, value: &str, unix_ms: u64) -> Vec<QuotaReport> {
         let key = match dimension {

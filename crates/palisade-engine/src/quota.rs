@@ -302,6 +302,30 @@ impl QuotaLedger {
         }
     }
 
+    /// Raises a row to what the whole fleet has used (cluster mode): `requests` and `spend`
+    /// are the shared store's totals, in-flight reservations included, so the local view (the
+    /// usage endpoint, the early local refusal, the fallback when the store is away) is never
+    /// below the fleet's. Never lowers a row.
+    pub fn observe_fleet(&self, quota: &str, identity: &str, day: u32, requests: u64, spend: u64) {
+        let mut rows = self.lock();
+        let u = rows
+            .entry((Arc::from(quota), Arc::from(identity)))
+            .or_insert(Usage {
+                day,
+                ..Usage::default()
+            });
+        if u.day != day {
+            return;
+        }
+        let requests = requests.saturating_sub(u.held_requests);
+        let spend = spend.saturating_sub(u.held_spend);
+        if requests > u.requests || spend > u.spend_micros {
+            u.requests = u.requests.max(requests);
+            u.spend_micros = u.spend_micros.max(spend);
+            u.dirty = true;
+        }
+    }
+
     /// Settled usage of one row today (zero if none).
     pub fn usage(&self, quota: &str, identity: &str, day: u32) -> Usage {
         let rows = self.lock();

@@ -142,7 +142,11 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
         Some(s) if s.is_healthy() => ("ok", "connected"),
         Some(_) => ("degraded", "unreachable"),
     };
-    axum::Json(json!({ "status": status, "mode": mode, "store": store, "version": env!("CARGO_PKG_VERSION") }))
+    let keys = shared
+        .store
+        .as_ref()
+        .map_or("local", |s| s.key_sharing_state());
+    axum::Json(json!({ "status": status, "mode": mode, "store": store, "keys": keys, "version": env!("CARGO_PKG_VERSION") }))
         .into_response()
 }
 

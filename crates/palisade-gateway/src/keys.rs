@@ -1,9 +1,11 @@
 //! API keys in the running gateway: the durable store (blocking I/O, so always off the async
 //! runtime), the in-memory directory requests are verified against, the nonce cache for signed
-//! requests, and the periodic flush of quota usage and last-used times.
+//! requests, the periodic flush of quota usage and last-used times, and (cluster mode) the
+//! changes waiting to be sent to the other gateways.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use palisade_engine::blocks::BlockTable;
 use palisade_engine::quota::{QuotaLedger, day_of};
@@ -18,7 +20,14 @@ pub struct KeyService {
     pub directory: Arc<KeyDirectory>,
     /// Nonces of signed requests.
     pub nonces: NonceCache,
+    /// Whether changes go to the other gateways (cluster mode).
+    sharing: AtomicBool,
+    /// Changed records not yet sent to the other gateways.
+    outbox: Mutex<Vec<ApiKeyRecord>>,
 }
+
+/// Most changed records kept for the other gateways while the store is away.
+const MAX_OUTBOX: usize = 100_000;
 
 impl KeyService {
     /// Opens the store in `data_dir` and loads every key.
@@ -29,7 +38,39 @@ impl KeyService {
             store: Arc::new(store),
             directory: Arc::new(directory),
             nonces: NonceCache::new(max_nonces),
+            sharing: AtomicBool::new(false),
+            outbox: Mutex::new(Vec::new()),
         })
+    }
+
+    /// From now on, changes are also queued for the other gateways (cluster mode).
+    pub fn share(&self) {
+        self.sharing.store(true, Ordering::Relaxed);
+    }
+
+    /// Changed records waiting to be sent to the other gateways.
+    pub fn take_outbox(&self) -> Vec<ApiKeyRecord> {
+        self.outbox
+            .lock()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default()
+    }
+
+    /// Queues records for the other gateways (again, after a failed send: newest kept).
+    pub fn queue_for_cluster(&self, records: Vec<ApiKeyRecord>) {
+        if let Ok(mut o) = self.outbox.lock() {
+            o.extend(records);
+            let excess = o.len().saturating_sub(MAX_OUTBOX);
+            if excess > 0 {
+                o.drain(..excess);
+            }
+        }
+    }
+
+    /// Applies records another gateway changed: in the directory at once, then durably.
+    pub async fn apply_remote(&self, records: Vec<ApiKeyRecord>) -> Result<(), StoreError> {
+        self.directory.upsert(&records);
+        self.run(move |s| s.replicate(&records)).await
     }
 
     /// Runs a store operation on the blocking pool.
@@ -46,6 +87,9 @@ impl KeyService {
     /// Puts changed records into the directory: they apply from the next request on.
     pub fn publish(&self, records: &[ApiKeyRecord]) {
         self.directory.upsert(records);
+        if self.sharing.load(Ordering::Relaxed) {
+            self.queue_for_cluster(records.to_vec());
+        }
     }
 
     /// Loads persisted quota usage into the ledger.

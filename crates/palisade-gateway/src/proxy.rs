@@ -22,7 +22,7 @@ use http_body_util::LengthLimitError;
 use http_body_util::{Empty, Full, Limited};
 use palisade_engine::RouteSpec;
 use palisade_engine::principal::{AuthFailure, AuthRequirement, PrincipalKind};
-use palisade_engine::quota::{MICROS_PER_USD, QuotaSettlement, secs_to_midnight};
+use palisade_engine::quota::{MICROS_PER_USD, secs_to_midnight};
 use palisade_keys::signature::{
     self, NONCE_HEADER, SIGNATURE_HEADER, SignedParts, TIMESTAMP_HEADER,
 };
@@ -34,6 +34,7 @@ use crate::body::{Bounded, ProxyBody, is_body_too_large};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
 use crate::respond::Refusal;
+use crate::store::{QuotaAnswer, QuotaCharge};
 use crate::upstream::names::*;
 use crate::upstream::{set_forwarding_headers, strip_hop_by_hop, strip_palisade_headers};
 use crate::{Runtime, Shared};
@@ -303,9 +304,67 @@ pub async fn handle(
     if let Some((batcher, checks)) = &batched {
         batcher.record(&decision, checks);
     }
+    // Cluster mode: daily quotas are money, so a request about to be forwarded reserves them
+    // in the shared store too, whatever `sync` says (bounded by the store's timeout). Over a
+    // budget there, it is refused as a local refusal would refuse it.
+    let mut remote_holds = None;
+    if let Some(store) = &shared.store
+        && !decision.quotas.is_empty()
+        && matches!(
+            decision.action,
+            Action::Allow | Action::Tag | Action::Delay { .. }
+        )
+    {
+        let ledger = rt.engine.quota_ledger();
+        match store.reserve_quotas(&decision.quotas).await {
+            Ok(QuotaAnswer::Reserved(totals)) => {
+                for (h, (r, s)) in decision.quotas.iter_mut().zip(totals) {
+                    ledger.observe_fleet(&h.quota, &h.identity, h.day, r, s);
+                    h.requests_remaining = h.requests_per_day.map(|m| m.saturating_sub(r));
+                    h.spend_remaining = h.spend_per_day.map(|m| m.saturating_sub(s));
+                }
+                remote_holds = Some((store.clone(), decision.quotas.clone()));
+            }
+            Ok(QuotaAnswer::Exceeded {
+                index,
+                budget,
+                requests,
+                spend,
+            }) => {
+                let row = decision
+                    .quotas
+                    .get(index)
+                    .map(|h| (h.quota.clone(), h.identity.clone(), h.day));
+                rt.engine
+                    .refuse_quota(&mut decision, index, budget, unix_ms, shared.clock.now());
+                // Known exhausted: later requests are refused here without asking.
+                if let Some((q, i, day)) = row {
+                    ledger.observe_fleet(&q, &i, day, requests, spend);
+                }
+            }
+            Err(e) => {
+                store
+                    .fallbacks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(error = %e, "shared store failed on quotas; applying on_store_error");
+                if store.settings().on_error == OnStoreError::Deny {
+                    drop(rt.engine.quota_settlement(&decision));
+                    rt.engine.refund(&mut decision, shared.clock.now());
+                    store.adjust(std::mem::take(&mut decision.shared_adjust));
+                    return Ok(bounded_refusal(
+                        &shared,
+                        Refusal::Unavailable,
+                        &request_id,
+                        "store/unavailable",
+                    ));
+                }
+            }
+        }
+    }
     // Quota reservations are settled when the upstream answers; dropped unsettled (refused,
     // client gone, upstream failed), they are given back.
-    let settlement = (!decision.quotas.is_empty()).then(|| rt.engine.quota_settlement(&decision));
+    let settlement = (!decision.quotas.is_empty())
+        .then(|| QuotaCharge::new(rt.engine.quota_settlement(&decision), remote_holds));
     let route_label = rt.route_label(decision.route);
     // Whether this decision is logged: every non-allow, and allows as sampled. Only logged
     // decisions pay for building a record (and only they enter the admin API's recent ring).
@@ -778,7 +837,7 @@ async fn forward(
     rt: &Runtime,
     parts: http::request::Parts,
     body: ProxyBody,
-    settlement: Option<QuotaSettlement>,
+    settlement: Option<QuotaCharge>,
     decision: &Decision,
     route_label: &Arc<str>,
     host: Option<&str>,

@@ -221,7 +221,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     }
 
     if shared.store.is_some() {
-        tokio::spawn(crate::store::share_blocks(shared.clone()));
+        tokio::spawn(crate::store::share_state(shared.clone()));
     }
     if shared.batcher.is_some() {
         tokio::spawn(crate::store::reconcile(shared.clone()));

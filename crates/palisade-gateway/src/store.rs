@@ -19,9 +19,10 @@ use palisade_config::{StoreBackend, StoreSettings};
 use palisade_engine::clock::Nanos;
 use palisade_engine::engine::{SharedAdjust, SharedCheck};
 use palisade_engine::limits::{Algorithm, Verdict};
+use palisade_engine::quota::{Budget, QuotaHold, QuotaSettlement};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, Script};
+use redis::{RedisError, Script, Value};
 
 /// Limit checks, in microseconds of Redis time: GCRA (one theoretical arrival time per key) or
 /// a sliding window (one hash per key, a field per window index). Any number of keys, five
@@ -116,6 +117,42 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+impl Conn {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
+/// Either connection answers commands, scripts and pipelines the same way, so the code that
+/// sends them is written once.
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(m) => m.req_packed_command(cmd),
+            Conn::Cluster(m) => m.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(m) => m.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(m) => m.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(m) => m.get_db(),
+            Conn::Cluster(m) => m.get_db(),
+        }
+    }
+}
+
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -128,6 +165,9 @@ pub enum StoreError {
     /// Redis answered with an error, or the connection failed.
     #[error("the shared store failed: {0}")]
     Redis(#[from] RedisError),
+    /// This gateway's own store (the data dir) failed.
+    #[error("the local store failed: {0}")]
+    Local(String),
     /// An answer of the wrong shape.
     #[error("the shared store answered something unexpected")]
     Shape,
@@ -139,6 +179,17 @@ pub struct SharedStore {
     conn: ArcSwapOption<Conn>,
     multi: Script,
     adjust: Script,
+    quota_reserve: Script,
+    quota_settle: Script,
+    keys_put: Script,
+    /// Whether API keys are shared (a [`KeySharing`]).
+    key_sharing: std::sync::atomic::AtomicU8,
+    /// The newest revision seen of each shared API key record.
+    key_revs: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Set when the channel was (re)joined: the shared state must be loaded again.
+    resync: AtomicBool,
+    /// Quota settlements the store missed (it was away), retried every second.
+    unsettled: std::sync::Mutex<Vec<Settle>>,
     healthy: AtomicBool,
     /// Commands sent (one per limit check or adjustment).
     pub commands: AtomicU64,
@@ -169,6 +220,13 @@ impl SharedStore {
                 conn: ArcSwapOption::empty(),
                 multi: Script::new(MULTI),
                 adjust: Script::new(ADJUST),
+                quota_reserve: Script::new(QUOTA_RESERVE),
+                quota_settle: Script::new(QUOTA_SETTLE),
+                unsettled: std::sync::Mutex::new(Vec::new()),
+                keys_put: Script::new(KEYS_PUT),
+                key_sharing: std::sync::atomic::AtomicU8::new(0),
+                key_revs: std::sync::Mutex::new(std::collections::HashMap::new()),
+                resync: AtomicBool::new(false),
                 healthy: AtomicBool::new(false),
                 commands: AtomicU64::new(0),
                 fallbacks: AtomicU64::new(0),
@@ -180,6 +238,24 @@ impl SharedStore {
     /// The settings.
     pub fn settings(&self) -> &StoreSettings {
         &self.settings
+    }
+
+    fn key_sharing(&self) -> KeySharing {
+        KeySharing::from_u8(self.key_sharing.load(Ordering::Relaxed))
+    }
+
+    /// Sets whether keys are shared; answers what it was.
+    fn set_key_sharing(&self, to: KeySharing) -> KeySharing {
+        KeySharing::from_u8(self.key_sharing.swap(to as u8, Ordering::Relaxed))
+    }
+
+    /// How API keys are shared: `joining`, `on`, or `secret_mismatch`.
+    pub fn key_sharing_state(&self) -> &'static str {
+        match self.key_sharing() {
+            KeySharing::Joining => "joining",
+            KeySharing::On => "on",
+            KeySharing::SecretMismatch => "secret_mismatch",
+        }
     }
 
     /// Whether the last operation (or health ping) succeeded.
@@ -235,12 +311,10 @@ impl SharedStore {
             }
             if let Some(c) = self.conn.load_full() {
                 let mut c = (*c).clone();
-                let ping = tokio::time::timeout(Duration::from_millis(500), async {
-                    match &mut c {
-                        Conn::Single(m) => redis::cmd("PING").query_async::<String>(m).await,
-                        Conn::Cluster(m) => redis::cmd("PING").query_async::<String>(m).await,
-                    }
-                })
+                let ping = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    redis::cmd("PING").query_async::<String>(&mut c),
+                )
                 .await;
                 let ok = matches!(ping, Ok(Ok(_)));
                 let was = self.healthy.swap(ok, Ordering::Relaxed);
@@ -249,11 +323,14 @@ impl SharedStore {
                 } else if !ok && was {
                     tracing::warn!("shared store degraded: ping failed");
                 }
-                if !ok && matches!(self.conn.load().as_deref(), Some(Conn::Cluster(_))) {
+                if !ok && self.conn.load().as_deref().is_some_and(Conn::is_cluster) {
                     // A cluster connection does not heal from a full outage by itself: build
                     // a fresh one.
                     self.conn.store(None);
                 }
+            }
+            if self.is_healthy() {
+                self.retry_settlements().await;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -269,8 +346,16 @@ impl SharedStore {
         &self,
         checks: &[SharedCheck],
     ) -> Result<Vec<(usize, Verdict, u64)>, StoreError> {
-        let result = tokio::time::timeout(self.settings.timeout, self.check_inner(checks)).await;
-        let out = match result {
+        self.bounded(self.check_inner(checks)).await
+    }
+
+    /// Runs a store operation a request waits on: within `[store] timeout`, counting a failure
+    /// and marking the store degraded.
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let out = match tokio::time::timeout(self.settings.timeout, op).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.settings.timeout)),
         };
@@ -286,28 +371,25 @@ impl SharedStore {
         checks: &[SharedCheck],
     ) -> Result<Vec<(usize, Verdict, u64)>, StoreError> {
         let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
-        let answers: Vec<Vec<i64>> = match &*conn {
-            // One server: every check in one script call.
-            Conn::Single(m) => {
-                let mut m = m.clone();
-                self.commands.fetch_add(1, Ordering::Relaxed);
-                let flat: Vec<i64> = self.invocation(checks).invoke_async(&mut m).await?;
-                if flat.len() != checks.len() * 4 {
-                    return Err(StoreError::Shape);
-                }
-                flat.chunks(4).map(<[i64]>::to_vec).collect()
-            }
+        let answers: Vec<Vec<i64>> = if conn.is_cluster() {
             // A cluster: one call per check, each to its slot's node, all at once.
-            Conn::Cluster(m) => {
-                self.commands
-                    .fetch_add(checks.len() as u64, Ordering::Relaxed);
-                let calls = checks.iter().map(|c| {
-                    let mut m = m.clone();
-                    let inv = self.invocation(std::slice::from_ref(c));
-                    async move { inv.invoke_async::<Vec<i64>>(&mut m).await }
-                });
-                futures_util::future::try_join_all(calls).await?
+            self.commands
+                .fetch_add(checks.len() as u64, Ordering::Relaxed);
+            let calls = checks.iter().map(|c| {
+                let mut m = (*conn).clone();
+                let inv = self.invocation(std::slice::from_ref(c));
+                async move { inv.invoke_async::<Vec<i64>>(&mut m).await }
+            });
+            futures_util::future::try_join_all(calls).await?
+        } else {
+            // One server: every check in one script call.
+            let mut m = (*conn).clone();
+            self.commands.fetch_add(1, Ordering::Relaxed);
+            let flat: Vec<i64> = self.invocation(checks).invoke_async(&mut m).await?;
+            if flat.len() != checks.len() * 4 {
+                return Err(StoreError::Shape);
             }
+            flat.chunks(4).map(<[i64]>::to_vec).collect()
         };
         self.verdicts(checks, answers)
     }
@@ -387,12 +469,10 @@ impl SharedStore {
                 let mut inv = store.adjust.key(store.key(&a.limit, a.key, key));
                 inv.arg(kind).arg(a.delta).arg(unit);
                 store.commands.fetch_add(1, Ordering::Relaxed);
-                let r = tokio::time::timeout(Duration::from_secs(1), async {
-                    match &mut conn {
-                        Conn::Single(m) => inv.invoke_async::<i64>(m).await,
-                        Conn::Cluster(m) => inv.invoke_async::<i64>(m).await,
-                    }
-                })
+                let r = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    inv.invoke_async::<i64>(&mut conn),
+                )
                 .await;
                 if !matches!(r, Ok(Ok(_))) {
                     store.errors.fetch_add(1, Ordering::Relaxed);
@@ -410,6 +490,54 @@ struct Event {
     /// Block changes.
     #[serde(default)]
     blocks: Vec<palisade_engine::blocks::BlockChange>,
+    /// Changed API key records.
+    #[serde(default)]
+    keys: Vec<SharedKey>,
+}
+
+/// An API key record as the cluster shares it: with the revision the store gave the change,
+/// so every gateway keeps the latest one whatever order changes reach it in.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SharedKey {
+    rev: u64,
+    record: palisade_keys::ApiKeyRecord,
+}
+
+/// Stores changed key records and announces them, atomically, so the order of revisions is
+/// the order of announcements. `KEYS[1]` the records' hash, `KEYS[2]` the revision counter;
+/// `ARGV[1]` the channel, `ARGV[2]` the sender, then an id and a JSON record per change.
+const KEYS_PUT: &str = r#"
+local parts = {}
+for i = 3, #ARGV, 2 do
+  local rev = redis.call('INCR', KEYS[2])
+  local v = '{"rev":' .. rev .. ',"record":' .. ARGV[i + 1] .. '}'
+  redis.call('HSET', KEYS[1], ARGV[i], v)
+  parts[#parts + 1] = v
+end
+redis.call('PUBLISH', ARGV[1], '{"from":' .. ARGV[2] .. ',"keys":[' .. table.concat(parts, ',') .. ']}')
+return #parts
+"#;
+
+/// Whether this gateway shares API keys with the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum KeySharing {
+    /// Not joined yet (or rejoining after the channel was lost).
+    Joining = 0,
+    /// Joined: changes go out and come in.
+    On = 1,
+    /// The cluster holds keys under another server secret: not shared.
+    SecretMismatch = 2,
+}
+
+impl KeySharing {
+    fn from_u8(n: u8) -> Self {
+        match n {
+            1 => KeySharing::On,
+            2 => KeySharing::SecretMismatch,
+            _ => KeySharing::Joining,
+        }
+    }
 }
 
 impl SharedStore {
@@ -421,6 +549,11 @@ impl SharedStore {
         format!("{}:blocks", self.settings.prefix)
     }
 
+    /// The keys' hash, revision counter and secret fingerprint share one hash tag (one slot).
+    fn keys_key(&self, suffix: &str) -> String {
+        format!("{}:{{keys}}{suffix}", self.settings.prefix)
+    }
+
     /// A plain client for pub/sub (in a cluster, classic pub/sub reaches every node).
     fn pubsub_client(&self) -> Option<redis::Client> {
         let StoreBackend::Redis { urls, .. } = &self.settings.backend else {
@@ -429,17 +562,36 @@ impl SharedStore {
         urls.iter()
             .find_map(|u| redis::Client::open(u.as_str()).ok())
     }
+
+    /// The records among `entries` newer than what this gateway has seen (their revisions
+    /// are remembered).
+    fn newer_keys(&self, entries: Vec<SharedKey>) -> Vec<palisade_keys::ApiKeyRecord> {
+        let Ok(mut revs) = self.key_revs.lock() else {
+            return Vec::new();
+        };
+        entries
+            .into_iter()
+            .filter(|k| {
+                let known = revs.entry(k.record.id.clone()).or_insert(0);
+                let newer = k.rev > *known;
+                *known = (*known).max(k.rev);
+                newer
+            })
+            .map(|k| k.record)
+            .collect()
+    }
 }
 
-/// Shares blocks across the cluster: publishes this gateway's block changes (and keeps them in
-/// a hash, for gateways that start later) every 100 ms, and applies the other gateways'.
-pub async fn share_blocks(shared: Arc<crate::Shared>) {
+/// Shares state across the cluster every 100 ms: publishes this gateway's block changes and
+/// API key changes (and keeps both in hashes, for gateways that start later), and, whenever
+/// the channel was (re)joined, loads what the others changed meanwhile.
+pub async fn share_state(shared: Arc<crate::Shared>) {
     let Some(store) = shared.store.clone() else {
         return;
     };
     let me: u64 = rand::random();
+    shared.keys.share();
     tokio::spawn(subscribe(shared.clone(), store.clone(), me));
-    let mut loaded = false;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Vec<palisade_engine::blocks::BlockChange> = Vec::new();
@@ -452,35 +604,18 @@ pub async fn share_blocks(shared: Arc<crate::Shared>) {
             continue;
         };
         let mut conn = (*conn).clone();
-        if !loaded {
-            // Blocks other gateways added before this one started.
-            let all: Result<Vec<String>, RedisError> = match &mut conn {
-                Conn::Single(m) => {
-                    redis::cmd("HVALS")
-                        .arg(store.blocks_hash())
-                        .query_async(m)
-                        .await
-                }
-                Conn::Cluster(m) => {
-                    redis::cmd("HVALS")
-                        .arg(store.blocks_hash())
-                        .query_async(m)
-                        .await
-                }
-            };
-            if let Ok(all) = all {
-                let now = shared.clock.unix_ms();
-                for json in all {
-                    if let Ok(entry) = serde_json::from_str(&json) {
-                        blocks.apply_remote(
-                            palisade_engine::blocks::BlockChange::Add { entry, at_ms: 0 },
-                            now,
-                        );
-                    }
-                }
-                loaded = true;
+        if store.resync.swap(false, Ordering::Relaxed) {
+            let joined = async {
+                load_blocks(&shared, &store, &mut conn).await?;
+                join_keys(&shared, &store, &mut conn).await
+            }
+            .await;
+            if let Err(e) = joined {
+                tracing::debug!(error = %e, "loading the cluster's shared state failed; retrying");
+                store.resync.store(true, Ordering::Relaxed);
             }
         }
+        send_keys(&shared, &store, &mut conn, me).await;
         if pending.len() > 10_000 {
             // The store has been away for long: keep the newest changes.
             let excess = pending.len() - 10_000;
@@ -506,18 +641,14 @@ pub async fn share_blocks(shared: Arc<crate::Shared>) {
         let event = Event {
             from: me,
             blocks: changes.clone(),
+            keys: Vec::new(),
         };
         if let Ok(json) = serde_json::to_string(&event) {
             pipe.publish(store.channel(), json).ignore();
         }
         store.commands.fetch_add(1, Ordering::Relaxed);
-        let sent = tokio::time::timeout(Duration::from_secs(1), async {
-            match &mut conn {
-                Conn::Single(m) => pipe.query_async::<()>(m).await,
-                Conn::Cluster(m) => pipe.query_async::<()>(m).await,
-            }
-        })
-        .await;
+        let sent =
+            tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut conn)).await;
         if !matches!(sent, Ok(Ok(()))) {
             store.errors.fetch_add(1, Ordering::Relaxed);
             pending = changes;
@@ -525,8 +656,138 @@ pub async fn share_blocks(shared: Arc<crate::Shared>) {
     }
 }
 
-/// Listens on the channel and applies other gateways' changes; reconnects when the store
-/// comes back.
+/// Blocks other gateways added (before this one started, or while the channel was lost).
+async fn load_blocks(
+    shared: &crate::Shared,
+    store: &SharedStore,
+    conn: &mut Conn,
+) -> Result<(), StoreError> {
+    let all: Vec<String> = tokio::time::timeout(
+        Duration::from_secs(2),
+        redis::cmd("HVALS")
+            .arg(store.blocks_hash())
+            .query_async(conn),
+    )
+    .await
+    .map_err(|_| StoreError::Timeout(Duration::from_secs(2)))??;
+    let blocks = shared.runtime.load().engine.blocks().clone();
+    let now = shared.clock.unix_ms();
+    for json in all {
+        if let Ok(entry) = serde_json::from_str(&json) {
+            blocks.apply_remote(
+                palisade_engine::blocks::BlockChange::Add { entry, at_ms: 0 },
+                now,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Joins the cluster's API keys: checks that the cluster uses this gateway's server secret,
+/// takes every record changed elsewhere, and offers the records only this gateway has (or
+/// revoked while the store was away: a revocation is never undone by an older copy).
+async fn join_keys(
+    shared: &crate::Shared,
+    store: &SharedStore,
+    conn: &mut Conn,
+) -> Result<(), StoreError> {
+    let mine = shared.keys.directory.secret().fingerprint();
+    let secret_key = store.keys_key(":secret");
+    let _: Option<String> = redis::cmd("SET")
+        .arg(&secret_key)
+        .arg(&mine)
+        .arg("NX")
+        .query_async(conn)
+        .await?;
+    let theirs: Option<String> = redis::cmd("GET").arg(&secret_key).query_async(conn).await?;
+    if theirs.as_deref() != Some(mine.as_str()) {
+        if store.set_key_sharing(KeySharing::SecretMismatch) != KeySharing::SecretMismatch {
+            tracing::error!(
+                "the cluster's API keys were made under another server secret: keys are NOT shared with this gateway. Give every gateway the same secret (PALISADE_KEY_SECRET, or the key-secret file of the data dir)"
+            );
+        }
+        return Ok(());
+    }
+    store.set_key_sharing(KeySharing::On);
+    let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(store.keys_key(""))
+        .query_async(conn)
+        .await?;
+    let local = shared
+        .keys
+        .run(|s| s.list())
+        .await
+        .map_err(|e| StoreError::Local(e.to_string()))?;
+    let local: std::collections::HashMap<String, palisade_keys::ApiKeyRecord> =
+        local.into_iter().map(|r| (r.id.clone(), r)).collect();
+    let mut offer = Vec::new();
+    let mut remote = Vec::new();
+    for json in all.values() {
+        let Ok(k) = serde_json::from_str::<SharedKey>(json) else {
+            continue;
+        };
+        match local.get(&k.record.id) {
+            Some(l) if l.revoked_at.is_some() && k.record.revoked_at.is_none() => {
+                offer.push(l.clone());
+            }
+            _ => remote.push(k),
+        }
+    }
+    offer.extend(local.values().filter(|r| !all.contains_key(&r.id)).cloned());
+    let fresh = store.newer_keys(remote);
+    if !fresh.is_empty() {
+        tracing::info!(keys = fresh.len(), "took API keys from the cluster");
+        shared
+            .keys
+            .apply_remote(fresh)
+            .await
+            .map_err(|e| StoreError::Local(e.to_string()))?;
+    }
+    shared.keys.queue_for_cluster(offer);
+    Ok(())
+}
+
+/// Sends this gateway's key changes, once joined; what fails is sent again.
+async fn send_keys(shared: &crate::Shared, store: &SharedStore, conn: &mut Conn, me: u64) {
+    match store.key_sharing() {
+        KeySharing::On => {}
+        // Not yet: keep them. Never: they cannot be verified elsewhere anyway.
+        KeySharing::Joining => return,
+        KeySharing::SecretMismatch => {
+            shared.keys.take_outbox();
+            return;
+        }
+    }
+    let out = shared.keys.take_outbox();
+    for (i, chunk) in out.chunks(100).enumerate() {
+        let mut inv = store.keys_put.prepare_invoke();
+        inv.key(store.keys_key(""))
+            .key(store.keys_key(":rev"))
+            .arg(store.channel())
+            .arg(me);
+        for r in chunk {
+            match serde_json::to_string(r) {
+                Ok(json) => {
+                    inv.arg(&r.id).arg(json);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a key record"),
+            }
+        }
+        store.commands.fetch_add(1, Ordering::Relaxed);
+        let sent =
+            tokio::time::timeout(Duration::from_secs(1), inv.invoke_async::<i64>(conn)).await;
+        if !matches!(sent, Ok(Ok(_))) {
+            store.errors.fetch_add(1, Ordering::Relaxed);
+            shared
+                .keys
+                .queue_for_cluster(out.get(i * 100..).unwrap_or_default().to_vec());
+            return;
+        }
+    }
+}
+
+/// Listens on the channel and applies other gateways' changes; resubscribes when the store
+/// comes back, and then has the share loop load what was missed meanwhile.
 async fn subscribe(shared: Arc<crate::Shared>, store: Arc<SharedStore>, me: u64) {
     use futures_util::StreamExt as _;
     loop {
@@ -536,6 +797,7 @@ async fn subscribe(shared: Arc<crate::Shared>, store: Arc<SharedStore>, me: u64)
         match client.get_async_pubsub().await {
             Ok(mut ps) => {
                 if ps.subscribe(store.channel()).await.is_ok() {
+                    store.resync.store(true, Ordering::Relaxed);
                     let mut messages = ps.on_message();
                     while let Some(msg) = messages.next().await {
                         let Ok(payload) = msg.get_payload::<String>() else {
@@ -544,30 +806,46 @@ async fn subscribe(shared: Arc<crate::Shared>, store: Arc<SharedStore>, me: u64)
                         let Ok(event) = serde_json::from_str::<Event>(&payload) else {
                             continue;
                         };
-                        if event.from == me {
-                            continue;
-                        }
-                        let blocks = shared.runtime.load().engine.blocks().clone();
-                        let now = shared.clock.unix_ms();
-                        for change in event.blocks {
-                            if let palisade_engine::blocks::BlockChange::Remove { key, .. } =
-                                &change
-                            {
-                                let k = key.clone();
-                                let now_s = now / 1000;
-                                let _ = shared
-                                    .keys
-                                    .run(move |s| s.delete_block(&k, "cluster", now_s))
-                                    .await;
-                            }
-                            blocks.apply_remote(change, now);
-                        }
+                        apply_event(&shared, &store, event, me).await;
+                    }
+                    if store.key_sharing() == KeySharing::On {
+                        store.set_key_sharing(KeySharing::Joining);
                     }
                 }
             }
             Err(e) => tracing::debug!(error = %e, "store subscription failed; retrying"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Applies one event from the channel.
+async fn apply_event(shared: &crate::Shared, store: &SharedStore, event: Event, me: u64) {
+    if !event.keys.is_empty() && store.key_sharing() == KeySharing::On {
+        // Our own changes come back too: only their revisions are news.
+        let fresh = store.newer_keys(event.keys);
+        if event.from != me
+            && !fresh.is_empty()
+            && let Err(e) = shared.keys.apply_remote(fresh).await
+        {
+            tracing::error!(error = %e, "cannot store API keys changed on another gateway");
+        }
+    }
+    if event.from == me {
+        return;
+    }
+    let blocks = shared.runtime.load().engine.blocks().clone();
+    let now = shared.clock.unix_ms();
+    for change in event.blocks {
+        if let palisade_engine::blocks::BlockChange::Remove { key, .. } = &change {
+            let k = key.clone();
+            let now_s = now / 1000;
+            let _ = shared
+                .keys
+                .run(move |s| s.delete_block(&k, "cluster", now_s))
+                .await;
+        }
+        blocks.apply_remote(change, now);
     }
 }
 
@@ -744,40 +1022,24 @@ impl SharedStore {
         let script = Script::new(SYNC);
         let mut out = Vec::with_capacity(work.len());
         let result = tokio::time::timeout(Duration::from_secs(1), async {
-            match &*conn {
-                Conn::Single(m) => {
-                    for chunk in work.chunks(500) {
-                        let mut m = m.clone();
-                        let mut inv = script.prepare_invoke();
-                        for ((_, key), limit, alg, d) in chunk {
-                            inv.key(self.key(limit, *key, "b"))
-                                .arg(period_of(alg))
-                                .arg(*d);
-                        }
-                        self.commands.fetch_add(1, Ordering::Relaxed);
-                        let flat: Vec<i64> = inv.invoke_async(&mut m).await?;
-                        for pair in flat.chunks(2) {
-                            if let [p, t] = pair {
-                                out.push((*p, u64::try_from(*t).unwrap_or(0)));
-                            }
-                        }
-                    }
+            // One server takes 500 identities per call; a cluster one call per identity.
+            let per_call = if conn.is_cluster() { 1 } else { 500 };
+            let calls = work.chunks(per_call).map(|chunk| {
+                let mut m = (*conn).clone();
+                let mut inv = script.prepare_invoke();
+                for ((_, key), limit, alg, d) in chunk {
+                    inv.key(self.key(limit, *key, "b"))
+                        .arg(period_of(alg))
+                        .arg(*d);
                 }
-                Conn::Cluster(m) => {
-                    let calls = work.iter().map(|((_, key), limit, alg, d)| {
-                        let mut m = m.clone();
-                        let mut inv = script.prepare_invoke();
-                        inv.key(self.key(limit, *key, "b"))
-                            .arg(period_of(alg))
-                            .arg(*d);
-                        async move { inv.invoke_async::<Vec<i64>>(&mut m).await }
-                    });
-                    self.commands
-                        .fetch_add(work.len() as u64, Ordering::Relaxed);
-                    for flat in futures_util::future::try_join_all(calls).await? {
-                        if let [p, t] = flat.as_slice() {
-                            out.push((*p, u64::try_from(*t).unwrap_or(0)));
-                        }
+                async move { inv.invoke_async::<Vec<i64>>(&mut m).await }
+            });
+            self.commands
+                .fetch_add(work.len().div_ceil(per_call) as u64, Ordering::Relaxed);
+            for flat in futures_util::future::try_join_all(calls).await? {
+                for pair in flat.chunks(2) {
+                    if let [p, t] = pair {
+                        out.push((*p, u64::try_from(*t).unwrap_or(0)));
                     }
                 }
             }
@@ -800,6 +1062,307 @@ impl SharedStore {
                 self.healthy.store(false, Ordering::Relaxed);
                 Err(StoreError::Timeout(Duration::from_secs(1)))
             }
+        }
+    }
+}
+
+/// Daily quota reservations: one hash per (quota, identity, day) with the requests counted
+/// (`r`, in flight included), the spend settled (`s`) and the spend held by requests in flight
+/// (`h`). Three arguments per key: requests per day, spend per day (micro-dollars; -1 for no
+/// such budget) and the spend to hold. All or nothing: answers `{1, r1, s1+h1, ...}`, or
+/// `{0, index, budget (1 requests, 2 spend), r, s+h}` for the first budget that would be
+/// overspent.
+const QUOTA_RESERVE: &str = r"
+for i = 1, #KEYS do
+  local b = (i - 1) * 3
+  local maxr = tonumber(ARGV[b + 1])
+  local maxs = tonumber(ARGV[b + 2])
+  local hold = tonumber(ARGV[b + 3])
+  local v = redis.call('HMGET', KEYS[i], 'r', 's', 'h')
+  local r = tonumber(v[1]) or 0
+  local s = (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0)
+  if maxr >= 0 and r + 1 > maxr then return {0, i, 1, r, s} end
+  if maxs >= 0 and (s >= maxs or s + hold > maxs) then return {0, i, 2, r, s} end
+end
+local out = {1}
+for i = 1, #KEYS do
+  local hold = tonumber(ARGV[(i - 1) * 3 + 3])
+  local r = redis.call('HINCRBY', KEYS[i], 'r', 1)
+  local h = redis.call('HINCRBY', KEYS[i], 'h', hold)
+  local s = tonumber(redis.call('HGET', KEYS[i], 's')) or 0
+  redis.call('EXPIRE', KEYS[i], 172800)
+  out[#out + 1] = r
+  out[#out + 1] = s + h
+end
+return out
+";
+
+/// Ends a reservation: takes back `ARGV[1]` requests (1 when the request was not served) and
+/// the `ARGV[2]` spend held, and adds the `ARGV[3]` spend charged. (`0 - x`, not `-x`: Lua's
+/// `-0` reaches Redis as "-0", which is not an integer to it.)
+const QUOTA_SETTLE: &str = r"
+local r = redis.call('HINCRBY', KEYS[1], 'r', 0 - tonumber(ARGV[1]))
+local h = redis.call('HINCRBY', KEYS[1], 'h', 0 - tonumber(ARGV[2]))
+if r < 0 then redis.call('HSET', KEYS[1], 'r', 0) end
+if h < 0 then redis.call('HSET', KEYS[1], 'h', 0) end
+redis.call('HINCRBY', KEYS[1], 's', tonumber(ARGV[3]))
+return 1
+";
+
+/// What the store said about a request's daily quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaAnswer {
+    /// Reserved; per hold, the fleet's requests and spend (in flight included) after it.
+    Reserved(Vec<(u64, u64)>),
+    /// The budget of `decision.quotas[index]` would be overspent; the fleet's requests and
+    /// spend on it.
+    Exceeded {
+        /// Which hold.
+        index: usize,
+        /// Which budget.
+        budget: Budget,
+        /// Requests counted.
+        requests: u64,
+        /// Spend counted.
+        spend: u64,
+    },
+}
+
+/// One reservation to end in the store.
+#[derive(Debug, Clone)]
+struct Settle {
+    key: String,
+    requests: u64,
+    hold: u64,
+    spend: u64,
+}
+
+/// Most missed settlements kept for retrying.
+const MAX_UNSETTLED: usize = 100_000;
+
+impl SharedStore {
+    fn quota_key(&self, h: &QuotaHold) -> String {
+        use std::hash::BuildHasher as _;
+        let hash = palisade_engine::identity::StableHasher.hash_one((&*h.quota, &*h.identity));
+        format!("{}:q:{{{hash:016x}}}:{}", self.settings.prefix, h.day)
+    }
+
+    fn reserve_invocation<'a>(&'a self, holds: &[QuotaHold]) -> redis::ScriptInvocation<'a> {
+        let budget = |b: Option<u64>| b.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let mut inv = self.quota_reserve.prepare_invoke();
+        for h in holds {
+            inv.key(self.quota_key(h))
+                .arg(budget(h.requests_per_day))
+                .arg(budget(h.spend_per_day))
+                .arg(h.spend_hold);
+        }
+        inv
+    }
+
+    /// Reserves a forwarded request's daily quotas in the store, all or nothing, within the
+    /// timeout. One server takes them in one call; a cluster one call per quota, and a refusal
+    /// of one gives back the others.
+    pub async fn reserve_quotas(&self, holds: &[QuotaHold]) -> Result<QuotaAnswer, StoreError> {
+        self.bounded(self.reserve_inner(holds)).await
+    }
+
+    async fn reserve_inner(&self, holds: &[QuotaHold]) -> Result<QuotaAnswer, StoreError> {
+        let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
+        let u = |n: i64| u64::try_from(n).unwrap_or(0);
+        let parse = |a: &[i64], offset: usize| -> Result<QuotaAnswer, StoreError> {
+            match a {
+                [1, rest @ ..] => Ok(QuotaAnswer::Reserved(
+                    rest.chunks(2)
+                        .filter_map(|p| match p {
+                            [r, s] => Some((u(*r), u(*s))),
+                            _ => None,
+                        })
+                        .collect(),
+                )),
+                [0, i, b, r, s] => Ok(QuotaAnswer::Exceeded {
+                    index: offset + usize::try_from(*i).unwrap_or(1).saturating_sub(1),
+                    budget: if *b == 2 {
+                        Budget::Spend
+                    } else {
+                        Budget::Requests
+                    },
+                    requests: u(*r),
+                    spend: u(*s),
+                }),
+                _ => Err(StoreError::Shape),
+            }
+        };
+        let answer = if conn.is_cluster() {
+            self.commands
+                .fetch_add(holds.len() as u64, Ordering::Relaxed);
+            let calls = holds.iter().map(|h| {
+                let mut m = (*conn).clone();
+                let inv = self.reserve_invocation(std::slice::from_ref(h));
+                async move { inv.invoke_async::<Vec<i64>>(&mut m).await }
+            });
+            let answers = futures_util::future::try_join_all(calls).await?;
+            let mut totals = Vec::with_capacity(holds.len());
+            let mut refused = None;
+            for (i, a) in answers.iter().enumerate() {
+                match parse(a, i)? {
+                    QuotaAnswer::Reserved(t) => totals.extend(t),
+                    e => {
+                        totals.push((0, 0));
+                        refused = refused.or(Some(e));
+                    }
+                }
+            }
+            match refused {
+                Some(e) => {
+                    // Give back what the other quotas reserved.
+                    let reserved: Vec<QuotaHold> = holds
+                        .iter()
+                        .zip(&answers)
+                        .filter(|(_, a)| a.first() == Some(&1))
+                        .map(|(h, _)| h.clone())
+                        .collect();
+                    for s in self.settlements(&reserved, None) {
+                        self.run_settle(&conn, &s).await.ok();
+                    }
+                    e
+                }
+                None => QuotaAnswer::Reserved(totals),
+            }
+        } else {
+            let mut m = (*conn).clone();
+            self.commands.fetch_add(1, Ordering::Relaxed);
+            let a: Vec<i64> = self.reserve_invocation(holds).invoke_async(&mut m).await?;
+            parse(&a, 0)?
+        };
+        if let QuotaAnswer::Reserved(t) = &answer
+            && t.len() != holds.len()
+        {
+            return Err(StoreError::Shape);
+        }
+        self.healthy.store(true, Ordering::Relaxed);
+        Ok(answer)
+    }
+
+    /// The settlements of `holds`: charged at `spend` (each hold's own when `None`) if
+    /// `served`, else given back.
+    fn settlements(&self, holds: &[QuotaHold], served: Option<Option<u64>>) -> Vec<Settle> {
+        holds
+            .iter()
+            .map(|h| Settle {
+                key: self.quota_key(h),
+                requests: u64::from(served.is_none()),
+                hold: h.spend_hold,
+                spend: served.map_or(0, |s| s.unwrap_or(h.spend_hold)),
+            })
+            .collect()
+    }
+
+    async fn run_settle(&self, conn: &Conn, s: &Settle) -> Result<(), StoreError> {
+        let mut m = conn.clone();
+        let mut inv = self.quota_settle.key(&s.key);
+        inv.arg(s.requests).arg(s.hold).arg(s.spend);
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(1), inv.invoke_async::<i64>(&mut m))
+            .await
+            .map_err(|_| StoreError::Timeout(Duration::from_secs(1)))??;
+        Ok(())
+    }
+
+    /// Ends reservations in the background: charged if `served` (at the spend given, or each
+    /// hold's), else given back. What the store misses is retried when it is back.
+    fn settle_quotas(self: &Arc<Self>, holds: &[QuotaHold], served: Option<Option<u64>>) {
+        let work = self.settlements(holds, served);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.keep_unsettled(work);
+            return;
+        };
+        let store = self.clone();
+        runtime.spawn(async move {
+            let conn = store.conn.load_full();
+            let mut missed = Vec::new();
+            for s in work {
+                let ok = match &conn {
+                    Some(c) => store.run_settle(c, &s).await.is_ok(),
+                    None => false,
+                };
+                if !ok {
+                    store.errors.fetch_add(1, Ordering::Relaxed);
+                    missed.push(s);
+                }
+            }
+            store.keep_unsettled(missed);
+        });
+    }
+
+    fn keep_unsettled(&self, missed: Vec<Settle>) {
+        if missed.is_empty() {
+            return;
+        }
+        if let Ok(mut u) = self.unsettled.lock() {
+            let room = MAX_UNSETTLED.saturating_sub(u.len());
+            if room < missed.len() {
+                tracing::warn!(
+                    dropped = missed.len() - room,
+                    "too many quota settlements waiting for the shared store; dropping the newest"
+                );
+            }
+            u.extend(missed.into_iter().take(room));
+        }
+    }
+
+    async fn retry_settlements(&self) {
+        let work = match self.unsettled.lock() {
+            Ok(mut u) if !u.is_empty() => std::mem::take(&mut *u),
+            _ => return,
+        };
+        let Some(conn) = self.conn.load_full() else {
+            self.keep_unsettled(work);
+            return;
+        };
+        let mut missed = Vec::new();
+        for s in work {
+            if self.run_settle(&conn, &s).await.is_err() {
+                missed.push(s);
+            }
+        }
+        self.keep_unsettled(missed);
+    }
+}
+
+/// A forwarded request's daily quota reservations, in the local ledger and (cluster mode) in
+/// the shared store: charged when the upstream answers, given back if dropped unsettled
+/// (refused, client gone, upstream failed).
+#[derive(Debug)]
+pub struct QuotaCharge {
+    local: Option<QuotaSettlement>,
+    remote: Option<(Arc<SharedStore>, Vec<QuotaHold>)>,
+}
+
+impl QuotaCharge {
+    /// A charge for the local reservations and, if the store holds them too, the store's.
+    pub fn new(local: QuotaSettlement, remote: Option<(Arc<SharedStore>, Vec<QuotaHold>)>) -> Self {
+        Self {
+            local: Some(local),
+            remote,
+        }
+    }
+
+    /// Charges the reservations: `spend` micro-dollars if the upstream reported it, else what
+    /// was held.
+    pub fn settle(mut self, spend: Option<u64>) {
+        if let Some(l) = self.local.take() {
+            l.settle(spend);
+        }
+        if let Some((store, holds)) = self.remote.take() {
+            store.settle_quotas(&holds, Some(spend));
+        }
+    }
+}
+
+impl Drop for QuotaCharge {
+    fn drop(&mut self) {
+        if let Some((store, holds)) = self.remote.take() {
+            store.settle_quotas(&holds, None);
         }
     }
 }

@@ -68,6 +68,13 @@ impl ServerSecret {
         m.finalize().into_bytes().into()
     }
 
+    /// A fingerprint that tells whether two gateways hold the same secret, without revealing
+    /// it (an HMAC of a fixed label, 16 bytes in hex).
+    pub fn fingerprint(&self) -> String {
+        let mac = self.mac(&[b"palisade secret fingerprint"]);
+        hex(mac.get(..16).unwrap_or(&mac))
+    }
+
     /// The stored hash of a raw key.
     pub fn key_hash(&self, raw_key: &str) -> [u8; 32] {
         self.mac(&[raw_key.as_bytes()])

@@ -163,8 +163,46 @@ impl std::fmt::Debug for KeyStore {
     }
 }
 
-/// Reads the server secret, creating it (mode 0600) if absent.
+/// The environment variable that gives the server secret (64 hex digits), e.g. so every
+/// gateway of a cluster verifies the same keys.
+pub const SECRET_ENV: &str = "PALISADE_KEY_SECRET";
+
+fn secret_from_env() -> Result<Option<ServerSecret>, StoreError> {
+    let Ok(v) = std::env::var(SECRET_ENV) else {
+        return Ok(None);
+    };
+    let v = v.trim();
+    let bytes = (v.len() == 64)
+        .then(|| unhex32(v))
+        .flatten()
+        .ok_or_else(|| {
+            StoreError::Io(format!(
+                "{SECRET_ENV} must be 64 hex digits (32 bytes), e.g. from `openssl rand -hex 32`"
+            ))
+        })?;
+    Ok(Some(ServerSecret::from_bytes(bytes)))
+}
+
+/// Reads the server secret: from `PALISADE_KEY_SECRET` if set, else from the data dir,
+/// creating it (mode 0600) if absent. A data dir whose secret differs from the variable's is
+/// refused: the keys created under it would silently stop verifying.
 pub fn load_or_create_secret(dir: &Path) -> Result<ServerSecret, StoreError> {
+    let from_env = secret_from_env()?;
+    let stored = load_or_create_file_secret(dir, from_env.as_ref())?;
+    match from_env {
+        Some(env) if env.bytes() != stored.bytes() => Err(StoreError::Io(format!(
+            "{SECRET_ENV} differs from the secret in {}; keys created under that file would stop verifying. Set {SECRET_ENV} to the file's content, or move the file away if no key was ever created with it",
+            dir.join(SECRET_FILE).display()
+        ))),
+        _ => Ok(stored),
+    }
+}
+
+/// Reads the data dir's secret, creating it from `initial` (or at random) if absent.
+fn load_or_create_file_secret(
+    dir: &Path,
+    initial: Option<&ServerSecret>,
+) -> Result<ServerSecret, StoreError> {
     let path = dir.join(SECRET_FILE);
     match fs::read_to_string(&path) {
         Ok(s) => {
@@ -180,7 +218,7 @@ pub fn load_or_create_secret(dir: &Path) -> Result<ServerSecret, StoreError> {
             Ok(ServerSecret::from_bytes(bytes))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = ServerSecret::generate();
+            let secret = initial.cloned().unwrap_or_else(ServerSecret::generate);
             let tmp = dir.join(format!("{SECRET_FILE}.tmp"));
             let mut opts = fs::OpenOptions::new();
             opts.write(true).create(true).truncate(true);
@@ -360,6 +398,12 @@ impl KeyStore {
             .iter()
             .filter(|r| r.account.as_deref() == Some(account) && r.status(now) == KeyStatus::Active)
             .count() as u64)
+    }
+
+    /// Stores records another gateway of the cluster changed (it audited the change).
+    pub fn replicate(&self, records: &[ApiKeyRecord]) -> Result<(), StoreError> {
+        let refs: Vec<&ApiKeyRecord> = records.iter().collect();
+        self.put(&refs, Vec::new()).map(|_| ())
     }
 
     /// Creates a key. `max_per_account` caps active keys per account.

@@ -334,3 +334,42 @@ async fn keys_cli_works_offline_and_against_a_running_gateway() {
     assert_eq!(code, 1);
     assert!(err.contains("PALISADE_ADMIN_TOKEN"), "{err}");
 }
+
+#[test]
+fn the_key_secret_can_come_from_the_environment_and_a_conflicting_one_is_refused() {
+    let dir = std::env::temp_dir().join(format!("palisade-secret-{}", rand_u64()));
+    let d = dir.join("data");
+    let d = d.to_str().unwrap();
+    let a = "a1".repeat(32);
+    // A fresh data dir takes the variable's secret (and keeps it, for the offline CLI).
+    let (code, _, err) = keys_cli(
+        &["create", "--data-dir", d, "--name", "x"],
+        &[("PALISADE_KEY_SECRET", &a)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let stored = std::fs::read_to_string(dir.join("data/key-secret")).unwrap();
+    assert_eq!(stored.trim(), a);
+    // The same secret again: fine.
+    let (code, _, err) = keys_cli(&["list", "--data-dir", d], &[("PALISADE_KEY_SECRET", &a)]);
+    assert_eq!(code, 0, "{err}");
+    // Another one: refused, with the reason, and the file is untouched.
+    let (code, _, err) = keys_cli(
+        &["list", "--data-dir", d],
+        &[("PALISADE_KEY_SECRET", &"b2".repeat(32))],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("PALISADE_KEY_SECRET differs"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("data/key-secret"))
+            .unwrap()
+            .trim(),
+        a
+    );
+    // Not a secret at all: refused, with the expected form.
+    let (code, _, err) = keys_cli(
+        &["list", "--data-dir", d],
+        &[("PALISADE_KEY_SECRET", "short")],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("64 hex digits"), "{err}");
+}

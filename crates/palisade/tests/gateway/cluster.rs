@@ -348,12 +348,25 @@ name = "per-subnet"
 key = ["ip/24"]
 rate = "40/10m"
 algorithm = "sliding_window"
-"#
+
+[[quotas]]
+name = "daily"
+key = ["api_key"]
+routes = ["items"]
+requests_per_day = 10
+
+[[quotas]]
+name = "acct-daily"
+key = ["account"]
+routes = ["items"]
+requests_per_day = 12
+{KEYED_ROUTES}"#
         ),
     );
-    let gs: Vec<Gateway> = (0..3).map(|_| Gateway::start(Some(&cfg))).collect();
+    let gs: Vec<Gateway> = (0..3).map(|_| start_keyed(&cfg, CLUSTER_SECRET)).collect();
     for g in &gs {
         wait_healthy(g, "ok").await;
+        wait_keys_shared(g, "on").await;
     }
     let refs: Vec<&Gateway> = gs.iter().collect();
     // Many addresses: their keys spread over the three nodes' slots. Each address gets 12 in
@@ -392,6 +405,32 @@ algorithm = "sliding_window"
         .filter(|n| n.cli(&["dbsize"]).trim().parse::<u64>().unwrap_or(0) > 0)
         .count();
     assert!(holding >= 2, "keys on {holding} node(s)");
+
+    // Keys and quotas on a cluster: two quotas per request (a key's and its account's, in
+    // different slots), reserved all or nothing; a revocation reaches every gateway.
+    let (id, key) = create_key(&gs[0], serde_json::json!({ "account": "acme" })).await;
+    let (id_b, key_b) = create_key(&gs[1], serde_json::json!({ "account": "acme" })).await;
+    wait_key_everywhere(&gs, &id).await;
+    wait_key_everywhere(&gs, &id_b).await;
+    let statuses = drive_keyed(&refs, 30, "/items/1", &key).await;
+    // The key's own budget (10) binds first.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    let statuses = drive_keyed(&refs, 30, "/items/1", &key_b).await;
+    // The account's 12: ten went to the first key.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    let r = admin_post(&gs[2], &format!("/v1/keys/{id}/revoke")).await;
+    assert_eq!(r.status, 200);
+    for g in &gs {
+        until_status(g, "/items/1", &key, 401).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -568,4 +607,257 @@ algorithm = "sliding_window"
             .unwrap();
     }
     assert!(commands < 300, "{commands} store commands for 900 requests");
+}
+
+/// One server secret for a cluster's gateways (keys made on one verify on all).
+const CLUSTER_SECRET: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
+
+const KEYED_ROUTES: &str = r#"
+[[routes]]
+name = "items"
+match = { path = "/items/*" }
+auth = "api_key"
+
+[[routes]]
+name = "spend"
+match = { path = "/spend" }
+auth = "api_key"
+spend_header = "x-cost-usd"
+spend_reserve_usd = 0.10
+"#;
+
+fn start_keyed(cfg: &str, secret: &str) -> Gateway {
+    Gateway::start_with(Some(cfg), &[], &[("PALISADE_KEY_SECRET", secret)])
+}
+
+async fn wait_keys_shared(g: &Gateway, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let h = get(&g.admin_url("/healthz")).await.json();
+        if h["keys"] == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "healthz keys stayed {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn keyed_status(g: &Gateway, path: &str, key: &str) -> (u16, String) {
+    let r = send(
+        "GET",
+        &g.url(path),
+        &[("authorization", &format!("Bearer {key}"))],
+        "",
+    )
+    .await;
+    let code = if r.status == 200 {
+        String::new()
+    } else {
+        r.json()["error"].as_str().unwrap_or_default().to_owned()
+    };
+    (r.status.as_u16(), code)
+}
+
+/// Polls `g` until `path` with `key` answers `want`; returns how long that took.
+async fn until_status(g: &Gateway, path: &str, key: &str, want: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (s, code) = keyed_status(g, path, key).await;
+        if s == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still {s} {code} after 5s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_created_or_revoked_on_one_gateway_take_effect_on_all_within_a_second() {
+    let redis = Redis::start();
+    let up = upstream().await;
+    let cfg = cluster_config(&up, &redis.url(), KEYED_ROUTES);
+    let gs: Vec<Gateway> = (0..3).map(|_| start_keyed(&cfg, CLUSTER_SECRET)).collect();
+    for g in &gs {
+        wait_healthy(g, "ok").await;
+        wait_keys_shared(g, "on").await;
+    }
+    // Created on the first: the others accept it within a second.
+    let (id, key) = create_key(&gs[0], serde_json::json!({ "name": "partner" })).await;
+    for g in &gs[1..] {
+        let took = until_status(g, "/items/1", &key, 200).await;
+        println!("key created elsewhere accepted after {took:?}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+    // Revoked on the second: refused everywhere within a second.
+    let r = admin_post(&gs[1], &format!("/v1/keys/{id}/revoke")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let revoked = Instant::now();
+    for g in [&gs[0], &gs[2]] {
+        until_status(g, "/items/1", &key, 401).await;
+        let took = revoked.elapsed();
+        println!("revocation enforced after {took:?}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        assert_eq!(keyed_status(g, "/items/1", &key).await.1, "revoked_api_key");
+        // The admin API of every gateway shows it revoked, and keeps it across restarts (the
+        // record is in each gateway's own store too).
+        let shown = admin_get(g, &format!("/v1/keys/{id}")).await.json();
+        assert_eq!(shown["status"], "revoked", "{shown}");
+    }
+    // Only the gateway the change was made on audits it.
+    let audits: Vec<usize> = {
+        let mut v = Vec::new();
+        for g in &gs {
+            let a = admin_get(g, "/v1/audit").await.json();
+            v.push(
+                a["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["action"] == "key.revoke")
+                    .count(),
+            );
+        }
+        v
+    };
+    assert_eq!(audits, vec![0, 1, 0]);
+
+    // A gateway that starts later takes every key (and revocation) from the store.
+    let (_, key2) = create_key(&gs[2], serde_json::json!({ "name": "second" })).await;
+    let late = start_keyed(&cfg, CLUSTER_SECRET);
+    wait_keys_shared(&late, "on").await;
+    until_status(&late, "/items/1", &key2, 200).await;
+    assert_eq!(
+        keyed_status(&late, "/items/1", &key).await,
+        (401, "revoked_api_key".to_owned())
+    );
+
+    // A gateway with another server secret does not take keys it could not verify, and says
+    // so.
+    let other = start_keyed(&cfg, &"0".repeat(64));
+    wait_keys_shared(&other, "secret_mismatch").await;
+    assert!(other.stderr().contains("NOT shared"), "{}", other.stderr());
+    assert_eq!(keyed_status(&other, "/items/1", &key2).await.0, 401);
+}
+
+/// Waits (up to 5 s) until every gateway's admin API knows the key `id`.
+async fn wait_key_everywhere(gs: &[Gateway], id: &str) {
+    for g in gs {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while admin_get(g, &format!("/v1/keys/{id}")).await.status != 200 {
+            assert!(Instant::now() < deadline, "key never reached a gateway");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Sends `n` requests with `key` to `path`, spread over the gateways, all at once; returns the
+/// statuses.
+async fn drive_keyed(gateways: &[&Gateway], n: usize, path: &str, key: &str) -> Vec<u16> {
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let c = c.clone();
+        let url = gateways[i % gateways.len()].url(path);
+        let auth = format!("Bearer {key}");
+        tasks.push(tokio::spawn(async move {
+            send_with(&c, "GET", &url, &[("authorization", &auth)], "")
+                .await
+                .status
+                .as_u16()
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daily_quota_is_shared_by_the_gateways_without_overspend() {
+    let redis = Redis::start();
+    let up = upstream().await;
+    let cfg = cluster_config_with(
+        &up,
+        &redis.url(),
+        "2s",
+        &format!(
+            r#"
+[[quotas]]
+name = "daily"
+key = ["api_key"]
+routes = ["items"]
+requests_per_day = 30
+
+[[quotas]]
+name = "budget"
+key = ["api_key"]
+routes = ["spend"]
+spend_per_day_usd = 1.00
+{KEYED_ROUTES}"#
+        ),
+    );
+    let gs: Vec<Gateway> = (0..3).map(|_| start_keyed(&cfg, CLUSTER_SECRET)).collect();
+    for g in &gs {
+        wait_healthy(g, "ok").await;
+        wait_keys_shared(g, "on").await;
+    }
+    let refs: Vec<&Gateway> = gs.iter().collect();
+    let (id, key) = create_key(&gs[0], serde_json::json!({ "name": "metered" })).await;
+    wait_key_everywhere(&gs, &id).await;
+    // Requests: 90 at once over three gateways against 30 a day, shared.
+    let statuses = drive_keyed(&refs, 90, "/items/1", &key).await;
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(admitted, 30, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
+    for g in &gs {
+        assert_eq!(
+            keyed_status(g, "/items/1", &key).await,
+            (429, "daily_rpd_limit_exceeded".to_owned())
+        );
+        // Each gateway's usage endpoint shows the fleet's use, not only its own.
+        let u = send(
+            "GET",
+            &g.url("/_palisade/usage"),
+            &[("authorization", &format!("Bearer {key}"))],
+            "",
+        )
+        .await
+        .json();
+        assert_eq!(u["daily"]["used"], 30, "{u}");
+    }
+    // Spend: $0.10 held per call while in flight (200 ms upstream), $1.00 a day: 10 calls.
+    let statuses = drive_keyed(&refs, 45, "/spend?usd=0.10&ms=200", &key).await;
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(admitted, 10, "{statuses:?}");
+    // Reported costs settle in the store: after the calls, the shared row holds $1.00 spent
+    // and nothing in flight.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keys = redis.cli(&["--scan", "--pattern", "palisade:q:*"]);
+    let mut spent = Vec::new();
+    for k in keys.lines().filter(|l| !l.is_empty()) {
+        let fields = redis.cli(&["hgetall", k]);
+        spent.push(
+            fields
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(
+        spent
+            .iter()
+            .any(|f| f.windows(2).any(|w| w[0] == "s" && w[1] == "1000000")
+                && f.windows(2).any(|w| w[0] == "h" && w[1] == "0")),
+        "{spent:?}"
+    );
+    assert!(
+        spent
+            .iter()
+            .any(|f| f.windows(2).any(|w| w[0] == "r" && w[1] == "30")),
+        "{spent:?}"
+    );
 }
