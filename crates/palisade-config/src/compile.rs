@@ -1499,7 +1499,16 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         .behaviour
         .as_ref()
         .filter(|b| b.enabled != Some(false))
-        .map(|b| compile_behaviour(b, &route_specs, c));
+        .map(|b| {
+            let mut p = compile_behaviour(b, &route_specs, c);
+            // Cluster mode: behaviour aggregates are merged across gateways.
+            p.shared = raw
+                .store
+                .backend
+                .as_ref()
+                .is_some_and(|b| b.get_ref() == "redis");
+            p
+        });
 
     // [log]
     let decisions = match raw.log.decisions.as_deref() {

@@ -443,6 +443,10 @@ pub struct BehaviourPolicy {
     pub cache_keys: Vec<CacheKeySpec>,
     /// Baselines and attack mode.
     pub attack: Option<AttackSpec>,
+    /// Cluster mode: records are keyed and values hashed the same way on every gateway, and
+    /// records whose distinct counts changed are queued for sharing
+    /// ([`Behaviour::take_shared`]).
+    pub shared: bool,
 }
 
 impl Default for BehaviourPolicy {
@@ -467,6 +471,7 @@ impl Default for BehaviourPolicy {
             stuffing: None,
             cache_keys: Vec::new(),
             attack: Some(AttackSpec::default()),
+            shared: false,
         }
     }
 }
@@ -485,7 +490,8 @@ enum Distinct {
     Busting,
 }
 
-const DISTINCTS: usize = 9;
+/// Distinct-count sketches per record.
+pub const DISTINCTS: usize = 9;
 
 /// One epoch's counts.
 #[derive(Debug, Clone, Copy, Default)]
@@ -534,6 +540,8 @@ struct Features {
     last_offense: Nanos,
     /// Last successful request on each flow's `after` route.
     flow_seen: [Nanos; FLOW_SLOTS],
+    /// Queued for sharing (cluster mode).
+    queued: bool,
 }
 
 const FLOW_SLOTS: usize = 4;
@@ -734,6 +742,17 @@ impl<V: Clone> Table<V> {
     fn peek(&self, key: u64) -> Option<V> {
         self.cells.peek(&key)
     }
+
+    /// Runs `f` on the key's record if there is one.
+    fn update<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        let mut f = Some(f);
+        match self.cells.entry(&key, None, |_, v| {
+            EntryAction::Retain(f.take().map(|f| f(v)))
+        }) {
+            EntryResult::Retained(r) => r,
+            _ => None,
+        }
+    }
 }
 
 /// A group record: which keys it has seen, per epoch.
@@ -768,6 +787,8 @@ struct Target {
     sources_cur: u64,
     sources_prev: u64,
     failures: u32,
+    /// Queued for sharing (cluster mode).
+    queued: bool,
 }
 
 /// A route's rolling baseline.
@@ -836,7 +857,10 @@ pub struct Behaviour {
     cohorts: Table<Group>,
     baselines: Vec<Mutex<Baseline>>,
     events: Mutex<Vec<AttackEvent>>,
-    hasher: RandomState,
+    hasher: SipKeys,
+    /// Records whose sketches changed since they were last shared (cluster mode): table
+    /// ([`Dim`] index, or [`SHARED_TARGETS`]) and key.
+    share_queue: Mutex<Vec<(u8, u64)>>,
     /// Whether any route is in attack mode (fast path).
     any_attack: AtomicU64,
     /// Failed logins in total, for the global view.
@@ -911,7 +935,47 @@ pub struct FeatureReport {
     pub throttle_level: u8,
 }
 
-fn hash_one(h: &RandomState, tag: u8, value: impl Hash) -> u64 {
+/// The keys values and identities are hashed with: random per process, or (cluster mode)
+/// the same on every gateway, so their records and sketches can be merged.
+#[derive(Debug, Clone, Copy)]
+struct SipKeys(u64, u64);
+
+impl SipKeys {
+    const CLUSTER: SipKeys = SipKeys(0x6265_6861_7669_6f75, 0x7220_7368_6172_6564);
+
+    fn random() -> Self {
+        let r = RandomState::new();
+        SipKeys(r.hash_one(1u8), r.hash_one(2u8))
+    }
+}
+
+impl BuildHasher for SipKeys {
+    type Hasher = siphasher::sip::SipHasher13;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        siphasher::sip::SipHasher13::new_with_keys(self.0, self.1)
+    }
+}
+
+/// The table index [`SharedSketches`] uses for usernames (stuffing targets).
+pub const SHARED_TARGETS: u8 = DIMS as u8;
+
+/// Most records queued for sharing between two rounds; more wait for their next request.
+const MAX_SHARE_QUEUE: usize = 100_000;
+
+/// One record's distinct-count sketches as gateways share them (cluster mode): OR-ing
+/// sketches is idempotent, so each gateway adds its own and takes back the union.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedSketches {
+    /// A [`Dim`] index, or [`SHARED_TARGETS`].
+    pub table: u8,
+    /// The record's key (the same on every gateway in cluster mode).
+    pub key: u64,
+    /// The current epoch's sketches (for usernames, only the first: distinct sources).
+    pub sketches: [u64; DISTINCTS],
+}
+
+fn hash_one(h: &impl BuildHasher, tag: u8, value: impl Hash) -> u64 {
     let mut s = h.build_hasher();
     tag.hash(&mut s);
     value.hash(&mut s);
@@ -977,10 +1041,86 @@ impl Behaviour {
                 .map(|_| Mutex::new(Baseline::default()))
                 .collect(),
             events: Mutex::new(Vec::new()),
-            hasher: RandomState::new(),
+            hasher: if policy.shared {
+                SipKeys::CLUSTER
+            } else {
+                SipKeys::random()
+            },
+            share_queue: Mutex::new(Vec::new()),
             any_attack: AtomicU64::new(0),
             failed_logins: AtomicU64::new(0),
             policy,
+        }
+    }
+
+    /// Queues a record for sharing; false if the queue is full (it is tried again on the
+    /// record's next request).
+    fn queue_share(&self, table: u8, key: u64) -> bool {
+        match self.share_queue.lock() {
+            Ok(mut q) if q.len() < MAX_SHARE_QUEUE => {
+                q.push((table, key));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The sketches of every record that changed since the last call (cluster mode), for
+    /// the gateway to merge with the other gateways'.
+    pub fn take_shared(&self) -> Vec<SharedSketches> {
+        let queued = match self.share_queue.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => return Vec::new(),
+        };
+        queued
+            .into_iter()
+            .filter_map(|(table, key)| {
+                let sketches: [u64; DISTINCTS] = if table == SHARED_TARGETS {
+                    self.targets.as_ref()?.update(key, |t| {
+                        t.queued = false;
+                        let mut s = [0u64; DISTINCTS];
+                        if let Some(first) = s.first_mut() {
+                            *first = t.sources_cur;
+                        }
+                        s
+                    })?
+                } else {
+                    self.tables
+                        .get(usize::from(table))?
+                        .as_ref()?
+                        .update(key, |f| {
+                            f.queued = false;
+                            f.cur.distinct
+                        })?
+                };
+                // A record with nothing to count (no keys, agents, ids ...) has nothing to share.
+                sketches.iter().any(|w| *w != 0).then_some(SharedSketches {
+                    table,
+                    key,
+                    sketches,
+                })
+            })
+            .collect()
+    }
+
+    /// Merges the cluster's sketches into the records still held here: from the next request
+    /// on, distinct counts (keys per address, addresses per key, sources per username ...)
+    /// are the fleet's.
+    pub fn merge_shared(&self, rows: &[SharedSketches]) {
+        for row in rows {
+            if row.table == SHARED_TARGETS {
+                if let Some(targets) = &self.targets {
+                    targets.update(row.key, |t| {
+                        t.sources_cur |= row.sketches.first().copied().unwrap_or(0);
+                    });
+                }
+            } else if let Some(Some(table)) = self.tables.get(usize::from(row.table)) {
+                table.update(row.key, |f| {
+                    for (mine, theirs) in f.cur.distinct.iter_mut().zip(row.sketches) {
+                        *mine |= theirs;
+                    }
+                });
+            }
         }
     }
 
@@ -1221,6 +1361,9 @@ impl Behaviour {
                             f.short_rate += 1.0;
                         }
                         f.last = now;
+                        if p.shared && !f.queued {
+                            f.queued = self.queue_share(d.index() as u8, key);
+                        }
                         let c = &mut f.cur;
                         c.requests = c.requests.saturating_add(1);
                         if let Some(r) = c.routes.get_mut(route_bucket) {
@@ -1605,6 +1748,9 @@ impl Behaviour {
                     }
                     sketch_add(&mut t.sources_cur, trace.ip_hash);
                     t.failures = t.failures.saturating_add(1);
+                    if p.shared && !t.queued {
+                        t.queued = self.queue_share(SHARED_TARGETS, u);
+                    }
                 });
             }
         }
@@ -1875,8 +2021,11 @@ mod tests {
     const ITEMS: RouteId = 1;
     const SEARCH: RouteId = 2;
 
+    /// The tests' policy. Hashing is the cluster's fixed one, so that sketch collisions
+    /// (and so estimates near a threshold) are the same on every run.
     fn policy() -> BehaviourPolicy {
         BehaviourPolicy {
+            shared: true,
             stuffing: Some(StuffingSpec {
                 route: LOGIN,
                 failure_status: vec![401],
@@ -2112,6 +2261,53 @@ mod tests {
         let half = w(2 * SECOND + b.policy.half_life);
         assert!((24..=26).contains(&half), "{half}");
         assert_eq!(w(2 * SECOND + 10 * b.policy.half_life), 0);
+    }
+
+    #[test]
+    fn shared_sketches_merge_what_each_gateway_saw() {
+        let a = Behaviour::new(policy(), 3);
+        let b = Behaviour::new(policy(), 3);
+        let keys: Vec<Principal> = (0..12)
+            .map(|i| key(&format!("pal_k{i:011}"), None))
+            .collect();
+        // One address, six keys at each gateway: under the threshold (10) at each.
+        for (i, k) in keys.iter().enumerate() {
+            let r = Req {
+                principal: Some(k),
+                ..Req::default()
+            };
+            let g = if i % 2 == 0 { &a } else { &b };
+            let s = send(g, &r, ITEMS, i as u64 * SECOND, 200);
+            assert!(!has(&s, "collective/keys_per_ip"), "{s:?}");
+        }
+        let from_a = a.take_shared();
+        let from_b = b.take_shared();
+        // Every touched record is queued once, and only once.
+        assert!(!from_a.is_empty());
+        assert!(a.take_shared().is_empty());
+        // Records are keyed alike on both gateways, so each takes the other's sketches.
+        let ip_key = a.ip_key(Dim::Ip, "198.51.100.1".parse().unwrap());
+        assert_eq!(ip_key, b.ip_key(Dim::Ip, "198.51.100.1".parse().unwrap()));
+        assert!(from_b.iter().any(|r| r.key == ip_key));
+        a.merge_shared(&from_b);
+        b.merge_shared(&from_a);
+        for g in [&a, &b] {
+            let r = Req {
+                principal: keys.first(),
+                ..Req::default()
+            };
+            let s = send(g, &r, ITEMS, 20 * SECOND, 200);
+            assert!(has(&s, "collective/keys_per_ip"), "{s:?}");
+        }
+        // Without cluster mode, records are keyed per process.
+        let local = BehaviourPolicy {
+            shared: false,
+            ..policy()
+        };
+        let c = Behaviour::new(local.clone(), 3);
+        let d = Behaviour::new(local, 3);
+        let ip: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_ne!(c.ip_key(Dim::Ip, ip), d.ip_key(Dim::Ip, ip));
     }
 
     #[test]

@@ -222,6 +222,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
 
     if shared.store.is_some() {
         tokio::spawn(crate::store::share_state(shared.clone()));
+        tokio::spawn(crate::store::share_aggregates(shared.clone()));
     }
     if shared.batcher.is_some() {
         tokio::spawn(crate::store::reconcile(shared.clone()));

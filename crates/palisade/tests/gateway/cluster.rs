@@ -861,3 +861,99 @@ spend_per_day_usd = 1.00
         "{spent:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_swarm_spread_over_the_gateways_is_counted_whole() {
+    let redis = Redis::start();
+    let up = upstream().await;
+    let cfg = cluster_config(
+        &up,
+        &redis.url(),
+        &format!(
+            r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[behaviour]
+track = ["ip", "api_key"]
+thresholds = {{ keys_per_source = 9 }}
+weights = {{ keys_per_ip = 100 }}
+{KEYED_ROUTES}"#
+        ),
+    );
+    let gs: Vec<Gateway> = (0..3).map(|_| start_keyed(&cfg, CLUSTER_SECRET)).collect();
+    for g in &gs {
+        wait_healthy(g, "ok").await;
+        wait_keys_shared(g, "on").await;
+    }
+    let mut keys = Vec::new();
+    for i in 0..16 {
+        let (id, key) =
+            create_key(&gs[i % 3], serde_json::json!({ "name": format!("k{i}") })).await;
+        keys.push((id, key));
+    }
+    for (id, _) in &keys {
+        wait_key_everywhere(&gs, id).await;
+    }
+    let c = client();
+    let call = |g: &Gateway, ip: &str, key: &str| {
+        let (c, url, ip, auth) = (
+            c.clone(),
+            g.url("/items/1"),
+            ip.to_owned(),
+            format!("Bearer {key}"),
+        );
+        async move {
+            send_with(
+                &c,
+                "GET",
+                &url,
+                &[("x-forwarded-for", &ip), ("authorization", &auth)],
+                "",
+            )
+            .await
+            .status
+            .as_u16()
+        }
+    };
+    // One address uses 12 keys, 4 at each gateway: under the threshold (9) at each alone.
+    let swarm = "198.51.100.7";
+    for (i, g) in gs.iter().enumerate() {
+        for (_, key) in &keys[4 * i..4 * i + 4] {
+            assert_eq!(
+                call(g, swarm, key).await,
+                200,
+                "each gateway alone sees 4 keys"
+            );
+        }
+    }
+    // Another address uses 4 keys at one gateway only.
+    let single = "198.51.100.8";
+    for (_, key) in &keys[12..16] {
+        assert_eq!(call(&gs[0], single, key).await, 200);
+    }
+    // Within a few aggregate rounds every gateway counts the swarm's 12 keys, and refuses it
+    // on a key it has used before (no new key is needed).
+    for (i, g) in gs.iter().enumerate() {
+        let started = Instant::now();
+        loop {
+            if call(g, swarm, &keys[4 * i].1).await == 403 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(6),
+                "gateway {i} never saw the whole swarm"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let d = g.wait_decision(|d| d["client_ip"] == swarm && d["action"] == "block");
+        let reasons = d["reasons"].to_string();
+        assert!(reasons.contains("collective/keys_per_ip"), "{d}");
+    }
+    // The address that kept to 4 keys is still served.
+    assert_eq!(call(&gs[0], single, &keys[12].1).await, 200);
+    assert_eq!(call(&gs[1], single, &keys[13].1).await, 200);
+    // The shared rows are in Redis, one per record and window.
+    let rows = redis.cli(&["--scan", "--pattern", "palisade:agg:*"]);
+    assert!(rows.lines().count() >= 2, "{rows}");
+}
