@@ -1245,23 +1245,42 @@ impl Engine {
             }
             Err(e) => {
                 let rule = rules.get(e.index).map(|r| (*r).clone())?;
-                let reset = secs_to_midnight(facts.unix_ms);
-                d.exhausted = checks.get(e.index).and_then(|c| match e.budget {
-                    Budget::Requests => {
-                        Some((c.items.requests.clone()?, c.requests_per_day?, reset))
-                    }
-                    Budget::Spend => Some((c.items.spend.clone()?, c.spend_per_day_micros?, reset)),
-                });
-                d.signals.push(Signal {
-                    name: rule.clone(),
-                    weight: 50,
-                    shadow: self.policy.mode == Mode::Shadow,
-                });
-                let action = Action::Limit {
-                    retry_after: secs_to_midnight(facts.unix_ms).saturating_mul(SECOND),
+                let c = checks.get(e.index)?;
+                let budget_size = match e.budget {
+                    Budget::Requests => c.requests_per_day,
+                    Budget::Spend => c.spend_per_day_micros,
                 };
+                let action =
+                    self.quota_exhausted(d, &rule, &c.items, e.budget, budget_size, facts.unix_ms);
                 Some((action, rule, e.budget.code()))
             }
+        }
+    }
+
+    /// Records that a daily budget refused a request: the exhausted budget (for its headers)
+    /// and the quota's signal. Answers the refusal, a 429 until midnight UTC.
+    fn quota_exhausted(
+        &self,
+        d: &mut Decision,
+        rule: &Arc<str>,
+        items: &QuotaItems,
+        budget: Budget,
+        budget_size: Option<u64>,
+        unix_ms: u64,
+    ) -> Action {
+        let reset = secs_to_midnight(unix_ms);
+        let item = match budget {
+            Budget::Requests => items.requests.clone(),
+            Budget::Spend => items.spend.clone(),
+        };
+        d.exhausted = item.zip(budget_size).map(|(i, q)| (i, q, reset));
+        d.signals.push(Signal {
+            name: rule.clone(),
+            weight: 50,
+            shadow: self.policy.mode == Mode::Shadow,
+        });
+        Action::Limit {
+            retry_after: reset.saturating_mul(SECOND),
         }
     }
 
@@ -1282,36 +1301,26 @@ impl Engine {
         };
         self.ledger.release(&d.quotas);
         d.quotas.clear();
-        let reset = secs_to_midnight(unix_ms);
-        d.exhausted = match budget {
-            Budget::Requests => hold
-                .items
-                .requests
-                .clone()
-                .zip(hold.requests_per_day)
-                .map(|(i, q)| (i, q, reset)),
-            Budget::Spend => hold
-                .items
-                .spend
-                .clone()
-                .zip(hold.spend_per_day)
-                .map(|(i, q)| (i, q, reset)),
-        };
-        let rule: Arc<str> = if *hold.quota == *self.key_budget_name {
+        // The quota's rule name, as rendered at load.
+        let rule = if *hold.quota == *self.key_budget_name {
             self.rule_key_budget.clone()
         } else {
-            Arc::from(format!("quota/{}", hold.quota))
+            self.policy
+                .quotas
+                .iter()
+                .zip(&self.quota_rules)
+                .find(|(q, _)| q.name == hold.quota)
+                .map_or_else(
+                    || Arc::from(format!("quota/{}", hold.quota)),
+                    |(_, r)| r.clone(),
+                )
         };
-        let shadow = self.policy.mode == Mode::Shadow;
-        d.signals.push(Signal {
-            name: rule.clone(),
-            weight: 50,
-            shadow,
-        });
-        let action = Action::Limit {
-            retry_after: reset.saturating_mul(SECOND),
+        let budget_size = match budget {
+            Budget::Requests => hold.requests_per_day,
+            Budget::Spend => hold.spend_per_day,
         };
-        if shadow {
+        let action = self.quota_exhausted(d, &rule, &hold.items, budget, budget_size, unix_ms);
+        if self.policy.mode == Mode::Shadow {
             if stronger(action, d.shadow.as_ref().map(|s| s.0)) {
                 d.shadow = Some((action, rule));
             }
