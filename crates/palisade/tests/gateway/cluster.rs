@@ -43,29 +43,51 @@ async fn wait_healthy(g: &Gateway, want: &str) {
     }
 }
 
-/// Sends `n` requests to each gateway at once; returns how many were admitted.
-async fn drive(gateways: &[&Gateway], n: usize, ip: &str) -> usize {
+/// Sends `n` requests to `path` with `headers`, spread over the gateways, all at once;
+/// returns the statuses.
+async fn drive_statuses(
+    gateways: &[&Gateway],
+    n: usize,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Vec<u16> {
     let c = client();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let mut tasks = Vec::new();
-    for g in gateways {
-        for _ in 0..n {
-            let c = c.clone();
-            let url = g.url("/x");
-            let ip = ip.to_owned();
-            tasks.push(tokio::spawn(async move {
-                send_with(&c, "GET", &url, &[("x-forwarded-for", &ip)], "")
-                    .await
-                    .status
-            }));
-        }
+    for i in 0..n {
+        let c = c.clone();
+        let url = gateways[i % gateways.len()].url(path);
+        let headers = headers.clone();
+        tasks.push(tokio::spawn(async move {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            send_with(&c, "GET", &url, &h, "").await.status.as_u16()
+        }));
     }
-    let mut admitted = 0;
+    let mut out = Vec::new();
     for t in tasks {
-        if t.await.unwrap() == 200 {
-            admitted += 1;
-        }
+        out.push(t.await.unwrap());
     }
-    admitted
+    out
+}
+
+/// Sends `n` requests from `ip` to each gateway at once; returns how many were admitted.
+async fn drive(gateways: &[&Gateway], n: usize, ip: &str) -> usize {
+    drive_statuses(
+        gateways,
+        n * gateways.len(),
+        "/x",
+        &[("x-forwarded-for", ip)],
+    )
+    .await
+    .iter()
+    .filter(|s| **s == 200)
+    .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -363,11 +385,7 @@ requests_per_day = 12
 {KEYED_ROUTES}"#
         ),
     );
-    let gs: Vec<Gateway> = (0..3).map(|_| start_keyed(&cfg, CLUSTER_SECRET)).collect();
-    for g in &gs {
-        wait_healthy(g, "ok").await;
-        wait_keys_shared(g, "on").await;
-    }
+    let gs = start_keyed_cluster(&cfg).await;
     let refs: Vec<&Gateway> = gs.iter().collect();
     // Many addresses: their keys spread over the three nodes' slots. Each address gets 12 in
     // total across the gateways; each /24 gets 40.
@@ -630,6 +648,16 @@ fn start_keyed(cfg: &str, secret: &str) -> Gateway {
     Gateway::start_with(Some(cfg), &[], &[("PALISADE_KEY_SECRET", secret)])
 }
 
+/// Three gateways on `cfg` with the cluster's secret, healthy and sharing keys.
+async fn start_keyed_cluster(cfg: &str) -> Vec<Gateway> {
+    let gs: Vec<Gateway> = (0..3).map(|_| start_keyed(cfg, CLUSTER_SECRET)).collect();
+    for g in &gs {
+        wait_healthy(g, "ok").await;
+        wait_keys_shared(g, "on").await;
+    }
+    gs
+}
+
 async fn wait_keys_shared(g: &Gateway, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -643,13 +671,20 @@ async fn wait_keys_shared(g: &Gateway, want: &str) {
 }
 
 async fn keyed_status(g: &Gateway, path: &str, key: &str) -> (u16, String) {
-    let r = send(
-        "GET",
-        &g.url(path),
-        &[("authorization", &format!("Bearer {key}"))],
-        "",
-    )
-    .await;
+    keyed_status_with(g, path, key, &[]).await
+}
+
+/// A request with `key` (and `headers`): its status and error code.
+async fn keyed_status_with(
+    g: &Gateway,
+    path: &str,
+    key: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let auth = format!("Bearer {key}");
+    let mut all = vec![("authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    let r = send("GET", &g.url(path), &all, "").await;
     let code = if r.status == 200 {
         String::new()
     } else {
@@ -679,11 +714,7 @@ async fn keys_created_or_revoked_on_one_gateway_take_effect_on_all_within_a_seco
     let redis = Redis::start();
     let up = upstream().await;
     let cfg = cluster_config(&up, &redis.url(), KEYED_ROUTES);
-    let gs: Vec<Gateway> = (0..3).map(|_| start_keyed(&cfg, CLUSTER_SECRET)).collect();
-    for g in &gs {
-        wait_healthy(g, "ok").await;
-        wait_keys_shared(g, "on").await;
-    }
+    let gs = start_keyed_cluster(&cfg).await;
     // Created on the first: the others accept it within a second.
     let (id, key) = create_key(&gs[0], serde_json::json!({ "name": "partner" })).await;
     for g in &gs[1..] {
@@ -756,24 +787,8 @@ async fn wait_key_everywhere(gs: &[Gateway], id: &str) {
 /// Sends `n` requests with `key` to `path`, spread over the gateways, all at once; returns the
 /// statuses.
 async fn drive_keyed(gateways: &[&Gateway], n: usize, path: &str, key: &str) -> Vec<u16> {
-    let c = client();
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let c = c.clone();
-        let url = gateways[i % gateways.len()].url(path);
-        let auth = format!("Bearer {key}");
-        tasks.push(tokio::spawn(async move {
-            send_with(&c, "GET", &url, &[("authorization", &auth)], "")
-                .await
-                .status
-                .as_u16()
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
+    let auth = format!("Bearer {key}");
+    drive_statuses(gateways, n, path, &[("authorization", &auth)]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -800,11 +815,7 @@ spend_per_day_usd = 1.00
 {KEYED_ROUTES}"#
         ),
     );
-    let gs: Vec<Gateway> = (0..3).map(|_| start_keyed(&cfg, CLUSTER_SECRET)).collect();
-    for g in &gs {
-        wait_healthy(g, "ok").await;
-        wait_keys_shared(g, "on").await;
-    }
+    let gs = start_keyed_cluster(&cfg).await;
     let refs: Vec<&Gateway> = gs.iter().collect();
     let (id, key) = create_key(&gs[0], serde_json::json!({ "name": "metered" })).await;
     wait_key_everywhere(&gs, &id).await;
@@ -862,6 +873,13 @@ spend_per_day_usd = 1.00
     );
 }
 
+/// The status of `/items/1` with `key`, from `ip`.
+async fn status_from(g: &Gateway, ip: &str, key: &str) -> u16 {
+    keyed_status_with(g, "/items/1", key, &[("x-forwarded-for", ip)])
+        .await
+        .0
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_swarm_spread_over_the_gateways_is_counted_whole() {
     let redis = Redis::start();
@@ -881,11 +899,7 @@ weights = {{ keys_per_ip = 100 }}
 {KEYED_ROUTES}"#
         ),
     );
-    let gs: Vec<Gateway> = (0..3).map(|_| start_keyed(&cfg, CLUSTER_SECRET)).collect();
-    for g in &gs {
-        wait_healthy(g, "ok").await;
-        wait_keys_shared(g, "on").await;
-    }
+    let gs = start_keyed_cluster(&cfg).await;
     let mut keys = Vec::new();
     for i in 0..16 {
         let (id, key) =
@@ -895,33 +909,12 @@ weights = {{ keys_per_ip = 100 }}
     for (id, _) in &keys {
         wait_key_everywhere(&gs, id).await;
     }
-    let c = client();
-    let call = |g: &Gateway, ip: &str, key: &str| {
-        let (c, url, ip, auth) = (
-            c.clone(),
-            g.url("/items/1"),
-            ip.to_owned(),
-            format!("Bearer {key}"),
-        );
-        async move {
-            send_with(
-                &c,
-                "GET",
-                &url,
-                &[("x-forwarded-for", &ip), ("authorization", &auth)],
-                "",
-            )
-            .await
-            .status
-            .as_u16()
-        }
-    };
     // One address uses 12 keys, 4 at each gateway: under the threshold (9) at each alone.
     let swarm = "198.51.100.7";
     for (i, g) in gs.iter().enumerate() {
         for (_, key) in &keys[4 * i..4 * i + 4] {
             assert_eq!(
-                call(g, swarm, key).await,
+                status_from(g, swarm, key).await,
                 200,
                 "each gateway alone sees 4 keys"
             );
@@ -930,14 +923,14 @@ weights = {{ keys_per_ip = 100 }}
     // Another address uses 4 keys at one gateway only.
     let single = "198.51.100.8";
     for (_, key) in &keys[12..16] {
-        assert_eq!(call(&gs[0], single, key).await, 200);
+        assert_eq!(status_from(&gs[0], single, key).await, 200);
     }
     // Within a few aggregate rounds every gateway counts the swarm's 12 keys, and refuses it
     // on a key it has used before (no new key is needed).
     for (i, g) in gs.iter().enumerate() {
         let started = Instant::now();
         loop {
-            if call(g, swarm, &keys[4 * i].1).await == 403 {
+            if status_from(g, swarm, &keys[4 * i].1).await == 403 {
                 break;
             }
             assert!(
@@ -951,8 +944,8 @@ weights = {{ keys_per_ip = 100 }}
         assert!(reasons.contains("collective/keys_per_ip"), "{d}");
     }
     // The address that kept to 4 keys is still served.
-    assert_eq!(call(&gs[0], single, &keys[12].1).await, 200);
-    assert_eq!(call(&gs[1], single, &keys[13].1).await, 200);
+    assert_eq!(status_from(&gs[0], single, &keys[12].1).await, 200);
+    assert_eq!(status_from(&gs[1], single, &keys[13].1).await, 200);
     // The shared rows are in Redis, one per record and window.
     let rows = redis.cli(&["--scan", "--pattern", "palisade:agg:*"]);
     assert!(rows.lines().count() >= 2, "{rows}");
