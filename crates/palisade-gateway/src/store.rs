@@ -184,6 +184,7 @@ pub struct SharedStore {
     quota_settle: Script,
     keys_put: Script,
     sketch_merge: Script,
+    sync_script: Script,
     /// Whether API keys are shared (a [`KeySharing`]).
     key_sharing: std::sync::atomic::AtomicU8,
     /// The newest revision seen of each shared API key record.
@@ -227,6 +228,7 @@ impl SharedStore {
                 unsettled: std::sync::Mutex::new(Vec::new()),
                 keys_put: Script::new(KEYS_PUT),
                 sketch_merge: Script::new(SKETCH_MERGE),
+                sync_script: Script::new(SYNC),
                 key_sharing: std::sync::atomic::AtomicU8::new(0),
                 key_revs: std::sync::Mutex::new(std::collections::HashMap::new()),
                 resync: AtomicBool::new(false),
@@ -358,9 +360,19 @@ impl SharedStore {
         &self,
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let out = match tokio::time::timeout(self.settings.timeout, op).await {
+        self.within(self.settings.timeout, op).await
+    }
+
+    /// Runs a store operation within `limit`, counting a failure and marking the store
+    /// degraded.
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let out = match tokio::time::timeout(limit, op).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout(self.settings.timeout)),
+            Err(_) => Err(StoreError::Timeout(limit)),
         };
         if out.is_err() {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -1022,14 +1034,13 @@ impl SharedStore {
     /// Adds local charges to the shared counters; answers (period, total) per entry.
     async fn sync(&self, work: &[Work]) -> Result<Vec<(i64, u64)>, StoreError> {
         let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
-        let script = Script::new(SYNC);
-        let mut out = Vec::with_capacity(work.len());
-        let result = tokio::time::timeout(Duration::from_secs(1), async {
+        let work_done = async {
+            let mut out = Vec::with_capacity(work.len());
             // One server takes 500 identities per call; a cluster one call per identity.
             let per_call = if conn.is_cluster() { 1 } else { 500 };
             let calls = work.chunks(per_call).map(|chunk| {
                 let mut m = (*conn).clone();
-                let mut inv = script.prepare_invoke();
+                let mut inv = self.sync_script.prepare_invoke();
                 for ((_, key), limit, alg, d) in chunk {
                     inv.key(self.key(limit, *key, "b"))
                         .arg(period_of(alg))
@@ -1046,26 +1057,14 @@ impl SharedStore {
                     }
                 }
             }
-            Ok::<_, StoreError>(())
-        })
-        .await;
-        match result {
-            Ok(Ok(())) if out.len() == work.len() => {
-                self.healthy.store(true, Ordering::Relaxed);
-                Ok(out)
-            }
-            Ok(Ok(())) => Err(StoreError::Shape),
-            Ok(Err(e)) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                self.healthy.store(false, Ordering::Relaxed);
-                Err(e)
-            }
-            Err(_) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                self.healthy.store(false, Ordering::Relaxed);
-                Err(StoreError::Timeout(Duration::from_secs(1)))
-            }
+            Ok(out)
+        };
+        let out = self.within(Duration::from_secs(1), work_done).await?;
+        if out.len() != work.len() {
+            return Err(StoreError::Shape);
         }
+        self.healthy.store(true, Ordering::Relaxed);
+        Ok(out)
     }
 }
 
