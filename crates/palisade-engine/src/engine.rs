@@ -1373,6 +1373,16 @@ impl Engine {
         out
     }
 
+    /// The delay a first offence gets: the first throttling step (1 s without steps).
+    fn first_delay(&self) -> Nanos {
+        self.policy
+            .scoring
+            .throttle
+            .first()
+            .copied()
+            .unwrap_or(SECOND)
+    }
+
     fn score_action(&self, score: u8, d: &Decision) -> Option<(Action, Arc<str>)> {
         let s = self.policy.scoring.thresholds(d.under_attack);
         let [tag, challenge, block] = &self.rule_score;
@@ -1384,13 +1394,7 @@ impl Engine {
         {
             Some((
                 Action::Delay {
-                    wait: self
-                        .policy
-                        .scoring
-                        .throttle
-                        .first()
-                        .copied()
-                        .unwrap_or(SECOND),
+                    wait: self.first_delay(),
                 },
                 self.rule_delay.clone(),
             ))
@@ -1452,13 +1456,7 @@ impl Engine {
                     RuleAction::Allow => None,
                     RuleAction::Tag => Some(Action::Tag),
                     RuleAction::Delay => Some(Action::Delay {
-                        wait: self
-                            .policy
-                            .scoring
-                            .throttle
-                            .first()
-                            .copied()
-                            .unwrap_or(SECOND),
+                        wait: self.first_delay(),
                     }),
                     RuleAction::Challenge => Some(Action::Challenge),
                     RuleAction::Block => Some(Action::Block),
