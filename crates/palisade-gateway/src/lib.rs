@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod h1;
 pub mod io;
 pub mod jwks;
 pub mod keys;

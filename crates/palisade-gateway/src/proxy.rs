@@ -19,7 +19,7 @@ use palisade_engine::{Action, Clock, Decision, RequestFacts, ResponseFacts};
 
 use bytes::Bytes;
 use http_body_util::LengthLimitError;
-use http_body_util::{Empty, Full, Limited};
+use http_body_util::{Full, Limited};
 use palisade_engine::RouteSpec;
 use palisade_engine::principal::{AuthFailure, AuthRequirement, PrincipalKind};
 use palisade_engine::quota::{MICROS_PER_USD, secs_to_midnight};
@@ -31,6 +31,7 @@ use palisade_intel::ja4h::HttpVersion;
 
 use crate::auth::{Authenticated, authenticate, presented};
 use crate::body::{Bounded, ProxyBody, is_body_too_large};
+use crate::h1::OutBody;
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
 use crate::respond::Refusal;
@@ -499,12 +500,12 @@ pub async fn handle(
                     parts.headers.insert(X_PALISADE_SIGNALS, v);
                 }
             }
-            let body: ProxyBody = match (buffered, body) {
-                (Some(bytes), _) => Full::new(bytes)
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-                (None, Some(b)) => Bounded::new(b, server.max_body_bytes).boxed_unsync(),
-                (None, None) => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            let body = match (buffered, body) {
+                (Some(bytes), _) => OutBody::Full(bytes),
+                (None, Some(b)) => {
+                    OutBody::Stream(Bounded::new(b, server.max_body_bytes).boxed_unsync())
+                }
+                (None, None) => OutBody::Empty,
             };
             match forward(
                 &shared,
@@ -836,7 +837,7 @@ async fn forward(
     shared: &Shared,
     rt: &Runtime,
     parts: http::request::Parts,
-    body: ProxyBody,
+    body: OutBody,
     settlement: Option<QuotaCharge>,
     decision: &Decision,
     route_label: &Arc<str>,

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use palisade_config::{ServerSettings, UpstreamProtocol, UpstreamSettings};
 
 use crate::body::{BoxError, ProxyBody};
+use crate::h1::{H1Error, H1Pool, OutBody};
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,32 +47,49 @@ pub struct Upstream {
     pub protocol: UpstreamProtocol,
     connect_timeout: u64,
     max_idle: usize,
-    client: Client<HttpConnector, ProxyBody>,
+    transport: Transport,
+}
+
+#[derive(Clone, Debug)]
+enum Transport {
+    /// Our own HTTP/1.1 client: I/O in the request's task (see [`crate::h1`]).
+    Http1(H1Pool),
+    /// hyper-util's pooled client, HTTP/2 only.
+    H2c(Box<Client<HttpConnector, ProxyBody>>),
 }
 
 impl Upstream {
-    /// Builds a client (hyper-util's pooled client; a hand-written HTTP/1 pool measured no
-    /// faster, see bench/README.md).
+    /// Builds a client: [`H1Pool`] for HTTP/1.1 upstreams, hyper-util's pooled client for h2c.
     pub fn new(u: &UpstreamSettings, server: &ServerSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_nanos(server.connect_timeout)));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(u.max_idle_connections);
-        if u.protocol == UpstreamProtocol::H2c {
-            builder.http2_only(true);
-        }
+        let connect_timeout = Duration::from_nanos(server.connect_timeout);
+        let transport = match u.protocol {
+            UpstreamProtocol::Http1 => Transport::Http1(H1Pool::new(
+                u.url.host().unwrap_or("127.0.0.1"),
+                u.url.port_u16().unwrap_or(80),
+                connect_timeout,
+                u.max_idle_connections,
+            )),
+            UpstreamProtocol::H2c => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(connect_timeout));
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(crate::h1::IDLE_TIMEOUT)
+                    .pool_max_idle_per_host(u.max_idle_connections)
+                    .http2_only(true);
+                Transport::H2c(Box::new(builder.build(connector)))
+            }
+        };
         Self {
             name: u.name.clone(),
             base: u.url.clone(),
             protocol: u.protocol,
             connect_timeout: server.connect_timeout,
             max_idle: u.max_idle_connections,
-            client: builder.build(connector),
+            transport,
         }
     }
 
@@ -89,11 +107,36 @@ impl Upstream {
     pub async fn send(
         &self,
         mut parts: http::request::Parts,
-        body: ProxyBody,
+        body: OutBody,
         host: Option<&str>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let prefix = self.base.path().trim_end_matches('/');
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let client = match &self.transport {
+            Transport::Http1(pool) => {
+                if !parts.headers.contains_key(header::HOST)
+                    && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
+                {
+                    parts.headers.insert(header::HOST, v);
+                }
+                let joined;
+                let target = if prefix.is_empty() {
+                    pq
+                } else {
+                    joined = format!("{prefix}{pq}");
+                    &joined
+                };
+                return pool
+                    .send(&parts.method, target, &parts.headers, body)
+                    .await
+                    .map_err(|e| match e {
+                        e if e.is_connect() => UpstreamError::Connect(e.to_string()),
+                        H1Error::Body(inner) => UpstreamError::Exchange(inner),
+                        e => UpstreamError::Exchange(Box::new(e)),
+                    });
+            }
+            Transport::H2c(client) => client,
+        };
         let target = if prefix.is_empty() {
             pq.to_owned()
         } else {
@@ -107,25 +150,11 @@ impl Upstream {
             .path_and_query(target)
             .build()
             .map_err(|_| UpstreamError::BadTarget)?;
-        match self.protocol {
-            UpstreamProtocol::Http1 => {
-                parts.version = Version::HTTP_11;
-                if !parts.headers.contains_key(header::HOST)
-                    && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
-                {
-                    parts.headers.insert(header::HOST, v);
-                }
-            }
-            UpstreamProtocol::H2c => {
-                parts.version = Version::HTTP_2;
-                // HTTP/2 carries the authority in :authority; the client's host is in
-                // X-Forwarded-Host.
-                parts.headers.remove(header::HOST);
-            }
-        }
-        let resp = self
-            .client
-            .request(Request::from_parts(parts, body))
+        parts.version = Version::HTTP_2;
+        // HTTP/2 carries the authority in :authority; the client's host is in X-Forwarded-Host.
+        parts.headers.remove(header::HOST);
+        let resp = client
+            .request(Request::from_parts(parts, body.into_proxy_body()))
             .await
             .map_err(|e| {
                 if e.is_connect() {
