@@ -93,7 +93,12 @@ pub fn render(outcomes: &[LimitOutcome], items: &[HeaderItem]) -> Option<RateLim
 pub fn render_entries<'a>(
     entries: impl IntoIterator<Item = HeaderEntry<'a>>,
 ) -> Option<RateLimitHeaders> {
-    let mut out = RateLimitHeaders::default();
+    // Sized for a handful of limits, so that rendering does not grow the strings piecemeal.
+    let mut out = RateLimitHeaders {
+        policy: String::with_capacity(256),
+        ratelimit: String::with_capacity(256),
+        ..RateLimitHeaders::default()
+    };
     let mut tightest: Option<HeaderEntry<'a>> = None;
     for e in entries {
         if !out.policy.is_empty() {

@@ -55,9 +55,16 @@ pub async fn serve(
                 };
                 let (builder, idle) = {
                     let rt = shared.runtime.load();
-                    (connection_builder(&rt), Duration::from_nanos(rt.compiled.server.idle_timeout))
+                    let mut b = connection_builder(&rt);
+                    // The admin API keeps hyper's header timer (a timer per request is no cost
+                    // here); the proxy's is kept by `IdleTimeoutIo`, which needs requests
+                    // counted.
+                    b.http1().header_read_timeout(Duration::from_nanos(
+                        rt.compiled.server.header_read_timeout,
+                    ));
+                    (b, Duration::from_nanos(rt.compiled.server.idle_timeout))
                 };
-                let io = TokioIo::new(IdleTimeoutIo::new(stream, idle, InFlight::default()));
+                let io = TokioIo::new(IdleTimeoutIo::new(stream, idle, None, InFlight::default()));
                 let svc = TowerToHyperService::new(app.clone());
                 let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
                 tokio::spawn(async move {

@@ -6,58 +6,84 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// Counts requests in flight on one connection.
+/// Counts requests in flight on one connection, and requests started on it.
 #[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    busy: AtomicUsize,
+    started: AtomicU64,
+}
 
 impl InFlight {
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn start(&self) -> InFlightGuard {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.0.busy.fetch_add(1, Ordering::AcqRel);
+        self.0.started.fetch_add(1, Ordering::AcqRel);
         InFlightGuard(self.0.clone())
     }
 
     fn busy(&self) -> bool {
-        self.0.load(Ordering::Acquire) > 0
+        self.0.busy.load(Ordering::Acquire) > 0
+    }
+
+    fn started(&self) -> u64 {
+        self.0.started.load(Ordering::Acquire)
     }
 }
 
 /// Ends an in-flight request on drop.
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<AtomicUsize>);
+pub struct InFlightGuard(Arc<Counts>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// An IO stream that fails reads with `TimedOut` after an idle period. Activity only stamps
-/// a time; the timer is re-armed when it fires, so busy connections do not touch the timer
-/// wheel on every read and write.
+/// An IO stream that fails reads with `TimedOut` after an idle period, or when a request head
+/// that began to arrive is not complete within the header-read timeout (slowloris). Activity
+/// only stamps a time; the one timer is re-armed when it fires, or brought forward when a read
+/// finds a request head still incomplete, so busy connections whose heads arrive whole do not
+/// touch the timer wheel per request. (hyper's own header timer arms a timer for every request.)
 pub struct IdleTimeoutIo<T> {
     inner: T,
     idle: Duration,
+    header: Option<Duration>,
     sleep: Pin<Box<Sleep>>,
     last_activity: Instant,
+    /// When the first bytes of a request head not yet complete arrived, and how many requests
+    /// had started on the connection then (a new start means the head completed).
+    head: Option<(Instant, u64)>,
+    /// No heads are timed here: HTTP/2 (known by its preface; streams are multiplexed), or no
+    /// header timeout given.
+    untimed: bool,
+    first_read: bool,
     in_flight: InFlight,
 }
 
 impl<T> IdleTimeoutIo<T> {
-    /// Wraps a stream.
-    pub fn new(inner: T, idle: Duration, in_flight: InFlight) -> Self {
+    /// Wraps a stream. `header`: the header-read timeout, which needs every request started on
+    /// the connection marked with [`InFlight::start`]; `None` leaves it to hyper.
+    pub fn new(inner: T, idle: Duration, header: Option<Duration>, in_flight: InFlight) -> Self {
         Self {
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            header,
+            sleep: Box::pin(tokio::time::sleep(header.map_or(idle, |h| idle.min(h)))),
             last_activity: Instant::now(),
+            head: None,
+            untimed: header.is_none(),
+            first_read: header.is_some(),
             in_flight,
         }
     }
@@ -65,7 +91,20 @@ impl<T> IdleTimeoutIo<T> {
     fn touch(&mut self) {
         self.last_activity = Instant::now();
     }
+
+    /// Whether a request head that began to arrive is still incomplete; forgets it otherwise.
+    fn head_pending(&mut self) -> Option<Instant> {
+        let (since, started) = self.head?;
+        if self.in_flight.started() == started {
+            Some(since + self.header?)
+        } else {
+            self.head = None;
+            None
+        }
+    }
 }
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeoutIo<T> {
     fn poll_read(
@@ -77,28 +116,50 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeoutIo<T> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
+                let got = buf.filled().get(before..).unwrap_or_default();
+                if !got.is_empty() {
                     this.touch();
+                    if this.first_read {
+                        this.first_read = false;
+                        let n = got.len().min(H2_PREFACE.len());
+                        this.untimed = got.get(..n) == H2_PREFACE.get(..n);
+                    }
+                    if !this.untimed && this.head.is_none() && !this.in_flight.busy() {
+                        this.head = Some((this.last_activity, this.in_flight.started()));
+                    }
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => {
+                if let Some(deadline) = this.head_pending()
+                    && this.sleep.deadline() > deadline
+                {
+                    this.sleep.as_mut().reset(deadline);
+                }
                 while this.sleep.as_mut().poll(cx).is_ready() {
-                    let deadline = this.last_activity + this.idle;
+                    let now = Instant::now();
+                    let head_deadline = this.head_pending();
+                    if head_deadline.is_some_and(|d| d <= now) {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not complete within the header-read timeout",
+                        )));
+                    }
+                    let mut deadline = this.last_activity + this.idle;
                     if this.in_flight.busy() {
                         // A slow upstream is not the client's idleness: look again later.
                         this.touch();
-                        let next = Instant::now() + this.idle;
-                        this.sleep.as_mut().reset(next);
-                    } else if deadline > Instant::now() {
-                        // There was activity since the timer was armed: re-arm from it.
-                        this.sleep.as_mut().reset(deadline);
-                    } else {
+                        deadline = now + this.idle;
+                    } else if deadline <= now {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "idle timeout",
                         )));
                     }
+                    // Re-arm at the earlier of what is still running.
+                    this.sleep
+                        .as_mut()
+                        .reset(head_deadline.map_or(deadline, |h| h.min(deadline)));
                 }
                 Poll::Pending
             }

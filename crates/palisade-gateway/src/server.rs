@@ -316,18 +316,27 @@ async fn flush_loop(shared: Arc<Shared>) {
     }
 }
 
+/// How many request headers hyper's HTTP/1 parser accepts when not told otherwise.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// The hyper connection builder with the configured timeouts and bounds (proxy and admin).
 pub(crate) fn connection_builder(rt: &Runtime) -> auto::Builder<TokioExecutor> {
     let s = &rt.compiled.server;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_nanos(s.header_read_timeout))
-        .max_headers(s.max_header_count)
+        // The header-read timeout is kept by `IdleTimeoutIo` (without a timer per request).
+        .header_read_timeout(None::<Duration>)
         .max_buf_size(s.max_header_bytes.max(8192))
         // Responses here are mostly small: one flattened buffer measured ~4% faster than a
         // vectored write (bench/README.md).
         .writev(false);
+    // hyper refuses more than 100 headers by default, from a stack array; a configured cap
+    // makes it zero a heap array of that size per request, so it is only set above 100 (a lower
+    // cap is enforced by the proxy itself, with the same 431).
+    if s.max_header_count > HYPER_DEFAULT_MAX_HEADERS {
+        b.http1().max_headers(s.max_header_count);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
@@ -368,10 +377,11 @@ async fn serve_proxy(
                 };
                 let _ = stream.set_nodelay(true);
                 let idle = Duration::from_nanos(rt.compiled.server.idle_timeout);
+                let header = Duration::from_nanos(rt.compiled.server.header_read_timeout);
                 let builder = connection_builder(&rt);
                 drop(rt);
                 let in_flight = InFlight::default();
-                let io = TokioIo::new(IdleTimeoutIo::new(stream, idle, in_flight.clone()));
+                let io = TokioIo::new(IdleTimeoutIo::new(stream, idle, Some(header), in_flight.clone()));
                 let s = shared.clone();
                 let svc = service_fn(move |req| {
                     let s = s.clone();

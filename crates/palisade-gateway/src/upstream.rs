@@ -216,7 +216,8 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes hop-by-hop headers, including those named in `Connection`. `TE: trailers` survives
 /// (it is end-to-end meaningful for gRPC over HTTP/2).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
+    // One pass over the (few) names present, instead of a hashed look-up per hop-by-hop name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
     let listed: Vec<HeaderName> = headers
@@ -254,46 +255,88 @@ pub fn set_forwarding_headers(
     host: Option<&str>,
 ) {
     let peer = peer.to_canonical();
-    let peer_s = peer.to_string();
-    let xff = match (
-        peer_trusted,
-        headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
-    ) {
-        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_s}"),
-        _ => peer_s.clone(),
+    let mut peer_s = String::with_capacity(48);
+    push_ip(&mut peer_s, peer);
+    let prev_xff = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| peer_trusted && !p.trim().is_empty());
+    let xff = match prev_xff {
+        Some(prev) => {
+            let mut v = String::with_capacity(prev.len() + 2 + peer_s.len());
+            v.push_str(prev);
+            v.push_str(", ");
+            v.push_str(&peer_s);
+            v
+        }
+        None => peer_s.clone(),
     };
-    let node = if peer.is_ipv6() {
-        format!("\"[{peer_s}]\"")
+    let prev_fwd = headers
+        .get(header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| peer_trusted && !p.trim().is_empty());
+    let mut fwd = String::with_capacity(
+        prev_fwd.map_or(0, |p| p.len() + 2) + peer_s.len() + host.map_or(0, str::len) + 32,
+    );
+    if let Some(prev) = prev_fwd {
+        fwd.push_str(prev);
+        fwd.push_str(", ");
+    }
+    fwd.push_str("for=");
+    if peer.is_ipv6() {
+        fwd.push_str("\"[");
+        fwd.push_str(&peer_s);
+        fwd.push_str("]\"");
     } else {
-        peer_s
-    };
-    let mut element = format!("for={node};proto=http");
+        fwd.push_str(&peer_s);
+    }
+    fwd.push_str(";proto=http");
     if let Some(h) = host.filter(|h| {
         h.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
     }) {
-        element.push_str(&format!(";host=\"{h}\""));
+        fwd.push_str(";host=\"");
+        fwd.push_str(h);
+        fwd.push('"');
     }
-    let fwd = match (
-        peer_trusted,
-        headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()),
-    ) {
-        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {element}"),
-        _ => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Ok(v) = HeaderValue::try_from(fwd) {
         headers.insert(header::FORWARDED, v);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
-        && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
-    {
-        headers.insert(X_FORWARDED_HOST, v);
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        // The client's Host value as it came (no re-validation), else the one given.
+        let v = match headers.get(header::HOST) {
+            Some(v) if host.is_some_and(|h| v.as_bytes() == h.as_bytes()) => Some(v.clone()),
+            _ => host.and_then(|h| HeaderValue::from_str(h).ok()),
+        };
+        if let Some(v) = v {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
+    }
+}
+
+/// Writes an address the way `Display` does; IPv4 (nearly every client) without the
+/// formatting machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -354,6 +397,23 @@ mod tests {
             "for=203.0.113.5;proto=http;host=\"api.example\""
         );
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.20.3",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
     }
 
     #[test]
