@@ -210,3 +210,98 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeoutIo<T> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const IDLE: Duration = Duration::from_secs(10);
+    const HEADER: Duration = Duration::from_secs(1);
+
+    /// Reads until an error; returns the error and how long it took.
+    async fn read_until_error(
+        mut io: IdleTimeoutIo<DuplexStream>,
+        on_bytes: impl Fn(usize),
+    ) -> (io::Error, Duration) {
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) => panic!("eof"),
+                Ok(n) => on_bytes(n),
+                Err(e) => return (e, started.elapsed()),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_head_is_cut_at_the_header_timeout_though_bytes_keep_coming() {
+        let (client, server) = tokio::io::duplex(1024);
+        let io = IdleTimeoutIo::new(server, IDLE, Some(HEADER), InFlight::default());
+        let writer = tokio::spawn(async move {
+            let mut client = client;
+            for _ in 0..100 {
+                if client.write_all(b"X-a: b\r\n").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let (e, after) = read_until_error(io, |_| {}).await;
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("header-read"), "{e}");
+        assert!(after >= HEADER && after < HEADER * 2, "{after:?}");
+        writer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heads_that_complete_start_no_clock_and_idleness_is_timed_from_the_last_byte() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let in_flight = InFlight::default();
+        let io = IdleTimeoutIo::new(server, IDLE, Some(HEADER), in_flight.clone());
+        // Five requests, each head complete on arrival (the server starts its request at once),
+        // 800 ms apart: more than the header timeout in all, never idle for long.
+        let reader =
+            tokio::spawn(
+                async move { read_until_error(io, move |_| drop(in_flight.start())).await },
+            );
+        for _ in 0..5 {
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        let last = Instant::now() - Duration::from_millis(800);
+        let (e, _) = reader.await.unwrap();
+        assert_eq!(e.to_string(), "idle timeout");
+        let idle_for = Instant::now() - last;
+        assert!(idle_for >= IDLE && idle_for < IDLE + HEADER, "{idle_for:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_and_untimed_connections_are_only_bound_by_idleness() {
+        for (header, preface) in [
+            (Some(HEADER), &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..]),
+            (None, b"GET"),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let io = IdleTimeoutIo::new(server, IDLE, header, InFlight::default());
+            client.write_all(preface).await.unwrap();
+            let writer = tokio::spawn(async move {
+                for _ in 0..30 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if client.write_all(b"x").await.is_err() {
+                        break;
+                    }
+                }
+                // Then silence, with the stream kept open.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(client);
+            });
+            let (e, after) = read_until_error(io, |_| {}).await;
+            assert_eq!(e.to_string(), "idle timeout");
+            assert!(after >= Duration::from_secs(15) + IDLE, "{after:?}");
+            writer.abort();
+        }
+    }
+}
