@@ -514,7 +514,8 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
         return Ok(Parsed::Complete { len, head: None });
     }
     let http11 = resp.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    // With room for what the proxy adds (RateLimit headers, request id) without regrowing.
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 8);
     let mut close = !http11;
     let mut chunked = false;
     let mut has_te = false;

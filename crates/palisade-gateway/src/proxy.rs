@@ -472,6 +472,8 @@ pub async fn handle(
                 .or_else(|| parts.uri.authority().map(|a| a.to_string()));
             strip_hop_by_hop(&mut parts.headers);
             strip_palisade_headers(&mut parts.headers);
+            // Room for the forwarding headers and the request id in one growth, not several.
+            parts.headers.reserve(6);
             set_forwarding_headers(
                 &mut parts.headers,
                 peer.ip(),
@@ -526,6 +528,7 @@ pub async fn handle(
     };
     if let Some(h) = rt.engine.rate_limit_headers(&decision) {
         let hs = response.headers_mut();
+        hs.reserve(6);
         if let Ok(v) = HeaderValue::try_from(h.policy) {
             hs.insert(RATELIMIT_POLICY, v);
         }
