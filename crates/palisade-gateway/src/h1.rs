@@ -224,6 +224,14 @@ impl H1Pool {
         self.inner.idle().len()
     }
 
+    /// Closes idle connections that timed out or that the upstream closed, so that they do not
+    /// linger (half-closed) until the next request. Runs on the runtime, once a second.
+    pub fn sweep(&self) {
+        self.inner
+            .idle()
+            .retain_mut(|(conn, since)| since.elapsed() < IDLE_TIMEOUT && conn.is_open());
+    }
+
     async fn connect(&self) -> Result<Conn, H1Error> {
         let inner = &self.inner;
         let connecting = async {
@@ -319,7 +327,6 @@ impl H1Pool {
                 };
                 // Bytes beyond the declared length: the connection is out of step; drop it.
                 if head.reusable && conn.buf.is_empty() {
-                    conn.buf.clear();
                     self.inner.put(conn);
                 }
                 if data.is_empty() {
@@ -1344,6 +1351,32 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_idle_connections_the_upstream_closed() {
+        let (port, _) = upstream(|mut s, n| async move {
+            read_request(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // The first connection is closed by the upstream; the second stays open.
+            if n == 1 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        })
+        .await;
+        let p = pool(port);
+        // Two requests at once: two connections, both pooled afterwards.
+        let (a, b) = tokio::join!(get(&p, "/"), get(&p, "/"));
+        assert_eq!(
+            (a.unwrap().2, b.unwrap().2),
+            (b"ok".to_vec(), b"ok".to_vec())
+        );
+        assert_eq!(p.idle_count(), 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        p.sweep();
+        assert_eq!(p.idle_count(), 1);
     }
 
     #[tokio::test]

@@ -313,6 +313,9 @@ async fn flush_loop(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         flush(&shared).await;
+        for u in &shared.runtime.load().upstreams {
+            u.sweep();
+        }
     }
 }
 

@@ -93,6 +93,13 @@ impl Upstream {
         }
     }
 
+    /// Closes pooled HTTP/1.1 connections that timed out or were closed by the upstream.
+    pub fn sweep(&self) {
+        if let Transport::Http1(pool) = &self.transport {
+            pool.sweep();
+        }
+    }
+
     /// Whether this client can keep serving `u` (so its pool survives a reload).
     pub fn same_as(&self, u: &UpstreamSettings, server: &ServerSettings) -> bool {
         self.name == u.name
