@@ -1,5 +1,6 @@
 //! Upstream clients (pooled, HTTP/1.1 or h2c) and the header rewriting of forwarded requests.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -119,6 +120,11 @@ impl Upstream {
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let prefix = self.base.path().trim_end_matches('/');
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let target: Cow<'_, str> = if prefix.is_empty() {
+            Cow::Borrowed(pq)
+        } else {
+            Cow::Owned(format!("{prefix}{pq}"))
+        };
         let client = match &self.transport {
             Transport::Http1(pool) => {
                 if !parts.headers.contains_key(header::HOST)
@@ -126,15 +132,8 @@ impl Upstream {
                 {
                     parts.headers.insert(header::HOST, v);
                 }
-                let joined;
-                let target = if prefix.is_empty() {
-                    pq
-                } else {
-                    joined = format!("{prefix}{pq}");
-                    &joined
-                };
                 return pool
-                    .send(&parts.method, target, &parts.headers, body)
+                    .send(&parts.method, &target, &parts.headers, body)
                     .await
                     .map_err(|e| match e {
                         e if e.is_connect() => UpstreamError::Connect(e.to_string()),
@@ -144,11 +143,7 @@ impl Upstream {
             }
             Transport::H2c(client) => client,
         };
-        let target = if prefix.is_empty() {
-            pq.to_owned()
-        } else {
-            format!("{prefix}{pq}")
-        };
+        let target = target.into_owned();
         let scheme = self.base.scheme_str().unwrap_or("http");
         let authority = self.base.authority().map_or("", |a| a.as_str());
         parts.uri = Uri::builder()
