@@ -2,6 +2,9 @@
 //! a bot whose operator publishes DNS names (Googlebot, Bingbot). Lookups run in the background,
 //! one per (bot, address) at a time, with a timeout; their outcome is cached. The request that
 //! starts a lookup, and any until it finishes, see `pending` (what they get is `[bots] pending`).
+//! A lookup that fails (timeout, refused, server error) leaves the claim pending and is tried
+//! again after a back-off that starts at two seconds and doubles to two minutes, so a DNS
+//! hiccup is short and a DNS outage is not hammered.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -17,8 +20,10 @@ use quick_cache::sync::Cache;
 /// How long a verdict is kept.
 const VERIFIED_FOR: Duration = Duration::from_secs(24 * 3600);
 const SPOOFED_FOR: Duration = Duration::from_secs(3600);
-/// After a DNS failure, the claim stays pending this long before it is tried again.
-const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// After a first DNS failure the claim stays pending this long before it is tried again; each
+/// further failure in a row doubles it, up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(120);
 /// Each DNS query's time limit.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most lookups under way at once.
@@ -26,16 +31,38 @@ const MAX_IN_FLIGHT: usize = 256;
 
 type Key = (Arc<str>, IpAddr);
 
+/// How long to wait before trying again after `failures` lookups in a row failed.
+fn retry_after(failures: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
+}
+
+/// A cached outcome: the status, until when it holds, and how many lookups in a row failed.
+#[derive(Clone, Copy)]
+struct Entry {
+    status: VerifyStatus,
+    until: Instant,
+    failures: u32,
+}
+
 struct Inner {
-    cache: Cache<Key, (VerifyStatus, Instant)>,
+    cache: Cache<Key, Entry>,
     in_flight: Mutex<HashSet<Key>>,
     resolver: Mutex<Option<(Vec<SocketAddr>, TokioResolver)>>,
 }
 
 impl Inner {
-    fn finish(&self, key: &Key, status: VerifyStatus, ttl: Duration) {
-        self.cache
-            .insert(key.clone(), (status, Instant::now() + ttl));
+    fn finish(&self, key: &Key, status: VerifyStatus, ttl: Duration, failures: u32) {
+        let until = Instant::now() + ttl;
+        self.cache.insert(
+            key.clone(),
+            Entry {
+                status,
+                until,
+                failures,
+            },
+        );
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -120,11 +147,11 @@ impl BotVerifier {
             return s;
         }
         let key: Key = (bot.name.clone(), ip);
-        if let Some((s, until)) = self.inner.cache.get(&key)
-            && until > Instant::now()
-        {
-            return s;
-        }
+        let failures = match self.inner.cache.get(&key) {
+            Some(e) if e.until > Instant::now() => return e.status,
+            Some(e) => e.failures,
+            None => 0,
+        };
         {
             let mut in_flight = self
                 .inner
@@ -135,8 +162,10 @@ impl BotVerifier {
                 return VerifyStatus::Pending;
             }
         }
+        let failed = failures.saturating_add(1);
         let Some(resolver) = self.resolver(servers) else {
-            self.inner.finish(&key, VerifyStatus::Pending, RETRY_AFTER);
+            self.inner
+                .finish(&key, VerifyStatus::Pending, retry_after(failed), failed);
             return VerifyStatus::Pending;
         };
         let bot = bot.clone();
@@ -144,10 +173,10 @@ impl BotVerifier {
         tokio::spawn(async move {
             match fcrdns(&resolver, &bot, ip).await {
                 Some(VerifyStatus::Verified) => {
-                    inner.finish(&key, VerifyStatus::Verified, VERIFIED_FOR);
+                    inner.finish(&key, VerifyStatus::Verified, VERIFIED_FOR, 0);
                 }
-                Some(s) => inner.finish(&key, s, SPOOFED_FOR),
-                None => inner.finish(&key, VerifyStatus::Pending, RETRY_AFTER),
+                Some(s) => inner.finish(&key, s, SPOOFED_FOR, 0),
+                None => inner.finish(&key, VerifyStatus::Pending, retry_after(failed), failed),
             }
         });
         VerifyStatus::Pending
@@ -179,4 +208,72 @@ async fn fcrdns(resolver: &TokioResolver, bot: &VerifiedBot, ip: IpAddr) -> Opti
         }
     }
     Some(VerifyStatus::Spoofed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_lookups_back_off_from_two_seconds_doubling_to_two_minutes() {
+        let secs: Vec<u64> = (1..=9).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 64, 120, 120, 120]);
+        assert_eq!(retry_after(u32::MAX), RETRY_MAX);
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_stays_pending_for_the_back_off_then_is_tried_again() {
+        // A DNS server that is not there: the port was free a moment ago.
+        let server = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let bot = Arc::new(
+            VerifiedBot::new(
+                "googlebot",
+                "googlebot",
+                Vec::new(),
+                vec!["googlebot.com".into()],
+            )
+            .unwrap(),
+        );
+        let v = BotVerifier::new();
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let key: Key = (bot.name.clone(), ip);
+        let in_flight = |v: &BotVerifier| v.inner.in_flight.lock().unwrap().contains(&key);
+
+        assert_eq!(v.status(&bot, ip, &[server]), VerifyStatus::Pending);
+        assert!(in_flight(&v), "the first request starts a lookup");
+        let deadline = Instant::now() + DNS_TIMEOUT * 3;
+        while in_flight(&v) {
+            assert!(Instant::now() < deadline, "the lookup never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let e = v.inner.cache.get(&key).expect("the failure is remembered");
+        assert_eq!((e.status, e.failures), (VerifyStatus::Pending, 1));
+        assert!(e.until <= Instant::now() + RETRY_FIRST);
+
+        // Within the back-off: pending, and no new lookup.
+        assert_eq!(v.status(&bot, ip, &[server]), VerifyStatus::Pending);
+        assert!(!in_flight(&v));
+
+        // After it: tried again, and a second failure doubles the wait.
+        v.inner.cache.insert(
+            key.clone(),
+            Entry {
+                until: Instant::now(),
+                ..e
+            },
+        );
+        assert_eq!(v.status(&bot, ip, &[server]), VerifyStatus::Pending);
+        assert!(in_flight(&v), "an expired failure starts a new lookup");
+        while in_flight(&v) {
+            assert!(Instant::now() < deadline, "the retry never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let e = v.inner.cache.get(&key).unwrap();
+        assert_eq!((e.status, e.failures), (VerifyStatus::Pending, 2));
+        assert!(e.until > Instant::now() + RETRY_FIRST);
+    }
 }

@@ -961,57 +961,112 @@ rate = "100/1m"
 struct Dns {
     child: std::process::Child,
     port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Dns {
+    /// What dnsmasq logged (its queries and errors), for a failing test's message.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Dns {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
+/// A DNS query (RFC 1035 §4.1) for the PTR record of an IPv4 address, with id `id`.
+fn ptr_query(id: u16, ip: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    let rev: Vec<&str> = ip.split('.').rev().collect();
+    for label in rev.iter().copied().chain(["in-addr", "arpa"]) {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 12, 0, 1]); // root; PTR; IN
+    q
+}
+
+/// A real dnsmasq on a free port serving `ptr` and `hosts`, returned once it answers a query
+/// for the first PTR record. It is started again on another port if it could not bind (the
+/// port a moment ago free may be taken by then, for UDP or for the TCP listener beside it).
 fn dnsmasq(ptr: &[(&str, &str)], hosts: &[(&str, &str)]) -> Dns {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("dnsmasq must be installed (scripts/test.sh installs dnsmasq-base)");
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--no-poll",
-        "--bind-interfaces",
-    ])
-    .args([
-        "--listen-address=127.0.0.1",
-        "--pid-file=",
-        "--user=root",
-        "--log-facility=-",
-    ])
-    .arg(format!("--port={port}"));
-    for (ip, name) in ptr {
-        let rev: Vec<&str> = ip.split('.').rev().collect();
-        cmd.arg(format!(
-            "--ptr-record={}.in-addr.arpa,{name}",
-            rev.join(".")
-        ));
+    let mut last_log = String::new();
+    for _attempt in 0..5 {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::env::temp_dir().join(format!("palisade-dnsmasq-{}.log", rand_u64()));
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--log-queries",
+        ])
+        .args([
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            "--user=root",
+            "--log-facility=-",
+        ])
+        .arg(format!("--port={port}"));
+        for (ip, name) in ptr {
+            let rev: Vec<&str> = ip.split('.').rev().collect();
+            cmd.arg(format!(
+                "--ptr-record={}.in-addr.arpa,{name}",
+                rev.join(".")
+            ));
+        }
+        for (name, ip) in hosts {
+            cmd.arg(format!("--host-record={name},{ip}"));
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut dns = Dns { child, port, log };
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut answered = false;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = dns.child.try_wait() {
+                break; // it exited: most likely the port was taken
+            }
+            let _ = probe.send_to(&ptr_query(0x5a5a, ptr[0].0), ("127.0.0.1", port));
+            let mut buf = [0u8; 512];
+            if let Ok((n, _)) = probe.recv_from(&mut buf)
+                && n >= 12
+                && buf[..2] == [0x5a, 0x5a]
+            {
+                answered = true;
+                break;
+            }
+        }
+        if answered {
+            return dns;
+        }
+        last_log = dns.log();
+        drop(dns);
     }
-    for (name, ip) in hosts {
-        cmd.arg(format!("--host-record={name},{ip}"));
-    }
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    Dns { child, port }
+    panic!("dnsmasq did not start; its last log:\n{last_log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1103,7 +1158,9 @@ rdns = ["googlebot.com", "google.com"]
     assert_eq!(
         outcomes,
         (200, 403, 403),
-        "genuine, wrong domain, forward mismatch"
+        "genuine, wrong domain, forward mismatch\n--- gateway:\n{}\n--- dnsmasq:\n{}",
+        g.stderr(),
+        dns.log()
     );
     g.wait_decision(|d| {
         d["identity"]["bot_claim"] == "googlebot:verified" && d["client_ip"] == "198.51.100.7"
