@@ -715,3 +715,54 @@ weight = 5
         assert!(err.contains(want), "missing `{want}` in {err}");
     }
 }
+
+#[test]
+fn ja4h_is_wanted_only_when_the_policy_reads_it() {
+    let plain = engine(
+        r#"
+[[limits]]
+name = "per-ip"
+key = ["ip", "header:x-tenant"]
+rate = "10/1s"
+"#,
+    );
+    assert!(
+        !plain.wants_ja4h(),
+        "no limit, detector or honeypot reads it"
+    );
+    // A block may name a fingerprint at any time (admin API, honeypots): then it is read.
+    plain.blocks().add(
+        "ip:192.0.2.1".into(),
+        60_000,
+        "test",
+        palisade_engine::blocks::BlockEffect::Block,
+        false,
+        1_700_000_000_000,
+    );
+    assert!(plain.wants_ja4h(), "a non-empty block table is checked");
+
+    let keyed = engine(
+        r#"
+[[limits]]
+name = "per-fingerprint"
+key = ["ja4h"]
+rate = "10/1s"
+"#,
+    );
+    assert!(keyed.wants_ja4h());
+    let honeypot = engine(
+        r#"
+[[honeypots]]
+name = "probes"
+paths = ["/.env"]
+flag = ["ip", "ja4h"]
+"#,
+    );
+    assert!(honeypot.wants_ja4h());
+    let behaviour = engine(
+        r#"
+[behaviour]
+"#,
+    );
+    assert!(behaviour.wants_ja4h());
+}

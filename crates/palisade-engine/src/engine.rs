@@ -212,6 +212,9 @@ pub struct Engine {
     rule_throttle: Arc<str>,
     behaviour: Option<Arc<Behaviour>>,
     behaviour_names: Vec<Arc<str>>,
+    /// Whether the policy reads a request's JA4H (a limit keys on it, behaviour detection, a
+    /// honeypot flags it). Blocks, which may name one at any time, are checked per request.
+    uses_ja4h: bool,
     rule_names: Vec<Arc<str>>,
     rule_errors: std::sync::atomic::AtomicU64,
 }
@@ -328,6 +331,12 @@ impl Engine {
             rule_errors: std::sync::atomic::AtomicU64::new(0),
             behaviour,
             behaviour_names,
+            uses_ja4h: policy
+                .limits
+                .iter()
+                .any(|l| l.key.contains(&crate::identity::KeyPart::Ja4h))
+                || policy.behaviour.is_some()
+                || policy.honeypots.iter().any(|h| h.flag.contains(&"ja4h")),
             rule_delay: Arc::from("score/delay"),
             rule_throttle: Arc::from("score/throttle"),
             policy,
@@ -1030,6 +1039,12 @@ impl Engine {
             }
             Auth::Principal(_) => None,
         }
+    }
+
+    /// Whether deciding a request may read its JA4H fingerprint: the gateway computes it only
+    /// then (or when the decision is logged).
+    pub fn wants_ja4h(&self) -> bool {
+        self.uses_ja4h || !self.blocks.is_empty()
     }
 
     /// The block-table keys of a request's identities.

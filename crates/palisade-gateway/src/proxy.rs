@@ -172,21 +172,8 @@ pub async fn handle(
         }
         buffered = bytes;
     }
-    // JA4H over the headers as hyper hands them over: in arrival order, but with HTTP/1 names
-    // lowercased (hyper does not expose their original case).
-    let ja4h = palisade_intel::ja4h::ja4h_fingerprint(
-        parts.method.as_str(),
-        match parts.version {
-            http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
-            http::Version::HTTP_2 => HttpVersion::Http2,
-            http::Version::HTTP_3 => HttpVersion::Http3,
-            _ => HttpVersion::Http11,
-        },
-        parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_bytes())),
-    );
+    // JA4H, when the policy reads it (otherwise it is computed only for a logged decision).
+    let ja4h = rt.engine.wants_ja4h().then(|| ja4h_of(&parts));
     let ip_info = rt
         .compiled
         .policy
@@ -217,7 +204,7 @@ pub async fn handle(
         unix_ms,
         auth: authn.as_auth(),
         version: parts.version,
-        ja4h: Some(&ja4h),
+        ja4h: ja4h.as_deref(),
         ip_info: ip_info.as_ref(),
         bot_verification,
         username: username.as_deref(),
@@ -376,7 +363,17 @@ pub async fn handle(
     let pending_record = logged.then(|| {
         (
             {
-                let mut identity = rt.engine.identity_of(&facts, decision.route);
+                let mut identity = match facts.ja4h {
+                    Some(_) => rt.engine.identity_of(&facts, decision.route),
+                    None => {
+                        let ja4h = ja4h_of(&parts);
+                        let facts = RequestFacts {
+                            ja4h: Some(&ja4h),
+                            ..facts
+                        };
+                        rt.engine.identity_of(&facts, decision.route)
+                    }
+                };
                 if let Some(c) = &decision.client {
                     identity.push(("bot".to_owned(), c.category.name().to_owned()));
                     if let Some((name, status)) = &c.verification {
@@ -802,6 +799,24 @@ fn usage(
         resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     resp
+}
+
+/// A request's JA4H fingerprint over its headers as hyper hands them over: in arrival order,
+/// but with HTTP/1 names lowercased (hyper does not expose their original case).
+fn ja4h_of(parts: &http::request::Parts) -> String {
+    palisade_intel::ja4h::ja4h_fingerprint(
+        parts.method.as_str(),
+        match parts.version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
+            http::Version::HTTP_2 => HttpVersion::Http2,
+            http::Version::HTTP_3 => HttpVersion::Http3,
+            _ => HttpVersion::Http11,
+        },
+        parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes())),
+    )
 }
 
 /// The path as logged: at most 512 bytes, so one hostile request cannot bloat the log.
