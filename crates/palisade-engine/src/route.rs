@@ -169,8 +169,17 @@ impl RouteTable {
 /// percent-escapes except `%2F` (which stays literal so it cannot add a segment). Returns the
 /// input unchanged, without allocating, when there is nothing to do.
 pub fn normalize_for_match(path: &str) -> Cow<'_, str> {
-    let needs_work =
-        !path.starts_with('/') || path.contains("//") || path.contains('%') || path.contains("/.");
+    // One pass: a path that starts with `/` and has no `%`, `//` or `/.` is already normal.
+    let bytes = path.as_bytes();
+    let mut needs_work = bytes.first() != Some(&b'/');
+    let mut prev = 0u8;
+    for &b in bytes {
+        if b == b'%' || (prev == b'/' && (b == b'/' || b == b'.')) {
+            needs_work = true;
+            break;
+        }
+        prev = b;
+    }
     if !needs_work {
         return Cow::Borrowed(path);
     }
@@ -298,5 +307,20 @@ mod tests {
     fn dotdot_cannot_escape_root() {
         assert_eq!(normalize_for_match("/../../etc"), "/etc");
         assert_eq!(normalize_for_match("/.."), "/");
+    }
+
+    #[test]
+    fn only_paths_already_normal_skip_the_work() {
+        // The fast path (borrowed, unchanged) is taken exactly when the path starts with `/`
+        // and has no `%`, `//` or `/.`.
+        for p in [
+            "/", "/a", "/a/", "/a/b.c", "/a.b/c", "a/b", "", "//", "/a//b", "/./a", "/a/.",
+            "/a/..", "/a%20b", "/a/b%", "/.hidden", "/a/b/", "/a.", "/a./b",
+        ] {
+            let slow =
+                !p.starts_with('/') || p.contains("//") || p.contains('%') || p.contains("/.");
+            let fast = matches!(normalize_for_match(p), Cow::Borrowed(_));
+            assert_eq!(fast, !slow, "{p:?}");
+        }
     }
 }

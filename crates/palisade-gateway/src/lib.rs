@@ -110,6 +110,9 @@ pub struct Runtime {
     pub delay_queues: Vec<Option<Arc<Semaphore>>>,
     /// Route names as metric labels, by route id.
     pub route_labels: Vec<Arc<str>>,
+    /// Each route's most used metric series, looked up once (on first use) instead of hashing
+    /// their labels on every request.
+    route_metrics: Vec<std::sync::OnceLock<metrics::RouteSeries>>,
     /// Whether a limit keys on a JWT claim (tokens are then verified on every route).
     pub jwt_identity: bool,
     /// Requests held by a score delay (progressive throttling), gateway-wide.
@@ -162,11 +165,15 @@ impl Runtime {
                 _ => None,
             })
             .collect();
-        let route_labels = compiled
+        let route_labels: Vec<Arc<str>> = compiled
             .policy
             .route_specs
             .iter()
             .map(|r| r.name.clone())
+            .collect();
+        let route_metrics = route_labels
+            .iter()
+            .map(|_| std::sync::OnceLock::new())
             .collect();
         let jwt_identity = compiled.policy.limits.iter().any(|l| {
             l.key
@@ -184,8 +191,23 @@ impl Runtime {
             upstreams,
             delay_queues,
             route_labels,
+            route_metrics,
             jwt_identity,
         }
+    }
+
+    /// Route `id`'s most used metric series (`None` for an id out of range).
+    pub fn route_series(
+        &self,
+        id: usize,
+        metrics: &metrics::Metrics,
+    ) -> Option<&metrics::RouteSeries> {
+        let label = self.route_labels.get(id)?;
+        Some(
+            self.route_metrics
+                .get(id)?
+                .get_or_init(|| metrics::RouteSeries::new(metrics, label)),
+        )
     }
 
     /// A route's label.

@@ -320,3 +320,38 @@ impl Metrics {
         out
     }
 }
+
+/// A route's most used series, resolved from their families once: a plain allow (`allow`,
+/// `default/allow`) and the upstream latency.
+#[derive(Debug, Clone)]
+pub struct RouteSeries {
+    /// `palisade_requests_total{route, action="allow", rule="default/allow"}`.
+    pub allowed: Counter,
+    /// `palisade_upstream_seconds{route}`.
+    pub upstream_seconds: Histogram,
+}
+
+/// The rule of a request no rule, limit or signal acted on.
+pub const DEFAULT_ALLOW: &str = "default/allow";
+
+impl RouteSeries {
+    /// Looks the series up (creating them) in `metrics`' families.
+    pub fn new(metrics: &Metrics, route: &Arc<str>) -> Self {
+        Self {
+            allowed: metrics
+                .requests
+                .get_or_create(&DecisionLabels {
+                    route: Label(route.clone()),
+                    action: "allow",
+                    rule: Label(Arc::from(DEFAULT_ALLOW)),
+                })
+                .clone(),
+            upstream_seconds: metrics
+                .upstream_seconds
+                .get_or_create(&RouteLabels {
+                    route: Label(route.clone()),
+                })
+                .clone(),
+        }
+    }
+}

@@ -559,7 +559,14 @@ pub async fn handle(
         action,
         rule: Label(rule.clone()),
     };
-    shared.metrics.requests.get_or_create(&labels).inc();
+    match rt.route_series(decision.route, &shared.metrics) {
+        Some(series) if action == "allow" && *rule == *crate::metrics::DEFAULT_ALLOW => {
+            series.allowed.inc();
+        }
+        _ => {
+            shared.metrics.requests.get_or_create(&labels).inc();
+        }
+    }
     if decision.is_shadowed() {
         shared.metrics.shadow.get_or_create(&labels).inc();
     }
@@ -900,13 +907,17 @@ async fn forward(
         }
         Ok(Ok(resp)) => resp,
     };
-    shared
-        .metrics
-        .upstream_seconds
-        .get_or_create(&RouteLabels {
-            route: Label(route_label.clone()),
-        })
-        .observe(started.elapsed().as_secs_f64());
+    let upstream_seconds = started.elapsed().as_secs_f64();
+    match rt.route_series(decision.route, &shared.metrics) {
+        Some(series) => series.upstream_seconds.observe(upstream_seconds),
+        None => shared
+            .metrics
+            .upstream_seconds
+            .get_or_create(&RouteLabels {
+                route: Label(route_label.clone()),
+            })
+            .observe(upstream_seconds),
+    }
 
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
