@@ -7,35 +7,16 @@
 #
 # Usage: bench/cluster.sh        (DURATION=10s CONNECTIONS=64 to change the load)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
-OUT=bench/out
-mkdir -p "$OUT"
-
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v redis-server >/dev/null || need+=(redis-server)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-cargo build --release -q -p palisade
-BIN=target/release/palisade
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+need wrk:wrk redis-server:redis-server
+build
 UP=$(free_port); RD=$(free_port)
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-
-"$BIN" sample-api --listen "127.0.0.1:$UP" --workers 1 2>"$OUT/upstream.log" & pids+=($!)
+start_upstream "$UP"
 redis-server --port "$RD" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 & pids+=($!)
-wait_port "$UP"; wait_port "$RD"
+wait_port "$RD"
 
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'; }
 

@@ -6,55 +6,14 @@
 #
 # Usage: bench/instructions.sh      (installs valgrind, wrk and nginx-light if missing)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
-OUT=bench/out
-mkdir -p "$OUT"
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-cargo build --release -q -p palisade
-BIN=$PWD/target/release/palisade
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+need wrk:wrk valgrind:valgrind nginx:nginx-light
+build
 UP=$(free_port); NG=$(free_port); PA=$(free_port); AD=$(free_port)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.2; done; echo "port $1 never opened" >&2; exit 1; }
-
-"$BIN" sample-api --listen "127.0.0.1:$UP" --workers 1 2>"$OUT/upstream.log" & pids+=($!)
-wait_port "$UP"
-
+start_upstream "$UP"
 NGDIR=$(mktemp -d)
-cat > "$NGDIR/nginx.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $NGDIR/nginx.pid;
-error_log $NGDIR/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-  server {
-    listen 127.0.0.1:$NG;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
+nginx_config "$NGDIR" "$UP" "$NG" "master_process off;"
 
 # measure NAME PORT -- COMMAND...: runs COMMAND under callgrind, warms up, counts a 5 s run.
 measure() {

@@ -7,61 +7,18 @@
 #
 # Usage: bench/run.sh            (DURATION=10s CONNECTIONS=64 THREADS=1 to change the load)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
-OUT=bench/out
-mkdir -p "$OUT"
-
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-cargo build --release -q -p palisade
-BIN=target/release/palisade
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+need wrk:wrk nginx:nginx-light
+build
 UP=$(free_port); NG=$(free_port); PA=$(free_port); AD=$(free_port)
+start_upstream "$UP"
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-
-# The upstream: Palisade's own sample API, one worker thread.
-"$BIN" sample-api --listen "127.0.0.1:$UP" --workers 1 2>"$OUT/upstream.log" & pids+=($!)
-wait_port "$UP"
-
-# nginx: one worker, keepalive to the upstream, no access log.
 NGDIR=$(mktemp -d)
-cat > "$NGDIR/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $NGDIR/nginx.pid;
-error_log $NGDIR/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-  server {
-    listen 127.0.0.1:$NG;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
+nginx_config "$NGDIR" "$UP" "$NG"
 "$NGINX" -c "$NGDIR/nginx.conf" -p "$NGDIR" & pids+=($!)
 wait_port "$NG"
 
