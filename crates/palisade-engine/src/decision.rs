@@ -121,6 +121,9 @@ pub struct LimitOutcome {
     pub shared: Option<u64>,
 }
 
+/// The rule of a request that no list, limit, signal or rule acted on.
+pub const DEFAULT_ALLOW_RULE: &str = "default/allow";
+
 /// The engine's decision for one request.
 #[derive(Debug, Clone)]
 pub struct Decision {

@@ -379,7 +379,7 @@ impl Engine {
             ],
             rule_deny: Arc::from("list/deny"),
             rule_allow_list: Arc::from("list/allow"),
-            rule_default: Arc::from("default/allow"),
+            rule_default: Arc::from(crate::decision::DEFAULT_ALLOW_RULE),
             rule_score: [
                 Arc::from("score/tag"),
                 Arc::from("score/challenge"),

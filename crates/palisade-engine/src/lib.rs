@@ -29,7 +29,7 @@ pub mod rules;
 pub mod units;
 
 pub use clock::{Clock, ManualClock, Nanos};
-pub use decision::{Action, Decision, LimitOutcome, Signal};
+pub use decision::{Action, DEFAULT_ALLOW_RULE, Decision, LimitOutcome, Signal};
 pub use engine::{Engine, EngineError, IdentityReport, LimitStateReport, ResponseFacts};
 pub use facts::RequestFacts;
 pub use identity::{Dimension, KeyPart};

@@ -331,9 +331,6 @@ pub struct RouteSeries {
     pub upstream_seconds: Histogram,
 }
 
-/// The rule of a request no rule, limit or signal acted on.
-pub const DEFAULT_ALLOW: &str = "default/allow";
-
 impl RouteSeries {
     /// Looks the series up (creating them) in `metrics`' families.
     pub fn new(metrics: &Metrics, route: &Arc<str>) -> Self {
@@ -343,7 +340,7 @@ impl RouteSeries {
                 .get_or_create(&DecisionLabels {
                     route: Label(route.clone()),
                     action: "allow",
-                    rule: Label(Arc::from(DEFAULT_ALLOW)),
+                    rule: Label(Arc::from(palisade_engine::DEFAULT_ALLOW_RULE)),
                 })
                 .clone(),
             upstream_seconds: metrics

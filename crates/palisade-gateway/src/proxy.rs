@@ -560,7 +560,7 @@ pub async fn handle(
         rule: Label(rule.clone()),
     };
     match rt.route_series(decision.route, &shared.metrics) {
-        Some(series) if action == "allow" && *rule == *crate::metrics::DEFAULT_ALLOW => {
+        Some(series) if action == "allow" && *rule == *palisade_engine::DEFAULT_ALLOW_RULE => {
             series.allowed.inc();
         }
         _ => {
