@@ -766,3 +766,67 @@ flag = ["ip", "ja4h"]
     );
     assert!(behaviour.wants_ja4h());
 }
+
+#[test]
+fn the_advertised_limit_set_names_one_rendering_of_ratelimit_policy() {
+    let e = engine(
+        r#"
+[[routes]]
+name = "items"
+match = { path = "/items/{id}" }
+
+[[limits]]
+name = "global"
+rate = "100/1m"
+
+[[limits]]
+name = "quiet"
+rate = "100/1m"
+headers = false
+
+[[limits]]
+name = "items"
+routes = ["items"]
+key = ["ip"]
+rate = "10/1s"
+
+[[limits]]
+name = "tenant"
+key = ["header:x-tenant"]
+rate = "50/1s"
+"#,
+    );
+    let headers = |r: Req<'_>| {
+        let d = r.eval(&e);
+        let h = e.rate_limit_headers(&d, true).unwrap();
+        assert_eq!(e.policy_set(&d), h.policy_set);
+        // Without the policy (a caller that kept it), the rest is the same.
+        let lean = e.rate_limit_headers(&d, false).unwrap();
+        assert_eq!(lean.policy, "");
+        assert_eq!(
+            (&lean.ratelimit, lean.x_remaining),
+            (&h.ratelimit, h.x_remaining)
+        );
+        h
+    };
+    let items = headers(Req::get("/items/1", "192.0.2.1"));
+    assert_eq!(items.policy_set, Some(0b0101));
+    assert_eq!(items.policy, r#""global";q=100;w=60, "items";q=10;w=1"#);
+    // Another request, other remaining counts: the same set renders the same policy.
+    let again = headers(Req::get("/items/2", "192.0.2.1"));
+    assert_eq!(
+        (again.policy_set, &again.policy),
+        (items.policy_set, &items.policy)
+    );
+    assert_ne!(
+        again.ratelimit, items.ratelimit,
+        "RateLimit itself is per request"
+    );
+    // A limit that applies only when its key is present changes the set.
+    let tenant = headers(Req::get("/items/1", "192.0.2.1").header("x-tenant", "acme"));
+    assert_eq!(tenant.policy_set, Some(0b1101));
+    assert!(tenant.policy.ends_with(r#", "tenant";q=50;w=1"#));
+    let other = headers(Req::get("/", "192.0.2.1"));
+    assert_eq!(other.policy_set, Some(0b0001));
+    assert_eq!(other.policy, r#""global";q=100;w=60"#);
+}

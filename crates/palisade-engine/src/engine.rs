@@ -394,7 +394,13 @@ impl Engine {
     }
 
     /// RateLimit header values for a decision; `None` when no advertised limit applied.
-    pub fn rate_limit_headers(&self, decision: &Decision) -> Option<RateLimitHeaders> {
+    /// `RateLimit-Policy` is left empty unless `with_policy` (a caller that kept the value for
+    /// [`Engine::policy_set`] does not need it again).
+    pub fn rate_limit_headers(
+        &self,
+        decision: &Decision,
+        with_policy: bool,
+    ) -> Option<RateLimitHeaders> {
         let limits = decision
             .limits
             .iter()
@@ -440,7 +446,26 @@ impl Engine {
                 remaining: 0,
                 reset_secs: *reset,
             });
-        render_entries(limits.chain(quotas).chain(exhausted))
+        let mut headers = render_entries(limits.chain(quotas).chain(exhausted), with_policy)?;
+        headers.policy_set = self.policy_set(decision);
+        Some(headers)
+    }
+
+    /// The configured limits a decision advertises, as a bit set of their indices; `None` when
+    /// it advertises anything else (a key's limit, a quota, an exhausted budget) or an index past
+    /// 63. The same set always renders the same `RateLimit-Policy`.
+    pub fn policy_set(&self, decision: &Decision) -> Option<u64> {
+        if !decision.quotas.is_empty() || decision.exhausted.is_some() {
+            return None;
+        }
+        let mut set = 0u64;
+        for o in decision.limits.iter().filter(|o| o.headers) {
+            if o.index >= 64 {
+                return None;
+            }
+            set |= 1 << o.index;
+        }
+        Some(set)
     }
 
     /// The ledger daily quotas are counted in (shared across reloads).

@@ -73,39 +73,56 @@ pub struct RateLimitHeaders {
     pub x_remaining: u64,
     /// `X-RateLimit-Reset`.
     pub x_reset: u64,
+    /// When `policy` lists configured limits only (no key limit, quota or exhausted budget),
+    /// which ones, as a bit set of limit indices (all below 64). The same set always renders
+    /// the same `RateLimit-Policy`, so a caller may keep the rendered value per set.
+    pub policy_set: Option<u64>,
 }
 
 /// Builds the headers for the limits that applied and are advertised; `None` if there are none.
 /// `items` are the policy's [`HeaderItem`]s, indexed like its limits.
 pub fn render(outcomes: &[LimitOutcome], items: &[HeaderItem]) -> Option<RateLimitHeaders> {
-    render_entries(outcomes.iter().filter(|o| o.headers).filter_map(|o| {
-        Some(HeaderEntry {
-            item: items.get(o.index)?,
-            quota: o.quota,
-            remaining: o.verdict.remaining,
-            reset_secs: ceil_secs(o.verdict.reset),
-        })
-    }))
+    render_entries(
+        outcomes.iter().filter(|o| o.headers).filter_map(|o| {
+            Some(HeaderEntry {
+                item: items.get(o.index)?,
+                quota: o.quota,
+                remaining: o.verdict.remaining,
+                reset_secs: ceil_secs(o.verdict.reset),
+            })
+        }),
+        true,
+    )
 }
 
 /// Builds the headers from advertised entries; `None` if there are none. The `X-RateLimit-*`
-/// trio describes the entry with the fewest units remaining.
+/// trio describes the entry with the fewest units remaining. `policy` stays empty unless
+/// `with_policy`.
 pub fn render_entries<'a>(
     entries: impl IntoIterator<Item = HeaderEntry<'a>>,
+    with_policy: bool,
 ) -> Option<RateLimitHeaders> {
     // Sized for a handful of limits, so that rendering does not grow the strings piecemeal.
     let mut out = RateLimitHeaders {
-        policy: String::with_capacity(256),
+        policy: if with_policy {
+            String::with_capacity(256)
+        } else {
+            String::new()
+        },
         ratelimit: String::with_capacity(256),
         ..RateLimitHeaders::default()
     };
     let mut tightest: Option<HeaderEntry<'a>> = None;
     for e in entries {
-        if !out.policy.is_empty() {
-            out.policy.push_str(", ");
+        if !out.ratelimit.is_empty() {
+            if with_policy {
+                out.policy.push_str(", ");
+            }
             out.ratelimit.push_str(", ");
         }
-        out.policy.push_str(&e.item.policy);
+        if with_policy {
+            out.policy.push_str(&e.item.policy);
+        }
         out.ratelimit.push_str(&e.item.name);
         out.ratelimit.push_str(";r=");
         out.ratelimit

@@ -98,11 +98,13 @@ impl PathPattern {
     }
 
     fn matches_normalized(&self, path: &str) -> bool {
-        let rest = path.strip_prefix('/').unwrap_or(path);
+        let rest = path.strip_prefix('/').unwrap_or(path).as_bytes();
+        // Split on bytes: `/` is ASCII, and a byte loop is cheaper than `str::split`'s searcher
+        // on paths this short.
         let mut parts = if rest.is_empty() {
             None
         } else {
-            Some(rest.split('/'))
+            Some(rest.split(|b| *b == b'/'))
         };
         for seg in &self.segments {
             match seg {
@@ -112,7 +114,7 @@ impl PathPattern {
                     _ => return false,
                 },
                 Segment::Literal(lit) => match parts.as_mut().and_then(Iterator::next) {
-                    Some(p) if p == lit => {}
+                    Some(p) if p == lit.as_bytes() => {}
                     _ => return false,
                 },
             }
@@ -120,7 +122,7 @@ impl PathPattern {
         match parts.as_mut().map(|p| p.next()) {
             None | Some(None) => true,
             // A trailing slash matches the same route as the path without it.
-            Some(Some("")) => parts.and_then(|mut p| p.next()).is_none(),
+            Some(Some(b"")) => parts.and_then(|mut p| p.next()).is_none(),
             Some(Some(_)) => false,
         }
     }

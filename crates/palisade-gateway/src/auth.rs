@@ -94,9 +94,8 @@ pub fn authenticate(
     route: &RouteSpec,
     (key, token): (Option<&str>, Option<&str>),
 ) -> Authenticated {
-    let now = shared.clock.unix_secs();
     if let Some(raw) = key {
-        return match shared.keys.directory.verify(raw, now) {
+        return match shared.keys.directory.verify(raw, shared.clock.unix_secs()) {
             Ok(entry) => Authenticated::Key(entry),
             Err(failure) => Authenticated::Failed {
                 kind: PrincipalKind::ApiKey,
@@ -125,7 +124,7 @@ pub fn authenticate(
     };
     match token {
         None => Authenticated::Anonymous,
-        Some(t) => match jwt.verify(t, now) {
+        Some(t) => match jwt.verify(t, shared.clock.unix_secs()) {
             Ok(p) => Authenticated::Token(Box::new(p)),
             Err(failure) => Authenticated::Failed {
                 kind: PrincipalKind::Jwt,

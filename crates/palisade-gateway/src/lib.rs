@@ -117,7 +117,16 @@ pub struct Runtime {
     pub jwt_identity: bool,
     /// Requests held by a score delay (progressive throttling), gateway-wide.
     pub score_delays: Arc<Semaphore>,
+    /// Rendered `RateLimit-Policy` values by the set of limits they list (see
+    /// [`palisade_engine::ratelimit_headers::RateLimitHeaders::policy_set`]): checked once, then
+    /// shared, instead of validated and copied on every response. At most
+    /// [`POLICY_VALUES_CAP`] sets; past that, values are built per response.
+    /// Sorted by set.
+    policy_values: std::sync::RwLock<Vec<(u64, http::HeaderValue)>>,
 }
+
+/// How many distinct `RateLimit-Policy` values a runtime keeps.
+pub const POLICY_VALUES_CAP: usize = 1024;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -193,7 +202,38 @@ impl Runtime {
             route_labels,
             route_metrics,
             jwt_identity,
+            policy_values: Default::default(),
         }
+    }
+
+    /// The kept `RateLimit-Policy` value for the limits in `set`, if there is one.
+    pub fn kept_policy(&self, set: Option<u64>) -> Option<http::HeaderValue> {
+        let set = set?;
+        // A poisoned lock only means a panic elsewhere while holding it; the list is whole.
+        let kept = self
+            .policy_values
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = kept.binary_search_by_key(&set, |(s, _)| *s).ok()?;
+        kept.get(i).map(|(_, v)| v.clone())
+    }
+
+    /// `rendered` as a `RateLimit-Policy` value, kept for the limits in `set` (while under the
+    /// cap). `None` if it is not a valid header value.
+    pub fn keep_policy(&self, set: Option<u64>, rendered: String) -> Option<http::HeaderValue> {
+        let value = http::HeaderValue::try_from(rendered).ok()?;
+        if let Some(set) = set {
+            let mut kept = self
+                .policy_values
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Err(i) = kept.binary_search_by_key(&set, |(s, _)| *s)
+                && kept.len() < POLICY_VALUES_CAP
+            {
+                kept.insert(i, (set, value.clone()));
+            }
+        }
+        Some(value)
     }
 
     /// Route `id`'s most used metric series (`None` for an id out of range).

@@ -46,7 +46,8 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let arrived = Instant::now();
+    // Arrival, on the engine's monotonic clock (also the decision's `now`).
+    let now = shared.clock.now();
     let rt = shared.runtime.load_full();
     let request_id = request_id();
     let (mut parts, body) = req.into_parts();
@@ -82,7 +83,6 @@ pub async fn handle(
 
     // Facts, identity and decision.
     let client = client_ip(peer.ip(), &parts.headers, &server.trusted_proxies);
-    let now = shared.clock.now();
     let unix_ms = shared.clock.unix_ms();
     if parts.uri.path() == "/robots.txt"
         && rt.compiled.policy.honeypots.iter().any(|h| h.robots_txt)
@@ -359,7 +359,7 @@ pub async fn handle(
     let log_cfg = &rt.compiled.log;
     let logged = decision.logged_action() != "allow"
         || log_cfg.sample_allow >= 1.0
-        || (log_cfg.sample_allow > 0.0 && rand::random::<f64>() < log_cfg.sample_allow);
+        || (log_cfg.sample_allow > 0.0 && unit_random() < log_cfg.sample_allow);
     let pending_record = logged.then(|| {
         (
             {
@@ -461,12 +461,20 @@ pub async fn handle(
     let mut response = match refusal {
         Some(r) => r.response(&request_id),
         None => {
-            let host = parts
+            // The client's Host (a shared handle on hyper's buffer, not a copy), else the
+            // HTTP/2 authority.
+            let host_value = parts
                 .headers
                 .get(HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+                .filter(|v| v.to_str().is_ok())
+                .cloned()
+                .or_else(|| {
+                    parts
+                        .uri
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                });
+            let host = host_value.as_ref().and_then(|v| v.to_str().ok());
             strip_hop_by_hop(&mut parts.headers);
             strip_palisade_headers(&mut parts.headers);
             // Room for the forwarding headers and the request id in one growth, not several.
@@ -475,7 +483,7 @@ pub async fn handle(
                 &mut parts.headers,
                 peer.ip(),
                 server.trusted_proxies.contains(peer.ip()),
-                host.as_deref(),
+                host_value.as_ref(),
             );
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 parts.headers.insert(X_REQUEST_ID, v);
@@ -514,7 +522,7 @@ pub async fn handle(
                 settlement,
                 &decision,
                 &route_label,
-                host.as_deref(),
+                host,
             )
             .await
             {
@@ -523,18 +531,30 @@ pub async fn handle(
             }
         }
     };
-    if let Some(h) = rt.engine.rate_limit_headers(&decision) {
+    // The same advertised limits always render the same RateLimit-Policy: it is rendered once.
+    let kept_policy = rt.kept_policy(rt.engine.policy_set(&decision));
+    if let Some(h) = rt
+        .engine
+        .rate_limit_headers(&decision, kept_policy.is_none())
+    {
         let hs = response.headers_mut();
         hs.reserve(6);
-        if let Ok(v) = HeaderValue::try_from(h.policy) {
+        if let Some(v) = kept_policy.or_else(|| rt.keep_policy(h.policy_set, h.policy)) {
             hs.insert(RATELIMIT_POLICY, v);
         }
         if let Ok(v) = HeaderValue::try_from(h.ratelimit) {
             hs.insert(RATELIMIT, v);
         }
-        hs.insert(X_RATELIMIT_LIMIT, HeaderValue::from(h.x_limit));
-        hs.insert(X_RATELIMIT_REMAINING, HeaderValue::from(h.x_remaining));
-        hs.insert(X_RATELIMIT_RESET, HeaderValue::from(h.x_reset));
+        for (name, n) in [
+            (X_RATELIMIT_LIMIT, h.x_limit),
+            (X_RATELIMIT_REMAINING, h.x_remaining),
+            (X_RATELIMIT_RESET, h.x_reset),
+        ] {
+            // Digits are always a valid value; `from(u64)` would allocate twice.
+            if let Ok(v) = HeaderValue::from_bytes(itoa::Buffer::new().format(n).as_bytes()) {
+                hs.insert(name, v);
+            }
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID, v);
@@ -579,7 +599,7 @@ pub async fn handle(
             path,
             route: route_label.to_string(),
             status,
-            latency_ms: arrived.elapsed().as_secs_f64() * 1000.0,
+            latency_ms: shared.clock.now().saturating_sub(now) as f64 / 1e6,
             identity: identity
                 .into_iter()
                 .map(|(k, v)| (k, serde_json::Value::String(v)))
@@ -962,12 +982,66 @@ async fn forward(
 
 /// A 16-hex-digit request id, without going through `format!`.
 fn request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = rand::random::<u64>();
-    let mut out = [0u8; 16];
-    for slot in out.iter_mut().rev() {
-        *slot = HEX.get((n & 0xf) as usize).copied().unwrap_or(b'0');
-        n >>= 4;
+    let mut n = per_request_random();
+    let mut out = String::with_capacity(16);
+    for _ in 0..16 {
+        out.push(char::from_digit((n >> 60) as u32, 16).unwrap_or('0'));
+        n <<= 4;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+thread_local! {
+    /// A fast generator for what needs randomness but not secrecy (request ids, log sampling),
+    /// seeded per thread from the operating system's.
+    static FAST_RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::from_rng(&mut rand::rng()));
+}
+
+/// A random number for request ids and sampling (not for secrets).
+fn per_request_random() -> u64 {
+    FAST_RNG.with(|r| rand::RngCore::next_u64(&mut *r.borrow_mut()))
+}
+
+/// A uniform random number in [0, 1), for sampling.
+fn unit_random() -> f64 {
+    // The top 53 bits: every value a double can hold exactly in [0, 1).
+    (per_request_random() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_sixteen_lowercase_hex_digits_and_do_not_repeat() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(100) {
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+        }
+        // Every digit position takes every value (the high nibble is not stuck).
+        for pos in 0..16 {
+            let seen: std::collections::HashSet<u8> =
+                ids.iter().map(|id| id.as_bytes()[pos]).collect();
+            assert_eq!(seen.len(), 16, "position {pos}");
+        }
+    }
+
+    #[test]
+    fn sampling_numbers_are_uniform_in_the_unit_interval() {
+        let n = 100_000;
+        let xs: Vec<f64> = (0..n).map(|_| unit_random()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let below = xs.iter().filter(|x| **x < 0.01).count();
+        // 1% sampling keeps about 1%: 1000 expected, sd ~31.
+        assert!((850..1150).contains(&below), "{below}");
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        assert!((mean - 0.5).abs() < 0.01, "{mean}");
+    }
 }

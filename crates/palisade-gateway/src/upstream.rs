@@ -215,11 +215,28 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// Whether `name` is one of [`HOP_BY_HOP`]: a match on the name's text (a length switch and
+/// one comparison), cheaper than comparing against each `HeaderName` in turn.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`. `TE: trailers` survives
 /// (it is end-to-end meaningful for gRPC over HTTP/2).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the (few) names present, instead of a hashed look-up per hop-by-hop name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     let listed: Vec<HeaderName> = headers
@@ -254,15 +271,18 @@ pub fn set_forwarding_headers(
     headers: &mut HeaderMap,
     peer: IpAddr,
     peer_trusted: bool,
-    host: Option<&str>,
+    host_value: Option<&HeaderValue>,
 ) {
+    let host = host_value.and_then(|v| v.to_str().ok());
     let peer = peer.to_canonical();
     let mut peer_s = String::with_capacity(48);
     push_ip(&mut peer_s, peer);
-    let prev_xff = headers
-        .get(&X_FORWARDED_FOR)
+    // An untrusted peer's chain is replaced, so it is not even looked up.
+    let prev_xff = peer_trusted
+        .then(|| headers.get(&X_FORWARDED_FOR))
+        .flatten()
         .and_then(|v| v.to_str().ok())
-        .filter(|p| peer_trusted && !p.trim().is_empty());
+        .filter(|p| !p.trim().is_empty());
     let xff = match prev_xff {
         Some(prev) => {
             let mut v = String::with_capacity(prev.len() + 2 + peer_s.len());
@@ -273,10 +293,11 @@ pub fn set_forwarding_headers(
         }
         None => peer_s.clone(),
     };
-    let prev_fwd = headers
-        .get(header::FORWARDED)
+    let prev_fwd = peer_trusted
+        .then(|| headers.get(header::FORWARDED))
+        .flatten()
         .and_then(|v| v.to_str().ok())
-        .filter(|p| peer_trusted && !p.trim().is_empty());
+        .filter(|p| !p.trim().is_empty());
     let mut fwd = String::with_capacity(
         prev_fwd.map_or(0, |p| p.len() + 2) + peer_s.len() + host.map_or(0, str::len) + 32,
     );
@@ -310,15 +331,11 @@ pub fn set_forwarding_headers(
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        // The client's Host value as it came (no re-validation), else the one given.
-        let v = match headers.get(header::HOST) {
-            Some(v) if host.is_some_and(|h| v.as_bytes() == h.as_bytes()) => Some(v.clone()),
-            _ => host.and_then(|h| HeaderValue::from_str(h).ok()),
-        };
-        if let Some(v) = v {
-            headers.insert(X_FORWARDED_HOST, v);
-        }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
+        && let Some(v) = host_value
+    {
+        // The client's host value as it came (a shared handle, not a copy).
+        headers.insert(X_FORWARDED_HOST, v.clone());
     }
 }
 
@@ -365,6 +382,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_hop_by_hop_match_agrees_with_the_list() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+            let upper = HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes()).unwrap();
+            assert!(is_hop_by_hop(&upper), "{upper}");
+        }
+        for other in [
+            "host",
+            "content-length",
+            "x-connection",
+            "tee",
+            "upgrade-insecure-requests",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(other)), "{other}");
+        }
+        // Only a listed name makes the map worth a second look.
+        let mut h = HeaderMap::new();
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("close, x-secret"));
@@ -391,7 +432,7 @@ mod tests {
             &mut h,
             "203.0.113.5".parse().unwrap(),
             false,
-            Some("api.example"),
+            Some(&HeaderValue::from_static("api.example")),
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.5");
         assert_eq!(
