@@ -68,6 +68,9 @@ pub enum H1Error {
     /// The request body failed (e.g. it went over `max_body_bytes`).
     #[error("request body failed: {0}")]
     Body(#[source] BoxError),
+    /// No response head arrived by the deadline.
+    #[error("upstream did not answer in time")]
+    TimedOut,
 }
 
 impl H1Error {
@@ -162,6 +165,10 @@ impl PoolInner {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The connection's one timer for the response deadline: armed at its first exchange and
+    /// re-armed only when it fires before the deadline of the exchange then waiting (see
+    /// [`within`]), so that back-to-back requests do not touch the timer wheel each time.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -254,6 +261,7 @@ impl H1Pool {
         Ok(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            timer: None,
         })
     }
 
@@ -265,12 +273,16 @@ impl H1Pool {
     /// A pooled connection that turns out closed before any response byte arrived is retried
     /// on another connection when the body can be sent again and either nothing was written
     /// or the method is idempotent (RFC 9110 section 9.2.2).
+    ///
+    /// Fails with [`H1Error::TimedOut`] when no response head arrived by `deadline`
+    /// (connecting, retries and the request body included).
     pub async fn send(
         &self,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
         body: OutBody,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<ProxyBody>, H1Error> {
         let mut body = match body {
             OutBody::Stream(b) if b.is_end_stream() => OutBody::Empty,
@@ -296,10 +308,28 @@ impl H1Pool {
         loop {
             let (mut conn, reused) = match self.inner.take() {
                 Some(c) => (c, true),
-                None => (self.connect().await?, false),
+                None => match tokio::time::timeout_at(deadline, self.connect()).await {
+                    Ok(c) => (c?, false),
+                    Err(_) => return Err(H1Error::TimedOut),
+                },
             };
             let replayable = !matches!(body, OutBody::Stream(_));
-            match exchange(&mut conn, &wire, &mut body, framing, head_only).await {
+            let mut timer = conn
+                .timer
+                .take()
+                .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
+            let exchanged = within(
+                deadline,
+                &mut timer,
+                exchange(&mut conn, &wire, &mut body, framing, head_only),
+            )
+            .await;
+            conn.timer = Some(timer);
+            let Some(exchanged) = exchanged else {
+                // Out of step with the upstream (a request without its answer): not reused.
+                return Err(H1Error::TimedOut);
+            };
+            match exchanged {
                 Ok(head) => return Ok(self.respond(conn, head)),
                 Err(Failure { error, written }) => {
                     let stale = matches!(&error, H1Error::Closed)
@@ -357,6 +387,35 @@ impl H1Pool {
         *resp.headers_mut() = head.headers;
         resp
     }
+}
+
+/// Runs `fut` until it finishes (`Some`) or `deadline` passes (`None`), on `timer`. The timer
+/// may be armed for an earlier deadline (a previous exchange's): it then fires early and is
+/// re-armed for this one. It is never left later than `deadline`, so `fut` never overruns it.
+async fn within<F: Future>(
+    deadline: tokio::time::Instant,
+    timer: &mut Pin<Box<tokio::time::Sleep>>,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        loop {
+            if timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Fired at this exchange's deadline (it is never later, see above).
+                Poll::Ready(()) if timer.deadline() >= deadline => return Poll::Ready(None),
+                // Fired for an earlier exchange's deadline: re-armed for this one.
+                Poll::Ready(()) => timer.as_mut().reset(deadline),
+            }
+        }
+    })
+    .await
 }
 
 /// A failed exchange, and whether any of the request had been written.
@@ -1015,6 +1074,20 @@ pub fn parse_for_fuzz(input: &[u8]) -> usize {
 mod tests {
     use super::*;
 
+    impl H1Pool {
+        /// `send` with a deadline far enough away not to matter.
+        async fn send_soon(
+            &self,
+            method: &Method,
+            target: &str,
+            headers: &HeaderMap,
+            body: OutBody,
+        ) -> Result<Response<ProxyBody>, H1Error> {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            self.send(method, target, headers, body, deadline).await
+        }
+    }
+
     fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, bool), ChunkError> {
         let mut dec = ChunkedDecoder::default();
         let mut out = Vec::new();
@@ -1257,7 +1330,9 @@ mod tests {
     }
 
     async fn get(p: &H1Pool, path: &str) -> Result<(StatusCode, HeaderMap, Vec<u8>), BoxError> {
-        let resp = p.send(&Method::GET, path, &host(), OutBody::Empty).await?;
+        let resp = p
+            .send_soon(&Method::GET, path, &host(), OutBody::Empty)
+            .await?;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await?.to_bytes();
         Ok((parts.status, parts.headers, bytes.to_vec()))
@@ -1280,7 +1355,7 @@ mod tests {
         let p = pool(port);
         for i in 0..5 {
             let resp = p
-                .send(&Method::GET, &format!("/n/{i}"), &host(), OutBody::Empty)
+                .send_soon(&Method::GET, &format!("/n/{i}"), &host(), OutBody::Empty)
                 .await
                 .unwrap();
             // Back in the pool before the body is even read.
@@ -1290,6 +1365,80 @@ mod tests {
             assert_eq!(body, format!("you asked /n/{i}"));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// An upstream that answers `/wait/{ms}` after `ms` milliseconds and never answers `/never`.
+    async fn slow_upstream() -> (u16, Arc<AtomicUsize>) {
+        upstream(|mut s, _| async move {
+            while let Some(req) = read_request(&mut s).await {
+                let path = req.split(' ').nth(1).unwrap_or("").to_owned();
+                let Some(ms) = path.strip_prefix("/wait/") else {
+                    // `/never`: hold the connection without a word.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                };
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+        })
+        .await
+    }
+
+    async fn send_within(p: &H1Pool, path: &str, ms: u64) -> Result<StatusCode, H1Error> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        let resp = p
+            .send(&Method::GET, path, &host(), OutBody::Empty, deadline)
+            .await?;
+        Ok(resp.status())
+    }
+
+    #[tokio::test]
+    async fn a_response_head_later_than_the_deadline_times_out_and_the_connection_is_dropped() {
+        let (port, _) = slow_upstream().await;
+        let p = pool(port);
+        let started = std::time::Instant::now();
+        let r = send_within(&p, "/never", 200).await;
+        assert!(matches!(r, Err(H1Error::TimedOut)), "{r:?}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(190), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        // Its answer may still come: that connection is never handed to another request.
+        assert_eq!(p.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_times_each_exchange_against_its_own_deadline() {
+        let (port, accepted) = slow_upstream().await;
+        let p = pool(port);
+        // The connection's timer is armed for this exchange's deadline, 300 ms out...
+        assert_eq!(
+            send_within(&p, "/wait/0", 300).await.unwrap(),
+            StatusCode::OK
+        );
+        // ...and fires during the next, which has until 1.5 s and is answered at ~600 ms: it is
+        // re-armed, not taken for this exchange's deadline.
+        assert_eq!(
+            send_within(&p, "/wait/600", 1_500).await.unwrap(),
+            StatusCode::OK
+        );
+        // A timer armed far out (10 s) does not delay a nearer deadline (200 ms).
+        assert_eq!(
+            send_within(&p, "/wait/0", 10_000).await.unwrap(),
+            StatusCode::OK
+        );
+        let started = std::time::Instant::now();
+        let r = send_within(&p, "/never", 200).await;
+        assert!(matches!(r, Err(H1Error::TimedOut)), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // All on one connection until the time-out dropped it.
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(p.idle_count(), 0);
     }
 
     #[tokio::test]
@@ -1403,7 +1552,7 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // POST is not: the upstream may have acted on it, so the failure is reported.
         let err = p
-            .send(
+            .send_soon(
                 &Method::POST,
                 "/",
                 &host(),
@@ -1451,7 +1600,10 @@ mod tests {
         h.insert("content-length", HeaderValue::from_static("5"));
         let full = OutBody::Full(Bytes::from_static(b"hello world"));
         assert_eq!(
-            p.send(&Method::PUT, "/a", &h, full).await.unwrap().status(),
+            p.send_soon(&Method::PUT, "/a", &h, full)
+                .await
+                .unwrap()
+                .status(),
             204
         );
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
@@ -1461,7 +1613,7 @@ mod tests {
         let stream = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
         let body = OutBody::Stream(stream.boxed_unsync());
         assert_eq!(
-            p.send(&Method::POST, "/b", &host(), body)
+            p.send_soon(&Method::POST, "/b", &host(), body)
                 .await
                 .unwrap()
                 .status(),
@@ -1517,7 +1669,7 @@ mod tests {
         let dead = pool(closed.local_addr().unwrap().port());
         drop(closed);
         let err = dead
-            .send(&Method::GET, "/", &host(), OutBody::Empty)
+            .send_soon(&Method::GET, "/", &host(), OutBody::Empty)
             .await
             .unwrap_err();
         assert!(err.is_connect(), "{err}");
@@ -1535,14 +1687,14 @@ mod tests {
         .await;
         let p = pool(port);
         let resp = p
-            .send(&Method::GET, "/", &host(), OutBody::Empty)
+            .send_soon(&Method::GET, "/", &host(), OutBody::Empty)
             .await
             .unwrap();
         assert_eq!(resp.body().size_hint().exact(), Some(100000));
         drop(resp);
         assert_eq!(p.idle_count(), 0);
         drop(
-            p.send(&Method::GET, "/", &host(), OutBody::Empty)
+            p.send_soon(&Method::GET, "/", &host(), OutBody::Empty)
                 .await
                 .unwrap(),
         );

@@ -37,7 +37,9 @@ use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
 use crate::respond::Refusal;
 use crate::store::{QuotaAnswer, QuotaCharge};
 use crate::upstream::names::*;
-use crate::upstream::{set_forwarding_headers, strip_hop_by_hop, strip_palisade_headers};
+use crate::upstream::{
+    UpstreamError, set_forwarding_headers, strip_hop_by_hop, strip_palisade_headers,
+};
 use crate::{Runtime, Shared};
 
 /// Handles one request; never fails (errors become responses).
@@ -895,11 +897,14 @@ async fn forward(
         .or_else(|| rt.upstreams.first())
         .ok_or(Refusal::UpstreamUnavailable)?;
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        Duration::from_nanos(server.upstream_timeout),
-        upstream.send(parts, body, host),
-    )
-    .await;
+    let result = upstream
+        .send(
+            parts,
+            body,
+            host,
+            Duration::from_nanos(server.upstream_timeout),
+        )
+        .await;
     let err_kind = |kind: &'static str| {
         shared
             .metrics
@@ -911,11 +916,11 @@ async fn forward(
             .inc();
     };
     let resp = match result {
-        Err(_) => {
+        Err(UpstreamError::Timeout) => {
             err_kind("timeout");
             return Err(Refusal::UpstreamTimeout);
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             if is_body_too_large(&e) {
                 err_kind("body_too_large");
                 return Err(Refusal::BodyTooLarge);
@@ -925,7 +930,7 @@ async fn forward(
             tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
             return Err(Refusal::UpstreamUnavailable);
         }
-        Ok(Ok(resp)) => resp,
+        Ok(resp) => resp,
     };
     let upstream_seconds = started.elapsed().as_secs_f64();
     match rt.route_series(decision.route, &shared.metrics) {

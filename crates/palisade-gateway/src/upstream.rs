@@ -28,6 +28,9 @@ pub enum UpstreamError {
     /// The exchange failed (the source chain tells why, e.g. a body over the limit).
     #[error("upstream exchange failed: {0}")]
     Exchange(#[source] BoxError),
+    /// No response head within the upstream timeout.
+    #[error("upstream timed out")]
+    Timeout,
 }
 
 impl UpstreamError {
@@ -112,12 +115,15 @@ impl Upstream {
 
     /// Sends a request whose headers are already rewritten. `host` is the client's host, used
     /// when the request has no `Host` header (an HTTP/2 client sends `:authority` instead).
+    /// Fails with [`UpstreamError::Timeout`] when no response head arrives within `timeout`.
     pub async fn send(
         &self,
         mut parts: http::request::Parts,
         body: OutBody,
         host: Option<&str>,
+        timeout: Duration,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let prefix = self.base.path().trim_end_matches('/');
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let target: Cow<'_, str> = if prefix.is_empty() {
@@ -133,9 +139,10 @@ impl Upstream {
                     parts.headers.insert(header::HOST, v);
                 }
                 return pool
-                    .send(&parts.method, &target, &parts.headers, body)
+                    .send(&parts.method, &target, &parts.headers, body, deadline)
                     .await
                     .map_err(|e| match e {
+                        H1Error::TimedOut => UpstreamError::Timeout,
                         e if e.is_connect() => UpstreamError::Connect(e.to_string()),
                         H1Error::Body(inner) => UpstreamError::Exchange(inner),
                         e => UpstreamError::Exchange(Box::new(e)),
@@ -155,16 +162,19 @@ impl Upstream {
         parts.version = Version::HTTP_2;
         // HTTP/2 carries the authority in :authority; the client's host is in X-Forwarded-Host.
         parts.headers.remove(header::HOST);
-        let resp = client
-            .request(Request::from_parts(parts, body.into_proxy_body()))
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Connect(e.to_string())
-                } else {
-                    UpstreamError::Exchange(Box::new(e))
-                }
-            })?;
+        let resp = tokio::time::timeout_at(
+            deadline,
+            client.request(Request::from_parts(parts, body.into_proxy_body())),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+        .map_err(|e| {
+            if e.is_connect() {
+                UpstreamError::Connect(e.to_string())
+            } else {
+                UpstreamError::Exchange(Box::new(e))
+            }
+        })?;
         Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
     }
 }
