@@ -446,14 +446,13 @@ impl Engine {
                 remaining: 0,
                 reset_secs: *reset,
             });
-        let mut headers = render_entries(limits.chain(quotas).chain(exhausted), with_policy)?;
-        headers.policy_set = self.policy_set(decision);
-        Some(headers)
+        render_entries(limits.chain(quotas).chain(exhausted), with_policy)
     }
 
     /// The configured limits a decision advertises, as a bit set of their indices; `None` when
     /// it advertises anything else (a key's limit, a quota, an exhausted budget) or an index past
-    /// 63. The same set always renders the same `RateLimit-Policy`.
+    /// 63. The same set always renders the same `RateLimit-Policy`, so a caller may keep the
+    /// rendered value per set.
     pub fn policy_set(&self, decision: &Decision) -> Option<u64> {
         if !decision.quotas.is_empty() || decision.exhausted.is_some() {
             return None;

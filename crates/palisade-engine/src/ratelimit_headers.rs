@@ -73,10 +73,6 @@ pub struct RateLimitHeaders {
     pub x_remaining: u64,
     /// `X-RateLimit-Reset`.
     pub x_reset: u64,
-    /// When `policy` lists configured limits only (no key limit, quota or exhausted budget),
-    /// which ones, as a bit set of limit indices (all below 64). The same set always renders
-    /// the same `RateLimit-Policy`, so a caller may keep the rendered value per set.
-    pub policy_set: Option<u64>,
 }
 
 /// Builds the headers for the limits that applied and are advertised; `None` if there are none.

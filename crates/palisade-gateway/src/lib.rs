@@ -118,7 +118,7 @@ pub struct Runtime {
     /// Requests held by a score delay (progressive throttling), gateway-wide.
     pub score_delays: Arc<Semaphore>,
     /// Rendered `RateLimit-Policy` values by the set of limits they list (see
-    /// [`palisade_engine::ratelimit_headers::RateLimitHeaders::policy_set`]): checked once, then
+    /// [`palisade_engine::Engine::policy_set`]): checked once, then
     /// shared, instead of validated and copied on every response. At most
     /// [`POLICY_VALUES_CAP`] sets; past that, values are built per response.
     /// Sorted by set.

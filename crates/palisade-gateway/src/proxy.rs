@@ -534,14 +534,15 @@ pub async fn handle(
         }
     };
     // The same advertised limits always render the same RateLimit-Policy: it is rendered once.
-    let kept_policy = rt.kept_policy(rt.engine.policy_set(&decision));
+    let policy_set = rt.engine.policy_set(&decision);
+    let kept_policy = rt.kept_policy(policy_set);
     if let Some(h) = rt
         .engine
         .rate_limit_headers(&decision, kept_policy.is_none())
     {
         let hs = response.headers_mut();
         hs.reserve(6);
-        if let Some(v) = kept_policy.or_else(|| rt.keep_policy(h.policy_set, h.policy)) {
+        if let Some(v) = kept_policy.or_else(|| rt.keep_policy(policy_set, h.policy)) {
             hs.insert(RATELIMIT_POLICY, v);
         }
         if let Ok(v) = HeaderValue::try_from(h.ratelimit) {
