@@ -86,3 +86,41 @@ pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// A client's request body: read by Palisade's own HTTP/1.x server, or by hyper's HTTP/2 one.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// HTTP/1.x.
+    H1(crate::h1server::RequestBody),
+    /// HTTP/2.
+    H2(hyper::body::Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
+}

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod h1;
+pub mod h1server;
 pub mod io;
 pub mod jwks;
 pub mod keys;

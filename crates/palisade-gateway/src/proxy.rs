@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
 use palisade_config::{OnEngineError, OnStoreError};
@@ -30,7 +29,7 @@ use palisade_keys::signature::{
 use palisade_intel::ja4h::HttpVersion;
 
 use crate::auth::{Authenticated, authenticate, presented};
-use crate::body::{Bounded, ProxyBody, is_body_too_large};
+use crate::body::{Bounded, ClientBody, ProxyBody, is_body_too_large};
 use crate::h1::OutBody;
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
@@ -45,7 +44,7 @@ use crate::{Runtime, Shared};
 /// Handles one request; never fails (errors become responses).
 pub async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // Arrival, on the engine's monotonic clock (also the decision's `now`).
@@ -639,7 +638,7 @@ pub async fn handle(
 }
 
 /// Reads a body up to `max` bytes; past that, or on a read error, the refusal to answer.
-async fn read_bounded(incoming: Incoming, max: u64) -> Result<Bytes, (Refusal, &'static str)> {
+async fn read_bounded(incoming: ClientBody, max: u64) -> Result<Bytes, (Refusal, &'static str)> {
     let limited = Limited::new(incoming, usize::try_from(max).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
@@ -987,7 +986,7 @@ async fn forward(
 }
 
 /// A 16-hex-digit request id, without going through `format!`.
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     let mut n = per_request_random();
     let mut out = String::with_capacity(16);
     for _ in 0..16 {

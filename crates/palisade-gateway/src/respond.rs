@@ -43,8 +43,12 @@ pub enum Refusal {
     HeadersTooLarge,
     /// Nothing here (404): what a honeypot answers.
     NotFound,
-    /// Unparseable request target (400).
+    /// Unparseable request target or head, or ambiguous framing (400).
     BadRequest,
+    /// A transfer coding other than `chunked` (501).
+    NotImplemented,
+    /// An `Expect` other than `100-continue` (417).
+    ExpectationFailed,
 }
 
 impl Refusal {
@@ -124,6 +128,16 @@ impl Refusal {
                 "bad_request",
                 "the request could not be understood",
             ),
+            Refusal::NotImplemented => (
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "the request's transfer coding is not supported",
+            ),
+            Refusal::ExpectationFailed => (
+                StatusCode::EXPECTATION_FAILED,
+                "expectation_failed",
+                "the request's expectation cannot be met",
+            ),
         }
     }
 
@@ -195,6 +209,8 @@ mod tests {
             Refusal::BodyTooLarge,
             Refusal::HeadersTooLarge,
             Refusal::BadRequest,
+            Refusal::NotImplemented,
+            Refusal::ExpectationFailed,
         ] {
             let resp = r.response("00ff\"<x>");
             let (status, code, message) = r.parts();

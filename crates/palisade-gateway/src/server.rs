@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -16,10 +17,11 @@ use tokio::task::JoinHandle;
 
 use palisade_config::Overrides;
 
+use crate::body::ClientBody;
 use crate::io::{IdleTimeoutIo, InFlight};
 use crate::reload::{self, ConfigSource};
 use crate::token::{self, TokenSource};
-use crate::{Runtime, Shared, SystemClock, admin, log, metrics, proxy, sample_api};
+use crate::{Runtime, Shared, SystemClock, admin, h1server, log, metrics, proxy, sample_api};
 use palisade_engine::Clock as _;
 
 /// How to start.
@@ -349,6 +351,61 @@ pub(crate) fn connection_builder(rt: &Runtime) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The HTTP/2 server for proxy connections that open with the HTTP/2 preface.
+fn h2_builder(rt: &Runtime) -> http2::Builder<TokioExecutor> {
+    let s = &rt.compiled.server;
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// The bounds of client connections, from the config.
+fn client_limits(rt: &Runtime) -> h1server::Limits {
+    let s = &rt.compiled.server;
+    h1server::Limits {
+        // The request line counts too: room for a long target beyond small header caps.
+        max_head_bytes: s.max_header_bytes.max(8192),
+        max_headers: s.max_header_count,
+        header_timeout: Duration::from_nanos(s.header_read_timeout),
+        idle_timeout: Duration::from_nanos(s.idle_timeout),
+    }
+}
+
+/// Serves an HTTP/2 (prior knowledge) client connection with hyper.
+async fn serve_h2(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    read: bytes::Bytes,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let (builder, limits) = {
+        let rt = shared.runtime.load();
+        (h2_builder(&rt), client_limits(&rt))
+    };
+    let in_flight = InFlight::default();
+    let io = TokioIo::new(IdleTimeoutIo::new(
+        h1server::Rewind::new(read, stream),
+        limits.idle_timeout,
+        Some(limits.header_timeout),
+        in_flight.clone(),
+    ));
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let s = shared.clone();
+        let guard = in_flight.start();
+        async move {
+            let r = proxy::handle(s, req.map(ClientBody::H2), peer).await;
+            drop(guard);
+            r
+        }
+    });
+    let _ = watcher.watch(builder.serve_connection(io, svc)).await;
+}
+
 async fn serve_proxy(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -370,7 +427,6 @@ async fn serve_proxy(
                         continue;
                     }
                 };
-                let rt = shared.runtime.load();
                 // Over the connection cap: close at once rather than queue (a flood of
                 // connections must not pile up in memory).
                 let Ok(slot) = connections.clone().try_acquire_owned() else {
@@ -379,28 +435,27 @@ async fn serve_proxy(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let idle = Duration::from_nanos(rt.compiled.server.idle_timeout);
-                let header = Duration::from_nanos(rt.compiled.server.header_read_timeout);
-                let builder = connection_builder(&rt);
-                drop(rt);
-                let in_flight = InFlight::default();
-                let io = TokioIo::new(IdleTimeoutIo::new(stream, idle, Some(header), in_flight.clone()));
+                let limits = client_limits(&shared.runtime.load());
                 let s = shared.clone();
-                let svc = service_fn(move |req| {
-                    let s = s.clone();
-                    let guard = in_flight.start();
-                    async move {
-                        let r = proxy::handle(s, req, peer).await;
-                        drop(guard);
-                        r
-                    }
-                });
-                let conn = builder.serve_connection(io, svc).into_owned();
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let stop = shutdown.clone();
                 let open = shared.metrics.connections_open.clone();
                 open.inc();
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let per_request = s.clone();
+                    let served = h1server::serve(stream, limits, stop, move |req| {
+                        let s = per_request.clone();
+                        async move {
+                            match proxy::handle(s, req.map(ClientBody::H1), peer).await {
+                                Ok(r) => r,
+                                Err(never) => match never {},
+                            }
+                        }
+                    })
+                    .await;
+                    if let h1server::Served::Http2 { stream, read } = served {
+                        serve_h2(s, stream, read, peer, watcher).await;
+                    }
                     open.dec();
                     drop(slot);
                 });
@@ -414,10 +469,14 @@ async fn serve_proxy(
         drain_timeout_s = drain.as_secs(),
         "shutting down: draining in-flight requests"
     );
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // HTTP/2 connections drain through hyper; HTTP/1.x ones close after their request in
+    // flight. All of them are done when every connection slot is back.
+    let all = u32::try_from(cap).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = connections.acquire_many(all).await;
+    };
+    if tokio::time::timeout(drain, drained).await.is_err() {
         tracing::warn!("drain timeout passed with requests still in flight");
     }
 }

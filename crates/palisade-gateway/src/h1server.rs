@@ -1,0 +1,1004 @@
+//! The proxy's HTTP/1.x server side: reads request heads, frames request bodies, writes
+//! responses. HTTP/2 connections (known by their preface) are handed back to the caller, which
+//! serves them with hyper.
+//!
+//! Written for the proxy's one job rather than as a general server, so that a request costs
+//! few instructions:
+//! - one parse of the head (httparse), header values kept as slices of the read buffer;
+//! - one timer per connection, re-armed only when it fires early (idle, head and write
+//!   timeouts all use it);
+//! - a response head and a small body leave in one write.
+//!
+//! Request framing follows RFC 9112 section 6 strictly, so that Palisade and the upstream can
+//! never disagree on where a request ends (request smuggling): `Transfer-Encoding` other than a
+//! lone `chunked`, `Transfer-Encoding` in HTTP/1.0, `Transfer-Encoding` together with
+//! `Content-Length`, conflicting `Content-Length` values, and a missing or repeated `Host` are
+//! refused with 400 (501 for an unknown transfer coding) and the connection is closed.
+//! Chunked bodies are decoded strictly (CRLF only; see [`ChunkedDecoder`]).
+//!
+//! `Expect: 100-continue` is answered with `100 Continue` as soon as the head is read, unless
+//! body bytes already came with it (RFC 9110 section 10.1.1 allows either).
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::time::{Instant, Sleep};
+
+use crate::body::ProxyBody;
+use crate::h1::{ChunkError, ChunkedDecoder};
+use crate::respond::Refusal;
+
+/// Bounds and timeouts of client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (request line and headers), bytes.
+    pub max_head_bytes: usize,
+    /// Most header fields in a request head.
+    pub max_headers: usize,
+    /// How long a request head may take to arrive once it began.
+    pub header_timeout: Duration,
+    /// How long a connection may sit without a request, and how long a read of a request
+    /// body or a write of a response may wait for the client.
+    pub idle_timeout: Duration,
+}
+
+/// How a connection ended.
+pub enum Served {
+    /// Closed (by either side, a timeout, an error or shutdown).
+    Closed,
+    /// The client spoke HTTP/2 with prior knowledge: the stream and what was already read
+    /// from it, for an HTTP/2 server.
+    Http2 {
+        /// The connection.
+        stream: TcpStream,
+        /// Bytes read from it (the start of the preface).
+        read: Bytes,
+    },
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Headers parsed into a stack array when the configured count allows; beyond it, a heap one.
+const STACK_HEADERS: usize = 100;
+
+/// Small response body chunks are copied next to the head (one write); larger ones are written
+/// from where they are.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// Serves HTTP/1.x requests on `stream` with `service` until the connection ends, or hands
+/// it back if it speaks HTTP/2.
+pub async fn serve<F, Fut>(
+    stream: TcpStream,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+    mut service: F,
+) -> Served
+where
+    F: FnMut(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<ProxyBody>>,
+{
+    let mut timer = Timer::new(Instant::now() + limits.idle_timeout);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut shutdown = Box::pin(async move {
+        let mut rx = shutdown;
+        let _ = rx.wait_for(|stop| *stop).await;
+    });
+    // The first bytes tell HTTP/2 (prior knowledge) from HTTP/1.x.
+    let idle_since = Instant::now();
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf.get(..n) != H2_PREFACE.get(..n) {
+            break;
+        }
+        if n == H2_PREFACE.len() {
+            return Served::Http2 {
+                stream,
+                read: buf.freeze(),
+            };
+        }
+        let deadline = idle_since + limits.idle_timeout;
+        match poll_fn(|cx| {
+            if let Poll::Ready(r) = poll_fill(&stream, cx, &mut buf) {
+                return Poll::Ready(r.ok().filter(|n| *n > 0).is_some());
+            }
+            if timer.poll_reached(cx, deadline).is_ready() || shutdown.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await
+        {
+            true => {}
+            false => return Served::Closed,
+        }
+    }
+    let mut conn = Conn {
+        stream: Arc::new(stream),
+        out: Vec::with_capacity(4 * 1024),
+        timer,
+        limits,
+        shutdown,
+        stopping: false,
+    };
+    let mut buf = Some(buf);
+    let mut idle_since = Some(idle_since);
+    loop {
+        let Some(mut rbuf) = buf.take() else {
+            return Served::Closed;
+        };
+        let head = match conn.read_head(&mut rbuf, &mut idle_since).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Served::Closed,
+            Err(refusal) => {
+                conn.refuse(refusal).await;
+                return Served::Closed;
+            }
+        };
+        let head_only = head.parts.method == Method::HEAD;
+        let version = head.parts.version;
+        let mut keep_alive = head.keep_alive;
+        let (body, back) = match head.framing {
+            Framing::None | Framing::Length(0) => (RequestBody(None), None),
+            framing => {
+                if head.expect_continue && rbuf.is_empty() {
+                    let r = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                    if r.is_err() {
+                        return Served::Closed;
+                    }
+                }
+                let (tx, rx) = oneshot::channel();
+                let body = Lent {
+                    stream: conn.stream.clone(),
+                    buf: rbuf,
+                    left: match framing {
+                        Framing::Length(n) => Left::Length(n),
+                        _ => Left::Chunked(ChunkedDecoder::default()),
+                    },
+                    back: Some(tx),
+                    idle: limits.idle_timeout,
+                    timer: None,
+                };
+                rbuf = BytesMut::new();
+                (RequestBody(Some(Box::new(body))), Some(rx))
+            }
+        };
+        let response = service(Request::from_parts(head.parts, body)).await;
+        // A body not read to its end (nor already in the buffer) leaves the connection's
+        // framing unknown: the connection closes after this response.
+        if let Some(mut rx) = back {
+            match rx.try_recv() {
+                Ok(returned) => rbuf = returned,
+                Err(_) => keep_alive = false,
+            }
+        }
+        if conn.stopping() {
+            keep_alive = false;
+        }
+        match conn
+            .write_response(response, head_only, version, keep_alive)
+            .await
+        {
+            Ok(true) if keep_alive => {}
+            _ => return Served::Closed,
+        }
+        buf = Some(rbuf);
+        idle_since = None;
+    }
+}
+
+/// A connection after protocol detection.
+struct Conn {
+    stream: Arc<TcpStream>,
+    out: Vec<u8>,
+    timer: Timer,
+    limits: Limits,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stopping: bool,
+}
+
+impl Conn {
+    /// Whether shutdown began (checked without waiting).
+    fn stopping(&mut self) -> bool {
+        if !self.stopping {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            self.stopping = self.shutdown.as_mut().poll(&mut cx).is_ready();
+        }
+        self.stopping
+    }
+
+    /// Reads until a whole head is in `buf` and parses it. `Ok(None)`: the connection ended
+    /// (closed by the client, idle, or shutdown) between requests.
+    async fn read_head(
+        &mut self,
+        buf: &mut BytesMut,
+        idle_since: &mut Option<Instant>,
+    ) -> Result<Option<Head>, Refusal> {
+        let max_head = self.limits.max_head_bytes;
+        let mut head_since: Option<Instant> = None;
+        loop {
+            if !buf.is_empty() {
+                match parse_head(buf, self.limits.max_headers)? {
+                    Some(head) => return Ok(Some(head)),
+                    None if buf.len() >= max_head => return Err(Refusal::HeadersTooLarge),
+                    None => {}
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4 * 1024);
+            }
+            let limits = self.limits;
+            let stream = &self.stream;
+            let timer = &mut self.timer;
+            let shutdown = &mut self.shutdown;
+            let stopping = &mut self.stopping;
+            let got = poll_fn(|cx| {
+                if let Poll::Ready(r) = poll_fill(stream, cx, buf) {
+                    return Poll::Ready(r.ok().filter(|n| *n > 0).is_some());
+                }
+                let deadline = if buf.is_empty() {
+                    // Between requests: the idle timeout, and shutdown closes at once.
+                    if shutdown.as_mut().poll(cx).is_ready() {
+                        *stopping = true;
+                        return Poll::Ready(false);
+                    }
+                    *idle_since.get_or_insert_with(Instant::now) + limits.idle_timeout
+                } else {
+                    *head_since.get_or_insert_with(Instant::now) + limits.header_timeout
+                };
+                if timer.poll_reached(cx, deadline).is_ready() {
+                    return Poll::Ready(false);
+                }
+                Poll::Pending
+            })
+            .await;
+            if !got {
+                // Closed, timed out, or shutting down: nothing to answer (a partial head that
+                // timed out is the slowloris case; its client gets no more of our time).
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Answers a request that could not be read, then the connection closes.
+    async fn refuse(&mut self, refusal: Refusal) {
+        let response = refusal.response(&crate::proxy::request_id());
+        let _ = self
+            .write_response(response, false, Version::HTTP_11, false)
+            .await;
+    }
+
+    /// Writes everything in `data`, waiting for the client at most the idle timeout.
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        write_all(
+            &self.stream,
+            &mut self.timer,
+            self.limits.idle_timeout,
+            data,
+        )
+        .await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        let r = write_all(
+            &self.stream,
+            &mut self.timer,
+            self.limits.idle_timeout,
+            &self.out,
+        )
+        .await;
+        self.out.clear();
+        r
+    }
+
+    /// Writes a response. `Ok(false)`: it was written but the connection cannot carry
+    /// another (the body was cut short or had no length).
+    async fn write_response(
+        &mut self,
+        response: Response<ProxyBody>,
+        head_only: bool,
+        version: Version,
+        keep_alive: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let no_body = head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| parse_length(v.as_bytes()));
+        let framing = if no_body {
+            Out::None
+        } else if let Some(n) = body.size_hint().exact().or(declared) {
+            Out::Length(n)
+        } else if version == Version::HTTP_11 {
+            Out::Chunked
+        } else {
+            Out::Close
+        };
+        let keep_alive = keep_alive && framing != Out::Close;
+        encode_head(&mut self.out, status, &parts.headers, framing, declared);
+        if !keep_alive {
+            self.out.extend_from_slice(b"connection: close\r\n");
+        } else if version == Version::HTTP_10 {
+            self.out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        if framing == Out::None {
+            self.flush().await?;
+            return Ok(true);
+        }
+        let mut left = match framing {
+            Out::Length(n) => Some(n),
+            _ => None,
+        };
+        loop {
+            // A frame ready now joins what is buffered; otherwise the buffer goes out first.
+            let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                Poll::Ready(f) => f,
+                Poll::Pending => {
+                    if !self.out.is_empty() {
+                        self.flush().await?;
+                    }
+                    poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(_)) => {
+                    // The body broke: what was sent cannot be completed.
+                    let _ = self.flush().await;
+                    return Ok(false);
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue, // trailers are not forwarded
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let data = match &mut left {
+                Some(n) => {
+                    let take = data.len().min(usize::try_from(*n).unwrap_or(usize::MAX));
+                    *n -= take as u64;
+                    data.slice(..take)
+                }
+                None => data,
+            };
+            if framing == Out::Chunked {
+                push_hex(&mut self.out, data.len());
+                self.out.extend_from_slice(b"\r\n");
+            }
+            if data.len() <= COALESCE_BYTES {
+                self.out.extend_from_slice(&data);
+            } else {
+                self.flush().await?;
+                self.write_all(&data).await?;
+            }
+            if framing == Out::Chunked {
+                self.out.extend_from_slice(b"\r\n");
+            }
+            if left == Some(0) {
+                break;
+            }
+        }
+        if framing == Out::Chunked {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush().await?;
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::with_capacity(4 * 1024);
+        }
+        // A body shorter than its declared length leaves the client waiting for the rest.
+        Ok(left.is_none_or(|n| n == 0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Out,
+    declared: Option<u64>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        has_date |= name == DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Out::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // A HEAD or 304 answer keeps the length the full response would have; 1xx and 204
+        // have none (RFC 9110 section 8.6).
+        Out::None => {
+            if let Some(n) =
+                declared.filter(|_| !status.is_informational() && status != StatusCode::NO_CONTENT)
+            {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        Out::Close => {}
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b"0123456789abcdef".get(n & 0xf).copied().unwrap_or(b'0');
+        }
+        n >>= 4;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(i..).unwrap_or_default());
+}
+
+/// The `Date` value, formatted once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs || d.1.is_empty() {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(d.1.as_bytes());
+    });
+}
+
+/// How a request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct Head {
+    /// Method, target, version and headers.
+    pub parts: http::request::Parts,
+    /// How the body is framed.
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` (HTTP/1.1).
+    pub expect_continue: bool,
+}
+
+/// Parses a request head at the front of `buf`, taking it off on success. `Ok(None)`: not
+/// complete yet. Errors are the answer to give (the connection closes after it).
+pub fn parse_head(buf: &mut BytesMut, max_headers: usize) -> Result<Option<Head>, Refusal> {
+    let mut stack = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); STACK_HEADERS];
+    let mut heap;
+    let slots = if max_headers <= STACK_HEADERS {
+        stack.get_mut(..max_headers).unwrap_or_default()
+    } else {
+        heap = vec![std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); max_headers];
+        heap.as_mut_slice()
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let status = req.parse_with_uninit_headers(buf, slots);
+    let len = match status {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::HeadersTooLarge),
+        Err(_) => return Err(Refusal::BadRequest),
+    };
+    let method = req
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .ok_or(Refusal::BadRequest)?;
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(Refusal::BadRequest),
+    };
+    let offset = |s: &[u8]| ((s.as_ptr() as usize).wrapping_sub(base), s.len());
+    let target = req.path.map(|p| offset(p.as_bytes()));
+    // Header positions, so that the values can be slices of the head once it is split off.
+    let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::BadRequest)?;
+        let (at, n) = offset(h.value);
+        fields.push((name, at, n));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = match target {
+        Some((at, n)) => {
+            Uri::from_maybe_shared(piece(&head, at, n)?).map_err(|_| Refusal::BadRequest)?
+        }
+        None => return Err(Refusal::BadRequest),
+    };
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut hosts = 0usize;
+    let mut close = version == Version::HTTP_10;
+    let mut expect_continue = false;
+    for (name, at, n) in fields {
+        let value = HeaderValue::from_maybe_shared(piece(&head, at, n)?)
+            .map_err(|_| Refusal::BadRequest)?;
+        if name == CONTENT_LENGTH {
+            for part in value.as_bytes().split(|b| *b == b',') {
+                let n = parse_length(part).ok_or(Refusal::BadRequest)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Refusal::BadRequest);
+                }
+                length = Some(n);
+            }
+        } else if name == TRANSFER_ENCODING {
+            transfer_encoding = true;
+            for coding in value.as_bytes().split(|b| *b == b',') {
+                let coding = coding.trim_ascii();
+                if coding.is_empty() {
+                    continue;
+                }
+                // Only a single `chunked` is understood; anything after it, or a second one,
+                // leaves the framing ambiguous.
+                if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                    return Err(if chunked || coding.eq_ignore_ascii_case(b"chunked") {
+                        Refusal::BadRequest
+                    } else {
+                        Refusal::NotImplemented
+                    });
+                }
+                chunked = true;
+            }
+        } else if name == HOST {
+            hosts += 1;
+        } else if name == CONNECTION {
+            for token in value.as_bytes().split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    close = false;
+                }
+            }
+        } else if name == EXPECT && version == Version::HTTP_11 {
+            if value.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(Refusal::ExpectationFailed);
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = match (transfer_encoding, length) {
+        (true, _) if version == Version::HTTP_10 => return Err(Refusal::BadRequest),
+        (true, Some(_)) => return Err(Refusal::BadRequest),
+        (true, None) if !chunked => return Err(Refusal::BadRequest),
+        (true, None) => Framing::Chunked,
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::None,
+    };
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(Refusal::BadRequest);
+    }
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Head {
+        parts,
+        framing,
+        keep_alive: !close,
+        expect_continue,
+    }))
+}
+
+/// `n` bytes of `head` from `at`, shared (not copied).
+fn piece(head: &Bytes, at: usize, n: usize) -> Result<Bytes, Refusal> {
+    let end = at.checked_add(n).ok_or(Refusal::BadRequest)?;
+    if end > head.len() {
+        return Err(Refusal::BadRequest);
+    }
+    Ok(head.slice(at..end))
+}
+
+/// Digits only (no sign, no spaces inside), at most what fits in a u64.
+fn parse_length(s: &[u8]) -> Option<u64> {
+    let s = s.trim_ascii();
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Reads what is available into `buf`, waiting for readiness without a syscall.
+fn poll_fill(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match stream.try_read_buf(buf) {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+async fn write_all(
+    stream: &TcpStream,
+    timer: &mut Timer,
+    wait: Duration,
+    mut data: &[u8],
+) -> io::Result<()> {
+    let mut deadline: Option<Instant> = None;
+    while !data.is_empty() {
+        match stream.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = data.get(n..).unwrap_or_default(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let until = *deadline.get_or_insert_with(|| Instant::now() + wait);
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = stream.poll_write_ready(cx) {
+                        return Poll::Ready(r);
+                    }
+                    if timer.poll_reached(cx, until).is_ready() {
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                    Poll::Pending
+                })
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One timer for many deadlines: brought forward when a deadline is earlier than it, re-armed
+/// when it fires before the deadline being waited for. Deadlines that keep moving later (the
+/// idle deadline of a busy connection) cost nothing until it fires.
+struct Timer(Pin<Box<Sleep>>);
+
+impl Timer {
+    fn new(at: Instant) -> Self {
+        Self(Box::pin(tokio::time::sleep_until(at)))
+    }
+
+    fn poll_reached(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        if self.0.deadline() > deadline {
+            self.0.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(self.0.as_mut().poll(cx));
+            if self.0.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            self.0.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// A request body read from the client connection as the consumer asks for it, never
+/// buffered whole.
+pub struct RequestBody(Option<Box<Lent>>);
+
+impl RequestBody {
+    /// A request without a body.
+    pub fn empty() -> Self {
+        Self(None)
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestBody")
+    }
+}
+
+/// The connection's read buffer, lent to the body while it is read.
+struct Lent {
+    stream: Arc<TcpStream>,
+    buf: BytesMut,
+    left: Left,
+    /// Where the buffer goes back when the body ended cleanly (with any pipelined bytes).
+    back: Option<oneshot::Sender<BytesMut>>,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+enum Left {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client closed the connection before the body ended.
+    #[error("the client closed the connection before the request body ended")]
+    Incomplete,
+    /// The client sent nothing for the idle timeout.
+    #[error("the client stopped sending the request body")]
+    TimedOut,
+    /// The chunked framing was broken.
+    #[error("malformed chunked request body: {0}")]
+    Chunked(#[from] ChunkError),
+    /// Reading failed.
+    #[error("reading the request body: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Lent {
+    fn done(&self) -> bool {
+        match &self.left {
+            Left::Length(n) => *n == 0,
+            Left::Chunked(d) => d.is_done(),
+        }
+    }
+
+    /// The body ended: the buffer (with whatever follows the body) goes back.
+    fn give_back(&mut self) {
+        if let Some(tx) = self.back.take() {
+            let _ = tx.send(std::mem::take(&mut self.buf));
+        }
+    }
+
+    fn next_data(&mut self) -> Result<Option<Bytes>, ChunkError> {
+        match &mut self.left {
+            Left::Length(n) => {
+                if *n == 0 || self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(*n).unwrap_or(usize::MAX));
+                *n -= take as u64;
+                Ok(Some(self.buf.split_to(take).freeze()))
+            }
+            Left::Chunked(d) => d.decode(&mut self.buf),
+        }
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            match self.next_data() {
+                Ok(Some(data)) => {
+                    if self.done() {
+                        self.give_back();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Ok(None) if self.done() => {
+                    self.give_back();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.back = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 4 * 1024 {
+                self.buf.reserve(16 * 1024);
+            }
+            match poll_fill(&self.stream, cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) => {
+                    self.back = None;
+                    return Poll::Ready(Some(Err(BodyError::Incomplete)));
+                }
+                Poll::Ready(Ok(_)) => self.timer = None,
+                Poll::Ready(Err(e)) => {
+                    self.back = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Pending => {
+                    let idle = self.idle;
+                    let sleep = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        self.back = None;
+                        return Poll::Ready(Some(Err(BodyError::TimedOut)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // A body left unread can still leave the connection usable when all of it already
+        // arrived (a small body with a refused request).
+        while self.back.is_some() && !self.done() {
+            match self.next_data() {
+                Ok(Some(_)) => {}
+                _ => return,
+            }
+        }
+        self.give_back();
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(lent) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(lent.poll_data(cx)) {
+            Some(Ok(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Some(Err(e)) => {
+                self.0 = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                self.0 = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|l| l.done())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.0.as_ref().map(|l| &l.left) {
+            None => SizeHint::with_exact(0),
+            Some(Left::Length(n)) => SizeHint::with_exact(*n),
+            Some(Left::Chunked(_)) => SizeHint::default(),
+        }
+    }
+}
+
+/// A stream with bytes already read from it put back in front (for the HTTP/2 hand-off).
+pub struct Rewind {
+    read: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    /// Reads `read` first, then `inner`.
+    pub fn new(read: Bytes, inner: TcpStream) -> Self {
+        Self { read, inner }
+    }
+}
+
+impl tokio::io::AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(self.read.get(..n).unwrap_or_default());
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Parses `input` as pipelined request heads and bodies without I/O, as the server would read
+/// them; for fuzzing. Returns how many body bytes were decoded.
+pub fn parse_for_fuzz(input: &[u8], max_headers: usize) -> usize {
+    let mut total = 0;
+    let mut buf = BytesMut::from(input);
+    loop {
+        let head = match parse_head(&mut buf, max_headers) {
+            Ok(Some(head)) => head,
+            _ => return total,
+        };
+        match head.framing {
+            Framing::None => {}
+            Framing::Length(n) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+                total += n;
+                buf.advance(n);
+            }
+            Framing::Chunked => {
+                let mut dec = ChunkedDecoder::default();
+                loop {
+                    match dec.decode(&mut buf) {
+                        Ok(Some(d)) => total += d.len(),
+                        Ok(None) if dec.is_done() => break,
+                        _ => return total,
+                    }
+                }
+            }
+        }
+        if !head.keep_alive {
+            return total;
+        }
+    }
+}
