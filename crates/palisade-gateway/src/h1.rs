@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -190,9 +190,95 @@ impl Conn {
 /// A response head as parsed, before its body is attached.
 struct Head {
     status: StatusCode,
-    headers: HeaderMap,
+    fields: UpstreamFields,
     kind: BodyKind,
     reusable: bool,
+}
+
+/// A response's header fields as the upstream sent them, less the hop-by-hop ones (and those
+/// `Connection` names) and the framing ones: kept as `name: value` lines to be written to an
+/// HTTP/1.x client as they are, without building a `HeaderMap` per response. Travels as an
+/// extension of the response; [`UpstreamFields::merge_into`] makes headers of them for HTTP/2.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamFields {
+    lines: Bytes,
+    /// The upstream's `Content-Length` (absent with `Transfer-Encoding`): the length a
+    /// response to HEAD describes.
+    pub content_length: Option<u64>,
+}
+
+impl UpstreamFields {
+    /// The fields as `(name, value)`, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines().map(|line| {
+            let line = line.strip_suffix(b"\r\n").unwrap_or(line);
+            let colon = line.iter().position(|b| *b == b':').unwrap_or(line.len());
+            let (name, value) = line.split_at(colon);
+            (name, value.get(2..).unwrap_or_default())
+        })
+    }
+
+    /// Each field as its wire line, `name: value\r\n`.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.lines.split_inclusive(|b| *b == b'\n')
+    }
+
+    /// The first value of `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// Appends the fields to `headers`, except those whose name `headers` already has (set by
+    /// Palisade, they replace the upstream's), with the upstream's `Content-Length`.
+    pub fn merge_into(&self, headers: &mut HeaderMap) {
+        let kept: Vec<(HeaderName, HeaderValue)> = self
+            .iter()
+            .filter_map(|(n, v)| {
+                let name = HeaderName::from_bytes(n).ok()?;
+                if headers.contains_key(&name) {
+                    return None;
+                }
+                Some((name, HeaderValue::from_bytes(v).ok()?))
+            })
+            .collect();
+        for (name, value) in kept {
+            headers.append(name, value);
+        }
+        if let Some(n) = self.content_length
+            && !headers.contains_key(CONTENT_LENGTH)
+        {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+
+    /// Moves a response's upstream fields into its headers (for clients other than HTTP/1.x).
+    pub fn merge_response<B>(resp: &mut Response<B>) {
+        if let Some(fields) = resp.extensions_mut().remove::<UpstreamFields>() {
+            fields.merge_into(resp.headers_mut());
+        }
+    }
+}
+
+/// Whether a response field is not forwarded as it came: hop-by-hop fields (RFC 9110 section
+/// 7.6.1) and framing, which the side facing the client sets itself.
+fn is_not_forwarded(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 10] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"content-length",
+    ];
+    NAMES
+        .iter()
+        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
 }
 
 /// How the response body is delimited (RFC 9112 section 6.3).
@@ -384,7 +470,7 @@ impl H1Pool {
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = head.status;
-        *resp.headers_mut() = head.headers;
+        resp.extensions_mut().insert(head.fields);
         resp
     }
 }
@@ -585,18 +671,40 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
         return Ok(Parsed::Complete { len, head: None });
     }
     let http11 = resp.version == Some(1);
-    // With room for what the proxy adds (RateLimit headers, request id) without regrowing.
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 8);
     let mut close = !http11;
     let mut chunked = false;
     let mut has_te = false;
     let mut length: Option<u64> = None;
+    // Names that `Connection` lists are hop-by-hop too (RFC 9110 section 7.6.1).
+    let mut listed: Vec<&[u8]> = Vec::new();
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| H1Error::Protocol("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| H1Error::Protocol("invalid header value"))?;
-        if name == TRANSFER_ENCODING {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    if !http11 {
+                        close = false;
+                    }
+                } else if !t.is_empty() {
+                    listed.push(t);
+                }
+            }
+        }
+    }
+    let mut lines = BytesMut::with_capacity(len);
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        // httparse checked the name's characters; values get HeaderValue's rule (no control
+        // bytes but HTAB), so that what is forwarded is what a HeaderMap would have held.
+        if h.value
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err(H1Error::Protocol("invalid header value"));
+        }
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
             has_te = true;
             // Only the last coding decides (RFC 9112 section 6.3, item 4).
             chunked = h
@@ -604,7 +712,7 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == CONTENT_LENGTH {
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             for part in h.value.split(|b| *b == b',') {
                 let n = parse_length(part.trim_ascii())
                     .ok_or(H1Error::Protocol("invalid content-length"))?;
@@ -613,17 +721,14 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
                 }
                 length = Some(n);
             }
-        } else if name == CONNECTION {
-            for token in h.value.split(|b| *b == b',') {
-                let t = token.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !http11 && t.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
-                }
-            }
         }
-        headers.append(name, value);
+        if is_not_forwarded(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        lines.extend_from_slice(name);
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(h.value);
+        lines.extend_from_slice(b"\r\n");
     }
     let kind = if head_only
         || status.is_informational()
@@ -632,8 +737,6 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
     {
         BodyKind::Length(0)
     } else if has_te {
-        // Transfer-Encoding overrides Content-Length, which must then not be forwarded.
-        headers.remove(CONTENT_LENGTH);
         if chunked {
             BodyKind::Chunked
         } else {
@@ -644,12 +747,17 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
     } else {
         BodyKind::Close
     };
+    // Transfer-Encoding overrides Content-Length, which must then not be forwarded.
+    let fields = UpstreamFields {
+        lines: lines.freeze(),
+        content_length: if has_te { None } else { length },
+    };
     let reusable = !close && kind != BodyKind::Close && status != StatusCode::SWITCHING_PROTOCOLS;
     Ok(Parsed::Complete {
         len,
         head: Some(Head {
             status,
-            headers,
+            fields,
             kind,
             reusable,
         }),
@@ -1180,7 +1288,8 @@ mod tests {
             false,
         );
         assert_eq!(h.kind, BodyKind::Chunked);
-        assert!(h.headers.get(CONTENT_LENGTH).is_none());
+        assert_eq!(h.fields.content_length, None);
+        assert!(h.fields.get("content-length").is_none());
         // A final coding other than chunked: read until close.
         let (_, h) = head(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
@@ -1231,6 +1340,49 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn upstream_fields_drop_hop_by_hop_and_framing_and_merge_under_palisades_own() {
+        let (_, h) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\nContent-Length: 2\r\nUpgrade: h2c\r\nset-cookie: b=2\r\nRateLimit: up\r\nX-Tab: a\tb\r\n\r\n",
+            false,
+        );
+        let names: Vec<String> = h
+            .fields
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Content-Type",
+                "Set-Cookie",
+                "set-cookie",
+                "RateLimit",
+                "X-Tab"
+            ]
+        );
+        assert_eq!(h.fields.content_length, Some(2));
+        assert_eq!(h.fields.get("content-type"), Some(&b"text/plain"[..]));
+        assert_eq!(h.fields.get("x-tab"), Some(&b"a\tb"[..]));
+        let wire: Vec<u8> = h.fields.lines().flatten().copied().collect();
+        assert!(wire.starts_with(b"Content-Type: text/plain\r\nSet-Cookie: a=1\r\n"));
+
+        let mut mine = HeaderMap::new();
+        mine.insert("ratelimit", HeaderValue::from_static("palisade"));
+        h.fields.merge_into(&mut mine);
+        assert_eq!(
+            mine["ratelimit"], "palisade",
+            "Palisade's own value replaces"
+        );
+        let cookies: Vec<_> = mine.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "repeated fields all kept");
+        assert_eq!(mine["content-length"], "2");
+        assert!(mine.get("x-secret").is_none() && mine.get("keep-alive").is_none());
+
+        // Control bytes in a value are refused, as a HeaderMap would.
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX: a\x01b\r\n\r\n", false).is_err());
     }
 
     #[test]
@@ -1333,6 +1485,8 @@ mod tests {
         let resp = p
             .send_soon(&Method::GET, path, &host(), OutBody::Empty)
             .await?;
+        let mut resp = resp;
+        UpstreamFields::merge_response(&mut resp);
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await?.to_bytes();
         Ok((parts.status, parts.headers, bytes.to_vec()))
@@ -1360,7 +1514,8 @@ mod tests {
                 .unwrap();
             // Back in the pool before the body is even read.
             assert_eq!(p.idle_count(), 1);
-            assert_eq!(resp.headers()["x-up"], "1");
+            let fields = resp.extensions().get::<UpstreamFields>().unwrap();
+            assert_eq!(fields.get("X-Up"), Some(&b"1"[..]));
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, format!("you asked /n/{i}"));
         }
@@ -1462,7 +1617,8 @@ mod tests {
         for _ in 0..2 {
             let (status, headers, body) = get(&p, "/").await.unwrap();
             assert_eq!(status, 200);
-            assert_eq!(headers["transfer-encoding"], "chunked");
+            // The framing is the client side's business: not forwarded.
+            assert!(headers.get("transfer-encoding").is_none());
             assert_eq!(body, b"wikipedia in\r\n\r\nchunks.");
             assert_eq!(p.idle_count(), 1);
         }

@@ -37,7 +37,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::ProxyBody;
-use crate::h1::{ChunkError, ChunkedDecoder};
+use crate::h1::{ChunkError, ChunkedDecoder, UpstreamFields};
 use crate::respond::Refusal;
 
 /// Bounds and timeouts of client connections.
@@ -318,10 +318,16 @@ impl Conn {
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| parse_length(v.as_bytes()));
+        let fields = parts.extensions.get::<UpstreamFields>();
+        let mut declared = match parts.headers.get(CONTENT_LENGTH) {
+            Some(v) => parse_length(v.as_bytes()),
+            None => fields.and_then(|f| f.content_length),
+        };
+        if head_only && declared.is_none() {
+            // An answer made here for a HEAD request: the length its GET would have. (An
+            // upstream's answer to HEAD has an empty body: its own length, or none, stands.)
+            declared = body.size_hint().exact().filter(|n| *n > 0);
+        }
         let framing = if no_body {
             Out::None
         } else if let Some(n) = body.size_hint().exact().or(declared) {
@@ -332,7 +338,14 @@ impl Conn {
             Out::Close
         };
         let keep_alive = keep_alive && framing != Out::Close;
-        encode_head(&mut self.out, status, &parts.headers, framing, declared);
+        encode_head(
+            &mut self.out,
+            status,
+            &parts.headers,
+            fields,
+            framing,
+            declared,
+        );
         if !keep_alive {
             self.out.extend_from_slice(b"connection: close\r\n");
         } else if version == Version::HTTP_10 {
@@ -422,6 +435,7 @@ fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    fields: Option<&UpstreamFields>,
     framing: Out,
     declared: Option<u64>,
 ) {
@@ -440,6 +454,16 @@ fn encode_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    // The upstream's own fields, except those Palisade set (which replace them).
+    for (line, (name, _)) in fields.into_iter().flat_map(|f| f.lines().zip(f.iter())) {
+        if headers.keys().any(|k| {
+            k.as_str().len() == name.len() && k.as_str().as_bytes().eq_ignore_ascii_case(name)
+        }) {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        out.extend_from_slice(line);
     }
     match framing {
         Out::Length(n) => {
@@ -1000,5 +1024,520 @@ pub fn parse_for_fuzz(input: &[u8], max_headers: usize) -> usize {
         if !head.keep_alive {
             return total;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn parse(wire: &str) -> Result<Option<Head>, Refusal> {
+        parse_head(&mut BytesMut::from(wire.as_bytes()), 100)
+    }
+
+    fn framing(wire: &str) -> Result<Framing, Refusal> {
+        parse(wire).map(|h| h.expect("complete head").framing)
+    }
+
+    #[test]
+    fn request_framing_follows_rfc_9112_section_6_and_refuses_ambiguity() {
+        let h = "GET / HTTP/1.1\r\nHost: a\r\n";
+        assert_eq!(framing(&format!("{h}\r\n")), Ok(Framing::None));
+        assert_eq!(
+            framing(&format!("{h}Content-Length: 12\r\n\r\n")),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            framing(&format!(
+                "{h}Content-Length: 5\r\nContent-Length: 5\r\n\r\n"
+            )),
+            Ok(Framing::Length(5)),
+            "repeated identical lengths are one length"
+        );
+        assert_eq!(
+            framing(&format!("{h}Transfer-Encoding: Chunked\r\n\r\n")),
+            Ok(Framing::Chunked)
+        );
+        for (extra, want) in [
+            (
+                "Content-Length: 5\r\nContent-Length: 6\r\n",
+                Refusal::BadRequest,
+            ),
+            ("Content-Length: 5, 6\r\n", Refusal::BadRequest),
+            ("Content-Length: +5\r\n", Refusal::BadRequest),
+            ("Content-Length: 0x5\r\n", Refusal::BadRequest),
+            (
+                "Content-Length: 99999999999999999999\r\n",
+                Refusal::BadRequest,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                Refusal::BadRequest,
+            ),
+            (
+                "Transfer-Encoding: chunked, chunked\r\n",
+                Refusal::BadRequest,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                Refusal::BadRequest,
+            ),
+            ("Transfer-Encoding: chunked, gzip\r\n", Refusal::BadRequest),
+            ("Transfer-Encoding: gzip\r\n", Refusal::NotImplemented),
+            (
+                "Transfer-Encoding: gzip, chunked\r\n",
+                Refusal::NotImplemented,
+            ),
+            ("Transfer-Encoding: \r\n", Refusal::BadRequest),
+            ("Host: b\r\n", Refusal::BadRequest),
+            ("Expect: 200-ok\r\n", Refusal::ExpectationFailed),
+        ] {
+            assert_eq!(
+                framing(&format!("{h}{extra}\r\n")).err(),
+                Some(want),
+                "{extra}"
+            );
+        }
+        // HTTP/1.0 has no chunked framing; a Transfer-Encoding there is faulty framing.
+        assert_eq!(
+            framing("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").err(),
+            Some(Refusal::BadRequest)
+        );
+        assert_eq!(
+            framing("GET / HTTP/1.1\r\n\r\n").err(),
+            Some(Refusal::BadRequest),
+            "HTTP/1.1 without Host"
+        );
+        assert_eq!(framing("GET / HTTP/1.0\r\n\r\n"), Ok(Framing::None));
+    }
+
+    #[test]
+    fn malformed_heads_are_refused_and_partial_ones_wait() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+        assert!(parse("GE").unwrap().is_none());
+        for bad in [
+            "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n",
+        ] {
+            assert_eq!(parse(bad).err(), Some(Refusal::BadRequest), "{bad:?}");
+        }
+        let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).err(),
+            Some(Refusal::HeadersTooLarge)
+        );
+        let few: String = (0..10).map(|i| format!("x-{i}: v\r\n")).collect();
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\nHost: a\r\n{few}\r\n").as_str());
+        assert_eq!(
+            parse_head(&mut buf, 5).err(),
+            Some(Refusal::HeadersTooLarge),
+            "the configured count, not the stack array, is the bound"
+        );
+    }
+
+    #[test]
+    fn heads_give_method_target_version_headers_and_connection_reuse() {
+        let mut buf = BytesMut::from(
+            "POST /a/b?c=d HTTP/1.1\r\nHost: x\r\nX-Two: 1\r\nx-two: 2\r\nExpect: 100-Continue\r\nConnection: keep-alive, close\r\nContent-Length: 3\r\n\r\nabcGET",
+        );
+        let head = parse_head(&mut buf, 100).unwrap().unwrap();
+        assert_eq!(&buf[..], b"abcGET", "only the head is taken off");
+        assert_eq!(head.parts.method, Method::POST);
+        assert_eq!(head.parts.uri.path(), "/a/b");
+        assert_eq!(head.parts.uri.query(), Some("c=d"));
+        assert_eq!(head.parts.version, Version::HTTP_11);
+        let twos: Vec<_> = head.parts.headers.get_all("x-two").iter().collect();
+        assert_eq!(twos, ["1", "2"]);
+        assert!(head.expect_continue);
+        assert!(!head.keep_alive);
+        let h10 = |c: &str| {
+            parse(&format!("GET / HTTP/1.0\r\n{c}\r\n"))
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        };
+        assert!(!h10(""));
+        assert!(h10("Connection: Keep-Alive\r\n"));
+        let absolute = parse("GET http://example.com/p HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(absolute.parts.uri.host(), Some("example.com"));
+    }
+
+    #[test]
+    fn chunk_sizes_are_written_in_lowercase_hex() {
+        for n in [0usize, 1, 9, 10, 255, 4096, 0xdead_beef, usize::MAX] {
+            let mut out = Vec::new();
+            push_hex(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:x}"));
+        }
+    }
+
+    // A real server on a real socket, with a service that echoes what it was sent.
+
+    fn limits() -> Limits {
+        Limits {
+            max_head_bytes: 8192,
+            max_headers: 100,
+            header_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(600),
+        }
+    }
+
+    async fn echo(req: Request<RequestBody>) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        if path == "/ignore-body" {
+            drop(body);
+            return Response::new(
+                Full::new(Bytes::from("ignored"))
+                    .map_err(|n| match n {})
+                    .boxed_unsync(),
+            );
+        }
+        if path == "/stream" {
+            let frames = futures_frames(&["one,", "two,", "three"]);
+            return Response::new(StreamBody::new(frames).boxed_unsync());
+        }
+        let got = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => Bytes::from(format!("body error: {e}")),
+        };
+        let text = format!(
+            "{} {} {}",
+            parts.method,
+            path,
+            String::from_utf8_lossy(&got)
+        );
+        let mut resp = Response::new(
+            Full::new(Bytes::from(text))
+                .map_err(|n| match n {})
+                .boxed_unsync(),
+        );
+        resp.headers_mut()
+            .insert("x-echo", HeaderValue::from_static("yes"));
+        resp
+    }
+
+    /// A body that yields each piece after a pause (so that it is not all ready at once).
+    fn futures_frames(
+        pieces: &[&'static str],
+    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, crate::body::BoxError>> + Send + 'static
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let pieces: Vec<&'static str> = pieces.to_vec();
+        tokio::spawn(async move {
+            for p in pieces {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if tx.send(Ok(Frame::data(Bytes::from(p)))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+    }
+
+    async fn server() -> (
+        std::net::SocketAddr,
+        watch::Sender<bool>,
+        tokio::sync::mpsc::UnboundedReceiver<bool>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (h2_tx, h2_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let stop = stop_rx.clone();
+                let h2 = h2_tx.clone();
+                tokio::spawn(async move {
+                    let served = serve(s, limits(), stop, echo).await;
+                    let _ = h2.send(matches!(served, Served::Http2 { .. }));
+                });
+            }
+        });
+        (addr, stop_tx, h2_rx)
+    }
+
+    /// Reads until the peer closes or `until` appears; returns what arrived.
+    async fn read_until(s: &mut tokio::net::TcpStream, until: &str) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+            if !until.is_empty() && String::from_utf8_lossy(&got).contains(until) {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let (addr, _stop, _) = server().await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nPOST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloPOST /three HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: t\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let got = read_until(&mut s, "POST /three abcde").await;
+        let one = got.find("GET /one ").unwrap();
+        let two = got.find("POST /two hello").unwrap();
+        let three = got.find("POST /three abcde").unwrap();
+        assert!(one < two && two < three, "{got}");
+        assert_eq!(got.matches("HTTP/1.1 200 OK\r\n").count(), 3);
+        assert!(got.contains("x-echo: yes\r\n"));
+        assert!(got.contains("\r\ndate: "), "a Date header is added: {got}");
+        assert!(!got.contains("connection: close"));
+        // Still open for more.
+        s.write_all(b"GET /four HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(
+            read_until(&mut s, "GET /four ")
+                .await
+                .contains("GET /four ")
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_framing_is_answered_and_the_connection_closed() {
+        let (addr, _stop, _) = server().await;
+        for (wire, status) in [
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "400 Bad Request",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "501 Not Implemented",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nExpect: nothing\r\n\r\n",
+                "417 Expectation Failed",
+            ),
+            ("GET / HTTP/1.1\r\n\r\n", "400 Bad Request"),
+            ("NOT HTTP AT ALL\r\n\r\n", "400 Bad Request"),
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(wire.as_bytes()).await.unwrap();
+            let got = read_until(&mut s, "").await;
+            assert!(
+                got.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+                "{wire:?} -> {got}"
+            );
+            assert!(got.contains("connection: close\r\n"), "{got}");
+            assert!(got.contains("\"error\":"), "a JSON body: {got}");
+        }
+        // A head over the bound: 431, then closed.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let long = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
+        let _ = s.write_all(long.as_bytes()).await;
+        let got = read_until(&mut s, "").await;
+        assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_broken_chunked_body_fails_the_body_and_closes_the_connection() {
+        let (addr, _stop, _) = server().await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "").await;
+        assert!(got.contains("body error: malformed chunked"), "{got}");
+        assert!(got.contains("connection: close"), "{got}");
+        assert!(
+            !got.contains("/smuggled"),
+            "nothing after a broken body is read as a request"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unread_body_keeps_the_connection_only_when_all_of_it_arrived() {
+        let (addr, _stop, _) = server().await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /ignore-body HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcdGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "GET /next").await;
+        assert!(
+            got.contains("ignored") && got.contains("GET /next"),
+            "{got}"
+        );
+        assert!(!got.contains("connection: close"));
+
+        // Most of the body still to come: the connection closes after the answer.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /ignore-body HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabcd")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "").await;
+        assert!(
+            got.contains("connection: close") && got.ends_with("ignored"),
+            "{got}"
+        );
+    }
+
+    #[tokio::test]
+    async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+        let (addr, _stop, _) = server().await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let interim = read_until(&mut s, "\r\n\r\n").await;
+        assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+        s.write_all(b"abc").await.unwrap();
+        let got = read_until(&mut s, "PUT /up abc").await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn response_framing_suits_the_request_and_the_body() {
+        let (addr, _stop, _) = server().await;
+        // A streaming body of unknown length: chunked for HTTP/1.1...
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "0\r\n\r\n").await;
+        assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
+        assert!(
+            got.ends_with("\r\n\r\n4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\n\r\n"),
+            "{got}"
+        );
+        // ...and delimited by closing for HTTP/1.0.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "").await;
+        assert!(
+            got.contains("connection: close\r\n") && got.ends_with("\r\n\r\none,two,three"),
+            "{got}"
+        );
+        assert!(!got.contains("transfer-encoding"));
+        // HEAD: the length of the full answer, no body: the next answer follows the head.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "GET /after ").await;
+        let heads: Vec<&str> = got.split("\r\n\r\n").collect();
+        assert!(heads[0].contains("content-length: 8"), "{got}");
+        assert!(
+            heads[1].starts_with("HTTP/1.1 200 OK\r\n"),
+            "no body for HEAD: {got}"
+        );
+        // HTTP/1.0 keep-alive with a known length stays open and says so.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "GET /k ").await;
+        assert!(
+            got.contains("connection: keep-alive\r\n") && got.contains("content-length: 7\r\n"),
+            "{got}"
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_heads_and_idle_connections_are_cut_off_and_shutdown_closes_idle_ones() {
+        let (addr, stop, _) = server().await;
+        // A head that never completes: closed after the header timeout (300 ms) even though
+        // bytes keep arriving.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut closed = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if s.write_all(b"X-a: b\r\n").await.is_err() {
+                closed = true;
+                break;
+            }
+            let mut b = [0u8; 64];
+            if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await
+            {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "a trickling head was not cut off");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // Silent connections close after the idle timeout (600 ms), also after a request.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let got = read_until(&mut s, "").await;
+        assert!(got.contains("GET /a "));
+        let lived = started.elapsed();
+        assert!(
+            lived >= Duration::from_millis(500) && lived < Duration::from_secs(3),
+            "{lived:?}"
+        );
+
+        // Shutdown closes connections waiting for a request at once.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut s, "GET /b ").await;
+        let started = std::time::Instant::now();
+        stop.send(true).unwrap();
+        let rest = read_until(&mut s, "").await;
+        assert!(rest.is_empty());
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_handed_back_with_what_was_read() {
+        let (addr, _stop, mut h2) = server().await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // In two pieces: the decision waits for the whole preface.
+        s.write_all(&H2_PREFACE[..10]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(&H2_PREFACE[10..]).await.unwrap();
+        assert_eq!(h2.recv().await, Some(true));
+        // Something else is HTTP/1.x.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "").await;
+        assert!(got.starts_with("HTTP/1.1 "), "{got}");
+        assert_eq!(h2.recv().await, Some(false));
     }
 }

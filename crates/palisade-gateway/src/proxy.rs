@@ -30,7 +30,7 @@ use palisade_intel::ja4h::HttpVersion;
 
 use crate::auth::{Authenticated, authenticate, presented};
 use crate::body::{Bounded, ClientBody, ProxyBody, is_body_too_large};
-use crate::h1::OutBody;
+use crate::h1::{OutBody, UpstreamFields};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
 use crate::respond::Refusal;
@@ -53,6 +53,9 @@ pub async fn handle(
     let request_id = request_id();
     let (mut parts, body) = req.into_parts();
     let server = &rt.compiled.server;
+    // HTTP/1.x answers are written by `h1server`, which forwards an upstream's header fields
+    // as they came; hyper (HTTP/2) needs them as headers.
+    let http2 = parts.version == http::Version::HTTP_2;
 
     // Bounds that hyper does not already enforce for every protocol.
     let head_bytes: usize = parts
@@ -634,6 +637,9 @@ pub async fn handle(
             shared.metrics.log_dropped.inc();
         }
     }
+    if http2 {
+        UpstreamFields::merge_response(&mut response);
+    }
     Ok(response)
 }
 
@@ -946,25 +952,28 @@ async fn forward(
 
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
+    // A header of the upstream's answer, wherever the client that read it keeps it.
+    let fields = rparts.extensions.get::<UpstreamFields>();
+    let upstream_header = |name: &str| -> Option<f64> {
+        let raw = match rparts.headers.get(name) {
+            Some(v) => v.as_bytes(),
+            None => fields?.get(name)?,
+        };
+        std::str::from_utf8(raw).ok()?.trim().parse::<f64>().ok()
+    };
     if let Some(settlement) = settlement {
         // The upstream answered: the request counts, at the spend it reported (dollars) or
         // the route's fixed spend.
         let reported = route
             .and_then(|r| r.spend_header.as_ref())
-            .and_then(|name| rparts.headers.get(name))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
+            .and_then(|name| upstream_header(name.as_str()))
             .filter(|v| v.is_finite() && *v >= 0.0)
             .map(|usd| (usd.min(1e9) * MICROS_PER_USD).round() as u64);
         let fixed = route.map_or(0, |r| r.spend_micros);
         settlement.settle(Some(reported.unwrap_or(fixed)));
     }
     if let Some(name) = route.and_then(|r| r.cost_header.as_ref()) {
-        let reported = rparts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok());
+        let reported = upstream_header(name.as_str());
         let shared_adjust = rt.engine.observe_response(
             decision,
             &ResponseFacts {
