@@ -197,8 +197,8 @@ struct Head {
 
 /// A response's header fields as the upstream sent them, less the hop-by-hop ones (and those
 /// `Connection` names) and the framing ones: kept as `name: value` lines to be written to an
-/// HTTP/1.x client as they are, without building a `HeaderMap` per response. Travels as an
-/// extension of the response; [`UpstreamFields::merge_into`] makes headers of them for HTTP/2.
+/// HTTP/1.x client as they are, without building a `HeaderMap` per response. Travels beside
+/// the response ([`Answer`]); [`UpstreamFields::merge_into`] makes headers of them for HTTP/2.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamFields {
     lines: Bytes,
@@ -218,9 +218,26 @@ impl UpstreamFields {
         })
     }
 
+    /// Fields from wire lines (tests of the side that writes them).
+    #[cfg(test)]
+    pub(crate) fn from_wire(lines: &'static str, content_length: Option<u64>) -> Self {
+        Self {
+            lines: Bytes::from_static(lines.as_bytes()),
+            content_length,
+        }
+    }
+
     /// Each field as its wire line, `name: value\r\n`.
     pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
         self.lines.split_inclusive(|b| *b == b'\n')
+    }
+
+    /// Each field's wire line with its name.
+    pub fn named_lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines().map(|line| {
+            let colon = line.iter().position(|b| *b == b':').unwrap_or(0);
+            (line, line.get(..colon).unwrap_or_default())
+        })
     }
 
     /// The first value of `name` (any case).
@@ -252,12 +269,35 @@ impl UpstreamFields {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
+}
 
-    /// Moves a response's upstream fields into its headers (for clients other than HTTP/1.x).
-    pub fn merge_response<B>(resp: &mut Response<B>) {
-        if let Some(fields) = resp.extensions_mut().remove::<UpstreamFields>() {
-            fields.merge_into(resp.headers_mut());
+/// A response, with the upstream's header fields beside it when an HTTP/1.1 upstream sent
+/// them (they are not in its `HeaderMap`; see [`UpstreamFields`]).
+#[derive(Debug)]
+pub struct Answer {
+    /// Status, Palisade's headers and the body.
+    pub response: Response<ProxyBody>,
+    /// The upstream's header fields, to be written after `response`'s headers.
+    pub fields: Option<UpstreamFields>,
+}
+
+impl From<Response<ProxyBody>> for Answer {
+    fn from(response: Response<ProxyBody>) -> Self {
+        Self {
+            response,
+            fields: None,
         }
+    }
+}
+
+impl Answer {
+    /// The response with the upstream's fields merged into its headers.
+    pub fn merged(self) -> Response<ProxyBody> {
+        let mut response = self.response;
+        if let Some(fields) = self.fields {
+            fields.merge_into(response.headers_mut());
+        }
+        response
     }
 }
 
@@ -369,7 +409,7 @@ impl H1Pool {
         headers: &HeaderMap,
         body: OutBody,
         deadline: tokio::time::Instant,
-    ) -> Result<Response<ProxyBody>, H1Error> {
+    ) -> Result<Answer, H1Error> {
         let mut body = match body {
             OutBody::Stream(b) if b.is_end_stream() => OutBody::Empty,
             other => other,
@@ -429,7 +469,7 @@ impl H1Pool {
         }
     }
 
-    fn respond(&self, mut conn: Conn, head: Head) -> Response<ProxyBody> {
+    fn respond(&self, mut conn: Conn, head: Head) -> Answer {
         let body: ProxyBody = match head.kind {
             BodyKind::Length(n) if (conn.buf.len() as u64) >= n => {
                 // The whole body came with the head.
@@ -468,10 +508,12 @@ impl H1Pool {
             }
             .boxed_unsync(),
         };
-        let mut resp = Response::new(body);
-        *resp.status_mut() = head.status;
-        resp.extensions_mut().insert(head.fields);
-        resp
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        Answer {
+            response,
+            fields: Some(head.fields),
+        }
     }
 }
 
@@ -1192,7 +1234,10 @@ mod tests {
             body: OutBody,
         ) -> Result<Response<ProxyBody>, H1Error> {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            self.send(method, target, headers, body, deadline).await
+            Ok(self
+                .send(method, target, headers, body, deadline)
+                .await?
+                .merged())
         }
     }
 
@@ -1485,8 +1530,6 @@ mod tests {
         let resp = p
             .send_soon(&Method::GET, path, &host(), OutBody::Empty)
             .await?;
-        let mut resp = resp;
-        UpstreamFields::merge_response(&mut resp);
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await?.to_bytes();
         Ok((parts.status, parts.headers, bytes.to_vec()))
@@ -1514,8 +1557,7 @@ mod tests {
                 .unwrap();
             // Back in the pool before the body is even read.
             assert_eq!(p.idle_count(), 1);
-            let fields = resp.extensions().get::<UpstreamFields>().unwrap();
-            assert_eq!(fields.get("X-Up"), Some(&b"1"[..]));
+            assert_eq!(resp.headers()["x-up"], "1");
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, format!("you asked /n/{i}"));
         }
@@ -1546,7 +1588,7 @@ mod tests {
         let resp = p
             .send(&Method::GET, path, &host(), OutBody::Empty, deadline)
             .await?;
-        Ok(resp.status())
+        Ok(resp.response.status())
     }
 
     #[tokio::test]

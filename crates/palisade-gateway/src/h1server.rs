@@ -30,14 +30,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING,
 };
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::body::ProxyBody;
-use crate::h1::{ChunkError, ChunkedDecoder, UpstreamFields};
+use crate::h1::{Answer, ChunkError, ChunkedDecoder, UpstreamFields};
 use crate::respond::Refusal;
 
 /// Bounds and timeouts of client connections.
@@ -87,7 +86,7 @@ pub async fn serve<F, Fut>(
 ) -> Served
 where
     F: FnMut(Request<RequestBody>) -> Fut,
-    Fut: Future<Output = Response<ProxyBody>>,
+    Fut: Future<Output = Answer>,
 {
     let mut timer = Timer::new(Instant::now() + limits.idle_timeout);
     let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -175,7 +174,7 @@ where
                 (RequestBody(Some(Box::new(body))), Some(rx))
             }
         };
-        let response = service(Request::from_parts(head.parts, body)).await;
+        let answer = service(Request::from_parts(head.parts, body)).await;
         // A body not read to its end (nor already in the buffer) leaves the connection's
         // framing unknown: the connection closes after this response.
         if let Some(mut rx) = back {
@@ -188,7 +187,7 @@ where
             keep_alive = false;
         }
         match conn
-            .write_response(response, head_only, version, keep_alive)
+            .write_response(answer, head_only, version, keep_alive)
             .await
         {
             Ok(true) if keep_alive => {}
@@ -276,7 +275,7 @@ impl Conn {
     async fn refuse(&mut self, refusal: Refusal) {
         let response = refusal.response(&crate::proxy::request_id());
         let _ = self
-            .write_response(response, false, Version::HTTP_11, false)
+            .write_response(response.into(), false, Version::HTTP_11, false)
             .await;
     }
 
@@ -307,18 +306,18 @@ impl Conn {
     /// another (the body was cut short or had no length).
     async fn write_response(
         &mut self,
-        response: Response<ProxyBody>,
+        answer: Answer,
         head_only: bool,
         version: Version,
         keep_alive: bool,
     ) -> io::Result<bool> {
-        let (parts, mut body) = response.into_parts();
+        let (parts, mut body) = answer.response.into_parts();
+        let fields = answer.fields.as_ref();
         let status = parts.status;
         let no_body = head_only
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let fields = parts.extensions.get::<UpstreamFields>();
         let mut declared = match parts.headers.get(CONTENT_LENGTH) {
             Some(v) => parse_length(v.as_bytes()),
             None => fields.and_then(|f| f.content_length),
@@ -445,21 +444,29 @@ fn encode_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
+    // The lengths of the names written here: an upstream field whose name has none of them
+    // cannot be one Palisade set.
+    let mut lengths = 0u64;
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
             continue;
         }
         has_date |= name == DATE;
+        lengths |= 1u64.checked_shl(name.as_str().len() as u32).unwrap_or(0);
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     // The upstream's own fields, except those Palisade set (which replace them).
-    for (line, (name, _)) in fields.into_iter().flat_map(|f| f.lines().zip(f.iter())) {
-        if headers.keys().any(|k| {
-            k.as_str().len() == name.len() && k.as_str().as_bytes().eq_ignore_ascii_case(name)
-        }) {
+    for (line, name) in fields.into_iter().flat_map(UpstreamFields::named_lines) {
+        let may_clash =
+            name.len() >= 64 || lengths & 1u64.checked_shl(name.len() as u32).unwrap_or(0) != 0;
+        if may_clash
+            && headers.keys().any(|k| {
+                k.as_str().len() == name.len() && k.as_str().as_bytes().eq_ignore_ascii_case(name)
+            })
+        {
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
@@ -1031,6 +1038,8 @@ pub fn parse_for_fuzz(input: &[u8], max_headers: usize) -> usize {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use crate::body::ProxyBody;
+    use http::Response;
     use http_body_util::{BodyExt, Full, StreamBody};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1191,7 +1200,30 @@ mod tests {
         }
     }
 
-    async fn echo(req: Request<RequestBody>) -> Response<ProxyBody> {
+    async fn echo(req: Request<RequestBody>) -> Answer {
+        let upstream = req.uri().path() == "/fields";
+        let head = req.method() == Method::HEAD;
+        let mut answer: Answer = respond(req).await.into();
+        if upstream {
+            // As an upstream's answer arrives: its fields beside Palisade's headers.
+            answer
+                .response
+                .headers_mut()
+                .insert("ratelimit", HeaderValue::from_static("mine"));
+            answer.fields = Some(UpstreamFields::from_wire(
+                "RateLimit: theirs\r\nX-Up: 1\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nset-cookie: a\r\nset-cookie: b\r\n",
+                Some(1234),
+            ));
+            if head {
+                *answer.response.body_mut() = http_body_util::Empty::new()
+                    .map_err(|n| match n {})
+                    .boxed_unsync();
+            }
+        }
+        answer
+    }
+
+    async fn respond(req: Request<RequestBody>) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
         if path == "/ignore-body" {
@@ -1460,6 +1492,35 @@ mod tests {
             got.contains("connection: keep-alive\r\n") && got.contains("content-length: 7\r\n"),
             "{got}"
         );
+    }
+
+    #[tokio::test]
+    async fn upstream_fields_follow_palisades_headers_which_replace_them() {
+        let (addr, _stop, _) = server().await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /fields HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "GET /fields ").await;
+        let head = got.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert_eq!(head.matches("ratelimit:").count(), 1, "{got}");
+        assert!(head.contains("ratelimit: mine\r\n"));
+        assert!(head.contains("x-up: 1\r\n"));
+        assert!(head.contains("set-cookie: a\r\nset-cookie: b\r\n"));
+        assert_eq!(
+            head.matches("date:").count(),
+            1,
+            "the upstream's Date stands: {got}"
+        );
+        assert!(head.contains("date: mon, 01 jan 2024"));
+        // The body's own length, not the upstream's declared one, frames a GET.
+        assert!(head.ends_with("content-length: 12"), "{got}");
+        // HEAD keeps the length the upstream declared.
+        s.write_all(b"HEAD /fields HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "\r\n\r\n").await;
+        assert!(got.contains("content-length: 1234\r\n"), "{got}");
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ use palisade_intel::ja4h::HttpVersion;
 
 use crate::auth::{Authenticated, authenticate, presented};
 use crate::body::{Bounded, ClientBody, ProxyBody, is_body_too_large};
-use crate::h1::{OutBody, UpstreamFields};
+use crate::h1::{Answer, OutBody, UpstreamFields};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
 use crate::respond::Refusal;
@@ -42,10 +42,21 @@ use crate::upstream::{
 use crate::{Runtime, Shared};
 
 /// Handles one request; never fails (errors become responses).
-pub async fn handle(
+pub async fn handle(shared: Arc<Shared>, req: Request<ClientBody>, peer: SocketAddr) -> Answer {
+    let mut fields = None;
+    let response = match respond(shared, req, peer, &mut fields).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    Answer { response, fields }
+}
+
+/// [`handle`], with the upstream's header fields (when it answered) left in `upstream_fields`.
+async fn respond(
     shared: Arc<Shared>,
     req: Request<ClientBody>,
     peer: SocketAddr,
+    upstream_fields: &mut Option<UpstreamFields>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // Arrival, on the engine's monotonic clock (also the decision's `now`).
     let now = shared.clock.now();
@@ -53,9 +64,6 @@ pub async fn handle(
     let request_id = request_id();
     let (mut parts, body) = req.into_parts();
     let server = &rt.compiled.server;
-    // HTTP/1.x answers are written by `h1server`, which forwards an upstream's header fields
-    // as they came; hyper (HTTP/2) needs them as headers.
-    let http2 = parts.version == http::Version::HTTP_2;
 
     // Bounds that hyper does not already enforce for every protocol.
     let head_bytes: usize = parts
@@ -530,7 +538,10 @@ pub async fn handle(
             )
             .await
             {
-                Ok(resp) => resp,
+                Ok(answer) => {
+                    *upstream_fields = answer.fields;
+                    answer.response
+                }
                 Err(r) => r.response(&request_id),
             }
         }
@@ -636,9 +647,6 @@ pub async fn handle(
         if !shared.log.record(record) {
             shared.metrics.log_dropped.inc();
         }
-    }
-    if http2 {
-        UpstreamFields::merge_response(&mut response);
     }
     Ok(response)
 }
@@ -895,7 +903,7 @@ async fn forward(
     decision: &Decision,
     route_label: &Arc<str>,
     host: Option<&str>,
-) -> Result<Response<ProxyBody>, Refusal> {
+) -> Result<Answer, Refusal> {
     let server = &rt.compiled.server;
     let route = rt.compiled.policy.route(decision.route);
     let upstream = route
@@ -950,14 +958,14 @@ async fn forward(
             .observe(upstream_seconds),
     }
 
-    let (mut rparts, rbody) = resp.into_parts();
+    let Answer { response, fields } = resp;
+    let (mut rparts, rbody) = response.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     // A header of the upstream's answer, wherever the client that read it keeps it.
-    let fields = rparts.extensions.get::<UpstreamFields>();
     let upstream_header = |name: &str| -> Option<f64> {
         let raw = match rparts.headers.get(name) {
             Some(v) => v.as_bytes(),
-            None => fields?.get(name)?,
+            None => fields.as_ref()?.get(name)?,
         };
         std::str::from_utf8(raw).ok()?.trim().parse::<f64>().ok()
     };
@@ -991,7 +999,10 @@ async fn forward(
         return Err(Refusal::UpstreamUnavailable);
     }
     rparts.version = http::Version::HTTP_11;
-    Ok(Response::from_parts(rparts, rbody))
+    Ok(Answer {
+        response: Response::from_parts(rparts, rbody),
+        fields,
+    })
 }
 
 /// A 16-hex-digit request id, without going through `format!`.

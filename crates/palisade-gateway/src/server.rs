@@ -398,9 +398,12 @@ async fn serve_h2(
         let s = shared.clone();
         let guard = in_flight.start();
         async move {
-            let r = proxy::handle(s, req.map(ClientBody::H2), peer).await;
+            // hyper writes the headers: the upstream's fields join them.
+            let r = proxy::handle(s, req.map(ClientBody::H2), peer)
+                .await
+                .merged();
             drop(guard);
-            r
+            Ok::<_, std::convert::Infallible>(r)
         }
     });
     let _ = watcher.watch(builder.serve_connection(io, svc)).await;
@@ -445,12 +448,7 @@ async fn serve_proxy(
                     let per_request = s.clone();
                     let served = h1server::serve(stream, limits, stop, move |req| {
                         let s = per_request.clone();
-                        async move {
-                            match proxy::handle(s, req.map(ClientBody::H1), peer).await {
-                                Ok(r) => r,
-                                Err(never) => match never {},
-                            }
-                        }
+                        proxy::handle(s, req.map(ClientBody::H1), peer)
                     })
                     .await;
                     if let h1server::Served::Http2 { stream, read } = served {

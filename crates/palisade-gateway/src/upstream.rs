@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Uri, Version};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use palisade_config::{ServerSettings, UpstreamProtocol, UpstreamSettings};
 
 use crate::body::{BoxError, ProxyBody};
-use crate::h1::{H1Error, H1Pool, OutBody};
+use crate::h1::{Answer, H1Error, H1Pool, OutBody};
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +122,7 @@ impl Upstream {
         body: OutBody,
         host: Option<&str>,
         timeout: Duration,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let prefix = self.base.path().trim_end_matches('/');
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -175,7 +175,9 @@ impl Upstream {
                 UpstreamError::Exchange(Box::new(e))
             }
         })?;
-        Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
+        Ok(resp
+            .map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+            .into())
     }
 }
 
