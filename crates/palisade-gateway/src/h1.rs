@@ -205,6 +205,16 @@ pub struct UpstreamFields {
     /// The upstream's `Content-Length` (absent with `Transfer-Encoding`): the length a
     /// response to HEAD describes.
     pub content_length: Option<u64>,
+    /// [`name_bit`] of every field's name.
+    names: u64,
+    has_date: bool,
+}
+
+/// One bit standing for a header name (from its length and first letter, any case): fields
+/// whose bits do not meet those of the headers Palisade set cannot clash with them.
+pub fn name_bit(name: &[u8]) -> u64 {
+    let first = name.first().map_or(0, u8::to_ascii_lowercase);
+    1u64 << ((name.len().wrapping_mul(7).wrapping_add(usize::from(first))) % 64)
 }
 
 impl UpstreamFields {
@@ -221,10 +231,25 @@ impl UpstreamFields {
     /// Fields from wire lines (tests of the side that writes them).
     #[cfg(test)]
     pub(crate) fn from_wire(lines: &'static str, content_length: Option<u64>) -> Self {
-        Self {
+        let mut f = Self {
             lines: Bytes::from_static(lines.as_bytes()),
             content_length,
-        }
+            names: 0,
+            has_date: false,
+        };
+        let (names, has_date) = f.iter().fold((0, false), |(m, d), (n, _)| {
+            (m | name_bit(n), d || n.eq_ignore_ascii_case(b"date"))
+        });
+        f.names = names;
+        f.has_date = has_date;
+        f
+    }
+
+    /// All the fields' wire lines, and whether one is `Date`, when none can clash with
+    /// headers whose [`name_bit`]s are `taken`; `None` otherwise (then see
+    /// [`Self::named_lines`]).
+    pub fn wire_unless(&self, taken: u64) -> Option<(&[u8], bool)> {
+        (self.names & taken == 0).then_some((&self.lines[..], self.has_date))
     }
 
     /// Each field as its wire line, `name: value\r\n`.
@@ -316,6 +341,10 @@ fn is_not_forwarded(name: &[u8]) -> bool {
         b"proxy-authorization",
         b"content-length",
     ];
+    // Most fields are none of these and differ in length from all of them.
+    if !matches!(name.len(), 2 | 7 | 10 | 14 | 16 | 17 | 18 | 19) {
+        return false;
+    }
     NAMES
         .iter()
         .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
@@ -736,16 +765,12 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
         }
     }
     let mut lines = BytesMut::with_capacity(len);
+    let mut names = 0u64;
+    let mut has_date = false;
     for h in resp.headers.iter() {
+        // httparse checked the name's characters, and the value's with HeaderValue's rule (no
+        // control bytes but HTAB): what is forwarded is what a HeaderMap would have held.
         let name = h.name.as_bytes();
-        // httparse checked the name's characters; values get HeaderValue's rule (no control
-        // bytes but HTAB), so that what is forwarded is what a HeaderMap would have held.
-        if h.value
-            .iter()
-            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-        {
-            return Err(H1Error::Protocol("invalid header value"));
-        }
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             has_te = true;
             // Only the last coding decides (RFC 9112 section 6.3, item 4).
@@ -767,6 +792,8 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
         if is_not_forwarded(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
             continue;
         }
+        names |= name_bit(name);
+        has_date |= name.eq_ignore_ascii_case(b"date");
         lines.extend_from_slice(name);
         lines.extend_from_slice(b": ");
         lines.extend_from_slice(h.value);
@@ -793,6 +820,8 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
     let fields = UpstreamFields {
         lines: lines.freeze(),
         content_length: if has_te { None } else { length },
+        names,
+        has_date,
     };
     let reusable = !close && kind != BodyKind::Close && status != StatusCode::SWITCHING_PROTOCOLS;
     Ok(Parsed::Complete {

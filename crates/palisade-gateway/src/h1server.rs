@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::h1::{Answer, ChunkError, ChunkedDecoder, UpstreamFields};
+use crate::h1::{Answer, ChunkError, ChunkedDecoder, UpstreamFields, name_bit};
 use crate::respond::Refusal;
 
 /// Bounds and timeouts of client connections.
@@ -444,33 +444,40 @@ fn encode_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
-    // The lengths of the names written here: an upstream field whose name has none of them
-    // cannot be one Palisade set.
-    let mut lengths = 0u64;
+    // The names written here, as bits: an upstream field whose bit is not among them cannot
+    // be one Palisade set.
+    let mut taken = 0u64;
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
             continue;
         }
         has_date |= name == DATE;
-        lengths |= 1u64.checked_shl(name.as_str().len() as u32).unwrap_or(0);
+        taken |= name_bit(name.as_str().as_bytes());
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     // The upstream's own fields, except those Palisade set (which replace them).
-    for (line, name) in fields.into_iter().flat_map(UpstreamFields::named_lines) {
-        let may_clash =
-            name.len() >= 64 || lengths & 1u64.checked_shl(name.len() as u32).unwrap_or(0) != 0;
-        if may_clash
-            && headers.keys().any(|k| {
-                k.as_str().len() == name.len() && k.as_str().as_bytes().eq_ignore_ascii_case(name)
-            })
-        {
-            continue;
+    match fields.map(|f| (f, f.wire_unless(taken))) {
+        None => {}
+        Some((_, Some((wire, date)))) => {
+            out.extend_from_slice(wire);
+            has_date |= date;
         }
-        has_date |= name.eq_ignore_ascii_case(b"date");
-        out.extend_from_slice(line);
+        Some((f, None)) => {
+            for (line, name) in f.named_lines() {
+                let clash = name_bit(name) & taken != 0
+                    && headers.keys().any(|k| {
+                        k.as_str().len() == name.len()
+                            && k.as_str().as_bytes().eq_ignore_ascii_case(name)
+                    });
+                if !clash {
+                    has_date |= name.eq_ignore_ascii_case(b"date");
+                    out.extend_from_slice(line);
+                }
+            }
+        }
     }
     match framing {
         Out::Length(n) => {
