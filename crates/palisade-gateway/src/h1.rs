@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::upstream::Added;
 
 /// Largest response head read (status line and headers).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -436,6 +437,7 @@ impl H1Pool {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        added: &Added,
         body: OutBody,
         deadline: tokio::time::Instant,
     ) -> Result<Answer, H1Error> {
@@ -453,7 +455,7 @@ impl H1Pool {
                 .map_or(ReqFraming::Chunked, ReqFraming::Length),
         };
         let mut wire = Vec::with_capacity(512);
-        encode_head(&mut wire, method, target, headers, framing);
+        encode_head(&mut wire, method, target, headers, added, framing);
         if let OutBody::Full(b) = &body
             && b.len() < COALESCE_BODY_BELOW
         {
@@ -872,6 +874,7 @@ fn encode_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    added: &Added,
     framing: ReqFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -879,7 +882,7 @@ fn encode_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || added.replaces(name) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -887,6 +890,7 @@ fn encode_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(added.lines());
     match framing {
         ReqFraming::None => {}
         ReqFraming::Length(n) => {
@@ -1264,7 +1268,7 @@ mod tests {
         ) -> Result<Response<ProxyBody>, H1Error> {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             Ok(self
-                .send(method, target, headers, body, deadline)
+                .send(method, target, headers, &Added::default(), body, deadline)
                 .await?
                 .merged())
         }
@@ -1497,13 +1501,27 @@ mod tests {
         h.append("x-multi", HeaderValue::from_static("a"));
         h.append("x-multi", HeaderValue::from_static("b"));
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/p?q=1", &h, ReqFraming::Length(3));
+        encode_head(
+            &mut out,
+            &Method::POST,
+            "/p?q=1",
+            &h,
+            &Added::default(),
+            ReqFraming::Length(3),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: api.example\r\nx-multi: a\r\nx-multi: b\r\ncontent-length: 3\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::GET, "/", &h, ReqFraming::None);
+        encode_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            &h,
+            &Added::default(),
+            ReqFraming::None,
+        );
         assert!(!String::from_utf8(out).unwrap().contains("content-length"));
     }
 
@@ -1615,7 +1633,14 @@ mod tests {
     async fn send_within(p: &H1Pool, path: &str, ms: u64) -> Result<StatusCode, H1Error> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
         let resp = p
-            .send(&Method::GET, path, &host(), OutBody::Empty, deadline)
+            .send(
+                &Method::GET,
+                path,
+                &host(),
+                &Added::default(),
+                OutBody::Empty,
+                deadline,
+            )
             .await?;
         Ok(resp.response.status())
     }

@@ -36,9 +36,7 @@ use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
 use crate::respond::Refusal;
 use crate::store::{QuotaAnswer, QuotaCharge};
 use crate::upstream::names::*;
-use crate::upstream::{
-    UpstreamError, set_forwarding_headers, strip_hop_by_hop, strip_palisade_headers,
-};
+use crate::upstream::{Added, UpstreamError, strip_hop_by_hop, strip_palisade_headers};
 use crate::{Runtime, Shared};
 
 /// Handles one request; never fails (errors become responses).
@@ -489,17 +487,13 @@ async fn respond(
             let host = host_value.as_ref().and_then(|v| v.to_str().ok());
             strip_hop_by_hop(&mut parts.headers);
             strip_palisade_headers(&mut parts.headers);
-            // Room for the forwarding headers and the request id in one growth, not several.
-            parts.headers.reserve(6);
-            set_forwarding_headers(
-                &mut parts.headers,
+            let added = Added::forwarding(
+                &parts.headers,
                 peer.ip(),
                 server.trusted_proxies.contains(peer.ip()),
                 host_value.as_ref(),
+                &request_id,
             );
-            if let Ok(v) = HeaderValue::from_str(&request_id) {
-                parts.headers.insert(X_REQUEST_ID, v);
-            }
             // The upstream sees the score of what it is sent: tagged requests, and requests
             // the score delayed.
             let scored_delay = matches!(decision.action, Action::Delay { .. })
@@ -530,6 +524,7 @@ async fn respond(
                 &shared,
                 &rt,
                 parts,
+                &added,
                 body,
                 settlement,
                 &decision,
@@ -898,6 +893,7 @@ async fn forward(
     shared: &Shared,
     rt: &Runtime,
     parts: http::request::Parts,
+    added: &Added,
     body: OutBody,
     settlement: Option<QuotaCharge>,
     decision: &Decision,
@@ -914,6 +910,7 @@ async fn forward(
     let result = upstream
         .send(
             parts,
+            added,
             body,
             host,
             Duration::from_nanos(server.upstream_timeout),

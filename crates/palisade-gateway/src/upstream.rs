@@ -119,6 +119,7 @@ impl Upstream {
     pub async fn send(
         &self,
         mut parts: http::request::Parts,
+        added: &Added,
         body: OutBody,
         host: Option<&str>,
         timeout: Duration,
@@ -139,7 +140,14 @@ impl Upstream {
                     parts.headers.insert(header::HOST, v);
                 }
                 return pool
-                    .send(&parts.method, &target, &parts.headers, body, deadline)
+                    .send(
+                        &parts.method,
+                        &target,
+                        &parts.headers,
+                        added,
+                        body,
+                        deadline,
+                    )
                     .await
                     .map_err(|e| match e {
                         H1Error::TimedOut => UpstreamError::Timeout,
@@ -160,6 +168,7 @@ impl Upstream {
             .build()
             .map_err(|_| UpstreamError::BadTarget)?;
         parts.version = Version::HTTP_2;
+        added.apply(&mut parts.headers);
         // HTTP/2 carries the authority in :authority; the client's host is in X-Forwarded-Host.
         parts.headers.remove(header::HOST);
         let resp = tokio::time::timeout_at(
@@ -276,79 +285,150 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and `X-Forwarded-Host`. Headers
-/// from a trusted peer are extended; from anyone else they are replaced, so a client's forged
-/// chain never reaches the upstream.
+/// Request headers Palisade adds for the upstream, as wire lines (`name: value\r\n`), and
+/// which of the client's headers they replace. An HTTP/1.1 upstream gets the lines written
+/// after the client's headers (no `HeaderMap` insertions per request); for HTTP/2 they are
+/// applied to the headers ([`Added::apply`]).
+#[derive(Debug, Default, Clone)]
+pub struct Added {
+    lines: Vec<u8>,
+    names: u8,
+}
+
+const ADD_XFF: u8 = 1;
+const ADD_FORWARDED: u8 = 2;
+const ADD_PROTO: u8 = 4;
+const ADD_HOST: u8 = 8;
+const ADD_REQUEST_ID: u8 = 16;
+
+impl Added {
+    /// `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
+    /// `X-Request-Id`. Headers from a trusted peer are extended (proto and host kept); from
+    /// anyone else they are replaced, so a client's forged chain never reaches the upstream.
+    pub fn forwarding(
+        headers: &HeaderMap,
+        peer: IpAddr,
+        peer_trusted: bool,
+        host_value: Option<&HeaderValue>,
+        request_id: &str,
+    ) -> Self {
+        let mut added = Added {
+            lines: Vec::with_capacity(256),
+            names: 0,
+        };
+        let host = host_value.and_then(|v| v.to_str().ok());
+        let peer = peer.to_canonical();
+        let mut peer_s = String::with_capacity(48);
+        push_ip(&mut peer_s, peer);
+        // An untrusted peer's chain is replaced, so it is not even looked up.
+        let prev = |name: &HeaderName| {
+            peer_trusted
+                .then(|| headers.get(name))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .filter(|p| !p.trim().is_empty())
+        };
+        let out = &mut added.lines;
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(p) = prev(&X_FORWARDED_FOR) {
+            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(peer_s.as_bytes());
+        out.extend_from_slice(b"\r\nforwarded: ");
+        if let Some(p) = prev(&header::FORWARDED) {
+            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"for=");
+        if peer.is_ipv6() {
+            out.extend_from_slice(b"\"[");
+            out.extend_from_slice(peer_s.as_bytes());
+            out.extend_from_slice(b"]\"");
+        } else {
+            out.extend_from_slice(peer_s.as_bytes());
+        }
+        out.extend_from_slice(b";proto=http");
+        if let Some(h) = host.filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            out.extend_from_slice(b";host=\"");
+            out.extend_from_slice(h.as_bytes());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b"\r\n");
+        added.names = ADD_XFF | ADD_FORWARDED;
+        if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+            added.push(b"x-forwarded-proto", b"http", ADD_PROTO);
+        }
+        if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
+            && let Some(v) = host_value
+        {
+            added.push(b"x-forwarded-host", v.as_bytes(), ADD_HOST);
+        }
+        if !request_id.is_empty() && request_id.bytes().all(|b| b.is_ascii_graphic()) {
+            added.push(b"x-request-id", request_id.as_bytes(), ADD_REQUEST_ID);
+        }
+        added
+    }
+
+    fn push(&mut self, name: &[u8], value: &[u8], bit: u8) {
+        self.lines.extend_from_slice(name);
+        self.lines.extend_from_slice(b": ");
+        self.lines.extend_from_slice(value);
+        self.lines.extend_from_slice(b"\r\n");
+        self.names |= bit;
+    }
+
+    /// The lines, to be written after the client's headers.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// Whether the client's header `name` is replaced by one of these (so not forwarded).
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        if self.names == 0 {
+            return false;
+        }
+        let bit = match name.as_str().len() {
+            15 if *name == X_FORWARDED_FOR => ADD_XFF,
+            9 if *name == header::FORWARDED => ADD_FORWARDED,
+            17 if *name == X_FORWARDED_PROTO => ADD_PROTO,
+            16 if *name == X_FORWARDED_HOST => ADD_HOST,
+            12 if *name == X_REQUEST_ID => ADD_REQUEST_ID,
+            _ => 0,
+        };
+        self.names & bit != 0
+    }
+
+    /// Sets the headers in `headers`, replacing the client's.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for line in self.lines.split_inclusive(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r\n").unwrap_or(line);
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = line.split_at(colon);
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_bytes(value.get(2..).unwrap_or_default()),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+    }
+}
+
+/// Sets `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and `X-Forwarded-Host` in
+/// `headers` (see [`Added::forwarding`]).
 pub fn set_forwarding_headers(
     headers: &mut HeaderMap,
     peer: IpAddr,
     peer_trusted: bool,
     host_value: Option<&HeaderValue>,
 ) {
-    let host = host_value.and_then(|v| v.to_str().ok());
-    let peer = peer.to_canonical();
-    let mut peer_s = String::with_capacity(48);
-    push_ip(&mut peer_s, peer);
-    // An untrusted peer's chain is replaced, so it is not even looked up.
-    let prev_xff = peer_trusted
-        .then(|| headers.get(&X_FORWARDED_FOR))
-        .flatten()
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| !p.trim().is_empty());
-    let xff = match prev_xff {
-        Some(prev) => {
-            let mut v = String::with_capacity(prev.len() + 2 + peer_s.len());
-            v.push_str(prev);
-            v.push_str(", ");
-            v.push_str(&peer_s);
-            v
-        }
-        None => peer_s.clone(),
-    };
-    let prev_fwd = peer_trusted
-        .then(|| headers.get(header::FORWARDED))
-        .flatten()
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| !p.trim().is_empty());
-    let mut fwd = String::with_capacity(
-        prev_fwd.map_or(0, |p| p.len() + 2) + peer_s.len() + host.map_or(0, str::len) + 32,
-    );
-    if let Some(prev) = prev_fwd {
-        fwd.push_str(prev);
-        fwd.push_str(", ");
-    }
-    fwd.push_str("for=");
-    if peer.is_ipv6() {
-        fwd.push_str("\"[");
-        fwd.push_str(&peer_s);
-        fwd.push_str("]\"");
-    } else {
-        fwd.push_str(&peer_s);
-    }
-    fwd.push_str(";proto=http");
-    if let Some(h) = host.filter(|h| {
-        h.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    }) {
-        fwd.push_str(";host=\"");
-        fwd.push_str(h);
-        fwd.push('"');
-    }
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    if let Ok(v) = HeaderValue::try_from(fwd) {
-        headers.insert(header::FORWARDED, v);
-    }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
-        && let Some(v) = host_value
-    {
-        // The client's host value as it came (a shared handle, not a copy).
-        headers.insert(X_FORWARDED_HOST, v.clone());
-    }
+    Added::forwarding(headers, peer, peer_trusted, host_value, "").apply(headers);
 }
 
 /// Writes an address the way `Display` does; IPv4 (nearly every client) without the
@@ -432,6 +512,63 @@ mod tests {
         assert!(h.get("upgrade").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn added_lines_replace_the_clients_headers_and_match_their_header_form() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-request-id", HeaderValue::from_static("forged"));
+        h.insert("host", HeaderValue::from_static("api.example"));
+        let host = h.get("host").cloned();
+        let peer: IpAddr = "10.0.0.7".parse().unwrap();
+        for trusted in [false, true] {
+            let a = Added::forwarding(&h, peer, trusted, host.as_ref(), "00ff");
+            let text = String::from_utf8(a.lines().to_vec()).unwrap();
+            let xff = if trusted {
+                "6.6.6.6, 10.0.0.7"
+            } else {
+                "10.0.0.7"
+            };
+            assert!(
+                text.contains(&format!("x-forwarded-for: {xff}\r\n")),
+                "{text}"
+            );
+            assert!(text.contains("forwarded: for=10.0.0.7;proto=http;host=\"api.example\"\r\n"));
+            assert!(text.contains("x-request-id: 00ff\r\n"));
+            assert_eq!(
+                text.contains("x-forwarded-proto: http\r\n"),
+                !trusted,
+                "{text}"
+            );
+            assert!(text.contains("x-forwarded-host: api.example\r\n"));
+            assert!(text.ends_with("\r\n"));
+            for name in [
+                "x-forwarded-for",
+                "forwarded",
+                "x-request-id",
+                "x-forwarded-host",
+            ] {
+                assert!(a.replaces(&HeaderName::from_static(name)), "{name}");
+            }
+            assert_eq!(
+                a.replaces(&HeaderName::from_static("x-forwarded-proto")),
+                !trusted,
+                "a trusted proxy's proto is kept"
+            );
+            assert!(!a.replaces(&header::HOST));
+            // The same values as headers (HTTP/2 upstreams).
+            let mut applied = h.clone();
+            a.apply(&mut applied);
+            assert_eq!(applied["x-forwarded-for"], xff);
+            assert_eq!(applied["x-request-id"], "00ff");
+            assert_eq!(
+                applied["x-forwarded-proto"],
+                if trusted { "https" } else { "http" }
+            );
+        }
+        assert!(!Added::default().replaces(&X_FORWARDED_FOR));
     }
 
     #[test]
