@@ -26,7 +26,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::upstream::Added;
 
 /// Largest response head read (status line and headers).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -260,10 +259,7 @@ impl UpstreamFields {
 
     /// Each field's wire line with its name.
     pub fn named_lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.lines().map(|line| {
-            let colon = line.iter().position(|b| *b == b':').unwrap_or(0);
-            (line, line.get(..colon).unwrap_or_default())
-        })
+        split_lines(&self.lines)
     }
 
     /// The first value of `name` (any case).
@@ -297,13 +293,85 @@ impl UpstreamFields {
     }
 }
 
+/// Header fields Palisade adds to a message, as wire lines (`name: value\r\n`). They replace
+/// the message's own fields of the same names. Written straight into an HTTP/1.x head (no
+/// `HeaderMap` insertions per message), or set as headers ([`HeadLines::apply`]) for HTTP/2.
+#[derive(Debug, Default, Clone)]
+pub struct HeadLines {
+    lines: Vec<u8>,
+    /// [`name_bit`] of every name.
+    names: u64,
+}
+
+impl HeadLines {
+    /// Empty, with room for `bytes` of lines.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            lines: Vec::with_capacity(bytes),
+            names: 0,
+        }
+    }
+
+    /// Adds `name: value`. `name` is a lowercase token; a value with control bytes (other than
+    /// HTAB) is not added.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return;
+        }
+        self.lines.extend_from_slice(name);
+        self.lines.extend_from_slice(b": ");
+        self.lines.extend_from_slice(value);
+        self.lines.extend_from_slice(b"\r\n");
+        self.names |= name_bit(name);
+    }
+
+    /// The wire lines.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// [`name_bit`]s of the names.
+    pub fn names(&self) -> u64 {
+        self.names
+    }
+
+    /// Whether a field named `name` (any case) is one of these.
+    pub fn replaces(&self, name: &[u8]) -> bool {
+        self.names & name_bit(name) != 0
+            && split_lines(&self.lines).any(|(_, n)| n.eq_ignore_ascii_case(name))
+    }
+
+    /// Sets these in `headers`, replacing fields of the same names.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (line, name) in split_lines(&self.lines) {
+            let value = line
+                .get(name.len() + 2..line.len().saturating_sub(2))
+                .unwrap_or_default();
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                headers.insert(n, v);
+            }
+        }
+    }
+}
+
+/// Each `name: value\r\n` line of `lines` with its name.
+fn split_lines(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    lines.split_inclusive(|b| *b == b'\n').map(|line| {
+        let colon = line.iter().position(|b| *b == b':').unwrap_or(0);
+        (line, line.get(..colon).unwrap_or_default())
+    })
+}
+
 /// A response, with the upstream's header fields beside it when an HTTP/1.1 upstream sent
 /// them (they are not in its `HeaderMap`; see [`UpstreamFields`]).
 #[derive(Debug)]
 pub struct Answer {
-    /// Status, Palisade's headers and the body.
+    /// Status, headers and the body.
     pub response: Response<ProxyBody>,
-    /// The upstream's header fields, to be written after `response`'s headers.
+    /// Fields Palisade adds (RateLimit headers, request id), which replace any of the same
+    /// name in `response` or `fields`.
+    pub lines: HeadLines,
+    /// The upstream's header fields, to be written after the others.
     pub fields: Option<UpstreamFields>,
 }
 
@@ -311,15 +379,17 @@ impl From<Response<ProxyBody>> for Answer {
     fn from(response: Response<ProxyBody>) -> Self {
         Self {
             response,
+            lines: HeadLines::default(),
             fields: None,
         }
     }
 }
 
 impl Answer {
-    /// The response with the upstream's fields merged into its headers.
+    /// The response with Palisade's lines and the upstream's fields in its headers.
     pub fn merged(self) -> Response<ProxyBody> {
         let mut response = self.response;
+        self.lines.apply(response.headers_mut());
         if let Some(fields) = self.fields {
             fields.merge_into(response.headers_mut());
         }
@@ -437,7 +507,7 @@ impl H1Pool {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
-        added: &Added,
+        added: &HeadLines,
         body: OutBody,
         deadline: tokio::time::Instant,
     ) -> Result<Answer, H1Error> {
@@ -543,6 +613,7 @@ impl H1Pool {
         *response.status_mut() = head.status;
         Answer {
             response,
+            lines: HeadLines::default(),
             fields: Some(head.fields),
         }
     }
@@ -874,7 +945,7 @@ fn encode_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
-    added: &Added,
+    added: &HeadLines,
     framing: ReqFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -882,7 +953,10 @@ fn encode_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || added.replaces(name) {
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || added.replaces(name.as_str().as_bytes())
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -1268,7 +1342,14 @@ mod tests {
         ) -> Result<Response<ProxyBody>, H1Error> {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             Ok(self
-                .send(method, target, headers, &Added::default(), body, deadline)
+                .send(
+                    method,
+                    target,
+                    headers,
+                    &HeadLines::default(),
+                    body,
+                    deadline,
+                )
                 .await?
                 .merged())
         }
@@ -1506,7 +1587,7 @@ mod tests {
             &Method::POST,
             "/p?q=1",
             &h,
-            &Added::default(),
+            &HeadLines::default(),
             ReqFraming::Length(3),
         );
         assert_eq!(
@@ -1519,7 +1600,7 @@ mod tests {
             &Method::GET,
             "/",
             &h,
-            &Added::default(),
+            &HeadLines::default(),
             ReqFraming::None,
         );
         assert!(!String::from_utf8(out).unwrap().contains("content-length"));
@@ -1637,7 +1718,7 @@ mod tests {
                 &Method::GET,
                 path,
                 &host(),
-                &Added::default(),
+                &HeadLines::default(),
                 OutBody::Empty,
                 deadline,
             )

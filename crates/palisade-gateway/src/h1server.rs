@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::h1::{Answer, ChunkError, ChunkedDecoder, UpstreamFields, name_bit};
+use crate::h1::{Answer, ChunkError, ChunkedDecoder, HeadLines, UpstreamFields, name_bit};
 use crate::respond::Refusal;
 
 /// Bounds and timeouts of client connections.
@@ -341,6 +341,7 @@ impl Conn {
             &mut self.out,
             status,
             &parts.headers,
+            &answer.lines,
             fields,
             framing,
             declared,
@@ -434,6 +435,7 @@ fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    lines: &HeadLines,
     fields: Option<&UpstreamFields>,
     framing: Out,
     declared: Option<u64>,
@@ -448,7 +450,11 @@ fn encode_head(
     // be one Palisade set.
     let mut taken = 0u64;
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || name == CONNECTION
+            || lines.replaces(name.as_str().as_bytes())
+        {
             continue;
         }
         has_date |= name == DATE;
@@ -459,6 +465,9 @@ fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     // The upstream's own fields, except those Palisade set (which replace them).
+    // Palisade's own lines, then the upstream's fields but those they replace.
+    out.extend_from_slice(lines.lines());
+    taken |= lines.names();
     match fields.map(|f| (f, f.wire_unless(taken))) {
         None => {}
         Some((_, Some((wire, date)))) => {
@@ -468,10 +477,11 @@ fn encode_head(
         Some((f, None)) => {
             for (line, name) in f.named_lines() {
                 let clash = name_bit(name) & taken != 0
-                    && headers.keys().any(|k| {
-                        k.as_str().len() == name.len()
-                            && k.as_str().as_bytes().eq_ignore_ascii_case(name)
-                    });
+                    && (lines.replaces(name)
+                        || headers.keys().any(|k| {
+                            k.as_str().len() == name.len()
+                                && k.as_str().as_bytes().eq_ignore_ascii_case(name)
+                        }));
                 if !clash {
                     has_date |= name.eq_ignore_ascii_case(b"date");
                     out.extend_from_slice(line);

@@ -30,31 +30,42 @@ use palisade_intel::ja4h::HttpVersion;
 
 use crate::auth::{Authenticated, authenticate, presented};
 use crate::body::{Bounded, ClientBody, ProxyBody, is_body_too_large};
-use crate::h1::{Answer, OutBody, UpstreamFields};
+use crate::h1::{Answer, HeadLines, OutBody, UpstreamFields};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
 use crate::respond::Refusal;
 use crate::store::{QuotaAnswer, QuotaCharge};
 use crate::upstream::names::*;
-use crate::upstream::{Added, UpstreamError, strip_hop_by_hop, strip_palisade_headers};
+use crate::upstream::{UpstreamError, forwarding_lines, strip_hop_by_hop, strip_palisade_headers};
 use crate::{Runtime, Shared};
 
 /// Handles one request; never fails (errors become responses).
 pub async fn handle(shared: Arc<Shared>, req: Request<ClientBody>, peer: SocketAddr) -> Answer {
-    let mut fields = None;
-    let response = match respond(shared, req, peer, &mut fields).await {
+    let mut extra = Extra::default();
+    let response = match respond(shared, req, peer, &mut extra).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
-    Answer { response, fields }
+    Answer {
+        response,
+        lines: extra.lines,
+        fields: extra.fields,
+    }
 }
 
-/// [`handle`], with the upstream's header fields (when it answered) left in `upstream_fields`.
+/// What goes out beside the response's headers (see [`Answer`]).
+#[derive(Default)]
+struct Extra {
+    lines: HeadLines,
+    fields: Option<UpstreamFields>,
+}
+
+/// [`handle`], with Palisade's header lines and the upstream's fields left in `extra`.
 async fn respond(
     shared: Arc<Shared>,
     req: Request<ClientBody>,
     peer: SocketAddr,
-    upstream_fields: &mut Option<UpstreamFields>,
+    extra: &mut Extra,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // Arrival, on the engine's monotonic clock (also the decision's `now`).
     let now = shared.clock.now();
@@ -468,7 +479,7 @@ async fn respond(
         Action::Allow | Action::Tag => None,
     };
 
-    let mut response = match refusal {
+    let response = match refusal {
         Some(r) => r.response(&request_id),
         None => {
             // The client's Host (a shared handle on hyper's buffer, not a copy), else the
@@ -487,7 +498,7 @@ async fn respond(
             let host = host_value.as_ref().and_then(|v| v.to_str().ok());
             strip_hop_by_hop(&mut parts.headers);
             strip_palisade_headers(&mut parts.headers);
-            let added = Added::forwarding(
+            let added = forwarding_lines(
                 &parts.headers,
                 peer.ip(),
                 server.trusted_proxies.contains(peer.ip()),
@@ -534,7 +545,7 @@ async fn respond(
             .await
             {
                 Ok(answer) => {
-                    *upstream_fields = answer.fields;
+                    extra.fields = answer.fields;
                     answer.response
                 }
                 Err(r) => r.response(&request_id),
@@ -548,28 +559,28 @@ async fn respond(
         .engine
         .rate_limit_headers(&decision, kept_policy.is_none())
     {
-        let hs = response.headers_mut();
-        hs.reserve(6);
         if let Some(v) = kept_policy.or_else(|| rt.keep_policy(policy_set, h.policy)) {
-            hs.insert(RATELIMIT_POLICY, v);
+            extra
+                .lines
+                .push(RATELIMIT_POLICY.as_str().as_bytes(), v.as_bytes());
         }
-        if let Ok(v) = HeaderValue::try_from(h.ratelimit) {
-            hs.insert(RATELIMIT, v);
-        }
+        extra
+            .lines
+            .push(RATELIMIT.as_str().as_bytes(), h.ratelimit.as_bytes());
         for (name, n) in [
             (X_RATELIMIT_LIMIT, h.x_limit),
             (X_RATELIMIT_REMAINING, h.x_remaining),
             (X_RATELIMIT_RESET, h.x_reset),
         ] {
-            // Digits are always a valid value; `from(u64)` would allocate twice.
-            if let Ok(v) = HeaderValue::from_bytes(itoa::Buffer::new().format(n).as_bytes()) {
-                hs.insert(name, v);
-            }
+            extra.lines.push(
+                name.as_str().as_bytes(),
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(X_REQUEST_ID, v);
-    }
+    extra
+        .lines
+        .push(X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
 
     // What the shared store counted for a request that was refused after all goes back.
     if let Some(store) = &shared.store {
@@ -893,7 +904,7 @@ async fn forward(
     shared: &Shared,
     rt: &Runtime,
     parts: http::request::Parts,
-    added: &Added,
+    added: &HeadLines,
     body: OutBody,
     settlement: Option<QuotaCharge>,
     decision: &Decision,
@@ -955,7 +966,9 @@ async fn forward(
             .observe(upstream_seconds),
     }
 
-    let Answer { response, fields } = resp;
+    let Answer {
+        response, fields, ..
+    } = resp;
     let (mut rparts, rbody) = response.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     // A header of the upstream's answer, wherever the client that read it keeps it.
@@ -998,6 +1011,7 @@ async fn forward(
     rparts.version = http::Version::HTTP_11;
     Ok(Answer {
         response: Response::from_parts(rparts, rbody),
+        lines: HeadLines::default(),
         fields,
     })
 }

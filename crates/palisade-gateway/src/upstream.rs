@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use palisade_config::{ServerSettings, UpstreamProtocol, UpstreamSettings};
 
 use crate::body::{BoxError, ProxyBody};
-use crate::h1::{Answer, H1Error, H1Pool, OutBody};
+use crate::h1::{Answer, H1Error, H1Pool, HeadLines, OutBody};
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +119,7 @@ impl Upstream {
     pub async fn send(
         &self,
         mut parts: http::request::Parts,
-        added: &Added,
+        added: &HeadLines,
         body: OutBody,
         host: Option<&str>,
         timeout: Duration,
@@ -285,150 +285,83 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Request headers Palisade adds for the upstream, as wire lines (`name: value\r\n`), and
-/// which of the client's headers they replace. An HTTP/1.1 upstream gets the lines written
-/// after the client's headers (no `HeaderMap` insertions per request); for HTTP/2 they are
-/// applied to the headers ([`Added::apply`]).
-#[derive(Debug, Default, Clone)]
-pub struct Added {
-    lines: Vec<u8>,
-    names: u8,
-}
-
-const ADD_XFF: u8 = 1;
-const ADD_FORWARDED: u8 = 2;
-const ADD_PROTO: u8 = 4;
-const ADD_HOST: u8 = 8;
-const ADD_REQUEST_ID: u8 = 16;
-
-impl Added {
-    /// `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
-    /// `X-Request-Id`. Headers from a trusted peer are extended (proto and host kept); from
-    /// anyone else they are replaced, so a client's forged chain never reaches the upstream.
-    pub fn forwarding(
-        headers: &HeaderMap,
-        peer: IpAddr,
-        peer_trusted: bool,
-        host_value: Option<&HeaderValue>,
-        request_id: &str,
-    ) -> Self {
-        let mut added = Added {
-            lines: Vec::with_capacity(256),
-            names: 0,
-        };
-        let host = host_value.and_then(|v| v.to_str().ok());
-        let peer = peer.to_canonical();
-        let mut peer_s = String::with_capacity(48);
-        push_ip(&mut peer_s, peer);
-        // An untrusted peer's chain is replaced, so it is not even looked up.
-        let prev = |name: &HeaderName| {
-            peer_trusted
-                .then(|| headers.get(name))
-                .flatten()
-                .and_then(|v| v.to_str().ok())
-                .filter(|p| !p.trim().is_empty())
-        };
-        let out = &mut added.lines;
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(p) = prev(&X_FORWARDED_FOR) {
-            out.extend_from_slice(p.as_bytes());
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(peer_s.as_bytes());
-        out.extend_from_slice(b"\r\nforwarded: ");
-        if let Some(p) = prev(&header::FORWARDED) {
-            out.extend_from_slice(p.as_bytes());
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(b"for=");
-        if peer.is_ipv6() {
-            out.extend_from_slice(b"\"[");
-            out.extend_from_slice(peer_s.as_bytes());
-            out.extend_from_slice(b"]\"");
-        } else {
-            out.extend_from_slice(peer_s.as_bytes());
-        }
-        out.extend_from_slice(b";proto=http");
-        if let Some(h) = host.filter(|h| {
-            h.bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        }) {
-            out.extend_from_slice(b";host=\"");
-            out.extend_from_slice(h.as_bytes());
-            out.push(b'"');
-        }
-        out.extend_from_slice(b"\r\n");
-        added.names = ADD_XFF | ADD_FORWARDED;
-        if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            added.push(b"x-forwarded-proto", b"http", ADD_PROTO);
-        }
-        if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
-            && let Some(v) = host_value
-        {
-            added.push(b"x-forwarded-host", v.as_bytes(), ADD_HOST);
-        }
-        if !request_id.is_empty() && request_id.bytes().all(|b| b.is_ascii_graphic()) {
-            added.push(b"x-request-id", request_id.as_bytes(), ADD_REQUEST_ID);
-        }
-        added
+/// The request headers Palisade adds for the upstream: `X-Forwarded-For`, `Forwarded`,
+/// `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Request-Id`, replacing the client's. Headers
+/// from a trusted peer are extended (its proto and host kept); from anyone else they are
+/// replaced, so a client's forged chain never reaches the upstream.
+pub fn forwarding_lines(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    host_value: Option<&HeaderValue>,
+    request_id: &str,
+) -> HeadLines {
+    let mut added = HeadLines::with_capacity(256);
+    let host = host_value.and_then(|v| v.to_str().ok());
+    let peer = peer.to_canonical();
+    let mut peer_s = String::with_capacity(48);
+    push_ip(&mut peer_s, peer);
+    // An untrusted peer's chain is replaced, so it is not even looked up.
+    let prev = |name: &HeaderName| {
+        peer_trusted
+            .then(|| headers.get(name))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .filter(|p| !p.trim().is_empty())
+    };
+    let mut value = String::with_capacity(128);
+    if let Some(p) = prev(&X_FORWARDED_FOR) {
+        value.push_str(p);
+        value.push_str(", ");
     }
-
-    fn push(&mut self, name: &[u8], value: &[u8], bit: u8) {
-        self.lines.extend_from_slice(name);
-        self.lines.extend_from_slice(b": ");
-        self.lines.extend_from_slice(value);
-        self.lines.extend_from_slice(b"\r\n");
-        self.names |= bit;
+    value.push_str(&peer_s);
+    added.push(b"x-forwarded-for", value.as_bytes());
+    value.clear();
+    if let Some(p) = prev(&header::FORWARDED) {
+        value.push_str(p);
+        value.push_str(", ");
     }
-
-    /// The lines, to be written after the client's headers.
-    pub fn lines(&self) -> &[u8] {
-        &self.lines
+    value.push_str("for=");
+    if peer.is_ipv6() {
+        value.push_str("\"[");
+        value.push_str(&peer_s);
+        value.push_str("]\"");
+    } else {
+        value.push_str(&peer_s);
     }
-
-    /// Whether the client's header `name` is replaced by one of these (so not forwarded).
-    pub fn replaces(&self, name: &HeaderName) -> bool {
-        if self.names == 0 {
-            return false;
-        }
-        let bit = match name.as_str().len() {
-            15 if *name == X_FORWARDED_FOR => ADD_XFF,
-            9 if *name == header::FORWARDED => ADD_FORWARDED,
-            17 if *name == X_FORWARDED_PROTO => ADD_PROTO,
-            16 if *name == X_FORWARDED_HOST => ADD_HOST,
-            12 if *name == X_REQUEST_ID => ADD_REQUEST_ID,
-            _ => 0,
-        };
-        self.names & bit != 0
+    value.push_str(";proto=http");
+    if let Some(h) = host.filter(|h| {
+        h.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    }) {
+        value.push_str(";host=\"");
+        value.push_str(h);
+        value.push('"');
     }
-
-    /// Sets the headers in `headers`, replacing the client's.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        for line in self.lines.split_inclusive(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r\n").unwrap_or(line);
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
-                continue;
-            };
-            let (name, value) = line.split_at(colon);
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_bytes(value.get(2..).unwrap_or_default()),
-            ) {
-                headers.insert(n, v);
-            }
-        }
+    added.push(b"forwarded", value.as_bytes());
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        added.push(b"x-forwarded-proto", b"http");
     }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
+        && let Some(v) = host_value
+    {
+        added.push(b"x-forwarded-host", v.as_bytes());
+    }
+    if !request_id.is_empty() {
+        added.push(b"x-request-id", request_id.as_bytes());
+    }
+    added
 }
 
 /// Sets `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and `X-Forwarded-Host` in
-/// `headers` (see [`Added::forwarding`]).
+/// `headers` (see [`forwarding_lines`]).
 pub fn set_forwarding_headers(
     headers: &mut HeaderMap,
     peer: IpAddr,
     peer_trusted: bool,
     host_value: Option<&HeaderValue>,
 ) {
-    Added::forwarding(headers, peer, peer_trusted, host_value, "").apply(headers);
+    forwarding_lines(headers, peer, peer_trusted, host_value, "").apply(headers);
 }
 
 /// Writes an address the way `Display` does; IPv4 (nearly every client) without the
@@ -524,7 +457,7 @@ mod tests {
         let host = h.get("host").cloned();
         let peer: IpAddr = "10.0.0.7".parse().unwrap();
         for trusted in [false, true] {
-            let a = Added::forwarding(&h, peer, trusted, host.as_ref(), "00ff");
+            let a = forwarding_lines(&h, peer, trusted, host.as_ref(), "00ff");
             let text = String::from_utf8(a.lines().to_vec()).unwrap();
             let xff = if trusted {
                 "6.6.6.6, 10.0.0.7"
@@ -550,14 +483,14 @@ mod tests {
                 "x-request-id",
                 "x-forwarded-host",
             ] {
-                assert!(a.replaces(&HeaderName::from_static(name)), "{name}");
+                assert!(a.replaces(name.as_bytes()), "{name}");
             }
             assert_eq!(
-                a.replaces(&HeaderName::from_static("x-forwarded-proto")),
+                a.replaces(b"X-Forwarded-Proto"),
                 !trusted,
                 "a trusted proxy's proto is kept"
             );
-            assert!(!a.replaces(&header::HOST));
+            assert!(!a.replaces(b"host"));
             // The same values as headers (HTTP/2 upstreams).
             let mut applied = h.clone();
             a.apply(&mut applied);
@@ -568,7 +501,7 @@ mod tests {
                 if trusted { "https" } else { "http" }
             );
         }
-        assert!(!Added::default().replaces(&X_FORWARDED_FOR));
+        assert!(!HeadLines::default().replaces(b"x-forwarded-for"));
     }
 
     #[test]
