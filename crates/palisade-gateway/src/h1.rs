@@ -315,12 +315,22 @@ impl HeadLines {
     /// Adds `name: value`. `name` is a lowercase token; a value with control bytes (other than
     /// HTAB) is not added.
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return;
+        if value
+            .iter()
+            .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+        {
+            self.line(name, &[value]);
         }
+    }
+
+    /// Adds `name: ` and the `parts` of a value, unchecked: each part must come from a valid
+    /// field value (a `HeaderValue`, digits, an address), which their concatenation then is.
+    pub(crate) fn line(&mut self, name: &[u8], parts: &[&[u8]]) {
         self.lines.extend_from_slice(name);
         self.lines.extend_from_slice(b": ");
-        self.lines.extend_from_slice(value);
+        for p in parts {
+            self.lines.extend_from_slice(p);
+        }
         self.lines.extend_from_slice(b"\r\n");
         self.names |= name_bit(name);
     }

@@ -41,7 +41,11 @@ use crate::{Runtime, Shared};
 
 /// Handles one request; never fails (errors become responses).
 pub async fn handle(shared: Arc<Shared>, req: Request<ClientBody>, peer: SocketAddr) -> Answer {
-    let mut extra = Extra::default();
+    let mut extra = Extra {
+        // The RateLimit headers and the request id without regrowing.
+        lines: HeadLines::with_capacity(384),
+        fields: None,
+    };
     let response = match respond(shared, req, peer, &mut extra).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -54,7 +58,6 @@ pub async fn handle(shared: Arc<Shared>, req: Request<ClientBody>, peer: SocketA
 }
 
 /// What goes out beside the response's headers (see [`Answer`]).
-#[derive(Default)]
 struct Extra {
     lines: HeadLines,
     fields: Option<UpstreamFields>,
@@ -559,28 +562,26 @@ async fn respond(
         .engine
         .rate_limit_headers(&decision, kept_policy.is_none())
     {
+        let lines = &mut extra.lines;
         if let Some(v) = kept_policy.or_else(|| rt.keep_policy(policy_set, h.policy)) {
-            extra
-                .lines
-                .push(RATELIMIT_POLICY.as_str().as_bytes(), v.as_bytes());
+            lines.line(RATELIMIT_POLICY.as_str().as_bytes(), &[v.as_bytes()]);
         }
-        extra
-            .lines
-            .push(RATELIMIT.as_str().as_bytes(), h.ratelimit.as_bytes());
+        lines.push(RATELIMIT.as_str().as_bytes(), h.ratelimit.as_bytes());
         for (name, n) in [
             (X_RATELIMIT_LIMIT, h.x_limit),
             (X_RATELIMIT_REMAINING, h.x_remaining),
             (X_RATELIMIT_RESET, h.x_reset),
         ] {
-            extra.lines.push(
+            lines.line(
                 name.as_str().as_bytes(),
-                itoa::Buffer::new().format(n).as_bytes(),
+                &[itoa::Buffer::new().format(n).as_bytes()],
             );
         }
     }
+    // Sixteen hex digits.
     extra
         .lines
-        .push(X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+        .line(X_REQUEST_ID.as_str().as_bytes(), &[request_id.as_bytes()]);
 
     // What the shared store counted for a request that was refused after all goes back.
     if let Some(store) = &shared.store {

@@ -309,43 +309,51 @@ pub fn forwarding_lines(
             .and_then(|v| v.to_str().ok())
             .filter(|p| !p.trim().is_empty())
     };
-    let mut value = String::with_capacity(128);
-    if let Some(p) = prev(&X_FORWARDED_FOR) {
-        value.push_str(p);
-        value.push_str(", ");
+    // Every part is a header value that parsed as text, an address, or fixed text: the
+    // lines need no further check.
+    let peer_b = peer_s.as_bytes();
+    match prev(&X_FORWARDED_FOR) {
+        Some(p) => added.line(b"x-forwarded-for", &[p.as_bytes(), b", ", peer_b]),
+        None => added.line(b"x-forwarded-for", &[peer_b]),
     }
-    value.push_str(&peer_s);
-    added.push(b"x-forwarded-for", value.as_bytes());
-    value.clear();
-    if let Some(p) = prev(&header::FORWARDED) {
-        value.push_str(p);
-        value.push_str(", ");
-    }
-    value.push_str("for=");
-    if peer.is_ipv6() {
-        value.push_str("\"[");
-        value.push_str(&peer_s);
-        value.push_str("]\"");
+    let (before, sep): (&[u8], &[u8]) = match prev(&header::FORWARDED) {
+        Some(p) => (p.as_bytes(), b", "),
+        None => (b"", b""),
+    };
+    let (open, close): (&[u8], &[u8]) = if peer.is_ipv6() {
+        (b"\"[", b"]\"")
     } else {
-        value.push_str(&peer_s);
-    }
-    value.push_str(";proto=http");
-    if let Some(h) = host.filter(|h| {
+        (b"", b"")
+    };
+    let host_param: [&[u8]; 3] = match host.filter(|h| {
         h.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
     }) {
-        value.push_str(";host=\"");
-        value.push_str(h);
-        value.push('"');
-    }
-    added.push(b"forwarded", value.as_bytes());
+        Some(h) => [b";host=\"", h.as_bytes(), b"\""],
+        None => [b"", b"", b""],
+    };
+    added.line(
+        b"forwarded",
+        &[
+            before,
+            sep,
+            b"for=",
+            open,
+            peer_b,
+            close,
+            b";proto=http",
+            host_param[0],
+            host_param[1],
+            host_param[2],
+        ],
+    );
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        added.push(b"x-forwarded-proto", b"http");
+        added.line(b"x-forwarded-proto", &[b"http"]);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
         && let Some(v) = host_value
     {
-        added.push(b"x-forwarded-host", v.as_bytes());
+        added.line(b"x-forwarded-host", &[v.as_bytes()]);
     }
     if !request_id.is_empty() {
         added.push(b"x-request-id", request_id.as_bytes());
