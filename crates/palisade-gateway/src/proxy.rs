@@ -43,7 +43,7 @@ use crate::{Runtime, Shared};
 pub async fn handle(shared: Arc<Shared>, req: Request<ClientBody>, peer: SocketAddr) -> Answer {
     let mut extra = Extra {
         // The RateLimit headers and the request id without regrowing.
-        lines: HeadLines::with_capacity(384),
+        lines: HeadLines::with_capacity(768),
         fields: None,
     };
     let response = match respond(shared, req, peer, &mut extra).await {
@@ -566,7 +566,9 @@ async fn respond(
         if let Some(v) = kept_policy.or_else(|| rt.keep_policy(policy_set, h.policy)) {
             lines.line(RATELIMIT_POLICY.as_str().as_bytes(), &[v.as_bytes()]);
         }
-        lines.push(RATELIMIT.as_str().as_bytes(), h.ratelimit.as_bytes());
+        // sf-strings (printable ASCII only, see `ratelimit_headers::sf_string`), digits and
+        // separators: always a valid field value.
+        lines.line(RATELIMIT.as_str().as_bytes(), &[h.ratelimit.as_bytes()]);
         for (name, n) in [
             (X_RATELIMIT_LIMIT, h.x_limit),
             (X_RATELIMIT_REMAINING, h.x_remaining),
