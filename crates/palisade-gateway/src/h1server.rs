@@ -22,7 +22,6 @@
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -32,7 +31,9 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
@@ -79,7 +80,7 @@ const COALESCE_BYTES: usize = 16 * 1024;
 /// Serves HTTP/1.x requests on `stream` with `service` until the connection ends, or hands
 /// it back if it speaks HTTP/2.
 pub async fn serve<F, Fut>(
-    stream: TcpStream,
+    mut stream: TcpStream,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
     mut service: F,
@@ -109,7 +110,7 @@ where
         }
         let deadline = idle_since + limits.idle_timeout;
         match poll_fn(|cx| {
-            if let Poll::Ready(r) = poll_fill(&stream, cx, &mut buf) {
+            if let Poll::Ready(r) = poll_fill(Pin::new(&mut stream), cx, &mut buf) {
                 return Poll::Ready(r.ok().filter(|n| *n > 0).is_some());
             }
             if timer.poll_reached(cx, deadline).is_ready() || shutdown.as_mut().poll(cx).is_ready()
@@ -124,21 +125,22 @@ where
             false => return Served::Closed,
         }
     }
+    let (rd, wr) = stream.into_split();
     let mut conn = Conn {
-        stream: Arc::new(stream),
+        wr,
         out: Vec::with_capacity(4 * 1024),
         timer,
         limits,
         shutdown,
         stopping: false,
     };
-    let mut buf = Some(buf);
+    let mut reader = Some(Reader { rd, buf });
     let mut idle_since = Some(idle_since);
     loop {
-        let Some(mut rbuf) = buf.take() else {
+        let Some(mut rdr) = reader.take() else {
             return Served::Closed;
         };
-        let head = match conn.read_head(&mut rbuf, &mut idle_since).await {
+        let head = match conn.read_head(&mut rdr, &mut idle_since).await {
             Ok(Some(head)) => head,
             Ok(None) => return Served::Closed,
             Err(refusal) => {
@@ -149,10 +151,11 @@ where
         let head_only = head.parts.method == Method::HEAD;
         let version = head.parts.version;
         let mut keep_alive = head.keep_alive;
+        let mut rdr = Some(rdr);
         let (body, back) = match head.framing {
             Framing::None | Framing::Length(0) => (RequestBody(None), None),
             framing => {
-                if head.expect_continue && rbuf.is_empty() {
+                if head.expect_continue && rdr.as_ref().is_some_and(|r| r.buf.is_empty()) {
                     let r = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
                     if r.is_err() {
                         return Served::Closed;
@@ -160,8 +163,7 @@ where
                 }
                 let (tx, rx) = oneshot::channel();
                 let body = Lent {
-                    stream: conn.stream.clone(),
-                    buf: rbuf,
+                    reader: rdr.take(),
                     left: match framing {
                         Framing::Length(n) => Left::Length(n),
                         _ => Left::Chunked(ChunkedDecoder::default()),
@@ -170,7 +172,6 @@ where
                     idle: limits.idle_timeout,
                     timer: None,
                 };
-                rbuf = BytesMut::new();
                 (RequestBody(Some(Box::new(body))), Some(rx))
             }
         };
@@ -178,12 +179,9 @@ where
         // A body not read to its end (nor already in the buffer) leaves the connection's
         // framing unknown: the connection closes after this response.
         if let Some(mut rx) = back {
-            match rx.try_recv() {
-                Ok(returned) => rbuf = returned,
-                Err(_) => keep_alive = false,
-            }
+            rdr = rx.try_recv().ok();
         }
-        if conn.stopping() {
+        if rdr.is_none() || conn.stopping() {
             keep_alive = false;
         }
         match conn
@@ -193,14 +191,20 @@ where
             Ok(true) if keep_alive => {}
             _ => return Served::Closed,
         }
-        buf = Some(rbuf);
+        reader = rdr;
         idle_since = None;
     }
 }
 
+/// The read side of a connection and what was read from it but not yet used.
+struct Reader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+}
+
 /// A connection after protocol detection.
 struct Conn {
-    stream: Arc<TcpStream>,
+    wr: OwnedWriteHalf,
     out: Vec<u8>,
     timer: Timer,
     limits: Limits,
@@ -222,9 +226,10 @@ impl Conn {
     /// (closed by the client, idle, or shutdown) between requests.
     async fn read_head(
         &mut self,
-        buf: &mut BytesMut,
+        reader: &mut Reader,
         idle_since: &mut Option<Instant>,
     ) -> Result<Option<Head>, Refusal> {
+        let Reader { rd, buf } = reader;
         let max_head = self.limits.max_head_bytes;
         let mut head_since: Option<Instant> = None;
         loop {
@@ -239,12 +244,11 @@ impl Conn {
                 buf.reserve(4 * 1024);
             }
             let limits = self.limits;
-            let stream = &self.stream;
             let timer = &mut self.timer;
             let shutdown = &mut self.shutdown;
             let stopping = &mut self.stopping;
             let got = poll_fn(|cx| {
-                if let Poll::Ready(r) = poll_fill(stream, cx, buf) {
+                if let Poll::Ready(r) = poll_fill(Pin::new(&mut *rd), cx, buf) {
                     return Poll::Ready(r.ok().filter(|n| *n > 0).is_some());
                 }
                 let deadline = if buf.is_empty() {
@@ -282,7 +286,7 @@ impl Conn {
     /// Writes everything in `data`, waiting for the client at most the idle timeout.
     async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         write_all(
-            &self.stream,
+            &mut self.wr,
             &mut self.timer,
             self.limits.idle_timeout,
             data,
@@ -292,7 +296,7 @@ impl Conn {
 
     async fn flush(&mut self) -> io::Result<()> {
         let r = write_all(
-            &self.stream,
+            &mut self.wr,
             &mut self.timer,
             self.limits.idle_timeout,
             &self.out,
@@ -719,48 +723,39 @@ fn parse_length(s: &[u8]) -> Option<u64> {
     })
 }
 
-/// Reads what is available into `buf`, waiting for readiness without a syscall.
-fn poll_fill(
-    stream: &TcpStream,
+/// Reads what is available into `buf`. (Through `AsyncRead`, whose short reads clear the
+/// socket's readiness: the next wait needs no `recv` that finds nothing.)
+fn poll_fill<R: AsyncRead>(
+    rd: Pin<&mut R>,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_read_ready(cx))?;
-        match stream.try_read_buf(buf) {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
+    tokio_util::io::poll_read_buf(rd, cx, buf)
 }
 
 async fn write_all(
-    stream: &TcpStream,
+    wr: &mut OwnedWriteHalf,
     timer: &mut Timer,
     wait: Duration,
     mut data: &[u8],
 ) -> io::Result<()> {
     let mut deadline: Option<Instant> = None;
     while !data.is_empty() {
-        match stream.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = data.get(n..).unwrap_or_default(),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        let n = poll_fn(|cx| match Pin::new(&mut *wr).poll_write(cx, data) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => {
                 let until = *deadline.get_or_insert_with(|| Instant::now() + wait);
-                poll_fn(|cx| {
-                    if let Poll::Ready(r) = stream.poll_write_ready(cx) {
-                        return Poll::Ready(r);
-                    }
-                    if timer.poll_reached(cx, until).is_ready() {
-                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                    }
-                    Poll::Pending
-                })
-                .await?;
+                if timer.poll_reached(cx, until).is_ready() {
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                Poll::Pending
             }
-            Err(e) => return Err(e),
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
+        data = data.get(n..).unwrap_or_default();
     }
     Ok(())
 }
@@ -808,11 +803,11 @@ impl std::fmt::Debug for RequestBody {
 
 /// The connection's read buffer, lent to the body while it is read.
 struct Lent {
-    stream: Arc<TcpStream>,
-    buf: BytesMut,
+    /// `None` only once given back.
+    reader: Option<Reader>,
     left: Left,
-    /// Where the buffer goes back when the body ended cleanly (with any pipelined bytes).
-    back: Option<oneshot::Sender<BytesMut>>,
+    /// Where the reader goes back when the body ended cleanly (with any pipelined bytes).
+    back: Option<oneshot::Sender<Reader>>,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -849,25 +844,25 @@ impl Lent {
 
     /// The body ended: the buffer (with whatever follows the body) goes back.
     fn give_back(&mut self) {
-        if let Some(tx) = self.back.take() {
-            let _ = tx.send(std::mem::take(&mut self.buf));
+        if let (Some(tx), Some(reader)) = (self.back.take(), self.reader.take()) {
+            let _ = tx.send(reader);
         }
     }
 
     fn next_data(&mut self) -> Result<Option<Bytes>, ChunkError> {
+        let Some(Reader { buf, .. }) = self.reader.as_mut() else {
+            return Ok(None);
+        };
         match &mut self.left {
             Left::Length(n) => {
-                if *n == 0 || self.buf.is_empty() {
+                if *n == 0 || buf.is_empty() {
                     return Ok(None);
                 }
-                let take = self
-                    .buf
-                    .len()
-                    .min(usize::try_from(*n).unwrap_or(usize::MAX));
+                let take = buf.len().min(usize::try_from(*n).unwrap_or(usize::MAX));
                 *n -= take as u64;
-                Ok(Some(self.buf.split_to(take).freeze()))
+                Ok(Some(buf.split_to(take).freeze()))
             }
-            Left::Chunked(d) => d.decode(&mut self.buf),
+            Left::Chunked(d) => d.decode(buf),
         }
     }
 
@@ -890,10 +885,13 @@ impl Lent {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-            if self.buf.capacity() - self.buf.len() < 4 * 1024 {
-                self.buf.reserve(16 * 1024);
+            let Some(Reader { rd, buf }) = self.reader.as_mut() else {
+                return Poll::Ready(Some(Err(BodyError::Incomplete)));
+            };
+            if buf.capacity() - buf.len() < 4 * 1024 {
+                buf.reserve(16 * 1024);
             }
-            match poll_fill(&self.stream, cx, &mut self.buf) {
+            match poll_fill(Pin::new(rd), cx, buf) {
                 Poll::Ready(Ok(0)) => {
                     self.back = None;
                     return Poll::Ready(Some(Err(BodyError::Incomplete)));
