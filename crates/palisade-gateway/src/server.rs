@@ -324,7 +324,8 @@ async fn flush_loop(shared: Arc<Shared>) {
 /// How many request headers hyper's HTTP/1 parser accepts when not told otherwise.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-/// The hyper connection builder with the configured timeouts and bounds (proxy and admin).
+/// The hyper connection builder with the configured timeouts and bounds, for the admin
+/// listener (the proxy's HTTP/1.x side is `h1server`, its HTTP/2 side [`h2_builder`]).
 pub(crate) fn connection_builder(rt: &Runtime) -> auto::Builder<TokioExecutor> {
     let s = &rt.compiled.server;
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -337,8 +338,7 @@ pub(crate) fn connection_builder(rt: &Runtime) -> auto::Builder<TokioExecutor> {
         // vectored write (bench/README.md).
         .writev(false);
     // hyper refuses more than 100 headers by default, from a stack array; a configured cap
-    // makes it zero a heap array of that size per request, so it is only set above 100 (a lower
-    // cap is enforced by the proxy itself, with the same 431).
+    // makes it zero a heap array of that size per request, so it is only set above 100.
     if s.max_header_count > HYPER_DEFAULT_MAX_HEADERS {
         b.http1().max_headers(s.max_header_count);
     }
