@@ -26,6 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::io::Timer;
+use crate::upstream::is_hop_by_hop_name;
 
 /// Largest response head read (status line and headers).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -168,7 +170,7 @@ struct Conn {
     /// The connection's one timer for the response deadline: armed at its first exchange and
     /// re-armed only when it fires before the deadline of the exchange then waiting (see
     /// [`within`]), so that back-to-back requests do not touch the timer wheel each time.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer: Option<Timer>,
 }
 
 impl Conn {
@@ -220,12 +222,7 @@ pub fn name_bit(name: &[u8]) -> u64 {
 impl UpstreamFields {
     /// The fields as `(name, value)`, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.lines().map(|line| {
-            let line = line.strip_suffix(b"\r\n").unwrap_or(line);
-            let colon = line.iter().position(|b| *b == b':').unwrap_or(line.len());
-            let (name, value) = line.split_at(colon);
-            (name, value.get(2..).unwrap_or_default())
-        })
+        split_fields(&self.lines)
     }
 
     /// Fields from wire lines (tests of the side that writes them).
@@ -353,10 +350,7 @@ impl HeadLines {
 
     /// Sets these in `headers`, replacing fields of the same names.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for (line, name) in split_lines(&self.lines) {
-            let value = line
-                .get(name.len() + 2..line.len().saturating_sub(2))
-                .unwrap_or_default();
+        for (name, value) in split_fields(&self.lines) {
             if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
                 headers.insert(n, v);
             }
@@ -369,6 +363,14 @@ fn split_lines(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     lines.split_inclusive(|b| *b == b'\n').map(|line| {
         let colon = line.iter().position(|b| *b == b':').unwrap_or(0);
         (line, line.get(..colon).unwrap_or_default())
+    })
+}
+
+/// Each `name: value\r\n` line of `lines` as its name and value.
+fn split_fields(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    split_lines(lines).map(|(line, name)| {
+        let value = line.get(name.len() + 2..line.len().saturating_sub(2));
+        (name, value.unwrap_or_default())
     })
 }
 
@@ -410,25 +412,7 @@ impl Answer {
 /// Whether a response field is not forwarded as it came: hop-by-hop fields (RFC 9110 section
 /// 7.6.1) and framing, which the side facing the client sets itself.
 fn is_not_forwarded(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 10] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"content-length",
-    ];
-    // Most fields are none of these and differ in length from all of them.
-    if !matches!(name.len(), 2 | 7 | 10 | 14 | 16 | 17 | 18 | 19) {
-        return false;
-    }
-    NAMES
-        .iter()
-        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+    is_hop_by_hop_name(name) || name.eq_ignore_ascii_case(b"content-length")
 }
 
 /// How the response body is delimited (RFC 9112 section 6.3).
@@ -551,10 +535,7 @@ impl H1Pool {
                 },
             };
             let replayable = !matches!(body, OutBody::Stream(_));
-            let mut timer = conn
-                .timer
-                .take()
-                .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
+            let mut timer = conn.timer.take().unwrap_or_else(|| Timer::new(deadline));
             let exchanged = within(
                 deadline,
                 &mut timer,
@@ -634,7 +615,7 @@ impl H1Pool {
 /// re-armed for this one. It is never left later than `deadline`, so `fut` never overruns it.
 async fn within<F: Future>(
     deadline: tokio::time::Instant,
-    timer: &mut Pin<Box<tokio::time::Sleep>>,
+    timer: &mut Timer,
     fut: F,
 ) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
@@ -642,18 +623,7 @@ async fn within<F: Future>(
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        loop {
-            if timer.deadline() > deadline {
-                timer.as_mut().reset(deadline);
-            }
-            match timer.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                // Fired at this exchange's deadline (it is never later, see above).
-                Poll::Ready(()) if timer.deadline() >= deadline => return Poll::Ready(None),
-                // Fired for an earlier exchange's deadline: re-armed for this one.
-                Poll::Ready(()) => timer.as_mut().reset(deadline),
-            }
-        }
+        timer.poll_reached(cx, deadline).map(|()| None)
     })
     .await
 }
@@ -918,7 +888,8 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
     })
 }
 
-fn parse_length(s: &[u8]) -> Option<u64> {
+/// A `Content-Length` value: digits only (no sign, no spaces), at most 19 of them.
+pub(crate) fn parse_length(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -1299,6 +1270,20 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
+/// Decodes a whole chunked body from the front of `buf` (for the fuzz entry points): its
+/// length, or `None` when it is malformed or incomplete.
+pub(crate) fn decode_whole(buf: &mut BytesMut) -> Option<usize> {
+    let mut dec = ChunkedDecoder::default();
+    let mut total = 0;
+    loop {
+        match dec.decode(buf) {
+            Ok(Some(d)) => total += d.len(),
+            Ok(None) if dec.is_done() => return Some(total),
+            _ => return None,
+        }
+    }
+}
+
 /// Parses `input` as a sequence of response heads and chunked bodies without I/O, as the client
 /// would read them; for fuzzing. Returns how many body bytes were decoded.
 pub fn parse_for_fuzz(input: &[u8]) -> usize {
@@ -1317,14 +1302,10 @@ pub fn parse_for_fuzz(input: &[u8]) -> usize {
         };
         match head.kind {
             BodyKind::Chunked => {
-                let mut dec = ChunkedDecoder::default();
-                loop {
-                    match dec.decode(&mut buf) {
-                        Ok(Some(d)) => total += d.len(),
-                        Ok(None) if dec.is_done() => break,
-                        _ => return total,
-                    }
-                }
+                let Some(n) = decode_whole(&mut buf) else {
+                    return total;
+                };
+                total += n;
             }
             BodyKind::Length(n) => {
                 let n = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());

@@ -37,7 +37,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::h1::{Answer, ChunkError, ChunkedDecoder, HeadLines, UpstreamFields, name_bit};
+use crate::h1::{
+    Answer, ChunkError, ChunkedDecoder, HeadLines, UpstreamFields, decode_whole, name_bit,
+    parse_length,
+};
+use crate::io::Timer;
 use crate::respond::Refusal;
 
 /// Bounds and timeouts of client connections.
@@ -323,7 +327,7 @@ impl Conn {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let mut declared = match parts.headers.get(CONTENT_LENGTH) {
-            Some(v) => parse_length(v.as_bytes()),
+            Some(v) => parse_length(v.as_bytes().trim_ascii()),
             None => fields.and_then(|f| f.content_length),
         };
         if head_only && declared.is_none() {
@@ -635,7 +639,7 @@ pub fn parse_head(buf: &mut BytesMut, max_headers: usize) -> Result<Option<Head>
             .map_err(|_| Refusal::BadRequest)?;
         if name == CONTENT_LENGTH {
             for part in value.as_bytes().split(|b| *b == b',') {
-                let n = parse_length(part).ok_or(Refusal::BadRequest)?;
+                let n = parse_length(part.trim_ascii()).ok_or(Refusal::BadRequest)?;
                 if length.is_some_and(|l| l != n) {
                     return Err(Refusal::BadRequest);
                 }
@@ -712,17 +716,6 @@ fn piece(head: &Bytes, at: usize, n: usize) -> Result<Bytes, Refusal> {
     Ok(head.slice(at..end))
 }
 
-/// Digits only (no sign, no spaces inside), at most what fits in a u64.
-fn parse_length(s: &[u8]) -> Option<u64> {
-    let s = s.trim_ascii();
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
 /// Reads what is available into `buf`. (Through `AsyncRead`, whose short reads clear the
 /// socket's readiness: the next wait needs no `recv` that finds nothing.)
 fn poll_fill<R: AsyncRead>(
@@ -758,30 +751,6 @@ async fn write_all(
         data = data.get(n..).unwrap_or_default();
     }
     Ok(())
-}
-
-/// One timer for many deadlines: brought forward when a deadline is earlier than it, re-armed
-/// when it fires before the deadline being waited for. Deadlines that keep moving later (the
-/// idle deadline of a busy connection) cost nothing until it fires.
-struct Timer(Pin<Box<Sleep>>);
-
-impl Timer {
-    fn new(at: Instant) -> Self {
-        Self(Box::pin(tokio::time::sleep_until(at)))
-    }
-
-    fn poll_reached(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        if self.0.deadline() > deadline {
-            self.0.as_mut().reset(deadline);
-        }
-        loop {
-            ready!(self.0.as_mut().poll(cx));
-            if self.0.deadline() >= deadline {
-                return Poll::Ready(());
-            }
-            self.0.as_mut().reset(deadline);
-        }
-    }
 }
 
 /// A request body read from the client connection as the consumer asks for it, never
@@ -1033,14 +1002,10 @@ pub fn parse_for_fuzz(input: &[u8], max_headers: usize) -> usize {
                 buf.advance(n);
             }
             Framing::Chunked => {
-                let mut dec = ChunkedDecoder::default();
-                loop {
-                    match dec.decode(&mut buf) {
-                        Ok(Some(d)) => total += d.len(),
-                        Ok(None) if dec.is_done() => break,
-                        _ => return total,
-                    }
-                }
+                let Some(n) = decode_whole(&mut buf) else {
+                    return total;
+                };
+                total += n;
             }
         }
         if !head.keep_alive {

@@ -236,21 +236,27 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Whether `name` is one of [`HOP_BY_HOP`]: a match on the name's text (a length switch and
-/// one comparison), cheaper than comparing against each `HeaderName` in turn.
+/// Whether `name` is one of [`HOP_BY_HOP`].
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-    )
+    is_hop_by_hop_name(name.as_str().as_bytes())
+}
+
+/// Whether a field name (any case) is one of [`HOP_BY_HOP`]: a length switch, then one
+/// comparison, cheaper than comparing against each `HeaderName` in turn.
+pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    let candidate: &[u8] = match name.len() {
+        2 => b"te",
+        7 if name.first().is_some_and(|b| b.eq_ignore_ascii_case(&b't')) => b"trailer",
+        7 => b"upgrade",
+        10 if name.first().is_some_and(|b| b.eq_ignore_ascii_case(&b'c')) => b"connection",
+        10 => b"keep-alive",
+        16 => b"proxy-connection",
+        17 => b"transfer-encoding",
+        18 => b"proxy-authenticate",
+        19 => b"proxy-authorization",
+        _ => return false,
+    };
+    name.eq_ignore_ascii_case(candidate)
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`. `TE: trailers` survives
@@ -361,17 +367,6 @@ pub fn forwarding_lines(
     added
 }
 
-/// Sets `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and `X-Forwarded-Host` in
-/// `headers` (see [`forwarding_lines`]).
-pub fn set_forwarding_headers(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    peer_trusted: bool,
-    host_value: Option<&HeaderValue>,
-) {
-    forwarding_lines(headers, peer, peer_trusted, host_value, "").apply(headers);
-}
-
 /// Writes an address the way `Display` does; IPv4 (nearly every client) without the
 /// formatting machinery.
 fn push_ip(out: &mut String, ip: IpAddr) {
@@ -414,12 +409,36 @@ pub fn strip_palisade_headers(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
+    /// The forwarding headers set in `headers`, as an HTTP/2 upstream gets them.
+    fn set_forwarding_headers(
+        headers: &mut HeaderMap,
+        peer: IpAddr,
+        peer_trusted: bool,
+        host_value: Option<&HeaderValue>,
+    ) {
+        forwarding_lines(headers, peer, peer_trusted, host_value, "").apply(headers);
+    }
+
     #[test]
     fn the_hop_by_hop_match_agrees_with_the_list() {
         for name in &HOP_BY_HOP {
             assert!(is_hop_by_hop(name), "{name}");
             let upper = HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes()).unwrap();
             assert!(is_hop_by_hop(&upper), "{upper}");
+            // Raw names, as an upstream sends them, in any case.
+            let raw = name.as_str().to_uppercase();
+            assert!(is_hop_by_hop_name(raw.as_bytes()), "{raw}");
+        }
+        // Names of the same lengths that are not listed.
+        for other in [
+            "tx",
+            "trailex",
+            "upgradx",
+            "connectiox",
+            "keep-alivx",
+            "proxy-connectioX",
+        ] {
+            assert!(!is_hop_by_hop_name(other.as_bytes()), "{other}");
         }
         for other in [
             "host",
