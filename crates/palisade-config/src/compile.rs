@@ -26,6 +26,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::error::{Collector, ConfigErrors};
 use crate::raw::*;
+use crate::secret::SecretUrl;
 use crate::units::{parse_duration, parse_rate, parse_size};
 
 /// HTTP protocol spoken to an upstream.
@@ -747,7 +748,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
                 format!("upstream `{name}` is defined twice"),
             );
         }
-        let url = match u.url.get_ref().parse::<Uri>() {
+        let url = match u.url.expose().parse::<Uri>() {
             Ok(uri)
                 if uri.scheme_str() == Some("http")
                     && uri.authority().is_some()
@@ -757,7 +758,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             }
             Ok(uri) if uri.scheme_str() == Some("https") => {
                 c.at(
-                    sp(&u.url),
+                    sp(u.url.spanned()),
                     format!("{path}.url"),
                     "https upstreams are not supported yet; use http:// on a private network",
                 );
@@ -765,9 +766,9 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             }
             _ => {
                 c.at(
-                    sp(&u.url),
+                    sp(u.url.spanned()),
                     format!("{path}.url"),
-                    format!("`{}` is not an http://host:port URL", u.url.get_ref()),
+                    format!("`{}` is not an http://host:port URL", u.url.redacted()),
                 );
                 Uri::default()
             }
@@ -1251,9 +1252,9 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
                 Err(e) => c.at(sp(p), format!("{path}.paths"), e.to_string()),
             }
         }
-        let decoy_keys: Vec<String> = h.decoy_keys.iter().map(|k| k.get_ref().clone()).collect();
-        if let Some(k) = h.decoy_keys.iter().find(|k| k.get_ref().len() < 16) {
-            c.at(sp(k), format!("{path}.decoy_keys"), "a decoy key must be at least 16 characters (it must look real and never collide with a guess)");
+        let decoy_keys: Vec<String> = h.decoy_keys.iter().map(|k| k.expose().to_owned()).collect();
+        if let Some(k) = h.decoy_keys.iter().find(|k| k.expose().len() < 16) {
+            c.at(sp(k.spanned()), format!("{path}.decoy_keys"), "a decoy key must be at least 16 characters (it must look real and never collide with a guess)");
         }
         if h.paths.is_empty() && h.decoy_keys.is_empty() {
             c.at(None, &path, "a honeypot needs paths, decoy_keys or both");
@@ -1636,25 +1637,8 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     }
 
     let store = compile_store(&raw.store, c);
-    let mut redacted = serde_json::to_value(&raw).unwrap_or(serde_json::Value::Null);
-    if let Some(tok) = redacted.pointer_mut("/server/admin_token")
-        && !tok.is_null()
-    {
-        *tok = serde_json::Value::String("<redacted>".to_owned());
-    }
-    // Store URLs may carry a password.
-    if let Some(url) = redacted.pointer_mut("/store/url")
-        && let Some(u) = url.as_str()
-    {
-        *url = serde_json::Value::String(redact_url(u));
-    }
-    if let Some(serde_json::Value::Array(nodes)) = redacted.pointer_mut("/store/nodes") {
-        for n in nodes {
-            if let Some(u) = n.as_str() {
-                *n = serde_json::Value::String(redact_url(u));
-            }
-        }
-    }
+    // Secret-bearing fields serialise redacted by their type (`crate::secret`).
+    let redacted = serde_json::to_value(&raw).unwrap_or(serde_json::Value::Null);
 
     let policy = Policy {
         mode,
@@ -1686,7 +1670,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
                 .as_ref()
                 .map_or_else(|| PathBuf::from("./palisade-data"), PathBuf::from),
             trusted_proxies,
-            admin_token: s.admin_token.clone(),
+            admin_token: s.admin_token.as_ref().map(|t| t.expose().to_owned()),
             on_engine_error,
             connect_timeout,
             header_read_timeout,
@@ -2168,19 +2152,19 @@ fn compile_jwt(
         };
         let material = match (&k.secret, &k.pem_file) {
             (Some(sec), None) => {
-                let value = match sec.get_ref().strip_prefix("env:") {
+                let value = match sec.expose().strip_prefix("env:") {
                     Some(var) => match std::env::var(var) {
                         Ok(v) => v,
                         Err(_) => {
                             c.at(
-                                sp(sec),
+                                sp(sec.spanned()),
                                 format!("{path}.secret"),
                                 format!("environment variable `{var}` is not set"),
                             );
                             continue;
                         }
                     },
-                    None => sec.get_ref().clone(),
+                    None => sec.expose().to_owned(),
                 };
                 jwt::KeyMaterial::Secret(value.into_bytes())
             }
@@ -2240,7 +2224,7 @@ fn compile_jwt(
     let jwks_url = j
         .jwks_url
         .as_ref()
-        .and_then(|u| match u.get_ref().parse::<Uri>() {
+        .and_then(|u| match u.expose().parse::<Uri>() {
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.authority().is_some() =>
@@ -2249,9 +2233,9 @@ fn compile_jwt(
             }
             _ => {
                 c.at(
-                    sp(u),
+                    sp(u.spanned()),
                     "jwt.jwks_url",
-                    format!("`{}` is not an https:// or http:// URL", u.get_ref()),
+                    format!("`{}` is not an https:// or http:// URL", u.redacted()),
                 );
                 None
             }
@@ -2722,23 +2706,6 @@ fn compile_rules(
     Some(RulesPolicy { env, rules })
 }
 
-/// A store URL with its password replaced.
-fn redact_url(u: &str) -> String {
-    match (u.find("://"), u.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = u.get(scheme + 3..at).unwrap_or("");
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{}{}:<redacted>{}",
-                u.get(..scheme + 3).unwrap_or(""),
-                user,
-                u.get(at..).unwrap_or("")
-            )
-        }
-        _ => u.to_owned(),
-    }
-}
-
 /// `[store]`.
 fn compile_store(raw: &RawStore, c: &mut Collector<'_>) -> StoreSettings {
     let backend_name = choice(
@@ -2748,27 +2715,27 @@ fn compile_store(raw: &RawStore, c: &mut Collector<'_>) -> StoreSettings {
         "store.backend",
         c,
     );
-    let resolve = |v: &Spanned<String>, c: &mut Collector<'_>| -> Option<String> {
-        let text = v.get_ref();
+    let resolve = |v: &SecretUrl, c: &mut Collector<'_>| -> Option<String> {
+        let text = v.expose();
         let url = match text.strip_prefix("env:") {
             Some(var) => match std::env::var(var) {
                 Ok(u) => u,
                 Err(_) => {
                     c.at(
-                        sp(v),
+                        sp(v.spanned()),
                         "store.url",
                         format!("environment variable `{var}` is not set"),
                     );
                     return None;
                 }
             },
-            None => text.clone(),
+            None => text.to_owned(),
         };
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             c.at(
-                sp(v),
+                sp(v.spanned()),
                 "store",
-                format!("`{}` is not a redis:// or rediss:// URL", redact_url(&url)),
+                format!("`{}` is not a redis:// or rediss:// URL", crate::secret::redact_url(&url)),
             );
             return None;
         }
@@ -2778,7 +2745,7 @@ fn compile_store(raw: &RawStore, c: &mut Collector<'_>) -> StoreSettings {
         match (&raw.url, &raw.nodes) {
             (Some(_), Some(n)) => {
                 c.at(
-                    n.first().and_then(sp),
+                    n.first().and_then(|n| sp(n.spanned())),
                     "store.nodes",
                     "give either `url` (one server) or `nodes` (a cluster), not both",
                 );
@@ -2807,7 +2774,7 @@ fn compile_store(raw: &RawStore, c: &mut Collector<'_>) -> StoreSettings {
     } else {
         if raw.url.is_some() || raw.nodes.is_some() {
             c.at(
-                raw.url.as_ref().and_then(sp),
+                raw.url.as_ref().and_then(|u| sp(u.spanned())),
                 "store",
                 "`url` and `nodes` are for backend = \"redis\"",
             );

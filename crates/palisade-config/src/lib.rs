@@ -12,6 +12,7 @@ pub mod cases;
 pub mod compile;
 pub mod error;
 pub mod raw;
+pub mod secret;
 pub use palisade_engine::units;
 
 pub use cases::{CaseOutcome, run_cases};

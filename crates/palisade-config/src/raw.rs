@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::secret::{Secret, SecretUrl};
+
 /// `[server]`: listeners, data, mode, trust, timeouts and request bounds.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +26,7 @@ pub struct RawServer {
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Admin API bearer token. `PALISADE_ADMIN_TOKEN` overrides it; if neither is set, one is
     /// generated into the data dir.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// What to do when the engine itself fails: `allow` (fail open, default) or `deny`.
     pub on_engine_error: Option<Spanned<String>>,
     /// Upstream connect timeout. Default `5s`.
@@ -58,7 +60,7 @@ pub struct RawUpstream {
     /// Name routes refer to.
     pub name: Spanned<String>,
     /// Base URL, `http://host:port`.
-    pub url: Spanned<String>,
+    pub url: SecretUrl,
     /// `http1` (default) or `h2c` (HTTP/2 with prior knowledge).
     pub protocol: Option<Spanned<String>>,
     /// Idle pooled connections kept per upstream. Default 64.
@@ -198,7 +200,7 @@ pub struct RawJwtKey {
     /// `HS256`, `RS256`, `ES256` or `EdDSA`.
     pub algorithm: Spanned<String>,
     /// HS256 shared secret, or `env:NAME` to read it from the environment.
-    pub secret: Option<Spanned<String>>,
+    pub secret: Option<Secret>,
     /// PEM public key file (RS256, ES256, EdDSA).
     pub pem_file: Option<Spanned<String>>,
 }
@@ -229,7 +231,7 @@ pub struct RawJwt {
     /// A JWKS document on disk (reloaded when it changes).
     pub jwks_file: Option<Spanned<String>>,
     /// A JWKS URL (https:// or http://), fetched at start and refreshed.
-    pub jwks_url: Option<Spanned<String>>,
+    pub jwks_url: Option<SecretUrl>,
     /// PEM file of CA certificates for the JWKS URL's server (default: the public web PKI).
     pub jwks_ca_file: Option<Spanned<String>>,
     /// How often the JWKS URL is fetched again. Default `10m`.
@@ -298,7 +300,7 @@ pub struct RawHoneypot {
     pub paths: Vec<Spanned<String>>,
     /// Decoy API keys (published somewhere only scrapers read); presenting one is a hit.
     #[serde(default)]
-    pub decoy_keys: Vec<Spanned<String>>,
+    pub decoy_keys: Vec<Secret>,
     /// How long a hit flags the client; doubled for each repeat. Default `1h`.
     pub block_for: Option<Spanned<String>>,
     /// `block` (default) or `score`.
@@ -408,9 +410,9 @@ pub struct RawStore {
     pub backend: Option<Spanned<String>>,
     /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS); `env:VAR` reads it from
     /// the environment.
-    pub url: Option<Spanned<String>>,
+    pub url: Option<SecretUrl>,
     /// Redis Cluster nodes (instead of `url`).
-    pub nodes: Option<Vec<Spanned<String>>>,
+    pub nodes: Option<Vec<SecretUrl>>,
     /// Longest a request waits on the store. Default `5ms`.
     pub timeout: Option<Spanned<String>>,
     /// `local` (default), `allow` or `deny`.
