@@ -16,6 +16,9 @@ command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq
 # ports (the package's own service is not used).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# Node.js runs the real third-party peers (Express, browsers' drivers, signers) the tests use.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "scripts/test.sh: installing ${need[*]}" >&2
@@ -31,6 +34,13 @@ if command -v rustup >/dev/null 2>&1; then
       rustup component add "$component"
     fi
   done
+fi
+
+# The node peers' packages, exactly as locked (reinstalled when the lock file changes).
+peers=crates/palisade/tests/node
+if [ ! -f "$peers/node_modules/.package-lock.json" ] || ! cmp -s "$peers/package-lock.json" "$peers/node_modules/.lock-installed"; then
+  echo "scripts/test.sh: installing the node test peers ($peers)" >&2
+  (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error >/dev/null && cp package-lock.json node_modules/.lock-installed)
 fi
 
 if [ -d ../shared/testdata ] || [ -n "${PALISADE_TESTDATA:-}" ]; then

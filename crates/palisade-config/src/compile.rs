@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use palisade_engine::blocks::BlockEffect;
 use palisade_engine::bots::{BotAction, BotsPolicy};
 use palisade_engine::limits::ceil_secs;
+use palisade_engine::path::Ambiguities;
 use palisade_engine::policy::{AuthPolicy, HeadersPolicy, HoneypotSpec, IntelPolicy};
 use palisade_engine::principal::{AuthRequirement, Principal};
 use palisade_engine::quota::{QuotaKey, QuotaSpec};
@@ -93,6 +94,8 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// Whether paths match with ASCII case significant.
+    pub case_sensitive_paths: bool,
 }
 
 /// Where decisions are logged.
@@ -724,6 +727,15 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         None => 100_000,
     };
 
+    let case_sensitive_paths = s.case_sensitive_paths.unwrap_or(false);
+    let fold = |p: PathPattern| {
+        if case_sensitive_paths {
+            p
+        } else {
+            p.fold_case()
+        }
+    };
+
     // [[upstreams]]
     let mut upstreams = Vec::new();
     for (i, u) in raw.upstreams.iter().enumerate() {
@@ -808,7 +820,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             );
         }
         let pattern = match PathPattern::parse(r.match_.path.get_ref()) {
-            Ok(p) => p,
+            Ok(p) => fold(p),
             Err(e) => {
                 c.at(
                     sp(&r.match_.path),
@@ -939,6 +951,25 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
                 }
             }
         });
+        let mut allow_in_path = Ambiguities::NONE;
+        for a in &r.allow_in_path {
+            match Ambiguities::from_name(a.get_ref()) {
+                Some(x) => allow_in_path = allow_in_path.union(x),
+                None => c.at(
+                    sp(a),
+                    format!("{path}.allow_in_path"),
+                    format!(
+                        "`{}` is not one of {}",
+                        a.get_ref(),
+                        Ambiguities::NAMES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            }
+        }
         matches.push(RouteMatch {
             path: pattern,
             methods: meths,
@@ -953,6 +984,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             spend_micros,
             spend_reserve_micros,
             spend_header,
+            allow_in_path,
         });
     }
     route_specs.push(RouteSpec::new("default", 0));
@@ -1248,7 +1280,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         let mut paths = Vec::new();
         for p in &h.paths {
             match PathPattern::parse(p.get_ref()) {
-                Ok(pat) => paths.push(pat),
+                Ok(pat) => paths.push(fold(pat)),
                 Err(e) => c.at(sp(p), format!("{path}.paths"), e.to_string()),
             }
         }
@@ -1353,7 +1385,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         let mut paths = Vec::new();
         for p in &cond.paths {
             match PathPattern::parse(p.get_ref()) {
-                Ok(pat) => paths.push(pat),
+                Ok(pat) => paths.push(fold(pat)),
                 Err(err) => c.at(sp(p), "lists.allow_if.paths", err.to_string()),
             }
         }
@@ -1681,6 +1713,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             max_header_bytes: max_header_bytes as usize,
             max_body_bytes,
             max_connections,
+            case_sensitive_paths,
         },
         upstreams,
         policy,
@@ -2735,7 +2768,10 @@ fn compile_store(raw: &RawStore, c: &mut Collector<'_>) -> StoreSettings {
             c.at(
                 sp(v.spanned()),
                 "store",
-                format!("`{}` is not a redis:// or rediss:// URL", crate::secret::redact_url(&url)),
+                format!(
+                    "`{}` is not a redis:// or rediss:// URL",
+                    crate::secret::redact_url(&url)
+                ),
             );
             return None;
         }

@@ -51,6 +51,10 @@ pub struct RawServer {
     pub max_connections: Option<Spanned<u64>>,
     /// Most blocks (from honeypots and operators) held at once. Default 100000.
     pub max_blocks: Option<Spanned<u64>>,
+    /// Match route, honeypot and list paths with ASCII case significant. Default false: many
+    /// upstream frameworks (Express, ASP.NET) route `/API/Login` to `/api/login`, so the
+    /// policy matches the way they route.
+    pub case_sensitive_paths: Option<bool>,
 }
 
 /// `[[upstreams]]`: where requests go.
@@ -108,6 +112,11 @@ pub struct RawRoute {
     pub cost: Option<Spanned<u64>>,
     /// Response header in which the upstream reports a request's real cost.
     pub cost_header: Option<Spanned<String>>,
+    /// Ambiguous path features forwarded on this route instead of refused with 400:
+    /// `encoded_slash` (`%2F`), `backslash` (`\` or `%5C`), `semicolon` (`;` matrix
+    /// parameters). Allow one only when the upstream reads it as data, not as a separator.
+    #[serde(default)]
+    pub allow_in_path: Vec<Spanned<String>>,
     /// Position in its array in the file (set by the loader, for error paths).
     #[serde(skip)]
     pub index: usize,

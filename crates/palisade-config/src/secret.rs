@@ -151,6 +151,9 @@ mod tests {
         let s = Secret::from("hunter2".to_owned());
         assert_eq!(s.expose(), "hunter2");
         assert_eq!(format!("{s:?}"), "<redacted>");
-        assert_eq!(serde_json::to_string(&s).ok().as_deref(), Some("\"<redacted>\""));
+        assert_eq!(
+            serde_json::to_string(&s).ok().as_deref(),
+            Some("\"<redacted>\"")
+        );
     }
 }

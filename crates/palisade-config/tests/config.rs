@@ -266,7 +266,10 @@ nodes = ["redis://u:SECRETMARK-node-pw@127.0.0.1:7000", "redis://:SECRETMARK-nod
         let c = compile_str(src, "t", Path::new(".")).unwrap();
         let mut all = Vec::new();
         strings(&c.redacted, String::new(), &mut all);
-        let leaked: Vec<_> = all.iter().filter(|(_, s)| s.contains("SECRETMARK")).collect();
+        let leaked: Vec<_> = all
+            .iter()
+            .filter(|(_, s)| s.contains("SECRETMARK"))
+            .collect();
         assert!(leaked.is_empty(), "secrets shown: {leaked:?}");
         let redacted = all.iter().filter(|(_, s)| s.contains("<redacted>")).count();
         assert_eq!(redacted, secrets, "{all:?}");
@@ -276,8 +279,14 @@ nodes = ["redis://u:SECRETMARK-node-pw@127.0.0.1:7000", "redis://:SECRETMARK-nod
     }
     let c = compile_str(with_url, "t", Path::new(".")).unwrap();
     let text = c.redacted.to_string();
-    assert!(text.contains("https://idp.example/jwks.json?<redacted>"), "{text}");
-    assert!(text.contains("redis://default:<redacted>@127.0.0.1:6379/0"), "{text}");
+    assert!(
+        text.contains("https://idp.example/jwks.json?<redacted>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("redis://default:<redacted>@127.0.0.1:6379/0"),
+        "{text}"
+    );
     // A broken secret's error message does not print it either.
     let err = compile_str(
         "[[upstreams]]\nname = \"a\"\nurl = \"ftp://u:SECRETMARK@h\"\n",

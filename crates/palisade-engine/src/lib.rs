@@ -20,6 +20,7 @@ pub mod facts;
 pub mod identity;
 pub mod ipset;
 pub mod limits;
+pub mod path;
 pub mod policy;
 pub mod principal;
 pub mod quota;

@@ -46,6 +46,8 @@ pub struct RouteSpec {
     pub spend_reserve_micros: u64,
     /// Response header in which the upstream reports a request's spend, in dollars.
     pub spend_header: Option<HeaderName>,
+    /// Ambiguous path features forwarded on this route instead of refused.
+    pub allow_in_path: crate::path::Ambiguities,
 }
 
 impl RouteSpec {
@@ -61,6 +63,7 @@ impl RouteSpec {
             spend_micros: 0,
             spend_reserve_micros: 0,
             spend_header: None,
+            allow_in_path: crate::path::Ambiguities::NONE,
         }
     }
 }

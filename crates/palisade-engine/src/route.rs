@@ -3,8 +3,15 @@
 //!
 //! Matching looks at a normalised view of the path (repeated slashes merged, `.` and `..`
 //! segments resolved, percent-encoded bytes other than `/` decoded), so `/api//login`,
-//! `/api/./login` and `/api/%6cogin` cannot dodge the policy of `/api/login`. The request is
-//! still forwarded with its path as received.
+//! `/api/./login` and `/api/%6cogin` cannot dodge the policy of `/api/login`; the gateway
+//! forwards the canonical path it judged ([`crate::path`]).
+//!
+//! Two rules follow upstream routers that are more lenient than an exact match, so that what
+//! they would route to a handler gets that handler's policy:
+//! - patterns compiled with [`PathPattern::fold_case`] match without regard to ASCII case
+//!   (Express, ASP.NET and others route `/API/Login` to `/api/login`);
+//! - a literal last segment without a dot also matches with any `.suffix` (`/api/export`
+//!   matches `/api/export.json`, as Spring's suffix pattern matching routes it).
 
 use std::borrow::Cow;
 
@@ -26,6 +33,8 @@ enum Segment {
 pub struct PathPattern {
     segments: Vec<Segment>,
     source: String,
+    /// Literals compare without regard to ASCII case.
+    fold_case: bool,
 }
 
 /// Why a path pattern was refused.
@@ -75,7 +84,14 @@ impl PathPattern {
         Ok(Self {
             segments,
             source: src.to_owned(),
+            fold_case: false,
         })
+    }
+
+    /// The same pattern, matching without regard to ASCII case.
+    pub fn fold_case(mut self) -> Self {
+        self.fold_case = true;
+        self
     }
 
     /// `/*`: matches every path.
@@ -83,6 +99,7 @@ impl PathPattern {
         Self {
             segments: vec![Segment::Wildcard],
             source: "/*".to_owned(),
+            fold_case: false,
         }
     }
 
@@ -104,9 +121,10 @@ impl PathPattern {
         let mut parts = if rest.is_empty() {
             None
         } else {
-            Some(rest.split(|b| *b == b'/'))
+            Some(rest.split(|b| *b == b'/').peekable())
         };
-        for seg in &self.segments {
+        let last = self.segments.len().saturating_sub(1);
+        for (i, seg) in self.segments.iter().enumerate() {
             match seg {
                 Segment::Wildcard => return true,
                 Segment::Param => match parts.as_mut().and_then(Iterator::next) {
@@ -114,7 +132,20 @@ impl PathPattern {
                     _ => return false,
                 },
                 Segment::Literal(lit) => match parts.as_mut().and_then(Iterator::next) {
-                    Some(p) if p == lit.as_bytes() => {}
+                    Some(p) if self.literal_eq(p, lit.as_bytes()) => {}
+                    // The last literal, with a `.suffix` on the path's last segment.
+                    Some(p)
+                        if i == last
+                            && !lit.contains('.')
+                            && p.len() > lit.len()
+                            && p.get(lit.len()) == Some(&b'.')
+                            && self.literal_eq(
+                                p.get(..lit.len()).unwrap_or_default(),
+                                lit.as_bytes(),
+                            )
+                            && parts
+                                .as_mut()
+                                .is_none_or(|ps| ps.peek().is_none_or(|n| n.is_empty())) => {}
                     _ => return false,
                 },
             }
@@ -124,6 +155,14 @@ impl PathPattern {
             // A trailing slash matches the same route as the path without it.
             Some(Some(b"")) => parts.and_then(|mut p| p.next()).is_none(),
             Some(Some(_)) => false,
+        }
+    }
+
+    fn literal_eq(&self, part: &[u8], lit: &[u8]) -> bool {
+        if self.fold_case {
+            part.eq_ignore_ascii_case(lit)
+        } else {
+            part == lit
         }
     }
 }
@@ -281,6 +320,53 @@ mod tests {
             assert_eq!(t.route_for(&Method::POST, p), 0, "{p}");
         }
         assert_eq!(t.route_for(&Method::POST, "/api%2Flogin"), 1);
+    }
+
+    #[test]
+    fn folded_patterns_match_any_case_and_suffixes_match_the_last_literal() {
+        let pats = [
+            ("/api/expensive", &[][..]),
+            ("/api/items/{id}", &[]),
+            ("/files/*", &[]),
+        ];
+        let folded = RouteTable::new(
+            pats.iter()
+                .map(|(p, _)| RouteMatch {
+                    path: PathPattern::parse(p).unwrap().fold_case(),
+                    methods: vec![],
+                })
+                .collect(),
+        );
+        let exact = table(&pats);
+        let get = Method::GET;
+        for p in [
+            "/API/expensive",
+            "/api/Expensive",
+            "/api/EXPENSIVE/",
+            "/Api/Items/42",
+        ] {
+            assert_ne!(folded.route_for(&get, p), folded.default_route(), "{p}");
+            assert_eq!(exact.route_for(&get, p), exact.default_route(), "{p}");
+        }
+        for p in [
+            "/api/expensive.json",
+            "/api/expensive.JSON/",
+            "/api/expensive.",
+            "/api/expensive.a.b",
+        ] {
+            assert_eq!(exact.route_for(&get, p), 0, "{p}");
+        }
+        for p in [
+            "/api/expensivex",
+            "/api/expensive.json/more",
+            "/api/expensivejson",
+        ] {
+            assert_eq!(exact.route_for(&get, p), 3, "{p}");
+        }
+        // A literal with a dot of its own takes no suffix.
+        let dotted = table(&[("/wp-login.php", &[])]);
+        assert_eq!(dotted.route_for(&get, "/wp-login.php.bak"), 1);
+        assert_eq!(dotted.route_for(&get, "/wp-login.php"), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The request path: bounds -> facts -> decision -> enforcement -> forward -> observe -> log.
 //! Nothing here panics, blocks, or tells the client which rule fired.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use palisade_config::{OnEngineError, OnStoreError};
 use palisade_engine::client_ip::client_ip;
 use palisade_engine::limits::ceil_secs;
+use palisade_engine::path::{Ambiguities, canonicalize};
 use palisade_engine::{Action, Clock, Decision, RequestFacts, ResponseFacts};
 
 use bytes::Bytes;
@@ -105,6 +107,51 @@ async fn respond(
         ));
     }
 
+    // The path the policy judges is the path the upstream receives: canonical, or refused.
+    if parts.method == http::Method::CONNECT {
+        return Ok(bounded_refusal(
+            &shared,
+            Refusal::MethodNotAllowed,
+            &request_id,
+            "bounds/method",
+        ));
+    }
+    let ambiguities = if parts.method == http::Method::OPTIONS && parts.uri.path() == "*" {
+        // `OPTIONS *` asks about the server, not a resource: forwarded as it is.
+        Ambiguities::NONE
+    } else {
+        match canonicalize(parts.uri.path()) {
+            Ok(c) => {
+                let found = c.ambiguities;
+                let rebuilt = match c.path {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(path) => Some(with_path(&parts.uri, &path)),
+                };
+                match rebuilt {
+                    None => {}
+                    Some(Some(uri)) => parts.uri = uri,
+                    Some(None) => {
+                        return Ok(bounded_refusal(
+                            &shared,
+                            Refusal::InvalidPath,
+                            &request_id,
+                            "bounds/path",
+                        ));
+                    }
+                }
+                found
+            }
+            Err(_) => {
+                return Ok(bounded_refusal(
+                    &shared,
+                    Refusal::InvalidPath,
+                    &request_id,
+                    "bounds/path",
+                ));
+            }
+        }
+    };
+
     // Facts, identity and decision.
     let client = client_ip(peer.ip(), &parts.headers, &server.trusted_proxies);
     let unix_ms = shared.clock.unix_ms();
@@ -117,6 +164,21 @@ async fn respond(
         return Ok(usage(&shared, &rt, &parts, client, peer, &request_id));
     }
     let route = rt.engine.route_of(&parts.method, parts.uri.path());
+    // An ambiguous path goes only where its route says the upstream reads it as data.
+    if !ambiguities.is_empty()
+        && !rt
+            .compiled
+            .policy
+            .route(route)
+            .is_some_and(|r| r.allow_in_path.contains(ambiguities))
+    {
+        return Ok(bounded_refusal(
+            &shared,
+            Refusal::InvalidPath,
+            &request_id,
+            "bounds/path",
+        ));
+    }
     // The credentials are read once: for authentication and for the decoy-key check.
     let credentials = presented(&rt, &parts.headers);
     let mut authn = match rt.compiled.policy.route(route) {
@@ -1017,6 +1079,18 @@ async fn forward(
         lines: HeadLines::default(),
         fields,
     })
+}
+
+/// `uri` with its path replaced by `path` (the query kept), in origin form.
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// A 16-hex-digit request id, without going through `format!`.

@@ -45,6 +45,10 @@ pub enum Refusal {
     NotFound,
     /// Unparseable request target or head, or ambiguous framing (400).
     BadRequest,
+    /// A path that is malformed or that upstreams could read in more than one way (400).
+    InvalidPath,
+    /// A method the gateway does not forward (`CONNECT`: not a forward proxy) (405).
+    MethodNotAllowed,
     /// A transfer coding other than `chunked` (501).
     NotImplemented,
     /// An `Expect` other than `100-continue` (417).
@@ -128,6 +132,16 @@ impl Refusal {
                 "bad_request",
                 "the request could not be understood",
             ),
+            Refusal::InvalidPath => (
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "the request path is malformed or ambiguous",
+            ),
+            Refusal::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not served here",
+            ),
             Refusal::NotImplemented => (
                 StatusCode::NOT_IMPLEMENTED,
                 "not_implemented",
@@ -173,6 +187,12 @@ impl Refusal {
             Refusal::Unauthorized { .. } => {
                 h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            Refusal::MethodNotAllowed => {
+                h.insert(
+                    http::header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+            }
             _ => {}
         }
         resp
@@ -209,6 +229,8 @@ mod tests {
             Refusal::BodyTooLarge,
             Refusal::HeadersTooLarge,
             Refusal::BadRequest,
+            Refusal::InvalidPath,
+            Refusal::MethodNotAllowed,
             Refusal::NotImplemented,
             Refusal::ExpectationFailed,
         ] {

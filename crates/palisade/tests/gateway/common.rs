@@ -732,3 +732,91 @@ impl RedisCluster {
         self.nodes.iter().map(Redis::url).collect()
     }
 }
+
+/// An answer read off a raw connection.
+#[derive(Debug)]
+pub struct RawResp {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends `wire` (a whole request, sent as it is: no client normalises its target) on a new
+/// connection and reads one answer; the request should ask for `Connection: close`.
+pub async fn raw_exchange(addr: SocketAddr, wire: &[u8]) -> RawResp {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(wire).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    RawResp {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// `METHOD target` with `Host` and `Connection: close`, and any extra header lines.
+pub async fn raw_request(addr: SocketAddr, method: &str, target: &str, extra: &str) -> RawResp {
+    let body_len = if method == "POST" {
+        "content-length: 2\r\n"
+    } else {
+        ""
+    };
+    let body = if method == "POST" { "{}" } else { "" };
+    let wire = format!(
+        "{method} {target} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n{body_len}{extra}\r\n{body}"
+    );
+    raw_exchange(addr, wire.as_bytes()).await
+}
+
+/// The node test peers' folder (`scripts/test.sh` installs their packages).
+pub fn node_peers() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    dir.join("node_modules").is_dir().then_some(dir)
+}
+
+/// A node program from the test peers' folder, started with its arguments; it prints its port
+/// on its first line. Ends when dropped.
+pub struct NodePeer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl NodePeer {
+    pub fn start(script: &str, args: &[&str]) -> Option<Self> {
+        let dir = node_peers()?;
+        let mut child = Command::new("node")
+            .arg(dir.join(script))
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .ok()?;
+        let mut first = String::new();
+        BufReader::new(child.stdout.take()?)
+            .read_line(&mut first)
+            .ok()?;
+        let port: u16 = first.trim().parse().ok()?;
+        Some(Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
+}
+
+impl Drop for NodePeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -15,6 +15,7 @@ mod cluster;
 mod common;
 mod keys;
 mod memory;
+mod paths;
 mod policy;
 mod proxy;
 mod tokens;
