@@ -94,6 +94,12 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// Most client connections per address (IPv6 /64).
+    pub max_connections_per_ip: usize,
+    /// Time a new connection has to send its first byte.
+    pub first_byte_timeout: Nanos,
+    /// The proxy listener's backlog.
+    pub listen_backlog: u32,
     /// Whether paths match with ASCII case significant.
     pub case_sensitive_paths: bool,
 }
@@ -653,6 +659,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     let connect_timeout = dur(&s.connect_timeout, "5s", "connect_timeout", c);
     let header_read_timeout = dur(&s.header_read_timeout, "10s", "header_read_timeout", c);
     let idle_timeout = dur(&s.idle_timeout, "60s", "idle_timeout", c);
+    let first_byte_timeout = dur(&s.first_byte_timeout, "10s", "first_byte_timeout", c);
     let upstream_timeout = dur(&s.upstream_timeout, "30s", "upstream_timeout", c);
     let drain_timeout = dur(&s.drain_timeout, "30s", "drain_timeout", c);
     for (v, name, span) in [
@@ -663,6 +670,11 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             &s.header_read_timeout,
         ),
         (idle_timeout, "idle_timeout", &s.idle_timeout),
+        (
+            first_byte_timeout,
+            "first_byte_timeout",
+            &s.first_byte_timeout,
+        ),
         (upstream_timeout, "upstream_timeout", &s.upstream_timeout),
     ] {
         if v == 0 {
@@ -717,6 +729,30 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         }
         Some(v) => *v.get_ref() as usize,
         None => 10_000,
+    };
+    let max_connections_per_ip = match &s.max_connections_per_ip {
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1_000_000 => {
+            c.at(
+                sp(v),
+                "server.max_connections_per_ip",
+                "must be between 1 and 1000000",
+            );
+            256
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => 256,
+    };
+    let listen_backlog = match &s.listen_backlog {
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > 65_535 => {
+            c.at(
+                sp(v),
+                "server.listen_backlog",
+                "must be between 1 and 65535",
+            );
+            4096
+        }
+        Some(v) => *v.get_ref() as u32,
+        None => 4096,
     };
     let max_tracked = match &s.max_tracked_keys {
         Some(v) if *v.get_ref() < 16 => {
@@ -1713,6 +1749,9 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             max_header_bytes: max_header_bytes as usize,
             max_body_bytes,
             max_connections,
+            max_connections_per_ip,
+            first_byte_timeout,
+            listen_backlog,
             case_sensitive_paths,
         },
         upstreams,

@@ -47,8 +47,18 @@ pub struct RawServer {
     pub max_body_bytes: Option<Spanned<String>>,
     /// Most keys each limit tracks, unless the limit says otherwise. Default 100000.
     pub max_tracked_keys: Option<Spanned<u64>>,
-    /// Most client connections open at once; more are closed as they arrive. Default 10000.
+    /// Most client connections open at once. When reached, the oldest idle or slow connection
+    /// is let go for a new one; with none to let go, new ones are closed. Default 10000.
     pub max_connections: Option<Spanned<u64>>,
+    /// Most client connections from one address (IPv6: one /64), peers in `trusted_proxies`
+    /// exempt. When reached, that address's oldest idle or slow connection is let go; with none,
+    /// its new ones are closed. Default 256.
+    pub max_connections_per_ip: Option<Spanned<u64>>,
+    /// Time a new connection has to send its first byte. Default `10s`.
+    pub first_byte_timeout: Option<Spanned<String>>,
+    /// Pending-connection queue of the proxy listener (the kernel caps it at
+    /// `net.core.somaxconn`). Default 4096.
+    pub listen_backlog: Option<Spanned<u64>>,
     /// Most blocks (from honeypots and operators) held at once. Default 100000.
     pub max_blocks: Option<Spanned<u64>>,
     /// Match route, honeypot and list paths with ASCII case significant. Default false: many

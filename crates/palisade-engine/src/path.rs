@@ -268,7 +268,9 @@ fn push_escape(out: &mut String, b: u8) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.push('%');
     for nibble in [b >> 4, b & 15] {
-        out.push(char::from(HEX.get(usize::from(nibble)).copied().unwrap_or(b'0')));
+        out.push(char::from(
+            HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+        ));
     }
 }
 

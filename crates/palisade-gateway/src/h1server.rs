@@ -22,6 +22,7 @@
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
+use crate::admission::ConnState;
 use crate::h1::{
     Answer, ChunkError, ChunkedDecoder, HeadLines, UpstreamFields, decode_whole, name_bit,
     parse_length,
@@ -51,6 +53,8 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Most header fields in a request head.
     pub max_headers: usize,
+    /// How long a new connection may take to send its first byte.
+    pub first_byte_timeout: Duration,
     /// How long a request head may take to arrive once it began.
     pub header_timeout: Duration,
     /// How long a connection may sit without a request, and how long a read of a request
@@ -86,6 +90,7 @@ const COALESCE_BYTES: usize = 16 * 1024;
 pub async fn serve<F, Fut>(
     mut stream: TcpStream,
     limits: Limits,
+    state: Arc<ConnState>,
     shutdown: watch::Receiver<bool>,
     mut service: F,
 ) -> Served
@@ -93,7 +98,7 @@ where
     F: FnMut(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Answer>,
 {
-    let mut timer = Timer::new(Instant::now() + limits.idle_timeout);
+    let mut timer = Timer::new(Instant::now() + limits.first_byte_timeout);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut shutdown = Box::pin(async move {
         let mut rx = shutdown;
@@ -112,12 +117,19 @@ where
                 read: buf.freeze(),
             };
         }
-        let deadline = idle_since + limits.idle_timeout;
+        // Nothing yet: the first-byte timeout; part of the preface: the head timeout.
+        let deadline = if buf.is_empty() {
+            idle_since + limits.first_byte_timeout
+        } else {
+            idle_since + limits.header_timeout
+        };
         match poll_fn(|cx| {
             if let Poll::Ready(r) = poll_fill(Pin::new(&mut stream), cx, &mut buf) {
                 return Poll::Ready(r.ok().filter(|n| *n > 0).is_some());
             }
-            if timer.poll_reached(cx, deadline).is_ready() || shutdown.as_mut().poll(cx).is_ready()
+            if timer.poll_reached(cx, deadline).is_ready()
+                || shutdown.as_mut().poll(cx).is_ready()
+                || state.poll_shed(cx).is_ready()
             {
                 return Poll::Ready(false);
             }
@@ -137,6 +149,7 @@ where
         limits,
         shutdown,
         stopping: false,
+        state,
     };
     let mut reader = Some(Reader { rd, buf });
     let mut idle_since = Some(idle_since);
@@ -195,6 +208,7 @@ where
             Ok(true) if keep_alive => {}
             _ => return Served::Closed,
         }
+        conn.state.idle();
         reader = rdr;
         idle_since = None;
     }
@@ -214,6 +228,8 @@ struct Conn {
     limits: Limits,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     stopping: bool,
+    /// The connection's phase for admission (shed when idle or slow under pressure).
+    state: Arc<ConnState>,
 }
 
 impl Conn {
@@ -239,9 +255,12 @@ impl Conn {
         loop {
             if !buf.is_empty() {
                 match parse_head(buf, self.limits.max_headers)? {
-                    Some(head) => return Ok(Some(head)),
+                    Some(head) => {
+                        self.state.active();
+                        return Ok(Some(head));
+                    }
                     None if buf.len() >= max_head => return Err(Refusal::HeadersTooLarge),
-                    None => {}
+                    None => self.state.reading_head(),
                 }
             }
             if buf.capacity() - buf.len() < 1024 {
@@ -251,6 +270,7 @@ impl Conn {
             let timer = &mut self.timer;
             let shutdown = &mut self.shutdown;
             let stopping = &mut self.stopping;
+            let state = &self.state;
             let got = poll_fn(|cx| {
                 if let Poll::Ready(r) = poll_fill(Pin::new(&mut *rd), cx, buf) {
                     return Poll::Ready(r.ok().filter(|n| *n > 0).is_some());
@@ -265,7 +285,8 @@ impl Conn {
                 } else {
                     *head_since.get_or_insert_with(Instant::now) + limits.header_timeout
                 };
-                if timer.poll_reached(cx, deadline).is_ready() {
+                // Idle or slow, and let go to make room for others.
+                if timer.poll_reached(cx, deadline).is_ready() || state.poll_shed(cx).is_ready() {
                     return Poll::Ready(false);
                 }
                 Poll::Pending
@@ -1175,6 +1196,7 @@ mod tests {
         Limits {
             max_head_bytes: 8192,
             max_headers: 100,
+            first_byte_timeout: Duration::from_millis(600),
             header_timeout: Duration::from_millis(300),
             idle_timeout: Duration::from_millis(600),
         }
@@ -1265,15 +1287,17 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
         let (h2_tx, h2_rx) = tokio::sync::mpsc::unbounded_channel();
+        let admission = crate::admission::Admission::new(1000, 1000);
         tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else {
+                let Ok((s, peer)) = listener.accept().await else {
                     return;
                 };
                 let stop = stop_rx.clone();
                 let h2 = h2_tx.clone();
+                let (admitted, _) = admission.admit(peer.ip(), false).unwrap();
                 tokio::spawn(async move {
-                    let served = serve(s, limits(), stop, echo).await;
+                    let served = serve(s, limits(), admitted.state.clone(), stop, echo).await;
                     let _ = h2.send(matches!(served, Served::Http2 { .. }));
                 });
             }

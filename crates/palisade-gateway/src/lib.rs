@@ -6,6 +6,7 @@
 //! [`metrics`]). The admin API ([`admin`]) and hot reload ([`reload`]) share [`Shared`].
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod h1;

@@ -52,6 +52,14 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// Why a connection was let go.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    /// `per_ip` (its address was at its cap), `total` (`max_connections`) or `fd` (file
+    /// descriptors ran out).
+    pub reason: &'static str,
+}
+
 /// Labels of a config reload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -80,8 +88,12 @@ pub struct Metrics {
     pub log_dropped: Counter,
     /// Client connections open now.
     pub connections_open: prometheus_client::metrics::gauge::Gauge,
-    /// Client connections closed on arrival because `max_connections` were open.
+    /// Client connections closed on arrival: a cap was reached and nothing could be shed.
     pub connections_refused: Counter,
+    /// Of those, refused because their address was at `max_connections_per_ip`.
+    pub connections_refused_per_ip: Counter,
+    /// Idle or slow connections let go to make room, by reason.
+    pub connections_shed: Family<ShedLabels, Counter>,
     /// Store writes that failed (quota usage, last-used times).
     pub store_errors: Counter,
     /// Admin changes to keys, by action.
@@ -134,6 +146,8 @@ impl Metrics {
         let log_dropped = Counter::default();
         let connections_open = prometheus_client::metrics::gauge::Gauge::default();
         let connections_refused = Counter::default();
+        let connections_refused_per_ip = Counter::default();
+        let connections_shed = Family::<ShedLabels, Counter>::default();
         let store_errors = Counter::default();
         let key_changes = Family::<KeyChangeLabels, Counter>::default();
         let attack_mode = Family::<AttackLabels, Counter>::default();
@@ -199,8 +213,18 @@ impl Metrics {
         );
         registry.register(
             "connections_refused",
-            "Client connections closed on arrival because max_connections were open",
+            "Client connections closed on arrival: a cap was reached and no idle or slow connection could be let go",
             connections_refused.clone(),
+        );
+        registry.register(
+            "connections_refused_per_ip",
+            "Client connections closed on arrival because their address was at max_connections_per_ip",
+            connections_refused_per_ip.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "Idle or slow client connections let go to make room for new ones, by reason",
+            connections_shed.clone(),
         );
         Self {
             registry,
@@ -214,6 +238,8 @@ impl Metrics {
             log_dropped,
             connections_open,
             connections_refused,
+            connections_refused_per_ip,
+            connections_shed,
             store_errors,
             key_changes,
             attack_mode,

@@ -17,8 +17,10 @@ use tokio::task::JoinHandle;
 
 use palisade_config::Overrides;
 
+use crate::admission::{Admission, Refused, Shed};
 use crate::body::ClientBody;
 use crate::io::{IdleTimeoutIo, InFlight};
+use crate::metrics::ShedLabels;
 use crate::reload::{self, ConfigSource};
 use crate::token::{self, TokenSource};
 use crate::{Runtime, Shared, SystemClock, admin, h1server, log, metrics, proxy, sample_api};
@@ -165,10 +167,13 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
                 )
             })?;
 
+    raise_fd_limit(
+        compiled.server.max_connections,
+        compiled.upstreams.len().max(1),
+    );
     let decision_log = log::DecisionLog::start(&compiled.log.decisions, compiled.log.recent)
         .context("opening the decision log")?;
-    let proxy_listener = TcpListener::bind(compiled.server.listen)
-        .await
+    let proxy_listener = bind_proxy(compiled.server.listen, compiled.server.listen_backlog)
         .with_context(|| format!("binding the proxy listener {}", compiled.server.listen))?;
     let admin_listener = TcpListener::bind(compiled.server.admin_listen)
         .await
@@ -370,6 +375,7 @@ fn client_limits(rt: &Runtime) -> h1server::Limits {
         // The request line counts too: room for a long target beyond small header caps.
         max_head_bytes: s.max_header_bytes.max(8192),
         max_headers: s.max_header_count,
+        first_byte_timeout: Duration::from_nanos(s.first_byte_timeout),
         header_timeout: Duration::from_nanos(s.header_read_timeout),
         idle_timeout: Duration::from_nanos(s.idle_timeout),
     }
@@ -415,30 +421,60 @@ async fn serve_proxy(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    // The cap is fixed at start (a reload that changes it takes effect at the next restart).
-    let cap = shared.runtime.load().compiled.server.max_connections;
-    let connections = Arc::new(tokio::sync::Semaphore::new(cap));
+    // The caps are fixed at start (a reload that changes them takes effect at the next restart).
+    let (cap, per_ip) = {
+        let rt = shared.runtime.load();
+        (
+            rt.compiled.server.max_connections,
+            rt.compiled.server.max_connections_per_ip,
+        )
+    };
+    let admission = Admission::new(cap, per_ip);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors: let an idle connection go to make room;
+                        // otherwise back off instead of spinning.
+                        let shed = admission.shed_one();
+                        if shed {
+                            shared.metrics.connections_shed.get_or_create(&ShedLabels { reason: "fd" }).inc();
+                        }
+                        tracing::warn!(error = %e, shed_idle = shed, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(if shed { 5 } else { 50 })).await;
                         continue;
                     }
                 };
-                // Over the connection cap: close at once rather than queue (a flood of
-                // connections must not pile up in memory).
-                let Ok(slot) = connections.clone().try_acquire_owned() else {
-                    shared.metrics.connections_refused.inc();
-                    drop(stream);
-                    continue;
+                let rt = shared.runtime.load();
+                let exempt = rt.compiled.server.trusted_proxies.contains(peer.ip());
+                // Over a cap with nothing idle to let go: close at once rather than queue (a
+                // flood of connections must not pile up in memory).
+                let admitted = match admission.admit(peer.ip(), exempt) {
+                    Ok((admitted, shed)) => {
+                        let reason = match shed {
+                            Shed::None => None,
+                            Shed::PerIp => Some("per_ip"),
+                            Shed::Total => Some("total"),
+                        };
+                        if let Some(reason) = reason {
+                            shared.metrics.connections_shed.get_or_create(&ShedLabels { reason }).inc();
+                        }
+                        admitted
+                    }
+                    Err(why) => {
+                        shared.metrics.connections_refused.inc();
+                        if why == Refused::PerIp {
+                            shared.metrics.connections_refused_per_ip.inc();
+                        }
+                        drop(stream);
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
-                let limits = client_limits(&shared.runtime.load());
+                let limits = client_limits(&rt);
+                drop(rt);
                 let s = shared.clone();
                 let watcher = graceful.watcher();
                 let stop = shutdown.clone();
@@ -446,16 +482,18 @@ async fn serve_proxy(
                 open.inc();
                 tokio::spawn(async move {
                     let per_request = s.clone();
-                    let served = h1server::serve(stream, limits, stop, move |req| {
+                    let state = admitted.state.clone();
+                    let served = h1server::serve(stream, limits, state, stop, move |req| {
                         let s = per_request.clone();
                         proxy::handle(s, req.map(ClientBody::H1), peer)
                     })
                     .await;
                     if let h1server::Served::Http2 { stream, read } = served {
+                        admitted.state.active();
                         serve_h2(s, stream, read, peer, watcher).await;
                     }
                     open.dec();
-                    drop(slot);
+                    drop(admitted);
                 });
             }
             _ = shutdown.changed() => break,
@@ -468,13 +506,43 @@ async fn serve_proxy(
         "shutting down: draining in-flight requests"
     );
     // HTTP/2 connections drain through hyper; HTTP/1.x ones close after their request in
-    // flight. All of them are done when every connection slot is back.
-    let all = u32::try_from(cap).unwrap_or(u32::MAX);
+    // flight. All of them are done when no connection is open.
     let drained = async {
         graceful.shutdown().await;
-        let _ = connections.acquire_many(all).await;
+        admission.drained().await;
     };
     if tokio::time::timeout(drain, drained).await.is_err() {
         tracing::warn!("drain timeout passed with requests still in flight");
     }
+}
+
+/// Raises the soft limit on open files to the hard limit: every client connection and every
+/// upstream connection is a descriptor, and running out stops accepting. Warns when even the
+/// hard limit cannot hold `max_connections` plus their upstream connections.
+fn raise_fd_limit(max_connections: usize, upstreams: usize) {
+    let want = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256 + 64 * upstreams as u64);
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want => tracing::warn!(
+            open_files_limit = got,
+            wanted = want,
+            "the open-files limit is below what max_connections needs; raise it (ulimit -n, LimitNOFILE=) or lower max_connections"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
+/// Binds the proxy listener with the configured backlog (the kernel caps it at
+/// `net.core.somaxconn`).
+fn bind_proxy(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

@@ -820,3 +820,19 @@ impl Drop for NodePeer {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP connection to `addr` from the local address `from` (any loopback address works on
+/// Linux: 127.0.0.2 is another client to the gateway).
+pub async fn connect_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
+/// Raises this test process's open-files limit (tests that hold thousands of sockets).
+pub fn raise_fd_limit(want: u64) -> u64 {
+    rlimit::increase_nofile_limit(want).unwrap_or(0)
+}

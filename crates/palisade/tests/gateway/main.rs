@@ -13,6 +13,7 @@ mod behaviour;
 mod cli;
 mod cluster;
 mod common;
+mod hostile;
 mod keys;
 mod memory;
 mod paths;
