@@ -100,6 +100,12 @@ pub struct ServerSettings {
     pub first_byte_timeout: Nanos,
     /// The proxy listener's backlog.
     pub listen_backlog: u32,
+    /// Slowest response reading, bytes per second (0: off).
+    pub min_send_rate: u64,
+    /// Slowest request body sending, bytes per second (0: off).
+    pub min_receive_rate: u64,
+    /// Time before the minimum rates apply.
+    pub min_rate_grace: Nanos,
     /// Whether paths match with ASCII case significant.
     pub case_sensitive_paths: bool,
 }
@@ -660,6 +666,21 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     let header_read_timeout = dur(&s.header_read_timeout, "10s", "header_read_timeout", c);
     let idle_timeout = dur(&s.idle_timeout, "60s", "idle_timeout", c);
     let first_byte_timeout = dur(&s.first_byte_timeout, "10s", "first_byte_timeout", c);
+    let min_send_rate = opt(
+        &s.min_send_rate,
+        1024,
+        "server.min_send_rate",
+        c,
+        crate::units::parse_byte_rate,
+    );
+    let min_receive_rate = opt(
+        &s.min_receive_rate,
+        256,
+        "server.min_receive_rate",
+        c,
+        crate::units::parse_byte_rate,
+    );
+    let min_rate_grace = dur(&s.min_rate_grace, "10s", "min_rate_grace", c);
     let upstream_timeout = dur(&s.upstream_timeout, "30s", "upstream_timeout", c);
     let drain_timeout = dur(&s.drain_timeout, "30s", "drain_timeout", c);
     for (v, name, span) in [
@@ -1752,6 +1773,9 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             max_connections_per_ip,
             first_byte_timeout,
             listen_backlog,
+            min_send_rate,
+            min_receive_rate,
+            min_rate_grace,
             case_sensitive_paths,
         },
         upstreams,

@@ -56,6 +56,15 @@ pub struct RawServer {
     pub max_connections_per_ip: Option<Spanned<u64>>,
     /// Time a new connection has to send its first byte. Default `10s`.
     pub first_byte_timeout: Option<Spanned<String>>,
+    /// Slowest a client may read a response once it holds a write up, after the grace time
+    /// (slow-read attacks); `0` turns the rule off. Default `1KiB/s`.
+    pub min_send_rate: Option<Spanned<String>>,
+    /// Slowest a client may send a request body, averaged over the time it keeps the gateway
+    /// waiting, after the grace time (slow-body attacks); `0` turns the rule off. Default
+    /// `256B/s`.
+    pub min_receive_rate: Option<Spanned<String>>,
+    /// Time before the minimum rates apply. Default `10s`.
+    pub min_rate_grace: Option<Spanned<String>>,
     /// Pending-connection queue of the proxy listener (the kernel caps it at
     /// `net.core.somaxconn`). Default 4096.
     pub listen_backlog: Option<Spanned<u64>>,

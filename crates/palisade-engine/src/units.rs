@@ -92,9 +92,30 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+/// Parses a byte rate: `0` (no rule) or a size per second, e.g. `1KiB/s`, `256B/s`.
+pub fn parse_byte_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(0);
+    }
+    let size = t.strip_suffix("/s").ok_or_else(|| {
+        format!("`{t}` is not a rate; write a size per second, e.g. 1KiB/s, or 0 for none")
+    })?;
+    parse_size(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_rates() {
+        assert_eq!(parse_byte_rate("1KiB/s"), Ok(1024));
+        assert_eq!(parse_byte_rate(" 256B/s "), Ok(256));
+        assert_eq!(parse_byte_rate("0"), Ok(0));
+        assert!(parse_byte_rate("1KiB").is_err());
+        assert!(parse_byte_rate("fast/s").is_err());
+    }
 
     #[test]
     fn durations() {

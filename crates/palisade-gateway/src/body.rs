@@ -87,6 +87,68 @@ pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What went wrong on the client's side of a request (not the upstream's): counted as
+/// `palisade_client_errors_total{kind}`, answered as the client's fault, logged sparingly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The client stopped reading its answer, or read it slower than `min_send_rate`.
+    SlowRead,
+    /// The client stopped sending its body, or sent it slower than `min_receive_rate`.
+    SlowBody,
+    /// The client went away (closed or reset) before its body ended.
+    Aborted,
+    /// The body's chunked framing was broken.
+    MalformedBody,
+    /// The request head could not be accepted (400, 417, 431, 501 before any policy).
+    BadHead,
+}
+
+impl ClientFault {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientFault::SlowRead => "slow_read",
+            ClientFault::SlowBody => "slow_body",
+            ClientFault::Aborted => "aborted",
+            ClientFault::MalformedBody => "malformed_body",
+            ClientFault::BadHead => "bad_head",
+        }
+    }
+
+    /// Every kind, for pre-registering the metric.
+    pub const ALL: [ClientFault; 5] = [
+        ClientFault::SlowRead,
+        ClientFault::SlowBody,
+        ClientFault::Aborted,
+        ClientFault::MalformedBody,
+        ClientFault::BadHead,
+    ];
+}
+
+/// A failure reading the client's request body: wraps what the server that read it said, so
+/// that anything further along (the upstream client, a bounded read) can tell the client's
+/// fault from the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body: {source}")]
+pub struct ClientBodyError {
+    /// What went wrong.
+    pub fault: ClientFault,
+    #[source]
+    source: BoxError,
+}
+
+/// The client fault somewhere in an error's source chain, if any.
+pub fn client_fault(err: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<ClientBodyError>() {
+            return Some(c.fault);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// A client's request body: read by Palisade's own HTTP/1.x server, or by hyper's HTTP/2 one.
 #[derive(Debug)]
 pub enum ClientBody {
@@ -105,8 +167,27 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(|e| {
+                let fault = match &e {
+                    crate::h1server::BodyError::TimedOut => ClientFault::SlowBody,
+                    crate::h1server::BodyError::Chunked(_) => ClientFault::MalformedBody,
+                    crate::h1server::BodyError::Incomplete | crate::h1server::BodyError::Io(_) => {
+                        ClientFault::Aborted
+                    }
+                };
+                Box::new(ClientBodyError {
+                    fault,
+                    source: Box::new(e),
+                }) as BoxError
+            }),
+            // An HTTP/2 stream's body fails when the client resets the stream or the
+            // connection goes.
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(|e| {
+                Box::new(ClientBodyError {
+                    fault: ClientFault::Aborted,
+                    source: Box::new(e),
+                }) as BoxError
+            }),
         }
     }
 

@@ -494,8 +494,11 @@ impl H1Pool {
     /// on another connection when the body can be sent again and either nothing was written
     /// or the method is idempotent (RFC 9110 section 9.2.2).
     ///
-    /// Fails with [`H1Error::TimedOut`] when no response head arrived by `deadline`
-    /// (connecting, retries and the request body included).
+    /// Fails with [`H1Error::TimedOut`] when the upstream takes longer than `timeout`: to
+    /// connect and take a request without a streamed body and answer it, to take each piece of
+    /// a streamed body, or to start its answer once the request was sent. Time spent waiting
+    /// for the client's body is not the upstream's (slow clients are bounded by the client
+    /// side's body timeouts).
     pub async fn send(
         &self,
         method: &Method,
@@ -503,8 +506,9 @@ impl H1Pool {
         headers: &HeaderMap,
         added: &HeadLines,
         body: OutBody,
-        deadline: tokio::time::Instant,
+        timeout: Duration,
     ) -> Result<Answer, H1Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut body = match body {
             OutBody::Stream(b) if b.is_end_stream() => OutBody::Empty,
             other => other,
@@ -536,12 +540,19 @@ impl H1Pool {
             };
             let replayable = !matches!(body, OutBody::Stream(_));
             let mut timer = conn.timer.take().unwrap_or_else(|| Timer::new(deadline));
-            let exchanged = within(
-                deadline,
-                &mut timer,
-                exchange(&mut conn, &wire, &mut body, framing, head_only),
-            )
-            .await;
+            let exchanged = if replayable {
+                within(
+                    deadline,
+                    &mut timer,
+                    exchange(&mut conn, &wire, &mut body, head_only),
+                )
+                .await
+            } else {
+                exchange_streamed(
+                    &mut conn, &mut timer, timeout, &wire, &mut body, framing, head_only,
+                )
+                .await
+            };
             conn.timer = Some(timer);
             let Some(exchanged) = exchanged else {
                 // Out of step with the upstream (a request without its answer): not reused.
@@ -638,14 +649,13 @@ async fn exchange(
     conn: &mut Conn,
     wire: &[u8],
     body: &mut OutBody,
-    framing: ReqFraming,
     head_only: bool,
 ) -> Result<Head, Failure> {
     let failed = |error: H1Error, written: bool| Failure { error, written };
     if let Err(e) = conn.io.write_all(wire).await {
         return Err(failed(e.into(), false));
     }
-    let written = match write_body(conn, body, framing, wire.len()).await {
+    let written = match write_body(conn, body, wire.len()).await {
         Ok(()) => Ok(()),
         // The body failed on our side: nothing to read.
         Err(e @ H1Error::Body(_)) => return Err(failed(e, true)),
@@ -664,13 +674,97 @@ async fn exchange(
     }
 }
 
-/// Writes the rest of the body (a small fixed body already went with the head).
-async fn write_body(
+/// An exchange with a streamed request body: the upstream has `timeout` to take the head,
+/// each piece of the body once the client sent it, and to start its answer once the body is
+/// sent; the wait for the client's pieces is not timed here. `None`: the upstream timed out.
+async fn exchange_streamed(
     conn: &mut Conn,
+    timer: &mut Timer,
+    timeout: Duration,
+    wire: &[u8],
     body: &mut OutBody,
     framing: ReqFraming,
-    head_len: usize,
-) -> Result<(), H1Error> {
+    head_only: bool,
+) -> Option<Result<Head, Failure>> {
+    let failed = |error: H1Error, written: bool| Failure { error, written };
+    let soon = || tokio::time::Instant::now() + timeout;
+    match within(soon(), timer, conn.io.write_all(wire)).await? {
+        Ok(()) => {}
+        Err(e) => return Some(Err(failed(e.into(), false))),
+    }
+    let OutBody::Stream(stream) = body else {
+        return Some(Err(failed(H1Error::Protocol("not a streamed body"), true)));
+    };
+    let mut sent: u64 = 0;
+    let mut written: Result<(), H1Error> = Ok(());
+    while let Some(frame) = stream.frame().await {
+        let data = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue, // request trailers are not forwarded
+            },
+            // The body failed on our side (the client): nothing to read.
+            Err(e) => return Some(Err(failed(H1Error::Body(e), true))),
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent = sent.saturating_add(data.len() as u64);
+        if let ReqFraming::Length(n) = framing
+            && sent > n
+        {
+            return Some(Err(failed(
+                H1Error::Body("request body is longer than its declared length".into()),
+                true,
+            )));
+        }
+        let piece = async {
+            if framing == ReqFraming::Chunked {
+                let mut line = Vec::with_capacity(20);
+                line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                conn.io.write_all(&line).await?;
+                conn.io.write_all(&data).await?;
+                conn.io.write_all(b"\r\n").await
+            } else {
+                conn.io.write_all(&data).await
+            }
+        };
+        if let Err(e) = within(soon(), timer, piece).await? {
+            // The upstream may have answered early (413, 401) and closed: its answer is
+            // better than the write error.
+            written = Err(e.into());
+            break;
+        }
+    }
+    if written.is_ok() {
+        written = match framing {
+            ReqFraming::Length(n) if sent != n => {
+                return Some(Err(failed(
+                    H1Error::Body("request body is shorter than its declared length".into()),
+                    true,
+                )));
+            }
+            ReqFraming::Chunked => within(soon(), timer, conn.io.write_all(b"0\r\n\r\n"))
+                .await?
+                .map_err(Into::into),
+            _ => Ok(()),
+        };
+    }
+    Some(
+        match within(soon(), timer, read_head(conn, head_only)).await? {
+            Ok(mut head) => {
+                if written.is_err() {
+                    head.reusable = false;
+                }
+                Ok(head)
+            }
+            Err(e) => Err(failed(written.err().unwrap_or(e), true)),
+        },
+    )
+}
+
+/// Writes the rest of the body (a small fixed body already went with the head).
+async fn write_body(conn: &mut Conn, body: &mut OutBody, head_len: usize) -> Result<(), H1Error> {
     match body {
         OutBody::Empty => Ok(()),
         OutBody::Full(b) => {
@@ -679,47 +773,8 @@ async fn write_body(
             }
             Ok(())
         }
-        OutBody::Stream(stream) => {
-            let mut sent: u64 = 0;
-            while let Some(frame) = stream.frame().await {
-                let frame = frame.map_err(H1Error::Body)?;
-                let Ok(data) = frame.into_data() else {
-                    continue; // request trailers are not forwarded
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                sent = sent.saturating_add(data.len() as u64);
-                match framing {
-                    ReqFraming::Length(n) if sent > n => {
-                        return Err(H1Error::Body(
-                            "request body is longer than its declared length".into(),
-                        ));
-                    }
-                    ReqFraming::Chunked => {
-                        let mut line = Vec::with_capacity(data.len().min(8192) + 20);
-                        line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                        if data.len() < 8192 {
-                            line.extend_from_slice(&data);
-                            line.extend_from_slice(b"\r\n");
-                            conn.io.write_all(&line).await?;
-                        } else {
-                            conn.io.write_all(&line).await?;
-                            conn.io.write_all(&data).await?;
-                            conn.io.write_all(b"\r\n").await?;
-                        }
-                    }
-                    _ => conn.io.write_all(&data).await?,
-                }
-            }
-            match framing {
-                ReqFraming::Length(n) if sent != n => Err(H1Error::Body(
-                    "request body is shorter than its declared length".into(),
-                )),
-                ReqFraming::Chunked => Ok(conn.io.write_all(b"0\r\n\r\n").await?),
-                _ => Ok(()),
-            }
-        }
+        // Streamed bodies are written by `exchange_streamed`, which times the upstream alone.
+        OutBody::Stream(_) => Err(H1Error::Protocol("a streamed body is not written here")),
     }
 }
 
@@ -1331,7 +1386,6 @@ mod tests {
             headers: &HeaderMap,
             body: OutBody,
         ) -> Result<Response<ProxyBody>, H1Error> {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             Ok(self
                 .send(
                     method,
@@ -1339,7 +1393,7 @@ mod tests {
                     headers,
                     &HeadLines::default(),
                     body,
-                    deadline,
+                    Duration::from_secs(30),
                 )
                 .await?
                 .merged())
@@ -1703,7 +1757,6 @@ mod tests {
     }
 
     async fn send_within(p: &H1Pool, path: &str, ms: u64) -> Result<StatusCode, H1Error> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
         let resp = p
             .send(
                 &Method::GET,
@@ -1711,7 +1764,7 @@ mod tests {
                 &host(),
                 &HeadLines::default(),
                 OutBody::Empty,
-                deadline,
+                Duration::from_millis(ms),
             )
             .await?;
         Ok(resp.response.status())

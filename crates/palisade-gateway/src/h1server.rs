@@ -39,6 +39,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::admission::ConnState;
+use crate::body::ClientFault;
 use crate::h1::{
     Answer, ChunkError, ChunkedDecoder, HeadLines, UpstreamFields, decode_whole, name_bit,
     parse_length,
@@ -60,7 +61,27 @@ pub struct Limits {
     /// How long a connection may sit without a request, and how long a read of a request
     /// body or a write of a response may wait for the client.
     pub idle_timeout: Duration,
+    /// Slowest a client may read a response, bytes per second (0: no rule): a write of `n`
+    /// bytes that the client holds up may take `min_rate_grace + n / min_send_rate`.
+    pub min_send_rate: u64,
+    /// Slowest a client may send a request body, bytes per second (0: no rule): after
+    /// `min_rate_grace`, a body behind this average rate is cut off.
+    pub min_receive_rate: u64,
+    /// Time before the minimum rates apply.
+    pub min_rate_grace: Duration,
 }
+
+impl Limits {
+    /// The longest a write of `len` bytes may be held up by the client.
+    fn send_allowance(&self, len: usize) -> Option<Duration> {
+        (self.min_send_rate > 0).then(|| {
+            self.min_rate_grace + Duration::from_secs_f64(len as f64 / self.min_send_rate as f64)
+        })
+    }
+}
+
+/// Where a connection reports its client's faults (slow reads, unreadable heads).
+pub type FaultSink = Arc<dyn Fn(ClientFault, &dyn std::fmt::Display) + Send + Sync>;
 
 /// How a connection ended.
 pub enum Served {
@@ -85,12 +106,17 @@ const STACK_HEADERS: usize = 100;
 /// from where they are.
 const COALESCE_BYTES: usize = 16 * 1024;
 
+/// Response bytes buffered for a connection before they are written (and the upstream's body
+/// waits for the client): the bound of a slow reader's memory.
+const OUT_HIGH_WATER: usize = 16 * 1024;
+
 /// Serves HTTP/1.x requests on `stream` with `service` until the connection ends, or hands
 /// it back if it speaks HTTP/2.
 pub async fn serve<F, Fut>(
     mut stream: TcpStream,
     limits: Limits,
     state: Arc<ConnState>,
+    faults: FaultSink,
     shutdown: watch::Receiver<bool>,
     mut service: F,
 ) -> Served
@@ -150,6 +176,7 @@ where
         shutdown,
         stopping: false,
         state,
+        faults,
     };
     let mut reader = Some(Reader { rd, buf });
     let mut idle_since = Some(idle_since);
@@ -161,6 +188,7 @@ where
             Ok(Some(head)) => head,
             Ok(None) => return Served::Closed,
             Err(refusal) => {
+                (conn.faults)(ClientFault::BadHead, &refusal.parts().1);
                 conn.refuse(refusal).await;
                 return Served::Closed;
             }
@@ -187,6 +215,11 @@ where
                     },
                     back: Some(tx),
                     idle: limits.idle_timeout,
+                    min_rate: limits.min_receive_rate,
+                    grace: limits.min_rate_grace,
+                    received: 0,
+                    blocked: Duration::ZERO,
+                    waiting_since: None,
                     timer: None,
                 };
                 (RequestBody(Some(Box::new(body))), Some(rx))
@@ -206,6 +239,10 @@ where
             .await
         {
             Ok(true) if keep_alive => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                (conn.faults)(ClientFault::SlowRead, &e);
+                return Served::Closed;
+            }
             _ => return Served::Closed,
         }
         conn.state.idle();
@@ -230,6 +267,7 @@ struct Conn {
     stopping: bool,
     /// The connection's phase for admission (shed when idle or slow under pressure).
     state: Arc<ConnState>,
+    faults: FaultSink,
 }
 
 impl Conn {
@@ -308,25 +346,13 @@ impl Conn {
             .await;
     }
 
-    /// Writes everything in `data`, waiting for the client at most the idle timeout.
+    /// Writes everything in `data`, within the idle timeout and the minimum send rate.
     async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        write_all(
-            &mut self.wr,
-            &mut self.timer,
-            self.limits.idle_timeout,
-            data,
-        )
-        .await
+        write_all(&mut self.wr, &mut self.timer, &self.limits, data).await
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        let r = write_all(
-            &mut self.wr,
-            &mut self.timer,
-            self.limits.idle_timeout,
-            &self.out,
-        )
-        .await;
+        let r = write_all(&mut self.wr, &mut self.timer, &self.limits, &self.out).await;
         self.out.clear();
         r
     }
@@ -423,6 +449,17 @@ impl Conn {
                 }
                 None => data,
             };
+            // Buffered output never grows past the high-water mark: what is there goes out
+            // first (and the upstream's body waits for the client meanwhile).
+            if self.out.len() + data.len() > OUT_HIGH_WATER {
+                self.flush().await?;
+            }
+            // Grown as a vector grows, but never past the high-water mark and a chunk's framing.
+            let need = self.out.len() + data.len().min(COALESCE_BYTES) + 32;
+            if need > self.out.capacity() {
+                let target = (self.out.capacity() * 2).clamp(need, need.max(OUT_HIGH_WATER + 32));
+                self.out.reserve_exact(target - self.out.len());
+            }
             if framing == Out::Chunked {
                 push_hex(&mut self.out, data.len());
                 self.out.extend_from_slice(b"\r\n");
@@ -444,7 +481,7 @@ impl Conn {
             self.out.extend_from_slice(b"0\r\n\r\n");
         }
         self.flush().await?;
-        if self.out.capacity() > 64 * 1024 {
+        if self.out.capacity() > 2 * OUT_HIGH_WATER {
             self.out = Vec::with_capacity(4 * 1024);
         }
         // A body shorter than its declared length leaves the client waiting for the rest.
@@ -747,28 +784,51 @@ fn poll_fill<R: AsyncRead>(
     tokio_util::io::poll_read_buf(rd, cx, buf)
 }
 
+/// Writes all of `data`. The client may hold a write up for at most the idle timeout without
+/// taking a byte, and for at most [`Limits::send_allowance`] in all: a reader that takes a
+/// little every few seconds is cut off, not only one that takes nothing. The clock is read
+/// only when the client makes us wait.
 async fn write_all(
     wr: &mut OwnedWriteHalf,
     timer: &mut Timer,
-    wait: Duration,
+    limits: &Limits,
     mut data: &[u8],
 ) -> io::Result<()> {
-    let mut deadline: Option<Instant> = None;
+    let allowance = limits.send_allowance(data.len());
+    let mut held_since: Option<Instant> = None;
+    let mut stalled_since: Option<Instant> = None;
     while !data.is_empty() {
         let n = poll_fn(|cx| match Pin::new(&mut *wr).poll_write(cx, data) {
             Poll::Ready(r) => Poll::Ready(r),
             Poll::Pending => {
-                let until = *deadline.get_or_insert_with(|| Instant::now() + wait);
+                let now = Instant::now();
+                let held = *held_since.get_or_insert(now);
+                let mut until = *stalled_since.get_or_insert(now) + limits.idle_timeout;
+                if let Some(a) = allowance {
+                    until = until.min(held + a);
+                }
                 if timer.poll_reached(cx, until).is_ready() {
                     return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
                 }
                 Poll::Pending
             }
         })
-        .await?;
+        .await;
+        let n = match n {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    // Reset rather than close: what the kernel still holds for this client is
+                    // dropped at once instead of trickling out to it.
+                    let _ = socket2::SockRef::from(wr.as_ref()).set_linger(Some(Duration::ZERO));
+                }
+                return Err(e);
+            }
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        stalled_since = None;
         data = data.get(n..).unwrap_or_default();
     }
     Ok(())
@@ -799,6 +859,15 @@ struct Lent {
     /// Where the reader goes back when the body ended cleanly (with any pipelined bytes).
     back: Option<oneshot::Sender<Reader>>,
     idle: Duration,
+    /// Bytes per second the body must average, over the time the client kept us waiting,
+    /// beyond the grace time (0: no rule). Time the proxy spends elsewhere (a hold, a slow
+    /// upstream) is not the client's.
+    min_rate: u64,
+    grace: Duration,
+    received: u64,
+    /// Time spent waiting for the client's bytes, and since when it waits now.
+    blocked: Duration,
+    waiting_since: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -813,8 +882,8 @@ pub enum BodyError {
     /// The client closed the connection before the body ended.
     #[error("the client closed the connection before the request body ended")]
     Incomplete,
-    /// The client sent nothing for the idle timeout.
-    #[error("the client stopped sending the request body")]
+    /// The client sent nothing for the idle timeout, or sent slower than the minimum rate.
+    #[error("the client stopped sending the request body or sent it too slowly")]
     TimedOut,
     /// The chunked framing was broken.
     #[error("malformed chunked request body: {0}")]
@@ -886,17 +955,36 @@ impl Lent {
                     self.back = None;
                     return Poll::Ready(Some(Err(BodyError::Incomplete)));
                 }
-                Poll::Ready(Ok(_)) => self.timer = None,
+                Poll::Ready(Ok(n)) => {
+                    self.received = self.received.saturating_add(n as u64);
+                    if let Some(since) = self.waiting_since.take() {
+                        self.blocked += since.elapsed();
+                    }
+                    self.timer = None;
+                }
                 Poll::Ready(Err(e)) => {
                     self.back = None;
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Poll::Pending => {
-                    let idle = self.idle;
-                    let sleep = self
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                    if sleep.as_mut().poll(cx).is_ready() {
+                    if self.timer.is_none() {
+                        // Silent for the idle timeout, or behind the minimum rate: whichever
+                        // comes first.
+                        let now = Instant::now();
+                        self.waiting_since = Some(now);
+                        let mut wait = self.idle;
+                        if self.min_rate > 0 {
+                            let earned = self.grace
+                                + Duration::from_secs_f64(
+                                    self.received as f64 / self.min_rate as f64,
+                                );
+                            wait = wait.min(earned.saturating_sub(self.blocked));
+                        }
+                        self.timer = Some(Box::pin(tokio::time::sleep_until(now + wait)));
+                    }
+                    if let Some(sleep) = self.timer.as_mut()
+                        && sleep.as_mut().poll(cx).is_ready()
+                    {
                         self.back = None;
                         return Poll::Ready(Some(Err(BodyError::TimedOut)));
                     }
@@ -1199,6 +1287,9 @@ mod tests {
             first_byte_timeout: Duration::from_millis(600),
             header_timeout: Duration::from_millis(300),
             idle_timeout: Duration::from_millis(600),
+            min_send_rate: 0,
+            min_receive_rate: 0,
+            min_rate_grace: Duration::from_secs(10),
         }
     }
 
@@ -1297,7 +1388,15 @@ mod tests {
                 let h2 = h2_tx.clone();
                 let (admitted, _) = admission.admit(peer.ip(), false).unwrap();
                 tokio::spawn(async move {
-                    let served = serve(s, limits(), admitted.state.clone(), stop, echo).await;
+                    let served = serve(
+                        s,
+                        limits(),
+                        admitted.state.clone(),
+                        Arc::new(|_, _| {}),
+                        stop,
+                        echo,
+                    )
+                    .await;
                     let _ = h2.send(matches!(served, Served::Http2 { .. }));
                 });
             }

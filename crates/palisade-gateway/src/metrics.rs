@@ -60,6 +60,13 @@ pub struct ShedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a client's fault.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientErrorLabels {
+    /// `slow_read`, `slow_body`, `aborted`, `malformed_body` or `bad_head`.
+    pub kind: &'static str,
+}
+
 /// Labels of a config reload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -94,6 +101,11 @@ pub struct Metrics {
     pub connections_refused_per_ip: Counter,
     /// Idle or slow connections let go to make room, by reason.
     pub connections_shed: Family<ShedLabels, Counter>,
+    /// Requests that failed on the client's side, by kind (never counted as upstream errors).
+    pub client_errors: Family<ClientErrorLabels, Counter>,
+    /// When a client fault was last logged (unix seconds), and how many went unlogged since.
+    client_fault_logged: std::sync::atomic::AtomicU64,
+    client_faults_unlogged: std::sync::atomic::AtomicU64,
     /// Store writes that failed (quota usage, last-used times).
     pub store_errors: Counter,
     /// Admin changes to keys, by action.
@@ -148,6 +160,15 @@ impl Metrics {
         let connections_refused = Counter::default();
         let connections_refused_per_ip = Counter::default();
         let connections_shed = Family::<ShedLabels, Counter>::default();
+        let client_errors = Family::<ClientErrorLabels, Counter>::default();
+        for f in crate::body::ClientFault::ALL {
+            drop(client_errors.get_or_create(&ClientErrorLabels { kind: f.name() }));
+        }
+        registry.register(
+            "client_errors",
+            "Requests that failed on the client's side (slow, aborted, malformed), by kind",
+            client_errors.clone(),
+        );
         let store_errors = Counter::default();
         let key_changes = Family::<KeyChangeLabels, Counter>::default();
         let attack_mode = Family::<AttackLabels, Counter>::default();
@@ -240,9 +261,41 @@ impl Metrics {
             connections_refused,
             connections_refused_per_ip,
             connections_shed,
+            client_errors,
+            client_fault_logged: std::sync::atomic::AtomicU64::new(0),
+            client_faults_unlogged: std::sync::atomic::AtomicU64::new(0),
             store_errors,
             key_changes,
             attack_mode,
+        }
+    }
+
+    /// Counts a client's fault, and logs it at most once every ten seconds (clients aborting
+    /// uploads are ordinary; a line for each would drown the log).
+    pub fn client_fault(&self, fault: crate::body::ClientFault, detail: &dyn std::fmt::Display) {
+        use std::sync::atomic::Ordering;
+        self.client_errors
+            .get_or_create(&ClientErrorLabels { kind: fault.name() })
+            .inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.client_fault_logged.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .client_fault_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let unlogged = self.client_faults_unlogged.swap(0, Ordering::Relaxed);
+            tracing::info!(
+                kind = fault.name(),
+                error = %detail,
+                similar_unlogged = unlogged,
+                "client error (at most one line every 10 s; all are counted in palisade_client_errors_total)"
+            );
+        } else {
+            self.client_faults_unlogged.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -31,7 +31,7 @@ use palisade_keys::signature::{
 use palisade_intel::ja4h::HttpVersion;
 
 use crate::auth::{Authenticated, authenticate, presented};
-use crate::body::{Bounded, ClientBody, ProxyBody, is_body_too_large};
+use crate::body::{Bounded, ClientBody, ProxyBody, client_fault, is_body_too_large};
 use crate::h1::{Answer, HeadLines, OutBody, UpstreamFields};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
@@ -197,7 +197,7 @@ async fn respond(
                 "bounds/body_read",
             ));
         };
-        let bytes = match read_bounded(incoming, server.max_body_bytes).await {
+        let bytes = match read_bounded(&shared, incoming, server.max_body_bytes).await {
             Ok(b) => b,
             Err((refusal, rule)) => {
                 return Ok(bounded_refusal(&shared, refusal, &request_id, rule));
@@ -244,7 +244,7 @@ async fn respond(
             (Some(b), _) => Some(b),
             (None, Some(incoming)) => {
                 let max = server.max_body_bytes.min(st.max_body as u64);
-                match read_bounded(incoming, max).await {
+                match read_bounded(&shared, incoming, max).await {
                     Ok(b) => Some(b),
                     Err((refusal, rule)) => {
                         return Ok(bounded_refusal(&shared, refusal, &request_id, rule));
@@ -723,14 +723,22 @@ async fn respond(
 }
 
 /// Reads a body up to `max` bytes; past that, or on a read error, the refusal to answer.
-async fn read_bounded(incoming: ClientBody, max: u64) -> Result<Bytes, (Refusal, &'static str)> {
+async fn read_bounded(
+    shared: &Shared,
+    incoming: ClientBody,
+    max: u64,
+) -> Result<Bytes, (Refusal, &'static str)> {
     let limited = Limited::new(incoming, usize::try_from(max).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err((Refusal::BodyTooLarge, "bounds/body"))
         }
-        Err(_) => Err((Refusal::BadRequest, "bounds/body_read")),
+        Err(e) => {
+            let fault = client_fault(&*e).unwrap_or(crate::body::ClientFault::Aborted);
+            shared.metrics.client_fault(fault, &e);
+            Err((Refusal::for_client_fault(fault), "bounds/body_read"))
+        }
     }
 }
 
@@ -1011,6 +1019,12 @@ async fn forward(
             if is_body_too_large(&e) {
                 err_kind("body_too_large");
                 return Err(Refusal::BodyTooLarge);
+            }
+            // The client's side broke (aborted, too slow, malformed body): its fault, not the
+            // upstream's.
+            if let Some(fault) = client_fault(&e) {
+                shared.metrics.client_fault(fault, &e);
+                return Err(Refusal::for_client_fault(fault));
             }
             let kind = if e.is_connect() { "connect" } else { "other" };
             err_kind(kind);

@@ -39,6 +39,8 @@ pub enum Refusal {
     UpstreamTimeout,
     /// Request body over the limit (413).
     BodyTooLarge,
+    /// The client stopped sending its body, or sent it too slowly (408).
+    RequestTimeout,
     /// Too many or too large headers (431).
     HeadersTooLarge,
     /// Nothing here (404): what a honeypot answers.
@@ -121,6 +123,11 @@ impl Refusal {
                 "body_too_large",
                 "the request body is too large",
             ),
+            Refusal::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            ),
             Refusal::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such resource"),
             Refusal::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -152,6 +159,14 @@ impl Refusal {
                 "expectation_failed",
                 "the request's expectation cannot be met",
             ),
+        }
+    }
+
+    /// The answer to a client's fault in sending its request.
+    pub fn for_client_fault(fault: crate::body::ClientFault) -> Self {
+        match fault {
+            crate::body::ClientFault::SlowBody => Refusal::RequestTimeout,
+            _ => Refusal::BadRequest,
         }
     }
 
@@ -227,6 +242,7 @@ mod tests {
             Refusal::UpstreamUnavailable,
             Refusal::UpstreamTimeout,
             Refusal::BodyTooLarge,
+            Refusal::RequestTimeout,
             Refusal::HeadersTooLarge,
             Refusal::BadRequest,
             Refusal::InvalidPath,

@@ -361,6 +361,9 @@ fn h2_builder(rt: &Runtime) -> http2::Builder<TokioExecutor> {
     let s = &rt.compiled.server;
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
+        // A stream's response waits for the client past this much (hyper's default is
+        // 400 KiB per stream: a slow reader would hold that much per stream).
+        .max_send_buf_size(64 * 1024)
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(20)))
@@ -378,6 +381,9 @@ fn client_limits(rt: &Runtime) -> h1server::Limits {
         first_byte_timeout: Duration::from_nanos(s.first_byte_timeout),
         header_timeout: Duration::from_nanos(s.header_read_timeout),
         idle_timeout: Duration::from_nanos(s.idle_timeout),
+        min_send_rate: s.min_send_rate,
+        min_receive_rate: s.min_receive_rate,
+        min_rate_grace: Duration::from_nanos(s.min_rate_grace),
     }
 }
 
@@ -480,10 +486,14 @@ async fn serve_proxy(
                 let stop = shutdown.clone();
                 let open = shared.metrics.connections_open.clone();
                 open.inc();
+                let faults: h1server::FaultSink = {
+                    let s = shared.clone();
+                    Arc::new(move |fault, detail| s.metrics.client_fault(fault, detail))
+                };
                 tokio::spawn(async move {
                     let per_request = s.clone();
                     let state = admitted.state.clone();
-                    let served = h1server::serve(stream, limits, state, stop, move |req| {
+                    let served = h1server::serve(stream, limits, state, faults, stop, move |req| {
                         let s = per_request.clone();
                         proxy::handle(s, req.map(ClientBody::H1), peer)
                     })

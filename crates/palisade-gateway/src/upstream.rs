@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -124,7 +125,6 @@ impl Upstream {
         host: Option<&str>,
         timeout: Duration,
     ) -> Result<Answer, UpstreamError> {
-        let deadline = tokio::time::Instant::now() + timeout;
         let prefix = self.base.path().trim_end_matches('/');
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let target: Cow<'_, str> = if prefix.is_empty() {
@@ -140,14 +140,7 @@ impl Upstream {
                     parts.headers.insert(header::HOST, v);
                 }
                 return pool
-                    .send(
-                        &parts.method,
-                        &target,
-                        &parts.headers,
-                        added,
-                        body,
-                        deadline,
-                    )
+                    .send(&parts.method, &target, &parts.headers, added, body, timeout)
                     .await
                     .map_err(|e| match e {
                         H1Error::TimedOut => UpstreamError::Timeout,
@@ -171,12 +164,28 @@ impl Upstream {
         added.apply(&mut parts.headers);
         // HTTP/2 carries the authority in :authority; the client's host is in X-Forwarded-Host.
         parts.headers.remove(header::HOST);
-        let resp = tokio::time::timeout_at(
-            deadline,
-            client.request(Request::from_parts(parts, body.into_proxy_body())),
-        )
-        .await
-        .map_err(|_| UpstreamError::Timeout)?
+        // The upstream's clock runs while it holds the request up, not while the client is
+        // still sending its body.
+        let progress = Arc::new(BodyProgress::default());
+        let body = Watched {
+            inner: body.into_proxy_body(),
+            progress: progress.clone(),
+        }
+        .boxed_unsync();
+        let request = client.request(Request::from_parts(parts, body));
+        let mut request = std::pin::pin!(request);
+        let started = tokio::time::Instant::now();
+        let resp = loop {
+            let until = progress.upstream_deadline(started, timeout);
+            tokio::select! {
+                r = &mut request => break r,
+                _ = tokio::time::sleep_until(until) => {
+                    if progress.upstream_deadline(started, timeout) <= tokio::time::Instant::now() {
+                        return Err(UpstreamError::Timeout);
+                    }
+                }
+            }
+        }
         .map_err(|e| {
             if e.is_connect() {
                 UpstreamError::Connect(e.to_string())
@@ -187,6 +196,70 @@ impl Upstream {
         Ok(resp
             .map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
             .into())
+    }
+}
+
+/// How far an h2c request's body got: when it last moved, whether it waits on the client,
+/// and whether it ended.
+#[derive(Debug, Default)]
+struct BodyProgress {
+    inner: std::sync::Mutex<ProgressState>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    moved: Option<tokio::time::Instant>,
+    waiting_on_client: bool,
+}
+
+impl BodyProgress {
+    fn state(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the upstream has held the request up for `timeout`: from the start, or from the
+    /// body's last movement; never while the body waits on the client.
+    fn upstream_deadline(
+        &self,
+        started: tokio::time::Instant,
+        timeout: Duration,
+    ) -> tokio::time::Instant {
+        let st = self.state();
+        if st.waiting_on_client {
+            // Re-checked after `timeout`: the client side bounds its own slowness.
+            return tokio::time::Instant::now() + timeout;
+        }
+        st.moved.unwrap_or(started).max(started) + timeout
+    }
+}
+
+/// A request body that reports its progress to a [`BodyProgress`].
+struct Watched {
+    inner: ProxyBody,
+    progress: Arc<BodyProgress>,
+}
+
+impl http_body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let mut st = self.progress.state();
+        st.waiting_on_client = polled.is_pending();
+        st.moved = Some(tokio::time::Instant::now());
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

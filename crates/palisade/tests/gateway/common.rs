@@ -403,6 +403,23 @@ async fn handle_upstream(
                 .body(full(j.to_string()))
                 .unwrap()
         }
+        "/big" => {
+            // `mb` megabytes in 64 KiB chunks, as fast as the gateway takes them.
+            let mb: usize = query.get("mb").and_then(|v| v.parse().ok()).unwrap_or(10);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                for _ in 0..mb * 16 {
+                    if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-length", (mb * 1024 * 1024).to_string())
+                .body(StreamBody::new(tokio_stream_from(rx)).boxed())
+                .unwrap()
+        }
         "/slow" => {
             let ms = query.get("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -156,3 +156,251 @@ async fn busy_connections_are_never_shed_idle_ones_are() {
         "{m}"
     );
 }
+
+/// Opens `n` connections that ask for a large answer and never read it.
+async fn non_readers(g: &Gateway, n: usize, mb: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let from = ip(&format!("127.0.{}.{}", 10 + i / 200, 1 + i % 200));
+        // A tiny receive window, as slow-read attacks set it (before connecting, so that the
+        // window is small from the start).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let _ = socket.set_recv_buffer_size(4096);
+        let _ = socket.bind(std::net::SocketAddr::new(from, 0));
+        let Ok(mut s) = socket.connect(g.proxy).await else {
+            continue;
+        };
+        let req = format!("GET /big?mb={mb} HTTP/1.1\r\nhost: x\r\n\r\n");
+        if s.write_all(req.as_bytes()).await.is_ok() {
+            held.push(s);
+        }
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_read_big_answers_cost_bounded_memory_returned_after() {
+    raise_fd_limit(10_000);
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(&up, "")));
+    // Warm up (pools, buffers, the allocator's first arenas).
+    for _ in 0..20 {
+        assert_eq!(get(&g.url("/big?mb=1")).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = g.rss_kib();
+    let held = non_readers(&g, 500, 10).await;
+    assert!(held.len() >= 490, "{} connections", held.len());
+    // Let every answer run into its client's window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = g.rss_kib();
+    drop(held);
+    // Normal traffic resumes: the allocator hands freed memory back as it works.
+    for _ in 0..3 {
+        for _ in 0..100 {
+            assert_eq!(get(&g.url("/echo")).await.status, 200);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let after = g.rss_kib();
+    assert_eq!(
+        metric(&metrics(&g).await, "palisade_connections_open"),
+        0.0,
+        "every non-reader's connection ended"
+    );
+    eprintln!(
+        "500 clients not reading a 10 MB answer: RSS {before} KiB before, {during} KiB during (+{} KiB, {} KiB per client), {after} KiB after",
+        during.saturating_sub(before),
+        during.saturating_sub(before) / 500
+    );
+    // 16 KiB of output buffer and the upstream connection's read buffer per client, not the
+    // answer: under 100 KiB each.
+    assert!(
+        during.saturating_sub(before) < 50 * 1024,
+        "grew {} KiB",
+        during.saturating_sub(before)
+    );
+    assert!(
+        after.saturating_sub(before) < 25 * 1024,
+        "held {} KiB after the clients left",
+        after.saturating_sub(before)
+    );
+    // Still serving.
+    assert_eq!(get(&g.url("/echo")).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_reader_that_takes_a_little_every_few_seconds_is_cut_off() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        "[server]\nmin_send_rate = \"16KiB/s\"\nmin_rate_grace = \"1s\"\nidle_timeout = \"60s\"\n",
+    )));
+    let mut s = non_readers(&g, 1, 10).await.pop().unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    // 64 bytes every 500 ms: never silent for the idle timeout, far below the minimum rate.
+    let cut = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
+        let m = metrics(&g).await;
+        if metric(&m, "palisade_client_errors_total{kind=\"slow_read\"}") == 1.0 {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still served after 30s: {m}"
+        );
+    };
+    eprintln!("a 128 B/s reader was cut off after {cut:?}");
+    // The connection is reset: what the client had not read yet is gone with it.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(end, Ok(Err(_)) | Ok(Ok(_))),
+        "the connection is over"
+    );
+    assert!(rest.len() < 1024 * 1024, "{} bytes still came", rest.len());
+}
+
+fn metric(m: &str, line_prefix: &str) -> f64 {
+    m.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(g: &Gateway) -> String {
+    String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).into_owned()
+}
+
+/// Sends a body of `n` bytes one byte every `gap`, then reads the answer.
+async fn trickle_upload(g: &Gateway, n: usize, gap: Duration) -> RawResp {
+    let mut s = tokio::net::TcpStream::connect(g.proxy).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {n}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..n {
+        tokio::time::sleep(gap).await;
+        if s.write_all(b"x").await.is_err() {
+            break;
+        }
+    }
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    RawResp {
+        status,
+        head: text,
+        body,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstreams_clock_starts_when_the_request_was_sent() {
+    let up = upstream().await;
+    for protocol in ["http1", "h2c"] {
+        let g = Gateway::start(Some(&format!(
+            "[log]\ndecisions = \"off\"\n\n[server]\nupstream_timeout = \"2s\"\n\n[[upstreams]]\nname = \"api\"\nurl = \"http://{}\"\nprotocol = \"{protocol}\"\n",
+            up.addr
+        )));
+        // 8 bytes at 2 per second (4 s) to a healthy upstream: answered, not 504.
+        let started = Instant::now();
+        let r = trickle_upload(&g, 8, Duration::from_millis(500)).await;
+        assert_eq!(r.status, 200, "{protocol}: {r:?}");
+        assert!(r.body.contains("\"bytes\":8"), "{protocol}: {r:?}");
+        assert!(started.elapsed() >= Duration::from_secs(4));
+        // A slow upstream still times out.
+        let r = get(&g.url("/slow?ms=4000")).await;
+        assert_eq!(r.status, 504, "{protocol}");
+        let m = metrics(&g).await;
+        assert_eq!(
+            metric(
+                &m,
+                "palisade_upstream_errors_total{route=\"default\",kind=\"timeout\"}"
+            ),
+            1.0,
+            "{protocol}: {m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_sent_slower_than_the_minimum_rate_is_cut_off_with_408() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        "[server]\nmin_receive_rate = \"100B/s\"\nmin_rate_grace = \"1s\"\n",
+    )));
+    // One byte every 100 ms (10 B/s) for 1000 bytes: behind the rate once the grace is spent.
+    let started = Instant::now();
+    let r = trickle_upload(&g, 1000, Duration::from_millis(100)).await;
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(r.body.contains("\"error\":\"request_timeout\""), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let m = metrics(&g).await;
+    assert_eq!(
+        metric(&m, "palisade_client_errors_total{kind=\"slow_body\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "palisade_upstream_errors_total"), 0.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_faults_are_the_clients_not_the_upstreams() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(&up, "")));
+    // A malformed chunked body: 400, counted as the client's, no upstream error.
+    let r = raw_exchange(
+        g.proxy,
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbroken\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    // Fifty clients abandon their uploads half way.
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(g.proxy).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&[b'x'; 30_000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = metrics(&g).await;
+    assert_eq!(
+        metric(&m, "palisade_client_errors_total{kind=\"malformed_body\"}"),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "palisade_client_errors_total{kind=\"aborted\"}") >= 45.0,
+        "{m}"
+    );
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("palisade_upstream_errors_total{")),
+        "client faults counted as upstream errors: {m}"
+    );
+    let log = g.stderr();
+    assert!(!log.contains("upstream request failed"), "{log}");
+    let lines = log.matches("client error").count();
+    assert!(lines <= 2, "{lines} log lines for 51 client errors:\n{log}");
+}
