@@ -223,6 +223,17 @@ pub struct KeySettings {
     pub signature_window_secs: u64,
     /// Most nonces remembered.
     pub max_nonces: usize,
+    /// Whether a presented API key is forwarded to the upstream.
+    pub forward: KeyForward,
+}
+
+/// What the upstream gets of a presented API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyForward {
+    /// Removed; the verified key's id and account come as headers.
+    Strip,
+    /// Forwarded as sent.
+    Keep,
 }
 
 impl Default for KeySettings {
@@ -236,6 +247,7 @@ impl Default for KeySettings {
             rotation_grace_secs: 86_400,
             signature_window_secs: 300,
             max_nonces: 100_000,
+            forward: KeyForward::Strip,
         }
     }
 }
@@ -2180,12 +2192,20 @@ fn compile_keys(k: &RawKeys, c: &mut Collector<'_>) -> KeySettings {
         Some(v) => *v.get_ref() as usize,
         None => d.max_nonces,
     };
+    let forward = choice(
+        &k.forward,
+        &[("strip", KeyForward::Strip), ("keep", KeyForward::Keep)],
+        KeyForward::Strip,
+        "keys.forward",
+        c,
+    );
     KeySettings {
         headers,
         max_keys_per_account,
         rotation_grace_secs,
         signature_window_secs,
         max_nonces,
+        forward,
     }
 }
 

@@ -17,8 +17,8 @@ pub use palisade_engine::units;
 
 pub use cases::{CaseOutcome, run_cases};
 pub use compile::{
-    Compiled, DecisionLogTarget, KeySettings, LogSettings, OnEngineError, OnStoreError, Overrides,
-    ServerSettings, StoreBackend, StoreSettings, StoreSync, TestCase, UpstreamProtocol,
+    Compiled, DecisionLogTarget, KeyForward, KeySettings, LogSettings, OnEngineError, OnStoreError,
+    Overrides, ServerSettings, StoreBackend, StoreSettings, StoreSync, TestCase, UpstreamProtocol,
     UpstreamSettings, compile_str, load_file,
 };
 pub use error::{ConfigError, ConfigErrors};

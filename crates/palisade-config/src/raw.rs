@@ -54,7 +54,8 @@ pub struct RawServer {
     /// exempt. When reached, that address's oldest idle or slow connection is let go; with none,
     /// its new ones are closed. Default 256.
     pub max_connections_per_ip: Option<Spanned<u64>>,
-    /// Time a new connection has to send its first byte. Default `10s`.
+    /// Time a new connection has to send its first byte (at most `idle_timeout`). Default
+    /// `10s`.
     pub first_byte_timeout: Option<Spanned<String>>,
     /// Slowest a client may read a response once it holds a write up, after the grace time
     /// (slow-read attacks); `0` turns the rule off. Default `1KiB/s`.
@@ -217,6 +218,10 @@ pub struct RawKeys {
     pub signature_window: Option<Spanned<String>>,
     /// Most request nonces remembered (replay protection). Default 100000.
     pub max_nonces: Option<Spanned<u64>>,
+    /// What the upstream gets of a presented API key: `strip` (default: the raw key never
+    /// leaves the gateway; a verified key's id and account come as `X-Palisade-Key-Id` and
+    /// `X-Palisade-Account`) or `keep` (forwarded as sent, and the headers too).
+    pub forward: Option<Spanned<String>>,
 }
 
 /// A JWT verification key given in the config.

@@ -86,6 +86,26 @@ pub fn presented<'h>(rt: &Runtime, headers: &'h HeaderMap) -> (Option<&'h str>, 
     (key, token)
 }
 
+/// Removes presented API keys (`[keys] forward = "strip"`): the headers keys are read from
+/// other than `Authorization`, and `Authorization` when it carries a key (a bearer token that
+/// is not a key is the upstream's business and stays).
+pub fn strip_keys(rt: &Runtime, headers: &mut HeaderMap) {
+    for name in &rt.compiled.keys.headers {
+        if *name == AUTHORIZATION {
+            let is_key = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer)
+                .is_some_and(|b| b.starts_with(KEY_PREFIX));
+            if is_key {
+                headers.remove(name);
+            }
+        } else {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Verifies the request's credential, as [`presented`] found it.
 pub fn authenticate(
     shared: &Shared,

@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use palisade_config::{OnEngineError, OnStoreError};
+use palisade_config::{KeyForward, OnEngineError, OnStoreError};
 use palisade_engine::client_ip::client_ip;
 use palisade_engine::limits::ceil_secs;
 use palisade_engine::path::{Ambiguities, canonicalize};
@@ -30,7 +30,7 @@ use palisade_keys::signature::{
 
 use palisade_intel::ja4h::HttpVersion;
 
-use crate::auth::{Authenticated, authenticate, presented};
+use crate::auth::{Authenticated, authenticate, presented, strip_keys};
 use crate::body::{Bounded, ClientBody, ProxyBody, client_fault, is_body_too_large};
 use crate::h1::{Answer, HeadLines, OutBody, UpstreamFields};
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
@@ -107,6 +107,19 @@ async fn respond(
         ));
     }
 
+    // HTTP/2: a Host naming another authority than `:authority` is malformed (RFC 9113
+    // section 8.3.1), rather than a choice between two hosts.
+    if parts.version == http::Version::HTTP_2
+        && let (Some(a), Some(h)) = (parts.uri.authority(), parts.headers.get(HOST))
+        && !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes())
+    {
+        return Ok(bounded_refusal(
+            &shared,
+            Refusal::BadRequest,
+            &request_id,
+            "bounds/authority",
+        ));
+    }
     // The path the policy judges is the path the upstream receives: canonical, or refused.
     if parts.method == http::Method::CONNECT {
         return Ok(bounded_refusal(
@@ -547,22 +560,49 @@ async fn respond(
     let response = match refusal {
         Some(r) => r.response(&request_id),
         None => {
-            // The client's Host (a shared handle on hyper's buffer, not a copy), else the
-            // HTTP/2 authority.
-            let host_value = parts
-                .headers
-                .get(HOST)
-                .filter(|v| v.to_str().is_ok())
-                .cloned()
-                .or_else(|| {
-                    parts
-                        .uri
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                });
+            // The client's Host (a shared handle on the read buffer, not a copy); for HTTP/2
+            // `:authority` comes first (RFC 9113 section 8.3.1).
+            let authority = || {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            };
+            let host_value = if parts.version == http::Version::HTTP_2 {
+                authority().or_else(|| parts.headers.get(HOST).cloned())
+            } else {
+                parts
+                    .headers
+                    .get(HOST)
+                    .filter(|v| v.to_str().is_ok())
+                    .cloned()
+                    .or_else(authority)
+            };
+            if parts.version == http::Version::HTTP_2
+                && let Some(h) = &host_value
+            {
+                // Forwarded over HTTP/1.1, `:authority` becomes the Host.
+                parts.headers.insert(HOST, h.clone());
+            }
             let host = host_value.as_ref().and_then(|v| v.to_str().ok());
             strip_hop_by_hop(&mut parts.headers);
             strip_palisade_headers(&mut parts.headers);
+            if rt.compiled.keys.forward == KeyForward::Strip {
+                strip_keys(&rt, &mut parts.headers);
+            }
+            // Who the caller is, as verified: the key's visible id and the account.
+            if let Some(p) = authn.as_auth().principal() {
+                if let Some(id) = &p.key_id
+                    && let Ok(v) = HeaderValue::from_str(&palisade_keys::key::prefix_of(id))
+                {
+                    parts.headers.insert(X_PALISADE_KEY_ID, v);
+                }
+                if let Some(a) = &p.account
+                    && let Ok(v) = HeaderValue::from_str(a)
+                {
+                    parts.headers.insert(X_PALISADE_ACCOUNT, v);
+                }
+            }
             let added = forwarding_lines(
                 &parts.headers,
                 peer.ip(),

@@ -378,7 +378,8 @@ fn client_limits(rt: &Runtime) -> h1server::Limits {
         // The request line counts too: room for a long target beyond small header caps.
         max_head_bytes: s.max_header_bytes.max(8192),
         max_headers: s.max_header_count,
-        first_byte_timeout: Duration::from_nanos(s.first_byte_timeout),
+        // A connection that has sent nothing is at least as idle as one between requests.
+        first_byte_timeout: Duration::from_nanos(s.first_byte_timeout.min(s.idle_timeout)),
         header_timeout: Duration::from_nanos(s.header_read_timeout),
         idle_timeout: Duration::from_nanos(s.idle_timeout),
         min_send_rate: s.min_send_rate,

@@ -134,10 +134,19 @@ impl Upstream {
         };
         let client = match &self.transport {
             Transport::Http1(pool) => {
-                if !parts.headers.contains_key(header::HOST)
-                    && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
-                {
-                    parts.headers.insert(header::HOST, v);
+                // HTTP/1.1 needs a Host: the client's, else (an HTTP/1.0 client without one)
+                // the upstream's own authority.
+                if !parts.headers.contains_key(header::HOST) {
+                    let v = host
+                        .and_then(|h| HeaderValue::from_str(h).ok())
+                        .or_else(|| {
+                            self.base
+                                .authority()
+                                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                        });
+                    if let Some(v) = v {
+                        parts.headers.insert(header::HOST, v);
+                    }
                 }
                 return pool
                     .send(&parts.method, &target, &parts.headers, added, body, timeout)
@@ -279,6 +288,10 @@ pub mod names {
     pub const X_PALISADE_SCORE: HeaderName = HeaderName::from_static("x-palisade-score");
     /// `x-palisade-signals`.
     pub const X_PALISADE_SIGNALS: HeaderName = HeaderName::from_static("x-palisade-signals");
+    /// `x-palisade-key-id`: the verified API key's visible id (`pal_<id>`).
+    pub const X_PALISADE_KEY_ID: HeaderName = HeaderName::from_static("x-palisade-key-id");
+    /// `x-palisade-account`: the verified caller's account.
+    pub const X_PALISADE_ACCOUNT: HeaderName = HeaderName::from_static("x-palisade-account");
     /// `ratelimit-policy`.
     pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
     /// `ratelimit`.

@@ -380,3 +380,88 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         "exit status {status:?}"
     );
 }
+
+#[tokio::test]
+async fn an_http10_request_without_host_reaches_the_upstream_with_one() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(&up, "")));
+    let r = raw_exchange(g.proxy, b"GET /echo HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let j: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(j["headers"]["host"][0], up.addr.to_string(), "{j}");
+}
+
+#[tokio::test]
+async fn http2_authority_is_the_host_and_a_differing_host_is_refused() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(&up, "")));
+    let c = h2c_client();
+    // hyper's client sends :authority from the URI; a Host header beside it that names
+    // another authority is malformed (RFC 9113 section 8.3.1).
+    let url = g.url("/echo");
+    let r = send_with(&c, "GET", &url, &[("host", "other.example")], "").await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let r = send_with(&c, "GET", &url, &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["host"][0], g.proxy.to_string());
+}
+
+#[tokio::test]
+async fn api_keys_are_stripped_and_the_verified_id_and_account_forwarded() {
+    let up = upstream().await;
+    for (forward, keeps) in [("strip", false), ("keep", true)] {
+        let g = Gateway::start(Some(&config_for(
+            &up,
+            &format!(
+                "[keys]\nforward = \"{forward}\"\n\n[[routes]]\nname = \"api\"\nmatch = {{ path = \"/echo\" }}\nauth = \"api_key\"\n"
+            ),
+        )));
+        let (id, key) = create_key(&g, serde_json::json!({"name": "k", "account": "acme"})).await;
+        for header in ["authorization", "x-api-key"] {
+            let value = if header == "authorization" {
+                format!("Bearer {key}")
+            } else {
+                key.clone()
+            };
+            let r = send(
+                "GET",
+                &g.url("/echo"),
+                &[(header, value.as_str()), ("x-palisade-account", "forged")],
+                "",
+            )
+            .await;
+            assert_eq!(r.status, 200, "{forward} {header}: {:?}", r.body);
+            let h = &r.json()["headers"];
+            assert_eq!(h["x-palisade-key-id"][0], format!("pal_{id}"), "{h}");
+            assert_eq!(h["x-palisade-account"], serde_json::json!(["acme"]), "{h}");
+            assert_eq!(h.get(header).is_some(), keeps, "{forward} {header}: {h}");
+            assert!(!h.to_string().contains(&key) || keeps, "{h}");
+        }
+        // A bearer token that is not a key is the upstream's business either way.
+        let r = send(
+            "GET",
+            &g.url("/echo"),
+            &[("authorization", "Bearer not-a-key"), ("x-api-key", &key)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["authorization"][0], "Bearer not-a-key");
+    }
+}
+
+#[tokio::test]
+async fn thousands_of_sequential_connects_are_accepted_without_syn_drops() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(&up, "")));
+    let started = Instant::now();
+    for _ in 0..5000 {
+        let s = tokio::net::TcpStream::connect(g.proxy).await.unwrap();
+        drop(s);
+    }
+    let took = started.elapsed();
+    eprintln!("5000 sequential connects: {took:?}");
+    // A SYN dropped by a full backlog costs a 1 s retransmission.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(get(&g.url("/echo")).await.status, 200);
+}
