@@ -1540,6 +1540,14 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             |s| parse_duration(s).map(|n| n / 1_000_000),
         ),
         throttle: defaults.throttle.clone(),
+        max_held: match &rs.max_held {
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1000 => {
+                c.at(sp(v), "scoring.max_held", "must be between 1 and 1000");
+                defaults.max_held
+            }
+            Some(v) => *v.get_ref() as u32,
+            None => defaults.max_held,
+        },
     };
     if let Some(steps) = &rs.throttle {
         scoring.throttle = steps

@@ -417,6 +417,10 @@ pub struct RawScoring {
     /// How long a client past the last step is blocked; `0s`: refused, not blocked. Default
     /// `10m`.
     pub throttle_block_for: Option<Spanned<String>>,
+    /// Most requests of one client (its key, else its address) held by throttling at once;
+    /// more are refused with 429 while those wait, so that concurrency buys no extra requests.
+    /// Default 2.
+    pub max_held: Option<Spanned<u64>>,
     /// Thresholds while a route is in attack mode.
     pub under_attack: Option<RawThresholds>,
 }

@@ -837,6 +837,12 @@ impl Trace {
     pub fn throttle_identity(&self) -> Option<Dim> {
         self.throttle.map(|(d, _)| d)
     }
+
+    /// The throttling record as a value (its dimension and hashed key): one client, for
+    /// bounding how many of its requests are held at once.
+    pub fn throttle_key(&self) -> Option<(Dim, u64)> {
+        self.throttle
+    }
 }
 
 /// A signal the behaviour detectors emitted for one request.

@@ -161,6 +161,8 @@ pub struct ScoringPolicy {
     pub relax_after: crate::clock::Nanos,
     /// How long a client that went past the last step is blocked (0: refused, not blocked).
     pub throttle_block_ms: u64,
+    /// Most requests of one client held by throttling at once.
+    pub max_held: u32,
 }
 
 impl ScoringPolicy {
@@ -195,6 +197,7 @@ impl Default for ScoringPolicy {
             throttle: vec![SECOND, 5 * SECOND, 30 * SECOND],
             relax_after: 120 * SECOND,
             throttle_block_ms: 600_000,
+            max_held: 2,
         }
     }
 }

@@ -44,6 +44,7 @@ use crate::h1::{
     Answer, ChunkError, ChunkedDecoder, HeadLines, UpstreamFields, decode_whole, name_bit,
     parse_length,
 };
+use crate::hold::ClientGone;
 use crate::io::Timer;
 use crate::respond::Refusal;
 
@@ -197,7 +198,7 @@ where
         let version = head.parts.version;
         let mut keep_alive = head.keep_alive;
         let mut rdr = Some(rdr);
-        let (body, back) = match head.framing {
+        let (body, mut back) = match head.framing {
             Framing::None | Framing::Length(0) => (RequestBody(None), None),
             framing => {
                 if head.expect_continue && rdr.as_ref().is_some_and(|r| r.buf.is_empty()) {
@@ -225,11 +226,60 @@ where
                 (RequestBody(Some(Box::new(body))), Some(rx))
             }
         };
-        let answer = service(Request::from_parts(head.parts, body)).await;
+        let mut request = Request::from_parts(head.parts, body);
+        let gone = ClientGone::default();
+        request.extensions_mut().insert(gone.clone());
+        let answer = {
+            // While the request is handled, the socket is watched (when the reader is here:
+            // no body, or a body already read): a client that goes away is noticed, so that a
+            // request held for it can be dropped. Pipelined requests that arrive meanwhile
+            // stay in the buffer, up to a head's bound.
+            let mut handling = std::pin::pin!(service(request));
+            let max_head = limits.max_head_bytes;
+            poll_fn(|cx| {
+                if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
+                    return Poll::Ready(answer);
+                }
+                if rdr.is_none()
+                    && let Some(rx) = back.as_mut()
+                    && let Poll::Ready(r) = Pin::new(rx).poll(cx)
+                {
+                    rdr = r.ok();
+                    back = None;
+                }
+                if let Some(r) = rdr.as_mut().filter(|_| !gone.is_gone()) {
+                    while r.buf.len() < max_head {
+                        if r.buf.capacity() - r.buf.len() < 1024 {
+                            r.buf.reserve(4 * 1024);
+                        }
+                        match poll_fill(Pin::new(&mut r.rd), cx, &mut r.buf) {
+                            Poll::Ready(Ok(n)) if n > 0 => {}
+                            Poll::Ready(_) => {
+                                gone.set();
+                                break;
+                            }
+                            Poll::Pending => break,
+                        }
+                    }
+                    if gone.is_gone() {
+                        // The handler is woken by `gone`; poll it again now.
+                        cx.waker().wake_by_ref();
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
         // A body not read to its end (nor already in the buffer) leaves the connection's
         // framing unknown: the connection closes after this response.
-        if let Some(mut rx) = back {
+        if rdr.is_none()
+            && let Some(mut rx) = back
+        {
             rdr = rx.try_recv().ok();
+        }
+        if gone.is_gone() {
+            // Closed or half-closed: the answer is written if it can be, and nothing more.
+            keep_alive = false;
         }
         if rdr.is_none() || conn.stopping() {
             keep_alive = false;

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod h1;
 pub mod h1server;
+pub mod hold;
 pub mod io;
 pub mod jwks;
 pub mod keys;
@@ -119,6 +120,8 @@ pub struct Runtime {
     pub jwt_identity: bool,
     /// Requests held by a score delay (progressive throttling), gateway-wide.
     pub score_delays: Arc<Semaphore>,
+    /// Requests held by a score delay, per client.
+    pub held: Arc<hold::HeldByClient>,
     /// Rendered `RateLimit-Policy` values by the set of limits they list (see
     /// [`palisade_engine::Engine::policy_set`]): checked once, then
     /// shared, instead of validated and copied on every response. At most
@@ -195,8 +198,10 @@ impl Runtime {
             || Arc::new(Semaphore::new(compiled.server.max_connections.max(1))),
             |p| p.score_delays.clone(),
         );
+        let held = previous.map_or_else(Default::default, |p| p.held.clone());
         Self {
             score_delays,
+            held,
             compiled,
             engine,
             upstreams,

@@ -33,6 +33,7 @@ use palisade_intel::ja4h::HttpVersion;
 use crate::auth::{Authenticated, authenticate, presented, strip_keys};
 use crate::body::{Bounded, ClientBody, ProxyBody, client_fault, is_body_too_large};
 use crate::h1::{Answer, HeadLines, OutBody, UpstreamFields};
+use crate::hold::ClientGone;
 use crate::log::{DecisionRecord, LimitRecord, Reason, rfc3339};
 use crate::metrics::{DecisionLabels, Label, RouteLabels, UpstreamErrorLabels};
 use crate::respond::Refusal;
@@ -493,6 +494,14 @@ async fn respond(
     // Enforcement.
     let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
     let mut queue_full = false;
+    let mut client_left = false;
+    let gone = parts.extensions.get::<ClientGone>().cloned();
+    // A limit's `delay` smooths a burst into the limit's rate (its queue bounds it); any other
+    // delay is throttling.
+    let delayed_by_limit = decision
+        .limits
+        .iter()
+        .any(|o| !o.verdict.allowed && !o.shadow);
     let refusal = match decision.action {
         Action::Limit { retry_after } => Some(Refusal::RateLimited {
             retry_after: ceil_secs(retry_after).max(1),
@@ -507,16 +516,38 @@ async fn respond(
             code: decision.code.unwrap_or("missing_credentials"),
         }),
         Action::Challenge => Some(Refusal::ChallengeRequired),
-        Action::Delay { wait } if decision.rule.starts_with("score/") => {
-            // A delay from the risk score (progressive throttling): bounded by one queue for
-            // the whole gateway.
-            match rt.score_delays.clone().try_acquire_owned() {
-                Ok(p) => {
-                    tokio::time::sleep(Duration::from_nanos(wait)).await;
-                    drop(p);
-                    None
+        Action::Delay { wait } if !delayed_by_limit => {
+            // A delay from the risk score or a rule (progressive throttling): bounded by one
+            // queue for the whole gateway and by `max_held` per client; a client that goes
+            // away while held is not forwarded.
+            let client_key = held_key(&decision, client);
+            let max_held = rt.compiled.policy.scoring.max_held;
+            match (
+                rt.score_delays.clone().try_acquire_owned(),
+                rt.held.enter(client_key, max_held),
+            ) {
+                (Ok(p), Some(held)) => {
+                    let hold = tokio::time::sleep(Duration::from_nanos(wait));
+                    let left = match &gone {
+                        Some(g) => tokio::select! {
+                            _ = hold => false,
+                            _ = g.wait() => true,
+                        },
+                        None => {
+                            hold.await;
+                            false
+                        }
+                    };
+                    drop((p, held));
+                    if left {
+                        client_left = true;
+                        rt.engine.refund(&mut decision, shared.clock.now());
+                        Some(Refusal::ClientClosedRequest)
+                    } else {
+                        None
+                    }
                 }
-                Err(_) => {
+                _ => {
                     queue_full = true;
                     rt.engine.refund(&mut decision, shared.clock.now());
                     Some(Refusal::RateLimited {
@@ -698,6 +729,8 @@ async fn respond(
         .observe_status(&decision, status, shared.clock.now());
     let (action, rule): (&'static str, Arc<str>) = if queue_full {
         ("limit", Arc::from(format!("{}/queue_full", decision.rule)))
+    } else if client_left {
+        ("delay", Arc::from(format!("{}/client_gone", decision.rule)))
     } else {
         (decision.logged_action(), decision.logged_rule().clone())
     };
@@ -1133,6 +1166,19 @@ async fn forward(
         lines: HeadLines::default(),
         fields,
     })
+}
+
+/// The client a throttling hold is counted for: its throttling record (key, else address),
+/// or its address when behaviour is off.
+fn held_key(decision: &Decision, client: std::net::IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // A fixed hasher: the key only needs to tell clients apart within this process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match decision.trace.as_ref().and_then(|t| t.throttle_key()) {
+        Some((dim, key)) => (dim as u8, key).hash(&mut h),
+        None => client.to_canonical().hash(&mut h),
+    }
+    h.finish()
 }
 
 /// `uri` with its path replaced by `path` (the query kept), in origin form.

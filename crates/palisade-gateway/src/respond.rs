@@ -41,6 +41,9 @@ pub enum Refusal {
     BodyTooLarge,
     /// The client stopped sending its body, or sent it too slowly (408).
     RequestTimeout,
+    /// The client went away while its request was held (499, nginx's "client closed
+    /// request"; nobody reads it, but the log and metrics do).
+    ClientClosedRequest,
     /// Too many or too large headers (431).
     HeadersTooLarge,
     /// Nothing here (404): what a honeypot answers.
@@ -127,6 +130,11 @@ impl Refusal {
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
                 "the request body did not arrive in time",
+            ),
+            Refusal::ClientClosedRequest => (
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "client_closed_request",
+                "the client closed the connection before the request was served",
             ),
             Refusal::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such resource"),
             Refusal::HeadersTooLarge => (
@@ -243,6 +251,7 @@ mod tests {
             Refusal::UpstreamTimeout,
             Refusal::BodyTooLarge,
             Refusal::RequestTimeout,
+            Refusal::ClientClosedRequest,
             Refusal::HeadersTooLarge,
             Refusal::BadRequest,
             Refusal::InvalidPath,

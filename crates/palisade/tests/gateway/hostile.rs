@@ -404,3 +404,149 @@ async fn client_faults_are_the_clients_not_the_upstreams() {
     let lines = log.matches("client error").count();
     assert!(lines <= 2, "{lines} log lines for 51 client errors:\n{log}");
 }
+
+/// A policy that throttles clients with a `Fuzz` user agent (as the score would a prober).
+fn throttled(up: &Upstream, steps: &str) -> String {
+    config_for(
+        up,
+        &format!(
+            "[behaviour]\nenabled = true\n\n[scoring]\nthrottle = {steps}\nthrottle_block_for = \"1m\"\n\n[[rules]]\nname = \"fuzzer\"\nwhen = 'headers[\"user-agent\"].startsWith(\"Fuzz\")'\naction = \"delay\"\n"
+        ),
+    )
+}
+
+async fn fuzz_get(g: &Gateway, from: IpAddr) -> Option<u16> {
+    let mut s = connect_from(from, g.proxy).await.ok()?;
+    s.write_all(
+        b"GET /echo HTTP/1.1\r\nhost: x\r\nuser-agent: Fuzz/1.0\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .ok()?;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_client_gets_at_most_two_requests_held_at_once() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&throttled(&up, "[\"2s\"]")));
+    let before = up.state.requests.load(Ordering::Relaxed);
+    // Ten at once from one address: two are held (then forwarded), eight refused at once.
+    let started = Instant::now();
+    let wave: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = g.proxy;
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let mut s = connect_from(ip("127.0.0.9"), addr).await.unwrap();
+                s.write_all(b"GET /echo HTTP/1.1\r\nhost: x\r\nuser-agent: Fuzz/1.0\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                let status: u16 = String::from_utf8_lossy(&got)
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                (status, t.elapsed())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for w in wave {
+        results.push(w.await.unwrap());
+    }
+    let served = results.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = results.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(served, 2, "{results:?}");
+    assert_eq!(refused.len(), 8, "{results:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|(_, t)| *t < Duration::from_millis(1500)),
+        "refusals are not held: {results:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(up.state.requests.load(Ordering::Relaxed) - before, 2);
+    // Another address is not affected by this one's holds.
+    assert_eq!(fuzz_get(&g, ip("127.0.0.10")).await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_request_whose_client_left_is_never_forwarded() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&throttled(&up, "[\"3s\"]")));
+    let before = up.state.requests.load(Ordering::Relaxed);
+    for i in 0..5 {
+        let mut s = connect_from(ip(&format!("127.0.1.{}", i + 1)), g.proxy)
+            .await
+            .unwrap();
+        s.write_all(b"GET /echo HTTP/1.1\r\nhost: x\r\nuser-agent: Fuzz/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(s); // gives up, as a tool with a short timeout does
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        up.state.requests.load(Ordering::Relaxed) - before,
+        0,
+        "abandoned held requests reached the upstream"
+    );
+    let decisions = g.decisions();
+    let gone = decisions
+        .iter()
+        .filter(|d| {
+            d["rule"]
+                .as_str()
+                .is_some_and(|r| r.ends_with("/client_gone"))
+        })
+        .count();
+    assert_eq!(gone, 5, "{decisions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paced_concurrent_fuzzer_that_gives_up_and_resends_gains_nothing() {
+    // ffuf-like: 10 workers from one address, 0.5 s between requests, a 2 s timeout after
+    // which a worker abandons the request and sends the next one.
+    let up = upstream().await;
+    let g = Gateway::start(Some(&throttled(&up, "[\"1s\", \"3s\", \"10s\"]")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let before = up.state.requests.load(Ordering::Relaxed);
+    let workers: Vec<_> = (0..10)
+        .map(|_| {
+            let (stop, sent, addr) = (stop.clone(), sent.clone(), g.proxy);
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut s) = connect_from(ip("127.0.2.1"), addr).await {
+                        let _ = s
+                            .write_all(b"GET /echo HTTP/1.1\r\nhost: x\r\nuser-agent: Fuzz/1.0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        let mut got = Vec::new();
+                        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    // Anything still held is dropped with its client.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let reached = up.state.requests.load(Ordering::Relaxed) - before;
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!("paced fuzzer: {sent} requests sent, {reached} reached the upstream");
+    // Two held per step (1 s, 3 s), then refused or blocked: a handful, not a wave per step.
+    assert!(reached <= 6, "{reached} of {sent} reached the upstream");
+}
