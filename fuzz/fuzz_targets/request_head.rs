@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use palisade_gateway::h1server::{parse_for_fuzz, parse_head};
+use palisade_gateway::listen::h1::{parse_for_fuzz, parse_head};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {

@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use palisade_gateway::h1::{ChunkedDecoder, parse_for_fuzz};
+use palisade_gateway::{wire::chunked::ChunkedDecoder, client::h1::parse_for_fuzz};
 
 fn decode(input: &[u8], piece: usize) -> (Vec<u8>, Option<bool>) {
     let mut dec = ChunkedDecoder::default();

@@ -6,26 +6,18 @@
 //! [`metrics`]). The admin API ([`admin`]) and hot reload ([`reload`]) share [`Shared`].
 
 pub mod admin;
-pub mod admission;
 pub mod auth;
-pub mod body;
-pub mod h1;
-pub mod h1server;
-pub mod hold;
-pub mod io;
-pub mod jwks;
-pub mod keys;
-pub mod log;
-pub mod metrics;
+pub mod bot_dns;
+pub mod client;
+pub mod cluster;
+pub mod listen;
 pub mod proxy;
+pub mod refusal;
 pub mod reload;
-pub mod respond;
+pub mod run;
 pub mod sample_api;
-pub mod server;
-pub mod store;
-pub mod token;
-pub mod upstream;
-pub mod verify;
+pub mod telemetry;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,7 +31,7 @@ use palisade_engine::{Clock, Engine, LimitAction, Nanos};
 use tokio::sync::Semaphore;
 
 pub use reload::ConfigSource;
-pub use server::{RunOptions, Running, start};
+pub use run::{RunOptions, Running, start};
 
 /// The system clock for the engine: monotonic from process start, plus wall-clock time.
 ///
@@ -108,20 +100,20 @@ pub struct Runtime {
     /// The engine built from its policy.
     pub engine: Engine,
     /// One client per upstream, in config order.
-    pub upstreams: Vec<upstream::Upstream>,
+    pub upstreams: Vec<client::Upstream>,
     /// Per-limit queues for `action = "delay"` (None for other limits).
     pub delay_queues: Vec<Option<Arc<Semaphore>>>,
     /// Route names as metric labels, by route id.
     pub route_labels: Vec<Arc<str>>,
     /// Each route's most used metric series, looked up once (on first use) instead of hashing
     /// their labels on every request.
-    route_metrics: Vec<std::sync::OnceLock<metrics::RouteSeries>>,
+    route_metrics: Vec<std::sync::OnceLock<telemetry::metrics::RouteSeries>>,
     /// Whether a limit keys on a JWT claim (tokens are then verified on every route).
     pub jwt_identity: bool,
     /// Requests held by a score delay (progressive throttling), gateway-wide.
     pub score_delays: Arc<Semaphore>,
     /// Requests held by a score delay, per client.
-    pub held: Arc<hold::HeldByClient>,
+    pub held: Arc<proxy::hold::HeldByClient>,
     /// Rendered `RateLimit-Policy` values by the set of limits they list (see
     /// [`palisade_engine::Engine::policy_set`]): checked once, then
     /// shared, instead of validated and copied on every response. At most
@@ -157,7 +149,7 @@ impl Runtime {
                             .find(|old| old.same_as(u, &compiled.server))
                     })
                     .cloned()
-                    .unwrap_or_else(|| upstream::Upstream::new(u, &compiled.server))
+                    .unwrap_or_else(|| client::Upstream::new(u, &compiled.server))
             })
             .collect();
         let delay_queues = compiled
@@ -247,13 +239,13 @@ impl Runtime {
     pub fn route_series(
         &self,
         id: usize,
-        metrics: &metrics::Metrics,
-    ) -> Option<&metrics::RouteSeries> {
+        metrics: &telemetry::metrics::Metrics,
+    ) -> Option<&telemetry::metrics::RouteSeries> {
         let label = self.route_labels.get(id)?;
         Some(
             self.route_metrics
                 .get(id)?
-                .get_or_init(|| metrics::RouteSeries::new(metrics, label)),
+                .get_or_init(|| telemetry::metrics::RouteSeries::new(metrics, label)),
         )
     }
 
@@ -271,9 +263,9 @@ pub struct Shared {
     /// The current runtime; swapped atomically on reload.
     pub runtime: ArcSwap<Runtime>,
     /// Metrics.
-    pub metrics: metrics::Metrics,
+    pub metrics: telemetry::metrics::Metrics,
     /// Decision log and recent decisions.
-    pub log: log::DecisionLog,
+    pub log: telemetry::decision_log::DecisionLog,
     /// Clock.
     pub clock: SystemClock,
     /// Where the config comes from.
@@ -289,13 +281,13 @@ pub struct Shared {
     /// Serialises reloads.
     pub reload_lock: tokio::sync::Mutex<()>,
     /// API keys: the durable store and the directory requests are verified against.
-    pub keys: keys::KeyService,
+    pub keys: auth::keys::KeyService,
     /// Verified-bot DNS checks.
-    pub verifier: verify::BotVerifier,
+    pub verifier: bot_dns::BotVerifier,
     /// The shared store (cluster mode), fixed at start.
-    pub store: Option<Arc<store::SharedStore>>,
+    pub store: Option<Arc<cluster::SharedStore>>,
     /// Batched sync's local charges (cluster mode with `sync = "batched"`).
-    pub batcher: Option<Arc<store::Batcher>>,
+    pub batcher: Option<Arc<cluster::Batcher>>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use palisade_config::{Compiled, ConfigErrors, DEFAULT_CONFIG, UpstreamProtocol, UpstreamSettings};
 
-use crate::metrics::ReloadLabels;
+use crate::telemetry::metrics::ReloadLabels;
 use crate::{Runtime, Shared};
 
 /// Where the config comes from.

@@ -4,6 +4,9 @@
 //! Which headers carry a key is configured (`[keys] headers`); `Authorization: Bearer pal_…`
 //! is an API key, any other bearer value is a JWT (when `[jwt]` is configured).
 
+pub mod jwks;
+pub mod keys;
+
 use std::sync::Arc;
 
 use http::HeaderMap;

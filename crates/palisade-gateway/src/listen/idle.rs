@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -208,32 +208,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeoutIo<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// One timer for many deadlines: brought forward when a deadline is earlier than it, re-armed
-/// when it fires before the deadline being waited for. Deadlines that keep moving later (the
-/// idle deadline of a busy connection) cost nothing until it fires.
-pub(crate) struct Timer(Pin<Box<Sleep>>);
-
-impl Timer {
-    /// A timer armed for `at`.
-    pub(crate) fn new(at: Instant) -> Self {
-        Self(Box::pin(tokio::time::sleep_until(at)))
-    }
-
-    /// Ready once `deadline` has passed (never later; possibly re-armed on the way).
-    pub(crate) fn poll_reached(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        if self.0.deadline() > deadline {
-            self.0.as_mut().reset(deadline);
-        }
-        loop {
-            ready!(self.0.as_mut().poll(cx));
-            if self.0.deadline() >= deadline {
-                return Poll::Ready(());
-            }
-            self.0.as_mut().reset(deadline);
-        }
     }
 }
 

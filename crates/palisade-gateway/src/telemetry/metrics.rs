@@ -161,7 +161,7 @@ impl Metrics {
         let connections_refused_per_ip = Counter::default();
         let connections_shed = Family::<ShedLabels, Counter>::default();
         let client_errors = Family::<ClientErrorLabels, Counter>::default();
-        for f in crate::body::ClientFault::ALL {
+        for f in crate::wire::body::ClientFault::ALL {
             drop(client_errors.get_or_create(&ClientErrorLabels { kind: f.name() }));
         }
         registry.register(
@@ -272,7 +272,11 @@ impl Metrics {
 
     /// Counts a client's fault, and logs it at most once every ten seconds (clients aborting
     /// uploads are ordinary; a line for each would drown the log).
-    pub fn client_fault(&self, fault: crate::body::ClientFault, detail: &dyn std::fmt::Display) {
+    pub fn client_fault(
+        &self,
+        fault: crate::wire::body::ClientFault,
+        detail: &dyn std::fmt::Display,
+    ) {
         use std::sync::atomic::Ordering;
         self.client_errors
             .get_or_create(&ClientErrorLabels { kind: fault.name() })
@@ -300,7 +304,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, including the live sizes of the engine's tables.
-    pub fn render(&self, engine: &Engine, store: Option<&crate::store::SharedStore>) -> String {
+    pub fn render(&self, engine: &Engine, store: Option<&crate::cluster::SharedStore>) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

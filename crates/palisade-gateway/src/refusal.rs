@@ -6,7 +6,7 @@ use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::body::ProxyBody;
+use crate::wire::body::ProxyBody;
 
 /// Why the gateway answered by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,9 +171,9 @@ impl Refusal {
     }
 
     /// The answer to a client's fault in sending its request.
-    pub fn for_client_fault(fault: crate::body::ClientFault) -> Self {
+    pub fn for_client_fault(fault: crate::wire::body::ClientFault) -> Self {
         match fault {
-            crate::body::ClientFault::SlowBody => Refusal::RequestTimeout,
+            crate::wire::body::ClientFault::SlowBody => Refusal::RequestTimeout,
             _ => Refusal::BadRequest,
         }
     }

@@ -19,22 +19,22 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::body::{BoxError, ProxyBody};
-use crate::io::Timer;
-use crate::upstream::is_hop_by_hop_name;
+use crate::wire::body::{BoxError, ProxyBody};
+use crate::wire::chunked::{ChunkedDecoder, decode_whole};
+use crate::wire::fields::{Answer, HeadLines, UpstreamFields, name_bit, parse_length};
+use crate::wire::headers::is_hop_by_hop_name;
+use crate::wire::timer::Timer;
 
 /// Largest response head read (status line and headers).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most response headers accepted.
 pub const MAX_HEADERS: usize = 128;
-/// Longest chunk-size line (with extensions) and longest trailer section.
-pub const MAX_CHUNK_LINE: usize = 4096;
 /// An idle pooled connection older than this is closed instead of reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Bodies up to this size are copied out of the read buffer (which then stays reusable) rather
@@ -195,218 +195,6 @@ struct Head {
     fields: UpstreamFields,
     kind: BodyKind,
     reusable: bool,
-}
-
-/// A response's header fields as the upstream sent them, less the hop-by-hop ones (and those
-/// `Connection` names) and the framing ones: kept as `name: value` lines to be written to an
-/// HTTP/1.x client as they are, without building a `HeaderMap` per response. Travels beside
-/// the response ([`Answer`]); [`UpstreamFields::merge_into`] makes headers of them for HTTP/2.
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamFields {
-    lines: Bytes,
-    /// The upstream's `Content-Length` (absent with `Transfer-Encoding`): the length a
-    /// response to HEAD describes.
-    pub content_length: Option<u64>,
-    /// [`name_bit`] of every field's name.
-    names: u64,
-    has_date: bool,
-}
-
-/// One bit standing for a header name (from its length and first letter, any case): fields
-/// whose bits do not meet those of the headers Palisade set cannot clash with them.
-pub fn name_bit(name: &[u8]) -> u64 {
-    let first = name.first().map_or(0, u8::to_ascii_lowercase);
-    1u64 << ((name.len().wrapping_mul(7).wrapping_add(usize::from(first))) % 64)
-}
-
-impl UpstreamFields {
-    /// The fields as `(name, value)`, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        split_fields(&self.lines)
-    }
-
-    /// Fields from wire lines (tests of the side that writes them).
-    #[cfg(test)]
-    pub(crate) fn from_wire(lines: &'static str, content_length: Option<u64>) -> Self {
-        let mut f = Self {
-            lines: Bytes::from_static(lines.as_bytes()),
-            content_length,
-            names: 0,
-            has_date: false,
-        };
-        let (names, has_date) = f.iter().fold((0, false), |(m, d), (n, _)| {
-            (m | name_bit(n), d || n.eq_ignore_ascii_case(b"date"))
-        });
-        f.names = names;
-        f.has_date = has_date;
-        f
-    }
-
-    /// All the fields' wire lines, and whether one is `Date`, when none can clash with
-    /// headers whose [`name_bit`]s are `taken`; `None` otherwise (then see
-    /// [`Self::named_lines`]).
-    pub fn wire_unless(&self, taken: u64) -> Option<(&[u8], bool)> {
-        (self.names & taken == 0).then_some((&self.lines[..], self.has_date))
-    }
-
-    /// Each field as its wire line, `name: value\r\n`.
-    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
-        self.lines.split_inclusive(|b| *b == b'\n')
-    }
-
-    /// Each field's wire line with its name.
-    pub fn named_lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        split_lines(&self.lines)
-    }
-
-    /// The first value of `name` (any case).
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
-    }
-
-    /// Appends the fields to `headers`, except those whose name `headers` already has (set by
-    /// Palisade, they replace the upstream's), with the upstream's `Content-Length`.
-    pub fn merge_into(&self, headers: &mut HeaderMap) {
-        let kept: Vec<(HeaderName, HeaderValue)> = self
-            .iter()
-            .filter_map(|(n, v)| {
-                let name = HeaderName::from_bytes(n).ok()?;
-                if headers.contains_key(&name) {
-                    return None;
-                }
-                Some((name, HeaderValue::from_bytes(v).ok()?))
-            })
-            .collect();
-        for (name, value) in kept {
-            headers.append(name, value);
-        }
-        if let Some(n) = self.content_length
-            && !headers.contains_key(CONTENT_LENGTH)
-        {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-        }
-    }
-}
-
-/// Header fields Palisade adds to a message, as wire lines (`name: value\r\n`). They replace
-/// the message's own fields of the same names. Written straight into an HTTP/1.x head (no
-/// `HeaderMap` insertions per message), or set as headers ([`HeadLines::apply`]) for HTTP/2.
-#[derive(Debug, Default, Clone)]
-pub struct HeadLines {
-    lines: Vec<u8>,
-    /// [`name_bit`] of every name.
-    names: u64,
-}
-
-impl HeadLines {
-    /// Empty, with room for `bytes` of lines.
-    pub fn with_capacity(bytes: usize) -> Self {
-        Self {
-            lines: Vec::with_capacity(bytes),
-            names: 0,
-        }
-    }
-
-    /// Adds `name: value`. `name` is a lowercase token; a value with control bytes (other than
-    /// HTAB) is not added.
-    pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        if value
-            .iter()
-            .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
-        {
-            self.line(name, &[value]);
-        }
-    }
-
-    /// Adds `name: ` and the `parts` of a value, unchecked: each part must come from a valid
-    /// field value (a `HeaderValue`, digits, an address), which their concatenation then is.
-    pub(crate) fn line(&mut self, name: &[u8], parts: &[&[u8]]) {
-        self.lines.extend_from_slice(name);
-        self.lines.extend_from_slice(b": ");
-        for p in parts {
-            self.lines.extend_from_slice(p);
-        }
-        self.lines.extend_from_slice(b"\r\n");
-        self.names |= name_bit(name);
-    }
-
-    /// The wire lines.
-    pub fn lines(&self) -> &[u8] {
-        &self.lines
-    }
-
-    /// [`name_bit`]s of the names.
-    pub fn names(&self) -> u64 {
-        self.names
-    }
-
-    /// Whether a field named `name` (any case) is one of these.
-    pub fn replaces(&self, name: &[u8]) -> bool {
-        self.names & name_bit(name) != 0
-            && split_lines(&self.lines).any(|(_, n)| n.eq_ignore_ascii_case(name))
-    }
-
-    /// Sets these in `headers`, replacing fields of the same names.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        for (name, value) in split_fields(&self.lines) {
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-                headers.insert(n, v);
-            }
-        }
-    }
-}
-
-/// Each `name: value\r\n` line of `lines` with its name.
-fn split_lines(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    lines.split_inclusive(|b| *b == b'\n').map(|line| {
-        let colon = line.iter().position(|b| *b == b':').unwrap_or(0);
-        (line, line.get(..colon).unwrap_or_default())
-    })
-}
-
-/// Each `name: value\r\n` line of `lines` as its name and value.
-fn split_fields(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    split_lines(lines).map(|(line, name)| {
-        let value = line.get(name.len() + 2..line.len().saturating_sub(2));
-        (name, value.unwrap_or_default())
-    })
-}
-
-/// A response, with the upstream's header fields beside it when an HTTP/1.1 upstream sent
-/// them (they are not in its `HeaderMap`; see [`UpstreamFields`]).
-#[derive(Debug)]
-pub struct Answer {
-    /// Status, headers and the body.
-    pub response: Response<ProxyBody>,
-    /// Fields Palisade adds (RateLimit headers, request id), which replace any of the same
-    /// name in `response` or `fields`.
-    pub lines: HeadLines,
-    /// The upstream's header fields, to be written after the others.
-    pub fields: Option<UpstreamFields>,
-}
-
-impl From<Response<ProxyBody>> for Answer {
-    fn from(response: Response<ProxyBody>) -> Self {
-        Self {
-            response,
-            lines: HeadLines::default(),
-            fields: None,
-        }
-    }
-}
-
-impl Answer {
-    /// The response with Palisade's lines and the upstream's fields in its headers.
-    pub fn merged(self) -> Response<ProxyBody> {
-        let mut response = self.response;
-        self.lines.apply(response.headers_mut());
-        if let Some(fields) = self.fields {
-            fields.merge_into(response.headers_mut());
-        }
-        response
-    }
 }
 
 /// Whether a response field is not forwarded as it came: hop-by-hop fields (RFC 9110 section
@@ -925,12 +713,12 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
         BodyKind::Close
     };
     // Transfer-Encoding overrides Content-Length, which must then not be forwarded.
-    let fields = UpstreamFields {
-        lines: lines.freeze(),
-        content_length: if has_te { None } else { length },
+    let fields = UpstreamFields::new(
+        lines.freeze(),
+        if has_te { None } else { length },
         names,
         has_date,
-    };
+    );
     let reusable = !close && kind != BodyKind::Close && status != StatusCode::SWITCHING_PROTOCOLS;
     Ok(Parsed::Complete {
         len,
@@ -940,16 +728,6 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
             kind,
             reusable,
         }),
-    })
-}
-
-/// A `Content-Length` value: digits only (no sign, no spaces), at most 19 of them.
-pub(crate) fn parse_length(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
 }
 
@@ -1138,207 +916,6 @@ impl Body for UpstreamBody {
     }
 }
 
-/// Why a chunked body could not be decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ChunkError {
-    /// A chunk-size line that is not hex digits (and extensions) ended by CRLF.
-    #[error("invalid chunk size line")]
-    InvalidSize,
-    /// A chunk size over 2^64 - 1.
-    #[error("chunk size too large")]
-    SizeOverflow,
-    /// A chunk not followed by CRLF.
-    #[error("chunk data not followed by CRLF")]
-    MissingCrlf,
-    /// A chunk-size line or the trailer section over its bound.
-    #[error("chunk line or trailers too long")]
-    TooLong,
-    /// A trailer line with a bare LF or control byte.
-    #[error("invalid trailer section")]
-    InvalidTrailer,
-}
-
-/// Decodes a chunked body (RFC 9112 section 7.1) incrementally: fed whatever bytes arrived,
-/// it hands out data as it becomes available, without copying it. Strict: CRLF line ends
-/// only, so that no two readers can disagree on where the body ends.
-#[derive(Debug, Default)]
-pub struct ChunkedDecoder {
-    state: ChunkState,
-    line: usize,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// Reading the hex digits of a chunk size.
-    #[default]
-    Size,
-    /// After the digits: optional whitespace and extensions, then CR.
-    SizeRest {
-        value: u64,
-        ext: bool,
-    },
-    /// Whitespace after the digits: only more of it, `;` or CR may follow.
-    SizeWs(u64),
-    SizeLf(u64),
-    Data(u64),
-    DataCr,
-    DataLf,
-    /// Inside the trailer section; `empty` while the current line has no bytes yet.
-    Trailer {
-        empty: bool,
-    },
-    TrailerLf {
-        empty: bool,
-    },
-    Done,
-}
-
-impl ChunkedDecoder {
-    /// Whether the last chunk and the trailer section were read.
-    pub fn is_done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    /// Consumes bytes from the front of `buf`; returns data when some is available, `None`
-    /// when `buf` is exhausted or the body is done.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ChunkError> {
-        loop {
-            match self.state {
-                ChunkState::Done => return Ok(None),
-                ChunkState::Data(rem) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = buf.len().min(usize::try_from(rem).unwrap_or(usize::MAX));
-                    let left = rem - n as u64;
-                    self.state = if left == 0 {
-                        ChunkState::DataCr
-                    } else {
-                        ChunkState::Data(left)
-                    };
-                    return Ok(Some(buf.split_to(n).freeze()));
-                }
-                _ => {}
-            }
-            let Some(&b) = buf.first() else {
-                return Ok(None);
-            };
-            buf.advance(1);
-            self.step(b)?;
-        }
-    }
-
-    fn step(&mut self, b: u8) -> Result<(), ChunkError> {
-        self.line += 1;
-        if self.line > MAX_CHUNK_LINE {
-            return Err(ChunkError::TooLong);
-        }
-        self.state = match self.state {
-            ChunkState::Size => match hex_value(b) {
-                Some(d) => ChunkState::SizeRest {
-                    value: u64::from(d),
-                    ext: false,
-                },
-                None => return Err(ChunkError::InvalidSize),
-            },
-            ChunkState::SizeRest { value, ext: false } => match (b, hex_value(b)) {
-                (_, Some(d)) => {
-                    if value > (u64::MAX >> 4) {
-                        return Err(ChunkError::SizeOverflow);
-                    }
-                    ChunkState::SizeRest {
-                        value: (value << 4) | u64::from(d),
-                        ext: false,
-                    }
-                }
-                (b';', _) => ChunkState::SizeRest { value, ext: true },
-                (b' ' | b'\t', _) => ChunkState::SizeWs(value),
-                (b'\r', _) => ChunkState::SizeLf(value),
-                _ => return Err(ChunkError::InvalidSize),
-            },
-            ChunkState::SizeWs(value) => match b {
-                b' ' | b'\t' => ChunkState::SizeWs(value),
-                b';' => ChunkState::SizeRest { value, ext: true },
-                b'\r' => ChunkState::SizeLf(value),
-                _ => return Err(ChunkError::InvalidSize),
-            },
-            ChunkState::SizeRest { value, ext: true } => match b {
-                b'\r' => ChunkState::SizeLf(value),
-                b'\t' => ChunkState::SizeRest { value, ext: true },
-                b if b < 0x20 || b == 0x7f => return Err(ChunkError::InvalidSize),
-                _ => ChunkState::SizeRest { value, ext: true },
-            },
-            ChunkState::SizeLf(value) => {
-                if b != b'\n' {
-                    return Err(ChunkError::InvalidSize);
-                }
-                if value == 0 {
-                    // The trailer section is bounded as a whole, from here.
-                    self.line = 0;
-                    ChunkState::Trailer { empty: true }
-                } else {
-                    ChunkState::Data(value)
-                }
-            }
-            ChunkState::DataCr => {
-                if b != b'\r' {
-                    return Err(ChunkError::MissingCrlf);
-                }
-                ChunkState::DataLf
-            }
-            ChunkState::DataLf => {
-                if b != b'\n' {
-                    return Err(ChunkError::MissingCrlf);
-                }
-                self.line = 0;
-                ChunkState::Size
-            }
-            ChunkState::Trailer { empty } => match b {
-                b'\r' => ChunkState::TrailerLf { empty },
-                b'\t' => ChunkState::Trailer { empty: false },
-                b if b < 0x20 || b == 0x7f => return Err(ChunkError::InvalidTrailer),
-                _ => ChunkState::Trailer { empty: false },
-            },
-            ChunkState::TrailerLf { empty } => {
-                if b != b'\n' {
-                    return Err(ChunkError::InvalidTrailer);
-                }
-                if empty {
-                    ChunkState::Done
-                } else {
-                    ChunkState::Trailer { empty: true }
-                }
-            }
-            // Not reached: `decode` hands data out and stops at Done without stepping.
-            s @ (ChunkState::Data(_) | ChunkState::Done) => s,
-        };
-        Ok(())
-    }
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Decodes a whole chunked body from the front of `buf` (for the fuzz entry points): its
-/// length, or `None` when it is malformed or incomplete.
-pub(crate) fn decode_whole(buf: &mut BytesMut) -> Option<usize> {
-    let mut dec = ChunkedDecoder::default();
-    let mut total = 0;
-    loop {
-        match dec.decode(buf) {
-            Ok(Some(d)) => total += d.len(),
-            Ok(None) if dec.is_done() => return Some(total),
-            _ => return None,
-        }
-    }
-}
-
 /// Parses `input` as a sequence of response heads and chunked bodies without I/O, as the client
 /// would read them; for fuzzing. Returns how many body bytes were decoded.
 pub fn parse_for_fuzz(input: &[u8]) -> usize {
@@ -1376,6 +953,8 @@ pub fn parse_for_fuzz(input: &[u8]) -> usize {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use crate::wire::chunked::ChunkError;
+    use http::HeaderValue;
 
     impl H1Pool {
         /// `send` with a deadline far enough away not to matter.
@@ -1398,81 +977,6 @@ mod tests {
                 .await?
                 .merged())
         }
-    }
-
-    fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, bool), ChunkError> {
-        let mut dec = ChunkedDecoder::default();
-        let mut out = Vec::new();
-        let mut buf = BytesMut::new();
-        for piece in input.chunks(split.max(1)) {
-            buf.extend_from_slice(piece);
-            while let Some(d) = dec.decode(&mut buf)? {
-                out.extend_from_slice(&d);
-            }
-        }
-        Ok((out, dec.is_done()))
-    }
-
-    #[test]
-    fn chunked_bodies_decode_whatever_the_read_boundaries() {
-        // RFC 9112 section 7.1 grammar: sizes in either case, extensions, a trailer section.
-        let wire =
-            b"5\r\nhello\r\n7;name=\"v\" ; x\r\n, world\r\nA\r\n0123456789\r\n0\r\nx-t: 1\r\n\r\n";
-        for split in 1..wire.len() {
-            let (out, done) = decode_all(wire, split).unwrap();
-            assert_eq!(out, b"hello, world0123456789", "split {split}");
-            assert!(done, "split {split}");
-        }
-    }
-
-    #[test]
-    fn whitespace_before_an_extension_is_allowed_but_not_between_digits() {
-        assert_eq!(
-            decode_all(b"3 ;e\r\nabc\r\n0\r\n\r\n", 64).unwrap(),
-            (b"abc".to_vec(), true)
-        );
-        assert_eq!(
-            decode_all(b"1 2\r\nab\r\n0\r\n\r\n", 64),
-            Err(ChunkError::InvalidSize)
-        );
-    }
-
-    #[test]
-    fn malformed_chunked_bodies_are_refused() {
-        let cases: &[(&[u8], ChunkError)] = &[
-            (b"\r\n", ChunkError::InvalidSize),
-            (b"g\r\n", ChunkError::InvalidSize),
-            (b"-1\r\n", ChunkError::InvalidSize),
-            (b"5\nhello\r\n", ChunkError::InvalidSize),
-            (b"5\r\nhelloXX", ChunkError::MissingCrlf),
-            (b"5\r\nhello\n0\r\n", ChunkError::MissingCrlf),
-            (b"10000000000000000\r\n", ChunkError::SizeOverflow),
-            (b"0\r\nx-t: 1\n\r\n", ChunkError::InvalidTrailer),
-            (b"1;\x00\r\n", ChunkError::InvalidSize),
-        ];
-        for (wire, want) in cases {
-            assert_eq!(
-                decode_all(wire, 64).map(|_| ()),
-                Err(*want),
-                "{:?}",
-                String::from_utf8_lossy(wire)
-            );
-        }
-        let long_ext = [b"1;".as_slice(), &[b'a'; MAX_CHUNK_LINE], b"\r\n"].concat();
-        assert_eq!(decode_all(&long_ext, 100), Err(ChunkError::TooLong));
-        let mut long_trailers = b"0\r\n".to_vec();
-        for _ in 0..=(MAX_CHUNK_LINE / 8) {
-            long_trailers.extend_from_slice(b"x: 123\r\n");
-        }
-        assert_eq!(decode_all(&long_trailers, 100), Err(ChunkError::TooLong));
-    }
-
-    #[test]
-    fn the_largest_chunk_size_parses_and_one_more_digit_overflows() {
-        let mut dec = ChunkedDecoder::default();
-        let mut buf = BytesMut::from(&b"ffffffffffffffff\r\nab"[..]);
-        assert_eq!(dec.decode(&mut buf).unwrap().unwrap(), "ab");
-        assert_eq!(dec.state, ChunkState::Data(u64::MAX - 2));
     }
 
     fn head(wire: &[u8], head_only: bool) -> (usize, Head) {

@@ -38,15 +38,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::admission::ConnState;
-use crate::body::ClientFault;
-use crate::h1::{
-    Answer, ChunkError, ChunkedDecoder, HeadLines, UpstreamFields, decode_whole, name_bit,
-    parse_length,
-};
-use crate::hold::ClientGone;
-use crate::io::Timer;
-use crate::respond::Refusal;
+use crate::listen::admission::ConnState;
+use crate::proxy::hold::ClientGone;
+use crate::refusal::Refusal;
+use crate::wire::body::ClientFault;
+use crate::wire::chunked::{ChunkError, ChunkedDecoder, decode_whole};
+use crate::wire::fields::{Answer, HeadLines, UpstreamFields, name_bit, parse_length};
+use crate::wire::timer::Timer;
 
 /// Bounds and timeouts of client connections.
 #[derive(Debug, Clone, Copy)]
@@ -390,7 +388,7 @@ impl Conn {
 
     /// Answers a request that could not be read, then the connection closes.
     async fn refuse(&mut self, refusal: Refusal) {
-        let response = refusal.response(&crate::proxy::request_id());
+        let response = refusal.response(&crate::wire::request_id::request_id());
         let _ = self
             .write_response(response.into(), false, Version::HTTP_11, false)
             .await;
@@ -1177,7 +1175,7 @@ pub fn parse_for_fuzz(input: &[u8], max_headers: usize) -> usize {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::body::ProxyBody;
+    use crate::wire::body::ProxyBody;
     use http::Response;
     use http_body_util::{BodyExt, Full, StreamBody};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1404,8 +1402,9 @@ mod tests {
     /// A body that yields each piece after a pause (so that it is not all ready at once).
     fn futures_frames(
         pieces: &[&'static str],
-    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, crate::body::BoxError>> + Send + 'static
-    {
+    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, crate::wire::body::BoxError>>
+    + Send
+    + 'static {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let pieces: Vec<&'static str> = pieces.to_vec();
         tokio::spawn(async move {
@@ -1428,7 +1427,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
         let (h2_tx, h2_rx) = tokio::sync::mpsc::unbounded_channel();
-        let admission = crate::admission::Admission::new(1000, 1000);
+        let admission = crate::listen::admission::Admission::new(1000, 1000);
         tokio::spawn(async move {
             loop {
                 let Ok((s, peer)) = listener.accept().await else {

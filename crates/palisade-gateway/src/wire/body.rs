@@ -133,8 +133,9 @@ impl ClientFault {
 pub struct ClientBodyError {
     /// What went wrong.
     pub fault: ClientFault,
+    /// What the server that read the body said.
     #[source]
-    source: BoxError,
+    pub source: BoxError,
 }
 
 /// The client fault somewhere in an error's source chain, if any.
@@ -147,61 +148,4 @@ pub fn client_fault(err: &(dyn std::error::Error + 'static)) -> Option<ClientFau
         cur = e.source();
     }
     None
-}
-
-/// A client's request body: read by Palisade's own HTTP/1.x server, or by hyper's HTTP/2 one.
-#[derive(Debug)]
-pub enum ClientBody {
-    /// HTTP/1.x.
-    H1(crate::h1server::RequestBody),
-    /// HTTP/2.
-    H2(hyper::body::Incoming),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(|e| {
-                let fault = match &e {
-                    crate::h1server::BodyError::TimedOut => ClientFault::SlowBody,
-                    crate::h1server::BodyError::Chunked(_) => ClientFault::MalformedBody,
-                    crate::h1server::BodyError::Incomplete | crate::h1server::BodyError::Io(_) => {
-                        ClientFault::Aborted
-                    }
-                };
-                Box::new(ClientBodyError {
-                    fault,
-                    source: Box::new(e),
-                }) as BoxError
-            }),
-            // An HTTP/2 stream's body fails when the client resets the stream or the
-            // connection goes.
-            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(|e| {
-                Box::new(ClientBodyError {
-                    fault: ClientFault::Aborted,
-                    source: Box::new(e),
-                }) as BoxError
-            }),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::H1(b) => b.is_end_stream(),
-            ClientBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::H1(b) => b.size_hint(),
-            ClientBody::H2(b) => b.size_hint(),
-        }
-    }
 }
