@@ -746,28 +746,6 @@ async fn debug_clock(
     axum::Json(json!({ "offset_ms": offset, "unix_ms": shared.clock.unix_ms() })).into_response()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::split_identity;
-
-    #[test]
-    fn identity_paths() {
-        let s = |x: &str| split_identity(x).map(|(a, b)| format!("{a}|{b}"));
-        assert_eq!(s("ip/203.0.113.7").as_deref(), Some("ip|203.0.113.7"));
-        assert_eq!(s("ip/24/203.0.113.0").as_deref(), Some("ip/24|203.0.113.0"));
-        assert_eq!(
-            s("ip/24/56/2001:db8::").as_deref(),
-            Some("ip/24/56|2001:db8::")
-        );
-        assert_eq!(
-            s("header:x-tenant/acme/x").as_deref(),
-            Some("header:x-tenant|acme/x")
-        );
-        assert_eq!(s("ip"), None);
-        assert_eq!(s("ip/24"), None);
-    }
-}
-
 /// How many request headers hyper's HTTP/1 parser accepts when not told otherwise.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
@@ -799,4 +777,26 @@ pub(crate) fn connection_builder(
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(20));
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_identity;
+
+    #[test]
+    fn identity_paths() {
+        let s = |x: &str| split_identity(x).map(|(a, b)| format!("{a}|{b}"));
+        assert_eq!(s("ip/203.0.113.7").as_deref(), Some("ip|203.0.113.7"));
+        assert_eq!(s("ip/24/203.0.113.0").as_deref(), Some("ip/24|203.0.113.0"));
+        assert_eq!(
+            s("ip/24/56/2001:db8::").as_deref(),
+            Some("ip/24/56|2001:db8::")
+        );
+        assert_eq!(
+            s("header:x-tenant/acme/x").as_deref(),
+            Some("header:x-tenant|acme/x")
+        );
+        assert_eq!(s("ip"), None);
+        assert_eq!(s("ip/24"), None);
+    }
 }
