@@ -78,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
             peer_ip: ip,
             now: 3_600_000_000_000 + n * 1_000_000,
             unix_ms: 1_800_000_000_000,
-            auth: palisade_engine::principal::Auth::Anonymous,
+            auth: palisade_engine::model::principal::Auth::Anonymous,
             version: http::Version::HTTP_11,
             ja4h: Some("ge11nn020000_000000000000_000000000000_000000000000"),
             ip_info: None,

@@ -6,7 +6,7 @@
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use palisade_engine::IpSet;
-use palisade_engine::client_ip::client_ip;
+use palisade_engine::request::client_ip::client_ip;
 
 fuzz_target!(|data: &[u8]| {
     let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());

@@ -1,7 +1,7 @@
 //! Path normalisation and route matching on arbitrary paths: never panics; the normalised path
 //! is rooted and has no empty, "." or ".." segment (escapes are decoded exactly once, as an
 //! upstream decodes them, so double-encoded input is not normalised twice).
-//! The canonical path the gateway forwards ([`palisade_engine::path::canonicalize`]) is ASCII,
+//! The canonical path the gateway forwards ([`palisade_engine::request::path::canonicalize`]) is ASCII,
 //! rooted, free of empty and dot segments, a fixed point (canonicalising it again changes
 //! nothing), and matches the same route as the path it came from.
 //! Run: cargo +nightly fuzz run route_match
@@ -9,7 +9,7 @@
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use palisade_engine::route::{RouteMatch, normalize_for_match};
+use palisade_engine::request::route::{RouteMatch, normalize_for_match};
 use palisade_engine::{PathPattern, RouteTable};
 
 fuzz_target!(|data: &[u8]| {
@@ -27,13 +27,13 @@ fuzz_target!(|data: &[u8]| {
     ]);
     let _ = table.route_for(&Method::GET, path);
     let _ = PathPattern::parse(path);
-    if let Ok(c) = palisade_engine::path::canonicalize(path) {
+    if let Ok(c) = palisade_engine::request::path::canonicalize(path) {
         assert!(c.path.is_ascii() && c.path.starts_with('/'), "{:?}", c.path);
         let inner = c.path.strip_suffix('/').unwrap_or(&c.path);
         for seg in inner.split('/').skip(1) {
             assert!(!seg.is_empty() && seg != "." && seg != "..", "{seg:?} in {:?}", c.path);
         }
-        let again = palisade_engine::path::canonicalize(&c.path).expect("canonical is valid");
+        let again = palisade_engine::request::path::canonicalize(&c.path).expect("canonical is valid");
         assert_eq!(again, c, "not a fixed point for {path:?}");
         assert_eq!(
             table.route_for(&Method::GET, &c.path),

@@ -46,8 +46,8 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                 bot_verification: None,
                 username: None,
                 auth: match &case.principal {
-                    Some(p) => palisade_engine::principal::Auth::Principal(p),
-                    None => palisade_engine::principal::Auth::Anonymous,
+                    Some(p) => palisade_engine::model::principal::Auth::Principal(p),
+                    None => palisade_engine::model::principal::Auth::Anonymous,
                 },
             };
             let mut last = None;

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
-use palisade_engine::blocks::BlockEffect;
-use palisade_engine::bots::{BotAction, BotsPolicy};
-use palisade_engine::limits::ceil_secs;
-use palisade_engine::path::Ambiguities;
+use palisade_engine::detect::bots::{BotAction, BotsPolicy};
+use palisade_engine::model::principal::{AuthRequirement, Principal};
 use palisade_engine::policy::{AuthPolicy, HeadersPolicy, HoneypotSpec, IntelPolicy};
-use palisade_engine::principal::{AuthRequirement, Principal};
-use palisade_engine::quota::{QuotaKey, QuotaSpec};
-use palisade_engine::route::RouteMatch;
+use palisade_engine::request::path::Ambiguities;
+use palisade_engine::request::route::RouteMatch;
+use palisade_engine::state::blocks::BlockEffect;
+use palisade_engine::state::limiter::ceil_secs;
+use palisade_engine::state::quota_ledger::{QuotaKey, QuotaSpec};
 use palisade_engine::{
     Algorithm, IpSet, KeyPart, LimitAction, LimitSpec, ListsPolicy, Mode, Nanos, PathPattern,
     Policy, RouteSpec, RouteTable, ScoringPolicy, Unit,
@@ -1385,7 +1385,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             Some(list) => list
                 .iter()
                 .filter_map(|f| {
-                    let found = palisade_engine::blocks::DIMENSIONS
+                    let found = palisade_engine::state::blocks::DIMENSIONS
                         .iter()
                         .find(|d| **d == f.get_ref().as_str())
                         .copied();
@@ -1396,7 +1396,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
                             format!(
                                 "`{}` is not one of: {}",
                                 f.get_ref(),
-                                palisade_engine::blocks::DIMENSIONS.join(", ")
+                                palisade_engine::state::blocks::DIMENSIONS.join(", ")
                             ),
                         );
                     }
@@ -1730,7 +1730,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             expect_rule: t.expect.rule.clone(),
             principal: t.request.api_key.as_ref().map(|k| {
                 Arc::new(Principal {
-                    kind: palisade_engine::principal::PrincipalKind::ApiKey,
+                    kind: palisade_engine::model::principal::PrincipalKind::ApiKey,
                     key_id: Some(Arc::from(k.id.as_deref().unwrap_or("test"))),
                     account: k.account.as_deref().map(Arc::from),
                     scopes: k.scopes.iter().map(|s| Arc::from(s.as_str())).collect(),
@@ -2127,7 +2127,7 @@ fn valid_scope(s: &str) -> bool {
 /// Dollars to micro-dollars, for amounts from 0 to a million.
 fn usd_micros(v: f64) -> Option<u64> {
     (v.is_finite() && (0.0..=1_000_000.0).contains(&v))
-        .then(|| (v * palisade_engine::quota::MICROS_PER_USD).round() as u64)
+        .then(|| (v * palisade_engine::state::quota_ledger::MICROS_PER_USD).round() as u64)
 }
 
 fn compile_keys(k: &RawKeys, c: &mut Collector<'_>) -> KeySettings {
@@ -2757,8 +2757,8 @@ fn compile_behaviour(
 fn compile_rules(
     raw: &[RawRule],
     c: &mut Collector<'_>,
-) -> Option<palisade_engine::rules::RulesPolicy> {
-    use palisade_engine::rules::{RuleAction, RuleSpec, RulesPolicy, compile, environment};
+) -> Option<palisade_engine::detect::rules::RulesPolicy> {
+    use palisade_engine::detect::rules::{RuleAction, RuleSpec, RulesPolicy, compile, environment};
     if raw.is_empty() {
         return None;
     }

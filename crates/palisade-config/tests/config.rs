@@ -367,15 +367,15 @@ fn bots_section_reports_every_bad_category_and_action() {
     let bots = ok.policy.bots.unwrap();
     assert_eq!(
         bots.action(palisade_intel::Category::Scanner),
-        palisade_engine::bots::BotAction::Block
+        palisade_engine::detect::bots::BotAction::Block
     );
     assert_eq!(
         bots.action(palisade_intel::Category::Human),
-        palisade_engine::bots::BotAction::Allow
+        palisade_engine::detect::bots::BotAction::Allow
     );
     assert_eq!(
         bots.action(palisade_intel::Category::Seo),
-        palisade_engine::bots::BotAction::Signal
+        palisade_engine::detect::bots::BotAction::Signal
     );
 }
 

@@ -66,7 +66,7 @@ impl<'a> Req<'a> {
             ip_info: None,
             bot_verification: None,
             username: None,
-            auth: palisade_engine::principal::Auth::Anonymous,
+            auth: palisade_engine::model::principal::Auth::Anonymous,
         })
         .unwrap()
     }
@@ -551,7 +551,7 @@ max_entries = 50000
                 ip_info: None,
                 bot_verification: None,
                 username: None,
-                auth: palisade_engine::principal::Auth::Anonymous,
+                auth: palisade_engine::model::principal::Auth::Anonymous,
             })
             .unwrap();
         assert_eq!(d.action, Action::Allow);
@@ -735,7 +735,7 @@ rate = "10/1s"
         "ip:192.0.2.1".into(),
         60_000,
         "test",
-        palisade_engine::blocks::BlockEffect::Block,
+        palisade_engine::state::blocks::BlockEffect::Block,
         false,
         1_700_000_000_000,
     );

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, HeaderValue, Method};
-use palisade_engine::route::RouteMatch;
+use palisade_engine::request::route::RouteMatch;
 use palisade_engine::{
     Algorithm, Engine, IpSet, KeyPart, LimitAction, LimitSpec, ListsPolicy, Mode, PathPattern,
     Policy, RequestFacts, RouteSpec, RouteTable, ScoringPolicy, Unit,
@@ -46,8 +46,8 @@ fn engine() -> Engine {
     engine_with(None, None, None, None)
 }
 
-fn bots() -> palisade_engine::bots::BotsPolicy {
-    use palisade_engine::bots::{BotAction, BotsPolicy};
+fn bots() -> palisade_engine::detect::bots::BotsPolicy {
+    use palisade_engine::detect::bots::{BotAction, BotsPolicy};
     let catalog = palisade_intel::BotCatalog::builtin().unwrap_or_else(|e| panic!("{e}"));
     BotsPolicy {
         catalog: Arc::new(catalog),
@@ -62,10 +62,10 @@ fn bots() -> palisade_engine::bots::BotsPolicy {
 }
 
 fn engine_with(
-    bots: Option<palisade_engine::bots::BotsPolicy>,
+    bots: Option<palisade_engine::detect::bots::BotsPolicy>,
     headers: Option<palisade_engine::policy::HeadersPolicy>,
     behaviour: Option<palisade_engine::behaviour::BehaviourPolicy>,
-    rules: Option<palisade_engine::rules::RulesPolicy>,
+    rules: Option<palisade_engine::detect::rules::RulesPolicy>,
 ) -> Engine {
     let fast = Algorithm::Gcra {
         interval: 1,
@@ -161,7 +161,7 @@ fn bench_warm(bencher: divan::Bencher, e: &Engine, user_agent: &'static str) {
             ip_info: None,
             bot_verification: None,
             username: None,
-            auth: palisade_engine::principal::Auth::Anonymous,
+            auth: palisade_engine::model::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
         assert!(matches!(d.as_ref().map(|d| d.limits.len()), Ok(5)));
@@ -256,7 +256,9 @@ fn behaviour_engine_with(rules: bool) -> Engine {
         }),
         Some(b),
         rules.then(|| {
-            use palisade_engine::rules::{RuleAction, RuleSpec, RulesPolicy, compile, environment};
+            use palisade_engine::detect::rules::{
+                RuleAction, RuleSpec, RulesPolicy, compile, environment,
+            };
             let env = environment();
             let rule = |name: &str, when: &str, action| RuleSpec {
                 name: name.into(),
@@ -321,7 +323,7 @@ fn spray(bencher: divan::Bencher, e: &Engine) {
             ip_info: None,
             bot_verification: None,
             username: None,
-            auth: palisade_engine::principal::Auth::Anonymous,
+            auth: palisade_engine::model::principal::Auth::Anonymous,
         })
     });
 }

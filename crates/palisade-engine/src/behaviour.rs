@@ -26,10 +26,10 @@ use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 
 use crate::clock::{Nanos, SECOND};
-use crate::facts::RequestFacts;
-use crate::identity::mask;
-use crate::principal::Principal;
-use crate::route::RouteId;
+use crate::model::facts::RequestFacts;
+use crate::model::identity::mask;
+use crate::model::principal::Principal;
+use crate::request::route::RouteId;
 
 /// Identity dimensions behaviour is tracked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -2020,7 +2020,7 @@ impl Behaviour {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 mod tests {
     use super::*;
-    use crate::principal::{Auth, KeyBudget, PrincipalKind};
+    use crate::model::principal::{Auth, KeyBudget, PrincipalKind};
     use http::{HeaderMap, HeaderValue, Method};
 
     const LOGIN: RouteId = 0;

@@ -8,22 +8,26 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::model::code::ClientCode;
+
 use crate::behaviour::{Behaviour, Emitted, Sig};
-use crate::blocks::{BlockEffect, BlockTable, block_key};
-use crate::bots::{BotAction, UaCache};
 use crate::clock::{Nanos, SECOND};
-use crate::decision::{Action, Decision, LimitOutcome, Signal};
-use crate::facts::RequestFacts;
-use crate::identity::{KeyPart, KeyValue, display_value, key_hash, key_hash_of_values, mask};
-use crate::limits::{Algorithm, LimitAction, LimitTable, Unit, ceil_secs};
+use crate::detect::bots::{BotAction, UaCache};
+use crate::model::decision::{Action, Decision, LimitOutcome, Signal};
+use crate::model::facts::RequestFacts;
+use crate::model::identity::{
+    KeyPart, KeyValue, display_value, key_hash, key_hash_of_values, mask,
+};
+use crate::model::principal::{Auth, AuthFailure, AuthRequirement, Principal, PrincipalKind};
 use crate::policy::{Mode, Policy, RouteSpec};
-use crate::principal::{Auth, AuthFailure, AuthRequirement, Principal, PrincipalKind};
-use crate::quota::{
+use crate::ratelimit_headers::{HeaderEntry, HeaderItem, RateLimitHeaders, render_entries};
+use crate::request::route::RouteId;
+use crate::state::blocks::{BlockEffect, BlockTable, block_key};
+use crate::state::limiter::{Algorithm, LimitAction, LimitTable, Unit, ceil_secs};
+use crate::state::quota_ledger::{
     Budget, QuotaCheck, QuotaItems, QuotaKey, QuotaLedger, QuotaSettlement, day_of,
     secs_to_midnight,
 };
-use crate::ratelimit_headers::{HeaderEntry, HeaderItem, RateLimitHeaders, render_entries};
-use crate::route::RouteId;
 use palisade_intel::Category;
 use palisade_intel::headers::Inconsistency;
 use palisade_intel::ipinfo::AsnCategory;
@@ -37,7 +41,7 @@ pub struct SharedCheck {
     pub index: usize,
     /// The limit's name.
     pub limit: Arc<str>,
-    /// The key, hashed with [`crate::identity::StableHasher`].
+    /// The key, hashed with [`crate::model::identity::StableHasher`].
     pub key: u64,
     /// How it counts.
     pub algorithm: Algorithm,
@@ -334,7 +338,7 @@ impl Engine {
             uses_ja4h: policy
                 .limits
                 .iter()
-                .any(|l| l.key.contains(&crate::identity::KeyPart::Ja4h))
+                .any(|l| l.key.contains(&crate::model::identity::KeyPart::Ja4h))
                 || policy.behaviour.is_some()
                 || policy.honeypots.iter().any(|h| h.flag.contains(&"ja4h")),
             rule_delay: Arc::from("score/delay"),
@@ -379,7 +383,7 @@ impl Engine {
             ],
             rule_deny: Arc::from("list/deny"),
             rule_allow_list: Arc::from("list/allow"),
-            rule_default: Arc::from(crate::decision::DEFAULT_ALLOW_RULE),
+            rule_default: Arc::from(crate::model::decision::DEFAULT_ALLOW_RULE),
             rule_score: [
                 Arc::from("score/tag"),
                 Arc::from("score/challenge"),
@@ -516,7 +520,7 @@ impl Engine {
             .filter_map(|(index, spec)| {
                 let (key, cost, reserve) = self.limit_plan(
                     spec,
-                    &crate::identity::StableHasher,
+                    &crate::model::identity::StableHasher,
                     facts,
                     route,
                     route_spec,
@@ -538,7 +542,7 @@ impl Engine {
     /// request costs it and how far a delayed request may reserve.
     fn limit_plan<B: std::hash::BuildHasher>(
         &self,
-        spec: &crate::limits::LimitSpec,
+        spec: &crate::state::limiter::LimitSpec,
         hasher: &B,
         facts: &RequestFacts<'_>,
         route: RouteId,
@@ -565,7 +569,7 @@ impl Engine {
         &self,
         facts: &RequestFacts<'_>,
         route: RouteId,
-        shared: &[(usize, crate::limits::Verdict, u64)],
+        shared: &[(usize, crate::state::limiter::Verdict, u64)],
     ) -> Result<Decision, EngineError> {
         let p = &self.policy;
         let route_spec = p.route(route).ok_or(EngineError::NoRoute)?;
@@ -601,7 +605,7 @@ impl Engine {
                 shadow: false,
             });
             d.score = 100;
-            d.code = Some("not_found");
+            d.code = Some(ClientCode::NotFound);
             return Ok(self.finish(d, Action::Block, rule));
         }
 
@@ -1017,9 +1021,9 @@ impl Engine {
         let [missing_key, missing_token, missing_any, ..] = &self.auth_rules;
         let missing = |d: &mut Decision| {
             let (rule, code) = match required {
-                AuthRequirement::ApiKey => (missing_key, "missing_api_key"),
-                AuthRequirement::Jwt => (missing_token, "missing_token"),
-                _ => (missing_any, "missing_credentials"),
+                AuthRequirement::ApiKey => (missing_key, ClientCode::MissingApiKey),
+                AuthRequirement::Jwt => (missing_token, ClientCode::MissingToken),
+                _ => (missing_any, ClientCode::MissingCredentials),
             };
             let mut out = d.clone();
             out.action = Action::Unauthorized;
@@ -1058,7 +1062,7 @@ impl Engine {
                 let mut out = d.clone();
                 out.action = Action::Block;
                 out.rule = self.rule_scope.clone();
-                out.code = Some("insufficient_scope");
+                out.code = Some(ClientCode::InsufficientScope);
                 Some(out)
             }
             Auth::Principal(_) => None,
@@ -1224,7 +1228,7 @@ impl Engine {
         facts: &RequestFacts<'_>,
         route: &RouteSpec,
         principal: &Principal,
-    ) -> Option<(Action, Arc<str>, &'static str)> {
+    ) -> Option<(Action, Arc<str>, ClientCode)> {
         let mut checks: Vec<QuotaCheck> = Vec::new();
         let mut rules: Vec<&Arc<str>> = Vec::new();
         for ((q, rule), items) in self
@@ -1380,7 +1384,7 @@ impl Engine {
             _ => return Vec::new(),
         };
         let day = day_of(unix_ms);
-        let usd = |m: u64| m as f64 / crate::quota::MICROS_PER_USD;
+        let usd = |m: u64| m as f64 / crate::state::quota_ledger::MICROS_PER_USD;
         let mut out: Vec<QuotaReport> = self
             .policy
             .quotas
@@ -1454,9 +1458,11 @@ impl Engine {
         facts: &RequestFacts<'_>,
         route: &RouteSpec,
     ) -> Option<(Option<Action>, Arc<str>)> {
-        use crate::rules::{Facts, RuleAction, matches};
+        use crate::detect::rules::{Facts, RuleAction, matches};
         let rp = self.policy.rules.as_ref()?;
-        let check = |r: &crate::rules::RuleSpec, view: &Facts<'_>| match matches(&rp.env, r, view) {
+        let check = |r: &crate::detect::rules::RuleSpec, view: &Facts<'_>| match matches(
+            &rp.env, r, view,
+        ) {
             Ok(b) => b,
             Err(_) => {
                 self.rule_errors

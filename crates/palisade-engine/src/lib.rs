@@ -10,31 +10,23 @@
 //! all I/O and maps decisions to responses.
 
 pub mod behaviour;
-pub mod blocks;
-pub mod bots;
-pub mod client_ip;
 pub mod clock;
-pub mod decision;
+pub mod detect;
 pub mod engine;
-pub mod facts;
-pub mod identity;
-pub mod ipset;
-pub mod limits;
-pub mod path;
+pub mod model;
 pub mod policy;
-pub mod principal;
-pub mod quota;
 pub mod ratelimit_headers;
-pub mod route;
-pub mod rules;
+pub mod request;
+pub mod state;
 pub mod units;
 
 pub use clock::{Clock, ManualClock, Nanos};
-pub use decision::{Action, DEFAULT_ALLOW_RULE, Decision, LimitOutcome, Signal};
 pub use engine::{Engine, EngineError, IdentityReport, LimitStateReport, ResponseFacts};
-pub use facts::RequestFacts;
-pub use identity::{Dimension, KeyPart};
-pub use ipset::IpSet;
-pub use limits::{Algorithm, LimitAction, LimitSpec, Unit};
+pub use model::code::ClientCode;
+pub use model::decision::{Action, DEFAULT_ALLOW_RULE, Decision, LimitOutcome, Signal};
+pub use model::facts::RequestFacts;
+pub use model::identity::{Dimension, KeyPart};
 pub use policy::{ListsPolicy, Mode, Policy, RouteSpec, ScoringPolicy};
-pub use route::{PathPattern, RouteId, RouteTable};
+pub use request::ipset::IpSet;
+pub use request::route::{PathPattern, RouteId, RouteTable};
+pub use state::limiter::{Algorithm, LimitAction, LimitSpec, Unit};

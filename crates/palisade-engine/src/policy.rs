@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::blocks::BlockEffect;
-use crate::bots::BotsPolicy;
 use crate::clock::SECOND;
-use crate::ipset::IpSet;
-use crate::limits::{Algorithm, LimitSpec};
-use crate::principal::AuthRequirement;
-use crate::quota::QuotaSpec;
-use crate::route::PathPattern;
-use crate::route::RouteTable;
+use crate::detect::bots::BotsPolicy;
+use crate::model::principal::AuthRequirement;
+use crate::request::ipset::IpSet;
+use crate::request::route::PathPattern;
+use crate::request::route::RouteTable;
+use crate::state::blocks::BlockEffect;
+use crate::state::limiter::{Algorithm, LimitSpec};
+use crate::state::quota_ledger::QuotaSpec;
 
 /// Whether decisions are enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,7 +47,7 @@ pub struct RouteSpec {
     /// Response header in which the upstream reports a request's spend, in dollars.
     pub spend_header: Option<HeaderName>,
     /// Ambiguous path features forwarded on this route instead of refused.
-    pub allow_in_path: crate::path::Ambiguities,
+    pub allow_in_path: crate::request::path::Ambiguities,
 }
 
 impl RouteSpec {
@@ -63,7 +63,7 @@ impl RouteSpec {
             spend_micros: 0,
             spend_reserve_micros: 0,
             spend_header: None,
-            allow_in_path: crate::path::Ambiguities::NONE,
+            allow_in_path: crate::request::path::Ambiguities::NONE,
         }
     }
 }
@@ -234,7 +234,7 @@ pub struct Policy {
     /// Behaviour and collective detection; `None` when `[behaviour]` is switched off.
     pub behaviour: Option<crate::behaviour::BehaviourPolicy>,
     /// Explicit rules; `None` when there are none.
-    pub rules: Option<crate::rules::RulesPolicy>,
+    pub rules: Option<crate::detect::rules::RulesPolicy>,
 }
 
 /// Compiled `[intel]`.

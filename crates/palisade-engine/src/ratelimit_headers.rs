@@ -6,8 +6,8 @@
 //! describe the most restrictive advertised limit; `X-RateLimit-Reset` is in seconds from now,
 //! like `t`.
 
-use crate::decision::LimitOutcome;
-use crate::limits::{Unit, ceil_secs};
+use crate::model::decision::LimitOutcome;
+use crate::state::limiter::{Unit, ceil_secs};
 
 /// The parts of a limit's header items that never change, rendered once per policy.
 #[derive(Debug, Clone, PartialEq, Eq)]

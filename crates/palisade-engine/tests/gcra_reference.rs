@@ -16,7 +16,7 @@ use std::time::Duration;
 use governor::clock::{Clock as _, FakeRelativeClock};
 use governor::{Quota, RateLimiter};
 use palisade_engine::Algorithm;
-use palisade_engine::limits::Cell;
+use palisade_engine::state::limiter::Cell;
 use proptest::prelude::*;
 
 fn compare(interval_ms: u64, burst: u32, steps: &[(u64, u32)]) {

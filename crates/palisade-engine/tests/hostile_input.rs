@@ -13,8 +13,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderValue, Method};
 use palisade_engine::IpSet;
-use palisade_engine::client_ip::client_ip;
-use palisade_engine::route::{RouteMatch, normalize_for_match};
+use palisade_engine::request::client_ip::client_ip;
+use palisade_engine::request::route::{RouteMatch, normalize_for_match};
 use palisade_engine::{PathPattern, RouteTable};
 use proptest::prelude::*;
 

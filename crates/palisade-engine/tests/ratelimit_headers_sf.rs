@@ -14,9 +14,9 @@
 
 use std::sync::Arc;
 
-use palisade_engine::decision::LimitOutcome;
-use palisade_engine::limits::{Unit, Verdict};
+use palisade_engine::model::decision::LimitOutcome;
 use palisade_engine::ratelimit_headers::{HeaderItem, render};
+use palisade_engine::state::limiter::{Unit, Verdict};
 use proptest::prelude::*;
 use sfv::{BareItem, Dictionary, FieldType, Item, List, ListEntry, Parser};
 

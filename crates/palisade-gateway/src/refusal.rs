@@ -6,6 +6,9 @@ use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use palisade_engine::state::limiter::ceil_secs;
+use palisade_engine::{Action, ClientCode, Decision};
+
 use crate::wire::body::ProxyBody;
 
 /// Why the gateway answered by itself.
@@ -16,22 +19,23 @@ pub enum Refusal {
         /// Seconds until retry.
         retry_after: u64,
         /// `rate_limited`, `daily_rpd_limit_exceeded` or `daily_usd_limit_exceeded`.
-        code: &'static str,
+        code: ClientCode,
     },
     /// Blocked (403): `forbidden`, or `insufficient_scope`.
     Forbidden {
         /// The code.
-        code: &'static str,
+        code: ClientCode,
     },
     /// Credentials missing or not accepted (401).
     Unauthorized {
         /// `missing_api_key`, `invalid_api_key`, `expired_api_key`, `revoked_api_key`,
         /// `missing_token`, `invalid_token`, `missing_credentials`, `invalid_signature`.
-        code: &'static str,
+        code: ClientCode,
     },
     /// A challenge is required (403) — the challenge flow itself comes later.
     ChallengeRequired,
-    /// Engine failed and the policy is fail-closed (503).
+    /// Engine failed and the policy is fail-closed, or the store is down and the policy is
+    /// deny (503).
     Unavailable,
     /// The upstream refused the connection or broke it (502).
     UpstreamUnavailable,
@@ -61,56 +65,41 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The refusal a decision calls for, or `None` when the request is forwarded. The one place
+    /// where actions and codes become answers: typed, never read from rule names.
+    pub fn from_decision(d: &Decision) -> Option<Refusal> {
+        Some(match d.action {
+            Action::Allow | Action::Tag | Action::Delay { .. } => return None,
+            Action::Limit { retry_after } => Refusal::RateLimited {
+                retry_after: ceil_secs(retry_after).max(1),
+                code: d.code.unwrap_or(ClientCode::RateLimited),
+            },
+            Action::Block => match d.code {
+                Some(ClientCode::Unavailable) => Refusal::Unavailable,
+                Some(ClientCode::NotFound) => Refusal::NotFound,
+                code => Refusal::Forbidden {
+                    code: code.unwrap_or(ClientCode::Forbidden),
+                },
+            },
+            Action::Unauthorized => Refusal::Unauthorized {
+                code: d.code.unwrap_or(ClientCode::MissingCredentials),
+            },
+            Action::Challenge => Refusal::ChallengeRequired,
+        })
+    }
+
     /// Status, stable error code and message.
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        let coded = |status, code: ClientCode| (status, code.as_str(), code.message());
         match self {
-            Refusal::RateLimited { code, .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                code,
-                match *code {
-                    "daily_rpd_limit_exceeded" => {
-                        "the daily request quota is used up; it resets at midnight UTC"
-                    }
-                    "daily_usd_limit_exceeded" => {
-                        "the daily spend quota is used up; it resets at midnight UTC"
-                    }
-                    _ => "too many requests; retry after the time in Retry-After",
-                },
-            ),
-            Refusal::Forbidden { code } => (
-                StatusCode::FORBIDDEN,
-                code,
-                match *code {
-                    "insufficient_scope" => "the credential lacks a scope this route requires",
-                    _ => "this request is not allowed",
-                },
-            ),
-            Refusal::Unauthorized { code } => (
-                StatusCode::UNAUTHORIZED,
-                code,
-                match *code {
-                    "missing_api_key" => "an API key is required",
-                    "invalid_api_key" => "the API key is not valid",
-                    "expired_api_key" => "the API key has expired",
-                    "revoked_api_key" => "the API key has been revoked",
-                    "missing_token" => "a bearer token is required",
-                    "invalid_token" => "the bearer token is not valid",
-                    "invalid_signature" => {
-                        "the request signature is missing, invalid, outside its time window or replayed"
-                    }
-                    _ => "an API key or bearer token is required",
-                },
-            ),
-            Refusal::ChallengeRequired => (
-                StatusCode::FORBIDDEN,
-                "challenge_required",
-                "this client must complete a challenge first",
-            ),
-            Refusal::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the service is temporarily unavailable",
-            ),
+            Refusal::RateLimited { code, .. } => coded(StatusCode::TOO_MANY_REQUESTS, *code),
+            Refusal::Forbidden { code } => coded(StatusCode::FORBIDDEN, *code),
+            Refusal::Unauthorized { code } => coded(StatusCode::UNAUTHORIZED, *code),
+            Refusal::ChallengeRequired => {
+                coded(StatusCode::FORBIDDEN, ClientCode::ChallengeRequired)
+            }
+            Refusal::Unavailable => coded(StatusCode::SERVICE_UNAVAILABLE, ClientCode::Unavailable),
+            Refusal::NotFound => coded(StatusCode::NOT_FOUND, ClientCode::NotFound),
             Refusal::UpstreamUnavailable => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
@@ -136,7 +125,6 @@ impl Refusal {
                 "client_closed_request",
                 "the client closed the connection before the request was served",
             ),
-            Refusal::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such resource"),
             Refusal::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
@@ -232,18 +220,20 @@ mod tests {
         for r in [
             Refusal::RateLimited {
                 retry_after: 17,
-                code: "rate_limited",
+                code: ClientCode::RateLimited,
             },
             Refusal::RateLimited {
                 retry_after: 3600,
-                code: "daily_usd_limit_exceeded",
+                code: ClientCode::DailySpendExceeded,
             },
-            Refusal::Forbidden { code: "forbidden" },
             Refusal::Forbidden {
-                code: "insufficient_scope",
+                code: ClientCode::Forbidden,
+            },
+            Refusal::Forbidden {
+                code: ClientCode::InsufficientScope,
             },
             Refusal::Unauthorized {
-                code: "revoked_api_key",
+                code: ClientCode::RevokedApiKey,
             },
             Refusal::ChallengeRequired,
             Refusal::Unavailable,

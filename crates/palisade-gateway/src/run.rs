@@ -233,6 +233,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     let proxy_task = tokio::spawn(listen::serve_proxy(
         proxy_listener,
         shared.clone(),
+        crate::proxy::Proxy(shared.clone()),
         rx.clone(),
     ));
     let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone(), rx.clone()));

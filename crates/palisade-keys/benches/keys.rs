@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, Method};
-use palisade_engine::principal::Auth;
+use palisade_engine::model::principal::Auth;
 use palisade_engine::{Engine, RequestFacts};
 use palisade_keys::store::{KeyStore, NewKey};
 use palisade_keys::{KeyDirectory, ServerSecret};

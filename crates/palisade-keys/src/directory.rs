@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use palisade_engine::clock::SECOND;
-use palisade_engine::limits::Unit;
-use palisade_engine::principal::{AuthFailure, KeyBudget, KeyRate, Principal, PrincipalKind};
-use palisade_engine::quota::{MICROS_PER_USD, QuotaItems};
+use palisade_engine::model::principal::{
+    AuthFailure, KeyBudget, KeyRate, Principal, PrincipalKind,
+};
 use palisade_engine::ratelimit_headers::HeaderItem;
+use palisade_engine::state::limiter::Unit;
+use palisade_engine::state::quota_ledger::{MICROS_PER_USD, QuotaItems};
 
 use crate::key::{ApiKeyRecord, KeyStatus, ServerSecret, hashes_equal, id_of};
 

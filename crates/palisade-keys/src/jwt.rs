@@ -12,7 +12,7 @@ use http::HeaderName;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use palisade_engine::Nanos;
-use palisade_engine::principal::{AuthFailure, KeyBudget, Principal, PrincipalKind};
+use palisade_engine::model::principal::{AuthFailure, KeyBudget, Principal, PrincipalKind};
 use serde_json::{Map, Value};
 
 /// Longest token accepted; larger ones are refused before any parsing.

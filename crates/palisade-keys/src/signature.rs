@@ -17,7 +17,7 @@
 use std::hash::{BuildHasher, RandomState};
 
 use hmac::{KeyInit, Mac};
-use palisade_engine::principal::AuthFailure;
+use palisade_engine::model::principal::AuthFailure;
 use quick_cache::sync::{Cache, GuardResult};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

@@ -11,8 +11,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use palisade_engine::blocks::BlockEntry;
-use palisade_engine::quota::{Usage, UsageRow};
+use palisade_engine::state::blocks::BlockEntry;
+use palisade_engine::state::quota_ledger::{Usage, UsageRow};
 use palisade_engine::units::{parse_duration, parse_rate};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};

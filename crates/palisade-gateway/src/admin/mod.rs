@@ -293,7 +293,7 @@ async fn identity(
     let recent = shared.log.recent(50, matches);
     // An active block on this identity, if any.
     let now = shared.clock.unix_ms();
-    let block = palisade_engine::blocks::block_key(&dim_s, &value)
+    let block = palisade_engine::state::blocks::block_key(&dim_s, &value)
         .and_then(|k| rt.engine.blocks().find(&[k], now))
         .map(|b| {
             json!({
@@ -607,12 +607,12 @@ async fn add_block(
         Ok(r) => r,
         Err(e) => return bad_json(e),
     };
-    let Some(key) = palisade_engine::blocks::block_key(&req.dimension, &req.value) else {
+    let Some(key) = palisade_engine::state::blocks::block_key(&req.dimension, &req.value) else {
         return bad_block(&format!(
             "`{}` / `{}` is not a block: dimension is one of {} and the value must fit it",
             req.dimension,
             req.value,
-            palisade_engine::blocks::DIMENSIONS.join(", ")
+            palisade_engine::state::blocks::DIMENSIONS.join(", ")
         ));
     };
     let ttl_ms = match req
@@ -639,9 +639,9 @@ async fn add_block(
         None => "admin".to_owned(),
     };
     let effect = match req.score {
-        Some(w) if w <= 100 => palisade_engine::blocks::BlockEffect::Score(w),
+        Some(w) if w <= 100 => palisade_engine::state::blocks::BlockEffect::Score(w),
         Some(_) => return bad_block("score must be between 0 and 100"),
-        None => palisade_engine::blocks::BlockEffect::Block,
+        None => palisade_engine::state::blocks::BlockEffect::Block,
     };
     let rt = shared.runtime.load();
     let now = shared.clock.unix_ms();
@@ -696,7 +696,7 @@ async fn remove_block(
         Ok(r) => r,
         Err(e) => return bad_json(e),
     };
-    let Some(key) = palisade_engine::blocks::block_key(&req.dimension, &req.value) else {
+    let Some(key) = palisade_engine::state::blocks::block_key(&req.dimension, &req.value) else {
         return bad_block("no such dimension or value");
     };
     let removed = shared

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use palisade_engine::blocks::BlockTable;
-use palisade_engine::quota::{QuotaLedger, day_of};
+use palisade_engine::state::blocks::BlockTable;
+use palisade_engine::state::quota_ledger::{QuotaLedger, day_of};
 use palisade_keys::signature::NonceCache;
 use palisade_keys::{ApiKeyRecord, KeyDirectory, KeyStore, StoreError};
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use palisade_engine::RouteSpec;
-use palisade_engine::principal::{Auth, AuthFailure, AuthRequirement, Principal, PrincipalKind};
+use palisade_engine::model::principal::{
+    Auth, AuthFailure, AuthRequirement, Principal, PrincipalKind,
+};
 use palisade_keys::DirEntry;
 use palisade_keys::key::KEY_PREFIX;
 

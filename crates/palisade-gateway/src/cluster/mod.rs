@@ -19,8 +19,8 @@ use palisade_config::{StoreBackend, StoreSettings};
 use palisade_engine::behaviour::SharedSketches;
 use palisade_engine::clock::Nanos;
 use palisade_engine::engine::{SharedAdjust, SharedCheck};
-use palisade_engine::limits::{Algorithm, Verdict};
-use palisade_engine::quota::{Budget, QuotaHold, QuotaSettlement};
+use palisade_engine::state::limiter::{Algorithm, Verdict};
+use palisade_engine::state::quota_ledger::{Budget, QuotaHold, QuotaSettlement};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script, Value};
@@ -504,7 +504,7 @@ struct Event {
     from: u64,
     /// Block changes.
     #[serde(default)]
-    blocks: Vec<palisade_engine::blocks::BlockChange>,
+    blocks: Vec<palisade_engine::state::blocks::BlockChange>,
     /// Changed API key records.
     #[serde(default)]
     keys: Vec<SharedKey>,
@@ -609,7 +609,7 @@ pub async fn share_state(shared: Arc<crate::Shared>) {
     tokio::spawn(subscribe(shared.clone(), store.clone(), me));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: Vec<palisade_engine::blocks::BlockChange> = Vec::new();
+    let mut pending: Vec<palisade_engine::state::blocks::BlockChange> = Vec::new();
     loop {
         tick.tick().await;
         let blocks = shared.runtime.load().engine.blocks().clone();
@@ -643,12 +643,12 @@ pub async fn share_state(shared: Arc<crate::Shared>) {
         let mut pipe = redis::pipe();
         for c in &changes {
             match c {
-                palisade_engine::blocks::BlockChange::Add { entry, .. } => {
+                palisade_engine::state::blocks::BlockChange::Add { entry, .. } => {
                     if let Ok(json) = serde_json::to_string(entry) {
                         pipe.hset(store.blocks_hash(), &entry.key, json).ignore();
                     }
                 }
-                palisade_engine::blocks::BlockChange::Remove { key, .. } => {
+                palisade_engine::state::blocks::BlockChange::Remove { key, .. } => {
                     pipe.hdel(store.blocks_hash(), key).ignore();
                 }
             }
@@ -690,7 +690,7 @@ async fn load_blocks(
     for json in all {
         if let Ok(entry) = serde_json::from_str(&json) {
             blocks.apply_remote(
-                palisade_engine::blocks::BlockChange::Add { entry, at_ms: 0 },
+                palisade_engine::state::blocks::BlockChange::Add { entry, at_ms: 0 },
                 now,
             );
         }
@@ -852,7 +852,7 @@ async fn apply_event(shared: &crate::Shared, store: &SharedStore, event: Event, 
     let blocks = shared.runtime.load().engine.blocks().clone();
     let now = shared.clock.unix_ms();
     for change in event.blocks {
-        if let palisade_engine::blocks::BlockChange::Remove { key, .. } = &change {
+        if let palisade_engine::state::blocks::BlockChange::Remove { key, .. } = &change {
             let k = key.clone();
             let now_s = now / 1000;
             let _ = shared
@@ -1145,7 +1145,8 @@ const MAX_UNSETTLED: usize = 100_000;
 impl SharedStore {
     fn quota_key(&self, h: &QuotaHold) -> String {
         use std::hash::BuildHasher as _;
-        let hash = palisade_engine::identity::StableHasher.hash_one((&*h.quota, &*h.identity));
+        let hash =
+            palisade_engine::model::identity::StableHasher.hash_one((&*h.quota, &*h.identity));
         format!("{}:q:{{{hash:016x}}}:{}", self.settings.prefix, h.day)
     }
 

@@ -25,7 +25,8 @@ use crate::listen::admission::{Admission, Refused, Shed};
 use crate::listen::idle::{IdleTimeoutIo, InFlight};
 use crate::telemetry::metrics::ShedLabels;
 use crate::wire::body::{BoxError, ClientBodyError, ClientFault};
-use crate::{Runtime, Shared, proxy};
+use crate::wire::fields::Answer;
+use crate::{Runtime, Shared};
 
 /// The HTTP/2 server for proxy connections that open with the HTTP/2 preface.
 fn h2_builder(rt: &Runtime) -> http2::Builder<TokioExecutor> {
@@ -59,9 +60,20 @@ fn client_limits(rt: &Runtime) -> h1::Limits {
     }
 }
 
+/// What answers the requests that come through the listener (the proxy's phases).
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers one request from `peer`.
+    fn handle(
+        &self,
+        req: http::Request<ClientBody>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Answer> + Send + use<Self>;
+}
+
 /// Serves an HTTP/2 (prior knowledge) client connection with hyper.
-async fn serve_h2(
+async fn serve_h2<H: Handler>(
     shared: Arc<Shared>,
+    handler: H,
     stream: tokio::net::TcpStream,
     read: bytes::Bytes,
     peer: SocketAddr,
@@ -79,13 +91,11 @@ async fn serve_h2(
         in_flight.clone(),
     ));
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let s = shared.clone();
+        let answering = handler.handle(req.map(ClientBody::H2), peer);
         let guard = in_flight.start();
         async move {
             // hyper writes the headers: the upstream's fields join them.
-            let r = proxy::handle(s, req.map(ClientBody::H2), peer)
-                .await
-                .merged();
+            let r = answering.await.merged();
             drop(guard);
             Ok::<_, std::convert::Infallible>(r)
         }
@@ -93,9 +103,12 @@ async fn serve_h2(
     let _ = watcher.watch(builder.serve_connection(io, svc)).await;
 }
 
-pub(crate) async fn serve_proxy(
+/// Accepts connections on `listener` until shutdown, serving their requests with `handler`,
+/// then drains.
+pub(crate) async fn serve_proxy<H: Handler>(
     listener: TcpListener,
     shared: Arc<Shared>,
+    handler: H,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -162,17 +175,17 @@ pub(crate) async fn serve_proxy(
                     let s = shared.clone();
                     Arc::new(move |fault, detail| s.metrics.client_fault(fault, detail))
                 };
+                let handler = handler.clone();
                 tokio::spawn(async move {
-                    let per_request = s.clone();
                     let state = admitted.state.clone();
+                    let per_request = handler.clone();
                     let served = h1::serve(stream, limits, state, faults, stop, move |req| {
-                        let s = per_request.clone();
-                        proxy::handle(s, req.map(ClientBody::H1), peer)
+                        per_request.handle(req.map(ClientBody::H1), peer)
                     })
                     .await;
                     if let h1::Served::Http2 { stream, read } = served {
                         admitted.state.active();
-                        serve_h2(s, stream, read, peer, watcher).await;
+                        serve_h2(s, handler, stream, read, peer, watcher).await;
                     }
                     open.dec();
                     drop(admitted);

@@ -4,7 +4,7 @@
 //! Matching looks at a normalised view of the path (repeated slashes merged, `.` and `..`
 //! segments resolved, percent-encoded bytes other than `/` decoded), so `/api//login`,
 //! `/api/./login` and `/api/%6cogin` cannot dodge the policy of `/api/login`; the gateway
-//! forwards the canonical path it judged ([`crate::path`]).
+//! forwards the canonical path it judged ([`crate::request::path`]).
 //!
 //! Two rules follow upstream routers that are more lenient than an exact match, so that what
 //! they would route to a handler gets that handler's policy:

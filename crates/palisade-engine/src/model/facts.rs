@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, Method};
 
 use crate::clock::Nanos;
-use crate::principal::Auth;
+use crate::model::principal::Auth;
 
 /// Everything the engine may look at for one request. The gateway has already bounded header
 /// count and size before building this.

@@ -16,7 +16,7 @@
 //! - **refuses (400) unless the matched route allows it** ([`Ambiguities`]): encoded slashes,
 //!   backslashes and `;` in the path;
 //! - matches routes without regard to ASCII case unless configured otherwise, and matches a
-//!   route's literal last segment with any `.suffix` (see [`crate::route`]).
+//!   route's literal last segment with any `.suffix` (see [`crate::request::route`]).
 //!
 //! Pure: a function of the bytes, no allocation when the path is already canonical.
 

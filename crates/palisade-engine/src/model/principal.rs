@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use crate::clock::Nanos;
-use crate::quota::QuotaItems;
 use crate::ratelimit_headers::HeaderItem;
+use crate::state::quota_ledger::QuotaItems;
 
 /// What a route requires of its callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -136,13 +136,14 @@ pub enum AuthFailure {
 
 impl AuthFailure {
     /// The stable error code clients see.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::model::code::ClientCode {
+        use crate::model::code::ClientCode;
         match self {
-            AuthFailure::InvalidApiKey => "invalid_api_key",
-            AuthFailure::ExpiredApiKey => "expired_api_key",
-            AuthFailure::RevokedApiKey => "revoked_api_key",
-            AuthFailure::InvalidToken => "invalid_token",
-            AuthFailure::InvalidSignature => "invalid_signature",
+            AuthFailure::InvalidApiKey => ClientCode::InvalidApiKey,
+            AuthFailure::ExpiredApiKey => ClientCode::ExpiredApiKey,
+            AuthFailure::RevokedApiKey => ClientCode::RevokedApiKey,
+            AuthFailure::InvalidToken => ClientCode::InvalidToken,
+            AuthFailure::InvalidSignature => ClientCode::InvalidSignature,
         }
     }
 }

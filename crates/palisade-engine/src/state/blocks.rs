@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::identity::mask;
+use crate::model::identity::mask;
 
 /// Longest block, however often a client offends.
 pub const MAX_BLOCK_MS: u64 = 30 * 86_400_000;

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use crate::bots::ClientClass;
 use crate::clock::Nanos;
-use crate::limits::{Algorithm, Unit, Verdict};
-use crate::quota::QuotaHold;
+use crate::detect::bots::ClientClass;
 use crate::ratelimit_headers::HeaderItem;
-use crate::route::RouteId;
+use crate::request::route::RouteId;
+use crate::state::limiter::{Algorithm, Unit, Verdict};
+use crate::state::quota_ledger::QuotaHold;
 
 /// What to do with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub struct LimitOutcome {
     pub unit: Unit,
     /// Whether it is advertised in headers.
     pub headers: bool,
-    /// When the shared store counted it: its key there (a [`crate::identity::StableHasher`]
+    /// When the shared store counted it: its key there (a [`crate::model::identity::StableHasher`]
     /// hash); adjustments then go to the store, not the local table.
     pub shared: Option<u64>,
 }
@@ -143,7 +143,7 @@ pub struct Decision {
     pub route: RouteId,
     /// The stable error code for the client when the action refuses with a specific one
     /// (`invalid_api_key`, `daily_rpd_limit_exceeded`, ...); `None` for the action's default.
-    pub code: Option<&'static str>,
+    pub code: Option<crate::model::code::ClientCode>,
     /// Daily quota reservations the request holds (settled by the gateway on the response).
     pub quotas: Vec<QuotaHold>,
     /// The per-key rate limit that applied, if any: its header item and algorithm.
@@ -217,6 +217,13 @@ impl Decision {
             Some((_, r)) => r,
             None => &self.rule,
         }
+    }
+
+    /// Whether a limit (not the score or a rule) chose a delay: the request is held to smooth a
+    /// burst into the limit's rate, not throttled.
+    pub fn delayed_by_limit(&self) -> bool {
+        matches!(self.action, Action::Delay { .. })
+            && self.limits.iter().any(|o| !o.verdict.allowed && !o.shadow)
     }
 
     /// Whether the logged action is a shadowed one.

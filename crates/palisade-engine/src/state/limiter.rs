@@ -15,8 +15,8 @@ use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 
 use crate::clock::{Nanos, SECOND};
-use crate::identity::KeyPart;
-use crate::route::RouteId;
+use crate::model::identity::KeyPart;
+use crate::request::route::RouteId;
 
 /// How a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,8 +18,8 @@ use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
 
-use crate::decision::Decision;
-use crate::facts::RequestFacts;
+use crate::model::decision::Decision;
+use crate::model::facts::RequestFacts;
 
 /// Variables a rule may read, with what they hold.
 pub const VARIABLES: [(&str, &str); 17] = [

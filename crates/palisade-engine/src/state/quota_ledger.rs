@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::ratelimit_headers::HeaderItem;
-use crate::route::RouteId;
+use crate::request::route::RouteId;
 
 /// Seconds in a day.
 pub const DAY_SECS: u64 = 86_400;
@@ -76,10 +76,10 @@ pub enum Budget {
 
 impl Budget {
     /// The stable client-facing error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::model::code::ClientCode {
         match self {
-            Budget::Requests => "daily_rpd_limit_exceeded",
-            Budget::Spend => "daily_usd_limit_exceeded",
+            Budget::Requests => crate::model::code::ClientCode::DailyRequestsExceeded,
+            Budget::Spend => crate::model::code::ClientCode::DailySpendExceeded,
         }
     }
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::facts::RequestFacts;
-use crate::route::RouteId;
+use crate::model::facts::RequestFacts;
+use crate::request::route::RouteId;
 
 /// Longest header value used as a key; longer values are cut (after hashing the length) so an
 /// attacker cannot make key derivation arbitrarily expensive.

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderMap;
 use http::header::FORWARDED;
 
-use crate::ipset::IpSet;
+use crate::request::ipset::IpSet;
 
 /// How many hops are examined at most; a chain of trusted proxies deeper than this is not
 /// believed any further.

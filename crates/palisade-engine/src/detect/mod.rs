@@ -1,0 +1,6 @@
+//! The detectors, one file each, in the order the pipeline runs them. Each reads the request's
+//! facts and adds signals (or decides) on the decision being built; adding a detector is a file
+//! here and one line in [`crate::pipeline`].
+
+pub mod bots;
+pub mod rules;

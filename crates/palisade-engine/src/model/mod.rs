@@ -1,0 +1,8 @@
+//! What a decision is about and what it is: request facts, identities, principals, the
+//! decision and the codes clients see.
+
+pub mod code;
+pub mod decision;
+pub mod facts;
+pub mod identity;
+pub mod principal;

@@ -1,0 +1,6 @@
+//! The bounded tables the engine keeps between requests: limiter cells, the daily quota
+//! ledger, blocks with a time to live.
+
+pub mod blocks;
+pub mod limiter;
+pub mod quota_ledger;

@@ -1,0 +1,292 @@
+//! The request-facts phase: what the request is, before anything is decided. Bounds that no
+//! server enforces for every protocol, the canonical path (or a refusal), and everything the
+//! engine reads about the request — credentials as verified, a signed request's body, a login's
+//! username, fingerprints, what is known of the address, a bot's claim.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use palisade_engine::RouteId;
+use palisade_engine::model::principal::{AuthFailure, PrincipalKind};
+use palisade_engine::request::path::{Ambiguities, canonicalize};
+use palisade_intel::ja4h::HttpVersion;
+use palisade_keys::signature::{
+    self, NONCE_HEADER, SIGNATURE_HEADER, SignedParts, TIMESTAMP_HEADER,
+};
+
+use crate::auth::{Authenticated, authenticate, presented};
+use crate::listen::ClientBody;
+use crate::refusal::Refusal;
+use crate::wire::body::{ClientFault, client_fault};
+use crate::{Runtime, Shared};
+
+/// A request refused before the engine saw it: the answer and the rule it is counted under.
+pub type Bounded = (Refusal, &'static str);
+
+/// Checks the request's bounds and protocol, and puts its path in canonical form (the path the
+/// upstream will receive). Returns what is ambiguous about the path, for the route to allow.
+pub fn admit(rt: &Runtime, parts: &mut http::request::Parts) -> Result<Ambiguities, Bounded> {
+    let server = &rt.compiled.server;
+    let head_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if parts.headers.len() > server.max_header_count || head_bytes > server.max_header_bytes {
+        return Err((Refusal::HeadersTooLarge, "bounds/headers"));
+    }
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > server.max_body_bytes) {
+        return Err((Refusal::BodyTooLarge, "bounds/body"));
+    }
+    // HTTP/2: a Host naming another authority than `:authority` is malformed (RFC 9113
+    // section 8.3.1), rather than a choice between two hosts.
+    if parts.version == http::Version::HTTP_2
+        && let (Some(a), Some(h)) = (parts.uri.authority(), parts.headers.get(HOST))
+        && !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes())
+    {
+        return Err((Refusal::BadRequest, "bounds/authority"));
+    }
+    if parts.method == http::Method::CONNECT {
+        return Err((Refusal::MethodNotAllowed, "bounds/method"));
+    }
+    // `OPTIONS *` asks about the server, not a resource: forwarded as it is.
+    if parts.method == http::Method::OPTIONS && parts.uri.path() == "*" {
+        return Ok(Ambiguities::NONE);
+    }
+    let c = canonicalize(parts.uri.path()).map_err(|_| (Refusal::InvalidPath, "bounds/path"))?;
+    let found = c.ambiguities;
+    if let Cow::Owned(path) = c.path {
+        parts.uri = with_path(&parts.uri, &path).ok_or((Refusal::InvalidPath, "bounds/path"))?;
+    }
+    Ok(found)
+}
+
+/// Whether the route takes the path's ambiguities (an ambiguous path goes only where its route
+/// says the upstream reads them as data).
+pub fn path_allowed(rt: &Runtime, route: RouteId, ambiguities: Ambiguities) -> bool {
+    ambiguities.is_empty()
+        || rt
+            .compiled
+            .policy
+            .route(route)
+            .is_some_and(|r| r.allow_in_path.contains(ambiguities))
+}
+
+/// `uri` with its path replaced by `path` (the query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
+/// What the engine reads about a request beyond its head, owned here for the facts to borrow.
+pub struct Gathered {
+    /// The presented API key, unverified (for the decoy-key check).
+    pub presented_key: Option<String>,
+    /// The credential, as verified.
+    pub authn: Authenticated,
+    /// The body, when it had to be read (a signed request, a login): forwarded from here.
+    pub buffered: Option<Bytes>,
+    /// The body still to be streamed, otherwise.
+    pub body: Option<ClientBody>,
+    /// A login's username (the engine hashes it; it is never kept).
+    pub username: Option<Vec<u8>>,
+    /// JA4H, when the policy reads it.
+    pub ja4h: Option<String>,
+    /// What is known of the client's address.
+    pub ip_info: Option<palisade_intel::ipinfo::IpInfo>,
+    /// A claim to be a verifiable bot: which one, and its state.
+    pub bot_verification: Option<(usize, palisade_intel::verify::VerifyStatus)>,
+}
+
+/// Gathers what the engine reads: credentials (verified once), a signed request's body and
+/// signature, a login's username, JA4H, address intelligence and a bot's claim.
+pub async fn gather(
+    shared: &Shared,
+    rt: &Runtime,
+    parts: &http::request::Parts,
+    body: ClientBody,
+    route: RouteId,
+    client: std::net::IpAddr,
+    unix_ms: u64,
+) -> Result<Gathered, Bounded> {
+    let server = &rt.compiled.server;
+    // The credentials are read once: for authentication and for the decoy-key check.
+    let credentials = presented(rt, &parts.headers);
+    let presented_key = credentials.0.map(str::to_owned);
+    let mut authn = match rt.compiled.policy.route(route) {
+        Some(spec) => authenticate(shared, rt, &parts.headers, spec, credentials),
+        None => Authenticated::Anonymous,
+    };
+    // A key that must sign its requests: the body is read (bounded) to check its digest.
+    let mut buffered: Option<Bytes> = None;
+    let mut body = Some(body);
+    if let Some(entry) = authn.key_needing_signature().cloned() {
+        let incoming = body
+            .take()
+            .ok_or((Refusal::BadRequest, "bounds/body_read"))?;
+        let bytes = read_bounded(shared, incoming, server.max_body_bytes).await?;
+        let signed = SignedParts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            timestamp: header_str(&parts.headers, TIMESTAMP_HEADER),
+            nonce: header_str(&parts.headers, NONCE_HEADER),
+            signature: header_str(&parts.headers, SIGNATURE_HEADER),
+            body: &bytes,
+        };
+        if signature::verify(
+            shared.keys.directory.secret(),
+            &entry.record.id,
+            &signed,
+            unix_ms / 1000,
+            rt.compiled.keys.signature_window_secs,
+            &shared.keys.nonces,
+        )
+        .is_err()
+        {
+            authn = Authenticated::Failed {
+                kind: PrincipalKind::ApiKey,
+                failure: AuthFailure::InvalidSignature,
+            };
+        }
+        buffered = Some(bytes);
+    }
+    // A login on the stuffing route: the username is read from the (bounded) body, hashed by
+    // the engine and never kept.
+    let mut username: Option<Vec<u8>> = None;
+    if let Some(st) = rt
+        .compiled
+        .policy
+        .behaviour
+        .as_ref()
+        .and_then(|b| b.stuffing.as_ref())
+        .filter(|s| s.route == route)
+    {
+        let bytes = match (buffered.take(), body.take()) {
+            (Some(b), _) => Some(b),
+            (None, Some(incoming)) => {
+                let max = server.max_body_bytes.min(st.max_body as u64);
+                Some(read_bounded(shared, incoming, max).await?)
+            }
+            (None, None) => None,
+        };
+        if let Some(b) = &bytes {
+            username = username_in(b, &st.username_field, &parts.headers);
+        }
+        buffered = bytes;
+    }
+    // JA4H, when the policy reads it (otherwise it is computed only for a logged decision).
+    let ja4h = rt.engine.wants_ja4h().then(|| ja4h_of(parts));
+    let ip_info = rt
+        .compiled
+        .policy
+        .intel
+        .as_ref()
+        .and_then(|i| i.db.lookup(client));
+    // A claim to be a verifiable bot (Googlebot, ...): its state, from ranges, cache or DNS.
+    let bot_verification = rt.compiled.policy.bots.as_ref().and_then(|b| {
+        if b.verified.is_empty() {
+            return None;
+        }
+        let ua = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())?;
+        let i = b.verified.iter().position(|v| v.claimed_by(ua))?;
+        let bot = b.verified.get(i)?;
+        Some((i, shared.verifier.status(bot, client, &b.dns_servers)))
+    });
+    Ok(Gathered {
+        presented_key,
+        authn,
+        buffered,
+        body,
+        username,
+        ja4h,
+        ip_info,
+        bot_verification,
+    })
+}
+
+/// Reads a body up to `max` bytes; past that, or on a read error, the refusal to answer.
+pub async fn read_bounded(
+    shared: &Shared,
+    incoming: ClientBody,
+    max: u64,
+) -> Result<Bytes, Bounded> {
+    let limited = Limited::new(incoming, usize::try_from(max).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err((Refusal::BodyTooLarge, "bounds/body"))
+        }
+        Err(e) => {
+            let fault = client_fault(&*e).unwrap_or(ClientFault::Aborted);
+            shared.metrics.client_fault(fault, &e);
+            Err((Refusal::for_client_fault(fault), "bounds/body_read"))
+        }
+    }
+}
+
+/// The username a login body names: a top-level string field of a JSON object, or a field
+/// of a form. Bounded to 256 bytes.
+pub fn username_in(body: &[u8], field: &str, headers: &http::HeaderMap) -> Option<Vec<u8>> {
+    let form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let found: Option<Vec<u8>> = if form {
+        form_urlencoded::parse(body)
+            .find(|(k, _)| k == field)
+            .map(|(_, v)| v.into_owned().into_bytes())
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(m)) => m
+                .get(field)
+                .and_then(|v| v.as_str())
+                .map(|s| s.as_bytes().to_vec()),
+            _ => None,
+        }
+    };
+    found.filter(|u| !u.is_empty()).map(|mut u| {
+        u.truncate(256);
+        // Usernames are compared case-insensitively (emails mostly are).
+        u.make_ascii_lowercase();
+        u
+    })
+}
+
+fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A request's JA4H fingerprint over its headers as they arrived: in arrival order, with
+/// HTTP/1 names lowercased (the server does not keep their original case).
+pub fn ja4h_of(parts: &http::request::Parts) -> String {
+    palisade_intel::ja4h::ja4h_fingerprint(
+        parts.method.as_str(),
+        match parts.version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
+            http::Version::HTTP_2 => HttpVersion::Http2,
+            http::Version::HTTP_3 => HttpVersion::Http3,
+            _ => HttpVersion::Http11,
+        },
+        parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes())),
+    )
+}
