@@ -1,0 +1,287 @@
+//! Why a client was treated as it was: its identities, the state of every limit, quota use,
+//! blocks and behaviour, for the admin API's explain view and the decision log.
+
+use std::net::IpAddr;
+
+use crate::clock::Nanos;
+use crate::model::facts::RequestFacts;
+use crate::model::identity::{KeyPart, KeyValue, display_value, key_hash_of_values, mask};
+use crate::model::principal::Principal;
+use crate::state::limiter::ceil_secs;
+use crate::state::quota_ledger::{QuotaKey, day_of};
+
+use crate::engine::*;
+
+impl Engine {
+    /// Today's usage of every daily budget that applies to a principal, whatever the route.
+    pub fn usage_for(&self, principal: &Principal, unix_ms: u64) -> Vec<QuotaUsage> {
+        let day = day_of(unix_ms);
+        let mut out = Vec::new();
+        for q in &self.policy.quotas {
+            let identity = match q.key {
+                QuotaKey::ApiKey => principal.key_id.as_deref(),
+                QuotaKey::Account => principal.account.as_deref(),
+            };
+            let Some(identity) = identity else { continue };
+            let u = self.ledger.usage(&q.name, identity, day);
+            out.push(QuotaUsage {
+                quota: q.name.to_string(),
+                per: q.key.name(),
+                requests: u.requests,
+                requests_per_day: q.requests_per_day,
+                spend_micros: u.spend_micros,
+                spend_per_day_micros: q.spend_per_day_micros,
+            });
+        }
+        if let Some(id) = &principal.key_id
+            && (principal.budget.requests_per_day.is_some()
+                || principal.budget.spend_per_day_micros.is_some())
+        {
+            let u = self.ledger.usage(KEY_BUDGET_QUOTA, id, day);
+            out.push(QuotaUsage {
+                quota: KEY_BUDGET_QUOTA.to_owned(),
+                per: QuotaKey::ApiKey.name(),
+                requests: u.requests,
+                requests_per_day: principal.budget.requests_per_day,
+                spend_micros: u.spend_micros,
+                spend_per_day_micros: principal.budget.spend_per_day_micros,
+            });
+        }
+        out
+    }
+
+    /// Today's usage of every daily quota counted per `dimension` (api_key or account).
+    pub fn quota_report(&self, dimension: &KeyPart, value: &str, unix_ms: u64) -> Vec<QuotaReport> {
+        let key = match dimension {
+            KeyPart::ApiKey => QuotaKey::ApiKey,
+            KeyPart::Account => QuotaKey::Account,
+            _ => return Vec::new(),
+        };
+        let day = day_of(unix_ms);
+        let usd = |m: u64| m as f64 / crate::state::quota_ledger::MICROS_PER_USD;
+        let mut out: Vec<QuotaReport> = self
+            .policy
+            .quotas
+            .iter()
+            .filter(|q| q.key == key)
+            .map(|q| {
+                let u = self.ledger.usage(&q.name, value, day);
+                QuotaReport {
+                    quota: q.name.to_string(),
+                    requests: u.requests,
+                    requests_per_day: q.requests_per_day,
+                    spend_usd: usd(u.spend_micros),
+                    spend_per_day_usd: q.spend_per_day_micros.map(usd),
+                }
+            })
+            .collect();
+        if key == QuotaKey::ApiKey {
+            let u = self.ledger.usage(KEY_BUDGET_QUOTA, value, day);
+            if u.requests > 0 || u.spend_micros > 0 {
+                out.push(QuotaReport {
+                    quota: KEY_BUDGET_QUOTA.to_owned(),
+                    requests: u.requests,
+                    requests_per_day: None,
+                    spend_usd: usd(u.spend_micros),
+                    spend_per_day_usd: None,
+                });
+            }
+        }
+        out
+    }
+
+    /// The identity dimensions the policy keys on, with this request's values (for the log).
+    pub fn identity_of(&self, facts: &RequestFacts<'_>, route: usize) -> Vec<(String, String)> {
+        let route_name = self
+            .policy
+            .route(route)
+            .map(|r| &*r.name)
+            .unwrap_or("default");
+        let mut out = vec![("ip".to_owned(), facts.client_ip.to_string())];
+        if let Some(p) = facts.auth.principal() {
+            if let Some(id) = &p.key_id {
+                out.push(("api_key".to_owned(), id.to_string()));
+            }
+            if let Some(a) = &p.account {
+                out.push(("account".to_owned(), a.to_string()));
+            }
+            for (claim, v) in &p.claims {
+                out.push((format!("jwt:{claim}"), v.to_string()));
+            }
+        }
+        if let Some(j) = facts.ja4h {
+            out.push(("ja4h".to_owned(), j.to_owned()));
+        }
+        if let Some(i) = facts.ip_info {
+            if i.asn != 0 {
+                out.push(("asn".to_owned(), format!("AS{}", i.asn)));
+                out.push(("as_name".to_owned(), i.as_name.to_string()));
+            }
+            if !i.country.is_empty() {
+                out.push(("country".to_owned(), i.country.to_string()));
+            }
+            if let Some(c) = i.category {
+                out.push(("network".to_owned(), c.name().to_owned()));
+            }
+            if i.tor_exit {
+                out.push(("tor_exit".to_owned(), "true".to_owned()));
+            }
+        }
+        for spec in &self.policy.limits {
+            for part in &spec.key {
+                if matches!(
+                    part,
+                    KeyPart::Ip
+                        | KeyPart::Route
+                        | KeyPart::Method
+                        | KeyPart::ApiKey
+                        | KeyPart::Account
+                        | KeyPart::Jwt(_)
+                        | KeyPart::Ja4h
+                        | KeyPart::Asn
+                        | KeyPart::Country
+                ) {
+                    continue;
+                }
+                let name = part.to_string();
+                if out.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                if let Some(v) = display_value(part, facts, route_name) {
+                    out.push((name, v));
+                }
+            }
+        }
+        out
+    }
+
+    /// "Why was this client limited?": the state of every limit keyed by exactly this dimension.
+    pub fn identity(
+        &self,
+        dimension: &KeyPart,
+        value: &str,
+        now: Nanos,
+        now_unix_ms: u64,
+    ) -> Result<IdentityReport, IdentityError> {
+        let bad = || IdentityError::BadValue(value.to_owned(), dimension.to_string());
+        let owned_bytes;
+        let (kv, shown, ip) = match dimension {
+            KeyPart::Ip => {
+                let ip: IpAddr = value.parse().map_err(|_| bad())?;
+                let ip = ip.to_canonical();
+                (KeyValue::Ip(ip, 255), ip.to_string(), Some(ip))
+            }
+            KeyPart::IpPrefix { v4, v6 } => {
+                let addr = value.split('/').next().unwrap_or(value);
+                let ip: IpAddr = addr.parse().map_err(|_| bad())?;
+                let ip = ip.to_canonical();
+                let len = if ip.is_ipv4() { *v4 } else { *v6 };
+                let net = mask(ip, *v4, *v6);
+                (KeyValue::Ip(net, len), format!("{net}/{len}"), Some(ip))
+            }
+            KeyPart::Route => {
+                let id = self.policy.route_id(value).ok_or_else(bad)?;
+                (KeyValue::Route(id), value.to_owned(), None)
+            }
+            KeyPart::Asn => {
+                let n: u64 = value
+                    .trim_start_matches("AS")
+                    .trim_start_matches("as")
+                    .parse()
+                    .map_err(|_| bad())?;
+                (KeyValue::Num(n), format!("AS{n}"), None)
+            }
+            KeyPart::Country => {
+                owned_bytes = value.to_ascii_uppercase().into_bytes();
+                (
+                    KeyValue::Bytes(&owned_bytes),
+                    value.to_ascii_uppercase(),
+                    None,
+                )
+            }
+            KeyPart::Header(_)
+            | KeyPart::Method
+            | KeyPart::ApiKey
+            | KeyPart::Account
+            | KeyPart::Jwt(_)
+            | KeyPart::Ja4h => {
+                owned_bytes = value.as_bytes().to_vec();
+                (KeyValue::Bytes(&owned_bytes), value.to_owned(), None)
+            }
+        };
+        let mut limits = Vec::new();
+        for (spec, table) in self.policy.limits.iter().zip(&self.tables) {
+            if !spec.key.contains(dimension) {
+                continue;
+            }
+            let key_name = spec
+                .key
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("+");
+            let mut report = LimitStateReport {
+                limit: spec.name.to_string(),
+                key: key_name,
+                tracked: false,
+                remaining: spec.quota,
+                quota: spec.quota,
+                window_secs: spec.window_secs,
+                reset_secs: 0,
+                note: None,
+            };
+            if spec.key.len() != 1 {
+                report.note = Some("composite key: look up the state with all of its dimensions in the decision log".to_owned());
+            } else {
+                let hash = key_hash_of_values(&table.hasher, std::slice::from_ref(&kv));
+                if let Some(v) = table.peek(&spec.algorithm, hash, now) {
+                    report.tracked = true;
+                    report.remaining = v.remaining;
+                    report.reset_secs = ceil_secs(v.reset);
+                }
+            }
+            limits.push(report);
+        }
+        let quotas = self.quota_report(dimension, value, now_unix_ms);
+        let (behaviour, behaviour_tracked) = match &self.behaviour {
+            Some(b) => {
+                use crate::behaviour::Dim;
+                let key = match (dimension, &kv) {
+                    (KeyPart::Ip, KeyValue::Ip(a, _)) => Some((Dim::Ip, b.ip_key(Dim::Ip, *a))),
+                    (KeyPart::IpPrefix { .. }, KeyValue::Ip(a, _)) => {
+                        Some((Dim::Prefix, b.ip_key(Dim::Prefix, *a)))
+                    }
+                    (KeyPart::ApiKey, _) => {
+                        Some((Dim::ApiKey, b.key_of(Dim::ApiKey, value.as_bytes())))
+                    }
+                    (KeyPart::Account, _) => {
+                        Some((Dim::Account, b.key_of(Dim::Account, value.as_bytes())))
+                    }
+                    (KeyPart::Ja4h, _) => Some((Dim::Ja4h, b.key_of(Dim::Ja4h, value.as_bytes()))),
+                    (KeyPart::Asn, KeyValue::Num(n)) => u32::try_from(*n)
+                        .ok()
+                        .map(|n| (Dim::Asn, b.key_of(Dim::Asn, &n.to_be_bytes()))),
+                    _ => None,
+                };
+                match key {
+                    Some((dim, key)) if b.policy().track.contains(&dim) => (
+                        b.report(dim, key, now, &|i| self.behaviour_signal_name(i)),
+                        true,
+                    ),
+                    _ => (None, false),
+                }
+            }
+            None => (None, false),
+        };
+        Ok(IdentityReport {
+            behaviour,
+            behaviour_tracked,
+            quotas,
+            dimension: dimension.to_string(),
+            value: shown,
+            allowlisted: ip.is_some_and(|ip| self.policy.lists.allow.contains(ip)),
+            denylisted: ip.is_some_and(|ip| self.policy.lists.deny.contains(ip)),
+            limits,
+        })
+    }
+}
