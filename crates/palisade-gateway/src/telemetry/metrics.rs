@@ -1,14 +1,17 @@
 //! Prometheus metrics. Labels are bounded by the config (route, rule, limit names) or by code
 //! (action, kind); no label ever carries an IP, a key or a user agent.
 
-use std::fmt::Write as _;
-
 use std::sync::Arc;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -106,6 +109,8 @@ pub struct Metrics {
     /// When a client fault was last logged (unix seconds), and how many went unlogged since.
     client_fault_logged: std::sync::atomic::AtomicU64,
     client_faults_unlogged: std::sync::atomic::AtomicU64,
+    /// The engine's and the store's state as of the last scrape (read by the registry).
+    state: StateCollector,
     /// Store writes that failed (quota usage, last-used times).
     pub store_errors: Counter,
     /// Admin changes to keys, by action.
@@ -160,6 +165,8 @@ impl Metrics {
         let connections_refused = Counter::default();
         let connections_refused_per_ip = Counter::default();
         let connections_shed = Family::<ShedLabels, Counter>::default();
+        let state = StateCollector::default();
+        registry.register_collector(Box::new(state.clone()));
         let client_errors = Family::<ClientErrorLabels, Counter>::default();
         for f in crate::wire::body::ClientFault::ALL {
             drop(client_errors.get_or_create(&ClientErrorLabels { kind: f.name() }));
@@ -264,6 +271,7 @@ impl Metrics {
             client_errors,
             client_fault_logged: std::sync::atomic::AtomicU64::new(0),
             client_faults_unlogged: std::sync::atomic::AtomicU64::new(0),
+            state,
             store_errors,
             key_changes,
             attack_mode,
@@ -303,103 +311,14 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition, including the live sizes of the engine's tables.
+    /// Prometheus text exposition: the registry, with the live sizes of the engine's tables,
+    /// the store's health and behaviour's state read now (one registry, one encoder).
     pub fn render(&self, engine: &Engine, store: Option<&crate::cluster::SharedStore>) -> String {
+        self.state.refresh(engine, store);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        // The registry ends with "# EOF"; the table gauges go before it.
-        if let Some(stripped) = out.strip_suffix("# EOF\n") {
-            out.truncate(stripped.len());
-        }
-        let limits = &engine.policy().limits;
-        let tables = engine.tables();
-        let mut section = |name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> u64| {
-            let _ = writeln!(out, "# HELP palisade_{name} {help}");
-            let _ = writeln!(out, "# TYPE palisade_{name} {kind}");
-            for (i, spec) in limits.iter().enumerate() {
-                let suffix = if kind == "counter" { "_total" } else { "" };
-                let _ = writeln!(
-                    out,
-                    "palisade_{name}{suffix}{{limit=\"{}\"}} {}",
-                    spec.name,
-                    value(i)
-                );
-            }
-        };
-        section(
-            "limit_tracked_keys",
-            "gauge",
-            "Keys each limit tracks now",
-            &|i| tables.get(i).map_or(0, |t| t.len() as u64),
-        );
-        section(
-            "limit_tracked_keys_capacity",
-            "gauge",
-            "Most keys each limit tracks",
-            &|i| tables.get(i).map_or(0, |t| t.capacity()),
-        );
-        section(
-            "limit_evictions",
-            "counter",
-            "Keys evicted from each limit's table",
-            &|i| tables.get(i).map_or(0, |t| t.evictions()),
-        );
-        section(
-            "limit_table_bytes",
-            "gauge",
-            "Approximate memory held by each limit's table",
-            &|i| tables.get(i).map_or(0, |t| t.approx_bytes() as u64),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP palisade_bot_cache_entries User agents whose bot classification is cached\n# TYPE palisade_bot_cache_entries gauge\npalisade_bot_cache_entries {}",
-            engine.ua_cache().len()
-        );
-        if let Some(s) = store {
-            use std::sync::atomic::Ordering::Relaxed;
-            let _ = writeln!(
-                out,
-                "# HELP palisade_shared_store_healthy Whether the shared store answered its last operation\n# TYPE palisade_shared_store_healthy gauge\npalisade_shared_store_healthy {}\n# HELP palisade_shared_store_commands Commands sent to the shared store\n# TYPE palisade_shared_store_commands counter\npalisade_shared_store_commands_total {}\n# HELP palisade_shared_store_errors Shared-store operations that failed or timed out\n# TYPE palisade_shared_store_errors counter\npalisade_shared_store_errors_total {}\n# HELP palisade_shared_store_fallbacks Requests decided by the on_store_error fallback\n# TYPE palisade_shared_store_fallbacks counter\npalisade_shared_store_fallbacks_total {}",
-                u8::from(s.is_healthy()),
-                s.commands.load(Relaxed),
-                s.errors.load(Relaxed),
-                s.fallbacks.load(Relaxed)
-            );
-        }
-        if engine.policy().rules.is_some() {
-            let _ = writeln!(
-                out,
-                "# HELP palisade_rule_errors Rule evaluations that failed (counted as no match)\n# TYPE palisade_rule_errors counter\npalisade_rule_errors_total {}",
-                engine.rule_errors()
-            );
-        }
-        if let Some(b) = engine.behaviour() {
-            let _ = writeln!(
-                out,
-                "# HELP palisade_behaviour_tracked Identities with a behaviour record now\n# TYPE palisade_behaviour_tracked gauge\npalisade_behaviour_tracked {}\n# HELP palisade_behaviour_capacity Most identities with a behaviour record\n# TYPE palisade_behaviour_capacity gauge\npalisade_behaviour_capacity {}\n# HELP palisade_behaviour_evictions Behaviour records evicted\n# TYPE palisade_behaviour_evictions counter\npalisade_behaviour_evictions_total {}\n# HELP palisade_behaviour_bytes Approximate memory held by behaviour records\n# TYPE palisade_behaviour_bytes gauge\npalisade_behaviour_bytes {}\n# HELP palisade_failed_logins Failed logins seen on the stuffing route\n# TYPE palisade_failed_logins counter\npalisade_failed_logins_total {}",
-                b.len(),
-                b.capacity(),
-                b.evictions(),
-                b.approx_bytes(),
-                b.failed_logins()
-            );
-            let attacked = b.attacked_routes();
-            let _ = writeln!(
-                out,
-                "# HELP palisade_under_attack Whether a route is in attack mode (stricter scoring)\n# TYPE palisade_under_attack gauge"
-            );
-            for (i, r) in engine.policy().route_specs.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "palisade_under_attack{{route=\"{}\"}} {}",
-                    r.name,
-                    u8::from(attacked.contains(&i))
-                );
-            }
-        }
-        out.push_str("# EOF\n");
         out
     }
 }
@@ -433,5 +352,245 @@ impl RouteSeries {
                 })
                 .clone(),
         }
+    }
+}
+
+/// Per-limit table sizes.
+#[derive(Debug, Clone)]
+struct LimitRow {
+    name: Arc<str>,
+    len: u64,
+    capacity: u64,
+    evictions: u64,
+    bytes: u64,
+}
+
+/// The shared store's counters.
+#[derive(Debug, Clone, Copy)]
+struct StoreRow {
+    healthy: bool,
+    commands: u64,
+    errors: u64,
+    fallbacks: u64,
+}
+
+/// Behaviour's table and detection counters.
+#[derive(Debug, Clone)]
+struct BehaviourRow {
+    tracked: u64,
+    capacity: u64,
+    evictions: u64,
+    bytes: u64,
+    failed_logins: u64,
+    attack: Vec<(Arc<str>, bool)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    limits: Vec<LimitRow>,
+    bot_cache: u64,
+    store: Option<StoreRow>,
+    rule_errors: Option<u64>,
+    behaviour: Option<BehaviourRow>,
+}
+
+/// State read from the engine and the store at scrape time, encoded by the registry like every
+/// other metric.
+#[derive(Debug, Default, Clone)]
+struct StateCollector(Arc<std::sync::Mutex<State>>);
+
+impl StateCollector {
+    fn refresh(&self, engine: &Engine, store: Option<&crate::cluster::SharedStore>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tables = engine.tables();
+        let limits = engine
+            .policy()
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let t = tables.get(i);
+                LimitRow {
+                    name: spec.name.clone(),
+                    len: t.map_or(0, |t| t.len() as u64),
+                    capacity: t.map_or(0, |t| t.capacity()),
+                    evictions: t.map_or(0, |t| t.evictions()),
+                    bytes: t.map_or(0, |t| t.approx_bytes() as u64),
+                }
+            })
+            .collect();
+        let behaviour = engine.behaviour().map(|b| {
+            let attacked = b.attacked_routes();
+            BehaviourRow {
+                tracked: b.len() as u64,
+                capacity: b.capacity(),
+                evictions: b.evictions(),
+                bytes: b.approx_bytes() as u64,
+                failed_logins: b.failed_logins(),
+                attack: engine
+                    .policy()
+                    .route_specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.name.clone(), attacked.contains(&i)))
+                    .collect(),
+            }
+        });
+        let fresh = State {
+            limits,
+            bot_cache: engine.ua_cache().len() as u64,
+            store: store.map(|s| StoreRow {
+                healthy: s.is_healthy(),
+                commands: s.commands.load(Relaxed),
+                errors: s.errors.load(Relaxed),
+                fallbacks: s.fallbacks.load(Relaxed),
+            }),
+            rule_errors: engine
+                .policy()
+                .rules
+                .is_some()
+                .then(|| engine.rule_errors()),
+            behaviour,
+        };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
+}
+
+/// A gauge or counter value for the encoder.
+fn gauge(v: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        type Row = fn(&LimitRow) -> u64;
+        let per_limit: [(&str, &str, MetricType, Row); 4] = [
+            (
+                "limit_tracked_keys",
+                "Keys each limit tracks now",
+                MetricType::Gauge,
+                |r| r.len,
+            ),
+            (
+                "limit_tracked_keys_capacity",
+                "Most keys each limit tracks",
+                MetricType::Gauge,
+                |r| r.capacity,
+            ),
+            (
+                "limit_evictions",
+                "Keys evicted from each limit's table",
+                MetricType::Counter,
+                |r| r.evictions,
+            ),
+            (
+                "limit_table_bytes",
+                "Approximate memory held by each limit's table",
+                MetricType::Gauge,
+                |r| r.bytes,
+            ),
+        ];
+        for (name, help, kind, value) in per_limit {
+            let mut m = e.encode_descriptor(name, help, None, kind)?;
+            for row in &st.limits {
+                let labels = [("limit", &*row.name)];
+                let v = value(row);
+                match kind {
+                    MetricType::Counter => counter(v).encode(m.encode_family(&labels)?)?,
+                    _ => gauge(v).encode(m.encode_family(&labels)?)?,
+                }
+            }
+        }
+        gauge(st.bot_cache).encode(e.encode_descriptor(
+            "bot_cache_entries",
+            "User agents whose bot classification is cached",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        if let Some(s) = st.store {
+            gauge(u64::from(s.healthy)).encode(e.encode_descriptor(
+                "shared_store_healthy",
+                "Whether the shared store answered its last operation",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            for (name, help, v) in [
+                (
+                    "shared_store_commands",
+                    "Commands sent to the shared store",
+                    s.commands,
+                ),
+                (
+                    "shared_store_errors",
+                    "Shared-store operations that failed or timed out",
+                    s.errors,
+                ),
+                (
+                    "shared_store_fallbacks",
+                    "Requests decided by the on_store_error fallback",
+                    s.fallbacks,
+                ),
+            ] {
+                counter(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+            }
+        }
+        if let Some(n) = st.rule_errors {
+            counter(n).encode(e.encode_descriptor(
+                "rule_errors",
+                "Rule evaluations that failed (counted as no match)",
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        if let Some(b) = &st.behaviour {
+            for (name, help, v) in [
+                (
+                    "behaviour_tracked",
+                    "Identities with a behaviour record now",
+                    b.tracked,
+                ),
+                (
+                    "behaviour_capacity",
+                    "Most identities with a behaviour record",
+                    b.capacity,
+                ),
+                (
+                    "behaviour_bytes",
+                    "Approximate memory held by behaviour records",
+                    b.bytes,
+                ),
+            ] {
+                gauge(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+            }
+            for (name, help, v) in [
+                (
+                    "behaviour_evictions",
+                    "Behaviour records evicted",
+                    b.evictions,
+                ),
+                (
+                    "failed_logins",
+                    "Failed logins seen on the stuffing route",
+                    b.failed_logins,
+                ),
+            ] {
+                counter(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+            }
+            let mut m = e.encode_descriptor(
+                "under_attack",
+                "Whether a route is in attack mode (stricter scoring)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (route, on) in &b.attack {
+                gauge(u64::from(*on)).encode(m.encode_family(&[("route", &**route)])?)?;
+            }
+        }
+        Ok(())
     }
 }
