@@ -345,7 +345,15 @@ mod hostile {
         #![proptest_config(ProptestConfig::with_cases(500))]
         #[test]
         fn arbitrary_text_is_an_error_or_a_config_never_a_panic(text in "[\\[\\]a-z_=\"0-9/. \n{},#:-]{0,300}") {
-            let _ = compile_str(&text, "fuzz", Path::new("/nonexistent"));
+            match compile_str(&text, "fuzz", Path::new("/nonexistent")) {
+                // A config that compiles shows itself (redacted) as a table.
+                Ok(c) => prop_assert!(c.redacted.is_object()),
+                // One that does not says why, every error with a message.
+                Err(e) => {
+                    prop_assert!(!e.errors.is_empty());
+                    prop_assert!(e.errors.iter().all(|x| !x.to_string().trim().is_empty()));
+                }
+            }
         }
     }
 }

@@ -214,6 +214,73 @@ impl Refusal {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use palisade_engine::clock::SECOND;
+
+    #[test]
+    fn decisions_map_to_answers_by_action_and_code() {
+        let decided = |action: Action, code: Option<ClientCode>| {
+            let mut d = Decision::new(0, std::sync::Arc::from("any/rule"));
+            d.action = action;
+            d.code = code;
+            Refusal::from_decision(&d).map(|r| {
+                let (status, code, _) = r.parts();
+                (status.as_u16(), code)
+            })
+        };
+        let limit = Action::Limit {
+            retry_after: 2 * SECOND + 1,
+        };
+        for (action, code, want) in [
+            (Action::Allow, None, None),
+            (Action::Tag, None, None),
+            (Action::Delay { wait: SECOND }, None, None),
+            (limit, None, Some((429, "rate_limited"))),
+            (
+                limit,
+                Some(ClientCode::DailySpendExceeded),
+                Some((429, "daily_usd_limit_exceeded")),
+            ),
+            (Action::Block, None, Some((403, "forbidden"))),
+            (
+                Action::Block,
+                Some(ClientCode::InsufficientScope),
+                Some((403, "insufficient_scope")),
+            ),
+            (
+                Action::Block,
+                Some(ClientCode::NotFound),
+                Some((404, "not_found")),
+            ),
+            (
+                Action::Block,
+                Some(ClientCode::Unavailable),
+                Some((503, "unavailable")),
+            ),
+            (
+                Action::Unauthorized,
+                None,
+                Some((401, "missing_credentials")),
+            ),
+            (
+                Action::Unauthorized,
+                Some(ClientCode::RevokedApiKey),
+                Some((401, "revoked_api_key")),
+            ),
+            (Action::Challenge, None, Some((403, "challenge_required"))),
+        ] {
+            assert_eq!(decided(action, code), want, "{action:?} {code:?}");
+        }
+        // Retry-After rounds up to whole seconds.
+        let mut d = Decision::new(0, std::sync::Arc::from("limit/x"));
+        d.action = limit;
+        assert_eq!(
+            Refusal::from_decision(&d),
+            Some(Refusal::RateLimited {
+                retry_after: 3,
+                code: ClientCode::RateLimited
+            })
+        );
+    }
 
     #[tokio::test]
     async fn bodies_are_valid_json_with_stable_codes() {

@@ -376,8 +376,15 @@ mod tests {
     #[test]
     fn hostile_user_agents_are_bounded() {
         let c = BotCatalog::builtin().unwrap();
-        let long = "a".repeat(100_000);
-        let _ = c.classify(&long);
-        let _ = c.classify("\u{0}\u{ffff}é");
+        // Only the first MAX_UA_LEN characters are read: what follows cannot change the
+        // classification (nor the time it takes).
+        let bot = format!("Googlebot/2.1 {}", "a".repeat(100_000));
+        let head: String = bot.chars().take(MAX_UA_LEN).collect();
+        assert_eq!(c.classify(&bot), c.classify(&head));
+        assert_eq!(c.classify(&bot).name.as_deref(), Some("Googlebot"));
+        let hidden = format!("{}Googlebot/2.1", "a".repeat(MAX_UA_LEN));
+        assert_eq!(c.classify(&hidden), c.classify(&"a".repeat(MAX_UA_LEN)));
+        // Control and unusual characters are classified, not refused.
+        assert_ne!(c.classify("\u{0}\u{ffff}é").category, Category::Empty);
     }
 }

@@ -7,7 +7,7 @@
 //! search. Nothing is downloaded: operators point the config at files they keep fresh.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// What kind of network an ASN is.
@@ -354,11 +354,6 @@ impl IpIntel {
     pub fn category(&self, asn: u32) -> Option<AsnCategory> {
         self.categories.get(&asn).copied()
     }
-}
-
-/// `Ipv6Addr` of a u128 (for tests and display).
-pub fn from_u128(x: u128) -> Ipv6Addr {
-    Ipv6Addr::from(x)
 }
 
 #[cfg(test)]

@@ -287,11 +287,25 @@ async fn keys_cli_works_offline_and_against_a_running_gateway() {
     // Through the admin API: revoke, and the gateway refuses the key within a second.
     let admin = format!("http://{}", g.admin);
     let env = [("PALISADE_ADMIN_TOKEN", ADMIN_TOKEN)];
-    let (code, out, err) = keys_cli(&["show", &id, "--admin", &admin, "--json"], &env);
-    assert_eq!(code, 0, "{err}");
-    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The key was used once: its last use is written within a flush (a second) and shown.
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (code, out, err) = keys_cli(&["show", &id, "--admin", &admin, "--json"], &env);
+        assert_eq!(code, 0, "{err}");
+        shown = serde_json::from_str(&out).unwrap();
+        if shown["last_used_at"].is_string() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(shown["status"], "active");
-    assert!(shown["last_used_at"].is_string() || shown["last_used_at"].is_null());
+    let last_used = shown["last_used_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        last_used.len() == 20 && last_used.ends_with('Z') && last_used.contains('T'),
+        "RFC 3339 UTC: {last_used}"
+    );
     let (code, out, err) = keys_cli(&["revoke", &id, "--admin", &admin], &env);
     assert_eq!(code, 0, "{out}{err}");
     let t = std::time::Instant::now();

@@ -853,3 +853,6 @@ pub async fn connect_from(
 pub fn raise_fd_limit(want: u64) -> u64 {
     rlimit::increase_nofile_limit(want).unwrap_or(0)
 }
+
+/// A desktop Chrome user agent.
+pub const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";

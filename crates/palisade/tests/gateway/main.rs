@@ -10,13 +10,19 @@
 
 mod admin;
 mod behaviour;
+mod bots;
 mod cli;
 mod cluster;
 mod common;
+mod fingerprints;
+mod honeypots;
 mod hostile;
+mod intel;
 mod keys;
+mod limits;
+mod lists;
+mod logging;
 mod memory;
 mod paths;
-mod policy;
 mod proxy;
 mod tokens;

@@ -1,0 +1,286 @@
+//! The bot catalog's categories and actions, and verified good bots (published ranges and
+//! forward-confirmed reverse DNS against a real dnsmasq).
+
+use crate::common::*;
+
+const GPTBOT: &str = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bot_categories_are_signals_or_actions_as_configured() {
+    let up = upstream().await;
+    let bots = r#"
+[bots]
+weight = 10
+
+[bots.actions]
+ai_training = "block"
+http_library = "tag"
+"#;
+    let g = Gateway::start(Some(&config_for(&up, bots)));
+    let ua = |u: &'static str| [("user-agent", u)];
+
+    let r = send("GET", &g.url("/echo"), &ua(GPTBOT), "").await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["error"].clone()),
+        (403, serde_json::json!("forbidden"))
+    );
+    let d = g.wait_decision(|d| d["rule"] == "bot/ai_training");
+    assert_eq!(d["action"], "block");
+    assert_eq!(d["identity"]["bot"], "ai_training");
+    assert_eq!(d["identity"]["bot_name"], "GPTBot");
+
+    // Tagged: forwarded, with the score and the signal for the upstream.
+    let r = send("GET", &g.url("/echo"), &ua("curl/8.5.0"), "").await;
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert_eq!(seen["headers"]["x-palisade-score"][0], "10");
+    assert_eq!(seen["headers"]["x-palisade-signals"][0], "bot/http_library");
+
+    // A person's browser: no signal. A bot with the default action: a signal only.
+    let r = send("GET", &g.url("/echo"), &ua(CHROME), "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["headers"].get("x-palisade-score").is_none());
+    let r = send(
+        "GET",
+        &g.url("/echo"),
+        &ua("Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)"),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let d = g.wait_decision(|d| d["identity"]["bot"] == "seo");
+    assert_eq!(d["action"], "allow");
+    assert_eq!(d["reasons"][0]["signal"], "bot/seo");
+    assert_eq!(d["reasons"][0]["weight"], 10);
+
+    // Shadow mode: the block is logged as would_block and the request forwarded.
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        &format!("[server]\nmode = \"shadow\"\n{bots}"),
+    )));
+    let r = send("GET", &g.url("/echo"), &ua(GPTBOT), "").await;
+    assert_eq!(r.status, 200);
+    let d = g.wait_decision(|d| d["rule"] == "bot/ai_training");
+    assert_eq!(
+        (d["action"].clone(), d["shadow"].clone()),
+        (serde_json::json!("would_block"), serde_json::json!(true))
+    );
+    let m = String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).to_string();
+    assert!(m.contains("palisade_bot_cache_entries 1"), "{m}");
+}
+
+/// A DNS query (RFC 1035 §4.1) for the PTR record of an IPv4 address, with id `id`.
+fn ptr_query(id: u16, ip: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    let rev: Vec<&str> = ip.split('.').rev().collect();
+    for label in rev.iter().copied().chain(["in-addr", "arpa"]) {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 12, 0, 1]); // root; PTR; IN
+    q
+}
+
+/// A real dnsmasq on a free port serving `ptr` and `hosts`, returned once it answers a query
+/// for the first PTR record. It is started again on another port if it could not bind (the
+/// port a moment ago free may be taken by then, for UDP or for the TCP listener beside it).
+fn dnsmasq(ptr: &[(&str, &str)], hosts: &[(&str, &str)]) -> Dns {
+    let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("dnsmasq must be installed (scripts/test.sh installs dnsmasq-base)");
+    let mut last_log = String::new();
+    for _attempt in 0..5 {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::env::temp_dir().join(format!("palisade-dnsmasq-{}.log", rand_u64()));
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--log-queries",
+        ])
+        .args([
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            "--user=root",
+            "--log-facility=-",
+        ])
+        .arg(format!("--port={port}"));
+        for (ip, name) in ptr {
+            let rev: Vec<&str> = ip.split('.').rev().collect();
+            cmd.arg(format!(
+                "--ptr-record={}.in-addr.arpa,{name}",
+                rev.join(".")
+            ));
+        }
+        for (name, ip) in hosts {
+            cmd.arg(format!("--host-record={name},{ip}"));
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut dns = Dns { child, port, log };
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut answered = false;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = dns.child.try_wait() {
+                break; // it exited: most likely the port was taken
+            }
+            let _ = probe.send_to(&ptr_query(0x5a5a, ptr[0].0), ("127.0.0.1", port));
+            let mut buf = [0u8; 512];
+            if let Ok((n, _)) = probe.recv_from(&mut buf)
+                && n >= 12
+                && buf[..2] == [0x5a, 0x5a]
+            {
+                answered = true;
+                break;
+            }
+        }
+        if answered {
+            return dns;
+        }
+        last_log = dns.log();
+        drop(dns);
+    }
+    panic!("dnsmasq did not start; its last log:\n{last_log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claimed_good_bots_are_verified_by_ranges_and_forward_confirmed_dns() {
+    let up = upstream().await;
+    let dns = dnsmasq(
+        &[
+            ("198.51.100.7", "crawl-198-51-100-7.googlebot.com"),
+            ("198.51.100.8", "evil.example.com"),
+            ("198.51.100.9", "crawl-fake.googlebot.com"),
+        ],
+        &[
+            ("crawl-198-51-100-7.googlebot.com", "198.51.100.7"),
+            ("crawl-fake.googlebot.com", "203.0.113.1"),
+        ],
+    );
+    let dir = std::env::temp_dir().join(format!("palisade-verify-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("googlebot.json"),
+        r#"{"creationTime": "2026-11-21T00:00:00", "prefixes": [{"ipv4Prefix": "66.249.64.0/27"}]}"#,
+    )
+    .unwrap();
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        &format!(
+            r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[bots]
+dns_servers = ["127.0.0.1:{port}"]
+pending = "allow"
+spoofed = "block"
+
+[bots.actions]
+search_engine = "allow_verified"
+
+[[bots.verify]]
+name = "googlebot"
+claims = "googlebot"
+ranges = ["{dir}/googlebot.json"]
+rdns = ["googlebot.com", "google.com"]
+"#,
+            port = dns.port,
+            dir = dir.display()
+        ),
+    )));
+    const GOOGLEBOT: &str =
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    let as_googlebot = |ip: &'static str| [("x-forwarded-for", ip), ("user-agent", GOOGLEBOT)];
+
+    // In the published ranges: verified at once, and allowed without a signal.
+    assert_eq!(
+        send("GET", &g.url("/x"), &as_googlebot("66.249.64.5"), "")
+            .await
+            .status,
+        200
+    );
+    let d = g.wait_decision(|d| d["identity"]["bot_claim"] == "googlebot:verified");
+    assert_eq!(d["score"], 0);
+
+    // Elsewhere: reverse DNS, then forward confirmation, in the background. Pending claimants
+    // are allowed (as configured); the verdict follows.
+    let status = |ip: &'static str| {
+        let url = g.url("/x");
+        async move {
+            send("GET", &url, &as_googlebot(ip), "")
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(status("198.51.100.7").await, 200);
+    g.wait_decision(|d| d["identity"]["bot_claim"] == "googlebot:pending");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut outcomes = (0, 0, 0);
+    while std::time::Instant::now() < deadline {
+        outcomes = (
+            status("198.51.100.7").await,
+            status("198.51.100.8").await,
+            status("198.51.100.9").await,
+        );
+        if outcomes == (200, 403, 403) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        outcomes,
+        (200, 403, 403),
+        "genuine, wrong domain, forward mismatch\n--- gateway:\n{}\n--- dnsmasq:\n{}",
+        g.stderr(),
+        dns.log()
+    );
+    g.wait_decision(|d| {
+        d["identity"]["bot_claim"] == "googlebot:verified" && d["client_ip"] == "198.51.100.7"
+    });
+    let spoofed = g.wait_decision(|d| d["rule"] == "bot/spoofed");
+    assert_eq!(spoofed["action"], "block");
+    // The block is for the false claim, not the address.
+    let browser = [("x-forwarded-for", "198.51.100.8"), ("user-agent", CHROME)];
+    assert_eq!(send("GET", &g.url("/x"), &browser, "").await.status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A real DNS server (dnsmasq) on a free loopback port, answering the given PTR and A records.
+struct Dns {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Dns {
+    /// What dnsmasq logged (its queries and errors), for a failing test's message.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
