@@ -375,15 +375,15 @@ fn bots_section_reports_every_bad_category_and_action() {
     let bots = ok.policy.bots.unwrap();
     assert_eq!(
         bots.action(palisade_intel::Category::Scanner),
-        palisade_engine::detect::bots::BotAction::Block
+        palisade_engine::policy::bots::BotAction::Block
     );
     assert_eq!(
         bots.action(palisade_intel::Category::Human),
-        palisade_engine::detect::bots::BotAction::Allow
+        palisade_engine::policy::bots::BotAction::Allow
     );
     assert_eq!(
         bots.action(palisade_intel::Category::Seo),
-        palisade_engine::detect::bots::BotAction::Signal
+        palisade_engine::policy::bots::BotAction::Signal
     );
 }
 

@@ -46,8 +46,8 @@ fn engine() -> Engine {
     engine_with(None, None, None, None)
 }
 
-fn bots() -> palisade_engine::detect::bots::BotsPolicy {
-    use palisade_engine::detect::bots::{BotAction, BotsPolicy};
+fn bots() -> palisade_engine::policy::bots::BotsPolicy {
+    use palisade_engine::policy::bots::{BotAction, BotsPolicy};
     let catalog = palisade_intel::BotCatalog::builtin().unwrap_or_else(|e| panic!("{e}"));
     BotsPolicy {
         catalog: Arc::new(catalog),
@@ -62,10 +62,10 @@ fn bots() -> palisade_engine::detect::bots::BotsPolicy {
 }
 
 fn engine_with(
-    bots: Option<palisade_engine::detect::bots::BotsPolicy>,
+    bots: Option<palisade_engine::policy::bots::BotsPolicy>,
     headers: Option<palisade_engine::policy::HeadersPolicy>,
     behaviour: Option<palisade_engine::behaviour::BehaviourPolicy>,
-    rules: Option<palisade_engine::detect::rules::RulesPolicy>,
+    rules: Option<palisade_engine::policy::rules::RulesPolicy>,
 ) -> Engine {
     let fast = Algorithm::Gcra {
         interval: 1,
@@ -256,7 +256,7 @@ fn behaviour_engine_with(rules: bool) -> Engine {
         }),
         Some(b),
         rules.then(|| {
-            use palisade_engine::detect::rules::{
+            use palisade_engine::policy::rules::{
                 RuleAction, RuleSpec, RulesPolicy, compile, environment,
             };
             let env = environment();

@@ -8,54 +8,21 @@
 
 use std::sync::Arc;
 
+pub use crate::model::shared::{SharedAdjust, SharedCheck};
+
 use crate::behaviour::{Behaviour, Sig};
 use crate::clock::Nanos;
-use crate::detect::bots::UaCache;
 use crate::model::decision::Decision;
+use crate::model::header_item::HeaderItem;
 use crate::policy::Policy;
-use crate::ratelimit_headers::{HeaderEntry, HeaderItem, RateLimitHeaders, render_entries};
+use crate::ratelimit_headers::{HeaderEntry, RateLimitHeaders, render_entries};
 use crate::request::route::RouteId;
 use crate::state::blocks::BlockTable;
-use crate::state::limiter::{Algorithm, LimitTable, ceil_secs};
+use crate::state::limiter::{LimitTable, Unit, ceil_secs};
 use crate::state::quota_ledger::{QuotaItems, QuotaLedger, QuotaSettlement};
+use crate::state::ua_cache::UaCache;
 use palisade_intel::Category;
 use palisade_intel::headers::Inconsistency;
-
-/// A limit check the shared store makes for a request (cluster mode): which limit, under which
-/// stable key, for how many units.
-#[derive(Debug, Clone)]
-pub struct SharedCheck {
-    /// Index of the limit in the policy.
-    pub index: usize,
-    /// The limit's name.
-    pub limit: Arc<str>,
-    /// The key, hashed with [`crate::model::identity::StableHasher`].
-    pub key: u64,
-    /// How it counts.
-    pub algorithm: Algorithm,
-    /// Units asked for.
-    pub cost: u64,
-    /// How far into the future a delayed request may reserve.
-    pub reserve: Nanos,
-    /// The limit's quota per window (for headers when the store is bypassed).
-    pub quota: u64,
-}
-
-/// A correction the shared store must apply (a refund, or the difference between a reported
-/// and a charged cost).
-#[derive(Debug, Clone)]
-pub struct SharedAdjust {
-    /// Index of the limit in the policy.
-    pub index: usize,
-    /// The limit's name.
-    pub limit: Arc<str>,
-    /// The stable key.
-    pub key: u64,
-    /// How it counts.
-    pub algorithm: Algorithm,
-    /// Units to add (negative: give back).
-    pub delta: i64,
-}
 
 /// The index a key's own rate limit has in [`Decision::limits`].
 pub const KEY_LIMIT_INDEX: usize = usize::MAX;
@@ -238,7 +205,7 @@ impl Engine {
         let header_items = policy
             .limits
             .iter()
-            .map(|l| HeaderItem::for_limit(&l.name, l.quota, l.window_secs, l.unit))
+            .map(|l| HeaderItem::for_limit(&l.name, l.quota, l.window_secs, l.unit == Unit::Cost))
             .collect();
         let key_table = previous
             .map(|p| p.key_table.clone())

@@ -11,16 +11,8 @@ use crate::policy::{Mode, RouteSpec};
 use crate::request::route::RouteId;
 use crate::state::limiter::{LimitAction, Unit};
 
+use crate::detect::{Verdicts, stronger};
 use crate::engine::*;
-
-/// What the limits, quotas and detectors decided so far: the strongest enforced action and its
-/// rule, the strongest shadowed one, and the rule that makes the request at least tagged.
-#[derive(Default)]
-pub(crate) struct Verdicts {
-    pub(crate) enforced: Option<(Action, Arc<str>)>,
-    pub(crate) shadowed: Option<(Action, Arc<str>)>,
-    pub(crate) tag_floor: Option<Arc<str>>,
-}
 
 impl Engine {
     /// Decides one request.
@@ -235,14 +227,5 @@ impl Engine {
             d.rule = rule;
         }
         d
-    }
-}
-
-pub(crate) fn stronger(a: Action, than: Option<Action>) -> bool {
-    match (a, than) {
-        (_, None) => true,
-        (Action::Limit { retry_after: x }, Some(Action::Limit { retry_after: y })) => x > y,
-        (Action::Delay { wait: x }, Some(Action::Delay { wait: y })) => x > y,
-        (a, Some(b)) => a.severity() > b.severity(),
     }
 }

@@ -7,45 +7,8 @@
 //! like `t`.
 
 use crate::model::decision::LimitOutcome;
-use crate::state::limiter::{Unit, ceil_secs};
-
-/// The parts of a limit's header items that never change, rendered once per policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderItem {
-    /// The policy name as an sf-string, e.g. `"per-ip"`.
-    pub name: String,
-    /// The whole `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=10`.
-    pub policy: String,
-}
-
-impl HeaderItem {
-    /// Renders a limit's items.
-    pub fn for_limit(name: &str, quota: u64, window_secs: u64, unit: Unit) -> Self {
-        let name = sf_string(name);
-        let mut policy = String::with_capacity(name.len() + 32);
-        policy.push_str(&name);
-        policy.push_str(";q=");
-        policy.push_str(itoa::Buffer::new().format(quota));
-        policy.push_str(";w=");
-        policy.push_str(itoa::Buffer::new().format(window_secs.max(1)));
-        if unit == Unit::Cost {
-            policy.push_str(";palisade-unit=\"cost\"");
-        }
-        Self { name, policy }
-    }
-
-    /// Renders a daily quota's item: `"<name>";q=N;w=86400;palisade-unit="<unit>"`.
-    pub fn for_daily(name: &str, quota: u64, unit: &str) -> Self {
-        let name = sf_string(name);
-        let mut policy = String::with_capacity(name.len() + 48);
-        policy.push_str(&name);
-        policy.push_str(";q=");
-        policy.push_str(itoa::Buffer::new().format(quota));
-        policy.push_str(";w=86400;palisade-unit=");
-        policy.push_str(&sf_string(unit));
-        Self { name, policy }
-    }
-}
+use crate::model::header_item::HeaderItem;
+use crate::state::limiter::ceil_secs;
 
 /// One advertised limit's current state.
 #[derive(Debug, Clone, Copy)]
@@ -135,23 +98,4 @@ pub fn render_entries<'a>(
     out.x_remaining = t.remaining;
     out.x_reset = t.reset_secs;
     Some(out)
-}
-
-/// An RFC 9651 String: printable ASCII, with `"` and `\` escaped; anything else is dropped (the
-/// config only admits ASCII names, this is belt and braces).
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => {}
-        }
-    }
-    out.push('"');
-    out
 }

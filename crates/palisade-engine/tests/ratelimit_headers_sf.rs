@@ -15,7 +15,8 @@
 use std::sync::Arc;
 
 use palisade_engine::model::decision::LimitOutcome;
-use palisade_engine::ratelimit_headers::{HeaderItem, render};
+use palisade_engine::model::header_item::HeaderItem;
+use palisade_engine::ratelimit_headers::render;
 use palisade_engine::state::limiter::{Unit, Verdict};
 use proptest::prelude::*;
 use sfv::{BareItem, Dictionary, FieldType, Item, List, ListEntry, Parser};
@@ -241,6 +242,6 @@ fn sfv_passes_the_structured_field_suite() {
 fn items(outcomes: &[LimitOutcome]) -> Vec<HeaderItem> {
     outcomes
         .iter()
-        .map(|o| HeaderItem::for_limit(&o.name, o.quota, o.window_secs, o.unit))
+        .map(|o| HeaderItem::for_limit(&o.name, o.quota, o.window_secs, o.unit == Unit::Cost))
         .collect()
 }

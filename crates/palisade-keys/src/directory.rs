@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use palisade_engine::clock::SECOND;
+use palisade_engine::model::header_item::HeaderItem;
 use palisade_engine::model::principal::{
     AuthFailure, KeyBudget, KeyRate, Principal, PrincipalKind,
 };
-use palisade_engine::ratelimit_headers::HeaderItem;
-use palisade_engine::state::limiter::Unit;
 use palisade_engine::state::quota_ledger::{MICROS_PER_USD, QuotaItems};
 
 use crate::key::{ApiKeyRecord, KeyStatus, ServerSecret, hashes_equal, id_of};
@@ -35,10 +34,7 @@ fn principal_of(r: &ApiKeyRecord) -> Principal {
         interval: (x.per_secs.saturating_mul(SECOND) / x.requests.max(1)).max(1),
         burst: x.burst.max(1),
         item: Arc::new(HeaderItem::for_limit(
-            "api-key",
-            x.requests,
-            x.per_secs,
-            Unit::Requests,
+            "api-key", x.requests, x.per_secs, false,
         )),
         quota: x.requests,
         window_secs: x.per_secs,

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
-use palisade_engine::detect::bots::{BotAction, BotsPolicy};
 use palisade_engine::model::principal::{AuthRequirement, Principal};
+use palisade_engine::policy::bots::{BotAction, BotsPolicy};
 use palisade_engine::policy::{AuthPolicy, HeadersPolicy, HoneypotSpec, IntelPolicy};
 use palisade_engine::request::path::Ambiguities;
 use palisade_engine::request::route::RouteMatch;

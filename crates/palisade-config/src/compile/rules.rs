@@ -10,8 +10,8 @@ use crate::raw::*;
 pub(super) fn compile_rules(
     raw: &[RawRule],
     c: &mut Collector<'_>,
-) -> Option<palisade_engine::detect::rules::RulesPolicy> {
-    use palisade_engine::detect::rules::{RuleAction, RuleSpec, RulesPolicy, compile, environment};
+) -> Option<palisade_engine::policy::rules::RulesPolicy> {
+    use palisade_engine::policy::rules::{RuleAction, RuleSpec, RulesPolicy, compile, environment};
     if raw.is_empty() {
         return None;
     }

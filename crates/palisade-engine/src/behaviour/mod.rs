@@ -22,9 +22,10 @@ mod baselines;
 mod features;
 mod report;
 mod sharing;
-mod spec;
+pub mod spec;
 mod tables;
 
+pub use crate::model::trace::Trace;
 pub use baselines::AttackEvent;
 pub use features::sketch_estimate;
 pub use report::FeatureReport;
@@ -36,37 +37,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::model::identity::mask;
-use crate::request::route::RouteId;
 
 use assess::*;
 use baselines::*;
 use features::*;
 use tables::*;
-
-/// What one request was counted under, for observing its answer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Trace {
-    keys: [Option<u64>; DIMS],
-    route: RouteId,
-    /// Hashed username, on the stuffing route.
-    username: Option<u64>,
-    ip_hash: u64,
-    /// Which record throttling is kept on.
-    throttle: Option<(Dim, u64)>,
-}
-
-impl Trace {
-    /// The record progressive throttling is kept on: the key, else the address.
-    pub fn throttle_identity(&self) -> Option<Dim> {
-        self.throttle.map(|(d, _)| d)
-    }
-
-    /// The throttling record as a value (its dimension and hashed key): one client, for
-    /// bounding how many of its requests are held at once.
-    pub fn throttle_key(&self) -> Option<(Dim, u64)> {
-        self.throttle
-    }
-}
 
 /// A signal the behaviour detectors emitted for one request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -234,6 +209,7 @@ mod tests {
     use crate::clock::{Nanos, SECOND};
     use crate::model::facts::RequestFacts;
     use crate::model::principal::{Auth, KeyBudget, Principal, PrincipalKind};
+    use crate::request::route::RouteId;
     use http::{HeaderMap, HeaderValue, Method};
     use std::hash::RandomState;
     use std::sync::Arc;

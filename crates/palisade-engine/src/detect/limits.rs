@@ -1,10 +1,10 @@
 //! Rate limits: every matching limit counts the request under its key (or takes the shared
 //! store's verdict in cluster mode); one exceeded is a signal and an action (429, or a delay).
 
+use crate::detect::{Verdicts, stronger};
 use crate::engine::Engine;
 use crate::model::decision::{Action, Decision, LimitOutcome, Signal};
 use crate::model::facts::RequestFacts;
-use crate::pipeline::{Verdicts, stronger};
 use crate::policy::RouteSpec;
 use crate::request::route::RouteId;
 use crate::state::limiter::{LimitAction, Verdict};

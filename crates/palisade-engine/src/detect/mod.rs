@@ -12,3 +12,25 @@ pub mod lists;
 pub mod quotas;
 pub mod rules;
 pub mod score;
+
+use std::sync::Arc;
+
+use crate::model::decision::Action;
+
+/// What the limits, quotas and detectors decided so far: the strongest enforced action and its
+/// rule, the strongest shadowed one, and the rule that makes the request at least tagged.
+#[derive(Default)]
+pub(crate) struct Verdicts {
+    pub(crate) enforced: Option<(Action, Arc<str>)>,
+    pub(crate) shadowed: Option<(Action, Arc<str>)>,
+    pub(crate) tag_floor: Option<Arc<str>>,
+}
+
+pub(crate) fn stronger(a: Action, than: Option<Action>) -> bool {
+    match (a, than) {
+        (_, None) => true,
+        (Action::Limit { retry_after: x }, Some(Action::Limit { retry_after: y })) => x > y,
+        (Action::Delay { wait: x }, Some(Action::Delay { wait: y })) => x > y,
+        (a, Some(b)) => a.severity() > b.severity(),
+    }
+}

@@ -14,8 +14,8 @@ use crate::policy::{Mode, RouteSpec};
 use crate::state::limiter::{Algorithm, Unit};
 use crate::state::quota_ledger::{Budget, QuotaCheck, QuotaItems, QuotaKey, secs_to_midnight};
 
+use crate::detect::stronger;
 use crate::engine::*;
-use crate::pipeline::stronger;
 
 impl Engine {
     /// Applies the key's own rate limit, if its record has one.

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::clock::Nanos;
-use crate::detect::bots::ClientClass;
-use crate::ratelimit_headers::HeaderItem;
+use crate::model::client::ClientClass;
+use crate::model::header_item::HeaderItem;
 use crate::request::route::RouteId;
 use crate::state::limiter::{Algorithm, Unit, Verdict};
 use crate::state::quota_ledger::QuotaHold;
@@ -154,11 +154,11 @@ pub struct Decision {
     /// What the bot catalog made of the user agent (when `[bots]` is configured).
     pub client: Option<ClientClass>,
     /// What behaviour counted the request under, for observing its answer.
-    pub trace: Option<crate::behaviour::Trace>,
+    pub trace: Option<crate::model::trace::Trace>,
     /// Whether the route was in attack mode (the stricter scoring profile applied).
     pub under_attack: bool,
     /// Corrections for the shared store (refunds of what it counted), for the gateway to send.
-    pub shared_adjust: Vec<crate::engine::SharedAdjust>,
+    pub shared_adjust: Vec<crate::model::shared::SharedAdjust>,
 }
 
 impl Decision {

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use crate::clock::Nanos;
-use crate::ratelimit_headers::HeaderItem;
-use crate::state::quota_ledger::QuotaItems;
+use crate::model::header_item::HeaderItem;
+use crate::model::header_item::QuotaItems;
 
 /// What a route requires of its callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

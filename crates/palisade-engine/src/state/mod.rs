@@ -4,3 +4,4 @@
 pub mod blocks;
 pub mod limiter;
 pub mod quota_ledger;
+pub mod ua_cache;

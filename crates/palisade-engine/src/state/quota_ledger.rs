@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::ratelimit_headers::HeaderItem;
+pub use crate::model::header_item::QuotaItems;
 use crate::request::route::RouteId;
 
 /// Seconds in a day.
@@ -383,31 +383,6 @@ impl QuotaLedger {
     /// Whether the ledger is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Header items for a quota's two budgets, rendered once.
-#[derive(Debug, Clone)]
-pub struct QuotaItems {
-    /// For the request budget: `"<name>";q=N;w=86400`.
-    pub requests: Option<Arc<HeaderItem>>,
-    /// For the spend budget, in micro-dollars.
-    pub spend: Option<Arc<HeaderItem>>,
-}
-
-impl QuotaItems {
-    /// Renders the items of a quota.
-    pub fn new(name: &str, requests: Option<u64>, spend_micros: Option<u64>) -> Self {
-        Self {
-            requests: requests.map(|q| Arc::new(HeaderItem::for_daily(name, q, "requests"))),
-            spend: spend_micros.map(|q| {
-                Arc::new(HeaderItem::for_daily(
-                    &format!("{name}-usd"),
-                    q,
-                    "usd-micros",
-                ))
-            }),
-        }
     }
 }
 

@@ -1,13 +1,16 @@
 //! The compiled policy: what the engine decides with. Built by `palisade-config`, immutable
 //! while in use; a reload builds a new one.
 
+pub mod bots;
+pub mod rules;
+
 use std::sync::Arc;
 
 use http::HeaderName;
 
 use crate::clock::SECOND;
-use crate::detect::bots::BotsPolicy;
 use crate::model::principal::AuthRequirement;
+use crate::policy::bots::BotsPolicy;
 use crate::request::ipset::IpSet;
 use crate::request::route::PathPattern;
 use crate::request::route::RouteTable;
@@ -234,7 +237,7 @@ pub struct Policy {
     /// Behaviour and collective detection; `None` when `[behaviour]` is switched off.
     pub behaviour: Option<crate::behaviour::BehaviourPolicy>,
     /// Explicit rules; `None` when there are none.
-    pub rules: Option<crate::detect::rules::RulesPolicy>,
+    pub rules: Option<crate::policy::rules::RulesPolicy>,
 }
 
 /// Compiled `[intel]`.

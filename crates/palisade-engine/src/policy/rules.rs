@@ -1,0 +1,342 @@
+//! Explicit rules: CEL expressions over request facts and signals, each with an action.
+//!
+//! Rules run after every detector, in configuration order. A rule whose action is `score` adds
+//! a signal `rule/<name>` of its weight (every matching one does); the first matching rule with
+//! another action decides what the score would have: `allow` (nothing, whatever the score),
+//! `tag`, `delay` (progressive throttling), `challenge` or `block`. Rate limits and quotas still
+//! refuse what they refuse; the static allow list is the way to exempt a client from
+//! everything.
+//!
+//! Variables are resolved on demand (a rule that reads only `route` never builds the header
+//! map): see [`VARIABLES`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cel::common::types::{CelBool, CelInt, CelMap, CelMapKey, CelNull, CelString};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::{Context, Env, Program, Value};
+
+use crate::model::decision::Decision;
+use crate::model::facts::RequestFacts;
+
+/// Variables a rule may read, with what they hold.
+pub const VARIABLES: [(&str, &str); 17] = [
+    ("route", "the matched route's name"),
+    ("method", "the request method, e.g. \"GET\""),
+    ("path", "the path, without the query"),
+    ("query", "the raw query string (\"\" if none)"),
+    ("ip", "the client address"),
+    ("country", "ISO country code from [intel] (\"\" if unknown)"),
+    (
+        "asn",
+        "{number, name, category}: the client's network from [intel] (category \"\" if unknown)",
+    ),
+    ("tor", "whether the client is a Tor exit"),
+    (
+        "bot",
+        "{category, name, verified}: what the bot catalog made of the user agent",
+    ),
+    ("user_agent", "the User-Agent header (\"\" if none)"),
+    ("headers", "request headers by lowercase name (first value)"),
+    ("score", "the risk score from every signal so far (0-100)"),
+    (
+        "signals",
+        "signal name -> weight, e.g. signals[\"behaviour/errors\"]",
+    ),
+    ("authenticated", "whether a key or token was verified"),
+    ("api_key", "the key's id, or null"),
+    ("account", "the caller's account, or null"),
+    ("under_attack", "whether the route is in attack mode"),
+];
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    /// The score's action does not apply.
+    Allow,
+    /// Forward with score headers.
+    Tag,
+    /// Delay (progressive throttling).
+    Delay,
+    /// Challenge.
+    Challenge,
+    /// Refuse.
+    Block,
+    /// Add a signal of this weight; later rules still run.
+    Score(u8),
+}
+
+/// A compiled `[[rules]]` entry.
+#[derive(Clone)]
+pub struct RuleSpec {
+    /// Name (`rule/<name>` in logs).
+    pub name: Arc<str>,
+    /// The expression as written.
+    pub source: String,
+    /// Compiled.
+    pub program: Arc<Program>,
+    /// What it does.
+    pub action: RuleAction,
+    /// Logged as `would_<action>`, never enforced.
+    pub shadow: bool,
+}
+
+impl std::fmt::Debug for RuleSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSpec")
+            .field("name", &self.name)
+            .field("when", &self.source)
+            .field("action", &self.action)
+            .finish()
+    }
+}
+
+impl PartialEq for RuleSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.source == other.source
+            && self.action == other.action
+            && self.shadow == other.shadow
+    }
+}
+
+/// Compiled `[[rules]]`, with the environment they run in.
+#[derive(Clone)]
+pub struct RulesPolicy {
+    /// The CEL environment.
+    pub env: Arc<Env>,
+    /// The rules, in configuration order.
+    pub rules: Vec<RuleSpec>,
+}
+
+impl std::fmt::Debug for RulesPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.rules).finish()
+    }
+}
+
+/// The CEL environment rules compile and run in (the standard library and macros).
+pub fn environment() -> Arc<Env> {
+    Arc::new(Env::stdlib())
+}
+
+/// Compiles an expression, refusing unknown variables (a typo would otherwise never match).
+pub fn compile(env: &Env, source: &str) -> Result<Program, String> {
+    let program = env.compile(source).map_err(|e| e.to_string())?;
+    let refs = program.references();
+    let bound = comprehension_variables(source);
+    let unknown: Vec<&str> = refs
+        .variables()
+        .into_iter()
+        .filter(|v| !VARIABLES.iter().any(|(k, _)| k == v) && !bound.iter().any(|b| b == v))
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = VARIABLES.iter().map(|(k, _)| *k).collect();
+        return Err(format!(
+            "unknown variable{} `{}`; known: {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join("`, `"),
+            known.join(", ")
+        ));
+    }
+    Ok(program)
+}
+
+/// Names bound by the comprehension macros (`x` in `list.exists(x, ...)`), which the
+/// expression's references list as variables.
+fn comprehension_variables(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in ["all", "exists", "exists_one", "map", "filter"] {
+        let pat = format!(".{m}(");
+        let mut rest = source;
+        while let Some(i) = rest.find(&pat) {
+            rest = rest.get(i + pat.len()..).unwrap_or("");
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let after = rest.trim_start().get(name.len()..).unwrap_or("");
+            if !name.is_empty() && after.trim_start().starts_with(',') {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// Resolves a rule's variables from one request, on demand, each at most once (every rule of
+/// the pass shares them).
+pub struct Facts<'a> {
+    facts: &'a RequestFacts<'a>,
+    route: &'a str,
+    decision: &'a Decision,
+    score: u8,
+    cache: [std::sync::OnceLock<Option<Box<dyn Val + 'a>>>; VARIABLES.len()],
+}
+
+impl<'a> Facts<'a> {
+    /// A view of one request: its facts, route name, the decision so far and its score.
+    pub fn new(
+        facts: &'a RequestFacts<'a>,
+        route: &'a str,
+        decision: &'a Decision,
+        score: u8,
+    ) -> Self {
+        Self {
+            facts,
+            route,
+            decision,
+            score,
+            cache: std::array::from_fn(|_| std::sync::OnceLock::new()),
+        }
+    }
+}
+
+type Boxed<'a> = Box<dyn Val + 'a>;
+
+fn st(v: &str) -> Boxed<'_> {
+    Box::new(CelString::from(v))
+}
+
+fn owned(v: String) -> Boxed<'static> {
+    Box::new(CelString::from(std::borrow::Cow::Owned::<str>(v)))
+}
+
+fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, Boxed<'a>)>) -> Boxed<'a> {
+    let m: HashMap<CelMapKey<'a>, Boxed<'a>> = pairs
+        .into_iter()
+        .map(|(k, v)| (CelMapKey::String(CelString::from(k)), v))
+        .collect();
+    Box::new(CelMap::from(m))
+}
+
+impl<'a> Facts<'a> {
+    /// A variable's value, borrowing from the request where it can.
+    fn value(&self, name: &str) -> Option<Boxed<'a>> {
+        let f = self.facts;
+        let principal = f.auth.principal();
+        let d: &'a Decision = self.decision;
+        Some(match name {
+            "route" => st(self.route),
+            "method" => st(f.method.as_str()),
+            "path" => st(f.path),
+            "query" => st(f.query.unwrap_or("")),
+            "ip" => owned(f.client_ip.to_canonical().to_string()),
+            "country" => st(f.ip_info.map_or("", |i| &*i.country)),
+            "asn" => {
+                let (number, name, category) = match f.ip_info {
+                    Some(i) => (
+                        i64::from(i.asn),
+                        &*i.as_name,
+                        i.category.map_or("", |c| c.name()),
+                    ),
+                    None => (0, "", ""),
+                };
+                map([
+                    ("number", Box::new(CelInt::from(number)) as Boxed<'a>),
+                    ("name", st(name)),
+                    ("category", st(category)),
+                ])
+            }
+            "tor" => Box::new(CelBool::from(f.ip_info.is_some_and(|i| i.tor_exit))),
+            "bot" => {
+                let c = d.client.as_ref();
+                let verified = c
+                    .and_then(|c| c.verification.as_ref())
+                    .is_some_and(|(_, st)| *st == palisade_intel::verify::VerifyStatus::Verified);
+                map([
+                    ("category", st(c.map_or("", |c| c.category.name()))),
+                    ("name", st(c.and_then(|c| c.name.as_deref()).unwrap_or(""))),
+                    ("verified", Box::new(CelBool::from(verified)) as Boxed<'a>),
+                ])
+            }
+            "user_agent" => st(f
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")),
+            "headers" => {
+                let mut m: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
+                for (k, v) in f.headers {
+                    if let Ok(v) = v.to_str() {
+                        m.entry(CelMapKey::String(CelString::from(k.as_str())))
+                            .or_insert_with(|| st(v));
+                    }
+                }
+                Box::new(CelMap::from(m))
+            }
+            "score" => Box::new(CelInt::from(i64::from(self.score))),
+            "signals" => {
+                let mut m: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
+                for sig in d.signals.iter().filter(|x| !x.shadow) {
+                    m.insert(
+                        CelMapKey::String(CelString::from(&*sig.name)),
+                        Box::new(CelInt::from(i64::from(sig.weight))),
+                    );
+                }
+                Box::new(CelMap::from(m))
+            }
+            "authenticated" => Box::new(CelBool::from(principal.is_some())),
+            "api_key" => match principal.and_then(|p| p.key_id.as_deref()) {
+                Some(k) => st(k),
+                None => Box::new(CelNull),
+            },
+            "account" => match principal.and_then(|p| p.account.as_deref()) {
+                Some(a) => st(a),
+                None => Box::new(CelNull),
+            },
+            "under_attack" => Box::new(CelBool::from(d.under_attack)),
+            _ => return None,
+        })
+    }
+}
+
+impl VariableResolver for Facts<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let i = VARIABLES.iter().position(|(k, _)| *k == variable)?;
+        let slot = self.cache.get(i)?;
+        let val = slot.get_or_init(|| self.value(variable));
+        val.as_deref().map(CowVal::Borrowed)
+    }
+}
+
+/// Whether a rule matches: its expression evaluates to `true`. An error (a missing map key, a
+/// type mismatch) is no match; `Err` carries it for counting.
+pub fn matches(env: &Arc<Env>, rule: &RuleSpec, facts: &Facts<'_>) -> Result<bool, String> {
+    let mut ctx = Context::with_env(env.clone());
+    ctx.set_variable_resolver(facts);
+    match rule.program.execute(&ctx) {
+        Ok(Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("rule {} gave {other:?}, not a bool", rule.name)),
+        Err(e) => Err(format!("rule {}: {e}", rule.name)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_variables_are_refused_and_comprehension_variables_are_not() {
+        let env = environment();
+        assert!(compile(&env, "route == \"login\" && score > 3").is_ok());
+        assert!(compile(&env, "signals.exists(s, s.startsWith(\"behaviour/\"))").is_ok());
+        assert!(
+            compile(
+                &env,
+                "[1, 2].all(n, n > 0) && headers.exists_one(h, h == \"a\")"
+            )
+            .is_ok()
+        );
+        let e = compile(&env, "rout == \"x\" || signals.exists(s, s == nme)").unwrap_err();
+        assert!(
+            e.contains("`rout`") && e.contains("`nme`") && !e.contains("`s`"),
+            "{e}"
+        );
+        assert!(compile(&env, "route ==").is_err());
+    }
+}
