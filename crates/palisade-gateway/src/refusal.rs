@@ -67,6 +67,7 @@ pub enum Refusal {
 impl Refusal {
     /// The refusal a decision calls for, or `None` when the request is forwarded. The one place
     /// where actions and codes become answers: typed, never read from rule names.
+    #[inline]
     pub fn from_decision(d: &Decision) -> Option<Refusal> {
         Some(match d.action {
             Action::Allow | Action::Tag | Action::Delay { .. } => return None,

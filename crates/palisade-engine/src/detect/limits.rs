@@ -12,6 +12,7 @@ use crate::state::limiter::{LimitAction, Verdict};
 impl Engine {
     /// Counts the request in every matching limit. A verdict the shared store already gave
     /// (cluster mode) stands for the local table's.
+    #[inline]
     pub(crate) fn limits(
         &self,
         d: &mut Decision,

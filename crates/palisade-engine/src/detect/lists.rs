@@ -12,6 +12,7 @@ use crate::state::blocks::block_key;
 
 impl Engine {
     /// A denylisted client is refused before anything else.
+    #[inline]
     pub(crate) fn deny_listed(
         &self,
         d: &mut Decision,
@@ -31,6 +32,7 @@ impl Engine {
     }
 
     /// Honeypots: a trap path flags the client and answers as if nothing were there.
+    #[inline]
     pub(crate) fn honeypot(&self, d: &mut Decision, facts: &RequestFacts<'_>) -> Option<Decision> {
         let i = self
             .policy
@@ -54,6 +56,7 @@ impl Engine {
     }
 
     /// Blocks with a time to live, on any of the client's identities: a refusal, or a signal.
+    #[inline]
     pub(crate) fn blocked(&self, d: &mut Decision, facts: &RequestFacts<'_>) -> Option<Decision> {
         if self.blocks.is_empty() {
             return None;
@@ -83,6 +86,7 @@ impl Engine {
     }
 
     /// Whether the client is allowlisted (it then skips limits, quotas and checks).
+    #[inline]
     pub(crate) fn allow_listed(&self, facts: &RequestFacts<'_>) -> bool {
         let lists = &self.policy.lists;
         lists.allow.contains(facts.client_ip)

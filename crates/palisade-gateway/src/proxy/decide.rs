@@ -16,15 +16,6 @@ use crate::proxy::facts::Bounded;
 use crate::refusal::Refusal;
 use crate::{Runtime, Shared};
 
-/// The decision, and the daily quota reservations it holds (settled when the upstream answers,
-/// given back when dropped unsettled).
-pub struct Decided {
-    /// The engine's decision.
-    pub decision: Decision,
-    /// The reservations.
-    pub settlement: Option<QuotaCharge>,
-}
-
 /// What the store's failure means for one request.
 enum StoreFailure {
     /// Decide locally.
@@ -45,13 +36,15 @@ fn on_store_failure(store: &SharedStore, e: &dyn std::fmt::Display, what: &str) 
     }
 }
 
-/// Decides `facts` on `route`.
+/// Decides `facts` on `route`. The daily quota reservations the decision holds go to
+/// `settlement` (settled when the upstream answers, given back when dropped unsettled).
 pub async fn decide(
     shared: &Shared,
     rt: &Runtime,
     facts: &RequestFacts<'_>,
     route: RouteId,
-) -> Result<Decided, Bounded> {
+    settlement: &mut Option<QuotaCharge>,
+) -> Result<Decision, Bounded> {
     let t0 = Instant::now();
     // Batched cluster mode: decided locally; the charges are reconciled in the background.
     let batched = shared
@@ -123,12 +116,13 @@ pub async fn decide(
     let remote_holds = reserve_shared_quotas(shared, rt, &mut decision, facts.unix_ms).await?;
     // Quota reservations are settled when the upstream answers; dropped unsettled (refused,
     // client gone, upstream failed), they are given back.
-    let settlement = (!decision.quotas.is_empty())
-        .then(|| QuotaCharge::new(rt.engine.quota_settlement(&decision), remote_holds));
-    Ok(Decided {
-        decision,
-        settlement,
-    })
+    if !decision.quotas.is_empty() {
+        *settlement = Some(QuotaCharge::new(
+            rt.engine.quota_settlement(&decision),
+            remote_holds,
+        ));
+    }
+    Ok(decision)
 }
 
 /// Cluster mode: daily quotas are money, so a request about to be forwarded reserves them in the

@@ -20,6 +20,7 @@ use crate::wire::headers::names::X_REQUEST_ID;
 use crate::{Runtime, Shared};
 
 /// Answers the request when it is for one of Palisade's own endpoints.
+#[inline]
 pub fn serve(
     shared: &Shared,
     rt: &Runtime,

@@ -28,6 +28,7 @@ pub type Bounded = (Refusal, &'static str);
 
 /// Checks the request's bounds and protocol, and puts its path in canonical form (the path the
 /// upstream will receive). Returns what is ambiguous about the path, for the route to allow.
+#[inline]
 pub fn admit(rt: &Runtime, parts: &mut http::request::Parts) -> Result<Ambiguities, Bounded> {
     let server = &rt.compiled.server;
     let head_bytes: usize = parts
@@ -71,6 +72,7 @@ pub fn admit(rt: &Runtime, parts: &mut http::request::Parts) -> Result<Ambiguiti
 
 /// Whether the route takes the path's ambiguities (an ambiguous path goes only where its route
 /// says the upstream reads them as data).
+#[inline]
 pub fn path_allowed(rt: &Runtime, route: RouteId, ambiguities: Ambiguities) -> bool {
     ambiguities.is_empty()
         || rt

@@ -136,10 +136,8 @@ async fn respond(
     }
 
     // Decision.
-    let decide::Decided {
-        mut decision,
-        settlement,
-    } = match decide::decide(shared, rt, &facts, route).await {
+    let mut settlement = None;
+    let mut decision = match decide::decide(shared, rt, &facts, route, &mut settlement).await {
         Ok(d) => d,
         Err(b) => return refuse(b),
     };

@@ -17,6 +17,7 @@ use crate::wire::request_id::unit_random;
 use crate::{Runtime, Shared};
 
 /// The RateLimit headers of the decision's advertised limits, and the request id.
+#[inline]
 pub fn response_lines(rt: &Runtime, decision: &Decision, request_id: &str, lines: &mut HeadLines) {
     // The same advertised limits always render the same RateLimit-Policy: it is rendered once.
     let policy_set = rt.engine.policy_set(decision);
@@ -56,6 +57,7 @@ pub struct PendingRecord {
 }
 
 /// The record of a decision, if it is logged.
+#[inline]
 pub fn pending_record(
     rt: &Runtime,
     decision: &Decision,
@@ -114,6 +116,7 @@ pub struct Outcome<'a> {
 
 /// Settles a decided request after its answer: the store's corrections, behaviour's view of
 /// the status, metrics, and the decision log.
+#[inline]
 pub fn observe(
     shared: &Shared,
     rt: &Runtime,
