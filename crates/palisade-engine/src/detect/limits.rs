@@ -12,7 +12,8 @@ use crate::state::limiter::{LimitAction, Verdict};
 impl Engine {
     /// Counts the request in every matching limit. A verdict the shared store already gave
     /// (cluster mode) stands for the local table's.
-    #[inline]
+    // Called once per request: inlined into the pipeline, as it was before it had a file.
+    #[inline(always)]
     pub(crate) fn limits(
         &self,
         d: &mut Decision,

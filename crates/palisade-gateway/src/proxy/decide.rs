@@ -36,9 +36,62 @@ fn on_store_failure(store: &SharedStore, e: &dyn std::fmt::Display, what: &str) 
     }
 }
 
-/// Decides `facts` on `route`. The daily quota reservations the decision holds go to
+/// Decides `facts` on `route` without a shared store (nothing to wait for). The daily quota
+/// reservations the decision holds go to `settlement`.
+pub fn local(
+    shared: &Shared,
+    rt: &Runtime,
+    facts: &RequestFacts<'_>,
+    route: RouteId,
+    settlement: &mut Option<QuotaCharge>,
+) -> Decision {
+    let t0 = Instant::now();
+    let evaluated = rt.engine.evaluate_on(facts, route);
+    shared
+        .metrics
+        .decision_seconds
+        .observe(t0.elapsed().as_secs_f64());
+    let decision = or_engine_failure(shared, rt, evaluated, route);
+    if !decision.quotas.is_empty() {
+        *settlement = Some(QuotaCharge::new(
+            rt.engine.quota_settlement(&decision),
+            None,
+        ));
+    }
+    decision
+}
+
+/// The decision, or what `on_engine_error` makes of the engine's failure.
+fn or_engine_failure(
+    shared: &Shared,
+    rt: &Runtime,
+    evaluated: Result<Decision, palisade_engine::EngineError>,
+    route: RouteId,
+) -> Decision {
+    match evaluated {
+        Ok(d) => d,
+        Err(e) => {
+            shared.metrics.engine_errors.inc();
+            tracing::error!(error = %e, "engine failed; applying on_engine_error");
+            let (action, rule, code) = match rt.compiled.server.on_engine_error {
+                OnEngineError::Allow => (Action::Allow, "engine/fail_open", None),
+                OnEngineError::Deny => (
+                    Action::Block,
+                    "engine/fail_closed",
+                    Some(ClientCode::Unavailable),
+                ),
+            };
+            let mut d = Decision::new(route, Arc::from(rule));
+            d.action = action;
+            d.code = code;
+            d
+        }
+    }
+}
+
+/// Decides `facts` on `route` with the shared store (cluster mode). The daily quota reservations the decision holds go to
 /// `settlement` (settled when the upstream answers, given back when dropped unsettled).
-pub async fn decide(
+pub async fn shared(
     shared: &Shared,
     rt: &Runtime,
     facts: &RequestFacts<'_>,
@@ -91,25 +144,7 @@ pub async fn decide(
         .metrics
         .decision_seconds
         .observe(t0.elapsed().as_secs_f64());
-    let mut decision = match evaluated {
-        Ok(d) => d,
-        Err(e) => {
-            shared.metrics.engine_errors.inc();
-            tracing::error!(error = %e, "engine failed; applying on_engine_error");
-            let (action, rule, code) = match rt.compiled.server.on_engine_error {
-                OnEngineError::Allow => (Action::Allow, "engine/fail_open", None),
-                OnEngineError::Deny => (
-                    Action::Block,
-                    "engine/fail_closed",
-                    Some(ClientCode::Unavailable),
-                ),
-            };
-            let mut d = Decision::new(route, Arc::from(rule));
-            d.action = action;
-            d.code = code;
-            d
-        }
-    };
+    let mut decision = or_engine_failure(shared, rt, evaluated, route);
     if let Some((batcher, checks)) = &batched {
         batcher.record(&decision, checks);
     }

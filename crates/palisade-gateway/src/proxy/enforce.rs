@@ -24,8 +24,10 @@ pub enum Held {
     ClientGone,
 }
 
-/// Enforces `decision`: `Some(refusal)` to answer with, or `None` to forward (after any hold).
-pub async fn enforce(
+/// Holds a delayed request: `Some(refusal)` to answer with instead (its queue was full, or its
+/// client left), or `None` to forward it now. (Other actions need no hold:
+/// [`Refusal::from_decision`] says what they become.)
+pub async fn hold(
     shared: &Shared,
     rt: &Runtime,
     decision: &mut Decision,

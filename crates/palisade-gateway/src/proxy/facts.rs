@@ -113,30 +113,86 @@ pub struct Gathered {
     pub bot_verification: Option<(usize, palisade_intel::verify::VerifyStatus)>,
 }
 
-/// Gathers what the engine reads: credentials (verified once), a signed request's body and
-/// signature, a login's username, JA4H, address intelligence and a bot's claim.
-pub async fn gather(
+/// Gathers what the engine reads without waiting: credentials (verified once), JA4H, address
+/// intelligence and a bot's claim. A body the policy must read comes after ([`read_body`]).
+pub fn gather(
     shared: &Shared,
     rt: &Runtime,
     parts: &http::request::Parts,
     body: ClientBody,
     route: RouteId,
     client: std::net::IpAddr,
-    unix_ms: u64,
-) -> Result<Gathered, Bounded> {
-    let server = &rt.compiled.server;
+) -> Gathered {
     // The credentials are read once: for authentication and for the decoy-key check.
     let credentials = presented(rt, &parts.headers);
     let presented_key = credentials.0.map(str::to_owned);
-    let mut authn = match rt.compiled.policy.route(route) {
+    let authn = match rt.compiled.policy.route(route) {
         Some(spec) => authenticate(shared, rt, &parts.headers, spec, credentials),
         None => Authenticated::Anonymous,
     };
-    // A key that must sign its requests: the body is read (bounded) to check its digest.
-    let mut buffered: Option<Bytes> = None;
-    let mut body = Some(body);
-    if let Some(entry) = authn.key_needing_signature().cloned() {
-        let incoming = body
+    // JA4H, when the policy reads it (otherwise it is computed only for a logged decision).
+    let ja4h = rt.engine.wants_ja4h().then(|| ja4h_of(parts));
+    let ip_info = rt
+        .compiled
+        .policy
+        .intel
+        .as_ref()
+        .and_then(|i| i.db.lookup(client));
+    // A claim to be a verifiable bot (Googlebot, ...): its state, from ranges, cache or DNS.
+    let bot_verification = rt.compiled.policy.bots.as_ref().and_then(|b| {
+        if b.verified.is_empty() {
+            return None;
+        }
+        let ua = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())?;
+        let i = b.verified.iter().position(|v| v.claimed_by(ua))?;
+        let bot = b.verified.get(i)?;
+        Some((i, shared.verifier.status(bot, client, &b.dns_servers)))
+    });
+    Gathered {
+        presented_key,
+        authn,
+        buffered: None,
+        body: Some(body),
+        username: None,
+        ja4h,
+        ip_info,
+        bot_verification,
+    }
+}
+
+/// The stuffing route's settings, when `route` is it.
+fn stuffing_on(rt: &Runtime, route: RouteId) -> Option<&palisade_engine::behaviour::StuffingSpec> {
+    rt.compiled
+        .policy
+        .behaviour
+        .as_ref()
+        .and_then(|b| b.stuffing.as_ref())
+        .filter(|s| s.route == route)
+}
+
+/// Whether the policy must read the body before deciding: a key that signs its requests, or a
+/// login on the stuffing route.
+pub fn needs_body(rt: &Runtime, route: RouteId, g: &Gathered) -> bool {
+    g.authn.key_needing_signature().is_some() || stuffing_on(rt, route).is_some()
+}
+
+/// Reads the body the policy needs (bounded): checks a signed request's signature and digest,
+/// and takes a login's username (hashed by the engine, never kept).
+pub async fn read_body(
+    shared: &Shared,
+    rt: &Runtime,
+    parts: &http::request::Parts,
+    route: RouteId,
+    unix_ms: u64,
+    g: &mut Gathered,
+) -> Result<(), Bounded> {
+    let server = &rt.compiled.server;
+    if let Some(entry) = g.authn.key_needing_signature().cloned() {
+        let incoming = g
+            .body
             .take()
             .ok_or((Refusal::BadRequest, "bounds/body_read"))?;
         let bytes = read_bounded(shared, incoming, server.max_body_bytes).await?;
@@ -159,25 +215,15 @@ pub async fn gather(
         )
         .is_err()
         {
-            authn = Authenticated::Failed {
+            g.authn = Authenticated::Failed {
                 kind: PrincipalKind::ApiKey,
                 failure: AuthFailure::InvalidSignature,
             };
         }
-        buffered = Some(bytes);
+        g.buffered = Some(bytes);
     }
-    // A login on the stuffing route: the username is read from the (bounded) body, hashed by
-    // the engine and never kept.
-    let mut username: Option<Vec<u8>> = None;
-    if let Some(st) = rt
-        .compiled
-        .policy
-        .behaviour
-        .as_ref()
-        .and_then(|b| b.stuffing.as_ref())
-        .filter(|s| s.route == route)
-    {
-        let bytes = match (buffered.take(), body.take()) {
+    if let Some(st) = stuffing_on(rt, route) {
+        let bytes = match (g.buffered.take(), g.body.take()) {
             (Some(b), _) => Some(b),
             (None, Some(incoming)) => {
                 let max = server.max_body_bytes.min(st.max_body as u64);
@@ -186,41 +232,11 @@ pub async fn gather(
             (None, None) => None,
         };
         if let Some(b) = &bytes {
-            username = username_in(b, &st.username_field, &parts.headers);
+            g.username = username_in(b, &st.username_field, &parts.headers);
         }
-        buffered = bytes;
+        g.buffered = bytes;
     }
-    // JA4H, when the policy reads it (otherwise it is computed only for a logged decision).
-    let ja4h = rt.engine.wants_ja4h().then(|| ja4h_of(parts));
-    let ip_info = rt
-        .compiled
-        .policy
-        .intel
-        .as_ref()
-        .and_then(|i| i.db.lookup(client));
-    // A claim to be a verifiable bot (Googlebot, ...): its state, from ranges, cache or DNS.
-    let bot_verification = rt.compiled.policy.bots.as_ref().and_then(|b| {
-        if b.verified.is_empty() {
-            return None;
-        }
-        let ua = parts
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())?;
-        let i = b.verified.iter().position(|v| v.claimed_by(ua))?;
-        let bot = b.verified.get(i)?;
-        Some((i, shared.verifier.status(bot, client, &b.dns_servers)))
-    });
-    Ok(Gathered {
-        presented_key,
-        authn,
-        buffered,
-        body,
-        username,
-        ja4h,
-        ip_info,
-        bot_verification,
-    })
+    Ok(())
 }
 
 /// Reads a body up to `max` bytes; past that, or on a read error, the refusal to answer.

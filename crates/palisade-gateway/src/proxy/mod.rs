@@ -98,6 +98,12 @@ async fn respond(
         return refuse((Refusal::InvalidPath, "bounds/path"));
     }
     let unix_ms = shared.clock.unix_ms();
+    let mut gathered = facts::gather(shared, rt, &parts, body, route, client);
+    if facts::needs_body(rt, route, &gathered)
+        && let Err(b) = facts::read_body(shared, rt, &parts, route, unix_ms, &mut gathered).await
+    {
+        return refuse(b);
+    }
     let facts::Gathered {
         presented_key,
         authn,
@@ -107,10 +113,7 @@ async fn respond(
         ja4h,
         ip_info,
         bot_verification,
-    } = match facts::gather(shared, rt, &parts, body, route, client, unix_ms).await {
-        Ok(g) => g,
-        Err(b) => return refuse(b),
-    };
+    } = gathered;
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),
@@ -137,16 +140,25 @@ async fn respond(
 
     // Decision.
     let mut settlement = None;
-    let mut decision = match decide::decide(shared, rt, &facts, route, &mut settlement).await {
-        Ok(d) => d,
-        Err(b) => return refuse(b),
+    let mut decision = if shared.store.is_none() {
+        decide::local(shared, rt, &facts, route, &mut settlement)
+    } else {
+        match decide::shared(shared, rt, &facts, route, &mut settlement).await {
+            Ok(d) => d,
+            Err(b) => return refuse(b),
+        }
     };
     let route_label = rt.route_label(decision.route);
     let record = observe::pending_record(rt, &decision, &facts, &parts);
 
     // Enforcement, then forwarding.
     let gone = parts.extensions.get::<ClientGone>().cloned();
-    let (refusal, held) = enforce::enforce(shared, rt, &mut decision, client, gone.as_ref()).await;
+    let (refusal, held) = match decision.action {
+        palisade_engine::Action::Delay { .. } => {
+            enforce::hold(shared, rt, &mut decision, client, gone.as_ref()).await
+        }
+        _ => (Refusal::from_decision(&decision), enforce::Held::No),
+    };
     let response = match refusal {
         Some(r) => r.response(&request_id),
         None => {
