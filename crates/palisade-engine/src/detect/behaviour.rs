@@ -9,7 +9,7 @@ use crate::request::route::RouteId;
 
 impl Engine {
     /// Counts the request in behaviour's tables and adds what its detectors emitted.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn behaviour_signals(
         &self,
         d: &mut Decision,

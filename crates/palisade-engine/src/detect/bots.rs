@@ -17,7 +17,7 @@ use palisade_intel::verify::VerifyStatus;
 impl Engine {
     /// The bot catalog: what it makes of the user agent (and of a claim to be a verifiable
     /// bot), and what the policy does with it. Refuses (enforce mode) before any limit counts.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn bots(
         &self,
         d: &mut Decision,

@@ -8,7 +8,7 @@ use palisade_intel::headers::Inconsistency;
 
 impl Engine {
     /// Signals for what the catalog took for (or did not check as) a browser.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn header_consistency(&self, d: &mut Decision, facts: &RequestFacts<'_>) {
         let p = &self.policy;
         if let Some(hp) = &p.headers

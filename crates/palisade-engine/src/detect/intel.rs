@@ -8,7 +8,7 @@ use palisade_intel::ipinfo::AsnCategory;
 
 impl Engine {
     /// Signals from what is known of the client's address.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn intel(&self, d: &mut Decision, facts: &RequestFacts<'_>) {
         let p = &self.policy;
         if let (Some(ip), Some(intel)) = (facts.ip_info, &p.intel) {

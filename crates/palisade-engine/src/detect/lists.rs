@@ -12,7 +12,7 @@ use crate::state::blocks::block_key;
 
 impl Engine {
     /// A denylisted client is refused before anything else.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn deny_listed(
         &self,
         d: &mut Decision,
@@ -32,7 +32,7 @@ impl Engine {
     }
 
     /// Honeypots: a trap path flags the client and answers as if nothing were there.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn honeypot(&self, d: &mut Decision, facts: &RequestFacts<'_>) -> Option<Decision> {
         let i = self
             .policy
@@ -56,7 +56,7 @@ impl Engine {
     }
 
     /// Blocks with a time to live, on any of the client's identities: a refusal, or a signal.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn blocked(&self, d: &mut Decision, facts: &RequestFacts<'_>) -> Option<Decision> {
         if self.blocks.is_empty() {
             return None;
@@ -86,7 +86,7 @@ impl Engine {
     }
 
     /// Whether the client is allowlisted (it then skips limits, quotas and checks).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn allow_listed(&self, facts: &RequestFacts<'_>) -> bool {
         let lists = &self.policy.lists;
         lists.allow.contains(facts.client_ip)

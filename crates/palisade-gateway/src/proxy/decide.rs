@@ -38,6 +38,7 @@ fn on_store_failure(store: &SharedStore, e: &dyn std::fmt::Display, what: &str) 
 
 /// Decides `facts` on `route` without a shared store (nothing to wait for). The daily quota
 /// reservations the decision holds go to `settlement`.
+#[inline(always)]
 pub fn local(
     shared: &Shared,
     rt: &Runtime,
@@ -62,6 +63,7 @@ pub fn local(
 }
 
 /// The decision, or what `on_engine_error` makes of the engine's failure.
+#[inline(always)]
 fn or_engine_failure(
     shared: &Shared,
     rt: &Runtime,

@@ -115,6 +115,7 @@ pub struct Gathered {
 
 /// Gathers what the engine reads without waiting: credentials (verified once), JA4H, address
 /// intelligence and a bot's claim. A body the policy must read comes after ([`read_body`]).
+#[inline(always)]
 pub fn gather(
     shared: &Shared,
     rt: &Runtime,

@@ -104,16 +104,6 @@ async fn respond(
     {
         return refuse(b);
     }
-    let facts::Gathered {
-        presented_key,
-        authn,
-        buffered,
-        body,
-        username,
-        ja4h,
-        ip_info,
-        bot_verification,
-    } = gathered;
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),
@@ -123,15 +113,16 @@ async fn respond(
         peer_ip: peer.ip(),
         now,
         unix_ms,
-        auth: authn.as_auth(),
+        auth: gathered.authn.as_auth(),
         version: parts.version,
-        ja4h: ja4h.as_deref(),
-        ip_info: ip_info.as_ref(),
-        bot_verification,
-        username: username.as_deref(),
+        ja4h: gathered.ja4h.as_deref(),
+        ip_info: gathered.ip_info.as_ref(),
+        bot_verification: gathered.bot_verification,
+        username: gathered.username.as_deref(),
     };
     // A decoy key (published where only scrapers look) flags whoever presents it.
-    if let Some(i) = presented_key
+    if let Some(i) = gathered
+        .presented_key
         .as_deref()
         .and_then(|k| rt.engine.decoy_key(k))
     {
@@ -163,9 +154,9 @@ async fn respond(
         Some(r) => r.response(&request_id),
         None => {
             let out = forward::Outgoing {
-                authn: &authn,
-                buffered,
-                body,
+                authn: &gathered.authn,
+                buffered: gathered.buffered.take(),
+                body: gathered.body.take(),
                 peer: peer.ip(),
                 request_id: &request_id,
             };
