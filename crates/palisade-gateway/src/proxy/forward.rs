@@ -126,37 +126,6 @@ pub async fn forward(
         (None, None) => OutBody::Empty,
     };
     let host = host_value.as_ref().and_then(|v| v.to_str().ok());
-    send_upstream(
-        shared,
-        rt,
-        parts,
-        &added,
-        body,
-        settlement,
-        decision,
-        route_label,
-        host,
-    )
-    .await
-}
-
-/// Sends the request upstream and returns its response with a streaming body.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the arguments are the request's parts, not options"
-)]
-async fn send_upstream(
-    shared: &Shared,
-    rt: &Runtime,
-    parts: http::request::Parts,
-    added: &HeadLines,
-    body: OutBody,
-    settlement: Option<QuotaCharge>,
-    decision: &Decision,
-    route_label: &Arc<str>,
-    host: Option<&str>,
-) -> Result<Answer, Refusal> {
-    let server = &rt.compiled.server;
     let route = rt.compiled.policy.route(decision.route);
     let upstream = route
         .and_then(|r| rt.upstreams.get(r.upstream))
@@ -166,12 +135,41 @@ async fn send_upstream(
     let result = upstream
         .send(
             parts,
-            added,
+            &added,
             body,
             host,
             Duration::from_nanos(server.upstream_timeout),
         )
         .await;
+    answered(
+        shared,
+        rt,
+        upstream,
+        result,
+        started,
+        settlement,
+        decision,
+        route_label,
+    )
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the arguments are the exchange's parts, not options"
+)]
+/// What the upstream's answer (or failure) comes to: its response for the client, the spend and
+/// cost it reports charged, and its latency and failures counted.
+fn answered(
+    shared: &Shared,
+    rt: &Runtime,
+    upstream: &crate::client::Upstream,
+    result: Result<Answer, UpstreamError>,
+    started: Instant,
+    settlement: Option<QuotaCharge>,
+    decision: &Decision,
+    route_label: &Arc<str>,
+) -> Result<Answer, Refusal> {
+    let route = rt.compiled.policy.route(decision.route);
     let err_kind = |kind: &'static str| {
         shared
             .metrics
