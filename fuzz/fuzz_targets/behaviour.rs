@@ -87,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
         };
         if let Ok(d) = e.evaluate(&facts) {
             assert!(d.score <= 100);
-            e.observe_status(&d, status, facts.now);
+            e.observe_status(&d, status, palisade_engine::Origin::Upstream, facts.now);
         }
     }
 });

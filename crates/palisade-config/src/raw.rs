@@ -282,9 +282,18 @@ pub struct RawBots {
     /// Category -> `allow`, `allow_verified`, `signal` (default), `tag`, `challenge` or `block`.
     #[serde(default)]
     pub actions: BTreeMap<String, Spanned<String>>,
-    /// Bots whose claims are verified.
+    /// Bots whose claims are verified, beside (or, by name, instead of) the built-in ones.
     #[serde(default)]
     pub verify: Vec<RawVerifiedBot>,
+    /// Verify the major crawlers out of the box (Googlebot, Bingbot, Applebot, DuckDuckBot,
+    /// Yandex, Baidu, Amazonbot, PetalBot, OpenAI's and Perplexity's agents) by their operators'
+    /// published reverse-DNS domains and, where loaded, ranges. Default true.
+    pub verify_builtin: Option<bool>,
+    /// Published range files for the built-in bots, by name (`gptbot = "/etc/palisade/gptbot.json"`):
+    /// the `{"prefixes": [...]}` JSON their operators publish, or CIDR lists. Reloaded when they
+    /// change; a bot that publishes only ranges is unverifiable until its file is given.
+    #[serde(default)]
+    pub ranges: BTreeMap<String, Spanned<String>>,
     /// What a claimant gets while its DNS check is pending: `allow` (default), `challenge`,
     /// `block`.
     pub pending: Option<Spanned<String>>,

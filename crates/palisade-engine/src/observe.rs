@@ -7,10 +7,24 @@ use crate::state::limiter::{Algorithm, Unit};
 
 use crate::engine::*;
 
+/// Who answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The upstream (the answer is evidence about the client).
+    Upstream,
+    /// The gateway itself: a refusal, a bound, an upstream failure.
+    Gateway,
+}
+
 impl Engine {
     /// Records the answer a decided request got, for behaviour (status mix, 429s, failed
     /// logins, flow steps, route baselines).
-    pub fn observe_status(&self, d: &Decision, status: u16, now: Nanos) {
+    ///
+    /// `origin` says who answered: only the upstream's answers are evidence about the client
+    /// (its error share, failed logins, a route's baseline). An answer the gateway gave itself
+    /// (a refusal, a 502) is not held against the client — except a 429's `Retry-After`, which
+    /// the client must honour whoever set it.
+    pub fn observe_status(&self, d: &Decision, status: u16, origin: Origin, now: Nanos) {
         let (Some(b), Some(trace)) = (&self.behaviour, &d.trace) else {
             return;
         };
@@ -19,7 +33,7 @@ impl Engine {
             _ if status == 429 => SECOND,
             _ => 0,
         };
-        b.observe(trace, status, retry_after, now);
+        b.observe(trace, status, origin == Origin::Upstream, retry_after, now);
     }
 
     /// Charges (or refunds) the difference between what the upstream reported a request cost

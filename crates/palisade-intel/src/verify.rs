@@ -21,6 +21,9 @@ pub enum VerifyStatus {
     Spoofed,
     /// A DNS check is under way.
     Pending,
+    /// Nothing to check the claim against (a bot that publishes only ranges, none loaded): not
+    /// verified, but not known to be false either.
+    Unverifiable,
 }
 
 impl VerifyStatus {
@@ -30,6 +33,7 @@ impl VerifyStatus {
             VerifyStatus::Verified => "verified",
             VerifyStatus::Spoofed => "spoofed",
             VerifyStatus::Pending => "pending",
+            VerifyStatus::Unverifiable => "unverifiable",
         }
     }
 }
@@ -161,6 +165,8 @@ impl VerifiedBot {
     pub fn check_without_dns(&self, ip: IpAddr) -> Option<VerifyStatus> {
         if self.in_ranges(ip) {
             Some(VerifyStatus::Verified)
+        } else if self.rdns.is_empty() && self.ranges.is_empty() {
+            Some(VerifyStatus::Unverifiable)
         } else if self.rdns.is_empty() {
             Some(VerifyStatus::Spoofed)
         } else {
@@ -168,6 +174,103 @@ impl VerifiedBot {
         }
     }
 }
+
+/// A crawler whose operator publishes how to verify it, as built in.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltinBot {
+    /// Name in logs and in `[bots.ranges]`.
+    pub name: &'static str,
+    /// Regular expression (case-insensitive) on user agents that claim to be it.
+    pub claims: &'static str,
+    /// Domains its forward-confirmed reverse DNS names end in (empty: ranges only).
+    pub rdns: &'static [&'static str],
+    /// Where its operator publishes its address ranges (`{"prefixes": [...]}`), if anywhere.
+    pub ranges_url: Option<&'static str>,
+}
+
+/// When the built-in verification rules were last checked against the operators' documentation.
+pub const BUILTIN_AS_OF: &str = "2026-12-06";
+
+/// The crawlers verified out of the box (when a category is `allow_verified` and the config
+/// names no bot of the same name), from each operator's published instructions (see the README,
+/// "Verified good bots"). Those that publish only ranges are verified once their ranges are
+/// loaded (`[bots.ranges]`); until then their claims are unverifiable, never verified.
+pub const BUILTIN: &[BuiltinBot] = &[
+    BuiltinBot {
+        name: "googlebot",
+        claims: r"Googlebot|Google-InspectionTool|GoogleOther|Storebot-Google|AdsBot-Google|Mediapartners-Google|APIs-Google|FeedFetcher-Google|Google-Site-Verification",
+        rdns: &["googlebot.com", "google.com", "googleusercontent.com"],
+        ranges_url: Some(
+            "https://developers.google.com/static/search/apis/ipranges/googlebot.json",
+        ),
+    },
+    BuiltinBot {
+        name: "bingbot",
+        claims: r"bingbot|BingPreview|msnbot|adidxbot",
+        rdns: &["search.msn.com"],
+        ranges_url: Some("https://www.bing.com/toolbox/bingbot.json"),
+    },
+    BuiltinBot {
+        name: "applebot",
+        claims: r"Applebot",
+        rdns: &["applebot.apple.com"],
+        ranges_url: Some("https://search.developer.apple.com/applebot.json"),
+    },
+    BuiltinBot {
+        name: "duckduckbot",
+        claims: r"DuckDuckBot|DuckAssistBot",
+        rdns: &[],
+        ranges_url: Some("https://duckduckgo.com/duckduckbot.json"),
+    },
+    BuiltinBot {
+        name: "yandexbot",
+        claims: r"YandexBot|YandexImages|YandexMobileBot|YandexAccessibilityBot",
+        rdns: &["yandex.ru", "yandex.net", "yandex.com"],
+        ranges_url: None,
+    },
+    BuiltinBot {
+        name: "baiduspider",
+        claims: r"Baiduspider",
+        rdns: &["baidu.com", "baidu.jp"],
+        ranges_url: None,
+    },
+    BuiltinBot {
+        name: "amazonbot",
+        claims: r"Amazonbot",
+        rdns: &["crawl.amazonbot.amazon"],
+        ranges_url: None,
+    },
+    BuiltinBot {
+        name: "petalbot",
+        claims: r"PetalBot",
+        rdns: &["petalsearch.com"],
+        ranges_url: None,
+    },
+    BuiltinBot {
+        name: "gptbot",
+        claims: r"GPTBot",
+        rdns: &[],
+        ranges_url: Some("https://openai.com/gptbot.json"),
+    },
+    BuiltinBot {
+        name: "oai-searchbot",
+        claims: r"OAI-SearchBot",
+        rdns: &[],
+        ranges_url: Some("https://openai.com/searchbot.json"),
+    },
+    BuiltinBot {
+        name: "chatgpt-user",
+        claims: r"ChatGPT-User",
+        rdns: &[],
+        ranges_url: Some("https://openai.com/chatgpt-user.json"),
+    },
+    BuiltinBot {
+        name: "perplexitybot",
+        claims: r"PerplexityBot",
+        rdns: &[],
+        ranges_url: Some("https://www.perplexity.ai/perplexitybot.json"),
+    },
+];
 
 #[cfg(test)]
 mod tests {
@@ -214,5 +317,49 @@ mod tests {
             Some(VerifyStatus::Spoofed)
         );
         assert!(parse_ranges("{\"prefixes\": [{\"ipv4Prefix\": \"nope\"}]}").is_err());
+    }
+
+    #[test]
+    fn builtins_compile_and_claims_name_their_bot() {
+        for b in BUILTIN {
+            let v = VerifiedBot::new(b.name, b.claims, Vec::new(), Vec::new()).unwrap();
+            assert!(
+                b.rdns
+                    .iter()
+                    .all(|d| !d.starts_with('.') && d.contains('.')),
+                "{}",
+                b.name
+            );
+            let _ = v;
+        }
+        let claim = |ua: &str| {
+            BUILTIN
+                .iter()
+                .find(|b| {
+                    VerifiedBot::new(b.name, b.claims, Vec::new(), Vec::new())
+                        .unwrap()
+                        .claimed_by(ua)
+                })
+                .map(|b| b.name)
+        };
+        assert_eq!(
+            claim("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"),
+            Some("googlebot")
+        );
+        assert_eq!(
+            claim("Mozilla/5.0 (compatible; bingbot/2.0)"),
+            Some("bingbot")
+        );
+        assert_eq!(
+            claim("Mozilla/5.0 AppleWebKit/537.36 (compatible; GPTBot/1.2)"),
+            Some("gptbot")
+        );
+        assert_eq!(claim("curl/8.5.0"), None);
+        // Without ranges or DNS domains, a claim is unverifiable: neither verified nor false.
+        let bare = VerifiedBot::new("gptbot", "GPTBot", Vec::new(), Vec::new()).unwrap();
+        assert_eq!(
+            bare.check_without_dns("203.0.113.9".parse().unwrap()),
+            Some(VerifyStatus::Unverifiable)
+        );
     }
 }

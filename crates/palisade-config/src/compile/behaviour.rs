@@ -134,11 +134,12 @@ pub(super) fn compile_behaviour(
             "enumeration_distinct" => count(&mut t.enumeration_distinct, c),
             "cache_busting_distinct" => count(&mut t.cache_busting_distinct, c),
             "group_keys" => count(&mut t.group_keys, c),
+            "shared_source_networks" => count(&mut t.shared_source_networks, c),
             other => c.at(
                 sp(v),
                 "behaviour.thresholds",
                 format!(
-                    "unknown threshold `{other}`; known: min_requests, regular_min_gaps, regular_cv, one_route_share, error_share, ignored_429s, user_agents, ips, countries, asns, keys_per_source, enumeration_run, enumeration_distinct, cache_busting_distinct, group_keys"
+                    "unknown threshold `{other}`; known: min_requests, regular_min_gaps, regular_cv, one_route_share, error_share, ignored_429s, user_agents, ips, countries, asns, keys_per_source, enumeration_run, enumeration_distinct, cache_busting_distinct, group_keys, shared_source_networks"
                 ),
             ),
         }

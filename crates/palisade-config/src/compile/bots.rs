@@ -70,6 +70,61 @@ pub(super) fn compile_bots(
         None => 10_000,
     };
     let mut verified = Vec::new();
+    // The built-in crawlers, unless the config names one itself.
+    if b.verify_builtin != Some(false) {
+        for bot in palisade_intel::verify::BUILTIN {
+            if b.verify.iter().any(|v| v.name.get_ref() == bot.name) {
+                continue;
+            }
+            let mut ranges = Vec::new();
+            if let Some(r) = b.ranges.get(bot.name) {
+                let file = base.join(r.get_ref().strip_prefix("file:").unwrap_or(r.get_ref()));
+                match std::fs::read_to_string(&file) {
+                    Ok(text) => match palisade_intel::verify::parse_ranges(&text) {
+                        Ok(rs) => {
+                            files.push(file);
+                            ranges = rs;
+                        }
+                        Err(e) => c.at(
+                            sp(r),
+                            format!("bots.ranges.{}", bot.name),
+                            format!("`{}`: {e}", file.display()),
+                        ),
+                    },
+                    Err(e) => c.at(
+                        sp(r),
+                        format!("bots.ranges.{}", bot.name),
+                        format!("cannot read `{}`: {e}", file.display()),
+                    ),
+                }
+            }
+            let rdns = bot.rdns.iter().map(|d| (*d).to_owned()).collect();
+            if let Ok(vb) =
+                palisade_intel::verify::VerifiedBot::new(bot.name, bot.claims, ranges, rdns)
+            {
+                verified.push(Arc::new(vb));
+            }
+        }
+    }
+    for (name, r) in &b.ranges {
+        if !palisade_intel::verify::BUILTIN
+            .iter()
+            .any(|x| x.name == name)
+        {
+            let known: Vec<&str> = palisade_intel::verify::BUILTIN
+                .iter()
+                .map(|x| x.name)
+                .collect();
+            c.at(
+                sp(r),
+                format!("bots.ranges.{name}"),
+                format!(
+                    "no built-in bot `{name}` (known: {}); give your own as [[bots.verify]]",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
     for (i, v) in b.verify.iter().enumerate() {
         let path = format!("bots.verify[{i}]");
         let mut ranges = Vec::new();

@@ -156,6 +156,9 @@ impl Behaviour {
             .find(|c| c.route == route)
             .map(|c| self.busting_hash(route, facts.query, &c.params));
         let route_bucket = route % ROUTE_BUCKETS;
+        // The client's network (whether or not prefixes are tracked), for telling co-located
+        // groups from unrelated clients that share a library or a cloud.
+        let prefix_key = Some(self.ip_key(Dim::Prefix, facts.client_ip.to_canonical()));
         let anonymous = principal.is_none();
         let flow_slots = self.flow_slots();
         let mut emitted: [u8; SIGS] = [0; SIGS];
@@ -233,6 +236,13 @@ impl Behaviour {
                             }
                         }
                         if d.is_source() {
+                            // Behind a fingerprint or an ASN: the networks it is seen from
+                            // (the address slot is unused on these dimensions).
+                            if matches!(d, Dim::Ja4h | Dim::Asn)
+                                && let Some(net) = prefix_key
+                            {
+                                f.add_distinct(Distinct::Ips, net);
+                            }
                             if let Some(h) = key_hash {
                                 f.add_distinct(Distinct::Keys, h);
                             }
@@ -323,7 +333,11 @@ impl Behaviour {
                                 fire(Sig::ManyAsns);
                             }
                         }
-                        if d.is_source() {
+                        // A fingerprint or ASN seen from many networks is shared by unrelated
+                        // clients (a library, a cloud): the keys behind it are no group.
+                        let co_located = !matches!(d, Dim::Ja4h | Dim::Asn)
+                            || f.distinct(Distinct::Ips) < t.shared_source_networks;
+                        if d.is_source() && co_located {
                             if f.distinct(Distinct::Keys) >= t.keys_per_source {
                                 fire(match d {
                                     Dim::Ip => Sig::KeysPerIp,
@@ -335,15 +349,17 @@ impl Behaviour {
                             if f.distinct(Distinct::Accounts) >= t.keys_per_source {
                                 fire(Sig::AccountsPerSource);
                             }
-                            if let Some(s) = &p.stuffing {
-                                let failed = f.est(now, p.window, |c| u32::from(c.failed_logins));
-                                let logins = f.est(now, p.window, |c| u32::from(c.logins));
-                                if failed >= s.min_failures as f32
-                                    && f.distinct(Distinct::Usernames) >= s.min_usernames
-                                    && failed >= s.failure_share * logins.max(1.0)
-                                {
-                                    fire(Sig::StuffingSource);
-                                }
+                        }
+                        if d.is_source()
+                            && let Some(s) = &p.stuffing
+                        {
+                            let failed = f.est(now, p.window, |c| u32::from(c.failed_logins));
+                            let logins = f.est(now, p.window, |c| u32::from(c.logins));
+                            if failed >= s.min_failures as f32
+                                && f.distinct(Distinct::Usernames) >= s.min_usernames
+                                && failed >= s.failure_share * logins.max(1.0)
+                            {
+                                fire(Sig::StuffingSource);
                             }
                         }
                         if !d.judges_walks() {
@@ -447,7 +463,8 @@ impl Behaviour {
         if let (Some(created), Some(k)) = (key_created_ms, key_hash)
             && facts.unix_ms.saturating_sub(created) < 24 * 3_600_000
         {
-            let cohort = hash_one(&self.hasher, 10, created / 3_600_000);
+            // Onboarding creates keys together; a swarm's keys are also used from one network.
+            let cohort = hash_one(&self.hasher, 10, (created / 3_600_000, prefix_key));
             if let Some(n) = self
                 .cohorts
                 .with(cohort, Group::default, |g| g.add(now, p.window, k))
@@ -539,17 +556,29 @@ impl Behaviour {
 
     /// Records the answer to a request: status mix, 429s and their `Retry-After`, failed
     /// logins, successful flow steps, the route's baseline.
-    pub fn observe(&self, trace: &Trace, status: u16, retry_after: Nanos, now: Nanos) {
+    /// `upstream`: the upstream answered. The gateway's own answers (refusals, bounds) are no
+    /// evidence about the client, except that a 429 starts a `Retry-After` it must honour.
+    pub fn observe(
+        &self,
+        trace: &Trace,
+        status: u16,
+        upstream: bool,
+        retry_after: Nanos,
+        now: Nanos,
+    ) {
         let p = &self.policy;
-        let failed_login = p
-            .stuffing
-            .as_ref()
-            .is_some_and(|s| s.route == trace.route && s.failure_status.contains(&status));
+        if !upstream && status != 429 {
+            return;
+        }
+        let failed_login = upstream
+            && p.stuffing
+                .as_ref()
+                .is_some_and(|s| s.route == trace.route && s.failure_status.contains(&status));
         let flow_slot = self
             .flow_slots()
             .iter()
             .position(|r| *r == trace.route)
-            .filter(|_| status < 400);
+            .filter(|_| upstream && status < 400);
         for d in Dim::ALL {
             let (Some(Some(table)), Some(Some(key))) =
                 (self.tables.get(d.index()), trace.keys.get(d.index()))
@@ -607,7 +636,7 @@ impl Behaviour {
                 });
             }
         }
-        if status == 401 || status == 403 || status >= 500 || failed_login {
+        if upstream && (status == 401 || status == 403 || status >= 500 || failed_login) {
             self.count_route(trace.route, now, true);
         }
     }

@@ -315,7 +315,7 @@ mod tests {
         let mut out = Vec::new();
         let created = r.principal.and_then(|p| p.created_ms);
         let trace = b.assess(&facts, route, r.username, created, &mut out);
-        b.observe(&trace, status, SECOND, now);
+        b.observe(&trace, status, true, SECOND, now);
         out.iter()
             .map(|e| match Sig::ALL.get(e.index) {
                 Some(s) => s.name().to_owned(),
@@ -716,6 +716,24 @@ mod tests {
             }
         }
         assert!(has(&last, "collective/similar_keys"), "{last:?}");
+        // Created together but used from their own networks: onboarding, not a cohort.
+        assert!(!has(&last, "collective/key_cohort"), "{last:?}");
+
+        // Twelve keys created together and used from one network: a cohort.
+        let created = created + 7_200_000;
+        let swarm: Vec<Principal> = (0..12)
+            .map(|i| key(&format!("pal_c{i:011}"), Some(created)))
+            .collect();
+        let mut last = Vec::new();
+        for (i, k) in swarm.iter().enumerate() {
+            let ip = format!("203.0.113.{}", i + 1);
+            let r = Req {
+                ip: &ip,
+                principal: Some(k),
+                ..Req::default()
+            };
+            last = send(&b, &r, ITEMS, 80 * SECOND + i as u64, 200);
+        }
         assert!(has(&last, "collective/key_cohort"), "{last:?}");
     }
 

@@ -266,8 +266,13 @@ pub struct Thresholds {
     pub enumeration_distinct: u32,
     /// Distinct non-resource parameter values on cache-key routes.
     pub cache_busting_distinct: u32,
-    /// Keys sharing one behaviour signature (or one creation hour) before they form a group.
+    /// Keys sharing one behaviour signature (or one creation hour and network) before they form
+    /// a group.
     pub group_keys: u32,
+    /// Networks (/24, IPv6 /48) behind a fingerprint or an ASN from which it is a common client
+    /// library or a big network shared by unrelated clients: keys and accounts behind it are
+    /// then no group (only co-located ones are, on the address and prefix dimensions).
+    pub shared_source_networks: u32,
 }
 
 impl Default for Thresholds {
@@ -288,6 +293,7 @@ impl Default for Thresholds {
             enumeration_distinct: 40,
             cache_busting_distinct: 20,
             group_keys: 10,
+            shared_source_networks: 4,
         }
     }
 }

@@ -35,6 +35,7 @@ impl Engine {
                 name: self.rule_guessing.clone(),
                 weight: 100,
                 shadow: false,
+                discounted: false,
             });
             d.score = 100;
             let mut out = d.clone();
@@ -79,6 +80,7 @@ impl Engine {
                     name: rule.clone(),
                     weight: 10,
                     shadow: false,
+                    discounted: false,
                 });
                 if !verdict.allowed || verdict.remaining == 0 {
                     return Some(guessing(d));

@@ -21,12 +21,18 @@ impl Engine {
             let created = facts.auth.principal().and_then(|p| p.created_ms);
             d.trace = Some(b.assess(facts, route, facts.username, created, &mut emitted));
             d.under_attack = b.under_attack(route);
+            let keyed = crate::detect::trust::keyed(facts);
             for e in emitted {
                 if let Some(name) = self.behaviour_names.get(e.index) {
+                    // Flows (indexes past the signals) are policy, never a habit.
+                    let habit = crate::behaviour::Sig::ALL
+                        .get(e.index)
+                        .is_some_and(|s| crate::detect::trust::is_habit(*s));
                     d.signals.push(Signal {
                         name: name.clone(),
                         weight: e.weight,
                         shadow: false,
+                        discounted: keyed && habit,
                     });
                 }
             }

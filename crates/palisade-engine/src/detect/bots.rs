@@ -50,6 +50,9 @@ impl Engine {
                             rule = self.rule_unverified.clone();
                         }
                     }
+                    // Nothing to check it against: the claim stands as the catalog's category
+                    // (never verified, never held to be false).
+                    VerifyStatus::Unverifiable => {}
                 }
             }
             if action == BotAction::AllowVerified {
@@ -68,6 +71,7 @@ impl Engine {
                     name: rule.clone(),
                     weight: bots.weight,
                     shadow: false,
+                    discounted: false,
                 });
             }
             match action {

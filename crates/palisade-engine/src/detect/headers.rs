@@ -37,6 +37,7 @@ impl Engine {
                         name: name.clone(),
                         weight: hp.weight,
                         shadow: false,
+                        discounted: crate::detect::trust::keyed(facts),
                     });
                 }
             }

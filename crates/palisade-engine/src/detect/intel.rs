@@ -25,6 +25,9 @@ impl Engine {
                         name: name.clone(),
                         weight: w,
                         shadow: false,
+                        // The network a verified caller runs on (a cloud, a VPN) is a habit,
+                        // not evidence about it; a Tor exit is not discounted.
+                        discounted: crate::detect::trust::keyed(facts),
                     });
                 }
             }
@@ -36,6 +39,7 @@ impl Engine {
                     name: name.clone(),
                     weight: intel.tor_weight,
                     shadow: false,
+                    discounted: false,
                 });
             }
         }

@@ -49,6 +49,7 @@ impl Engine {
                     name: signal.clone(),
                     weight: spec.weight,
                     shadow,
+                    discounted: false,
                 });
                 let action = match spec.action {
                     LimitAction::Delay { max_delay, .. } if verdict.retry_after <= max_delay => {

@@ -26,6 +26,7 @@ impl Engine {
             name: self.rule_deny.clone(),
             weight: 100,
             shadow: false,
+            discounted: false,
         });
         d.score = 100;
         Some(self.finish(d.clone(), Action::Block, self.rule_deny.clone()))
@@ -49,6 +50,7 @@ impl Engine {
             name: rule.clone(),
             weight: 100,
             shadow: false,
+            discounted: false,
         });
         d.score = 100;
         d.code = Some(ClientCode::NotFound);
@@ -70,6 +72,7 @@ impl Engine {
                     name: rule.clone(),
                     weight: 100,
                     shadow: false,
+                    discounted: false,
                 });
                 d.score = 100;
                 Some(self.finish(d.clone(), Action::Block, rule))
@@ -79,6 +82,7 @@ impl Engine {
                     name: rule,
                     weight: w,
                     shadow: false,
+                    discounted: false,
                 });
                 None
             }

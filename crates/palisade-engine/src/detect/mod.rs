@@ -12,6 +12,7 @@ pub mod lists;
 pub mod quotas;
 pub mod rules;
 pub mod score;
+pub mod trust;
 
 use std::sync::Arc;
 

@@ -40,6 +40,7 @@ impl Engine {
                 name: self.rule_key_limit.clone(),
                 weight: 50,
                 shadow: false,
+                discounted: false,
             });
             let action = Action::Limit {
                 retry_after: verdict.retry_after,
@@ -165,6 +166,7 @@ impl Engine {
             name: rule.clone(),
             weight: 50,
             shadow: self.policy.mode == Mode::Shadow,
+            discounted: false,
         });
         Action::Limit {
             retry_after: reset.saturating_mul(SECOND),

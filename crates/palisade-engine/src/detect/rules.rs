@@ -44,6 +44,7 @@ impl crate::engine::Engine {
                         name: name.clone(),
                         weight: w,
                         shadow: r.shadow,
+                        discounted: false,
                     });
                 }
             }

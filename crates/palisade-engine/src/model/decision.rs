@@ -91,6 +91,10 @@ pub struct Signal {
     pub weight: u8,
     /// Whether the signal comes from a shadowed rule (logged, never enforced).
     pub shadow: bool,
+    /// Whether the signal is an anonymous client's habit observed on a verified principal
+    /// (walking ids, steady timing, one route, an HTTP library, a hosting network): logged and
+    /// explained, never counted into the score of a key or token (see [`crate::detect::trust`]).
+    pub discounted: bool,
 }
 
 /// How one limit judged the request.
@@ -190,7 +194,7 @@ impl Decision {
     pub fn signal_score(&self, with_shadowed: bool) -> u8 {
         self.signals
             .iter()
-            .filter(|s| with_shadowed || !s.shadow)
+            .filter(|s| !s.discounted && (with_shadowed || !s.shadow))
             .fold(0u32, |acc, s| acc + u32::from(s.weight))
             .min(100) as u8
     }

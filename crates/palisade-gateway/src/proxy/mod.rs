@@ -150,6 +150,7 @@ async fn respond(
         }
         _ => (Refusal::from_decision(&decision), enforce::Held::No),
     };
+    let mut origin = palisade_engine::Origin::Gateway;
     let response = match refusal {
         Some(r) => r.response(&request_id),
         None => {
@@ -164,6 +165,7 @@ async fn respond(
                 .await
             {
                 Ok(upstream) => {
+                    origin = palisade_engine::Origin::Upstream;
                     extra.fields = upstream.fields;
                     upstream.response
                 }
@@ -179,6 +181,7 @@ async fn respond(
         client,
         route_label: &route_label,
         status: response.status().as_u16(),
+        origin,
         held,
         arrived: now,
     };

@@ -108,6 +108,8 @@ pub struct Outcome<'a> {
     pub route_label: &'a Arc<str>,
     /// The status the client got.
     pub status: u16,
+    /// Who gave it: the upstream, or the gateway itself.
+    pub origin: palisade_engine::Origin,
     /// How a hold went.
     pub held: Held,
     /// When the request arrived (engine clock).
@@ -129,7 +131,7 @@ pub fn observe(
         store.adjust(std::mem::take(&mut decision.shared_adjust));
     }
     rt.engine
-        .observe_status(decision, outcome.status, shared.clock.now());
+        .observe_status(decision, outcome.status, outcome.origin, shared.clock.now());
     let (action, rule): (&'static str, Arc<str>) = match outcome.held {
         Held::QueueFull => ("limit", Arc::from(format!("{}/queue_full", decision.rule))),
         Held::ClientGone => ("delay", Arc::from(format!("{}/client_gone", decision.rule))),
@@ -182,6 +184,7 @@ pub fn observe(
                 signal: s.name.to_string(),
                 weight: s.weight,
                 shadow: s.shadow,
+                discounted: s.discounted,
             })
             .collect(),
         shadow: decision.is_shadowed(),

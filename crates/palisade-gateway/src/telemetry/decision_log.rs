@@ -57,6 +57,9 @@ pub struct Reason {
     /// Shadowed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// An anonymous client's habit seen on a verified key or token: shown, not scored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub discounted: bool,
 }
 
 /// A limit's verdict in the log.

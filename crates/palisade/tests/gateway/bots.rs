@@ -284,3 +284,134 @@ impl Drop for Dns {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_verified_verifies_the_major_crawlers_with_no_verify_entries() {
+    let up = upstream().await;
+    // Google's documented example: 66.249.66.1 is crawl-66-249-66-1.googlebot.com and back.
+    let dns = dnsmasq(
+        &[
+            ("66.249.66.1", "crawl-66-249-66-1.googlebot.com"),
+            ("198.51.100.44", "bot.evil.example"),
+            ("157.55.33.18", "msnbot-157-55-33-18.search.msn.com"),
+        ],
+        &[
+            ("crawl-66-249-66-1.googlebot.com", "66.249.66.1"),
+            ("msnbot-157-55-33-18.search.msn.com", "157.55.33.18"),
+        ],
+    );
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        &format!(
+            r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[bots]
+dns_servers = ["127.0.0.1:{port}"]
+
+[bots.actions]
+search_engine = "allow_verified"
+"#,
+            port = dns.port
+        ),
+    )));
+    const GOOGLEBOT: &str =
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    const BINGBOT: &str = "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)";
+    let from = |ip: &'static str, ua: &'static str| {
+        let url = g.url("/x");
+        async move {
+            send(
+                "GET",
+                &url,
+                &[("x-forwarded-for", ip), ("user-agent", ua)],
+                "",
+            )
+            .await
+            .status
+            .as_u16()
+        }
+    };
+    // The first request of a claimant waits for nothing (pending is allowed by default); the
+    // verdict follows within the DNS round trips.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut seen = (0, 0, 0);
+    while std::time::Instant::now() < deadline {
+        seen = (
+            from("66.249.66.1", GOOGLEBOT).await,
+            from("198.51.100.44", GOOGLEBOT).await,
+            from("157.55.33.18", BINGBOT).await,
+        );
+        if seen == (200, 403, 200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        seen,
+        (200, 403, 200),
+        "real Googlebot, fake Googlebot, real Bingbot"
+    );
+    g.wait_decision(|d| d["identity"]["bot_claim"] == "googlebot:verified");
+    g.wait_decision(|d| {
+        d["identity"]["bot_claim"] == "googlebot:spoofed" && d["rule"] == "bot/spoofed"
+    });
+    g.wait_decision(|d| d["identity"]["bot_claim"] == "bingbot:verified");
+    // A crawler that publishes only ranges, with none loaded: unverifiable, so not allowed as
+    // verified (a signal), and not blocked as false either.
+    let gpt = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)";
+    let r = send(
+        "GET",
+        &g.url("/x"),
+        &[("x-forwarded-for", "198.51.100.45"), ("user-agent", gpt)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let d = g.wait_decision(|d| d["identity"]["bot_claim"] == "gptbot:unverifiable");
+    assert_ne!(d["rule"], "bot/spoofed");
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(palisade_testdata),
+    ignore = "shared testdata not found: Google's published googlebot ranges skipped"
+)]
+async fn googles_published_ranges_verify_googlebot_without_dns() {
+    let up = upstream().await;
+    let ranges =
+        std::path::PathBuf::from(env!("PALISADE_TESTDATA_DIR")).join("goodbots/googlebot.json");
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        &format!(
+            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[bots]\ndns_servers = [\"127.0.0.1:9\"]\npending = \"block\"\n\n[bots.ranges]\ngooglebot = \"{}\"\n\n[bots.actions]\nsearch_engine = \"allow_verified\"\n",
+            ranges.display()
+        ),
+    )));
+    let text = std::fs::read_to_string(&ranges).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let first = v["prefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p["ipv4Prefix"].as_str())
+        .unwrap();
+    let ip = first.split('/').next().unwrap().to_owned();
+    let r = send(
+        "GET",
+        &g.url("/x"),
+        &[
+            ("x-forwarded-for", ip.as_str()),
+            (
+                "user-agent",
+                "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            ),
+        ],
+        "",
+    )
+    .await;
+    // From the published ranges: verified at once (no DNS needed; pending would be blocked).
+    assert_eq!(r.status, 200, "{ip}");
+    g.wait_decision(|d| d["identity"]["bot_claim"] == "googlebot:verified");
+}
