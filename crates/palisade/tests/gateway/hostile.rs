@@ -195,14 +195,19 @@ async fn clients_that_do_not_read_big_answers_cost_bounded_memory_returned_after
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = g.rss_kib();
     drop(held);
-    // Normal traffic resumes: the allocator hands freed memory back as it works.
-    for _ in 0..3 {
+    // Normal traffic resumes: the allocator hands freed memory back as it works (within
+    // seconds; a busy machine may take longer to close the connections).
+    let mut after = g.rss_kib();
+    for _ in 0..15 {
         for _ in 0..100 {
             assert_eq!(get(&g.url("/echo")).await.status, 200);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+        after = g.rss_kib();
+        if after.saturating_sub(before) < 25 * 1024 {
+            break;
+        }
     }
-    let after = g.rss_kib();
     assert_eq!(
         metric(&metrics(&g).await, "palisade_connections_open"),
         0.0,
