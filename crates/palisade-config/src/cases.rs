@@ -1,6 +1,7 @@
 //! Runs a config's `[[tests]]`: each request goes through a fresh engine built from the policy,
 //! in file order, sharing state (so "the sixth login in a minute is limited" can be written as
-//! a case with `repeat = 6`), all at one fixed instant.
+//! a case with `repeat = 6`). The clock stands still unless a case spaces its sends (`every`);
+//! then it moves on, for that case and the ones after it.
 
 use palisade_engine::{Engine, RequestFacts};
 
@@ -26,33 +27,41 @@ pub struct CaseOutcome {
 /// Runs every case.
 pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
     let engine = Engine::new(compiled.policy.clone(), None);
-    let now = 1_000 * palisade_engine::clock::SECOND;
+    let mut now = 1_000 * palisade_engine::clock::SECOND;
+    let mut unix_ms = 1_700_000_000_000u64;
     compiled
         .tests
         .iter()
         .map(|case| {
-            let facts = RequestFacts {
-                method: &case.method,
-                path: &case.path,
-                query: case.query.as_deref(),
-                headers: &case.headers,
-                client_ip: case.ip,
-                peer_ip: case.ip,
-                now,
-                unix_ms: 1_700_000_000_000,
-                version: http::Version::HTTP_11,
-                ja4h: None,
-                ip_info: None,
-                bot_verification: None,
-                username: None,
-                auth: match &case.principal {
-                    Some(p) => palisade_engine::model::principal::Auth::Principal(p),
-                    None => palisade_engine::model::principal::Auth::Anonymous,
-                },
-            };
             let mut last = None;
-            for _ in 0..case.repeat {
+            for n in 1..=case.repeat {
+                let path = if case.path.contains("{n}") {
+                    std::borrow::Cow::Owned(case.path.replace("{n}", &n.to_string()))
+                } else {
+                    std::borrow::Cow::Borrowed(case.path.as_str())
+                };
+                let facts = RequestFacts {
+                    method: &case.method,
+                    path: &path,
+                    query: case.query.as_deref(),
+                    headers: &case.headers,
+                    client_ip: case.ip,
+                    peer_ip: case.ip,
+                    now,
+                    unix_ms,
+                    version: http::Version::HTTP_11,
+                    ja4h: None,
+                    ip_info: None,
+                    bot_verification: None,
+                    username: None,
+                    auth: match &case.principal {
+                        Some(p) => palisade_engine::model::principal::Auth::Principal(p),
+                        None => palisade_engine::model::principal::Auth::Anonymous,
+                    },
+                };
                 last = Some(engine.evaluate(&facts));
+                now += case.every;
+                unix_ms += case.every / 1_000_000;
             }
             let (got_action, got_rule) = match last {
                 Some(Ok(d)) => (d.logged_action().to_owned(), d.logged_rule().to_string()),

@@ -289,11 +289,13 @@ pub struct RawBots {
     /// Yandex, Baidu, Amazonbot, PetalBot, OpenAI's and Perplexity's agents) by their operators'
     /// published reverse-DNS domains and, where loaded, ranges. Default true.
     pub verify_builtin: Option<bool>,
-    /// Published range files for the built-in bots, by name (`gptbot = "/etc/palisade/gptbot.json"`):
-    /// the `{"prefixes": [...]}` JSON their operators publish, or CIDR lists. Reloaded when they
-    /// change; a bot that publishes only ranges is unverifiable until its file is given.
+    /// Published ranges for the built-in bots, by name: a file (`gptbot = "/etc/palisade/gptbot.json"`,
+    /// the `{"prefixes": [...]}` JSON their operators publish, or a CIDR list; reloaded when it
+    /// changes), or fetched by the gateway on a schedule (`gptbot = { refresh = "24h" }` from the
+    /// operator's published URL, or `{ url = "...", refresh = "6h" }`), the last good copy kept in
+    /// the data dir. A bot that publishes only ranges is unverifiable until they are given.
     #[serde(default)]
-    pub ranges: BTreeMap<String, Spanned<String>>,
+    pub ranges: BTreeMap<String, RawRangesSource>,
     /// What a claimant gets while its DNS check is pending: `allow` (default), `challenge`,
     /// `block`.
     pub pending: Option<Spanned<String>>,
@@ -302,6 +304,26 @@ pub struct RawBots {
     /// DNS servers for the reverse lookups, `ip:port`; default: the system's resolv.conf.
     #[serde(default)]
     pub dns_servers: Vec<Spanned<String>>,
+}
+
+/// Where a built-in bot's published ranges come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawRangesSource {
+    /// A file, relative to the config.
+    File(Spanned<String>),
+    /// Fetched by the gateway.
+    Fetched(RawRangesFetch),
+}
+
+/// `[bots.ranges] NAME = { url = ..., refresh = ... }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRangesFetch {
+    /// `http(s)://` URL of the ranges document. Default: where the bot's operator publishes it.
+    pub url: Option<Spanned<String>>,
+    /// How often to fetch it again. Default `24h`; at least `1s`.
+    pub refresh: Option<Spanned<String>>,
 }
 
 /// `[[bots.verify]]`: a bot whose claim is checked.
@@ -636,8 +658,11 @@ pub struct RawTestRequest {
     pub headers: BTreeMap<String, String>,
     /// Pretend the request carries a valid API key with these properties.
     pub api_key: Option<RawTestKey>,
-    /// Send the request this many times at the same instant; `expect` applies to the last.
+    /// Send the request this many times (at the same instant, or `every` apart); `expect`
+    /// applies to the last. `{n}` in the path counts the sends from 1.
     pub repeat: Option<u64>,
+    /// Space the sends this far apart, e.g. `1s`; later cases run after them.
+    pub every: Option<Spanned<String>>,
 }
 
 /// A pretend API key for a test request.

@@ -6,15 +6,16 @@
 //! again after a back-off that starts at two seconds and doubles to two minutes, so a DNS
 //! hiccup is short and a DNS outage is not hammered.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
-use palisade_intel::verify::{VerifiedBot, VerifyStatus};
+use palisade_intel::verify::{Ranges, VerifiedBot, VerifyStatus};
 use quick_cache::sync::Cache;
 
 /// How long a verdict is kept.
@@ -48,6 +49,9 @@ struct Entry {
 
 struct Inner {
     cache: Cache<Key, Entry>,
+    /// Published ranges the gateway fetched itself (`[bots.ranges] NAME = { ... }`), by bot;
+    /// they outlive reloads.
+    fetched: ArcSwap<HashMap<Arc<str>, Arc<Ranges>>>,
     in_flight: Mutex<HashSet<Key>>,
     resolver: Mutex<Option<(Vec<SocketAddr>, TokioResolver)>>,
 }
@@ -96,6 +100,7 @@ impl BotVerifier {
         Self {
             inner: Arc::new(Inner {
                 cache: Cache::new(100_000),
+                fetched: ArcSwap::from_pointee(HashMap::new()),
                 in_flight: Mutex::new(HashSet::new()),
                 resolver: Mutex::new(None),
             }),
@@ -134,6 +139,32 @@ impl BotVerifier {
         Some(r)
     }
 
+    /// Installs `bot`'s fetched published ranges (replacing any before).
+    pub fn set_ranges(&self, bot: &str, ranges: Arc<Ranges>) {
+        self.inner.fetched.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(Arc::from(bot), ranges.clone());
+            m
+        });
+    }
+
+    /// Drops the fetched ranges of bots `keep` says no to (no longer fetched by the config).
+    pub fn retain_ranges(&self, keep: impl Fn(&str) -> bool) {
+        if self.inner.fetched.load().keys().all(|k| keep(k)) {
+            return;
+        }
+        self.inner.fetched.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.retain(|k, _| keep(k));
+            m
+        });
+    }
+
+    /// `bot`'s fetched published ranges, if any.
+    pub fn ranges(&self, bot: &str) -> Option<Arc<Ranges>> {
+        self.inner.fetched.load().get(bot).cloned()
+    }
+
     /// The state of `bot`'s claim for `ip`: from the published ranges, the cache, or (starting
     /// a lookup) pending.
     pub fn status(
@@ -143,7 +174,8 @@ impl BotVerifier {
         servers: &[SocketAddr],
     ) -> VerifyStatus {
         let ip = ip.to_canonical();
-        if let Some(s) = bot.check_without_dns(ip) {
+        let fetched = self.ranges(&bot.name);
+        if let Some(s) = bot.check_with(ip, fetched.as_deref()) {
             return s;
         }
         let key: Key = (bot.name.clone(), ip);
@@ -180,6 +212,70 @@ impl BotVerifier {
             }
         });
         VerifyStatus::Pending
+    }
+}
+
+/// What one check found: the verdict, and the reverse DNS names looked at (for people).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The verdict; `Pending` when DNS failed.
+    pub status: VerifyStatus,
+    /// How it was reached: `ranges`, `reverse DNS`, or why it could not be.
+    pub how: String,
+}
+
+/// Checks `bot`'s claim for `ip` now, waiting for DNS (for `palisade bots verify`).
+pub async fn check_now(
+    bot: &VerifiedBot,
+    ip: IpAddr,
+    fetched: Option<&Ranges>,
+    servers: &[SocketAddr],
+) -> Checked {
+    let ip = ip.to_canonical();
+    match bot.check_with(ip, fetched) {
+        Some(VerifyStatus::Verified) => {
+            return Checked {
+                status: VerifyStatus::Verified,
+                how: "in the published ranges".to_owned(),
+            };
+        }
+        Some(VerifyStatus::Unverifiable) => {
+            return Checked {
+                status: VerifyStatus::Unverifiable,
+                how: "its operator publishes only ranges, and none are loaded ([bots.ranges])"
+                    .to_owned(),
+            };
+        }
+        Some(s) => {
+            return Checked {
+                status: s,
+                how: "not in the published ranges, and no reverse DNS domain to check".to_owned(),
+            };
+        }
+        None => {}
+    }
+    let Some(resolver) = BotVerifier::new().resolver(servers) else {
+        return Checked {
+            status: VerifyStatus::Pending,
+            how: "no DNS resolver could be set up".to_owned(),
+        };
+    };
+    match fcrdns(&resolver, bot, ip).await {
+        Some(VerifyStatus::Verified) => Checked {
+            status: VerifyStatus::Verified,
+            how: format!("forward-confirmed reverse DNS in {}", bot.rdns.join(", ")),
+        },
+        Some(s) => Checked {
+            status: s,
+            how: format!(
+                "its reverse DNS name is not in {} or does not resolve back to it",
+                bot.rdns.join(", ")
+            ),
+        },
+        None => Checked {
+            status: VerifyStatus::Pending,
+            how: "DNS failed or timed out; try again".to_owned(),
+        },
     }
 }
 

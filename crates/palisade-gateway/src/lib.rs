@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bot_dns;
+pub mod bot_ranges;
 pub mod client;
 pub mod cluster;
 pub mod listen;

@@ -245,6 +245,9 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         )),
         tokio::spawn(flush_loop(shared.clone())),
     ];
+    background.push(tokio::spawn(crate::bot_ranges::refresh_loop(
+        shared.clone(),
+    )));
     background.push(tokio::spawn(crate::auth::jwks::refresh_loop(
         shared.clone(),
     )));

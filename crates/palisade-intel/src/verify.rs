@@ -45,8 +45,8 @@ pub struct VerifiedBot {
     pub name: Arc<str>,
     /// What a user agent claiming it matches.
     claims: Regex,
-    /// Published ranges, sorted, as inclusive `u128` bounds.
-    ranges: Vec<(u128, u128)>,
+    /// Published ranges given in the config.
+    ranges: Ranges,
     /// Domains the reverse DNS name must end in (empty: ranges only).
     pub rdns: Vec<String>,
 }
@@ -104,6 +104,45 @@ pub fn parse_ranges(text: &str) -> Result<Vec<(u128, u128)>, String> {
     Ok(out)
 }
 
+/// A set of address ranges: sorted, merged, inclusive `u128` bounds (IPv4 mapped into IPv6), so
+/// one binary search decides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ranges(Vec<(u128, u128)>);
+
+impl Ranges {
+    /// The set of `ranges` (in any order, overlapping or not).
+    pub fn new(mut ranges: Vec<(u128, u128)>) -> Self {
+        ranges.sort_unstable();
+        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+        for (s, e) in ranges {
+            match merged.last_mut() {
+                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        Self(merged)
+    }
+
+    /// Whether `ip` is in the set.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let x = to_u128(ip);
+        let i = self.0.partition_point(|r| r.0 <= x);
+        i.checked_sub(1)
+            .and_then(|i| self.0.get(i))
+            .is_some_and(|r| r.1 >= x)
+    }
+
+    /// Disjoint ranges in the set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl VerifiedBot {
     /// A verifiable bot: `claims` is a case-insensitive regular expression on the user agent.
     pub fn new(
@@ -117,21 +156,10 @@ impl VerifiedBot {
             .size_limit(1 << 20)
             .build()
             .map_err(|e| format!("claims: {e}"))?;
-        let mut ranges = ranges;
-        ranges.sort_unstable();
-        // Merge overlaps so one binary search decides.
-        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
-        for (s, e) in ranges {
-            match merged.last_mut() {
-                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
-        let ranges = merged;
         Ok(Self {
             name: Arc::from(name),
             claims,
-            ranges,
+            ranges: Ranges::new(ranges),
             rdns: rdns
                 .into_iter()
                 .map(|d| d.trim_start_matches('.').to_ascii_lowercase())
@@ -144,13 +172,9 @@ impl VerifiedBot {
         self.claims.is_match(user_agent)
     }
 
-    /// Whether an address is in the published ranges.
+    /// Whether an address is in the published ranges given in the config.
     pub fn in_ranges(&self, ip: IpAddr) -> bool {
-        let x = to_u128(ip);
-        let i = self.ranges.partition_point(|r| r.0 <= x);
-        i.checked_sub(1)
-            .and_then(|i| self.ranges.get(i))
-            .is_some_and(|r| r.1 >= x)
+        self.ranges.contains(ip)
     }
 
     /// Whether a reverse DNS name is in one of the operator's domains.
@@ -163,14 +187,21 @@ impl VerifiedBot {
 
     /// What can be said without DNS: `Some` if the ranges decide, `None` if DNS must.
     pub fn check_without_dns(&self, ip: IpAddr) -> Option<VerifyStatus> {
-        if self.in_ranges(ip) {
+        self.check_with(ip, None)
+    }
+
+    /// [`Self::check_without_dns`], with `fetched` ranges (published ranges the gateway fetched
+    /// itself) counting as the bot's own.
+    pub fn check_with(&self, ip: IpAddr, fetched: Option<&Ranges>) -> Option<VerifyStatus> {
+        let fetched = fetched.filter(|r| !r.is_empty());
+        if self.in_ranges(ip) || fetched.is_some_and(|r| r.contains(ip)) {
             Some(VerifyStatus::Verified)
-        } else if self.rdns.is_empty() && self.ranges.is_empty() {
-            Some(VerifyStatus::Unverifiable)
-        } else if self.rdns.is_empty() {
-            Some(VerifyStatus::Spoofed)
-        } else {
+        } else if !self.rdns.is_empty() {
             None
+        } else if self.ranges.is_empty() && fetched.is_none() {
+            Some(VerifyStatus::Unverifiable)
+        } else {
+            Some(VerifyStatus::Spoofed)
         }
     }
 }

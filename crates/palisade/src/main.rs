@@ -70,6 +70,31 @@ enum BotsCommand {
     Classify,
     /// List the categories.
     Categories,
+    /// Check whether a client claiming to be a verifiable bot (by its user agent) is that bot:
+    /// published ranges, then forward-confirmed reverse DNS, as the gateway would. Exit 0 when
+    /// verified, 1 otherwise.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// The client's address.
+    ip: std::net::IpAddr,
+    /// The user agent it sent.
+    user_agent: String,
+    /// Config whose [bots] to use (its [[bots.verify]], [bots.ranges], dns_servers); default:
+    /// the embedded default policy.
+    #[arg(long, short, env = "PALISADE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data dir holding fetched ranges (default: the config's).
+    #[arg(long, env = "PALISADE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// DNS server (`ip:port`) for the reverse lookups, instead of the config's or the system's.
+    #[arg(long = "dns-server")]
+    dns_servers: Vec<SocketAddr>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -297,6 +322,9 @@ fn report_errors(errs: &ConfigErrors, json: bool) {
 
 fn bots(command: BotsCommand) -> anyhow::Result<()> {
     use std::io::{BufRead, Write};
+    if let BotsCommand::Verify(args) = command {
+        return bots_verify(args);
+    }
     let catalog = palisade_intel::BotCatalog::builtin()?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -327,9 +355,111 @@ fn bots(command: BotsCommand) -> anyhow::Result<()> {
                 )?;
             }
         }
+        BotsCommand::Verify(_) => {}
     }
     out.flush()?;
     Ok(())
+}
+
+/// `palisade bots verify IP UA`.
+fn bots_verify(args: VerifyArgs) -> anyhow::Result<()> {
+    use palisade_intel::verify::VerifyStatus;
+    let source = match &args.config {
+        Some(p) => ConfigSource::File(p.clone()),
+        None => ConfigSource::Embedded,
+    };
+    let compiled = match source.compile() {
+        Ok(c) => c,
+        Err(errs) => {
+            eprint!("{errs}");
+            anyhow::bail!("the config is not valid");
+        }
+    };
+    let catalog = palisade_intel::BotCatalog::builtin()?;
+    let class = catalog.classify(&args.user_agent);
+    let bots = compiled.policy.bots.as_ref();
+    let claimed = bots.and_then(|b| b.verified.iter().find(|v| v.claimed_by(&args.user_agent)));
+    let Some(bot) = claimed else {
+        let why = if bots.is_none_or(|b| b.verified.is_empty()) {
+            "the config verifies no bots"
+        } else {
+            "it claims no verifiable bot"
+        };
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({ "ip": args.ip, "category": class.category.name(), "bot": class.name.as_deref(), "claim": null, "status": "no_claim", "how": why })
+            );
+        } else {
+            println!(
+                "{}: category {}, {}; {why}",
+                args.ip,
+                class.category,
+                class.name.as_deref().unwrap_or("no known bot")
+            );
+        }
+        return Err(anyhow::anyhow!("not verified"));
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| compiled.server.data_dir.clone());
+    let servers = if args.dns_servers.is_empty() {
+        bots.map(|b| b.dns_servers.clone()).unwrap_or_default()
+    } else {
+        args.dns_servers.clone()
+    };
+    let fetch = compiled
+        .bot_ranges
+        .iter()
+        .find(|f| *f.bot == *bot.name)
+        .cloned();
+    let rt = runtime(Some(1))?;
+    let checked = rt.block_on(async {
+        // Fetched ranges: the gateway's last good copy, else fetched now.
+        let mut fetched = None;
+        if let Some(f) = &fetch {
+            let file = palisade_gateway::bot_ranges::cache_file(&data_dir, &f.bot);
+            fetched = std::fs::read(&file)
+                .ok()
+                .and_then(|b| palisade_gateway::bot_ranges::parse_document(&b).ok());
+            if fetched.is_none() {
+                let client = palisade_gateway::client::documents::DocumentClient::new(None)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let body = client
+                    .get(&f.url, 8 << 20)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("fetching {}: {e}", f.url))?;
+                fetched = Some(
+                    palisade_gateway::bot_ranges::parse_document(&body)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.url))?,
+                );
+            }
+        }
+        anyhow::Ok(
+            palisade_gateway::bot_dns::check_now(bot, args.ip, fetched.as_ref(), &servers).await,
+        )
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "ip": args.ip, "category": class.category.name(), "bot": class.name.as_deref(), "claim": &*bot.name, "status": checked.status.name(), "how": checked.how })
+        );
+    } else {
+        println!(
+            "{}: claims to be {} (category {}): {} — {}",
+            args.ip,
+            bot.name,
+            class.category,
+            checked.status.name(),
+            checked.how
+        );
+    }
+    if checked.status == VerifyStatus::Verified {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("not verified"))
+    }
 }
 
 fn simulate_cmd(args: &simulate::SimArgs) -> anyhow::Result<()> {

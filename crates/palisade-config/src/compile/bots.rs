@@ -22,6 +22,7 @@ pub(super) fn compile_bots(
     base: &Path,
     c: &mut Collector<'_>,
     files: &mut Vec<PathBuf>,
+    fetch: &mut Vec<RangeFetch>,
 ) -> Option<BotsPolicy> {
     let mut actions = [BotAction::Signal; Category::ALL.len()];
     if let Some(i) = Category::ALL.iter().position(|x| *x == Category::Human)
@@ -77,26 +78,34 @@ pub(super) fn compile_bots(
                 continue;
             }
             let mut ranges = Vec::new();
-            if let Some(r) = b.ranges.get(bot.name) {
-                let file = base.join(r.get_ref().strip_prefix("file:").unwrap_or(r.get_ref()));
-                match std::fs::read_to_string(&file) {
-                    Ok(text) => match palisade_intel::verify::parse_ranges(&text) {
-                        Ok(rs) => {
-                            files.push(file);
-                            ranges = rs;
-                        }
+            match b.ranges.get(bot.name) {
+                Some(RawRangesSource::File(r)) => {
+                    let file = base.join(r.get_ref().strip_prefix("file:").unwrap_or(r.get_ref()));
+                    match std::fs::read_to_string(&file) {
+                        Ok(text) => match palisade_intel::verify::parse_ranges(&text) {
+                            Ok(rs) => {
+                                files.push(file);
+                                ranges = rs;
+                            }
+                            Err(e) => c.at(
+                                sp(r),
+                                format!("bots.ranges.{}", bot.name),
+                                format!("`{}`: {e}", file.display()),
+                            ),
+                        },
                         Err(e) => c.at(
                             sp(r),
                             format!("bots.ranges.{}", bot.name),
-                            format!("`{}`: {e}", file.display()),
+                            format!("cannot read `{}`: {e}", file.display()),
                         ),
-                    },
-                    Err(e) => c.at(
-                        sp(r),
-                        format!("bots.ranges.{}", bot.name),
-                        format!("cannot read `{}`: {e}", file.display()),
-                    ),
+                    }
                 }
+                Some(RawRangesSource::Fetched(f)) => {
+                    if let Some(rf) = range_fetch(bot, f, c) {
+                        fetch.push(rf);
+                    }
+                }
+                None => {}
             }
             let rdns = bot.rdns.iter().map(|d| (*d).to_owned()).collect();
             if let Ok(vb) =
@@ -106,7 +115,24 @@ pub(super) fn compile_bots(
             }
         }
     }
-    for (name, r) in &b.ranges {
+    for (name, source) in &b.ranges {
+        let span = match source {
+            RawRangesSource::File(r) => sp(r),
+            RawRangesSource::Fetched(f) => f.url.as_ref().or(f.refresh.as_ref()).and_then(sp),
+        };
+        if b.verify.iter().any(|v| v.name.get_ref() == name) {
+            c.at(
+                span.clone(),
+                format!("bots.ranges.{name}"),
+                format!("[[bots.verify]] names `{name}` itself: give its ranges there"),
+            );
+        } else if b.verify_builtin == Some(false) {
+            c.at(
+                span.clone(),
+                format!("bots.ranges.{name}"),
+                "verify_builtin = false: the built-in bots are not verified, so their ranges are unused",
+            );
+        }
         if !palisade_intel::verify::BUILTIN
             .iter()
             .any(|x| x.name == name)
@@ -116,7 +142,7 @@ pub(super) fn compile_bots(
                 .map(|x| x.name)
                 .collect();
             c.at(
-                sp(r),
+                span,
                 format!("bots.ranges.{name}"),
                 format!(
                     "no built-in bot `{name}` (known: {}); give your own as [[bots.verify]]",
@@ -212,4 +238,59 @@ pub(super) fn compile_bots(
         on_spoofed,
         dns_servers,
     })
+}
+
+/// A built-in bot's ranges to fetch: the given URL or the operator's, every `refresh`.
+fn range_fetch(
+    bot: &palisade_intel::verify::BuiltinBot,
+    f: &RawRangesFetch,
+    c: &mut Collector<'_>,
+) -> Option<RangeFetch> {
+    let path = format!("bots.ranges.{}", bot.name);
+    let refresh = match &f.refresh {
+        Some(r) => match palisade_engine::units::parse_duration(r.get_ref()) {
+            Ok(ns) if ns >= palisade_engine::clock::SECOND => ns,
+            Ok(_) => {
+                c.at(sp(r), format!("{path}.refresh"), "must be at least 1s");
+                return None;
+            }
+            Err(e) => {
+                c.at(sp(r), format!("{path}.refresh"), e.to_string());
+                return None;
+            }
+        },
+        None => 24 * 3600 * palisade_engine::clock::SECOND,
+    };
+    let (text, span) = match (&f.url, bot.ranges_url) {
+        (Some(u), _) => (u.get_ref().as_str(), sp(u)),
+        (None, Some(u)) => (u, None),
+        (None, None) => {
+            c.at(
+                f.refresh.as_ref().and_then(sp),
+                format!("{path}.url"),
+                format!(
+                    "{} publishes no ranges document that Palisade knows of: give its `url`",
+                    bot.name
+                ),
+            );
+            return None;
+        }
+    };
+    match text.parse::<http::Uri>() {
+        Ok(url) if matches!(url.scheme_str(), Some("http" | "https")) && url.host().is_some() => {
+            Some(RangeFetch {
+                bot: bot.name.to_owned(),
+                url,
+                refresh,
+            })
+        }
+        _ => {
+            c.at(
+                span,
+                format!("{path}.url"),
+                format!("`{text}` is not an http:// or https:// URL"),
+            );
+            None
+        }
+    }
 }

@@ -165,6 +165,8 @@ pub struct TestCase {
     pub headers: http::HeaderMap,
     /// Times sent.
     pub repeat: u64,
+    /// Nanoseconds between sends (0: all at one instant).
+    pub every: u64,
     /// Expected logged action.
     pub expect_action: String,
     /// Expected rule.
@@ -291,6 +293,20 @@ pub struct Compiled {
     pub redacted: serde_json::Value,
     /// `[store]`.
     pub store: StoreSettings,
+    /// Published bot ranges the gateway fetches itself (`[bots.ranges] NAME = { ... }`).
+    pub bot_ranges: Vec<RangeFetch>,
+}
+
+/// A built-in bot's published ranges, fetched by the gateway on a schedule; the last good copy
+/// is kept in `data_dir/bot-ranges/NAME.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeFetch {
+    /// The built-in bot's name.
+    pub bot: String,
+    /// Where the ranges document is.
+    pub url: http::Uri,
+    /// Nanoseconds between fetches.
+    pub refresh: u64,
 }
 
 /// Command-line overrides applied after every (re)load.
@@ -646,6 +662,7 @@ fn methods(list: &[Spanned<String>], path: &str, c: &mut Collector<'_>) -> Vec<M
 /// Every section, in dependency order; every error is collected, none stops the others.
 fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Compiled> {
     let mut files = Vec::new();
+    let mut bot_ranges = Vec::new();
     let server::ServerPart {
         settings: server,
         mode,
@@ -662,7 +679,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     let bots = raw
         .bots
         .as_ref()
-        .and_then(|b| bots::compile_bots(b, base, c, &mut files));
+        .and_then(|b| bots::compile_bots(b, base, c, &mut files, &mut bot_ranges));
     let headers = raw.headers.as_ref().map(|h| HeadersPolicy {
         weight: weight(&h.weight, 15, "headers.weight", c),
         assume_https: h.assume_https.unwrap_or(true),
@@ -726,6 +743,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         files,
         redacted,
         store,
+        bot_ranges,
     })
 }
 

@@ -63,6 +63,13 @@ pub(super) fn tests(raw: &RawConfig, c: &mut Collector<'_>) -> Vec<TestCase> {
                 ),
             }
         }
+        let every = opt(
+            &t.request.every,
+            0,
+            &format!("{path}.request.every"),
+            c,
+            |s| palisade_engine::units::parse_duration(s).map_err(|e| e.to_string()),
+        );
         let want = t.expect.action.get_ref();
         const ACTIONS: [&str; 12] = [
             "allow",
@@ -94,6 +101,7 @@ pub(super) fn tests(raw: &RawConfig, c: &mut Collector<'_>) -> Vec<TestCase> {
             ip,
             headers,
             repeat: t.request.repeat.unwrap_or(1).clamp(1, 100_000),
+            every,
             expect_action: want.clone(),
             expect_rule: t.expect.rule.clone(),
             principal: t.request.api_key.as_ref().map(|k| {

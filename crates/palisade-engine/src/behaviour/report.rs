@@ -60,8 +60,21 @@ pub struct FeatureReport {
     pub remembered: Vec<(String, u8)>,
     /// What the remembered signals add to this identity's requests now (0-100).
     pub score: u8,
+    /// Remembered signals that are anonymous clients' habits (walking ids, steady timing, one
+    /// route, errors, cache busting): they do not count for requests made with a verified key or
+    /// token.
+    pub discounted_when_keyed: Vec<String>,
+    /// What the remembered signals add to a keyed request now: `score` without the habits.
+    pub keyed_score: u8,
     /// Progressive throttling level (0: none).
     pub throttle_level: u8,
+}
+
+/// Whether the signal at `index` is an anonymous client's habit (flows, past the signals, are not).
+fn habit(index: usize) -> bool {
+    Sig::ALL
+        .get(index)
+        .is_some_and(|s| crate::detect::trust::is_habit(*s))
 }
 
 impl Behaviour {
@@ -125,6 +138,19 @@ impl Behaviour {
                 .memory
                 .iter()
                 .filter(|(t, _)| *t > 0)
+                .map(|(_, a)| a.round() as u32)
+                .sum::<u32>()
+                .min(100) as u8,
+            discounted_when_keyed: f
+                .memory
+                .iter()
+                .filter(|(t, _)| *t > 0 && habit(usize::from(*t) - 1))
+                .map(|(t, _)| names(usize::from(*t) - 1))
+                .collect(),
+            keyed_score: f
+                .memory
+                .iter()
+                .filter(|(t, _)| *t > 0 && !habit(usize::from(*t) - 1))
                 .map(|(_, a)| a.round() as u32)
                 .sum::<u32>()
                 .min(100) as u8,

@@ -64,14 +64,14 @@ impl Engine {
             }
             d.client = Some(class);
             // A verified key or token names an accountable caller: what software it uses (an
-            // HTTP library, mostly) is no evidence against it. Explicit actions still apply.
-            let keyed_signal = action == BotAction::Signal && facts.auth.principal().is_some();
-            if action != BotAction::Allow && !keyed_signal {
+            // HTTP library, mostly) is no evidence against it — shown, not scored. Explicit
+            // actions still apply.
+            if action != BotAction::Allow {
                 d.signals.push(Signal {
                     name: rule.clone(),
                     weight: bots.weight,
                     shadow: false,
-                    discounted: false,
+                    discounted: action == BotAction::Signal && crate::detect::trust::keyed(facts),
                 });
             }
             match action {

@@ -1,5 +1,7 @@
-//! Upstream clients (pooled, HTTP/1.1 or h2c) and the header rewriting of forwarded requests.
+//! Upstream clients (pooled, HTTP/1.1 or h2c) and the header rewriting of forwarded requests;
+//! the client of documents the gateway fetches for itself.
 
+pub mod documents;
 pub mod h1;
 
 use std::borrow::Cow;

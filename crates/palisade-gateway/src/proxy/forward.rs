@@ -113,7 +113,7 @@ pub async fn forward(
         let names: Vec<&str> = decision
             .signals
             .iter()
-            .filter(|s| !s.shadow)
+            .filter(|s| !s.shadow && !s.discounted)
             .map(|s| &*s.name)
             .collect();
         if let Ok(v) = HeaderValue::from_str(&names.join(",")) {

@@ -77,6 +77,15 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+/// Labels of a fetch of a bot's published ranges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BotRangesLabels {
+    /// The built-in bot's name (from the config, never from a client).
+    pub bot: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// All metrics of one gateway.
 pub struct Metrics {
     registry: Registry,
@@ -94,6 +103,8 @@ pub struct Metrics {
     pub engine_errors: Counter,
     /// Config reloads.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Fetches of bots' published ranges.
+    pub bot_ranges: Family<BotRangesLabels, Counter>,
     /// Decision log lines dropped because the writer fell behind.
     pub log_dropped: Counter,
     /// Client connections open now.
@@ -160,6 +171,7 @@ impl Metrics {
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let engine_errors = Counter::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let bot_ranges = Family::<BotRangesLabels, Counter>::default();
         let log_dropped = Counter::default();
         let connections_open = prometheus_client::metrics::gauge::Gauge::default();
         let connections_refused = Counter::default();
@@ -230,6 +242,11 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "bot_ranges_fetches",
+            "Fetches of built-in bots' published ranges ([bots.ranges]) by bot and result",
+            bot_ranges.clone(),
+        );
+        registry.register(
             "decision_log_dropped",
             "Decision log lines dropped because the writer fell behind",
             log_dropped.clone(),
@@ -263,6 +280,7 @@ impl Metrics {
             upstream_errors,
             engine_errors,
             reloads,
+            bot_ranges,
             log_dropped,
             connections_open,
             connections_refused,

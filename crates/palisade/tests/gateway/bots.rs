@@ -415,3 +415,141 @@ async fn googles_published_ranges_verify_googlebot_without_dns() {
     assert_eq!(r.status, 200, "{ip}");
     g.wait_decision(|d| d["identity"]["bot_claim"] == "googlebot:verified");
 }
+
+/// A bot operator's site publishing a ranges document: what it answers can be changed.
+async fn publisher(doc: std::sync::Arc<std::sync::Mutex<(u16, String)>>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let doc = doc.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let (status, body) = doc.lock().unwrap().clone();
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `[bots.ranges] gptbot = { url, refresh }`: the gateway fetches the published ranges itself,
+/// verifies the crawler by them (no `[[bots.verify]]`), keeps using the last good copy while the
+/// site fails or serves garbage, follows a change, and after a restart during an outage verifies
+/// at once from the copy it kept in its data dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetched_ranges_verify_a_crawler_and_the_last_good_copy_outlives_outages() {
+    use std::time::{Duration, Instant};
+    let up = upstream().await;
+    let doc = std::sync::Arc::new(std::sync::Mutex::new((
+        200u16,
+        r#"{"creationTime": "2026-12-01T00:00:00", "prefixes": [{"ipv4Prefix": "198.51.100.0/28"}]}"#
+            .to_owned(),
+    )));
+    let site = publisher(doc.clone()).await;
+    let config = config_for(
+        &up,
+        &format!(
+            r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[bots.ranges]
+gptbot = {{ url = "http://{site}/gptbot.json", refresh = "1s" }}
+
+[bots.actions]
+ai_training = "allow_verified"
+"#
+        ),
+    );
+    let g = Gateway::start(Some(&config));
+    let status = |g: &Gateway, ip: &'static str| {
+        let url = g.url("/x");
+        async move {
+            send(
+                "GET",
+                &url,
+                &[("x-forwarded-for", ip), ("user-agent", GPTBOT)],
+                "",
+            )
+            .await
+            .status
+            .as_u16()
+        }
+    };
+    let until = |what: &str, deadline: Instant| {
+        assert!(Instant::now() < deadline, "{what}");
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&g, "198.51.100.5").await != 200 {
+        until("never verified from the fetched ranges", deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    g.wait_decision(|d| {
+        d["identity"]["bot_claim"] == "gptbot:verified" && d["client_ip"] == "198.51.100.5"
+    });
+    // Outside the ranges, with no DNS domain to try: a false claim.
+    assert_eq!(status(&g, "203.0.113.9").await, 403);
+    g.wait_decision(|d| d["identity"]["bot_claim"] == "gptbot:spoofed");
+
+    // The site fails, then serves an error page with 200: the copy in use stays.
+    let copy = g.dir.join("data/bot-ranges/gptbot.json");
+    let kept = std::fs::read_to_string(&copy).unwrap();
+    assert!(kept.contains("198.51.100.0/28"), "{kept}");
+    *doc.lock().unwrap() = (503, "down for maintenance".to_owned());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    *doc.lock().unwrap() = (200, "<html>maintenance</html>".to_owned());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(status(&g, "198.51.100.5").await, 200);
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), kept);
+    let m = get(&g.admin_url("/metrics")).await;
+    let m = String::from_utf8_lossy(&m.body).into_owned();
+    let errors = m
+        .lines()
+        .find(|l| {
+            l.starts_with("palisade_bot_ranges_fetches_total{")
+                && l.contains("bot=\"gptbot\"")
+                && l.contains("result=\"error\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "{m}");
+
+    // The operator moves its crawler: the new ranges apply without a restart.
+    *doc.lock().unwrap() = (
+        200,
+        r#"{"prefixes": [{"ipv4Prefix": "203.0.113.0/28"}]}"#.to_owned(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&g, "203.0.113.9").await != 200 {
+        until("the changed ranges never applied", deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(&g, "198.51.100.5").await, 403);
+
+    // Restarted while the site is down: verified at once from the kept copy.
+    *doc.lock().unwrap() = (500, String::new());
+    let dir = g.kill9();
+    let g = Gateway::start_in(dir, Some(&config), &[], &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g.stderr().contains("last good copy") {
+        until("the kept copy was not loaded", deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&g, "203.0.113.9").await, 200);
+    assert_eq!(status(&g, "198.51.100.5").await, 403);
+}
