@@ -260,3 +260,75 @@ fn a_common_library_is_no_swarm_but_burner_accounts_on_one_network_are() {
             .all(|s| !s.discounted)
     );
 }
+
+#[test]
+fn a_customer_on_the_same_library_as_a_swarm_is_not_part_of_it() {
+    let e = engine();
+    let lib = "ge11nn050000_eeeeeeeeeeee_000000000000_000000000000";
+    let burners: Vec<Principal> = (0..30)
+        .map(|i| {
+            key(
+                &format!("burn{i:06}"),
+                &format!("burner-{i}"),
+                UNIX - 600_000,
+            )
+        })
+        .collect();
+    let customers: Vec<Principal> = (0..2)
+        .map(|i| {
+            key(
+                &format!("cust{i:06}"),
+                &format!("customer-{i}"),
+                UNIX - 900_000,
+            )
+        })
+        .collect();
+    let mut swarm = None;
+    let mut customer = Vec::new();
+    for round in 0..4u64 {
+        for (i, k) in burners.iter().enumerate() {
+            let c = Client {
+                ip: format!("198.18.7.{}", i + 1).parse().unwrap(),
+                principal: Some(k),
+                ja4h: lib,
+                headers: library_headers(),
+            };
+            let at = T0 + round * 10 * SECOND + i as u64 * 200_000_000;
+            let d = c.get(&e, "/api/items/1", at);
+            e.observe_status(&d, 200, Origin::Upstream, at);
+            swarm = Some(d);
+        }
+        // Two customers on the same library, each from its own network, between the swarm's
+        // rounds, syncing in order.
+        for (i, k) in customers.iter().enumerate() {
+            let c = Client {
+                ip: format!("100.{}.0.7", 90 + i).parse().unwrap(),
+                principal: Some(k),
+                ja4h: lib,
+                headers: library_headers(),
+            };
+            let at = T0 + round * 10 * SECOND + 7 * SECOND + i as u64 * 300_000_000;
+            let d = c.get(&e, &format!("/api/items/{}", round + 1), at);
+            e.observe_status(&d, 200, Origin::Upstream, at);
+            customer.push(d);
+        }
+    }
+    let d = swarm.unwrap();
+    assert!(
+        fired(&d, "collective/keys_per_fingerprint"),
+        "the swarm is still seen: {:?}",
+        d.signals
+    );
+    for d in &customer {
+        assert!(
+            d.signals
+                .iter()
+                .filter(|s| s.name.starts_with("collective/"))
+                .all(|s| s.name.as_ref() == "collective/key_cohort" && s.discounted),
+            "{:?}",
+            d.signals
+        );
+        assert!(!refused(d), "{d:?}");
+        assert!(d.score < 30, "score {} {:?}", d.score, d.signals);
+    }
+}

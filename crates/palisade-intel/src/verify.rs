@@ -393,4 +393,34 @@ mod tests {
             Some(VerifyStatus::Unverifiable)
         );
     }
+
+    #[test]
+    fn ranges_merge_and_fetched_ranges_verify() {
+        let doc = parse_ranges(
+            r#"{"prefixes": [{"ipv4Prefix": "20.0.0.0/25"}, {"ipv4Prefix": "20.0.0.128/25"}, {"ipv4Prefix": "20.0.0.64/26"}, {"ipv6Prefix": "2600:1f28::/32"}]}"#,
+        )
+        .unwrap();
+        let r = Ranges::new(doc);
+        assert_eq!(r.len(), 2, "adjacent and nested ranges merge: {r:?}");
+        for ip in ["20.0.0.0", "20.0.0.255", "::ffff:20.0.0.7", "2600:1f28::1"] {
+            assert!(r.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["19.255.255.255", "20.0.1.0", "2600:1f29::1", "::1"] {
+            assert!(!r.contains(ip.parse().unwrap()), "{ip}");
+        }
+        // A bot with no ranges and no reverse-DNS domains cannot be verified by itself...
+        let gpt = VerifiedBot::new("gptbot", "gptbot", Vec::new(), Vec::new()).unwrap();
+        let ip = "20.0.0.9".parse().unwrap();
+        assert_eq!(gpt.check_with(ip, None), Some(VerifyStatus::Unverifiable));
+        assert_eq!(
+            gpt.check_with(ip, Some(&Ranges::new(Vec::new()))),
+            Some(VerifyStatus::Unverifiable)
+        );
+        // ...the ranges its operator publishes decide once fetched.
+        assert_eq!(gpt.check_with(ip, Some(&r)), Some(VerifyStatus::Verified));
+        assert_eq!(
+            gpt.check_with("30.0.0.9".parse().unwrap(), Some(&r)),
+            Some(VerifyStatus::Spoofed)
+        );
+    }
 }

@@ -178,6 +178,11 @@ impl Behaviour {
             Some((d, key))
         });
         let mut flow_last: [Nanos; FLOW_SLOTS] = [0; FLOW_SLOTS];
+        // Whether this request's own network carries many keys or accounts (from the /24, or the
+        // address when networks are not tracked; unknown when neither is). A group seen behind a
+        // fingerprint or an ASN is evidence only against requests from such a network: a customer
+        // on the same library as a swarm, from its own network, is not part of it.
+        let mut crowded_network: Option<bool> = None;
         for d in Dim::ALL {
             let (Some(Some(table)), Some(Some(key))) =
                 (self.tables.get(d.index()), keys.get(d.index()))
@@ -335,8 +340,16 @@ impl Behaviour {
                         }
                         // A fingerprint or ASN seen from many networks is shared by unrelated
                         // clients (a library, a cloud): the keys behind it are no group.
-                        let co_located = !matches!(d, Dim::Ja4h | Dim::Asn)
-                            || f.distinct(Distinct::Ips) < t.shared_source_networks;
+                        let shared = matches!(d, Dim::Ja4h | Dim::Asn);
+                        if matches!(d, Dim::Ip | Dim::Prefix) {
+                            crowded_network = Some(
+                                f.distinct(Distinct::Keys) >= t.keys_per_source
+                                    || f.distinct(Distinct::Accounts) >= t.keys_per_source,
+                            );
+                        }
+                        let member = crowded_network.unwrap_or(true);
+                        let co_located = !shared
+                            || (member && f.distinct(Distinct::Ips) < t.shared_source_networks);
                         if d.is_source() && co_located {
                             if f.distinct(Distinct::Keys) >= t.keys_per_source {
                                 fire(match d {
@@ -392,7 +405,15 @@ impl Behaviour {
                             }
                         }
                         for (tag, amount) in f.memory {
-                            if tag > 0 {
+                            let group = matches!(
+                                Sig::ALL.get(usize::from(tag).wrapping_sub(1)),
+                                Some(
+                                    Sig::KeysPerFingerprint
+                                        | Sig::KeysPerAsn
+                                        | Sig::AccountsPerSource
+                                )
+                            );
+                            if tag > 0 && !(shared && group && !member) {
                                 emit(
                                     &mut emitted,
                                     Sig::ALL
