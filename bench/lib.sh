@@ -38,31 +38,61 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-# start_upstream PORT: the upstream, Palisade's own sample API with one worker thread.
+# start_upstream PORT [WORKERS]: the upstream, a separate nginx answering every request with
+# 200 and a 37-byte JSON body (`return`, no access log), fast enough (~200k req/s on one worker
+# here) that neither proxy waits on it. Sets $NGINX to the binary.
 start_upstream() {
-  "$BIN" sample-api --listen "127.0.0.1:$1" --workers 1 2>"$OUT/upstream.log" & pids+=($!)
-  wait_port "$1"
-}
-
-# nginx_config DIR UPSTREAM_PORT LISTEN_PORT [DIRECTIVE...]: writes DIR/nginx.conf, nginx
-# proxy_pass with one worker and keepalive to the upstream, no access log; extra top-level
-# directives (e.g. "master_process off;") go first. Sets $NGINX to the binary.
-nginx_config() {
-  local dir=$1 up=$2 port=$3; shift 3
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-  {
-    printf '%s\n' "$@"
-    cat <<NGINX
-worker_processes 1;
+  local dir; dir=$(mktemp -d)
+  cat > "$dir/nginx.conf" <<NGINX
+worker_processes ${2:-1};
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    location / {
+      default_type application/json;
+      return 200 '{"id":42,"name":"item","price":1.5}\n';
+    }
+  }
+}
+NGINX
+  "$NGINX" -c "$dir/nginx.conf" -p "$dir" & pids+=($!)
+  wait_port "$1"
+}
+
+# nginx_config DIR UPSTREAM_PORT LISTEN_PORT [DIRECTIVE...]: writes DIR/nginx.conf, nginx
+# proxy_pass with $NGINX_WORKERS workers (default 1) and keepalive to the upstream; no access log
+# unless NGINX_ACCESS_LOG names a file (then a JSON line per request, buffered, with the fields
+# Palisade's decision log carries that nginx knows). Extra top-level directives (e.g.
+# "master_process off;") go first. Sets $NGINX to the binary.
+nginx_config() {
+  local dir=$1 up=$2 port=$3; shift 3
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  local log="access_log off;"
+  if [ -n "${NGINX_ACCESS_LOG:-}" ]; then
+    log="log_format decision escape=json '{\"time\":\"\$time_iso8601\",\"request_id\":\"\$request_id\",\"client_ip\":\"\$remote_addr\",\"method\":\"\$request_method\",\"path\":\"\$uri\",\"query\":\"\$args\",\"status\":\$status,\"latency_ms\":\$request_time,\"upstream_ms\":\"\$upstream_response_time\",\"user_agent\":\"\$http_user_agent\",\"tenant\":\"\$http_x_tenant\",\"bytes\":\$body_bytes_sent,\"action\":\"allow\",\"rule\":\"default/allow\"}';
+  access_log $NGINX_ACCESS_LOG decision buffer=64k flush=1s;"
+  fi
+  {
+    printf '%s\n' "$@"
+    cat <<NGINX
+worker_processes ${NGINX_WORKERS:-1};
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  $log
+  keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:$up; keepalive 256; }
   server {
-    listen 127.0.0.1:$port;
+    listen 127.0.0.1:$port backlog=4096;
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;

@@ -1,54 +1,90 @@
 #!/usr/bin/env bash
-# Loopback throughput and latency, all measured in this one run on this machine:
-#   1. the upstream directly,
-#   2. nginx proxy_pass to it (1 worker, keepalive upstream),
-#   3. Palisade with bench/palisade-bench.toml (5 limits on every request), 1 worker thread,
-# then prints Palisade/nginx ratios. Everything listens on 127.0.0.1 only.
+# Loopback throughput and latency of three Palisade policies against nginx proxy_pass, all
+# measured in this one run on this machine, against an upstream that is not the bottleneck (a
+# separate nginx answering `return 200` with a 37-byte JSON body):
 #
-# nginx and Palisade are measured in ROUNDS alternating rounds (nginx first in odd rounds,
-# Palisade first in even ones), and the ratios reported are the medians of the per-round ratios:
-# a burst of load from elsewhere on this shared machine then spoils one round, not the result.
+#   limits    Palisade, bench/palisade-bench.toml (5 limits on every request, lists; decision
+#             log sampled 1% to a file)                     vs nginx proxy_pass, no access log
+#   full      Palisade, bench/palisade-full.toml (the same + every detector: bot catalog, intel,
+#             headers, honeypot, behaviour, scoring, a CEL rule; log sampled 1%)   vs the same nginx
+#   full+log  the full policy with the decision log written for every request
+#                                                           vs nginx with a JSON access log
 #
-# Usage: bench/run.sh   (ROUNDS=5 DURATION=5s CONNECTIONS=64 THREADS=1 to change the load)
+# Every target is measured once per round, in an order that rotates from round to round, and
+# the ratios reported are the medians of the per-round ratios: a burst of load from elsewhere on
+# this shared machine then spoils one round, not the result.
+#
+# Usage: bench/run.sh
+#   ROUNDS=3 DURATION=4s CONNECTIONS=32 THREADS=1 change the load;
+#   WORKERS=2 runs Palisade with --workers 2 and nginx with worker_processes 2 (the upstream too).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ROUNDS=${ROUNDS:-5}
-DURATION=${DURATION:-5s}
-CONNECTIONS=${CONNECTIONS:-64}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-4s}
+CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
+WORKERS=${WORKERS:-1}
 need wrk:wrk nginx:nginx-light
 build
-UP=$(free_port); NG=$(free_port); PA=$(free_port); AD=$(free_port)
-start_upstream "$UP"
+UP=$(free_port)
+start_upstream "$UP" "$WORKERS"
 
-NGDIR=$(mktemp -d)
-nginx_config "$NGDIR" "$UP" "$NG"
+# nginx: without and with a JSON access log.
+NG=$(free_port); NGL=$(free_port)
+NGDIR=$(mktemp -d); NGLDIR=$(mktemp -d)
+NGINX_WORKERS=$WORKERS nginx_config "$NGDIR" "$UP" "$NG"
+NGINX_WORKERS=$WORKERS NGINX_ACCESS_LOG="$PWD/$OUT/nginx-access.jsonl" nginx_config "$NGLDIR" "$UP" "$NGL"
+rm -f "$OUT/nginx-access.jsonl" "$OUT"/decisions-*.jsonl
 "$NGINX" -c "$NGDIR/nginx.conf" -p "$NGDIR" & pids+=($!)
-wait_port "$NG"
+"$NGINX" -c "$NGLDIR/nginx.conf" -p "$NGLDIR" & pids+=($!)
+wait_port "$NG"; wait_port "$NGL"
 
-# Palisade: one worker thread, the bench policy, decision log sampled to a file.
-sed "s|^decisions = \"off\".*|decisions = \"$OUT/decisions.jsonl\"|" bench/palisade-bench.toml > "$OUT/palisade-bench.toml"
-PALISADE_ADMIN_TOKEN=bench "$BIN" serve --config "$OUT/palisade-bench.toml" --upstream "http://127.0.0.1:$UP" \
-  --listen "127.0.0.1:$PA" --admin-listen "127.0.0.1:$AD" --data-dir "$OUT/data" --workers 1 \
-  --log-level warn 2>"$OUT/palisade.log" & pids+=($!)
-wait_port "$PA"
+# palisade NAME POLICY SAMPLE: starts Palisade on the policy with its decision log written to
+# $OUT/decisions-NAME.jsonl, allowed requests sampled at SAMPLE; sets PORT_<NAME>.
+palisade() {
+  local name=$1 policy=$2 sample=$3 port admin
+  port=$(free_port); admin=$(free_port)
+  sed -e "s|^decisions = \"off\".*|decisions = \"$OUT/decisions-$name.jsonl\"|" \
+      -e "s|^sample_allow = .*|sample_allow = $sample|" "$policy" > "$OUT/policy-$name.toml"
+  PALISADE_ADMIN_TOKEN=bench "$BIN" serve --config "$OUT/policy-$name.toml" --upstream "http://127.0.0.1:$UP" \
+    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --data-dir "$OUT/data-$name" \
+    --workers "$WORKERS" --log-level warn 2>"$OUT/palisade-$name.log" & pids+=($!)
+  wait_port "$port"
+  printf -v "PORT_${name//-/_}" '%s' "$port"
+}
+palisade limits bench/palisade-bench.toml 0.01
+palisade full bench/palisade-full.toml 0.01
+palisade full-log bench/palisade-full.toml 1.0
 
 PATH_UNDER_TEST=/api/items/42
-run() { # name port
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "x-tenant: acme" "http://127.0.0.1:$2$PATH_UNDER_TEST" > "$OUT/$1.txt"
+TARGETS=(nginx palisade-limits palisade-full nginx-log palisade-full-log)
+port_of() {
+  case $1 in
+    nginx) echo "$NG" ;; nginx-log) echo "$NGL" ;;
+    palisade-limits) echo "$PORT_limits" ;; palisade-full) echo "$PORT_full" ;;
+    palisade-full-log) echo "$PORT_full_log" ;;
+  esac
 }
-warm() { wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$1$PATH_UNDER_TEST" >/dev/null; }
-warm "$UP"; run upstream "$UP"
-warm "$NG"; warm "$PA"
+# A library client with the headers such clients send; the same for every target.
+load() { # port duration [out]
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency -H "x-tenant: acme" \
+    -H "user-agent: python-requests/2.32.3" -H "accept: */*" -H "accept-encoding: gzip, deflate" \
+    "http://127.0.0.1:$1$PATH_UNDER_TEST" > "${3:-/dev/null}"
+}
+load "$UP" 2s; load "$UP" "$DURATION" "$OUT/upstream.txt"
+for t in "${TARGETS[@]}"; do load "$(port_of "$t")" 2s; done
+n=${#TARGETS[@]}
 for r in $(seq "$ROUNDS"); do
-  if (( r % 2 )); then run "nginx-$r" "$NG"; run "palisade-$r" "$PA"
-  else run "palisade-$r" "$PA"; run "nginx-$r" "$NG"; fi
+  for i in $(seq 0 $((n - 1))); do
+    t=${TARGETS[$(( (i + r - 1) % n ))]}
+    load "$(port_of "$t")" "$DURATION" "$OUT/$t-$r.txt"
+  done
 done
 
-python3 - "$OUT" "$ROUNDS" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$WORKERS" <<'PY'
 import re, sys, pathlib, statistics
-out, rounds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+out, rounds, workers = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 def parse(name):
     t = (out / f"{name}.txt").read_text()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
@@ -58,17 +94,26 @@ def parse(name):
         return v * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
     errs = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
     return rps, lat("50%"), lat("99%"), int(errs.group(1)) if errs else 0
-print(f"{'round':<6} {'target':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}   palisade/nginx")
 u = parse("upstream")
-print(f"{'-':<6} {'upstream':<10} {u[0]:>10.0f} {u[1]:>8.3f} {u[2]:>8.3f} {u[3]:>8}")
-tp, p99, p50 = [], [], []
+print(f"workers {workers}; upstream directly: {u[0]:.0f} req/s, p99 {u[2]:.3f} ms\n")
+print(f"{'round':<6} {'target':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+rows = [("limits", "palisade-limits", "nginx", ">= 0.95"), ("full", "palisade-full", "nginx", ">= 0.90, p99 <= 1.2"),
+        ("full + log every request", "palisade-full-log", "nginx-log", ">= 1.00 (vs nginx's JSON access log)")]
+ratios = {r[0]: ([], [], []) for r in rows}
 for r in range(1, rounds + 1):
-    n, p = parse(f"nginx-{r}"), parse(f"palisade-{r}")
-    tp.append(p[0] / n[0]); p99.append(p[2] / n[2]); p50.append(p[1] / n[1])
-    for name, (rps, l50, l99, e) in (("nginx", n), ("palisade", p)):
-        print(f"{r:<6} {name:<10} {rps:>10.0f} {l50:>8.3f} {l99:>8.3f} {e:>8}", end="")
-        print(f"   throughput {tp[-1]:.2f}x  p99 {p99[-1]:.2f}x  p50 {p50[-1]:.2f}x" if name == "palisade" else "")
+    got = {t: parse(f"{t}-{r}") for t in ["nginx", "nginx-log", "palisade-limits", "palisade-full", "palisade-full-log"]}
+    for t, (rps, l50, l99, e) in got.items():
+        print(f"{r:<6} {t:<18} {rps:>9.0f} {l50:>8.3f} {l99:>8.3f} {e:>8}")
+    for name, p, n, _ in rows:
+        tp, p99, p50 = ratios[name]
+        tp.append(got[p][0] / got[n][0]); p99.append(got[p][2] / got[n][2]); p50.append(got[p][1] / got[n][1])
 m = statistics.median
-print(f"palisade/nginx over {rounds} rounds (median; range): throughput {m(tp):.2f}x ({min(tp):.2f}-{max(tp):.2f}, target >= 0.90)"
-      f"   p99 {m(p99):.2f}x ({min(p99):.2f}-{max(p99):.2f}, target <= 1.50)   p50 {m(p50):.2f}x")
+print(f"\npalisade/nginx over {rounds} rounds, median (range):")
+print(f"{'policy':<26} {'throughput':>20} {'p99':>20} {'p50':>7}   target")
+for name, _, _, target in rows:
+    tp, p99, p50 = ratios[name]
+    print(f"{name:<26} {m(tp):>5.2f}x ({min(tp):.2f}-{max(tp):.2f}) {m(p99):>8.2f}x ({min(p99):.2f}-{max(p99):.2f}) {m(p50):>6.2f}x   {target}")
 PY
+for f in "$OUT"/decisions-full-log.jsonl "$OUT"/nginx-access.jsonl; do
+  [ -f "$f" ] && echo "$(basename "$f"): $(wc -l < "$f") lines, $(( $(wc -c < "$f") / $(wc -l < "$f" | awk '{print ($1 > 0 ? $1 : 1)}') )) bytes a line"
+done

@@ -295,7 +295,7 @@ pub struct RawBots {
     /// operator's published URL, or `{ url = "...", refresh = "6h" }`), the last good copy kept in
     /// the data dir. A bot that publishes only ranges is unverifiable until they are given.
     #[serde(default)]
-    pub ranges: BTreeMap<String, RawRangesSource>,
+    pub ranges: BTreeMap<String, Spanned<RawRangesSource>>,
     /// What a claimant gets while its DNS check is pending: `allow` (default), `challenge`,
     /// `block`.
     pub pending: Option<Spanned<String>>,
@@ -306,14 +306,39 @@ pub struct RawBots {
     pub dns_servers: Vec<Spanned<String>>,
 }
 
-/// Where a built-in bot's published ranges come from.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// Where a built-in bot's published ranges come from: a file name, or a table.
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum RawRangesSource {
     /// A file, relative to the config.
-    File(Spanned<String>),
+    File(String),
     /// Fetched by the gateway.
     Fetched(RawRangesFetch),
+}
+
+// By hand rather than `untagged`: an untagged enum buffers the value and loses the spans its
+// fields need (and `Spanned` then fails to deserialize at all).
+impl<'de> Deserialize<'de> for RawRangesSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawRangesSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a file name or a table { url, refresh }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawRangesSource::File(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawRangesFetch::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RawRangesSource::Fetched)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[bots.ranges] NAME = { url = ..., refresh = ... }`.

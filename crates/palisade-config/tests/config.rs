@@ -612,3 +612,50 @@ fn store_settings_are_checked_and_passwords_redacted() {
         palisade_config::StoreBackend::Redis { cluster: true, .. }
     ));
 }
+
+#[test]
+fn bot_ranges_take_a_file_or_a_fetch_table_and_say_which_line_is_wrong() {
+    let dir = std::env::temp_dir().join(format!("palisade-cfg-ranges-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("googlebot.json"),
+        r#"{"prefixes": [{"ipv4Prefix": "66.249.64.0/27"}]}"#,
+    )
+    .unwrap();
+    let src = "[bots.ranges]\ngooglebot = \"googlebot.json\"\ngptbot = { refresh = \"6h\" }\nbingbot = { url = \"https://example.com/bing.json\" }\n";
+    let c = compile_str(src, "t.toml", &dir).unwrap();
+    let fetched: Vec<_> = c.bot_ranges.iter().map(|r| r.bot.clone()).collect();
+    assert_eq!(fetched, ["bingbot", "gptbot"]);
+    assert!(
+        c.bot_ranges
+            .iter()
+            .any(|r| r.url == "https://example.com/bing.json")
+    );
+    let gptbot = c.bot_ranges.iter().find(|r| r.bot == "gptbot").unwrap();
+    assert_eq!(gptbot.refresh, 6 * 3600 * 1_000_000_000);
+
+    let e = match compile_str(
+        "[bots.ranges]\ngooglebot = \"missing.json\"\ngptbot = { url = \"ftp://x\" }\napplebot = 3\n",
+        "t.toml",
+        &dir,
+    ) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    let all = e.join("\n");
+    assert!(
+        all.contains("4:12") && all.contains("a file name or a table"),
+        "the bad value's line: {all}"
+    );
+    let e = errors("[bots.ranges]\ngooglebot = \"missing.json\"\ngptbot = { url = \"ftp://x\" }\n");
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("2:") && l.contains("missing.json")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|l| l.starts_with("3:") && l.contains("http")),
+        "{e:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

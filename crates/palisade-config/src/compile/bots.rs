@@ -78,9 +78,9 @@ pub(super) fn compile_bots(
                 continue;
             }
             let mut ranges = Vec::new();
-            match b.ranges.get(bot.name) {
-                Some(RawRangesSource::File(r)) => {
-                    let file = base.join(r.get_ref().strip_prefix("file:").unwrap_or(r.get_ref()));
+            match b.ranges.get(bot.name).map(|r| (r, r.get_ref())) {
+                Some((r, RawRangesSource::File(name))) => {
+                    let file = base.join(name.strip_prefix("file:").unwrap_or(name));
                     match std::fs::read_to_string(&file) {
                         Ok(text) => match palisade_intel::verify::parse_ranges(&text) {
                             Ok(rs) => {
@@ -100,7 +100,7 @@ pub(super) fn compile_bots(
                         ),
                     }
                 }
-                Some(RawRangesSource::Fetched(f)) => {
+                Some((_, RawRangesSource::Fetched(f))) => {
                     if let Some(rf) = range_fetch(bot, f, c) {
                         fetch.push(rf);
                     }
@@ -116,10 +116,7 @@ pub(super) fn compile_bots(
         }
     }
     for (name, source) in &b.ranges {
-        let span = match source {
-            RawRangesSource::File(r) => sp(r),
-            RawRangesSource::Fetched(f) => f.url.as_ref().or(f.refresh.as_ref()).and_then(sp),
-        };
+        let span = sp(source);
         if b.verify.iter().any(|v| v.name.get_ref() == name) {
             c.at(
                 span.clone(),
