@@ -327,3 +327,86 @@ fn spray(bencher: divan::Bencher, e: &Engine) {
         })
     });
 }
+
+/// The policy `bench/run.sh` measures as "full" (`bench/palisade-full.toml`): five limits,
+/// lists, the bot catalog with actions, intel, header consistency, a honeypot, behaviour on every
+/// dimension with stuffing, cache keys, a flow and attack mode, scoring and a CEL rule.
+fn full_policy_engine() -> Engine {
+    let src = include_str!("../../../bench/palisade-full.toml");
+    let c =
+        palisade_config::compile_str(src, "bench/palisade-full.toml", std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+    Engine::new(c.policy, None)
+}
+
+/// A library client's headers, as `bench/run.sh` sends them.
+fn library_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
+    h.insert("x-tenant", HeaderValue::from_static("acme"));
+    h.insert(
+        "user-agent",
+        HeaderValue::from_static("python-requests/2.32.3"),
+    );
+    h.insert("accept", HeaderValue::from_static("*/*"));
+    h.insert("accept-encoding", HeaderValue::from_static("gzip, deflate"));
+    h
+}
+
+fn full_facts<'a>(
+    headers: &'a HeaderMap,
+    method: &'a Method,
+    ip: IpAddr,
+    now: u64,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        method,
+        path: "/api/items/42",
+        query: None,
+        headers,
+        client_ip: ip,
+        peer_ip: ip,
+        now,
+        unix_ms: 1_700_000_000_000 + now / 1_000_000,
+        version: http::Version::HTTP_11,
+        ja4h: Some("ge11nn050000_8cd4f1a7a0b2_000000000000_000000000000"),
+        ip_info: None,
+        bot_verification: None,
+        username: None,
+        auth: palisade_engine::model::principal::Auth::Anonymous,
+    }
+}
+
+/// The full policy, one client again and again (warm). Target: median <= 3 µs.
+#[divan::bench]
+fn full_policy_warm(bencher: divan::Bencher) {
+    let e = full_policy_engine();
+    let headers = library_headers();
+    let method = Method::GET;
+    let ip = IpAddr::from([203, 0, 113, 7]);
+    let now = AtomicU64::new(3_600_000_000_000);
+    bencher.bench_local(|| {
+        let t = now.fetch_add(20_000, Ordering::Relaxed);
+        e.evaluate(&full_facts(&headers, &method, ip, t))
+    });
+}
+
+/// The full policy, a never-seen address every request (cells and feature records created,
+/// tables evicting). Target: median <= 6 µs.
+#[divan::bench]
+fn full_policy_new_client(bencher: divan::Bencher) {
+    let e = full_policy_engine();
+    let headers = library_headers();
+    let method = Method::GET;
+    let counter = AtomicU64::new(0);
+    bencher.bench_local(|| {
+        let i = counter.fetch_add(1, Ordering::Relaxed);
+        let ip = IpAddr::from((0x0b00_0000u32.wrapping_add(i as u32)).to_be_bytes());
+        e.evaluate(&full_facts(
+            &headers,
+            &method,
+            ip,
+            3_600_000_000_000 + i * 20_000,
+        ))
+    });
+}
