@@ -45,7 +45,7 @@ wait_port "$NG"; wait_port "$NGL"
 palisade() {
   local name=$1 policy=$2 sample=$3 port admin
   port=$(free_port); admin=$(free_port)
-  sed -e "s|^decisions = \"off\".*|decisions = \"$OUT/decisions-$name.jsonl\"|" \
+  sed -e "s|^decisions = \"off\".*|decisions = \"$PWD/$OUT/decisions-$name.jsonl\"|" \
       -e "s|^sample_allow = .*|sample_allow = $sample|" "$policy" > "$OUT/policy-$name.toml"
   PALISADE_ADMIN_TOKEN=bench "$BIN" serve --config "$OUT/policy-$name.toml" --upstream "http://127.0.0.1:$UP" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --data-dir "$OUT/data-$name" \

@@ -156,6 +156,10 @@ pub struct Engine {
     pub(crate) rule_spoofed: Arc<str>,
     pub(crate) rule_unverified: Arc<str>,
     pub(crate) ua_cache: Arc<UaCache>,
+    /// Which verifiable bot (index into the policy's `verified`) a user agent claims to be, per
+    /// user agent seen (this engine's list: not carried over a reload).
+    pub(crate) claims: quick_cache::sync::Cache<u64, Option<u16>>,
+    claims_hasher: std::hash::RandomState,
     pub(crate) blocks: Arc<BlockTable>,
     pub(crate) honeypot_rules: Vec<Arc<str>>,
     pub(crate) bot_rules: Vec<Arc<str>>,
@@ -175,6 +179,11 @@ pub struct Engine {
     /// honeypot flags it). Blocks, which may name one at any time, are checked per request.
     uses_ja4h: bool,
     pub(crate) rule_names: Vec<Arc<str>>,
+    /// Per rule, the routes it can match on (`None`: any): other routes skip it.
+    pub(crate) rule_routes: Vec<Option<Vec<RouteId>>>,
+    /// The limits' key dimensions the decision log shows beyond the fixed ones, with their
+    /// names, once each.
+    pub(crate) log_parts: Vec<(Arc<str>, crate::model::identity::KeyPart)>,
     pub(crate) rule_errors: std::sync::atomic::AtomicU64,
 }
 
@@ -285,8 +294,46 @@ impl Engine {
                     .map(|r| Arc::from(format!("rule/{}", r.name)))
             })
             .collect();
+        let rule_routes = policy
+            .rules
+            .iter()
+            .flat_map(|r| {
+                r.rules.iter().map(|r| {
+                    crate::policy::rules::route_scope(&r.program).map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|n| policy.route_id(n))
+                            .collect::<Vec<RouteId>>()
+                    })
+                })
+            })
+            .collect();
+        let mut log_parts: Vec<(Arc<str>, crate::model::identity::KeyPart)> = Vec::new();
+        for part in policy.limits.iter().flat_map(|l| &l.key) {
+            use crate::model::identity::KeyPart;
+            if matches!(
+                part,
+                KeyPart::Ip
+                    | KeyPart::Route
+                    | KeyPart::Method
+                    | KeyPart::ApiKey
+                    | KeyPart::Account
+                    | KeyPart::Jwt(_)
+                    | KeyPart::Ja4h
+                    | KeyPart::Asn
+                    | KeyPart::Country
+            ) {
+                continue;
+            }
+            let name: Arc<str> = Arc::from(part.to_string());
+            if !log_parts.iter().any(|(n, _)| *n == name) {
+                log_parts.push((name, part.clone()));
+            }
+        }
         Self {
             rule_names,
+            rule_routes,
+            log_parts,
             rule_errors: std::sync::atomic::AtomicU64::new(0),
             behaviour,
             behaviour_names,
@@ -314,6 +361,8 @@ impl Engine {
             rule_spoofed: Arc::from("bot/spoofed"),
             rule_unverified: Arc::from("bot/unverified"),
             ua_cache,
+            claims: quick_cache::sync::Cache::new(cache_entries.max(16)),
+            claims_hasher: std::hash::RandomState::new(),
             blocks,
             honeypot_rules,
             bot_rules,
@@ -464,6 +513,23 @@ impl Engine {
     /// The block table (shared with the admin API and the store).
     pub fn blocks(&self) -> &Arc<BlockTable> {
         &self.blocks
+    }
+
+    /// Which of the policy's verifiable bots (`[bots]` verified, by index) `ua` claims to be,
+    /// remembered per user agent: a request pays the claim patterns once per distinct agent.
+    pub fn claimed_bot(&self, ua: &str) -> Option<usize> {
+        let bots = self.policy.bots.as_ref()?;
+        if bots.verified.is_empty() {
+            return None;
+        }
+        let key = std::hash::BuildHasher::hash_one(&self.claims_hasher, ua.as_bytes());
+        if let Some(c) = self.claims.get(&key) {
+            return c.map(usize::from);
+        }
+        let found = bots.verified.iter().position(|v| v.claimed_by(ua));
+        self.claims
+            .insert(key, found.and_then(|i| u16::try_from(i).ok()));
+        found
     }
 
     /// The user-agent classification cache (its size is a metric).

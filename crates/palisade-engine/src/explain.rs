@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use crate::clock::Nanos;
 use crate::model::facts::RequestFacts;
-use crate::model::identity::{KeyPart, KeyValue, display_value, key_hash_of_values, mask};
+use crate::model::identity::{KeyPart, KeyValue, key_hash_of_values, mask};
 use crate::model::principal::Principal;
 use crate::state::limiter::ceil_secs;
 use crate::state::quota_ledger::{QuotaKey, day_of};
@@ -92,67 +92,73 @@ impl Engine {
 
     /// The identity dimensions the policy keys on, with this request's values (for the log).
     pub fn identity_of(&self, facts: &RequestFacts<'_>, route: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        self.identity_each(facts, route, |name, v| {
+            out.push((name.to_owned(), v.to_string()))
+        });
+        out
+    }
+
+    /// [`Self::identity_of`] without building strings: `f` gets each dimension's name and value,
+    /// in the same order (for writing the decision log straight into its line).
+    pub fn identity_each(
+        &self,
+        facts: &RequestFacts<'_>,
+        route: usize,
+        mut f: impl FnMut(&str, IdentityValue<'_>),
+    ) {
+        f("ip", IdentityValue::Ip(facts.client_ip));
+        if let Some(p) = facts.auth.principal() {
+            if let Some(id) = &p.key_id {
+                f("api_key", IdentityValue::Str(id));
+            }
+            if let Some(a) = &p.account {
+                f("account", IdentityValue::Str(a));
+            }
+            for (claim, v) in &p.claims {
+                f(&format!("jwt:{claim}"), IdentityValue::Str(v));
+            }
+        }
+        if let Some(j) = facts.ja4h {
+            f("ja4h", IdentityValue::Str(j));
+        }
+        if let Some(i) = facts.ip_info {
+            if i.asn != 0 {
+                f("asn", IdentityValue::Asn(u64::from(i.asn)));
+                f("as_name", IdentityValue::Str(&i.as_name));
+            }
+            if !i.country.is_empty() {
+                f("country", IdentityValue::Str(&i.country));
+            }
+            if let Some(c) = i.category {
+                f("network", IdentityValue::Str(c.name()));
+            }
+            if i.tor_exit {
+                f("tor_exit", IdentityValue::Str("true"));
+            }
+        }
+        if self.log_parts.is_empty() {
+            return;
+        }
         let route_name = self
             .policy
             .route(route)
             .map(|r| &*r.name)
             .unwrap_or("default");
-        let mut out = vec![("ip".to_owned(), facts.client_ip.to_string())];
-        if let Some(p) = facts.auth.principal() {
-            if let Some(id) = &p.key_id {
-                out.push(("api_key".to_owned(), id.to_string()));
-            }
-            if let Some(a) = &p.account {
-                out.push(("account".to_owned(), a.to_string()));
-            }
-            for (claim, v) in &p.claims {
-                out.push((format!("jwt:{claim}"), v.to_string()));
-            }
+        for (name, part) in &self.log_parts {
+            let v = match crate::model::identity::value_of(part, facts, 0) {
+                Some(KeyValue::Ip(ip, 255)) => IdentityValue::Ip(ip),
+                Some(KeyValue::Ip(ip, len)) => IdentityValue::Net(ip, len),
+                Some(KeyValue::Bytes(b)) => IdentityValue::Bytes(
+                    b.get(..crate::model::identity::MAX_KEY_VALUE_LEN)
+                        .unwrap_or(b),
+                ),
+                Some(KeyValue::Route(_)) => IdentityValue::Str(route_name),
+                Some(KeyValue::Num(n)) => IdentityValue::Asn(n),
+                None => continue,
+            };
+            f(name, v);
         }
-        if let Some(j) = facts.ja4h {
-            out.push(("ja4h".to_owned(), j.to_owned()));
-        }
-        if let Some(i) = facts.ip_info {
-            if i.asn != 0 {
-                out.push(("asn".to_owned(), format!("AS{}", i.asn)));
-                out.push(("as_name".to_owned(), i.as_name.to_string()));
-            }
-            if !i.country.is_empty() {
-                out.push(("country".to_owned(), i.country.to_string()));
-            }
-            if let Some(c) = i.category {
-                out.push(("network".to_owned(), c.name().to_owned()));
-            }
-            if i.tor_exit {
-                out.push(("tor_exit".to_owned(), "true".to_owned()));
-            }
-        }
-        for spec in &self.policy.limits {
-            for part in &spec.key {
-                if matches!(
-                    part,
-                    KeyPart::Ip
-                        | KeyPart::Route
-                        | KeyPart::Method
-                        | KeyPart::ApiKey
-                        | KeyPart::Account
-                        | KeyPart::Jwt(_)
-                        | KeyPart::Ja4h
-                        | KeyPart::Asn
-                        | KeyPart::Country
-                ) {
-                    continue;
-                }
-                let name = part.to_string();
-                if out.iter().any(|(n, _)| *n == name) {
-                    continue;
-                }
-                if let Some(v) = display_value(part, facts, route_name) {
-                    out.push((name, v));
-                }
-            }
-        }
-        out
     }
 
     /// "Why was this client limited?": the state of every limit keyed by exactly this dimension.
@@ -283,5 +289,32 @@ impl Engine {
             denylisted: ip.is_some_and(|ip| self.policy.lists.deny.contains(ip)),
             limits,
         })
+    }
+}
+
+/// A value of an identity dimension, as [`Engine::identity_each`] gives it.
+#[derive(Debug, Clone, Copy)]
+pub enum IdentityValue<'a> {
+    /// Text.
+    Str(&'a str),
+    /// Bytes, shown as UTF-8 (invalid sequences replaced).
+    Bytes(&'a [u8]),
+    /// An address.
+    Ip(std::net::IpAddr),
+    /// A masked network and its prefix length.
+    Net(std::net::IpAddr, u8),
+    /// An autonomous system number (shown `AS<n>`).
+    Asn(u64),
+}
+
+impl std::fmt::Display for IdentityValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentityValue::Str(s) => f.write_str(s),
+            IdentityValue::Bytes(b) => f.write_str(&String::from_utf8_lossy(b)),
+            IdentityValue::Ip(ip) => write!(f, "{ip}"),
+            IdentityValue::Net(ip, len) => write!(f, "{ip}/{len}"),
+            IdentityValue::Asn(n) => write!(f, "AS{n}"),
+        }
     }
 }

@@ -59,6 +59,9 @@ impl Running {
             t.abort();
         }
         flush(&self.shared).await;
+        // Every decision line queued so far reaches its file (the writer thread joins).
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.log.close()).await;
     }
 
     /// A one-paragraph description of where everything is, for people.

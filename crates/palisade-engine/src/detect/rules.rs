@@ -36,8 +36,10 @@ impl crate::engine::Engine {
         let mut added: Vec<Signal> = Vec::new();
         {
             let view = Facts::new(facts, &route.name, d, d.score);
-            for (r, name) in rp.rules.iter().zip(&self.rule_names) {
+            for ((r, name), routes) in rp.rules.iter().zip(&self.rule_names).zip(&self.rule_routes)
+            {
                 if let RuleAction::Score(w) = r.action
+                    && in_scope(routes, d.route)
                     && check(r, &view)
                 {
                     added.push(Signal {
@@ -58,7 +60,11 @@ impl crate::engine::Engine {
         let mut would: Option<(Action, Arc<str>)> = None;
         {
             let view = Facts::new(facts, &route.name, d, d.score);
-            for (r, name) in rp.rules.iter().zip(&self.rule_names) {
+            for ((r, name), routes) in rp.rules.iter().zip(&self.rule_names).zip(&self.rule_routes)
+            {
+                if !in_scope(routes, d.route) {
+                    continue;
+                }
                 let action = match r.action {
                     RuleAction::Score(_) => continue,
                     RuleAction::Allow => None,
@@ -89,4 +95,12 @@ impl crate::engine::Engine {
         }
         decided
     }
+}
+
+/// Whether a rule scoped to `routes` (`None`: any) can match on `route`.
+fn in_scope(
+    routes: &Option<Vec<crate::request::route::RouteId>>,
+    route: crate::request::route::RouteId,
+) -> bool {
+    routes.as_ref().is_none_or(|r| r.contains(&route))
 }

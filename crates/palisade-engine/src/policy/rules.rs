@@ -144,6 +144,55 @@ pub fn compile(env: &Env, source: &str) -> Result<Program, String> {
     Ok(program)
 }
 
+/// The routes a rule can match on, when its expression says so: `route == "x"` (or `route in
+/// [...]`) in a conjunction makes every other route a certain non-match, so the rule is not run
+/// there at all. `None`: any route. (CEL's `&&` is false when either side is false, whatever the
+/// other side would give, errors included: skipping it changes no result.)
+pub fn route_scope(program: &Program) -> Option<Vec<String>> {
+    scope_of(program.expression())
+}
+
+fn scope_of(e: &cel::common::ast::IdedExpr) -> Option<Vec<String>> {
+    use cel::common::ast::{Expr, LiteralValue, operators};
+    let route_name =
+        |e: &cel::common::ast::IdedExpr| matches!(&e.expr, Expr::Ident(n) if n == "route");
+    let literal = |e: &cel::common::ast::IdedExpr| match &e.expr {
+        Expr::Literal(LiteralValue::String(s)) => Some(s.inner().to_owned()),
+        _ => None,
+    };
+    let Expr::Call(call) = &e.expr else {
+        return None;
+    };
+    if call.target.is_some() {
+        return None;
+    }
+    match (call.func_name.as_str(), call.args.as_slice()) {
+        (operators::LOGICAL_AND, [a, b]) => match (scope_of(a), scope_of(b)) {
+            (Some(x), Some(y)) => Some(x.into_iter().filter(|r| y.contains(r)).collect()),
+            (Some(x), None) | (None, Some(x)) => Some(x),
+            (None, None) => None,
+        },
+        (operators::LOGICAL_OR, [a, b]) => {
+            let mut x = scope_of(a)?;
+            for r in scope_of(b)? {
+                if !x.contains(&r) {
+                    x.push(r);
+                }
+            }
+            Some(x)
+        }
+        (operators::EQUALS, [a, b]) if route_name(a) => literal(b).map(|r| vec![r]),
+        (operators::EQUALS, [a, b]) if route_name(b) => literal(a).map(|r| vec![r]),
+        (operators::IN, [a, b]) if route_name(a) => match &b.expr {
+            Expr::List(l) if l.optional_indices.is_empty() => {
+                l.elements.iter().map(literal).collect::<Option<Vec<_>>>()
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Names bound by the comprehension macros (`x` in `list.exists(x, ...)`), which the
 /// expression's references list as variables.
 fn comprehension_variables(source: &str) -> Vec<String> {
@@ -338,5 +387,38 @@ mod tests {
             "{e}"
         );
         assert!(compile(&env, "route ==").is_err());
+    }
+
+    #[test]
+    fn a_rule_scoped_to_routes_says_which() {
+        let env = environment();
+        let scope = |src: &str| route_scope(&compile(&env, src).unwrap());
+        assert_eq!(
+            scope(r#"asn.category == "hosting" && route == "login""#),
+            Some(vec!["login".to_owned()])
+        );
+        assert_eq!(
+            scope(r#""login" == route && (score > 3 || bot.verified)"#),
+            Some(vec!["login".to_owned()])
+        );
+        assert_eq!(
+            scope(r#"route in ["login", "signup"] && score > 10"#),
+            Some(vec!["login".to_owned(), "signup".to_owned()])
+        );
+        assert_eq!(
+            scope(r#"(route == "a" && score > 1) || route == "b""#),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(
+            scope(r#"route == "a" && route == "b""#),
+            Some(Vec::new()),
+            "can never match"
+        );
+        // Not scoped: a disjunction with an unscoped side, a negation, another variable.
+        assert_eq!(scope(r#"route == "a" || score > 50"#), None);
+        assert_eq!(scope(r#"route != "login""#), None);
+        assert_eq!(scope(r#"!(route == "login")"#), None);
+        assert_eq!(scope(r#"path == "/login""#), None);
+        assert_eq!(scope(r#"route.startsWith("log")"#), None);
     }
 }

@@ -148,7 +148,7 @@ pub fn gather(
             .headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())?;
-        let i = b.verified.iter().position(|v| v.claimed_by(ua))?;
+        let i = rt.engine.claimed_bot(ua)?;
         let bot = b.verified.get(i)?;
         Some((i, shared.verifier.status(bot, client, &b.dns_servers)))
     });
@@ -294,18 +294,127 @@ fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 
 /// A request's JA4H fingerprint over its headers as they arrived: in arrival order, with
 /// HTTP/1 names lowercased (the server does not keep their original case).
+///
+/// Remembered per worker thread: the same
+/// client sends the same header names (and cookies) request after request, and the two SHA-256
+/// digests are the dear part. The cache is keyed by everything the fingerprint reads — method,
+/// version, header names in order, the cookie and accept-language values — compared in full,
+/// so a hit is exact; 64 slots per thread, keys over 2 KiB not cached.
 pub fn ja4h_of(parts: &http::request::Parts) -> String {
-    palisade_intel::ja4h::ja4h_fingerprint(
-        parts.method.as_str(),
-        match parts.version {
-            http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
-            http::Version::HTTP_2 => HttpVersion::Http2,
-            http::Version::HTTP_3 => HttpVersion::Http3,
-            _ => HttpVersion::Http11,
-        },
-        parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_bytes())),
-    )
+    /// A remembered fingerprint and the key it is for.
+    type Slot = Option<(Vec<u8>, String)>;
+    const SLOTS: usize = 64;
+    const MAX_KEY: usize = 2048;
+    thread_local! {
+        static CACHE: std::cell::RefCell<(Vec<u8>, Vec<Slot>)> =
+            std::cell::RefCell::new((Vec::with_capacity(256), vec![None; SLOTS]));
+    }
+    let version = match parts.version {
+        http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
+        http::Version::HTTP_2 => HttpVersion::Http2,
+        http::Version::HTTP_3 => HttpVersion::Http3,
+        _ => HttpVersion::Http11,
+    };
+    let compute = || {
+        palisade_intel::ja4h::ja4h_fingerprint(
+            parts.method.as_str(),
+            version,
+            parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes())),
+        )
+    };
+    CACHE
+        .try_with(|cell| {
+            let Ok(mut cache) = cell.try_borrow_mut() else {
+                return compute();
+            };
+            let (key, slots) = &mut *cache;
+            key.clear();
+            key.extend_from_slice(parts.method.as_str().as_bytes());
+            key.push(0);
+            key.push(version as u8);
+            for (name, value) in &parts.headers {
+                key.push(0);
+                key.extend_from_slice(name.as_str().as_bytes());
+                if name == http::header::COOKIE || name == http::header::ACCEPT_LANGUAGE {
+                    key.push(b'=');
+                    key.extend_from_slice(value.as_bytes());
+                }
+                if key.len() > MAX_KEY {
+                    return compute();
+                }
+            }
+            let h = std::hash::BuildHasher::hash_one(
+                &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
+                &key[..],
+            );
+            let slot = (h as usize) % SLOTS;
+            if let Some(Some((k, fp))) = slots.get(slot)
+                && k[..] == key[..]
+            {
+                return fp.clone();
+            }
+            let fp = compute();
+            if let Some(s) = slots.get_mut(slot) {
+                *s = Some((key.clone(), fp.clone()));
+            }
+            fp
+        })
+        .unwrap_or_else(|_| compute())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().method(method).uri("/x");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    /// The per-thread cache gives exactly what computing afresh gives, for requests that differ
+    /// in any input of the fingerprint, asked again and again in mixed order.
+    #[test]
+    fn remembered_ja4h_is_the_computed_one() {
+        let cases = [
+            request("GET", &[("host", "a"), ("user-agent", "x")]),
+            request("GET", &[("user-agent", "x"), ("host", "a")]),
+            request("POST", &[("host", "a"), ("user-agent", "x")]),
+            request("GET", &[("host", "a"), ("cookie", "a=1; b=2")]),
+            request("GET", &[("host", "a"), ("cookie", "a=1; b=3")]),
+            request("GET", &[("host", "a"), ("accept-language", "fr-CH,fr")]),
+            request("GET", &[("host", "a"), ("accept-language", "de")]),
+            request("GET", &[("host", "a"), ("referer", "https://e.example/")]),
+        ];
+        let direct = |p: &http::request::Parts| {
+            palisade_intel::ja4h::ja4h_fingerprint(
+                p.method.as_str(),
+                HttpVersion::Http11,
+                p.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+            )
+        };
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..3 {
+            for i in 0..cases.len() {
+                let p = &cases[(i * 5 + round) % cases.len()];
+                let got = ja4h_of(p);
+                assert_eq!(got, direct(p));
+                seen.insert(got);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            cases.len(),
+            "every case has its own fingerprint"
+        );
+        let huge = "v".repeat(3000);
+        let p = request("GET", &[("host", "a"), ("cookie", &huge)]);
+        assert_eq!(ja4h_of(&p), direct(&p));
+    }
 }

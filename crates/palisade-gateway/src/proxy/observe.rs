@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
+use palisade_engine::explain::IdentityValue;
 use palisade_engine::state::limiter::ceil_secs;
 use palisade_engine::{Clock, Decision, Nanos, RequestFacts};
 
 use crate::proxy::enforce::Held;
 use crate::proxy::facts::ja4h_of;
-use crate::telemetry::decision_log::{DecisionRecord, LimitRecord, Reason, rfc3339};
+use crate::telemetry::decision_log::Line;
 use crate::telemetry::metrics::{DecisionLabels, Label};
 use crate::wire::fields::HeadLines;
 use crate::wire::headers::names::*;
@@ -48,12 +49,13 @@ pub fn response_lines(rt: &Runtime, decision: &Decision, request_id: &str, lines
 }
 
 /// A decision record to be written once the answer is known: every non-allow, and allows as
-/// sampled. Only logged decisions pay for building one (and only they enter the admin API's
-/// recent ring).
+/// sampled. Only logged decisions pay for one (and only they enter the admin API's recent
+/// ring). What the request is — method, path, identity — is written now, while the request is
+/// at hand, straight into the JSON it will be part of.
 pub struct PendingRecord {
-    identity: Vec<(String, String)>,
-    method: String,
-    path: String,
+    /// `"method":…,"path":…` then, from `identity_at`, the identity object.
+    json: Vec<u8>,
+    identity_at: usize,
 }
 
 /// The record of a decision, if it is logged.
@@ -71,30 +73,55 @@ pub fn pending_record(
     if !logged {
         return None;
     }
-    let mut identity = match facts.ja4h {
-        Some(_) => rt.engine.identity_of(facts, decision.route),
+    let mut line = Line::new();
+    line.k("method")
+        .str(parts.method.as_str())
+        .k("path")
+        .str(&bounded_path(parts.uri.path()));
+    let identity_at = line.as_bytes().len();
+    line.open();
+    let mut write = |name: &str, v: IdentityValue<'_>| {
+        line.key(name);
+        match v {
+            IdentityValue::Str(s) => line.str(s),
+            IdentityValue::Bytes(b) => line.bytes(b),
+            IdentityValue::Ip(ip) => line.ip(ip),
+            IdentityValue::Net(ip, len) => line.net(ip, len),
+            IdentityValue::Asn(n) => {
+                let mut s = String::with_capacity(12);
+                s.push_str("AS");
+                s.push_str(itoa::Buffer::new().format(n));
+                line.str(&s)
+            }
+        };
+    };
+    match facts.ja4h {
+        Some(_) => rt.engine.identity_each(facts, decision.route, &mut write),
         None => {
             let ja4h = ja4h_of(parts);
             let facts = RequestFacts {
                 ja4h: Some(&ja4h),
                 ..*facts
             };
-            rt.engine.identity_of(&facts, decision.route)
-        }
-    };
-    if let Some(c) = &decision.client {
-        identity.push(("bot".to_owned(), c.category.name().to_owned()));
-        if let Some((name, status)) = &c.verification {
-            identity.push(("bot_claim".to_owned(), format!("{name}:{}", status.name())));
-        }
-        if let Some(n) = &c.name {
-            identity.push(("bot_name".to_owned(), n.to_string()));
+            rt.engine.identity_each(&facts, decision.route, &mut write);
         }
     }
+    if let Some(c) = &decision.client {
+        write("bot", IdentityValue::Str(c.category.name()));
+        if let Some((name, status)) = &c.verification {
+            write(
+                "bot_claim",
+                IdentityValue::Str(&format!("{name}:{}", status.name())),
+            );
+        }
+        if let Some(n) = &c.name {
+            write("bot_name", IdentityValue::Str(n));
+        }
+    }
+    line.close();
     Some(PendingRecord {
-        identity,
-        method: parts.method.to_string(),
-        path: bounded_path(parts.uri.path()),
+        json: line.finish(),
+        identity_at,
     })
 }
 
@@ -153,61 +180,84 @@ pub fn observe(
     if decision.is_shadowed() {
         shared.metrics.shadow.get_or_create(&labels).inc();
     }
-    let Some(PendingRecord {
-        identity,
-        method,
-        path,
-    }) = record
-    else {
+    let Some(pending) = record else {
         return;
     };
-    let record = DecisionRecord {
-        time: rfc3339(shared.clock.unix_ms()),
-        request_id: outcome.request_id,
-        client_ip: outcome.client.to_string(),
-        method,
-        path,
-        route: outcome.route_label.to_string(),
-        status: outcome.status,
-        latency_ms: shared.clock.now().saturating_sub(outcome.arrived) as f64 / 1e6,
-        identity: identity
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::String(v)))
-            .collect(),
-        action: action.to_owned(),
-        score: decision.score,
-        rule: rule.to_string(),
-        reasons: decision
-            .signals
-            .iter()
-            .map(|s| Reason {
-                signal: s.name.to_string(),
-                weight: s.weight,
-                shadow: s.shadow,
-                discounted: s.discounted,
-            })
-            .collect(),
-        shadow: decision.is_shadowed(),
-        limits: decision
-            .limits
-            .iter()
-            .map(|o| LimitRecord {
-                limit: o.name.to_string(),
-                allowed: o.verdict.allowed,
-                remaining: o.verdict.remaining,
-                reset: ceil_secs(o.verdict.reset),
-            })
-            .collect(),
-    };
-    if !shared.log.record(record) {
+    let (head, identity) = pending
+        .json
+        .split_at(pending.identity_at.min(pending.json.len()));
+    let mut line = Line::new();
+    line.open()
+        .k("time")
+        .time(shared.clock.unix_ms())
+        .k("request_id")
+        .str(&outcome.request_id)
+        .k("client_ip")
+        .ip(outcome.client);
+    line.raw(b",")
+        .raw(head)
+        .k("route")
+        .str(outcome.route_label)
+        .k("status")
+        .u64(u64::from(outcome.status))
+        .k("latency_ms")
+        .millis(shared.clock.now().saturating_sub(outcome.arrived))
+        .k("identity")
+        .raw(identity);
+    line.k("action")
+        .str(action)
+        .k("score")
+        .u64(u64::from(decision.score))
+        .k("rule")
+        .str(&rule)
+        .k("reasons")
+        .open_array();
+    for s in &decision.signals {
+        line.element()
+            .open()
+            .k("signal")
+            .str(&s.name)
+            .k("weight")
+            .u64(u64::from(s.weight));
+        if s.shadow {
+            line.k("shadow").bool(true);
+        }
+        if s.discounted {
+            line.k("discounted").bool(true);
+        }
+        line.close();
+    }
+    line.close_array()
+        .k("shadow")
+        .bool(decision.is_shadowed())
+        .k("limits")
+        .open_array();
+    for o in &decision.limits {
+        line.element()
+            .open()
+            .k("limit")
+            .str(&o.name)
+            .k("allowed")
+            .bool(o.verdict.allowed)
+            .k("remaining")
+            .u64(o.verdict.remaining)
+            .k("reset")
+            .u64(ceil_secs(o.verdict.reset))
+            .close();
+    }
+    line.close_array().close();
+    if !shared.log.record(line.as_bytes()) {
         shared.metrics.log_dropped.inc();
     }
 }
 
-/// The path as logged: at most 512 bytes, so one hostile request cannot bloat the log.
-fn bounded_path(p: &str) -> String {
+/// The path as logged: at most 512 characters, so one hostile request cannot bloat the log.
+fn bounded_path(p: &str) -> std::borrow::Cow<'_, str> {
+    if p.len() <= 512 {
+        return std::borrow::Cow::Borrowed(p);
+    }
     match p.char_indices().nth(512) {
-        Some((i, _)) => format!("{}…", p.get(..i).unwrap_or("")),
-        None => p.to_owned(),
+        Some((i, _)) => std::borrow::Cow::Owned(format!("{}…", p.get(..i).unwrap_or(""))),
+        None => std::borrow::Cow::Borrowed(p),
     }
 }
