@@ -150,6 +150,7 @@ impl Behaviour {
             .filter(|_| login)
             .map(|u| hash_one(&self.hasher, 7, u));
         let id = request_id(facts.path, facts.query, &p.id_params);
+        let id_hash = id.map(|id| hash_one(&self.hasher, 8, id));
         let busting = p
             .cache_keys
             .iter()
@@ -276,7 +277,9 @@ impl Behaviour {
                                 f.cur.id_min.min(id)
                             };
                             f.cur.id_max = f.cur.id_max.max(id);
-                            f.add_distinct(Distinct::Ids, hash_one(&self.hasher, 8, id));
+                            if let Some(h) = id_hash {
+                                f.add_distinct(Distinct::Ids, h);
+                            }
                         }
                         if let Some(b) = busting {
                             f.cur.busting_requests = f.cur.busting_requests.saturating_add(1);
@@ -304,7 +307,7 @@ impl Behaviour {
                             fire(Sig::Regular);
                         }
                         if d.judges_walks() && requests >= t.min_requests as f32 {
-                            let (share, _) = f.route_share_and_entropy(now, p.window);
+                            let share = f.route_share(now, p.window);
                             if individual
                                 && share >= t.one_route_share
                                 && requests >= 5.0 * t.min_requests as f32
@@ -428,7 +431,7 @@ impl Behaviour {
                         if d == Dim::ApiKey && requests >= t.min_requests as f32 {
                             let rate = requests / (p.window as f32 / SECOND as f32);
                             let cv = f.regularity().unwrap_or(1.0);
-                            let (share, _) = f.route_share_and_entropy(now, p.window);
+                            let share = f.route_share(now, p.window);
                             let errors = f.est(now, p.window, |c| {
                                 u32::from(c.s401) + u32::from(c.s403) + u32::from(c.s404)
                             }) / requests;
@@ -541,14 +544,8 @@ impl Behaviour {
     }
 
     /// The distinct `after` routes of the flows, in slot order (at most [`FLOW_SLOTS`]).
-    pub(super) fn flow_slots(&self) -> Vec<RouteId> {
-        let mut out: Vec<RouteId> = Vec::new();
-        for f in &self.policy.flows {
-            if !out.contains(&f.after) && out.len() < FLOW_SLOTS {
-                out.push(f.after);
-            }
-        }
-        out
+    pub(super) fn flow_slots(&self) -> &[RouteId] {
+        &self.flow_slots
     }
 
     pub(super) fn busting_hash(

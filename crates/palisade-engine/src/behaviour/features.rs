@@ -81,7 +81,17 @@ pub(super) fn sketch_add(bits: &mut u64, h: u64) {
 
 /// Estimated distinct values in a linear-counting sketch.
 pub fn sketch_estimate(bits: u64) -> u32 {
-    let zeros = bits.count_zeros();
+    // The estimate depends only on the number of zero bits: 65 values, worked out once.
+    static ESTIMATES: std::sync::LazyLock<[u32; 65]> =
+        std::sync::LazyLock::new(|| std::array::from_fn(|zeros| linear_count(zeros as u32)));
+    ESTIMATES
+        .get(bits.count_zeros() as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Linear counting: `-m ln(zeros / m)` for a sketch of `m` = 64 bits.
+fn linear_count(zeros: u32) -> u32 {
     if zeros == 0 {
         // Saturated: report the largest value 64 bits can stand for.
         return 266;
@@ -175,6 +185,19 @@ impl Features {
         }
     }
 
+    /// The share of the busiest route (for the detectors, which need no entropy).
+    pub(super) fn route_share(&self, now: Nanos, window: Nanos) -> f32 {
+        let pw = self.prev_weight(now, window);
+        let mut total = 0.0f32;
+        let mut top = 0.0f32;
+        for (a, b) in self.cur.routes.iter().zip(&self.prev.routes) {
+            let c = f32::from(*a) + f32::from(*b) * pw;
+            total += c;
+            top = top.max(c);
+        }
+        if total <= 0.0 { 0.0 } else { top / total }
+    }
+
     pub(super) fn route_share_and_entropy(&self, now: Nanos, window: Nanos) -> (f32, f32) {
         let pw = self.prev_weight(now, window);
         let mut total = 0.0f32;
@@ -207,5 +230,23 @@ impl Features {
         }
         let var = (self.gap_sq - self.gap_mean * self.gap_mean).max(0.0);
         Some(var.sqrt() / self.gap_mean)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table gives what the formula gives, for every number of zero bits.
+    #[test]
+    fn sketch_estimates_follow_linear_counting() {
+        for zeros in 0..=64u32 {
+            let bits = if zeros == 64 { 0 } else { u64::MAX << zeros };
+            assert_eq!(bits.count_zeros(), zeros);
+            assert_eq!(sketch_estimate(bits), linear_count(zeros));
+        }
+        assert_eq!(sketch_estimate(0), 0);
+        assert_eq!(sketch_estimate(1), 1);
+        assert_eq!(sketch_estimate(u64::MAX), 266);
     }
 }

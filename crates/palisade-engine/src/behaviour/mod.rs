@@ -69,6 +69,8 @@ pub struct Behaviour {
     any_attack: AtomicU64,
     /// Failed logins in total, for the global view.
     failed_logins: AtomicU64,
+    /// The routes flows wait for (`after`), one slot each, in slot order.
+    flow_slots: Vec<crate::RouteId>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -93,7 +95,14 @@ impl Behaviour {
             .as_ref()
             .map(|s| Table::new(s.max_usernames));
         let groups = (policy.max_entries / 4).max(1024);
+        let mut flow_slots: Vec<crate::RouteId> = Vec::new();
+        for f in &policy.flows {
+            if !flow_slots.contains(&f.after) && flow_slots.len() < FLOW_SLOTS {
+                flow_slots.push(f.after);
+            }
+        }
         Self {
+            flow_slots,
             tables,
             targets,
             similar: Table::new(groups),
