@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by valgrind's callgrind, for nginx
-# proxy_pass and for Palisade with bench/palisade-bench.toml, in one run. Instruction counts do
-# not depend on what else the machine is doing, so small changes show where requests per second
-# are lost in noise. (Kernel time is not counted: both make the same syscalls per request.)
+# proxy_pass (without and with a JSON access log) and for Palisade on the three policies of
+# bench/run.sh (limits only; the full policy; the full policy logging every decision), in one
+# run, against the same nginx `return 200` upstream and the same library client. Instruction
+# counts do not depend on what else the machine is doing, so small changes show where requests
+# per second are lost in noise. (Kernel time is not counted: both make the same syscalls per
+# request. Under valgrind SHA-256 runs in software: JA4H counts dearer here than on the CPU.)
 #
 # Usage: bench/instructions.sh      (installs valgrind, wrk and nginx-light if missing)
 set -euo pipefail
@@ -10,10 +13,13 @@ source "$(dirname "$0")/lib.sh"
 
 need wrk:wrk valgrind:valgrind nginx:nginx-light
 build
-UP=$(free_port); NG=$(free_port); PA=$(free_port); AD=$(free_port)
+UP=$(free_port)
 start_upstream "$UP"
-NGDIR=$(mktemp -d)
-nginx_config "$NGDIR" "$UP" "$NG" "master_process off;"
+
+load() { # port duration [out]
+  wrk -t1 -c16 -d"$2" -H "x-tenant: acme" -H "user-agent: python-requests/2.32.3" -H "accept: */*" \
+    -H "accept-encoding: gzip, deflate" "http://127.0.0.1:$1/api/items/42" > "${3:-/dev/null}"
+}
 
 # measure NAME PORT -- COMMAND...: runs COMMAND under callgrind, warms up, counts a 5 s run.
 measure() {
@@ -22,9 +28,9 @@ measure() {
   valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$name.%p" "$@" 2>"$OUT/valgrind.$name.log" &
   local pid=$!
   wait_port "$port"
-  wrk -t1 -c16 -d3s -H "x-tenant: acme" "http://127.0.0.1:$port/api/items/42" >/dev/null
+  load "$port" 3s
   callgrind_control -z "$pid" >/dev/null 2>&1
-  wrk -t1 -c16 -d5s -H "x-tenant: acme" "http://127.0.0.1:$port/api/items/42" > "$OUT/wrk.$name.txt"
+  load "$port" 5s "$OUT/wrk.$name.txt"
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
@@ -34,11 +40,29 @@ measure() {
   echo "$name $n $ir"
 }
 
+# nginx NAME [ACCESS_LOG]
+nginx_target() {
+  local dir port; dir=$(mktemp -d); port=$(free_port)
+  NGINX_ACCESS_LOG=${2:-} nginx_config "$dir" "$UP" "$port" "master_process off;"
+  measure "$1" "$port" -- "$NGINX" -c "$dir/nginx.conf" -p "$dir"
+}
+
+# palisade NAME POLICY SAMPLE
+palisade_target() {
+  local port admin; port=$(free_port); admin=$(free_port)
+  sed -e "s|^decisions = \"off\".*|decisions = \"$PWD/$OUT/ir-decisions-$1.jsonl\"|" \
+      -e "s|^sample_allow = .*|sample_allow = $3|" "$2" > "$OUT/ir-policy-$1.toml"
+  PALISADE_ADMIN_TOKEN=bench measure "$1" "$port" -- "$BIN" serve --config "$OUT/ir-policy-$1.toml" \
+    --upstream "http://127.0.0.1:$UP" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+    --data-dir "$OUT/ir-data-$1" --workers 1 --log-level warn
+}
+
 {
-  measure nginx "$NG" -- "$NGINX" -c "$NGDIR/nginx.conf" -p "$NGDIR"
-  PALISADE_ADMIN_TOKEN=bench measure palisade "$PA" -- "$BIN" serve --config bench/palisade-bench.toml \
-    --upstream "http://127.0.0.1:$UP" --listen "127.0.0.1:$PA" --admin-listen "127.0.0.1:$AD" \
-    --data-dir "$OUT/data" --workers 1 --log-level warn
+  nginx_target nginx
+  nginx_target nginx-log "$PWD/$OUT/ir-nginx-access.jsonl"
+  palisade_target palisade-limits bench/palisade-bench.toml 0.01
+  palisade_target palisade-full bench/palisade-full.toml 0.01
+  palisade_target palisade-full-log bench/palisade-full.toml 1.0
 } > "$OUT/instructions.txt"
 
 python3 - "$OUT/instructions.txt" <<'PY'
@@ -46,10 +70,10 @@ import sys
 rows = {}
 for line in open(sys.argv[1]):
     name, n, ir = line.split()
-    rows[name] = (int(n), int(ir))
-print(f"{'target':<10} {'requests':>9} {'instructions/request':>21}")
-for name, (n, ir) in rows.items():
-    print(f"{name:<10} {n:>9} {ir // n:>21}")
-(nn, ni), (pn, pi) = rows["nginx"], rows["palisade"]
-print(f"palisade/nginx user-space instructions per request: {(pi / pn) / (ni / nn):.2f}x")
+    rows[name] = int(ir) / int(n)
+print(f"{'target':<18} {'instructions/request':>21}")
+for name, v in rows.items():
+    print(f"{name:<18} {v:>21.0f}")
+for p, n in (("palisade-limits", "nginx"), ("palisade-full", "nginx"), ("palisade-full-log", "nginx-log")):
+    print(f"{p}/{n}: {rows[p] / rows[n]:.2f}x")
 PY

@@ -19,8 +19,10 @@ need() {
   fi
 }
 
-# build: the release binary, as $BIN.
+# build: the release binary, as $BIN (PALISADE_BIN=path measures that binary instead, e.g. an
+# earlier commit's, without building).
 build() {
+  if [ -n "${PALISADE_BIN:-}" ]; then BIN=$PALISADE_BIN; return; fi
   cargo build --release -q -p palisade
   BIN=$PWD/target/release/palisade
 }

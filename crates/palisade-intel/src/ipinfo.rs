@@ -333,6 +333,8 @@ impl IpIntel {
             .filter(|r| r.end >= x);
         let (mut asn, mut country, mut as_name) = match range {
             Some(r) => (r.asn, r.country.clone(), r.name.clone()),
+            // Nothing more to learn: no strings made for a miss.
+            None if self.mmdbs.is_empty() && !tor_exit => return None,
             None => (0, Arc::from(""), Arc::from("")),
         };
         if !self.mmdbs.is_empty() && (asn == 0 || country.is_empty()) {
