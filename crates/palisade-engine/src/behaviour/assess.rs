@@ -597,7 +597,11 @@ impl Behaviour {
             .iter()
             .position(|r| *r == trace.route)
             .filter(|_| upstream && status < 400);
-        for d in Dim::ALL {
+        // Most answers change nothing on the records (a 2xx off the flows' routes): the records
+        // are not looked up again for them (their windows roll on the next request).
+        let records =
+            matches!(status, 401 | 403 | 404 | 429) || failed_login || flow_slot.is_some();
+        for d in Dim::ALL.into_iter().filter(|_| records) {
             let (Some(Some(table)), Some(Some(key))) =
                 (self.tables.get(d.index()), trace.keys.get(d.index()))
             else {

@@ -120,9 +120,11 @@ pub async fn serve<F, Fut>(
     mut service: F,
 ) -> Served
 where
-    F: FnMut(Request<RequestBody>) -> Fut,
+    F: FnMut(Request<RequestBody>, ClientGone) -> Fut,
     Fut: Future<Output = Answer>,
 {
+    // The client going away ends the connection: one handle serves all its requests.
+    let gone = ClientGone::default();
     let mut timer = Timer::new(Instant::now() + limits.first_byte_timeout);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut shutdown = Box::pin(async move {
@@ -224,15 +226,14 @@ where
                 (RequestBody(Some(Box::new(body))), Some(rx))
             }
         };
-        let mut request = Request::from_parts(head.parts, body);
-        let gone = ClientGone::default();
-        request.extensions_mut().insert(gone.clone());
+        let request = Request::from_parts(head.parts, body);
+
         let answer = {
             // While the request is handled, the socket is watched (when the reader is here:
             // no body, or a body already read): a client that goes away is noticed, so that a
             // request held for it can be dropped. Pipelined requests that arrive meanwhile
             // stay in the buffer, up to a head's bound.
-            let mut handling = std::pin::pin!(service(request));
+            let mut handling = std::pin::pin!(service(request, gone.clone()));
             let max_head = limits.max_head_bytes;
             poll_fn(|cx| {
                 if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
@@ -1341,7 +1342,7 @@ mod tests {
         }
     }
 
-    async fn echo(req: Request<RequestBody>) -> Answer {
+    async fn echo(req: Request<RequestBody>, _gone: ClientGone) -> Answer {
         let upstream = req.uri().path() == "/fields";
         let head = req.method() == Method::HEAD;
         let mut answer: Answer = respond(req).await.into();

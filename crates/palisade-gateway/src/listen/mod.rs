@@ -62,11 +62,13 @@ fn client_limits(rt: &Runtime) -> h1::Limits {
 
 /// What answers the requests that come through the listener (the proxy's phases).
 pub trait Handler: Clone + Send + Sync + 'static {
-    /// Answers one request from `peer`.
+    /// Answers one request from `peer`; `gone` is set when the client goes away meanwhile (a
+    /// held request is then dropped), where the server can tell.
     fn handle(
         &self,
         req: http::Request<ClientBody>,
         peer: SocketAddr,
+        gone: Option<crate::proxy::hold::ClientGone>,
     ) -> impl std::future::Future<Output = Answer> + Send + use<Self>;
 }
 
@@ -91,7 +93,7 @@ async fn serve_h2<H: Handler>(
         in_flight.clone(),
     ));
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let answering = handler.handle(req.map(ClientBody::H2), peer);
+        let answering = handler.handle(req.map(ClientBody::H2), peer, None);
         let guard = in_flight.start();
         async move {
             // hyper writes the headers: the upstream's fields join them.
@@ -179,8 +181,8 @@ pub(crate) async fn serve_proxy<H: Handler>(
                 tokio::spawn(async move {
                     let state = admitted.state.clone();
                     let per_request = handler.clone();
-                    let served = h1::serve(stream, limits, state, faults, stop, move |req| {
-                        per_request.handle(req.map(ClientBody::H1), peer)
+                    let served = h1::serve(stream, limits, state, faults, stop, move |req, gone| {
+                        per_request.handle(req.map(ClientBody::H1), peer, Some(gone))
                     })
                     .await;
                     if let h1::Served::Http2 { stream, read } = served {

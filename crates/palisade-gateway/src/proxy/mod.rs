@@ -39,20 +39,26 @@ impl crate::listen::Handler for Proxy {
         &self,
         req: Request<ClientBody>,
         peer: SocketAddr,
+        gone: Option<ClientGone>,
     ) -> impl std::future::Future<Output = Answer> + Send + use<> {
-        handle(self.0.clone(), req, peer)
+        handle(self.0.clone(), req, peer, gone)
     }
 }
 
 /// Handles one request; never fails (errors become responses).
-pub async fn handle(shared: Arc<Shared>, req: Request<ClientBody>, peer: SocketAddr) -> Answer {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<ClientBody>,
+    peer: SocketAddr,
+    gone: Option<ClientGone>,
+) -> Answer {
     let rt = shared.runtime.load_full();
     let mut extra = Extra {
         // The RateLimit headers and the request id without regrowing.
         lines: HeadLines::with_capacity(768),
         fields: None,
     };
-    let response = respond(&shared, &rt, req, peer, &mut extra).await;
+    let response = respond(&shared, &rt, req, peer, gone, &mut extra).await;
     Answer {
         response,
         lines: extra.lines,
@@ -72,6 +78,7 @@ async fn respond(
     rt: &Runtime,
     req: Request<ClientBody>,
     peer: SocketAddr,
+    gone: Option<ClientGone>,
     extra: &mut Extra,
 ) -> Response<ProxyBody> {
     // Arrival, on the engine's monotonic clock (also the decision's `now`).
@@ -143,7 +150,6 @@ async fn respond(
     let record = observe::pending_record(rt, &decision, &facts, &parts);
 
     // Enforcement, then forwarding.
-    let gone = parts.extensions.get::<ClientGone>().cloned();
     let (refusal, held) = match decision.action {
         palisade_engine::Action::Delay { .. } => {
             enforce::hold(shared, rt, &mut decision, client, gone.as_ref()).await
