@@ -397,7 +397,7 @@ struct Queue {
 pub struct DecisionLog {
     queue: Option<Arc<Queue>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    recent: Mutex<VecDeque<Box<[u8]>>>,
+    recent: Mutex<VecDeque<Arc<[u8]>>>,
     recent_cap: usize,
 }
 
@@ -461,7 +461,7 @@ impl DecisionLog {
             if ring.len() >= self.recent_cap {
                 ring.pop_front();
             }
-            ring.push_back(Box::from(line));
+            ring.push_back(Arc::from(line));
         }
         ok
     }
@@ -486,7 +486,8 @@ impl DecisionLog {
         limit: usize,
         filter: impl Fn(&DecisionRecord) -> bool,
     ) -> Vec<DecisionRecord> {
-        let lines: Vec<Box<[u8]>> = match self.recent.lock() {
+        // Shared handles, taken under the lock; parsed after it is released.
+        let lines: Vec<Arc<[u8]>> = match self.recent.lock() {
             Ok(ring) => ring.iter().cloned().collect(),
             Err(_) => return Vec::new(),
         };
