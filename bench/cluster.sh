@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
-need wrk:wrk redis-server:redis-server
+need wrk:wrk redis-server:redis-server nginx:nginx-light
 build
 UP=$(free_port); RD=$(free_port)
 start_upstream "$UP"
