@@ -344,17 +344,16 @@ impl Behaviour {
                         // A fingerprint or ASN seen from many networks is shared by unrelated
                         // clients (a library, a cloud): the keys behind it are no group.
                         let shared = matches!(d, Dim::Ja4h | Dim::Asn);
+                        let many_keys = f.distinct(Distinct::Keys) >= t.keys_per_source;
+                        let many_accounts = f.distinct(Distinct::Accounts) >= t.keys_per_source;
                         if matches!(d, Dim::Ip | Dim::Prefix) {
-                            crowded_network = Some(
-                                f.distinct(Distinct::Keys) >= t.keys_per_source
-                                    || f.distinct(Distinct::Accounts) >= t.keys_per_source,
-                            );
+                            crowded_network = Some(many_keys || many_accounts);
                         }
                         let member = crowded_network.unwrap_or(true);
                         let co_located = !shared
                             || (member && f.distinct(Distinct::Ips) < t.shared_source_networks);
                         if d.is_source() && co_located {
-                            if f.distinct(Distinct::Keys) >= t.keys_per_source {
+                            if many_keys {
                                 fire(match d {
                                     Dim::Ip => Sig::KeysPerIp,
                                     Dim::Prefix => Sig::KeysPerPrefix,
@@ -362,7 +361,7 @@ impl Behaviour {
                                     _ => Sig::KeysPerAsn,
                                 });
                             }
-                            if f.distinct(Distinct::Accounts) >= t.keys_per_source {
+                            if many_accounts {
                                 fire(Sig::AccountsPerSource);
                             }
                         }

@@ -286,20 +286,6 @@ pub fn key_hash_of_values<B: BuildHasher>(hasher: &B, values: &[KeyValue<'_>]) -
     h.finish()
 }
 
-/// A person-readable rendering of a key part's value (for the decision log).
-pub fn display_value(part: &KeyPart, facts: &RequestFacts<'_>, route_name: &str) -> Option<String> {
-    match value_of(part, facts, 0)? {
-        KeyValue::Ip(ip, 255) => Some(ip.to_string()),
-        KeyValue::Ip(ip, len) => Some(format!("{ip}/{len}")),
-        KeyValue::Bytes(b) => {
-            let b = b.get(..MAX_KEY_VALUE_LEN).unwrap_or(b);
-            Some(String::from_utf8_lossy(b).into_owned())
-        }
-        KeyValue::Route(_) => Some(route_name.to_owned()),
-        KeyValue::Num(n) => Some(format!("AS{n}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

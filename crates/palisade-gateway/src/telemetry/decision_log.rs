@@ -363,13 +363,6 @@ fn write_rfc3339(out: &mut Vec<u8>, unix_ms: u64) {
     out.push(b'Z');
 }
 
-/// RFC 3339 UTC time with milliseconds, from Unix milliseconds.
-pub fn rfc3339(unix_ms: u64) -> String {
-    let mut out = Vec::with_capacity(24);
-    write_rfc3339(&mut out, unix_ms);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A batch fills to this before the writer is woken early.
 const BATCH: usize = 64 << 10;
 /// The writer wakes at least this often.
@@ -544,6 +537,12 @@ fn write_batches(q: &Queue, mut out: Box<dyn Write + Send>) {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    fn rfc3339(unix_ms: u64) -> String {
+        let mut out = Vec::new();
+        write_rfc3339(&mut out, unix_ms);
+        String::from_utf8(out).unwrap()
+    }
 
     #[test]
     fn rfc3339_known_instants() {
