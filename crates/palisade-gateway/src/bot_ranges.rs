@@ -86,15 +86,13 @@ pub async fn refresh_loop(shared: Arc<Shared>) {
             .retain_ranges(|bot| wanted.iter().any(|w| w.bot == bot));
         for w in &wanted {
             let file = cache_file(&data_dir, &w.bot);
-            let s = sources.entry(w.bot.clone()).or_insert_with(|| {
-                if shared.verifier.ranges(&w.bot).is_none() {
-                    load_cached(&shared, &w.bot, &file);
-                }
-                Source {
-                    url: w.url.clone(),
-                    next: Instant::now(),
-                    failures: 0,
-                }
+            if !sources.contains_key(&w.bot) && shared.verifier.ranges(&w.bot).is_none() {
+                load_cached(&shared, &w.bot, &file).await;
+            }
+            let s = sources.entry(w.bot.clone()).or_insert_with(|| Source {
+                url: w.url.clone(),
+                next: Instant::now(),
+                failures: 0,
             });
             if s.url != w.url {
                 s.url = w.url.clone();
@@ -111,7 +109,13 @@ pub async fn refresh_loop(shared: Arc<Shared>) {
             };
             let result = match outcome {
                 Ok((ranges, body)) => {
-                    if let Err(e) = write_atomically(&file, &body) {
+                    // Off the runtime: the copy is synced to disk.
+                    let path = file.clone();
+                    let written =
+                        tokio::task::spawn_blocking(move || write_atomically(&path, &body))
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                    if let Err(e) = written {
                         tracing::warn!(bot = %w.bot, file = %file.display(), error = %e, "cannot keep a copy of the bot's ranges; using them anyway");
                     }
                     tracing::info!(bot = %w.bot, url = %w.url, ranges = ranges.len(), "fetched published bot ranges");
@@ -143,9 +147,13 @@ pub async fn refresh_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Installs the last good copy on disk, if there is one.
-fn load_cached(shared: &Shared, bot: &str, file: &Path) {
-    match std::fs::read(file) {
+/// Installs the last good copy on disk, if there is one (read off the runtime).
+async fn load_cached(shared: &Shared, bot: &str, file: &Path) {
+    let path = file.to_owned();
+    let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match read {
         Ok(body) => match parse_document(&body) {
             Ok(r) => {
                 tracing::info!(bot, file = %file.display(), ranges = r.len(), "using the last good copy of the bot's ranges until they are fetched");
