@@ -410,3 +410,56 @@ fn full_policy_new_client(bencher: divan::Bencher) {
         ))
     });
 }
+
+/// The per-identity table on its own, against `quick_cache` (which it replaced): a warm lookup
+/// of one of 10,000 tracked keys that updates its record, as limits and behaviour do a dozen
+/// times per request.
+mod tables {
+    use palisade_engine::state::bounded::BoundedMap;
+    use quick_cache::sync::{Cache, EntryAction, EntryResult};
+
+    const KEYS: u64 = 10_000;
+
+    fn key(i: u64) -> u64 {
+        i.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    #[divan::bench]
+    fn bounded_map_warm(bencher: divan::Bencher) {
+        let m: BoundedMap<[u64; 3]> = BoundedMap::new(100_000);
+        for i in 0..KEYS {
+            m.with(key(i), || [0; 3], |_| ());
+        }
+        let mut i = 0u64;
+        bencher.bench_local(|| {
+            i = (i + 1) % KEYS;
+            m.with(
+                key(i),
+                || [0; 3],
+                |v| {
+                    v[0] += 1;
+                    v[0]
+                },
+            )
+        });
+    }
+
+    #[divan::bench]
+    fn quick_cache_warm(bencher: divan::Bencher) {
+        let m: Cache<u64, [u64; 3]> = Cache::new(100_000);
+        for i in 0..KEYS {
+            m.insert(key(i), [0; 3]);
+        }
+        let mut i = 0u64;
+        bencher.bench_local(|| {
+            i = (i + 1) % KEYS;
+            match m.entry(&key(i), None, |_, v| {
+                v[0] += 1;
+                EntryAction::Retain(v[0])
+            }) {
+                EntryResult::Retained(n) => n,
+                _ => 0,
+            }
+        });
+    }
+}

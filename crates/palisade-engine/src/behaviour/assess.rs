@@ -451,11 +451,10 @@ impl Behaviour {
                         }
                     },
                 )
-                .flatten()
                 .and_then(|sig| {
                     let count = self
                         .similar
-                        .with(sig, Group::default, |g| g.add(now, p.window, key))?;
+                        .with(sig, Group::default, |g| g.add(now, p.window, key));
                     (count >= t.group_keys).then_some(())
                 });
             if similar.is_some() {
@@ -488,11 +487,10 @@ impl Behaviour {
         {
             // Onboarding creates keys together; a swarm's keys are also used from one network.
             let cohort = hash_one(&self.hasher, 10, (created / 3_600_000, prefix_key));
-            if let Some(n) = self
+            let n = self
                 .cohorts
-                .with(cohort, Group::default, |g| g.add(now, p.window, k))
-                && n >= t.group_keys
-            {
+                .with(cohort, Group::default, |g| g.add(now, p.window, k));
+            if n >= t.group_keys {
                 emit(&mut emitted, Sig::KeyCohort, weight(Sig::KeyCohort));
             }
         }
@@ -681,36 +679,34 @@ impl Behaviour {
             return 0;
         };
         let window = self.policy.window;
-        table
-            .with(
-                key,
-                || Features::fresh(now, window),
-                |f| {
-                    if f.level > 0 && f.last_offense > 0 && relax > 0 {
-                        let calm = now.saturating_sub(f.last_offense.max(f.level_at)) / relax;
-                        if calm > 0 {
-                            f.level = f.level.saturating_sub(calm.min(255) as u8);
-                            f.level_at = now;
-                        }
-                    }
-                    if !offence {
-                        return f.level;
-                    }
-                    let current = steps
-                        .get(usize::from(f.level.saturating_sub(1)))
-                        .copied()
-                        .unwrap_or(0);
-                    if f.level == 0 {
-                        f.level = 1;
-                        f.level_at = now;
-                    } else if now >= f.level_at.saturating_add(current) {
-                        f.level = f.level.saturating_add(1);
+        table.with(
+            key,
+            || Features::fresh(now, window),
+            |f| {
+                if f.level > 0 && f.last_offense > 0 && relax > 0 {
+                    let calm = now.saturating_sub(f.last_offense.max(f.level_at)) / relax;
+                    if calm > 0 {
+                        f.level = f.level.saturating_sub(calm.min(255) as u8);
                         f.level_at = now;
                     }
-                    f.last_offense = now;
-                    f.level
-                },
-            )
-            .unwrap_or(0)
+                }
+                if !offence {
+                    return f.level;
+                }
+                let current = steps
+                    .get(usize::from(f.level.saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0);
+                if f.level == 0 {
+                    f.level = 1;
+                    f.level_at = now;
+                } else if now >= f.level_at.saturating_add(current) {
+                    f.level = f.level.saturating_add(1);
+                    f.level_at = now;
+                }
+                f.last_offense = now;
+                f.level
+            },
+        )
     }
 }

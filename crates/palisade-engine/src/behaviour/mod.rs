@@ -135,12 +135,8 @@ impl Behaviour {
 
     /// Identities tracked now, over all dimensions.
     pub fn len(&self) -> usize {
-        self.tables
-            .iter()
-            .flatten()
-            .map(|t| t.cells.len())
-            .sum::<usize>()
-            + self.targets.as_ref().map_or(0, |t| t.cells.len())
+        self.tables.iter().flatten().map(|t| t.len()).sum::<usize>()
+            + self.targets.as_ref().map_or(0, |t| t.len())
     }
 
     /// Whether nothing is tracked.
@@ -150,14 +146,15 @@ impl Behaviour {
 
     /// Most identities tracked at once, over all tables.
     pub fn capacity(&self) -> u64 {
-        self.tables
+        (self
+            .tables
             .iter()
             .flatten()
-            .map(|t| t.cells.capacity())
-            .sum::<u64>()
-            + self.targets.as_ref().map_or(0, |t| t.cells.capacity())
-            + self.similar.cells.capacity()
-            + self.cohorts.cells.capacity()
+            .map(|t| t.capacity())
+            .sum::<usize>()
+            + self.targets.as_ref().map_or(0, |t| t.capacity())
+            + self.similar.capacity()
+            + self.cohorts.capacity()) as u64
     }
 
     /// Records evicted so far.
@@ -165,27 +162,21 @@ impl Behaviour {
         self.tables
             .iter()
             .flatten()
-            .map(|t| t.evictions.0.load(Ordering::Relaxed))
+            .map(|t| t.evictions())
             .sum::<u64>()
-            + self
-                .targets
-                .as_ref()
-                .map_or(0, |t| t.evictions.0.load(Ordering::Relaxed))
+            + self.targets.as_ref().map_or(0, |t| t.evictions())
     }
 
     /// Approximate bytes the tables hold.
     pub fn approx_bytes(&self) -> usize {
-        // Record plus key, hash-table slot and S3-FIFO bookkeeping.
-        let per = std::mem::size_of::<Features>() + 48;
         self.tables
             .iter()
             .flatten()
-            .map(|t| t.cells.len() * per)
+            .map(|t| t.approx_bytes())
             .sum::<usize>()
-            + self
-                .targets
-                .as_ref()
-                .map_or(0, |t| t.cells.len() * (std::mem::size_of::<Target>() + 48))
+            + self.targets.as_ref().map_or(0, |t| t.approx_bytes())
+            + self.similar.approx_bytes()
+            + self.cohorts.approx_bytes()
     }
 
     /// Failed logins seen in total.
@@ -842,7 +833,7 @@ mod tests {
             send(&b, &r, ITEMS, u64::from(i) * 1000, 200);
         }
         for t in b.tables.iter().flatten() {
-            assert!(t.cells.len() as u64 <= t.cells.capacity());
+            assert!(t.len() <= t.capacity());
         }
         assert!(b.evictions() > 0);
         assert!(b.len() <= b.capacity() as usize);

@@ -1,89 +1,14 @@
-//! Bounded tables from a hashed identity to its record (S3-FIFO eviction, a hard cap), group
+//! Bounded tables from a hashed identity to its record (CLOCK eviction, a hard cap), group
 //! and username records, and the keys identities are hashed with.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use quick_cache::sync::{Cache, EntryAction, EntryResult};
-use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 
 use crate::clock::Nanos;
 
 use super::*;
 
-/// Counts evictions.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Evictions(pub(super) Arc<AtomicU64>);
-
-impl<V> Lifecycle<u64, V> for Evictions {
-    type RequestState = ();
-    fn on_evict(&self, _state: &mut (), _key: u64, _val: V) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// A bounded table from a hashed identity to a record.
-pub(super) struct Table<V: Clone> {
-    pub(super) cells: Cache<u64, V, UnitWeighter, DefaultHashBuilder, Evictions>,
-    pub(super) evictions: Evictions,
-}
-
-impl<V: Clone> Table<V> {
-    pub(super) fn new(max: usize) -> Self {
-        let max = max.max(16);
-        let evictions = Evictions::default();
-        Self {
-            cells: Cache::with(
-                max,
-                max as u64,
-                UnitWeighter,
-                DefaultHashBuilder::default(),
-                evictions.clone(),
-            ),
-            evictions,
-        }
-    }
-
-    /// Runs `f` on the key's record, creating it with `fresh` first if needed.
-    pub(super) fn with<R>(
-        &self,
-        key: u64,
-        fresh: impl FnOnce() -> V,
-        f: impl FnOnce(&mut V) -> R,
-    ) -> Option<R> {
-        let mut f = Some(f);
-        let result = self.cells.entry(&key, None, |_, v| {
-            let r = f.take().map(|f| f(v));
-            EntryAction::Retain(r)
-        });
-        match result {
-            EntryResult::Retained(r) => r,
-            EntryResult::Vacant(guard) => {
-                let mut v = fresh();
-                let r = f.take().map(|f| f(&mut v));
-                let _ = guard.insert(v);
-                r
-            }
-            _ => None,
-        }
-    }
-
-    pub(super) fn peek(&self, key: u64) -> Option<V> {
-        self.cells.peek(&key)
-    }
-
-    /// Runs `f` on the key's record if there is one.
-    pub(super) fn update<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
-        let mut f = Some(f);
-        match self.cells.entry(&key, None, |_, v| {
-            EntryAction::Retain(f.take().map(|f| f(v)))
-        }) {
-            EntryResult::Retained(r) => r,
-            _ => None,
-        }
-    }
-}
+pub(super) type Table<V> = crate::state::bounded::BoundedMap<V>;
 
 /// A group record: which keys it has seen, per epoch.
 #[derive(Debug, Clone, Copy, Default)]

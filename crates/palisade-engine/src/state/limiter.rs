@@ -1,18 +1,17 @@
 //! Rate limits: GCRA (rate + burst) and sliding-window counters over bounded per-key tables.
 //!
-//! Each limit owns a [`LimitTable`]: a bounded, sharded cache (S3-FIFO eviction) from a hashed key
-//! to a 24-byte cell. Evicting an idle GCRA cell loses nothing (a cell whose theoretical arrival
-//! time has passed is the same as a fresh one); the eviction policy keeps frequently seen keys,
-//! so a client hammering a limit stays tracked while a spray of one-off addresses churns through
-//! the cold queue.
+//! Each limit owns a [`LimitTable`]: a bounded map ([`BoundedMap`], CLOCK eviction) from a hashed
+//! key to a 24-byte cell. Evicting an idle GCRA cell loses nothing (a cell whose theoretical
+//! arrival time has passed is the same as a fresh one); the eviction policy keeps frequently seen
+//! keys, so a client hammering a limit stays tracked while a spray of one-off addresses churns
+//! through the cold slots.
 
 use std::hash::RandomState;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::Method;
-use quick_cache::sync::{Cache, EntryAction, EntryResult};
-use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
+
+use super::bounded::BoundedMap;
 
 use crate::clock::{Nanos, SECOND};
 use crate::model::identity::KeyPart;
@@ -126,6 +125,12 @@ pub enum Cell {
         /// Units counted in the current window.
         cur: u64,
     },
+}
+
+impl Default for Cell {
+    fn default() -> Self {
+        Cell::Gcra { tat: 0 }
+    }
 }
 
 /// The result of asking a limit for `cost` units.
@@ -301,22 +306,9 @@ fn window_wait(window: Nanos, limit: u64, elapsed: Nanos, prev: u64, cur: u64, c
     (to_next + e + 1).min(u64::MAX as u128) as Nanos
 }
 
-/// Counts evictions from a table.
-#[derive(Debug, Clone, Default)]
-pub struct EvictionCounter(Arc<AtomicU64>);
-
-impl Lifecycle<u64, Cell> for EvictionCounter {
-    type RequestState = ();
-
-    fn on_evict(&self, _state: &mut (), _key: u64, _val: Cell) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// The bounded per-key state of one limit.
 pub struct LimitTable {
-    cells: Cache<u64, Cell, UnitWeighter, DefaultHashBuilder, EvictionCounter>,
-    evictions: EvictionCounter,
+    cells: BoundedMap<Cell>,
     /// Secret hasher for keys, fixed for the table's life so admin look-ups find the same cell.
     pub hasher: RandomState,
 }
@@ -333,18 +325,8 @@ impl std::fmt::Debug for LimitTable {
 impl LimitTable {
     /// A table that tracks at most `max_entries` keys.
     pub fn new(max_entries: usize) -> Self {
-        let max_entries = max_entries.max(16);
-        let evictions = EvictionCounter::default();
-        let cells = Cache::with(
-            max_entries,
-            max_entries as u64,
-            UnitWeighter,
-            DefaultHashBuilder::default(),
-            evictions.clone(),
-        );
         Self {
-            cells,
-            evictions,
+            cells: BoundedMap::new(max_entries.max(16)),
             hasher: RandomState::new(),
         }
     }
@@ -358,41 +340,21 @@ impl LimitTable {
         cost: u64,
         reserve: Nanos,
     ) -> Verdict {
-        let result = self.cells.entry(&key, None, |_, cell| {
-            EntryAction::Retain(alg.check(cell, now, cost, reserve))
-        });
-        match result {
-            EntryResult::Retained(v) => v,
-            EntryResult::Vacant(guard) => {
-                let mut cell = alg.fresh(now);
-                let v = alg.check(&mut cell, now, cost, reserve);
-                let _ = guard.insert(cell);
-                v
-            }
-            // Removal and replacement are never requested, and there is no timeout; treat the
-            // impossible as "allowed, untracked" rather than failing the request.
-            _ => Verdict {
-                allowed: true,
-                remaining: 0,
-                reset: 0,
-                retry_after: 0,
-            },
-        }
+        self.cells.with(
+            key,
+            || alg.fresh(now),
+            |cell| alg.check(cell, now, cost, reserve),
+        )
     }
 
     /// Adjusts a key's charge if it is tracked.
     pub fn adjust(&self, alg: &Algorithm, key: u64, now: Nanos, delta: i64) {
-        let _ = self
-            .cells
-            .entry(&key, Some(std::time::Duration::ZERO), |_, cell| {
-                alg.adjust(cell, now, delta);
-                EntryAction::Retain(())
-            });
+        self.cells.update(key, |cell| alg.adjust(cell, now, delta));
     }
 
     /// A key's current state, if tracked.
     pub fn peek(&self, alg: &Algorithm, key: u64, now: Nanos) -> Option<Verdict> {
-        self.cells.peek(&key).map(|c| alg.peek(&c, now))
+        self.cells.peek(key).map(|c| alg.peek(&c, now))
     }
 
     /// Keys tracked now.
@@ -402,28 +364,24 @@ impl LimitTable {
 
     /// Whether no key is tracked.
     pub fn is_empty(&self) -> bool {
-        self.cells.len() == 0
+        self.cells.is_empty()
     }
 
     /// Most keys tracked at once.
     pub fn capacity(&self) -> u64 {
-        self.cells.capacity()
+        self.cells.capacity() as u64
     }
 
     /// Keys evicted so far.
     pub fn evictions(&self) -> u64 {
-        self.evictions.0.load(Ordering::Relaxed)
+        self.cells.evictions()
     }
 
-    /// Approximate bytes held by the table's cells (key, cell and per-entry overhead).
+    /// Bytes held by the table (keys, cells, locks).
     pub fn approx_bytes(&self) -> usize {
-        self.len() * APPROX_ENTRY_BYTES
+        self.cells.approx_bytes()
     }
 }
-
-/// Approximate memory per tracked key (key, cell and the cache's own bookkeeping), from the
-/// gateway spray test: 50,000 keys grew the process by about 5.8 MiB.
-pub const APPROX_ENTRY_BYTES: usize = 120;
 
 /// Seconds, rounded up, for headers.
 pub fn ceil_secs(n: Nanos) -> u64 {

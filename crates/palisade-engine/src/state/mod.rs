@@ -2,6 +2,7 @@
 //! ledger, blocks with a time to live.
 
 pub mod blocks;
+pub mod bounded;
 pub mod limiter;
 pub mod quota_ledger;
 pub mod ua_cache;
