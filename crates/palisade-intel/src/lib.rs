@@ -5,6 +5,7 @@
 pub mod bots;
 pub mod headers;
 pub mod ipinfo;
+pub mod ja4;
 pub mod ja4h;
 pub mod mmdb_write;
 pub mod verify;
