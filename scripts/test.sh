@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || need+=(procps)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# `curl` is a real TLS client (HTTP/1.1 and HTTP/2) of the TLS listener's tests.
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # `dnsmasq` (the dnsmasq-base package: no service) is the real DNS server the verified-bot
 # tests resolve against.
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)

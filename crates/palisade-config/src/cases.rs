@@ -51,6 +51,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                     unix_ms,
                     version: http::Version::HTTP_11,
                     ja4h: None,
+                    tls: None,
                     ip_info: None,
                     bot_verification: None,
                     username: None,

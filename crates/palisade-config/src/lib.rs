@@ -17,9 +17,10 @@ pub use palisade_engine::units;
 
 pub use cases::{CaseOutcome, run_cases};
 pub use compile::{
-    Compiled, DecisionLogTarget, KeyForward, KeySettings, LogSettings, OnEngineError, OnStoreError,
-    Overrides, RangeFetch, ServerSettings, StoreBackend, StoreSettings, StoreSync, TestCase,
-    UpstreamProtocol, UpstreamSettings, compile_str, load_file,
+    CertificateInfo, Compiled, DecisionLogTarget, KeyForward, KeySettings, LogSettings,
+    OnEngineError, OnStoreError, Overrides, RangeFetch, ServerSettings, StoreBackend,
+    StoreSettings, StoreSync, TestCase, TlsSettings, TlsVersion, UpstreamProtocol,
+    UpstreamSettings, compile_str, load_file,
 };
 pub use error::{ConfigError, ConfigErrors};
 

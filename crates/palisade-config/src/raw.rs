@@ -77,6 +77,40 @@ pub struct RawServer {
     pub case_sensitive_paths: Option<bool>,
 }
 
+/// `[tls]`: Palisade terminates TLS itself, on its own listener, and sees each client's
+/// ClientHello (JA4).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// The TLS listener. Default `0.0.0.0:8443`.
+    pub listen: Option<Spanned<String>>,
+    /// Certificates: `[[tls.certificates]]`, each a PEM chain and key. The first is the default
+    /// (for clients that send no server name, or one no certificate names).
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    /// Protocols offered over ALPN, in order of preference. Default `["h2", "http/1.1"]`.
+    pub alpn: Option<Vec<Spanned<String>>>,
+    /// Oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    pub min_version: Option<Spanned<String>>,
+    /// Whether the plain listener (`server.listen`) answers every request with a redirect to
+    /// HTTPS (308, same host and path, the TLS port) instead of serving it. Default false.
+    pub redirect_plain: Option<bool>,
+}
+
+/// `[[tls.certificates]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Spanned<String>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
+    /// Server names it is served for (`*.example.com` for one level of subdomains). Default:
+    /// the names the certificate itself lists (subject alternative names).
+    #[serde(default)]
+    pub names: Vec<Spanned<String>>,
+}
+
 /// `[[upstreams]]`: where requests go.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -759,6 +793,8 @@ pub struct RawConfig {
     pub rules: Vec<RawRule>,
     /// `[store]`.
     pub store: RawStore,
+    /// `[tls]`.
+    pub tls: Option<RawTls>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.

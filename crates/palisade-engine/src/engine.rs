@@ -320,6 +320,7 @@ impl Engine {
                     | KeyPart::Account
                     | KeyPart::Jwt(_)
                     | KeyPart::Ja4h
+                    | KeyPart::Ja4
                     | KeyPart::Asn
                     | KeyPart::Country
             ) {

@@ -122,6 +122,13 @@ impl Engine {
         if let Some(j) = facts.ja4h {
             f("ja4h", IdentityValue::Str(j));
         }
+        if let Some(t) = facts.tls {
+            f("ja4", IdentityValue::Str(t.ja4));
+            f("tls", IdentityValue::Str(t.version));
+            if let Some(sni) = t.server_name {
+                f("sni", IdentityValue::Str(sni));
+            }
+        }
         if let Some(i) = facts.ip_info {
             if i.asn != 0 {
                 f("asn", IdentityValue::Asn(u64::from(i.asn)));
@@ -210,7 +217,8 @@ impl Engine {
             | KeyPart::ApiKey
             | KeyPart::Account
             | KeyPart::Jwt(_)
-            | KeyPart::Ja4h => {
+            | KeyPart::Ja4h
+            | KeyPart::Ja4 => {
                 owned_bytes = value.as_bytes().to_vec();
                 (KeyValue::Bytes(&owned_bytes), value.to_owned(), None)
             }

@@ -80,6 +80,7 @@ impl Client<'_> {
             auth: self.principal.map_or(Auth::Anonymous, Auth::Principal),
             version: http::Version::HTTP_11,
             ja4h: Some(self.ja4h),
+            tls: None,
             ip_info: None,
             bot_verification: None,
             username: None,

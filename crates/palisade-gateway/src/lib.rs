@@ -121,6 +121,8 @@ pub struct Runtime {
     /// [`POLICY_VALUES_CAP`] sets; past that, values are built per response.
     /// Sorted by set.
     policy_values: std::sync::RwLock<Vec<(u64, http::HeaderValue)>>,
+    /// The TLS listener's rustls config (certificates by name), when `[tls]` is configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// How many distinct `RateLimit-Policy` values a runtime keeps.
@@ -192,7 +194,13 @@ impl Runtime {
             |p| p.score_delays.clone(),
         );
         let held = previous.map_or_else(Default::default, |p| p.held.clone());
+        let tls = compiled.tls.as_ref().and_then(|t| {
+            listen::tls::server_config(t)
+                .map_err(|e| tracing::error!(error = %e, "building the TLS config failed"))
+                .ok()
+        });
         Self {
+            tls,
             score_delays,
             held,
             compiled,

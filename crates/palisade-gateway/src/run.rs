@@ -35,6 +35,8 @@ pub struct RunOptions {
 pub struct Running {
     /// Bound proxy address.
     pub proxy_addr: SocketAddr,
+    /// Bound TLS listener address, when `[tls]` is configured.
+    pub tls_addr: Option<SocketAddr>,
     /// Bound admin address.
     pub admin_addr: SocketAddr,
     /// Sample API address, if started.
@@ -45,6 +47,7 @@ pub struct Running {
     pub token_source: TokenSource,
     shutdown: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
+    tls_task: Option<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
 }
@@ -54,6 +57,9 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.proxy_task.await;
+        if let Some(t) = self.tls_task {
+            let _ = t.await;
+        }
         let _ = self.admin_task.await;
         for t in self.background {
             t.abort();
@@ -77,6 +83,9 @@ impl Running {
             self.shared.source.describe(),
             self.proxy_addr
         );
+        if let Some(a) = self.tls_addr {
+            s.push_str(&format!("  TLS         https://{a}\n"));
+        }
         match self.sample_addr {
             Some(a) => s.push_str(&format!(
                 "  upstream    built-in sample API at http://{a} (demo login: user \"{}\", password \"{}\")\n",
@@ -180,7 +189,18 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
                 compiled.server.admin_listen
             )
         })?;
+    let tls_listener = match &compiled.tls {
+        Some(t) => Some(
+            listen::bind_proxy(t.listen, compiled.server.listen_backlog)
+                .with_context(|| format!("binding the TLS listener {}", t.listen))?,
+        ),
+        None => None,
+    };
     let proxy_addr = proxy_listener.local_addr()?;
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    if let Some(t) = &compiled.tls {
+        warn_on_expiry(t);
+    }
     let admin_addr = admin_listener.local_addr()?;
 
     let store = crate::cluster::SharedStore::new(compiled.store.clone());
@@ -233,12 +253,27 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     }
 
     let (tx, rx) = watch::channel(false);
+    let admission = listen::admission(&shared);
     let proxy_task = tokio::spawn(listen::serve_proxy(
         proxy_listener,
         shared.clone(),
         crate::proxy::Proxy(shared.clone()),
+        admission.clone(),
+        listen::Transport::Plain {
+            tls_port: tls_addr.map(|a| a.port()),
+        },
         rx.clone(),
     ));
+    let tls_task = tls_listener.map(|l| {
+        tokio::spawn(listen::serve_proxy(
+            l,
+            shared.clone(),
+            crate::proxy::Proxy(shared.clone()),
+            admission,
+            listen::Transport::Tls,
+            rx.clone(),
+        ))
+    });
     let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone(), rx.clone()));
     let mut background = vec![
         tokio::spawn(reload::watch_files(
@@ -268,6 +303,8 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         }));
     }
     Ok(Running {
+        tls_addr,
+        tls_task,
         proxy_addr,
         admin_addr,
         sample_addr,
@@ -278,6 +315,24 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         admin_task,
         background,
     })
+}
+
+/// Logs a warning for each certificate that expires within two weeks (or has).
+pub fn warn_on_expiry(t: &palisade_config::TlsSettings) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for c in &t.certificates {
+        let days = (c.not_after - now) / 86_400;
+        if days < 14 {
+            tracing::warn!(
+                certificate = %c.path.display(),
+                names = ?c.names,
+                days_left = days,
+                "TLS certificate expires soon (or has expired)"
+            );
+        }
+    }
 }
 
 /// How often quota usage and last-used times are written to the store. A crash loses at most

@@ -45,6 +45,17 @@ pub struct ClientHello {
     pub server_name: Option<String>,
 }
 
+/// What is wrong with a handshake message's first four bytes (type, 24-bit length), if they
+/// are there.
+fn bad_handshake_header(head: &[u8]) -> Option<&'static str> {
+    let mut c = Cur(head);
+    let (kind, len) = (c.u8()?, c.u24()?);
+    if kind != CLIENT_HELLO {
+        return Some("not a ClientHello");
+    }
+    (len > MAX_HELLO).then_some("ClientHello too large")
+}
+
 /// Whether a 16-bit value is a GREASE value (RFC 8701): `0x?a?a` with equal bytes.
 pub fn is_grease(v: u16) -> bool {
     v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
@@ -118,6 +129,13 @@ impl ClientHello {
                 return Read::Invalid("bad TLS record length");
             }
             let Some(fragment) = rest.get(5..5 + len) else {
+                // Part of the record: its handshake header, if there, is checked at once (a
+                // client claiming a huge or foreign message is refused without waiting).
+                let mut head = message.clone();
+                head.extend(rest.get(5..).unwrap_or_default().iter().take(4));
+                if let Some(bad) = bad_handshake_header(&head) {
+                    return Read::Invalid(bad);
+                }
                 return Read::Incomplete(consumed + 5 + len);
             };
             message.extend_from_slice(fragment);
@@ -125,16 +143,12 @@ impl ClientHello {
             rest = rest.get(5 + len..).unwrap_or_default();
             // The handshake header: type and a 24-bit length.
             if message.len() >= 4 {
-                let mut c = Cur(&message);
-                let (Some(kind), Some(body_len)) = (c.u8(), c.u24()) else {
-                    return Read::Invalid("bad handshake header");
-                };
-                if kind != CLIENT_HELLO {
-                    return Read::Invalid("not a ClientHello");
+                if let Some(bad) = bad_handshake_header(&message) {
+                    return Read::Invalid(bad);
                 }
-                if body_len > MAX_HELLO {
-                    return Read::Invalid("ClientHello too large");
-                }
+                let body_len = Cur(message.get(1..4).unwrap_or_default())
+                    .u24()
+                    .unwrap_or(0);
                 if message.len() >= 4 + body_len {
                     let body = message.get(4..4 + body_len).unwrap_or_default();
                     return match Self::parse_body(body) {
@@ -496,9 +510,13 @@ mod tests {
             ClientHello::read(&[22, 3, 3, 0, 4, 2, 0, 0, 0]),
             Read::Invalid(_)
         ));
-        // A hello that claims more than the cap.
+        // A hello that claims more than the cap, in a whole record and in the start of one.
         assert!(matches!(
             ClientHello::read(&[22, 3, 1, 0, 4, 1, 1, 0, 0]),
+            Read::Invalid("ClientHello too large")
+        ));
+        assert!(matches!(
+            ClientHello::read(&[22, 3, 1, 0x40, 0, 1, 0xff, 0xff, 0xff]),
             Read::Invalid("ClientHello too large")
         ));
         // Lengths that run past the end of the body.

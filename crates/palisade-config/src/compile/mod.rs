@@ -16,6 +16,9 @@ mod scoring;
 mod server;
 mod store;
 mod tests;
+mod tls;
+
+pub use tls::{CertificateInfo, TlsSettings, TlsVersion};
 mod upstreams;
 
 use std::net::SocketAddr;
@@ -295,6 +298,8 @@ pub struct Compiled {
     pub store: StoreSettings,
     /// Published bot ranges the gateway fetches itself (`[bots.ranges] NAME = { ... }`).
     pub bot_ranges: Vec<RangeFetch>,
+    /// `[tls]`, when configured.
+    pub tls: Option<TlsSettings>,
 }
 
 /// A built-in bot's published ranges, fetched by the gateway on a schedule; the last good copy
@@ -366,7 +371,8 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 18] = [
+const SECTIONS: [&str; 19] = [
+    "tls",
     "store",
     "behaviour",
     "rules",
@@ -457,6 +463,11 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
             }
             "rules" => many(value, name, c, &mut raw.rules, &mut raw.broken_names),
             "store" => one(value, name, c, &mut raw.store),
+            "tls" => {
+                let mut t = RawTls::default();
+                one(value, name, c, &mut t);
+                raw.tls = Some(t);
+            }
             other => c.at(
                 span,
                 other,
@@ -713,6 +724,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     let log = log::log(&raw, base, c);
     let tests = tests::tests(&raw, c);
     let store = store::compile_store(&raw.store, c);
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| tls::compile_tls(t, base, c, &mut files));
     // Secret-bearing fields serialise redacted by their type (`crate::secret`).
     let redacted = serde_json::to_value(&raw).unwrap_or(serde_json::Value::Null);
     let policy = Policy {
@@ -744,6 +759,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         redacted,
         store,
         bot_ranges,
+        tls,
     })
 }
 

@@ -115,6 +115,9 @@ impl Engine {
         if let Some(j) = facts.ja4h {
             keys.push(format!("ja4h:{j}"));
         }
+        if let Some(t) = facts.tls {
+            keys.push(format!("ja4:{}", t.ja4));
+        }
         if let Some(i) = facts.ip_info.filter(|i| i.asn != 0) {
             keys.push(format!("asn:{}", i.asn));
         }
@@ -141,6 +144,7 @@ impl Engine {
                     .principal()
                     .and_then(|p| p.account.as_deref().map(str::to_owned)),
                 "ja4h" => facts.ja4h.map(str::to_owned),
+                "ja4" => facts.tls.map(|t| t.ja4.to_owned()),
                 "asn" => facts
                     .ip_info
                     .filter(|i| i.asn != 0)

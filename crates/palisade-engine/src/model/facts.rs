@@ -34,6 +34,8 @@ pub struct RequestFacts<'a> {
     pub version: http::Version,
     /// The request's JA4H fingerprint, when the gateway computed it.
     pub ja4h: Option<&'a str>,
+    /// What the connection's TLS handshake showed, when Palisade terminated TLS.
+    pub tls: Option<TlsFacts<'a>>,
     /// What IP intelligence knows about the client's address (network, country, kind).
     pub ip_info: Option<&'a palisade_intel::ipinfo::IpInfo>,
     /// A verified-bot claim the user agent makes: the index of the bot in `[bots]`'s verified
@@ -42,4 +44,17 @@ pub struct RequestFacts<'a> {
     /// The username a login request names (read from the body field `[behaviour.stuffing]`
     /// configures). The engine only ever keeps a keyed hash of it.
     pub username: Option<&'a [u8]>,
+}
+
+/// What a connection's TLS handshake showed (Palisade at the TLS edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsFacts<'a> {
+    /// JA4 of the ClientHello.
+    pub ja4: &'a str,
+    /// The negotiated version, `"1.2"` or `"1.3"`.
+    pub version: &'a str,
+    /// The server name the client asked for (SNI).
+    pub server_name: Option<&'a str>,
+    /// The negotiated application protocol (`"h2"`, `"http/1.1"`).
+    pub alpn: Option<&'a str>,
 }

@@ -46,6 +46,8 @@ pub enum KeyPart {
     Jwt(Arc<str>),
     /// The request's JA4H fingerprint.
     Ja4h,
+    /// The connection's JA4 (TLS ClientHello) fingerprint, when Palisade terminates TLS.
+    Ja4,
     /// The client network's autonomous system number.
     Asn,
     /// The client address's country.
@@ -60,7 +62,7 @@ pub type Dimension = KeyPart;
 pub enum KeyPartError {
     /// Not a dimension Palisade knows.
     #[error(
-        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, ja4h, asn, country"
+        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, ja4, ja4h, asn, country"
     )]
     Unknown(String),
     /// Known, but provided by a part of Palisade that is not built yet.
@@ -90,9 +92,10 @@ impl KeyPart {
             "api_key" => return Ok(KeyPart::ApiKey),
             "account" => return Ok(KeyPart::Account),
             "ja4h" => return Ok(KeyPart::Ja4h),
+            "ja4" => return Ok(KeyPart::Ja4),
             "asn" => return Ok(KeyPart::Asn),
             "country" => return Ok(KeyPart::Country),
-            "ja4" | "session" => {
+            "session" => {
                 return Err(KeyPartError::NotYetAvailable(s.to_owned()));
             }
             _ => {}
@@ -151,6 +154,7 @@ impl fmt::Display for KeyPart {
             KeyPart::Account => f.write_str("account"),
             KeyPart::Jwt(c) => write!(f, "jwt:{c}"),
             KeyPart::Ja4h => f.write_str("ja4h"),
+            KeyPart::Ja4 => f.write_str("ja4"),
             KeyPart::Asn => f.write_str("asn"),
             KeyPart::Country => f.write_str("country"),
         }
@@ -246,6 +250,7 @@ pub fn value_of<'a>(
             .and_then(|p| p.account.as_deref())
             .map(|v| KeyValue::Bytes(v.as_bytes())),
         KeyPart::Ja4h => facts.ja4h.map(|v| KeyValue::Bytes(v.as_bytes())),
+        KeyPart::Ja4 => facts.tls.map(|t| KeyValue::Bytes(t.ja4.as_bytes())),
         KeyPart::Asn => facts
             .ip_info
             .filter(|i| i.asn != 0)
@@ -331,7 +336,7 @@ mod tests {
             Err(KeyPartError::BadClaim(_))
         ));
         assert!(matches!(
-            KeyPart::parse("ja4"),
+            KeyPart::parse("session"),
             Err(KeyPartError::NotYetAvailable(_))
         ));
         assert!(matches!(
@@ -350,6 +355,7 @@ mod tests {
             "account",
             "jwt:org_id",
             "ja4h",
+            "ja4",
             "asn",
             "country",
         ] {

@@ -22,7 +22,7 @@ use crate::model::decision::Decision;
 use crate::model::facts::RequestFacts;
 
 /// Variables a rule may read, with what they hold.
-pub const VARIABLES: [(&str, &str); 17] = [
+pub const VARIABLES: [(&str, &str); 18] = [
     ("route", "the matched route's name"),
     ("method", "the request method, e.g. \"GET\""),
     ("path", "the path, without the query"),
@@ -49,6 +49,10 @@ pub const VARIABLES: [(&str, &str); 17] = [
     ("api_key", "the key's id, or null"),
     ("account", "the caller's account, or null"),
     ("under_attack", "whether the route is in attack mode"),
+    (
+        "tls",
+        "{ja4, version, sni, alpn}: the connection's TLS handshake when Palisade terminates TLS (all \"\" over plain HTTP)",
+    ),
 ];
 
 /// What a matching rule does.
@@ -338,6 +342,15 @@ impl<'a> Facts<'a> {
                 None => Box::new(CelNull),
             },
             "under_attack" => Box::new(CelBool::from(d.under_attack)),
+            "tls" => {
+                let t = f.tls;
+                map([
+                    ("ja4", st(t.map_or("", |t| t.ja4))),
+                    ("version", st(t.map_or("", |t| t.version))),
+                    ("sni", st(t.and_then(|t| t.server_name).unwrap_or(""))),
+                    ("alpn", st(t.and_then(|t| t.alpn).unwrap_or(""))),
+                ])
+            }
             _ => return None,
         })
     }

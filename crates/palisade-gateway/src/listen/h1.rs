@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use super::stream::{ClientRead, ClientStream, ClientWrite};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING,
@@ -33,8 +34,6 @@ use http::header::{
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
@@ -90,7 +89,7 @@ pub enum Served {
     /// from it, for an HTTP/2 server.
     Http2 {
         /// The connection.
-        stream: TcpStream,
+        stream: ClientStream,
         /// Bytes read from it (the start of the preface).
         read: Bytes,
     },
@@ -112,7 +111,7 @@ const OUT_HIGH_WATER: usize = 16 * 1024;
 /// Serves HTTP/1.x requests on `stream` with `service` until the connection ends, or hands
 /// it back if it speaks HTTP/2.
 pub async fn serve<F, Fut>(
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     limits: Limits,
     state: Arc<ConnState>,
     faults: FaultSink,
@@ -168,7 +167,7 @@ where
             false => return Served::Closed,
         }
     }
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.split();
     let mut conn = Conn {
         wr,
         out: Vec::with_capacity(4 * 1024),
@@ -302,13 +301,13 @@ where
 
 /// The read side of a connection and what was read from it but not yet used.
 struct Reader {
-    rd: OwnedReadHalf,
+    rd: ClientRead,
     buf: BytesMut,
 }
 
 /// A connection after protocol detection.
 struct Conn {
-    wr: OwnedWriteHalf,
+    wr: ClientWrite,
     out: Vec<u8>,
     timer: Timer,
     limits: Limits,
@@ -838,7 +837,7 @@ fn poll_fill<R: AsyncRead>(
 /// little every few seconds is cut off, not only one that takes nothing. The clock is read
 /// only when the client makes us wait.
 async fn write_all(
-    wr: &mut OwnedWriteHalf,
+    wr: &mut ClientWrite,
     timer: &mut Timer,
     limits: &Limits,
     mut data: &[u8],
@@ -869,7 +868,7 @@ async fn write_all(
                 if e.kind() == io::ErrorKind::TimedOut {
                     // Reset rather than close: what the kernel still holds for this client is
                     // dropped at once instead of trickling out to it.
-                    let _ = socket2::SockRef::from(wr.as_ref()).set_linger(Some(Duration::ZERO));
+                    wr.reset_on_close();
                 }
                 return Err(e);
             }
@@ -880,7 +879,29 @@ async fn write_all(
         stalled_since = None;
         data = data.get(n..).unwrap_or_default();
     }
-    Ok(())
+    // TLS holds written records until flushed (plain TCP: nothing to do). The same bounds.
+    let flushed = poll_fn(|cx| match Pin::new(&mut *wr).poll_flush(cx) {
+        Poll::Ready(r) => Poll::Ready(r),
+        Poll::Pending => {
+            let now = Instant::now();
+            let held = *held_since.get_or_insert(now);
+            let mut until = *stalled_since.get_or_insert(now) + limits.idle_timeout;
+            if let Some(a) = allowance {
+                until = until.min(held + a);
+            }
+            if timer.poll_reached(cx, until).is_ready() {
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+            }
+            Poll::Pending
+        }
+    })
+    .await;
+    if let Err(e) = &flushed
+        && e.kind() == io::ErrorKind::TimedOut
+    {
+        wr.reset_on_close();
+    }
+    flushed
 }
 
 /// A request body read from the client connection as the consumer asks for it, never
@@ -1095,20 +1116,26 @@ impl Body for RequestBody {
     }
 }
 
-/// A stream with bytes already read from it put back in front (for the HTTP/2 hand-off).
-pub struct Rewind {
+/// A stream with bytes already read from it put back in front (for the HTTP/2 hand-off, and
+/// the ClientHello read before rustls).
+pub struct Rewind<S = ClientStream> {
     read: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl Rewind {
+impl<S> Rewind<S> {
     /// Reads `read` first, then `inner`.
-    pub fn new(read: Bytes, inner: TcpStream) -> Self {
+    pub fn new(read: Bytes, inner: S) -> Self {
         Self { read, inner }
+    }
+
+    /// The stream underneath.
+    pub fn inner(&self) -> &S {
+        &self.inner
     }
 }
 
-impl tokio::io::AsyncRead for Rewind {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1124,7 +1151,7 @@ impl tokio::io::AsyncRead for Rewind {
     }
 }
 
-impl tokio::io::AsyncWrite for Rewind {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1439,7 +1466,7 @@ mod tests {
                 let (admitted, _) = admission.admit(peer.ip(), false).unwrap();
                 tokio::spawn(async move {
                     let served = serve(
-                        s,
+                        ClientStream::Tcp(s),
                         limits(),
                         admitted.state.clone(),
                         Arc::new(|_, _| {}),

@@ -5,6 +5,8 @@
 pub mod admission;
 pub mod h1;
 pub mod idle;
+pub mod stream;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,7 +25,9 @@ use tokio::sync::watch;
 
 use crate::listen::admission::{Admission, Refused, Shed};
 use crate::listen::idle::{IdleTimeoutIo, InFlight};
-use crate::telemetry::metrics::ShedLabels;
+use crate::listen::stream::ClientStream;
+use crate::listen::tls::TlsInfo;
+use crate::telemetry::metrics::{HandshakeLabels, ShedLabels};
 use crate::wire::body::{BoxError, ClientBodyError, ClientFault};
 use crate::wire::fields::Answer;
 use crate::{Runtime, Shared};
@@ -72,13 +76,14 @@ pub trait Handler: Clone + Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Answer> + Send + use<Self>;
 }
 
-/// Serves an HTTP/2 (prior knowledge) client connection with hyper.
+/// Serves an HTTP/2 client connection (prior knowledge, or ALPN `h2` over TLS) with hyper.
 async fn serve_h2<H: Handler>(
     shared: Arc<Shared>,
     handler: H,
-    stream: tokio::net::TcpStream,
+    stream: ClientStream,
     read: bytes::Bytes,
     peer: SocketAddr,
+    tls: Option<Arc<TlsInfo>>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let (builder, limits) = {
@@ -93,7 +98,11 @@ async fn serve_h2<H: Handler>(
         in_flight.clone(),
     ));
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let answering = handler.handle(req.map(ClientBody::H2), peer, None);
+        let mut req = req.map(ClientBody::H2);
+        if let Some(t) = &tls {
+            req.extensions_mut().insert(t.clone());
+        }
+        let answering = handler.handle(req, peer, None);
         let guard = in_flight.start();
         async move {
             // hyper writes the headers: the upstream's fields join them.
@@ -105,24 +114,40 @@ async fn serve_h2<H: Handler>(
     let _ = watcher.watch(builder.serve_connection(io, svc)).await;
 }
 
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain HTTP (HTTP/1.x, or HTTP/2 with prior knowledge); the TLS listener's bound port,
+    /// if there is one (for `[tls] redirect_plain`).
+    Plain {
+        /// The TLS listener's port.
+        tls_port: Option<u16>,
+    },
+    /// TLS (`[tls]`), HTTP/1.1 or HTTP/2 by ALPN.
+    Tls,
+}
+
+/// The connection caps shared by the proxy's listeners (fixed at start: a reload that changes
+/// them takes effect at the next restart).
+pub(crate) fn admission(shared: &Shared) -> Arc<Admission> {
+    let rt = shared.runtime.load();
+    Admission::new(
+        rt.compiled.server.max_connections,
+        rt.compiled.server.max_connections_per_ip,
+    )
+}
+
 /// Accepts connections on `listener` until shutdown, serving their requests with `handler`,
 /// then drains.
 pub(crate) async fn serve_proxy<H: Handler>(
     listener: TcpListener,
     shared: Arc<Shared>,
     handler: H,
+    admission: Arc<Admission>,
+    transport: Transport,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    // The caps are fixed at start (a reload that changes them takes effect at the next restart).
-    let (cap, per_ip) = {
-        let rt = shared.runtime.load();
-        (
-            rt.compiled.server.max_connections,
-            rt.compiled.server.max_connections_per_ip,
-        )
-    };
-    let admission = Admission::new(cap, per_ip);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -167,6 +192,12 @@ pub(crate) async fn serve_proxy<H: Handler>(
                 };
                 let _ = stream.set_nodelay(true);
                 let limits = client_limits(&rt);
+                let tls_config = rt.tls.clone();
+                let redirect = match transport {
+                    Transport::Plain { tls_port: Some(port) }
+                        if rt.compiled.tls.as_ref().is_some_and(|t| t.redirect_plain) => Some(port),
+                    _ => None,
+                };
                 drop(rt);
                 let s = shared.clone();
                 let watcher = graceful.watcher();
@@ -179,15 +210,49 @@ pub(crate) async fn serve_proxy<H: Handler>(
                 };
                 let handler = handler.clone();
                 tokio::spawn(async move {
+                    let (stream, tls) = match transport {
+                        Transport::Plain { .. } => (ClientStream::Tcp(stream), None),
+                        Transport::Tls => {
+                            let handshake = match tls_config {
+                                Some(config) => tls::accept(stream, config, limits.header_timeout).await,
+                                None => tls::Handshake::Failed("tls_error"),
+                            };
+                            let result = match &handshake {
+                                tls::Handshake::Done(..) => "ok",
+                                tls::Handshake::PlainHttp => "plain_http",
+                                tls::Handshake::Failed(why) => why,
+                            };
+                            s.metrics.tls_handshakes.get_or_create(&HandshakeLabels { result }).inc();
+                            match handshake {
+                                tls::Handshake::Done(stream, info) => (stream, Some(info)),
+                                _ => {
+                                    open.dec();
+                                    drop(admitted);
+                                    return;
+                                }
+                            }
+                        }
+                    };
                     let state = admitted.state.clone();
                     let per_request = handler.clone();
-                    let served = h1::serve(stream, limits, state, faults, stop, move |req, gone| {
-                        per_request.handle(req.map(ClientBody::H1), peer, Some(gone))
+                    let conn_tls = tls.clone();
+                    let served = h1::serve(stream, limits, state, faults, stop, move |mut req, gone| {
+                        if let Some(t) = &conn_tls {
+                            req.extensions_mut().insert(t.clone());
+                        }
+                        let redirect = redirect.map(|port| redirect_to_https(req.headers(), req.uri(), port));
+                        let answering = per_request.handle(req.map(ClientBody::H1), peer, Some(gone));
+                        async move {
+                            match redirect {
+                                Some(r) => r,
+                                None => answering.await,
+                            }
+                        }
                     })
                     .await;
                     if let h1::Served::Http2 { stream, read } = served {
                         admitted.state.active();
-                        serve_h2(s, handler, stream, read, peer, watcher).await;
+                        serve_h2(s, handler, stream, read, peer, tls, watcher).await;
                     }
                     open.dec();
                     drop(admitted);
@@ -279,4 +344,49 @@ impl Body for ClientBody {
             ClientBody::H2(b) => b.size_hint(),
         }
     }
+}
+
+/// The answer of the plain listener when `[tls] redirect_plain` is on: 308 to the same host and
+/// target on the TLS port (400 without a usable `Host`).
+fn redirect_to_https(headers: &http::HeaderMap, uri: &http::Uri, port: u16) -> Answer {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            // The name without its port (an IPv6 literal keeps its brackets).
+            if h.starts_with('[') {
+                h.find(']').and_then(|i| h.get(..=i)).unwrap_or(h)
+            } else {
+                h.split(':').next().unwrap_or(h)
+            }
+        })
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':')
+                })
+        });
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = host.map(|h| {
+        if port == 443 {
+            format!("https://{h}{target}")
+        } else {
+            format!("https://{h}:{port}{target}")
+        }
+    });
+    let (status, location) = match location.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
+        Some(l) => (http::StatusCode::PERMANENT_REDIRECT, Some(l)),
+        None => (http::StatusCode::BAD_REQUEST, None),
+    };
+    let mut resp = http::Response::new(http_body_util::BodyExt::boxed_unsync(
+        http_body_util::BodyExt::map_err(
+            http_body_util::Empty::<Bytes>::new(),
+            |never| match never {},
+        ),
+    ));
+    *resp.status_mut() = status;
+    if let Some(l) = location {
+        resp.headers_mut().insert(http::header::LOCATION, l);
+    }
+    resp.into()
 }

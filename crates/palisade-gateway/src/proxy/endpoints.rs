@@ -99,6 +99,7 @@ fn usage(
         auth: authn.as_auth(),
         version: parts.version,
         ja4h: None,
+        tls: None,
         ip_info: None,
         bot_verification: None,
         username: None,

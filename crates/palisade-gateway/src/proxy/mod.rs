@@ -123,6 +123,15 @@ async fn respond(
         auth: gathered.authn.as_auth(),
         version: parts.version,
         ja4h: gathered.ja4h.as_deref(),
+        tls: parts
+            .extensions
+            .get::<Arc<crate::listen::tls::TlsInfo>>()
+            .map(|t| palisade_engine::model::facts::TlsFacts {
+                ja4: &t.ja4,
+                version: t.version,
+                server_name: t.server_name.as_deref(),
+                alpn: t.alpn,
+            }),
         ip_info: gathered.ip_info.as_ref(),
         bot_verification: gathered.bot_verification,
         username: gathered.username.as_deref(),

@@ -55,6 +55,15 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// How a TLS handshake ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `ok`, `plain_http`, or why it failed (`handshake_timeout`, `not_a_client_hello`,
+    /// `hello_too_large`, `malformed_hello`, `closed_in_hello`, `no_common_alpn`, `incompatible`,
+    /// `invalid_message`, `client_alert`, `tls_error`, `io_error`).
+    pub result: &'static str,
+}
+
 /// Why a connection was let go.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShedLabels {
@@ -115,6 +124,8 @@ pub struct Metrics {
     pub connections_refused_per_ip: Counter,
     /// Idle or slow connections let go to make room, by reason.
     pub connections_shed: Family<ShedLabels, Counter>,
+    /// TLS handshakes by result.
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
     /// Requests that failed on the client's side, by kind (never counted as upstream errors).
     pub client_errors: Family<ClientErrorLabels, Counter>,
     /// When a client fault was last logged (unix seconds), and how many went unlogged since.
@@ -177,6 +188,7 @@ impl Metrics {
         let connections_refused = Counter::default();
         let connections_refused_per_ip = Counter::default();
         let connections_shed = Family::<ShedLabels, Counter>::default();
+        let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
         let state = StateCollector::default();
         registry.register_collector(Box::new(state.clone()));
         let client_errors = Family::<ClientErrorLabels, Counter>::default();
@@ -271,6 +283,11 @@ impl Metrics {
             "Idle or slow client connections let go to make room for new ones, by reason",
             connections_shed.clone(),
         );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the TLS listener, by result",
+            tls_handshakes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -286,6 +303,7 @@ impl Metrics {
             connections_refused,
             connections_refused_per_ip,
             connections_shed,
+            tls_handshakes,
             client_errors,
             client_fault_logged: std::sync::atomic::AtomicU64::new(0),
             client_faults_unlogged: std::sync::atomic::AtomicU64::new(0),

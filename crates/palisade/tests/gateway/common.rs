@@ -26,6 +26,8 @@ pub struct Gateway {
     child: Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener, when the config has `[tls]`.
+    pub tls: Option<SocketAddr>,
     pub dir: PathBuf,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -101,7 +103,13 @@ impl Gateway {
                         .parse()
                         .unwrap()
                 };
+                let tls = lines
+                    .iter()
+                    .find(|l| l.starts_with("  TLS"))
+                    .and_then(|l| l.split_whitespace().find(|w| w.starts_with("https://")))
+                    .and_then(|u| u.trim_start_matches("https://").parse().ok());
                 return Self {
+                    tls,
                     proxy: find("  proxy"),
                     admin: find("  admin API"),
                     child,

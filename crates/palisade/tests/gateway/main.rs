@@ -25,4 +25,5 @@ mod logging;
 mod memory;
 mod paths;
 mod proxy;
+mod tls;
 mod tokens;

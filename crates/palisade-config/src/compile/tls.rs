@@ -1,0 +1,301 @@
+//! `[tls]`: the certificates are read and checked here, with the rest of the config, so that a
+//! certificate or key that does not load is reported by `palisade check` and keeps the running
+//! policy (and the running certificates) on reload, like any other error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+use super::*;
+use crate::error::Collector;
+use crate::raw::*;
+
+/// Oldest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// One certificate, loaded.
+#[derive(Clone)]
+pub struct CertificateInfo {
+    /// Names it is served for, lowercase (`*.example.com` matches one level).
+    pub names: Vec<String>,
+    /// The chain and signing key, ready for rustls.
+    pub key: Arc<CertifiedKey>,
+    /// End of the leaf's validity, seconds since the Unix epoch.
+    pub not_after: i64,
+    /// The certificate file.
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for CertificateInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateInfo")
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Compiled `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The TLS listener.
+    pub listen: SocketAddr,
+    /// Certificates; the first is the default.
+    pub certificates: Vec<CertificateInfo>,
+    /// ALPN protocols offered, in order.
+    pub alpn: Vec<Vec<u8>>,
+    /// Oldest version accepted.
+    pub min_version: TlsVersion,
+    /// Whether the plain listener redirects to HTTPS.
+    pub redirect_plain: bool,
+}
+
+impl TlsSettings {
+    /// The certificate for a server name: an exact name, then a wildcard one level up, then the
+    /// default (the first).
+    pub fn certificate_for(&self, server_name: Option<&str>) -> Option<&CertificateInfo> {
+        if let Some(name) = server_name {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(c) = self.certificates.iter().find(|c| c.names.contains(&name)) {
+                return Some(c);
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                let wild = format!("*.{parent}");
+                if let Some(c) = self.certificates.iter().find(|c| c.names.contains(&wild)) {
+                    return Some(c);
+                }
+            }
+        }
+        self.certificates.first()
+    }
+}
+
+/// `[tls]`.
+pub(super) fn compile_tls(
+    t: &RawTls,
+    base: &Path,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> Option<TlsSettings> {
+    let listen = opt(
+        &t.listen,
+        SocketAddr::from(([0, 0, 0, 0], 8443)),
+        "tls.listen",
+        c,
+        parse_addr,
+    );
+    let min_version = choice(
+        &t.min_version,
+        &[("1.2", TlsVersion::Tls12), ("1.3", TlsVersion::Tls13)],
+        TlsVersion::Tls12,
+        "tls.min_version",
+        c,
+    );
+    let alpn = match &t.alpn {
+        None => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Some(list) => list
+            .iter()
+            .filter_map(|p| match p.get_ref().as_str() {
+                "h2" | "http/1.1" => Some(p.get_ref().as_bytes().to_vec()),
+                other => {
+                    c.at(
+                        sp(p),
+                        "tls.alpn",
+                        format!(
+                            "`{other}` is not a protocol Palisade serves: \"h2\" or \"http/1.1\""
+                        ),
+                    );
+                    None
+                }
+            })
+            .collect(),
+    };
+    if t.certificates.is_empty() {
+        c.at(
+            t.listen.as_ref().and_then(sp),
+            "tls.certificates",
+            "[tls] needs at least one [[tls.certificates]] (cert and key PEM files)",
+        );
+        return None;
+    }
+    let mut certificates = Vec::new();
+    for (i, raw) in t.certificates.iter().enumerate() {
+        let path = format!("tls.certificates[{i}]");
+        if let Some(cert) = certificate(raw, base, &path, c, files) {
+            certificates.push(cert);
+        }
+    }
+    Some(TlsSettings {
+        listen,
+        certificates,
+        alpn,
+        min_version,
+        redirect_plain: t.redirect_plain.unwrap_or(false),
+    })
+}
+
+fn certificate(
+    raw: &RawCertificate,
+    base: &Path,
+    path: &str,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> Option<CertificateInfo> {
+    let cert_file = base.join(raw.cert.get_ref());
+    let key_file = base.join(raw.key.get_ref());
+    files.push(cert_file.clone());
+    files.push(key_file.clone());
+    let chain: Vec<CertificateDer<'static>> = match std::fs::read(&cert_file) {
+        Ok(bytes) => match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+            Ok(chain) if !chain.is_empty() => chain,
+            Ok(_) => {
+                c.at(
+                    sp(&raw.cert),
+                    format!("{path}.cert"),
+                    format!("`{}` holds no PEM certificate", cert_file.display()),
+                );
+                return None;
+            }
+            Err(e) => {
+                c.at(
+                    sp(&raw.cert),
+                    format!("{path}.cert"),
+                    format!(
+                        "`{}` is not a PEM certificate chain: {e}",
+                        cert_file.display()
+                    ),
+                );
+                return None;
+            }
+        },
+        Err(e) => {
+            c.at(
+                sp(&raw.cert),
+                format!("{path}.cert"),
+                format!("cannot read `{}`: {e}", cert_file.display()),
+            );
+            return None;
+        }
+    };
+    let key = match std::fs::read(&key_file) {
+        Ok(bytes) => match PrivateKeyDer::from_pem_slice(&bytes) {
+            Ok(k) => k,
+            Err(e) => {
+                c.at(
+                    sp(&raw.key),
+                    format!("{path}.key"),
+                    format!("`{}` is not a PEM private key: {e}", key_file.display()),
+                );
+                return None;
+            }
+        },
+        Err(e) => {
+            c.at(
+                sp(&raw.key),
+                format!("{path}.key"),
+                format!("cannot read `{}`: {e}", key_file.display()),
+            );
+            return None;
+        }
+    };
+    let leaf = chain.first()?.clone();
+    let (san_names, not_after) = match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        Ok((_, x509)) => {
+            let mut names: Vec<String> = Vec::new();
+            if let Ok(Some(san)) = x509.subject_alternative_name() {
+                for n in &san.value.general_names {
+                    if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                        names.push(d.to_ascii_lowercase());
+                    }
+                }
+            }
+            if names.is_empty() {
+                names.extend(
+                    x509.subject()
+                        .iter_common_name()
+                        .filter_map(|cn| cn.as_str().ok())
+                        .map(str::to_ascii_lowercase),
+                );
+            }
+            (names, x509.validity().not_after.timestamp())
+        }
+        Err(e) => {
+            c.at(
+                sp(&raw.cert),
+                format!("{path}.cert"),
+                format!(
+                    "`{}`: the leaf certificate does not parse: {e}",
+                    cert_file.display()
+                ),
+            );
+            return None;
+        }
+    };
+    let signing = match rustls::crypto::aws_lc_rs::sign::any_supported_type(&key) {
+        Ok(s) => s,
+        Err(e) => {
+            c.at(
+                sp(&raw.key),
+                format!("{path}.key"),
+                format!("`{}`: unsupported private key: {e}", key_file.display()),
+            );
+            return None;
+        }
+    };
+    let certified = CertifiedKey::new(chain, signing);
+    if let Err(e) = certified.keys_match() {
+        c.at(
+            sp(&raw.key),
+            format!("{path}.key"),
+            format!(
+                "`{}` is not the key of `{}`: {e}",
+                key_file.display(),
+                cert_file.display()
+            ),
+        );
+        return None;
+    }
+    let names = if raw.names.is_empty() {
+        san_names
+    } else {
+        let mut names = Vec::new();
+        for n in &raw.names {
+            let name = n.get_ref().trim_end_matches('.').to_ascii_lowercase();
+            let host = name.strip_prefix("*.").unwrap_or(&name);
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if valid {
+                names.push(name);
+            } else {
+                c.at(
+                    sp(n),
+                    format!("{path}.names"),
+                    format!("`{}` is not a host name (or `*.` and one)", n.get_ref()),
+                );
+            }
+        }
+        names
+    };
+    Some(CertificateInfo {
+        names,
+        key: Arc::new(certified),
+        not_after,
+        path: cert_file,
+    })
+}

@@ -1,0 +1,181 @@
+//! The TLS edge: the ClientHello is read off the socket first (rustls does not expose its
+//! bytes), fingerprinted (JA4), then replayed into rustls, which picks the certificate by
+//! server name. What a connection's handshake showed is kept for every request on it.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use palisade_config::TlsSettings;
+use palisade_config::TlsVersion;
+use palisade_intel::ja4::{ClientHello, MAX_HELLO, Read};
+use rustls::server::{ClientHello as RustlsHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, ServerConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::h1::Rewind;
+use super::stream::ClientStream;
+
+/// Bytes read before giving up on a ClientHello: the largest hello, split over records.
+const MAX_HELLO_BYTES: usize = MAX_HELLO + 4 * 1024;
+
+/// What a connection's TLS handshake showed, for every request on it.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// JA4 of the ClientHello.
+    pub ja4: Arc<str>,
+    /// JA4_r (sorted, raw), for explain and the decision log.
+    pub ja4_raw: Arc<str>,
+    /// The server name the client asked for.
+    pub server_name: Option<Arc<str>>,
+    /// The negotiated version: `"1.2"` or `"1.3"`.
+    pub version: &'static str,
+    /// The negotiated application protocol: `"h2"`, `"http/1.1"` or none.
+    pub alpn: Option<&'static str>,
+}
+
+/// Picks a certificate by server name (exact, then wildcard, then the first).
+#[derive(Debug)]
+struct ByName(TlsSettings);
+
+impl ResolvesServerCert for ByName {
+    fn resolve(&self, hello: RustlsHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0
+            .certificate_for(hello.server_name())
+            .map(|c| c.key.clone())
+    }
+}
+
+/// The rustls server config for `[tls]`.
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ByName(settings.clone())));
+    config.alpn_protocols = settings.alpn.clone();
+    // Session resumption by tickets (stateless) and a bounded session cache.
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(10_000);
+    Ok(Arc::new(config))
+}
+
+/// How a TLS handshake ended.
+pub enum Handshake {
+    /// Done: the connection and what its handshake showed.
+    Done(ClientStream, Arc<TlsInfo>),
+    /// The client sent plain HTTP to the TLS port (answered and closed).
+    PlainHttp,
+    /// Not a TLS client, a malformed or oversized hello, a failed handshake, or too slow.
+    Failed(&'static str),
+}
+
+/// Reads and fingerprints the ClientHello, then completes the handshake, within `timeout`.
+pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>, timeout: Duration) -> Handshake {
+    match tokio::time::timeout(timeout, handshake(tcp, config)).await {
+        Ok(h) => h,
+        Err(_) => Handshake::Failed("handshake_timeout"),
+    }
+}
+
+async fn handshake(mut tcp: TcpStream, config: Arc<ServerConfig>) -> Handshake {
+    let mut buf = BytesMut::with_capacity(2048);
+    let hello = loop {
+        match ClientHello::read(&buf) {
+            Read::Hello(h) => break h,
+            Read::Incomplete(need) if need <= MAX_HELLO_BYTES => {
+                buf.reserve(need.saturating_sub(buf.len()).max(512));
+                match tcp.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return Handshake::Failed("closed_in_hello"),
+                    Ok(_) => {}
+                }
+            }
+            Read::Incomplete(_) => return Handshake::Failed("hello_too_large"),
+            Read::Invalid(_) if looks_like_http(&buf) => {
+                let _ = tcp.write_all(PLAIN_HTTP_ANSWER).await;
+                let _ = tcp.shutdown().await;
+                return Handshake::PlainHttp;
+            }
+            Read::Invalid("ClientHello too large") => return Handshake::Failed("hello_too_large"),
+            Read::Invalid("malformed ClientHello") => return Handshake::Failed("malformed_hello"),
+            Read::Invalid(_) => return Handshake::Failed("not_a_client_hello"),
+        }
+    };
+    let ja4 = hello.ja4();
+    let server_name = hello.server_name.as_deref().map(Arc::from);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = match acceptor.accept(Rewind::new(buf.freeze(), tcp)).await {
+        Ok(t) => t,
+        Err(e) => return Handshake::Failed(handshake_error(&e)),
+    };
+    let conn: &ServerConnection = tls.get_ref().1;
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+        _ => "1.2",
+    };
+    let alpn = match conn.alpn_protocol() {
+        Some(b"h2") => Some("h2"),
+        Some(b"http/1.1") => Some("http/1.1"),
+        _ => None,
+    };
+    let info = TlsInfo {
+        ja4: Arc::from(ja4.fingerprint),
+        ja4_raw: Arc::from(ja4.raw),
+        server_name,
+        version,
+        alpn,
+    };
+    Handshake::Done(ClientStream::Tls(Box::new(tls)), Arc::new(info))
+}
+
+/// A short reason for a failed handshake (a metric label: fixed strings only).
+fn handshake_error(e: &io::Error) -> &'static str {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoApplicationProtocol) => "no_common_alpn",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(rustls::Error::InvalidMessage(_)) => "invalid_message",
+        Some(rustls::Error::AlertReceived(_)) => "client_alert",
+        Some(_) => "tls_error",
+        None => "io_error",
+    }
+}
+
+/// Whether the first bytes are an HTTP/1 request line's start (a client that forgot `https`).
+fn looks_like_http(buf: &[u8]) -> bool {
+    let method_len = buf.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    (3..=7).contains(&method_len) && buf.get(method_len) == Some(&b' ')
+}
+
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 85\r\nconnection: close\r\n\r\n{\"error\":\"plain_http_to_tls_port\",\"message\":\"This port speaks HTTPS: use https://.\"}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_answer_is_well_formed() {
+        let text = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap_or_default();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        assert_eq!(v["error"], "plain_http_to_tls_port");
+    }
+
+    #[test]
+    fn tells_http_from_tls() {
+        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"OPTIONS * HTTP/1.1"));
+        assert!(!looks_like_http(&[22, 3, 1, 0, 5]));
+        assert!(!looks_like_http(b"PRI"));
+        assert!(!looks_like_http(b""));
+    }
+}

@@ -1,0 +1,347 @@
+//! The TLS edge: real `curl` (OpenSSL, nghttp2) over HTTP/1.1 and HTTP/2 through Palisade's
+//! TLS listener, certificates chosen by server name and reloaded from their files, JA4 taken
+//! from the ClientHello and usable by limits, rules and the decision log, hostile handshakes.
+//! Certificates are made by the `openssl` command line for each test.
+
+use std::path::Path;
+use std::process::Command;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+
+/// A self-signed certificate for `names` (the first is the subject) into `dir/{stem}.crt/.key`.
+fn make_cert(dir: &Path, stem: &str, names: &[&str]) {
+    let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "30", "-subj", &format!("/CN={}", names[0])])
+        .args(["-addext", &format!("subjectAltName={}", san.join(","))])
+        .arg("-keyout")
+        .arg(dir.join(format!("{stem}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{stem}.crt")))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+fn tls_config(up: &Upstream, certs: &[&str], extra: &str) -> String {
+    let mut c = String::from("[tls]\nlisten = \"127.0.0.1:0\"\n");
+    for stem in certs {
+        c.push_str(&format!(
+            "\n[[tls.certificates]]\ncert = \"{stem}.crt\"\nkey = \"{stem}.key\"\n"
+        ));
+    }
+    config_for(up, &format!("{c}\n{extra}"))
+}
+
+/// Starts a gateway whose directory holds the certificates first (relative paths in the config
+/// resolve against it).
+fn start_with_certs(config: &str, certs: &[(&str, &[&str])]) -> Gateway {
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-tls-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (stem, names) in certs {
+        make_cert(&dir, stem, names);
+    }
+    Gateway::start_in(dir, Some(config), &[], &[])
+}
+
+struct Curl {
+    status: u16,
+    version: String,
+    body: String,
+    stderr: String,
+}
+
+/// `curl` to `https://{host}:{port}{path}`, trusting `ca`, with extra arguments.
+fn curl(g: &Gateway, host: &str, path: &str, ca: &str, args: &[&str]) -> Curl {
+    let port = g.tls.expect("the TLS listener").port();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg("--cacert")
+        .arg(g.dir.join(format!("{ca}.crt")))
+        .args(args)
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut it = tail.split_whitespace();
+    Curl {
+        status: it.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+        version: it.next().unwrap_or("").to_owned(),
+        body: body.to_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn metrics(g: &Gateway) -> String {
+    String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_over_http1_and_http2_is_proxied_and_fingerprinted() {
+    let up = upstream().await;
+    let g = start_with_certs(&tls_config(&up, &["api"], ""), &[("api", &["api.test"])]);
+    let h1 = curl(&g, "api.test", "/items/1?x=1", "api", &["--http1.1"]);
+    assert_eq!(
+        (h1.status, h1.version.as_str()),
+        (200, "1.1"),
+        "{}",
+        h1.stderr
+    );
+    let h2 = curl(&g, "api.test", "/items/2", "api", &["--http2"]);
+    assert_eq!(
+        (h2.status, h2.version.as_str()),
+        (200, "2"),
+        "{}",
+        h2.stderr
+    );
+    assert!(h2.body.contains("/items/2"), "{}", h2.body);
+
+    let d1 = g.wait_decision(|d| d["path"] == "/items/1");
+    let d2 = g.wait_decision(|d| d["path"] == "/items/2");
+    let ja4_1 = d1["identity"]["ja4"].as_str().unwrap().to_owned();
+    let ja4_2 = d2["identity"]["ja4"].as_str().unwrap().to_owned();
+    // curl sends SNI, offers TLS 1.3; ALPN http/1.1 alone, then h2 first.
+    assert!(ja4_1.starts_with("t13d") && ja4_1.len() == 36, "{ja4_1}");
+    assert_eq!(&ja4_1[8..10], "h1", "{ja4_1}");
+    assert_eq!(&ja4_2[8..10], "h2", "{ja4_2}");
+    // The same client: the same ciphers; the extension lists differ only by ALPN, which JA4's
+    // last part leaves out.
+    assert_eq!(ja4_1[11..], ja4_2[11..], "{ja4_1} / {ja4_2}");
+    assert_eq!(d1["identity"]["tls"], "1.3");
+    assert_eq!(d1["identity"]["sni"], "api.test");
+    let m = metrics(&g).await;
+    assert!(
+        m.contains(r#"palisade_tls_handshakes_total{result="ok"} 2"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_certificate_follows_the_server_name_and_reloads_from_its_files() {
+    let up = upstream().await;
+    let g = start_with_certs(
+        &tls_config(&up, &["a", "b"], ""),
+        &[("a", &["a.test"]), ("b", &["b.test", "*.b.test"])],
+    );
+    // Each name gets its own certificate (curl trusts only that one), wildcards included; an
+    // unknown name gets the first.
+    assert_eq!(curl(&g, "a.test", "/", "a", &[]).status, 200);
+    assert_eq!(curl(&g, "b.test", "/", "b", &[]).status, 200);
+    assert_eq!(curl(&g, "x.b.test", "/", "b", &[]).status, 200);
+    let wrong = curl(&g, "b.test", "/", "a", &[]);
+    assert_eq!(wrong.status, 0, "b.test must not be served a's certificate");
+    let other = curl(&g, "other.test", "/", "a", &["--insecure"]);
+    assert_eq!(other.status, 200);
+
+    // A broken certificate file: reported, and the old certificate is still served.
+    let a_crt = g.dir.join("a.crt");
+    let old = std::fs::read(&a_crt).unwrap();
+    std::fs::write(&a_crt, b"-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let r = send(
+        "POST",
+        &g.admin_url("/v1/reload"),
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("a.crt"),
+        "{:?}",
+        r.body
+    );
+    std::fs::copy(g.dir.join("a.key"), g.dir.join("a-old.key")).unwrap();
+    std::fs::write(g.dir.join("a-old.crt"), &old).unwrap();
+    assert_eq!(curl(&g, "a.test", "/", "a-old", &[]).status, 200);
+
+    // A new certificate in the files: served after the reload (the file watcher or the API).
+    make_cert(&g.dir, "a", &["a.test"]);
+    let r = send(
+        "POST",
+        &g.admin_url("/v1/reload"),
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(curl(&g, "a.test", "/", "a", &[]).status, 200);
+    assert_eq!(
+        curl(&g, "a.test", "/", "a-old", &[]).status,
+        0,
+        "the old certificate is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_blocks_and_rules_see_the_handshake() {
+    let up = upstream().await;
+    let g = start_with_certs(
+        &tls_config(
+            &up,
+            &["api"],
+            "[[limits]]\nname = \"per-ja4\"\nkey = [\"ja4\"]\nrate = \"3/1m\"\n\n\
+             [[rules]]\nname = \"old-tls\"\nwhen = 'tls.version == \"1.2\" && path == \"/legacy\"'\naction = \"block\"\n",
+        ),
+        &[("api", &["api.test"])],
+    );
+    // TLS 1.2 on the rule's path: refused; TLS 1.3: allowed.
+    let old = curl(&g, "api.test", "/legacy", "api", &["--tls-max", "1.2"]);
+    assert_eq!(old.status, 403, "{}", old.stderr);
+    assert_eq!(curl(&g, "api.test", "/legacy", "api", &[]).status, 200);
+    // One handshake's fingerprint: a budget of 3 shared by every connection with it.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(curl(&g, "api.test", "/x", "api", &[]).status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Plain HTTP has no JA4: not limited by it.
+    for _ in 0..4 {
+        assert_eq!(get(&g.url("/x")).await.status, 200);
+    }
+    let limited = g.wait_decision(|d| d["action"] == "limit");
+    assert_eq!(limited["rule"], "limit/per-ja4");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_handshakes_fail_cleanly() {
+    let up = upstream().await;
+    let g = start_with_certs(&tls_config(&up, &["api"], ""), &[("api", &["api.test"])]);
+    let addr = g.tls.unwrap();
+    // Plain HTTP to the TLS port: a clear answer.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("plain_http_to_tls_port"), "{text}");
+
+    // Garbage, a hello that claims to be huge, and one cut short then abandoned: closed.
+    for bytes in [
+        &b"\x00\x01\x02garbage"[..],
+        &[22, 3, 1, 0x40, 0x00, 1, 0xff, 0xff, 0xff][..],
+        &[22, 3, 1, 0x02, 0x00, 1, 0, 1, 0xfc, 3, 3][..],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        if bytes.len() == 11 {
+            // Cut short: the client goes away.
+            drop(s);
+            continue;
+        }
+        let mut buf = Vec::new();
+        let r =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "the gateway did not close a hostile handshake");
+    }
+    // Still serving, and the failures are counted by reason.
+    assert_eq!(curl(&g, "api.test", "/", "api", &[]).status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let m = metrics(&g).await;
+        let seen = [
+            "plain_http",
+            "not_a_client_hello",
+            "hello_too_large",
+            "closed_in_hello",
+        ]
+        .iter()
+        .all(|r| {
+            m.contains(&format!(
+                "palisade_tls_handshakes_total{{result=\"{r}\"}} 1"
+            ))
+        });
+        if seen {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plain_listener_can_redirect_to_https() {
+    let up = upstream().await;
+    let g = start_with_certs(
+        &tls_config(&up, &["api"], "").replace("[tls]\n", "[tls]\nredirect_plain = true\n"),
+        &[("api", &["api.test"])],
+    );
+    let port = g.tls.unwrap().port();
+    let r = send(
+        "GET",
+        &g.url("/items/1?q=2"),
+        &[("host", "api.test:8080")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        format!("https://api.test:{port}/items/1?q=2")
+    );
+    // Over TLS the request is served.
+    assert_eq!(curl(&g, "api.test", "/items/1", "api", &[]).status, 200);
+}
+
+#[test]
+fn check_reports_a_missing_or_mismatched_key() {
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-tlscheck-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_cert(&dir, "a", &["a.test"]);
+    make_cert(&dir, "b", &["b.test"]);
+    let config = dir.join("palisade.toml");
+    std::fs::write(
+        &config,
+        "[tls]\n[[tls.certificates]]\ncert = \"a.crt\"\nkey = \"b.key\"\n\n[[tls.certificates]]\ncert = \"missing.crt\"\nkey = \"a.key\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("is not the key of"), "{text}");
+    assert!(text.contains("missing.crt"), "{text}");
+}
