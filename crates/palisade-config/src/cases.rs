@@ -52,6 +52,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                     version: http::Version::HTTP_11,
                     ja4h: None,
                     tls: None,
+                    h2fp: None,
                     ip_info: None,
                     bot_verification: None,
                     username: None,

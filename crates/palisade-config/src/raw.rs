@@ -97,6 +97,21 @@ pub struct RawTls {
     pub redirect_plain: Option<bool>,
 }
 
+/// `[fingerprints]`: the client's TLS handshake (JA4) and HTTP/2 frames against the browser its
+/// user agent claims (they exist on the TLS listener and on HTTP/2).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawFingerprints {
+    /// Weight of `fingerprint/ua_mismatch` (a browser claimed, another known client seen).
+    /// Default 40.
+    pub mismatch_weight: Option<Spanned<u64>>,
+    /// Weight of `fingerprint/browser_without_h2` (a browser claimed over TLS without offering
+    /// HTTP/2). Default 30.
+    pub no_h2_weight: Option<Spanned<u64>>,
+    /// A file of more known clients: lines `ja4|h2, fingerprint, family, browser|library`.
+    pub clients: Option<Spanned<String>>,
+}
+
 /// `[[tls.certificates]]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -795,6 +810,8 @@ pub struct RawConfig {
     pub store: RawStore,
     /// `[tls]`.
     pub tls: Option<RawTls>,
+    /// `[fingerprints]`.
+    pub fingerprints: Option<RawFingerprints>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.

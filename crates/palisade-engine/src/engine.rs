@@ -321,6 +321,7 @@ impl Engine {
                     | KeyPart::Jwt(_)
                     | KeyPart::Ja4h
                     | KeyPart::Ja4
+                    | KeyPart::H2fp
                     | KeyPart::Asn
                     | KeyPart::Country
             ) {

@@ -129,6 +129,9 @@ impl Engine {
                 f("sni", IdentityValue::Str(sni));
             }
         }
+        if let Some(h) = facts.h2fp {
+            f("h2fp", IdentityValue::Str(h));
+        }
         if let Some(i) = facts.ip_info {
             if i.asn != 0 {
                 f("asn", IdentityValue::Asn(u64::from(i.asn)));
@@ -218,7 +221,8 @@ impl Engine {
             | KeyPart::Account
             | KeyPart::Jwt(_)
             | KeyPart::Ja4h
-            | KeyPart::Ja4 => {
+            | KeyPart::Ja4
+            | KeyPart::H2fp => {
                 owned_bytes = value.as_bytes().to_vec();
                 (KeyValue::Bytes(&owned_bytes), value.to_owned(), None)
             }

@@ -126,6 +126,7 @@ impl Engine {
         }
         self.intel(&mut d, facts);
         self.header_consistency(&mut d, facts);
+        self.fingerprint_consistency(&mut d, facts);
         self.behaviour_signals(&mut d, facts, route);
         self.limits(&mut d, facts, route, route_spec, shared, &mut v);
         let Verdicts {

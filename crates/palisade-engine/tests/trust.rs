@@ -81,6 +81,7 @@ impl Client<'_> {
             version: http::Version::HTTP_11,
             ja4h: Some(self.ja4h),
             tls: None,
+            h2fp: None,
             ip_info: None,
             bot_verification: None,
             username: None,

@@ -3,6 +3,7 @@
 //! classification out, no I/O.
 
 pub mod bots;
+pub mod clients;
 pub mod h2fp;
 pub mod headers;
 pub mod ipinfo;

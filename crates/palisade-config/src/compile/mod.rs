@@ -371,7 +371,8 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 19] = [
+const SECTIONS: [&str; 20] = [
+    "fingerprints",
     "tls",
     "store",
     "behaviour",
@@ -463,6 +464,11 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
             }
             "rules" => many(value, name, c, &mut raw.rules, &mut raw.broken_names),
             "store" => one(value, name, c, &mut raw.store),
+            "fingerprints" => {
+                let mut f = RawFingerprints::default();
+                one(value, name, c, &mut f);
+                raw.fingerprints = Some(f);
+            }
             "tls" => {
                 let mut t = RawTls::default();
                 one(value, name, c, &mut t);
@@ -728,6 +734,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         .tls
         .as_ref()
         .and_then(|t| tls::compile_tls(t, base, c, &mut files));
+    let fingerprints = raw
+        .fingerprints
+        .as_ref()
+        .map(|f| tls::compile_fingerprints(f, base, c, &mut files));
     // Secret-bearing fields serialise redacted by their type (`crate::secret`).
     let redacted = serde_json::to_value(&raw).unwrap_or(serde_json::Value::Null);
     let policy = Policy {
@@ -741,6 +751,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         auth,
         bots,
         headers,
+        fingerprints,
         honeypots,
         max_blocks,
         intel,

@@ -299,3 +299,40 @@ fn certificate(
         path: cert_file,
     })
 }
+
+/// `[fingerprints]`.
+pub(super) fn compile_fingerprints(
+    f: &RawFingerprints,
+    base: &Path,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> palisade_engine::policy::FingerprintsPolicy {
+    let mut known = palisade_intel::clients::KnownClients::builtin();
+    if let Some(file) = &f.clients {
+        let path = base.join(file.get_ref());
+        files.push(path.clone());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                if let Err(errors) = known.extend_from_text(&text) {
+                    for e in errors {
+                        c.at(
+                            sp(file),
+                            "fingerprints.clients",
+                            format!("`{}` {e}", path.display()),
+                        );
+                    }
+                }
+            }
+            Err(e) => c.at(
+                sp(file),
+                "fingerprints.clients",
+                format!("cannot read `{}`: {e}", path.display()),
+            ),
+        }
+    }
+    palisade_engine::policy::FingerprintsPolicy {
+        known: Arc::new(known),
+        mismatch_weight: weight(&f.mismatch_weight, 40, "fingerprints.mismatch_weight", c),
+        no_h2_weight: weight(&f.no_h2_weight, 30, "fingerprints.no_h2_weight", c),
+    }
+}

@@ -118,6 +118,9 @@ impl Engine {
         if let Some(t) = facts.tls {
             keys.push(format!("ja4:{}", t.ja4));
         }
+        if let Some(h) = facts.h2fp {
+            keys.push(format!("h2fp:{h}"));
+        }
         if let Some(i) = facts.ip_info.filter(|i| i.asn != 0) {
             keys.push(format!("asn:{}", i.asn));
         }
@@ -145,6 +148,7 @@ impl Engine {
                     .and_then(|p| p.account.as_deref().map(str::to_owned)),
                 "ja4h" => facts.ja4h.map(str::to_owned),
                 "ja4" => facts.tls.map(|t| t.ja4.to_owned()),
+                "h2fp" => facts.h2fp.map(str::to_owned),
                 "asn" => facts
                     .ip_info
                     .filter(|i| i.asn != 0)

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod behaviour;
 pub mod bots;
+pub mod fingerprints;
 pub mod headers;
 pub mod intel;
 pub mod limits;

@@ -163,6 +163,9 @@ pub struct Decision {
     pub under_attack: bool,
     /// Corrections for the shared store (refunds of what it counted), for the gateway to send.
     pub shared_adjust: Vec<crate::model::shared::SharedAdjust>,
+    /// The browser family the user agent claimed and the family its fingerprints showed, when
+    /// they disagree (`fingerprint/ua_mismatch`).
+    pub fingerprint_mismatch: Option<(&'static str, Arc<str>)>,
 }
 
 impl Decision {
@@ -184,6 +187,7 @@ impl Decision {
             trace: None,
             under_attack: false,
             shared_adjust: Vec::new(),
+            fingerprint_mismatch: None,
         }
     }
 }

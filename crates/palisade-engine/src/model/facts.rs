@@ -36,6 +36,8 @@ pub struct RequestFacts<'a> {
     pub ja4h: Option<&'a str>,
     /// What the connection's TLS handshake showed, when Palisade terminated TLS.
     pub tls: Option<TlsFacts<'a>>,
+    /// The connection's HTTP/2 client fingerprint (Akamai format), on HTTP/2.
+    pub h2fp: Option<&'a str>,
     /// What IP intelligence knows about the client's address (network, country, kind).
     pub ip_info: Option<&'a palisade_intel::ipinfo::IpInfo>,
     /// A verified-bot claim the user agent makes: the index of the bot in `[bots]`'s verified

@@ -48,6 +48,8 @@ pub enum KeyPart {
     Ja4h,
     /// The connection's JA4 (TLS ClientHello) fingerprint, when Palisade terminates TLS.
     Ja4,
+    /// The connection's HTTP/2 client fingerprint (Akamai format), on HTTP/2.
+    H2fp,
     /// The client network's autonomous system number.
     Asn,
     /// The client address's country.
@@ -62,7 +64,7 @@ pub type Dimension = KeyPart;
 pub enum KeyPartError {
     /// Not a dimension Palisade knows.
     #[error(
-        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, ja4, ja4h, asn, country"
+        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, ja4, h2fp, ja4h, asn, country"
     )]
     Unknown(String),
     /// Known, but provided by a part of Palisade that is not built yet.
@@ -93,6 +95,7 @@ impl KeyPart {
             "account" => return Ok(KeyPart::Account),
             "ja4h" => return Ok(KeyPart::Ja4h),
             "ja4" => return Ok(KeyPart::Ja4),
+            "h2fp" => return Ok(KeyPart::H2fp),
             "asn" => return Ok(KeyPart::Asn),
             "country" => return Ok(KeyPart::Country),
             "session" => {
@@ -155,6 +158,7 @@ impl fmt::Display for KeyPart {
             KeyPart::Jwt(c) => write!(f, "jwt:{c}"),
             KeyPart::Ja4h => f.write_str("ja4h"),
             KeyPart::Ja4 => f.write_str("ja4"),
+            KeyPart::H2fp => f.write_str("h2fp"),
             KeyPart::Asn => f.write_str("asn"),
             KeyPart::Country => f.write_str("country"),
         }
@@ -251,6 +255,7 @@ pub fn value_of<'a>(
             .map(|v| KeyValue::Bytes(v.as_bytes())),
         KeyPart::Ja4h => facts.ja4h.map(|v| KeyValue::Bytes(v.as_bytes())),
         KeyPart::Ja4 => facts.tls.map(|t| KeyValue::Bytes(t.ja4.as_bytes())),
+        KeyPart::H2fp => facts.h2fp.map(|f| KeyValue::Bytes(f.as_bytes())),
         KeyPart::Asn => facts
             .ip_info
             .filter(|i| i.asn != 0)
@@ -356,6 +361,7 @@ mod tests {
             "jwt:org_id",
             "ja4h",
             "ja4",
+            "h2fp",
             "asn",
             "country",
         ] {

@@ -228,6 +228,9 @@ pub struct Policy {
     pub bots: Option<BotsPolicy>,
     /// Header-consistency checks; `None` when `[headers]` is not configured.
     pub headers: Option<HeadersPolicy>,
+    /// Handshake and HTTP/2 fingerprints against the claimed client; `None` when
+    /// `[fingerprints]` is not configured.
+    pub fingerprints: Option<FingerprintsPolicy>,
     /// Honeypots: trap paths and decoy keys.
     pub honeypots: Vec<HoneypotSpec>,
     /// Most blocks held.
@@ -279,6 +282,19 @@ pub struct HeadersPolicy {
     /// Whether requests reached the site over HTTPS (behind a TLS terminator), so browsers
     /// would have sent client hints and fetch metadata.
     pub assume_https: bool,
+}
+
+/// `[fingerprints]`: what a client's TLS handshake and HTTP/2 frames say against what its user
+/// agent claims.
+#[derive(Debug, Clone)]
+pub struct FingerprintsPolicy {
+    /// Known clients by fingerprint.
+    pub known: std::sync::Arc<palisade_intel::clients::KnownClients>,
+    /// Weight of `fingerprint/ua_mismatch`: a browser claimed, a known other client observed.
+    pub mismatch_weight: u8,
+    /// Weight of `fingerprint/browser_without_h2`: a browser claimed over TLS whose
+    /// ClientHello did not offer HTTP/2 (every current browser does).
+    pub no_h2_weight: u8,
 }
 
 impl Policy {

@@ -22,7 +22,7 @@ use crate::model::decision::Decision;
 use crate::model::facts::RequestFacts;
 
 /// Variables a rule may read, with what they hold.
-pub const VARIABLES: [(&str, &str); 18] = [
+pub const VARIABLES: [(&str, &str); 19] = [
     ("route", "the matched route's name"),
     ("method", "the request method, e.g. \"GET\""),
     ("path", "the path, without the query"),
@@ -52,6 +52,10 @@ pub const VARIABLES: [(&str, &str); 18] = [
     (
         "tls",
         "{ja4, version, sni, alpn}: the connection's TLS handshake when Palisade terminates TLS (all \"\" over plain HTTP)",
+    ),
+    (
+        "h2",
+        "{fingerprint}: the connection's HTTP/2 client fingerprint, Akamai format (\"\" over HTTP/1)",
     ),
 ];
 
@@ -351,6 +355,7 @@ impl<'a> Facts<'a> {
                     ("alpn", st(t.and_then(|t| t.alpn).unwrap_or(""))),
                 ])
             }
+            "h2" => map([("fingerprint", st(f.h2fp.unwrap_or("")))]),
             _ => return None,
         })
     }

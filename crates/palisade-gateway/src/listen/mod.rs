@@ -91,8 +91,9 @@ async fn serve_h2<H: Handler>(
         (h2_builder(&rt), client_limits(&rt))
     };
     let in_flight = InFlight::default();
+    let (tap, h2fp) = stream::H2Tap::new(h1::Rewind::new(read, stream));
     let io = TokioIo::new(IdleTimeoutIo::new(
-        h1::Rewind::new(read, stream),
+        tap,
         limits.idle_timeout,
         Some(limits.header_timeout),
         in_flight.clone(),
@@ -101,6 +102,9 @@ async fn serve_h2<H: Handler>(
         let mut req = req.map(ClientBody::H2);
         if let Some(t) = &tls {
             req.extensions_mut().insert(t.clone());
+        }
+        if let Some(fp) = h2fp.get() {
+            req.extensions_mut().insert(H2Fingerprint(fp.clone()));
         }
         let answering = handler.handle(req, peer, None);
         let guard = in_flight.start();
@@ -113,6 +117,10 @@ async fn serve_h2<H: Handler>(
     });
     let _ = watcher.watch(builder.serve_connection(io, svc)).await;
 }
+
+/// The HTTP/2 client fingerprint of the connection a request came on (Akamai format).
+#[derive(Debug, Clone)]
+pub struct H2Fingerprint(pub Arc<str>);
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

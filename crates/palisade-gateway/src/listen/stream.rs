@@ -5,9 +5,11 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use palisade_intel::h2fp::Preface;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -160,5 +162,80 @@ impl AsyncWrite for ClientWrite {
             ClientWrite::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientWrite::Tls(s, _) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// Reads through to the inner stream, keeping a copy of an HTTP/2 connection's first bytes
+/// until its client fingerprint (Akamai format) is read from them; then the copy is dropped.
+/// The fingerprint is complete by the time the first request reaches the service (it needs the
+/// same HEADERS block).
+pub struct H2Tap<S> {
+    inner: S,
+    seen: Option<Vec<u8>>,
+    fingerprint: Arc<OnceLock<Arc<str>>>,
+}
+
+impl<S> H2Tap<S> {
+    /// Taps `inner`; the fingerprint appears in the returned cell.
+    pub fn new(inner: S) -> (Self, Arc<OnceLock<Arc<str>>>) {
+        let cell = Arc::new(OnceLock::new());
+        (
+            Self {
+                inner,
+                seen: Some(Vec::with_capacity(1024)),
+                fingerprint: cell.clone(),
+            },
+            cell,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for H2Tap<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(seen)) = (&r, this.seen.as_mut()) {
+            seen.extend_from_slice(buf.filled().get(before..).unwrap_or_default());
+            match palisade_intel::h2fp::read(seen) {
+                Preface::Done(fp) => {
+                    let _ = this.fingerprint.set(Arc::from(fp.akamai()));
+                    this.seen = None;
+                }
+                Preface::Incomplete if seen.len() <= palisade_intel::h2fp::MAX_BYTES => {}
+                _ => this.seen = None,
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for H2Tap<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -100,6 +100,7 @@ fn usage(
         version: parts.version,
         ja4h: None,
         tls: None,
+        h2fp: None,
         ip_info: None,
         bot_verification: None,
         username: None,

@@ -132,6 +132,10 @@ async fn respond(
                 server_name: t.server_name.as_deref(),
                 alpn: t.alpn,
             }),
+        h2fp: parts
+            .extensions
+            .get::<crate::listen::H2Fingerprint>()
+            .map(|f| &*f.0),
         ip_info: gathered.ip_info.as_ref(),
         bot_verification: gathered.bot_verification,
         username: gathered.username.as_deref(),

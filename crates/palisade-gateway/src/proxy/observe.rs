@@ -118,6 +118,10 @@ pub fn pending_record(
             write("bot_name", IdentityValue::Str(n));
         }
     }
+    if let Some((claimed, observed)) = &decision.fingerprint_mismatch {
+        write("claimed_family", IdentityValue::Str(claimed));
+        write("observed_family", IdentityValue::Str(observed));
+    }
     line.close();
     Some(PendingRecord {
         json: line.finish(),

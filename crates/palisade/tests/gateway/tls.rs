@@ -345,3 +345,76 @@ fn check_reports_a_missing_or_mismatched_key() {
     assert!(text.contains("is not the key of"), "{text}");
     assert!(text.contains("missing.crt"), "{text}");
 }
+
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+
+/// Whether python3 can import curl_cffi (scripts/test.sh installs it).
+fn curl_cffi() -> bool {
+    Command::new("python3")
+        .args(["-c", "import curl_cffi"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_library_in_a_browsers_user_agent_is_told_from_the_browser() {
+    let up = upstream().await;
+    let g = start_with_certs(
+        &tls_config(&up, &["api"], "[fingerprints]\n"),
+        &[("api", &["api.test"])],
+    );
+    let reasons = |d: &serde_json::Value| d["reasons"].to_string();
+    // curl saying it is Chrome, over HTTP/2: its SETTINGS are curl's.
+    let r = curl(&g, "api.test", "/h2", "api", &["--http2", "-A", CHROME]);
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    let d = g.wait_decision(|d| d["path"] == "/h2");
+    assert!(reasons(&d).contains("fingerprint/ua_mismatch"), "{d}");
+    assert_eq!(d["identity"]["claimed_family"], "chromium", "{d}");
+    assert_eq!(d["identity"]["observed_family"], "curl", "{d}");
+    assert_eq!(
+        d["identity"]["h2fp"], "3:100;4:33554432;2:0|33488897|0|m,p,s,a",
+        "curl 7.88.1's HTTP/2 fingerprint, as captured in shared/testdata/h2"
+    );
+    // The same over HTTP/1.1: a browser would have offered h2.
+    let r = curl(&g, "api.test", "/h1", "api", &["--http1.1", "-A", CHROME]);
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    let d = g.wait_decision(|d| d["path"] == "/h1");
+    assert!(
+        reasons(&d).contains("fingerprint/browser_without_h2"),
+        "{d}"
+    );
+    // curl as itself: nothing claimed, nothing to contradict.
+    let r = curl(&g, "api.test", "/honest", "api", &["--http2"]);
+    assert_eq!(r.status, 200);
+    let d = g.wait_decision(|d| d["path"] == "/honest");
+    assert!(!reasons(&d).contains("fingerprint/"), "{d}");
+
+    // curl_cffi impersonating Chrome: its handshake and frames are Chrome's, its user agent
+    // too: no mismatch.
+    if !curl_cffi() {
+        println!("SKIPPED: curl_cffi is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let port = g.tls.unwrap().port();
+    let script = format!(
+        "from curl_cffi import requests\n\
+         r = requests.get('https://127.0.0.1:{port}/impersonated', impersonate='chrome', verify=False, headers={{'Host': 'api.test'}})\n\
+         print(r.status_code, r.http_version)\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("200"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = g.wait_decision(|d| d["path"] == "/impersonated");
+    assert!(!reasons(&d).contains("fingerprint/"), "{d}");
+    assert!(
+        d["identity"]["ja4"].as_str().unwrap().contains("h2_"),
+        "{d}"
+    );
+}

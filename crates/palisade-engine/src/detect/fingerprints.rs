@@ -1,0 +1,59 @@
+//! Fingerprints against claims: a client whose user agent claims a browser while its TLS
+//! handshake (JA4) or HTTP/2 frames are a known other client's, or that claims a browser over
+//! TLS without offering HTTP/2.
+
+use palisade_intel::clients::{Kind, claimed_browser};
+
+use crate::engine::Engine;
+use crate::model::decision::{Decision, Signal};
+use crate::model::facts::RequestFacts;
+
+impl Engine {
+    /// `fingerprint/ua_mismatch` and `fingerprint/browser_without_h2`.
+    #[inline(always)]
+    pub(crate) fn fingerprint_consistency(&self, d: &mut Decision, facts: &RequestFacts<'_>) {
+        let Some(fp) = &self.policy.fingerprints else {
+            return;
+        };
+        if facts.tls.is_none() && facts.h2fp.is_none() {
+            return;
+        }
+        let Some(claimed) = facts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(claimed_browser)
+        else {
+            return;
+        };
+        let observed = [
+            facts.h2fp.and_then(|h| fp.known.by_h2(h)),
+            facts.tls.and_then(|t| fp.known.by_ja4(t.ja4)),
+        ];
+        let contradiction = observed
+            .into_iter()
+            .flatten()
+            .find(|k| k.kind == Kind::Library || &*k.family != claimed);
+        let discounted = crate::detect::trust::keyed(facts);
+        if let Some(k) = contradiction {
+            d.signals.push(Signal {
+                name: "fingerprint/ua_mismatch".into(),
+                weight: fp.mismatch_weight,
+                shadow: false,
+                discounted,
+            });
+            d.fingerprint_mismatch = Some((claimed, k.family.clone()));
+        }
+        // JA4's ninth and tenth characters: the first ALPN value the client offered.
+        if let Some(t) = facts.tls
+            && t.ja4.get(8..10) != Some("h2")
+        {
+            d.signals.push(Signal {
+                name: "fingerprint/browser_without_h2".into(),
+                weight: fp.no_h2_weight,
+                shadow: false,
+                discounted,
+            });
+        }
+    }
+}
