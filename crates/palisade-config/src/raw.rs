@@ -24,6 +24,10 @@ pub struct RawServer {
     /// Networks whose `X-Forwarded-For` / `Forwarded` headers are believed. Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Headers a TLS-terminating front (CDN, load balancer) in `trusted_proxies` sets with the
+    /// client's fingerprints, believed from those peers only: `{ ja4 = "NAME", h2 = "NAME" }`,
+    /// e.g. CloudFront's `cloudfront-viewer-ja4-fingerprint`.
+    pub trusted_fingerprint_headers: Option<RawFingerprintHeaders>,
     /// Admin API bearer token. `PALISADE_ADMIN_TOKEN` overrides it; if neither is set, one is
     /// generated into the data dir.
     pub admin_token: Option<Secret>,
@@ -110,6 +114,9 @@ pub struct RawFingerprints {
     pub no_h2_weight: Option<Spanned<u64>>,
     /// A file of more known clients: lines `ja4|h2, fingerprint, family, browser|library`.
     pub clients: Option<Spanned<String>>,
+    /// Send the connection's fingerprints to the upstream as `x-palisade-ja4` and
+    /// `x-palisade-h2fp`. Default false.
+    pub forward: Option<bool>,
 }
 
 /// `[[tls.certificates]]`.
@@ -124,6 +131,16 @@ pub struct RawCertificate {
     /// the names the certificate itself lists (subject alternative names).
     #[serde(default)]
     pub names: Vec<Spanned<String>>,
+}
+
+/// `[server] trusted_fingerprint_headers`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawFingerprintHeaders {
+    /// Header with the client's JA4.
+    pub ja4: Option<Spanned<String>>,
+    /// Header with the client's HTTP/2 fingerprint (Akamai format).
+    pub h2: Option<Spanned<String>>,
 }
 
 /// `[[upstreams]]`: where requests go.

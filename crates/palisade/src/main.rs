@@ -269,6 +269,21 @@ fn check(args: CheckArgs) -> ExitCode {
     };
     let outcomes = palisade_config::run_cases(&compiled);
     let failed = outcomes.iter().filter(|o| !o.passed).count();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let certificates: Vec<(String, Vec<String>, i64)> = compiled
+        .tls
+        .iter()
+        .flat_map(|t| &t.certificates)
+        .map(|c| {
+            (
+                c.path.display().to_string(),
+                c.names.clone(),
+                (c.not_after - now).div_euclid(86_400),
+            )
+        })
+        .collect();
     if args.json {
         let cases: Vec<serde_json::Value> = outcomes
             .iter()
@@ -279,12 +294,26 @@ fn check(args: CheckArgs) -> ExitCode {
                 })
             })
             .collect();
+        let certs: Vec<serde_json::Value> = certificates
+            .iter()
+            .map(|(path, names, days)| {
+                serde_json::json!({ "file": path, "names": names, "days_left": days })
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::json!({ "valid": true, "cases": cases, "failed": failed })
+            serde_json::json!({ "valid": true, "cases": cases, "failed": failed, "certificates": certs })
         );
     } else {
         println!("{}: configuration is valid", source.describe());
+        for (path, names, days) in &certificates {
+            let state = match *days {
+                d if d < 0 => "EXPIRED".to_owned(),
+                d if d < 14 => format!("expires in {d} days: renew it"),
+                d => format!("valid for {d} more days"),
+            };
+            println!("  certificate {path} ({}): {state}", names.join(", "));
+        }
         for o in &outcomes {
             let line = o.line.map(|l| format!(":{l}")).unwrap_or_default();
             if o.passed {

@@ -91,6 +91,10 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// Trusted proxies.
     pub trusted_proxies: IpSet,
+    /// Headers with the client's JA4 and HTTP/2 fingerprint set by a trusted front.
+    pub fingerprint_headers: (Option<HeaderName>, Option<HeaderName>),
+    /// Whether fingerprints are forwarded to the upstream (`[fingerprints] forward`).
+    pub forward_fingerprints: bool,
     /// Admin token from the config.
     pub admin_token: Option<String>,
     /// Engine failure policy.
@@ -738,6 +742,11 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         .fingerprints
         .as_ref()
         .map(|f| tls::compile_fingerprints(f, base, c, &mut files));
+    let mut server = server;
+    server.forward_fingerprints = raw
+        .fingerprints
+        .as_ref()
+        .is_some_and(|f| f.forward == Some(true));
     // Secret-bearing fields serialise redacted by their type (`crate::secret`).
     let redacted = serde_json::to_value(&raw).unwrap_or(serde_json::Value::Null);
     let policy = Policy {

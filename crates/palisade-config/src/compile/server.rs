@@ -200,6 +200,8 @@ pub(super) fn server(
                 .as_ref()
                 .map_or_else(|| PathBuf::from("./palisade-data"), PathBuf::from),
             trusted_proxies,
+            fingerprint_headers: fingerprint_headers(s.trusted_fingerprint_headers.as_ref(), c),
+            forward_fingerprints: false,
             admin_token: s.admin_token.as_ref().map(|t| t.expose().to_owned()),
             on_engine_error,
             connect_timeout,
@@ -231,4 +233,29 @@ pub(super) struct ServerPart {
     pub(super) mode: Mode,
     pub(super) max_tracked: u64,
     pub(super) max_blocks: usize,
+}
+
+/// `[server] trusted_fingerprint_headers`.
+fn fingerprint_headers(
+    h: Option<&RawFingerprintHeaders>,
+    c: &mut Collector<'_>,
+) -> (Option<http::HeaderName>, Option<http::HeaderName>) {
+    let mut name = |v: &Option<Spanned<String>>, key: &str| {
+        let v = v.as_ref()?;
+        match http::HeaderName::from_bytes(v.get_ref().trim().as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                c.at(
+                    sp(v),
+                    &format!("server.trusted_fingerprint_headers.{key}"),
+                    format!("`{}` is not a header name", v.get_ref()),
+                );
+                None
+            }
+        }
+    };
+    match h {
+        Some(h) => (name(&h.ja4, "ja4"), name(&h.h2, "h2")),
+        None => (None, None),
+    }
 }

@@ -95,6 +95,21 @@ pub async fn forward(
             parts.headers.insert(X_PALISADE_ACCOUNT, v);
         }
     }
+    // The connection's fingerprints, when the operator wants the upstream to have them.
+    if server.forward_fingerprints {
+        if let Some(t) = parts
+            .extensions
+            .get::<std::sync::Arc<crate::listen::tls::TlsInfo>>()
+            && let Ok(v) = HeaderValue::from_str(&t.ja4)
+        {
+            parts.headers.insert(X_PALISADE_JA4, v);
+        }
+        if let Some(f) = parts.extensions.get::<crate::listen::H2Fingerprint>()
+            && let Ok(v) = HeaderValue::from_str(&f.0)
+        {
+            parts.headers.insert(X_PALISADE_H2FP, v);
+        }
+    }
     let added = forwarding_lines(
         &parts.headers,
         out.peer,

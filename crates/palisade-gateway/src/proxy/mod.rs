@@ -111,6 +111,7 @@ async fn respond(
     {
         return refuse(b);
     }
+    let fronted = facts::fronted_fingerprints(rt, &parts.headers, peer.ip());
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),
@@ -131,11 +132,26 @@ async fn respond(
                 version: t.version,
                 server_name: t.server_name.as_deref(),
                 alpn: t.alpn,
+            })
+            .or_else(|| {
+                fronted
+                    .0
+                    .map(|ja4| palisade_engine::model::facts::TlsFacts {
+                        ja4,
+                        version: match ja4.get(1..3) {
+                            Some("13") => "1.3",
+                            Some("12") => "1.2",
+                            _ => "",
+                        },
+                        server_name: None,
+                        alpn: None,
+                    })
             }),
         h2fp: parts
             .extensions
             .get::<crate::listen::H2Fingerprint>()
-            .map(|f| &*f.0),
+            .map(|f| &*f.0)
+            .or(fronted.1),
         ip_info: gathered.ip_info.as_ref(),
         bot_verification: gathered.bot_verification,
         username: gathered.username.as_deref(),

@@ -20,6 +20,10 @@ pub mod names {
     pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
     /// `x-request-id`.
     pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    /// `x-palisade-ja4`: the connection's JA4 (`[fingerprints] forward`).
+    pub const X_PALISADE_JA4: HeaderName = HeaderName::from_static("x-palisade-ja4");
+    /// `x-palisade-h2fp`: the connection's HTTP/2 fingerprint (`[fingerprints] forward`).
+    pub const X_PALISADE_H2FP: HeaderName = HeaderName::from_static("x-palisade-h2fp");
     /// `x-palisade-score`.
     pub const X_PALISADE_SCORE: HeaderName = HeaderName::from_static("x-palisade-score");
     /// `x-palisade-signals`.

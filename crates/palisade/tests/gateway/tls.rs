@@ -418,3 +418,110 @@ async fn a_library_in_a_browsers_user_agent_is_told_from_the_browser() {
         "{d}"
     );
 }
+
+#[test]
+fn check_reports_each_certificate_and_its_expiry() {
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-tlscheck-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_cert(&dir, "a", &["a.test", "www.a.test"]);
+    let config = dir.join("palisade.toml");
+    std::fs::write(
+        &config,
+        "[tls]\n[[tls.certificates]]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["check", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v["certificates"][0];
+    assert_eq!(c["names"], serde_json::json!(["a.test", "www.a.test"]));
+    // Made for 30 days just now.
+    let days = c["days_left"].as_i64().unwrap();
+    assert!((28..=30).contains(&days), "{days}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fingerprints_reach_the_upstream_only_when_asked() {
+    let up = upstream().await;
+    let g = start_with_certs(
+        &tls_config(&up, &["api"], "[fingerprints]\nforward = true\n"),
+        &[("api", &["api.test"])],
+    );
+    let r = curl(
+        &g,
+        "api.test",
+        "/echo",
+        "api",
+        &["--http2", "-H", "x-palisade-ja4: forged"],
+    );
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    let seen: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let ja4 = seen["headers"]["x-palisade-ja4"][0].as_str().unwrap();
+    assert!(ja4.starts_with("t13d") && ja4 != "forged", "{seen}");
+    assert_eq!(
+        seen["headers"]["x-palisade-h2fp"][0],
+        "3:100;4:33554432;2:0|33488897|0|m,p,s,a"
+    );
+    // Off by default.
+    let g2 = start_with_certs(&tls_config(&up, &["api"], ""), &[("api", &["api.test"])]);
+    let r = curl(&g2, "api.test", "/echo", "api", &["--http2"]);
+    let seen: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert!(seen["headers"].get("x-palisade-ja4").is_none(), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_front_can_report_the_fingerprints() {
+    let up = upstream().await;
+    let policy = |trusted: &str| {
+        config_for(
+            &up,
+            &format!(
+                "[server]\ntrusted_proxies = [{trusted}]\n\
+                 trusted_fingerprint_headers = {{ ja4 = \"cloudfront-viewer-ja4-fingerprint\", h2 = \"x-h2-fingerprint\" }}\n\n\
+                 [fingerprints]\n\n\
+                 [[limits]]\nname = \"per-ja4\"\nkey = [\"ja4\"]\nrate = \"2/1m\"\n"
+            ),
+        )
+    };
+    let ja4 = "t13d1516h2_8daaf6152771_02713d6af862";
+    let h = [
+        ("cloudfront-viewer-ja4-fingerprint", ja4),
+        (
+            "x-h2-fingerprint",
+            "3:100;4:33554432;2:0|33488897|0|m,p,s,a",
+        ),
+        ("user-agent", CHROME),
+    ];
+    // From a trusted front: believed, limited by, and the h2 frames contradict the claim.
+    let g = Gateway::start(Some(&policy("\"127.0.0.1\"")));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(send("GET", &g.url("/x"), &h, "").await.status);
+    }
+    assert_eq!(got, vec![200, 200, 429]);
+    let d = g.wait_decision(|d| d["path"] == "/x");
+    assert_eq!(d["identity"]["ja4"], ja4, "{d}");
+    assert!(
+        d["reasons"].to_string().contains("fingerprint/ua_mismatch"),
+        "{d}"
+    );
+    // From anyone else: ignored.
+    let g = Gateway::start(Some(&policy("")));
+    for _ in 0..3 {
+        assert_eq!(send("GET", &g.url("/x"), &h, "").await.status, 200);
+    }
+    let d = g.wait_decision(|d| d["path"] == "/x");
+    assert!(d["identity"].get("ja4").is_none(), "{d}");
+}
