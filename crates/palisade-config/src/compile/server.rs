@@ -247,7 +247,7 @@ fn fingerprint_headers(
             Err(_) => {
                 c.at(
                     sp(v),
-                    &format!("server.trusted_fingerprint_headers.{key}"),
+                    format!("server.trusted_fingerprint_headers.{key}"),
                     format!("`{}` is not a header name", v.get_ref()),
                 );
                 None
