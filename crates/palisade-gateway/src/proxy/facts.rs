@@ -365,6 +365,33 @@ pub fn ja4h_of(parts: &http::request::Parts) -> String {
         .unwrap_or_else(|_| compute())
 }
 
+/// The fingerprints a trusted TLS-terminating front reported in its headers
+/// (`[server] trusted_fingerprint_headers`), for a request from one of `trusted_proxies`:
+/// (JA4, HTTP/2 fingerprint), each only when well formed.
+pub fn fronted_fingerprints<'a>(
+    rt: &Runtime,
+    headers: &'a http::HeaderMap,
+    peer: std::net::IpAddr,
+) -> (Option<&'a str>, Option<&'a str>) {
+    let server = &rt.compiled.server;
+    let (ja4_name, h2_name) = &server.fingerprint_headers;
+    if (ja4_name.is_none() && h2_name.is_none()) || !server.trusted_proxies.contains(peer) {
+        return (None, None);
+    }
+    let value = |n: &Option<http::HeaderName>| {
+        n.as_ref()
+            .and_then(|n| headers.get(n))
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let ja4 = value(ja4_name)
+        .filter(|v| v.len() == 36 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let h2 = value(h2_name).filter(|v| {
+        v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic()) && v.split('|').count() == 4
+    });
+    (ja4, h2)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
@@ -417,31 +444,4 @@ mod tests {
         let p = request("GET", &[("host", "a"), ("cookie", &huge)]);
         assert_eq!(ja4h_of(&p), direct(&p));
     }
-}
-
-/// The fingerprints a trusted TLS-terminating front reported in its headers
-/// (`[server] trusted_fingerprint_headers`), for a request from one of `trusted_proxies`:
-/// (JA4, HTTP/2 fingerprint), each only when well formed.
-pub fn fronted_fingerprints<'a>(
-    rt: &Runtime,
-    headers: &'a http::HeaderMap,
-    peer: std::net::IpAddr,
-) -> (Option<&'a str>, Option<&'a str>) {
-    let server = &rt.compiled.server;
-    let (ja4_name, h2_name) = &server.fingerprint_headers;
-    if (ja4_name.is_none() && h2_name.is_none()) || !server.trusted_proxies.contains(peer) {
-        return (None, None);
-    }
-    let value = |n: &Option<http::HeaderName>| {
-        n.as_ref()
-            .and_then(|n| headers.get(n))
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let ja4 = value(ja4_name)
-        .filter(|v| v.len() == 36 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-    let h2 = value(h2_name).filter(|v| {
-        v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic()) && v.split('|').count() == 4
-    });
-    (ja4, h2)
 }
