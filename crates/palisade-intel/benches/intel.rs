@@ -41,3 +41,48 @@ fn ja4h_browser_request(bencher: divan::Bencher) {
     ];
     bencher.bench_local(|| ja4h_fingerprint("GET", HttpVersion::Http11, headers));
 }
+
+/// A real ClientHello and HTTP/2 preface from the shared corpus (the first vector / the first
+/// curl_cffi Chrome capture), when it is there.
+fn corpus(file: &str) -> Option<serde_json::Value> {
+    let dir = option_env!("PALISADE_TESTDATA_DIR").filter(|d| !d.is_empty())?;
+    serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(dir).join(file)).ok()?).ok()
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Per TLS connection: read a browser's ClientHello and compute JA4.
+#[divan::bench]
+fn ja4_per_connection(bencher: divan::Bencher) {
+    let Some(v) = corpus("ja4/clienthello_vectors.json") else {
+        println!("SKIPPED ja4_per_connection: shared testdata not found");
+        return;
+    };
+    let bytes = hex(v[0]["client_hello_record_hex"].as_str().unwrap_or_default());
+    bencher.bench_local(|| match palisade_intel::ja4::ClientHello::read(&bytes) {
+        palisade_intel::ja4::Read::Hello(h) => h.ja4().fingerprint.len(),
+        _ => 0,
+    });
+}
+
+/// Per HTTP/2 connection: read Chrome's preface and first HEADERS, and fingerprint them.
+#[divan::bench]
+fn h2fp_per_connection(bencher: divan::Bencher) {
+    let Some(v) = corpus("h2/expected.json") else {
+        println!("SKIPPED h2fp_per_connection: shared testdata not found");
+        return;
+    };
+    let chrome = v
+        .as_object()
+        .and_then(|m| m.iter().find(|(k, _)| k.contains("chrome")))
+        .map(|(_, e)| hex(e["client_bytes_hex"].as_str().unwrap_or_default()))
+        .unwrap_or_default();
+    bencher.bench_local(|| match palisade_intel::h2fp::read(&chrome) {
+        palisade_intel::h2fp::Preface::Done(fp) => fp.akamai().len(),
+        _ => 0,
+    });
+}

@@ -208,16 +208,18 @@ pub fn read(bytes: &[u8]) -> Preface {
 }
 
 fn finish(mut fp: H2Fingerprint, block: &[u8]) -> Preface {
-    let mut decoder = loona_hpack::Decoder::new();
-    let mut names: Vec<Vec<u8>> = Vec::new();
-    let decoded = decoder.decode_with_cb(block, |name, _| {
-        if names.len() < 256 {
-            names.push(name.into_owned());
-        }
+    // The header block is the client's: a decoder that panicked on it must not take the
+    // connection's task down (the fuzz target exercises this path).
+    let decoded = std::panic::catch_unwind(|| {
+        let mut decoder = httlib_hpack::Decoder::default();
+        let mut buf = block.to_vec();
+        let mut fields: Vec<(Vec<u8>, Vec<u8>, u8)> = Vec::new();
+        decoder.decode(&mut buf, &mut fields).map(|_| fields)
     });
-    if decoded.is_err() {
-        return Preface::Invalid("header block does not decode");
-    }
+    let names: Vec<Vec<u8>> = match decoded {
+        Ok(Ok(fields)) => fields.into_iter().take(256).map(|(n, _, _)| n).collect(),
+        _ => return Preface::Invalid("header block does not decode"),
+    };
     for n in names {
         match n.as_slice() {
             b":method" => fp.pseudo.push('m'),
