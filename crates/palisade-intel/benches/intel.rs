@@ -62,7 +62,10 @@ fn ja4_per_connection(bencher: divan::Bencher) {
         println!("SKIPPED ja4_per_connection: shared testdata not found");
         return;
     };
-    let bytes = hex(v[0]["client_hello_record_hex"].as_str().unwrap_or_default());
+    let bytes = hex(v
+        .get(0)
+        .and_then(|v| v["client_hello_record_hex"].as_str())
+        .unwrap_or_default());
     bencher.bench_local(|| match palisade_intel::ja4::ClientHello::read(&bytes) {
         palisade_intel::ja4::Read::Hello(h) => h.ja4().fingerprint.len(),
         _ => 0,

@@ -135,7 +135,7 @@ fn mutated_prefaces_never_break_the_reader() {
     let mut runs = 0;
     for e in expected().values().step_by(5) {
         let bytes = hex(e["client_bytes_hex"].as_str().unwrap());
-        for _ in 0..300 {
+        for _ in 0..3000 {
             let mut m = bytes.clone();
             for _ in 0..1 + next() % 4 {
                 let i = 24 + (next() % (m.len() as u64 - 24)) as usize;
