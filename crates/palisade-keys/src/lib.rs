@@ -6,6 +6,7 @@
 //! prefixes.
 
 pub mod directory;
+pub mod httpsig;
 pub mod jwt;
 pub mod key;
 pub mod signature;
