@@ -30,17 +30,21 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-# curl_cffi (PyPI) is a real client that impersonates Chrome's TLS and HTTP/2: the spoof test
-# checks it is not taken for a spoof. Its test says SKIPPED by name when it cannot be installed.
-if command -v python3 >/dev/null 2>&1 && ! python3 -c "import curl_cffi" >/dev/null 2>&1; then
-  if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null || true
+# From PyPI: curl_cffi, a real client that impersonates Chrome's TLS and HTTP/2 (the spoof test
+# checks it is not taken for a spoof), and http-message-signatures, a real RFC 9421 signer (the
+# Web Bot Auth test signs with it). Their tests say SKIPPED by name when they cannot be installed.
+for module in curl_cffi:curl_cffi http_message_signatures:http-message-signatures==3.0.0; do
+  mod=${module%%:*}; pkg=${module#*:}
+  if command -v python3 >/dev/null 2>&1 && ! python3 -c "import $mod" >/dev/null 2>&1; then
+    if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null || true
+    fi
+    echo "scripts/test.sh: installing $pkg (PyPI)" >&2
+    python3 -m pip install -q "$pkg" >/dev/null 2>&1 \
+      || python3 -m pip install -q --break-system-packages "$pkg" >/dev/null 2>&1 \
+      || echo "scripts/test.sh: $pkg could not be installed: its test will say SKIPPED" >&2
   fi
-  echo "scripts/test.sh: installing curl_cffi (PyPI)" >&2
-  python3 -m pip install -q curl_cffi >/dev/null 2>&1 \
-    || python3 -m pip install -q --break-system-packages curl_cffi >/dev/null 2>&1 \
-    || echo "scripts/test.sh: curl_cffi could not be installed: its test will say SKIPPED" >&2
-fi
+done
 if command -v rustup >/dev/null 2>&1; then
   for component in rustfmt clippy; do
     if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then

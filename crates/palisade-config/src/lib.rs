@@ -18,9 +18,9 @@ pub use palisade_engine::units;
 pub use cases::{CaseOutcome, run_cases};
 pub use compile::{
     CertificateInfo, Compiled, DecisionLogTarget, KeyForward, KeySettings, LogSettings,
-    OnEngineError, OnStoreError, Overrides, RangeFetch, ServerSettings, StoreBackend,
-    StoreSettings, StoreSync, TestCase, TlsSettings, TlsVersion, UpstreamProtocol,
-    UpstreamSettings, compile_str, load_file,
+    OnEngineError, OnStoreError, Overrides, RangeFetch, ServerSettings, SignedAgentSpec,
+    StoreBackend, StoreSettings, StoreSync, TestCase, TlsSettings, TlsVersion, UpstreamProtocol,
+    UpstreamSettings, WebBotAuthSettings, agent_origin, compile_str, load_file,
 };
 pub use error::{ConfigError, ConfigErrors};
 

@@ -119,6 +119,36 @@ pub struct RawFingerprints {
     pub forward: Option<bool>,
 }
 
+/// `[web_bot_auth]`: agents that sign their requests (HTTP Message Signatures, Web Bot Auth).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebBotAuth {
+    /// Weight of `webbotauth/invalid` (a signature that does not verify). Default 30.
+    pub invalid_weight: Option<Spanned<u64>>,
+    /// Require a covered `Signature-Agent` dictionary member (protocol-02, strict). Default
+    /// false: the legacy string form and an absent header (the key identifies the agent) are
+    /// accepted; a present header must be covered and name the agent either way.
+    pub require_signature_agent: Option<bool>,
+    /// The agents whose signatures are checked.
+    #[serde(default)]
+    pub agents: Vec<RawSignedAgent>,
+}
+
+/// `[[web_bot_auth.agents]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignedAgent {
+    /// Name, in logs and rules (`bot.name`).
+    pub name: Spanned<String>,
+    /// The `Signature-Agent` it presents: its key directory's origin, `https://host`.
+    pub agent: Spanned<String>,
+    /// The bot category it counts as for `[bots.actions]` once verified. Default `ai_assistant`.
+    pub category: Option<Spanned<String>>,
+    /// A JWKS file with its public keys (`{"keys": [...]}`, as its
+    /// `/.well-known/http-message-signatures-directory` serves them).
+    pub keys: Spanned<String>,
+}
+
 /// `[[tls.certificates]]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -829,6 +859,8 @@ pub struct RawConfig {
     pub tls: Option<RawTls>,
     /// `[fingerprints]`.
     pub fingerprints: Option<RawFingerprints>,
+    /// `[web_bot_auth]`.
+    pub web_bot_auth: Option<RawWebBotAuth>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.

@@ -132,6 +132,12 @@ impl Engine {
         if let Some(h) = facts.h2fp {
             f("h2fp", IdentityValue::Str(h));
         }
+        if let Some(a) = facts.signed_agent {
+            f("agent", IdentityValue::Str(a.name));
+            if let Err(why) = a.outcome {
+                f("agent_signature", IdentityValue::Str(why));
+            }
+        }
         if let Some(i) = facts.ip_info {
             if i.asn != 0 {
                 f("asn", IdentityValue::Asn(u64::from(i.asn)));

@@ -121,6 +121,8 @@ impl Engine {
 
         // Signals, then limits and quotas, then rules and the score.
         let mut v = Verdicts::default();
+        // Before the bot stage, which can refuse at once: a forged signature is in its reasons.
+        self.signed_agent_signal(&mut d, facts);
         if let Some(refused) = self.bots(&mut d, facts, &mut v) {
             return Ok(refused);
         }

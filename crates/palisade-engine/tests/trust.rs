@@ -82,6 +82,7 @@ impl Client<'_> {
             ja4h: Some(self.ja4h),
             tls: None,
             h2fp: None,
+            signed_agent: None,
             ip_info: None,
             bot_verification: None,
             username: None,

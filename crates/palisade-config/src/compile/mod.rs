@@ -18,7 +18,9 @@ mod store;
 mod tests;
 mod tls;
 
-pub use tls::{CertificateInfo, TlsSettings, TlsVersion};
+pub use tls::{
+    CertificateInfo, SignedAgentSpec, TlsSettings, TlsVersion, WebBotAuthSettings, agent_origin,
+};
 mod upstreams;
 
 use std::net::SocketAddr;
@@ -304,6 +306,8 @@ pub struct Compiled {
     pub bot_ranges: Vec<RangeFetch>,
     /// `[tls]`, when configured.
     pub tls: Option<TlsSettings>,
+    /// `[web_bot_auth]`, when configured.
+    pub web_bot_auth: Option<WebBotAuthSettings>,
 }
 
 /// A built-in bot's published ranges, fetched by the gateway on a schedule; the last good copy
@@ -375,7 +379,8 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 20] = [
+const SECTIONS: [&str; 21] = [
+    "web_bot_auth",
     "fingerprints",
     "tls",
     "store",
@@ -468,6 +473,11 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
             }
             "rules" => many(value, name, c, &mut raw.rules, &mut raw.broken_names),
             "store" => one(value, name, c, &mut raw.store),
+            "web_bot_auth" => {
+                let mut w = RawWebBotAuth::default();
+                one(value, name, c, &mut w);
+                raw.web_bot_auth = Some(w);
+            }
             "fingerprints" => {
                 let mut f = RawFingerprints::default();
                 one(value, name, c, &mut f);
@@ -742,6 +752,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         .fingerprints
         .as_ref()
         .map(|f| tls::compile_fingerprints(f, base, c, &mut files));
+    let web_bot_auth = raw
+        .web_bot_auth
+        .as_ref()
+        .map(|w| tls::compile_web_bot_auth(w, base, c, &mut files));
     let mut server = server;
     server.forward_fingerprints = raw
         .fingerprints
@@ -761,6 +775,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         bots,
         headers,
         fingerprints,
+        web_bot_auth: web_bot_auth.as_ref().map(|w| w.invalid_weight),
         honeypots,
         max_blocks,
         intel,
@@ -780,6 +795,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         store,
         bot_ranges,
         tls,
+        web_bot_auth,
     })
 }
 

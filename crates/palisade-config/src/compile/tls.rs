@@ -336,3 +336,146 @@ pub(super) fn compile_fingerprints(
         no_h2_weight: weight(&f.no_h2_weight, 30, "fingerprints.no_h2_weight", c),
     }
 }
+
+/// Compiled `[web_bot_auth]`.
+#[derive(Debug, Clone)]
+pub struct WebBotAuthSettings {
+    /// Weight of `webbotauth/invalid`.
+    pub invalid_weight: u8,
+    /// Whether a covered `Signature-Agent` dictionary member is required.
+    pub require_signature_agent: bool,
+    /// The agents.
+    pub agents: Vec<SignedAgentSpec>,
+}
+
+/// One signing agent.
+#[derive(Debug, Clone)]
+pub struct SignedAgentSpec {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its `Signature-Agent` origin, lowercased, without a trailing `/`.
+    pub origin: String,
+    /// Its category once verified.
+    pub category: palisade_intel::Category,
+    /// Its public keys by JWK thumbprint (the `keyid` it signs with).
+    pub keys: Vec<(String, serde_json::Value)>,
+}
+
+/// A `Signature-Agent` origin as compared: lowercased, without a trailing `/`.
+pub fn agent_origin(uri: &str) -> String {
+    uri.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// `[web_bot_auth]`.
+pub(super) fn compile_web_bot_auth(
+    w: &RawWebBotAuth,
+    base: &Path,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> WebBotAuthSettings {
+    let mut agents = Vec::new();
+    for (i, a) in w.agents.iter().enumerate() {
+        let path = format!("web_bot_auth.agents[{i}]");
+        let origin = agent_origin(a.agent.get_ref());
+        if !origin.starts_with("https://") || origin.len() <= "https://".len() {
+            c.at(
+                sp(&a.agent),
+                format!("{path}.agent"),
+                format!("`{}` is not an https:// origin", a.agent.get_ref()),
+            );
+            continue;
+        }
+        let category = match &a.category {
+            None => palisade_intel::Category::AiAssistant,
+            Some(name) => match palisade_intel::Category::parse(name.get_ref()) {
+                Some(cat) => cat,
+                None => {
+                    let known: Vec<&str> = palisade_intel::Category::ALL
+                        .iter()
+                        .map(|c| c.name())
+                        .collect();
+                    c.at(
+                        sp(name),
+                        format!("{path}.category"),
+                        format!(
+                            "unknown category `{}`; known: {}",
+                            name.get_ref(),
+                            known.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+            },
+        };
+        let file = base.join(a.keys.get_ref());
+        files.push(file.clone());
+        let doc: serde_json::Value = match std::fs::read_to_string(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                c.at(
+                    sp(&a.keys),
+                    format!("{path}.keys"),
+                    format!("cannot read `{}` as JSON: {e}", file.display()),
+                );
+                continue;
+            }
+        };
+        let mut keys = Vec::new();
+        for jwk in doc
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .into_iter()
+            .flatten()
+        {
+            match (
+                palisade_keys::httpsig::PublicKey::from_jwk(jwk),
+                palisade_keys::httpsig::jwk_thumbprint(jwk),
+            ) {
+                (Ok(palisade_keys::httpsig::PublicKey::Hmac(_)), _) => c.at(
+                    sp(&a.keys),
+                    format!("{path}.keys"),
+                    format!(
+                        "`{}`: shared-secret keys are not allowed for Web Bot Auth",
+                        file.display()
+                    ),
+                ),
+                (Ok(_), Some(t)) => keys.push((t, jwk.clone())),
+                (Err(e), _) => c.at(
+                    sp(&a.keys),
+                    format!("{path}.keys"),
+                    format!("`{}`: {e}", file.display()),
+                ),
+                (Ok(_), None) => c.at(
+                    sp(&a.keys),
+                    format!("{path}.keys"),
+                    format!("`{}`: a key without a thumbprint", file.display()),
+                ),
+            }
+        }
+        if keys.is_empty() {
+            c.at(
+                sp(&a.keys),
+                format!("{path}.keys"),
+                format!(
+                    "`{}` has no usable public key (`{{\"keys\": [...]}}`)",
+                    file.display()
+                ),
+            );
+            continue;
+        }
+        agents.push(SignedAgentSpec {
+            name: Arc::from(a.name.get_ref().as_str()),
+            origin,
+            category,
+            keys,
+        });
+    }
+    WebBotAuthSettings {
+        invalid_weight: weight(&w.invalid_weight, 30, "web_bot_auth.invalid_weight", c),
+        require_signature_agent: w.require_signature_agent.unwrap_or(false),
+        agents,
+    }
+}

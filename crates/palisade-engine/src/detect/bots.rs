@@ -55,6 +55,18 @@ impl Engine {
                     VerifyStatus::Unverifiable => {}
                 }
             }
+            // A verified Web Bot Auth signature names the agent: its configured category and
+            // a verified claim, whatever the user agent says.
+            if let Some(agent) = facts.signed_agent.filter(|a| a.outcome.is_ok()) {
+                class = crate::model::client::ClientClass {
+                    category: agent.category,
+                    name: Some(Arc::from(agent.name)),
+                    verification: Some((Arc::from(agent.name), VerifyStatus::Verified)),
+                };
+                action = bots.action(agent.category);
+                rule = self.bot_rule(agent.category);
+                verified = true;
+            }
             if action == BotAction::AllowVerified {
                 action = if verified {
                     BotAction::Allow

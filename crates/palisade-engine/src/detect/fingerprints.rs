@@ -9,6 +9,23 @@ use crate::model::decision::{Decision, Signal};
 use crate::model::facts::RequestFacts;
 
 impl Engine {
+    /// `webbotauth/invalid`: a Web Bot Auth signature that does not verify, or breaks one of
+    /// the protocol's rules (never an error: the request is judged like an unsigned one, plus
+    /// this signal).
+    #[inline(always)]
+    pub(crate) fn signed_agent_signal(&self, d: &mut Decision, facts: &RequestFacts<'_>) {
+        if let (Some(weight), Some(agent)) = (self.policy.web_bot_auth, facts.signed_agent)
+            && agent.outcome.is_err()
+        {
+            d.signals.push(Signal {
+                name: "webbotauth/invalid".into(),
+                weight,
+                shadow: false,
+                discounted: false,
+            });
+        }
+    }
+
     /// `fingerprint/ua_mismatch` and `fingerprint/browser_without_h2`.
     #[inline(always)]
     pub(crate) fn fingerprint_consistency(&self, d: &mut Decision, facts: &RequestFacts<'_>) {

@@ -38,6 +38,8 @@ pub struct RequestFacts<'a> {
     pub tls: Option<TlsFacts<'a>>,
     /// The connection's HTTP/2 client fingerprint (Akamai format), on HTTP/2.
     pub h2fp: Option<&'a str>,
+    /// A Web Bot Auth signature the gateway checked: the agent and whether it verified.
+    pub signed_agent: Option<SignedAgent<'a>>,
     /// What IP intelligence knows about the client's address (network, country, kind).
     pub ip_info: Option<&'a palisade_intel::ipinfo::IpInfo>,
     /// A verified-bot claim the user agent makes: the index of the bot in `[bots]`'s verified
@@ -59,4 +61,16 @@ pub struct TlsFacts<'a> {
     pub server_name: Option<&'a str>,
     /// The negotiated application protocol (`"h2"`, `"http/1.1"`).
     pub alpn: Option<&'a str>,
+}
+
+/// A request signed under Web Bot Auth (HTTP Message Signatures, RFC 9421), as the gateway
+/// checked it against the agent's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedAgent<'a> {
+    /// The agent's name from the config (or its Signature-Agent host).
+    pub name: &'a str,
+    /// The bot category it is treated as when verified.
+    pub category: palisade_intel::Category,
+    /// `Ok` when the signature verified and every protocol rule held; else why not.
+    pub outcome: Result<(), &'static str>,
 }

@@ -231,6 +231,9 @@ pub struct Policy {
     /// Handshake and HTTP/2 fingerprints against the claimed client; `None` when
     /// `[fingerprints]` is not configured.
     pub fingerprints: Option<FingerprintsPolicy>,
+    /// Weight of `webbotauth/invalid` (a Web Bot Auth signature that does not verify); `None`
+    /// when `[web_bot_auth]` is not configured.
+    pub web_bot_auth: Option<u8>,
     /// Honeypots: trap paths and decoy keys.
     pub honeypots: Vec<HoneypotSpec>,
     /// Most blocks held.

@@ -6,6 +6,7 @@
 
 pub mod jwks;
 pub mod keys;
+pub mod signed_agent;
 
 use std::sync::Arc;
 

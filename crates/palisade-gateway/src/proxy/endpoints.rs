@@ -101,6 +101,7 @@ fn usage(
         ja4h: None,
         tls: None,
         h2fp: None,
+        signed_agent: None,
         ip_info: None,
         bot_verification: None,
         username: None,

@@ -112,6 +112,11 @@ async fn respond(
         return refuse(b);
     }
     let fronted = facts::fronted_fingerprints(rt, &parts.headers, peer.ip());
+    let signed = rt
+        .compiled
+        .web_bot_auth
+        .as_ref()
+        .and_then(|w| crate::auth::signed_agent::check(w, &parts, (unix_ms / 1000) as i64));
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),
@@ -152,6 +157,13 @@ async fn respond(
             .get::<crate::listen::H2Fingerprint>()
             .map(|f| &*f.0)
             .or(fronted.1),
+        signed_agent: signed.as_ref().map(|(name, category, outcome)| {
+            palisade_engine::model::facts::SignedAgent {
+                name,
+                category: *category,
+                outcome: *outcome,
+            }
+        }),
         ip_info: gathered.ip_info.as_ref(),
         bot_verification: gathered.bot_verification,
         username: gathered.username.as_deref(),

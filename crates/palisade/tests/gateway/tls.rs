@@ -525,3 +525,77 @@ async fn a_trusted_front_can_report_the_fingerprints() {
     let d = g.wait_decision(|d| d["path"] == "/x");
     assert!(d["identity"].get("ja4").is_none(), "{d}");
 }
+
+/// Whether python3 can import http_message_signatures (scripts/test.sh installs it).
+fn http_message_signatures() -> bool {
+    Command::new("python3")
+        .args(["-c", "import http_message_signatures"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn wba(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/wba_sign.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_agent_is_verified_and_a_forged_one_is_not() {
+    if !http_message_signatures() {
+        println!(
+            "SKIPPED: http-message-signatures (PyPI) is not installed (scripts/test.sh installs it)"
+        );
+        return;
+    }
+    let up = upstream().await;
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-wba-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap().to_owned();
+    wba(&["key", &d]);
+    // Scripts on an HTTP library are refused; the signed agent is an AI assistant, allowed.
+    let config = config_for(
+        &up,
+        "[bots]\n[bots.actions]\nhttp_library = \"block\"\nai_assistant = \"allow_verified\"\n\n\
+         [web_bot_auth]\n[[web_bot_auth.agents]]\nname = \"test-agent\"\n\
+         agent = \"https://agent.palisade-test.example\"\nkeys = \"agent.jwks\"\n",
+    );
+    let g = Gateway::start_in(dir, Some(&config), &[], &[]);
+    let url = g.url("/signed");
+    // Unsigned, the same library: refused.
+    assert_eq!(
+        send("GET", &url, &[("user-agent", "Python-urllib/3")], "")
+            .await
+            .status,
+        403
+    );
+    // Signed by the agent's key (a real RFC 9421 signer): verified, allowed.
+    assert_eq!(wba(&["send", &d, &url]), "200");
+    let ok = g.wait_decision(|d| d["path"] == "/signed" && d["action"] == "allow");
+    assert_eq!(ok["identity"]["agent"], "test-agent", "{ok}");
+    assert_eq!(ok["identity"]["bot_claim"], "test-agent:verified", "{ok}");
+    // The same signature sent to another path (@path is covered): not verified, a signal.
+    assert_eq!(wba(&["send", &d, &url, "/tampered"]), "403");
+    let bad = g.wait_decision(|d| d["path"] == "/tampered");
+    assert_eq!(
+        bad["identity"]["agent_signature"], "signature_mismatch",
+        "{bad}"
+    );
+    assert!(
+        bad["reasons"].to_string().contains("webbotauth/invalid"),
+        "{bad}"
+    );
+}
