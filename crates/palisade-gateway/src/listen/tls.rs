@@ -152,7 +152,7 @@ fn looks_like_http(buf: &[u8]) -> bool {
     (3..=7).contains(&method_len) && buf.get(method_len) == Some(&b' ')
 }
 
-const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 85\r\nconnection: close\r\n\r\n{\"error\":\"plain_http_to_tls_port\",\"message\":\"This port speaks HTTPS: use https://.\"}";
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 84\r\nconnection: close\r\n\r\n{\"error\":\"plain_http_to_tls_port\",\"message\":\"This port speaks HTTPS: use https://.\"}";
 
 #[cfg(test)]
 mod tests {
