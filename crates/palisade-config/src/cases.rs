@@ -54,6 +54,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                     tls: None,
                     h2fp: None,
                     signed_agent: None,
+                    hfp: None,
                     ip_info: None,
                     bot_verification: None,
                     username: None,

@@ -492,7 +492,7 @@ pub struct RawHoneypot {
     pub action: Option<Spanned<String>>,
     /// With `action = "score"`: the signal's weight. Default 50.
     pub weight: Option<Spanned<u64>>,
-    /// Which identities of the client are flagged. Default `["ip", "api_key", "ja4h"]`.
+    /// Which identities of the client are flagged. Default `["ip", "api_key"]`.
     pub flag: Option<Vec<Spanned<String>>>,
     /// Serve `/robots.txt` disallowing these paths. Default false.
     pub robots_txt: Option<bool>,
@@ -639,8 +639,8 @@ pub struct RawRule {
 pub struct RawBehaviour {
     /// Default true.
     pub enabled: Option<bool>,
-    /// Dimensions with feature tables. Default all: ip, ip/24, api_key, account, session,
-    /// ja4h, asn.
+    /// Dimensions with feature tables. Default: ip, ip/24, api_key, account, session, hfp,
+    /// asn (`ja4h`, under the FoxIO licence, only when listed).
     pub track: Option<Vec<Spanned<String>>>,
     /// Most identities per dimension. Default 50000.
     pub max_entries: Option<Spanned<u64>>,

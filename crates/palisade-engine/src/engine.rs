@@ -178,6 +178,8 @@ pub struct Engine {
     /// Whether the policy reads a request's JA4H (a limit keys on it, behaviour detection, a
     /// honeypot flags it). Blocks, which may name one at any time, are checked per request.
     uses_ja4h: bool,
+    /// Whether a limit, behaviour or a honeypot reads the header fingerprint.
+    uses_hfp: bool,
     pub(crate) rule_names: Vec<Arc<str>>,
     /// Per rule, the routes it can match on (`None`: any): other routes skip it.
     pub(crate) rule_routes: Vec<Option<Vec<RouteId>>>,
@@ -320,6 +322,7 @@ impl Engine {
                     | KeyPart::Account
                     | KeyPart::Jwt(_)
                     | KeyPart::Ja4h
+                    | KeyPart::Hfp
                     | KeyPart::Ja4
                     | KeyPart::H2fp
                     | KeyPart::Asn
@@ -343,8 +346,20 @@ impl Engine {
                 .limits
                 .iter()
                 .any(|l| l.key.contains(&crate::model::identity::KeyPart::Ja4h))
-                || policy.behaviour.is_some()
+                || policy
+                    .behaviour
+                    .as_ref()
+                    .is_some_and(|b| b.track.contains(&crate::behaviour::Dim::Ja4h))
                 || policy.honeypots.iter().any(|h| h.flag.contains(&"ja4h")),
+            uses_hfp: policy
+                .limits
+                .iter()
+                .any(|l| l.key.contains(&crate::model::identity::KeyPart::Hfp))
+                || policy
+                    .behaviour
+                    .as_ref()
+                    .is_some_and(|b| b.track.contains(&crate::behaviour::Dim::Hfp))
+                || policy.honeypots.iter().any(|h| h.flag.contains(&"hfp")),
             rule_delay: Arc::from("score/delay"),
             rule_throttle: Arc::from("score/throttle"),
             policy,
@@ -502,6 +517,12 @@ impl Engine {
     /// then (or when the decision is logged).
     pub fn wants_ja4h(&self) -> bool {
         self.uses_ja4h || !self.blocks.is_empty()
+    }
+
+    /// Whether deciding a request may read its header fingerprint (computed only then, or when
+    /// the decision is logged).
+    pub fn wants_hfp(&self) -> bool {
+        self.uses_hfp || !self.blocks.is_empty()
     }
 
     /// The index of the honeypot whose decoy key this is, if any.

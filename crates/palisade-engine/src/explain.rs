@@ -119,6 +119,9 @@ impl Engine {
                 f(&format!("jwt:{claim}"), IdentityValue::Str(v));
             }
         }
+        if let Some(h) = facts.hfp {
+            f("hfp", IdentityValue::Str(h));
+        }
         if let Some(j) = facts.ja4h {
             f("ja4h", IdentityValue::Str(j));
         }
@@ -227,6 +230,7 @@ impl Engine {
             | KeyPart::Account
             | KeyPart::Jwt(_)
             | KeyPart::Ja4h
+            | KeyPart::Hfp
             | KeyPart::Ja4
             | KeyPart::H2fp => {
                 owned_bytes = value.as_bytes().to_vec();
@@ -282,6 +286,7 @@ impl Engine {
                         Some((Dim::Account, b.key_of(Dim::Account, value.as_bytes())))
                     }
                     (KeyPart::Ja4h, _) => Some((Dim::Ja4h, b.key_of(Dim::Ja4h, value.as_bytes()))),
+                    (KeyPart::Hfp, _) => Some((Dim::Hfp, b.key_of(Dim::Hfp, value.as_bytes()))),
                     (KeyPart::Asn, KeyValue::Num(n)) => u32::try_from(*n)
                         .ok()
                         .map(|n| (Dim::Asn, b.key_of(Dim::Asn, &n.to_be_bytes()))),

@@ -66,6 +66,7 @@ impl<'a> Req<'a> {
             tls: None,
             h2fp: None,
             signed_agent: None,
+            hfp: None,
             ip_info: None,
             bot_verification: None,
             username: None,
@@ -554,6 +555,7 @@ max_entries = 50000
                 tls: None,
                 h2fp: None,
                 signed_agent: None,
+                hfp: None,
                 ip_info: None,
                 bot_verification: None,
                 username: None,
@@ -765,12 +767,24 @@ flag = ["ip", "ja4h"]
 "#,
     );
     assert!(honeypot.wants_ja4h());
+    // Behaviour tracks Palisade's own header fingerprint by default; JA4H (FoxIO licence) only
+    // when `track` names it.
     let behaviour = engine(
         r#"
 [behaviour]
 "#,
     );
-    assert!(behaviour.wants_ja4h());
+    assert!(!behaviour.wants_ja4h());
+    assert!(behaviour.wants_hfp());
+    assert!(!plain.wants_hfp() || !plain.blocks().is_empty());
+    let opted_in = engine(
+        r#"
+[behaviour]
+track = ["ip", "ja4h"]
+"#,
+    );
+    assert!(opted_in.wants_ja4h());
+    assert!(!opted_in.wants_hfp());
 }
 
 #[test]

@@ -83,6 +83,7 @@ impl Client<'_> {
             tls: None,
             h2fp: None,
             signed_agent: None,
+            hfp: Some(self.ja4h),
             ip_info: None,
             bot_verification: None,
             username: None,

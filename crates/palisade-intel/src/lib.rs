@@ -6,6 +6,7 @@ pub mod bots;
 pub mod clients;
 pub mod h2fp;
 pub mod headers;
+pub mod hfp;
 pub mod ipinfo;
 pub mod ja4;
 pub mod ja4h;

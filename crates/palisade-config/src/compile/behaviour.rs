@@ -43,7 +43,7 @@ pub(super) fn compile_behaviour(
                     sp(t),
                     "behaviour.track",
                     format!(
-                        "unknown dimension `{}`; known: ip, ip/24, api_key, account, session, ja4h, asn",
+                        "unknown dimension `{}`; known: ip, ip/24, api_key, account, session, hfp, ja4h, asn",
                         t.get_ref()
                     ),
                 ),

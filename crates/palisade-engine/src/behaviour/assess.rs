@@ -77,6 +77,7 @@ impl Behaviour {
                     .map(|a| self.key_of(d, a.as_bytes())),
                 Dim::Session => self.session(facts, principal).map(|s| self.key_of(d, s)),
                 Dim::Ja4h => facts.ja4h.map(|j| self.key_of(d, j.as_bytes())),
+                Dim::Hfp => facts.hfp.map(|h| self.key_of(d, h.as_bytes())),
                 Dim::Asn => facts
                     .ip_info
                     .filter(|i| i.asn != 0)
@@ -244,7 +245,7 @@ impl Behaviour {
                         if d.is_source() {
                             // Behind a fingerprint or an ASN: the networks it is seen from
                             // (the address slot is unused on these dimensions).
-                            if matches!(d, Dim::Ja4h | Dim::Asn)
+                            if matches!(d, Dim::Ja4h | Dim::Hfp | Dim::Asn)
                                 && let Some(net) = prefix_key
                             {
                                 f.add_distinct(Distinct::Ips, net);
@@ -343,7 +344,7 @@ impl Behaviour {
                         }
                         // A fingerprint or ASN seen from many networks is shared by unrelated
                         // clients (a library, a cloud): the keys behind it are no group.
-                        let shared = matches!(d, Dim::Ja4h | Dim::Asn);
+                        let shared = matches!(d, Dim::Ja4h | Dim::Hfp | Dim::Asn);
                         let many_keys = f.distinct(Distinct::Keys) >= t.keys_per_source;
                         let many_accounts = f.distinct(Distinct::Accounts) >= t.keys_per_source;
                         if matches!(d, Dim::Ip | Dim::Prefix) {
@@ -357,7 +358,7 @@ impl Behaviour {
                                 fire(match d {
                                     Dim::Ip => Sig::KeysPerIp,
                                     Dim::Prefix => Sig::KeysPerPrefix,
-                                    Dim::Ja4h => Sig::KeysPerFingerprint,
+                                    Dim::Ja4h | Dim::Hfp => Sig::KeysPerFingerprint,
                                     _ => Sig::KeysPerAsn,
                                 });
                             }

@@ -311,6 +311,8 @@ mod tests {
             tls: None,
             h2fp: None,
             signed_agent: None,
+            // The test's fingerprint stands for the header fingerprint too (tracked by default).
+            hfp: Some(r.ja4h),
             ip_info: None,
             bot_verification: None,
             username: r.username,
@@ -801,6 +803,7 @@ mod tests {
             tls: None,
             h2fp: None,
             signed_agent: None,
+            hfp: None,
             ip_info: None,
             bot_verification: None,
             username: None,

@@ -22,12 +22,14 @@ pub enum Dim {
     Session,
     /// The JA4H fingerprint.
     Ja4h,
+    /// The header fingerprint (Palisade's own).
+    Hfp,
     /// The client's autonomous system.
     Asn,
 }
 
 /// Number of [`Dim`]s.
-pub const DIMS: usize = 7;
+pub const DIMS: usize = 8;
 
 impl Dim {
     /// Every dimension, in index order.
@@ -38,6 +40,7 @@ impl Dim {
         Dim::Account,
         Dim::Session,
         Dim::Ja4h,
+        Dim::Hfp,
         Dim::Asn,
     ];
 
@@ -50,6 +53,7 @@ impl Dim {
             Dim::Account => "account",
             Dim::Session => "session",
             Dim::Ja4h => "ja4h",
+            Dim::Hfp => "hfp",
             Dim::Asn => "asn",
         }
     }
@@ -63,6 +67,7 @@ impl Dim {
             "account" => Dim::Account,
             "session" => Dim::Session,
             "ja4h" => Dim::Ja4h,
+            "hfp" => Dim::Hfp,
             "asn" => Dim::Asn,
             _ => return None,
         })
@@ -92,7 +97,10 @@ impl Dim {
 
     /// Whether the dimension names where requests come from (an address, network or client).
     pub(super) fn is_source(self) -> bool {
-        matches!(self, Dim::Ip | Dim::Prefix | Dim::Ja4h | Dim::Asn)
+        matches!(
+            self,
+            Dim::Ip | Dim::Prefix | Dim::Ja4h | Dim::Hfp | Dim::Asn
+        )
     }
 }
 
@@ -440,7 +448,9 @@ impl Default for BehaviourPolicy {
             }
         }
         Self {
-            track: Dim::ALL.to_vec(),
+            // Every dimension but JA4H (FoxIO licence: named in `track` to opt in); the
+            // header fingerprint stands for it.
+            track: Dim::ALL.into_iter().filter(|d| *d != Dim::Ja4h).collect(),
             max_entries: 50_000,
             window: 300 * SECOND,
             short_window: 10 * SECOND,

@@ -115,6 +115,9 @@ impl Engine {
         if let Some(j) = facts.ja4h {
             keys.push(format!("ja4h:{j}"));
         }
+        if let Some(h) = facts.hfp {
+            keys.push(format!("hfp:{h}"));
+        }
         if let Some(t) = facts.tls {
             keys.push(format!("ja4:{}", t.ja4));
         }
@@ -147,6 +150,7 @@ impl Engine {
                     .principal()
                     .and_then(|p| p.account.as_deref().map(str::to_owned)),
                 "ja4h" => facts.ja4h.map(str::to_owned),
+                "hfp" => facts.hfp.map(str::to_owned),
                 "ja4" => facts.tls.map(|t| t.ja4.to_owned()),
                 "h2fp" => facts.h2fp.map(str::to_owned),
                 "asn" => facts

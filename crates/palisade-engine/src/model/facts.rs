@@ -32,8 +32,10 @@ pub struct RequestFacts<'a> {
     pub auth: Auth<'a>,
     /// The HTTP version the request arrived with.
     pub version: http::Version,
-    /// The request's JA4H fingerprint, when the gateway computed it.
+    /// The request's JA4H fingerprint, when the gateway computed it (opt-in: FoxIO licence).
     pub ja4h: Option<&'a str>,
+    /// The request's header fingerprint (`palisade_intel::hfp`), when the gateway computed it.
+    pub hfp: Option<&'a str>,
     /// What the connection's TLS handshake showed, when Palisade terminated TLS.
     pub tls: Option<TlsFacts<'a>>,
     /// The connection's HTTP/2 client fingerprint (Akamai format), on HTTP/2.

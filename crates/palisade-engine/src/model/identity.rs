@@ -46,6 +46,8 @@ pub enum KeyPart {
     Jwt(Arc<str>),
     /// The request's JA4H fingerprint.
     Ja4h,
+    /// The request's header fingerprint (Palisade's own, `palisade_intel::hfp`).
+    Hfp,
     /// The connection's JA4 (TLS ClientHello) fingerprint, when Palisade terminates TLS.
     Ja4,
     /// The connection's HTTP/2 client fingerprint (Akamai format), on HTTP/2.
@@ -64,7 +66,7 @@ pub type Dimension = KeyPart;
 pub enum KeyPartError {
     /// Not a dimension Palisade knows.
     #[error(
-        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, ja4, h2fp, ja4h, asn, country"
+        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, hfp, ja4, h2fp, ja4h, asn, country"
     )]
     Unknown(String),
     /// Known, but provided by a part of Palisade that is not built yet.
@@ -94,6 +96,7 @@ impl KeyPart {
             "api_key" => return Ok(KeyPart::ApiKey),
             "account" => return Ok(KeyPart::Account),
             "ja4h" => return Ok(KeyPart::Ja4h),
+            "hfp" => return Ok(KeyPart::Hfp),
             "ja4" => return Ok(KeyPart::Ja4),
             "h2fp" => return Ok(KeyPart::H2fp),
             "asn" => return Ok(KeyPart::Asn),
@@ -157,6 +160,7 @@ impl fmt::Display for KeyPart {
             KeyPart::Account => f.write_str("account"),
             KeyPart::Jwt(c) => write!(f, "jwt:{c}"),
             KeyPart::Ja4h => f.write_str("ja4h"),
+            KeyPart::Hfp => f.write_str("hfp"),
             KeyPart::Ja4 => f.write_str("ja4"),
             KeyPart::H2fp => f.write_str("h2fp"),
             KeyPart::Asn => f.write_str("asn"),
@@ -254,6 +258,7 @@ pub fn value_of<'a>(
             .and_then(|p| p.account.as_deref())
             .map(|v| KeyValue::Bytes(v.as_bytes())),
         KeyPart::Ja4h => facts.ja4h.map(|v| KeyValue::Bytes(v.as_bytes())),
+        KeyPart::Hfp => facts.hfp.map(|v| KeyValue::Bytes(v.as_bytes())),
         KeyPart::Ja4 => facts.tls.map(|t| KeyValue::Bytes(t.ja4.as_bytes())),
         KeyPart::H2fp => facts.h2fp.map(|f| KeyValue::Bytes(f.as_bytes())),
         KeyPart::Asn => facts
@@ -360,6 +365,7 @@ mod tests {
             "account",
             "jwt:org_id",
             "ja4h",
+            "hfp",
             "ja4",
             "h2fp",
             "asn",

@@ -102,6 +102,7 @@ fn usage(
         tls: None,
         h2fp: None,
         signed_agent: None,
+        hfp: None,
         ip_info: None,
         bot_verification: None,
         username: None,

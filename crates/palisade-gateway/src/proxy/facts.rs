@@ -107,6 +107,8 @@ pub struct Gathered {
     pub username: Option<Vec<u8>>,
     /// JA4H, when the policy reads it.
     pub ja4h: Option<String>,
+    /// The header fingerprint, when the policy reads it.
+    pub hfp: Option<String>,
     /// What is known of the client's address.
     pub ip_info: Option<palisade_intel::ipinfo::IpInfo>,
     /// A claim to be a verifiable bot: which one, and its state.
@@ -133,6 +135,7 @@ pub fn gather(
     };
     // JA4H, when the policy reads it (otherwise it is computed only for a logged decision).
     let ja4h = rt.engine.wants_ja4h().then(|| ja4h_of(parts));
+    let hfp = rt.engine.wants_hfp().then(|| hfp_of(parts));
     let ip_info = rt
         .compiled
         .policy
@@ -159,6 +162,7 @@ pub fn gather(
         body: Some(body),
         username: None,
         ja4h,
+        hfp,
         ip_info,
         bot_verification,
     }
@@ -290,6 +294,16 @@ pub fn username_in(body: &[u8], field: &str, headers: &http::HeaderMap) -> Optio
 
 fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A request's header fingerprint (`palisade_intel::hfp`) over its headers as they arrived.
+pub fn hfp_of(parts: &http::request::Parts) -> String {
+    let version = match parts.version {
+        http::Version::HTTP_2 => 2,
+        http::Version::HTTP_3 => 3,
+        _ => 1,
+    };
+    palisade_intel::hfp::header_fingerprint(version, parts.headers.keys().map(|k| k.as_str()))
 }
 
 /// A request's JA4H fingerprint over its headers as they arrived: in arrival order, with

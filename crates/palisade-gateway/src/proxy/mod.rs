@@ -129,6 +129,7 @@ async fn respond(
         auth: gathered.authn.as_auth(),
         version: parts.version,
         ja4h: gathered.ja4h.as_deref(),
+        hfp: gathered.hfp.as_deref(),
         tls: parts
             .extensions
             .get::<Arc<crate::listen::tls::TlsInfo>>()

@@ -9,7 +9,7 @@ use palisade_engine::state::limiter::ceil_secs;
 use palisade_engine::{Clock, Decision, Nanos, RequestFacts};
 
 use crate::proxy::enforce::Held;
-use crate::proxy::facts::ja4h_of;
+use crate::proxy::facts::hfp_of;
 use crate::telemetry::decision_log::Line;
 use crate::telemetry::metrics::{DecisionLabels, Label};
 use crate::wire::fields::HeadLines;
@@ -95,12 +95,14 @@ pub fn pending_record(
             }
         };
     };
-    match facts.ja4h {
+    // Every logged decision carries the header fingerprint (JA4H only where the policy opted
+    // in to it: FoxIO licence).
+    match facts.hfp {
         Some(_) => rt.engine.identity_each(facts, decision.route, &mut write),
         None => {
-            let ja4h = ja4h_of(parts);
+            let hfp = hfp_of(parts);
             let facts = RequestFacts {
-                ja4h: Some(&ja4h),
+                hfp: Some(&hfp),
                 ..*facts
             };
             rt.engine.identity_each(&facts, decision.route, &mut write);

@@ -189,8 +189,10 @@ challenge_at = 60
     .await;
     assert_eq!(r.status, 200);
     // The fingerprint's record explains it: failures, distinct usernames.
-    let ja4h = d["identity"]["ja4h"].as_str().unwrap().to_owned();
-    let who = admin_get(&g, &format!("/v1/identities/ja4h/{ja4h}"))
+    // (The header fingerprint, tracked by default; JA4H is an opt-in, FoxIO licence.)
+    let hfp = d["identity"]["hfp"].as_str().unwrap().to_owned();
+    assert!(d["identity"].get("ja4h").is_none(), "{d}");
+    let who = admin_get(&g, &format!("/v1/identities/hfp/{hfp}"))
         .await
         .json();
     let b = &who["identity"]["behaviour"];

@@ -1,0 +1,93 @@
+//! Palisade's header fingerprint (`hfp`): which headers a client sends and in what order — the
+//! habit of its HTTP stack — as a short, stable string. Our own design, free of the FoxIO
+//! licence that covers JA4H (which stays available as an explicit opt-in).
+//!
+//! ```text
+//! h1cl09_8f14e45fceea167a
+//! ││││└┴─ headers counted (cookie left out), two digits, at most 99
+//! │││└─── `l`: an Accept-Language header was sent; `n`: none
+//! ││└──── `c`: a Cookie header was sent; `n`: none
+//! │└───── HTTP version: `1` (1.0 and 1.1), `2`, `3`
+//! └────── `h`
+//! _ then 16 hex digits: FNV-1a (64-bit) of the header names, lowercased, in the order sent,
+//!   joined by `,`, without Cookie (its presence is above) and pseudo-headers
+//! ```
+//!
+//! The method, cookie values and header values are not part of it: one client's GET and POST,
+//! logged in or not, share it. It is stable across versions and processes (documented here,
+//! tested against fixed values), and cheap: no cryptographic hash.
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The header fingerprint. `version` is 1, 2 or 3; `names` are the header names in the order
+/// sent (case is ignored).
+pub fn header_fingerprint<'a>(version: u8, names: impl IntoIterator<Item = &'a str>) -> String {
+    let mut hash = FNV_OFFSET;
+    let (mut count, mut cookie, mut language) = (0usize, false, false);
+    for name in names {
+        if name.starts_with(':') {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("cookie") {
+            cookie = true;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("accept-language") {
+            language = true;
+        }
+        if count > 0 {
+            hash ^= u64::from(b',');
+            hash = hash.wrapping_mul(FNV_PRIME);
+        }
+        for b in name.bytes() {
+            hash ^= u64::from(b.to_ascii_lowercase());
+            hash = hash.wrapping_mul(FNV_PRIME);
+        }
+        count += 1;
+    }
+    format!(
+        "h{}{}{}{:02}_{hash:016x}",
+        version.clamp(1, 3),
+        if cookie { 'c' } else { 'n' },
+        if language { 'l' } else { 'n' },
+        count.min(99)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fixed values: the format is a contract (logs, blocks and limits keep them).
+    #[test]
+    fn stable_values() {
+        assert_eq!(
+            header_fingerprint(1, ["Host", "User-Agent", "Accept"]),
+            format!("h1nn03_{:016x}", fnv(b"host,user-agent,accept"))
+        );
+        assert_eq!(header_fingerprint(1, []), "h1nn00_cbf29ce484222325");
+        // FNV-1a of "a" is a published test value.
+        assert_eq!(header_fingerprint(2, ["a"]), "h2nn01_af63dc4c8601ec8c");
+    }
+
+    fn fnv(b: &[u8]) -> u64 {
+        b.iter().fold(FNV_OFFSET, |h, c| {
+            (h ^ u64::from(*c)).wrapping_mul(FNV_PRIME)
+        })
+    }
+
+    #[test]
+    fn habits_not_values() {
+        let a = header_fingerprint(1, ["host", "cookie", "accept-language", "accept"]);
+        let b = header_fingerprint(1, ["Host", "Accept-Language", "Accept", "Cookie"]);
+        assert_eq!(a, b, "case and the cookie's place do not matter");
+        assert!(a.starts_with("h1cl03_"), "{a}");
+        let reordered = header_fingerprint(1, ["host", "accept", "accept-language"]);
+        assert_ne!(a.get(7..), reordered.get(7..), "order does");
+        assert_eq!(
+            header_fingerprint(2, [":method", ":path", "accept"]),
+            header_fingerprint(2, ["accept"])
+        );
+    }
+}
