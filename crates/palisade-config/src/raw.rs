@@ -99,6 +99,12 @@ pub struct RawTls {
     /// Whether the plain listener (`server.listen`) answers every request with a redirect to
     /// HTTPS (308, same host and path, the TLS port) instead of serving it. Default false.
     pub redirect_plain: Option<bool>,
+    /// PEM file of the CAs that issue client certificates (mutual TLS). A client that presents
+    /// a certificate they issued is identified by it (`mtls` dimension, `tls.client` in rules).
+    pub client_ca: Option<Spanned<String>>,
+    /// With `client_ca`: `"optional"` (default: clients without a certificate still connect;
+    /// rules can require one on partner routes) or `"required"` (the handshake fails without).
+    pub client_auth: Option<Spanned<String>>,
 }
 
 /// `[fingerprints]`: the client's TLS handshake (JA4) and HTTP/2 frames against the browser its

@@ -131,6 +131,9 @@ impl Engine {
             if let Some(sni) = t.server_name {
                 f("sni", IdentityValue::Str(sni));
             }
+            if let Some(client) = t.client {
+                f("mtls", IdentityValue::Str(client));
+            }
         }
         if let Some(h) = facts.h2fp {
             f("h2fp", IdentityValue::Str(h));
@@ -232,7 +235,8 @@ impl Engine {
             | KeyPart::Ja4h
             | KeyPart::Hfp
             | KeyPart::Ja4
-            | KeyPart::H2fp => {
+            | KeyPart::H2fp
+            | KeyPart::Mtls => {
                 owned_bytes = value.as_bytes().to_vec();
                 (KeyValue::Bytes(&owned_bytes), value.to_owned(), None)
             }

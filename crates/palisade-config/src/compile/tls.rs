@@ -59,6 +59,8 @@ pub struct TlsSettings {
     pub min_version: TlsVersion,
     /// Whether the plain listener redirects to HTTPS.
     pub redirect_plain: bool,
+    /// CAs of client certificates, and whether a certificate is required.
+    pub client_auth: Option<(Vec<CertificateDer<'static>>, bool)>,
 }
 
 impl TlsSettings {
@@ -136,12 +138,54 @@ pub(super) fn compile_tls(
             certificates.push(cert);
         }
     }
+    let required = choice(
+        &t.client_auth,
+        &[("optional", false), ("required", true)],
+        false,
+        "tls.client_auth",
+        c,
+    );
+    let client_auth = t.client_ca.as_ref().and_then(|ca| {
+        let file = base.join(ca.get_ref());
+        files.push(file.clone());
+        let loaded = std::fs::read(&file)
+            .map_err(|e| format!("cannot read `{}`: {e}", file.display()))
+            .and_then(|bytes| {
+                CertificateDer::pem_slice_iter(&bytes)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        format!("`{}` is not a PEM certificate bundle: {e}", file.display())
+                    })
+            })
+            .and_then(|certs| {
+                if certs.is_empty() {
+                    Err(format!("`{}` holds no PEM certificate", file.display()))
+                } else {
+                    Ok(certs)
+                }
+            });
+        match loaded {
+            Ok(certs) => Some((certs, required)),
+            Err(e) => {
+                c.at(sp(ca), "tls.client_ca", e);
+                None
+            }
+        }
+    });
+    if t.client_auth.is_some() && t.client_ca.is_none() {
+        c.at(
+            t.client_auth.as_ref().and_then(sp),
+            "tls.client_auth",
+            "client_auth needs client_ca (the CAs that issue the client certificates)",
+        );
+    }
     Some(TlsSettings {
         listen,
         certificates,
         alpn,
         min_version,
         redirect_plain: t.redirect_plain.unwrap_or(false),
+        client_auth,
     })
 }
 

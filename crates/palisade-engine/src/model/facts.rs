@@ -63,6 +63,8 @@ pub struct TlsFacts<'a> {
     pub server_name: Option<&'a str>,
     /// The negotiated application protocol (`"h2"`, `"http/1.1"`).
     pub alpn: Option<&'a str>,
+    /// The verified client certificate's identity (mutual TLS).
+    pub client: Option<&'a str>,
 }
 
 /// A request signed under Web Bot Auth (HTTP Message Signatures, RFC 9421), as the gateway

@@ -51,7 +51,7 @@ pub const VARIABLES: [(&str, &str); 19] = [
     ("under_attack", "whether the route is in attack mode"),
     (
         "tls",
-        "{ja4, version, sni, alpn}: the connection's TLS handshake when Palisade terminates TLS (all \"\" over plain HTTP)",
+        "{ja4, version, sni, alpn, client}: the connection's TLS handshake when Palisade terminates TLS (client: the verified client certificate's identity; all \"\" over plain HTTP)",
     ),
     (
         "h2",
@@ -353,6 +353,7 @@ impl<'a> Facts<'a> {
                     ("version", st(t.map_or("", |t| t.version))),
                     ("sni", st(t.and_then(|t| t.server_name).unwrap_or(""))),
                     ("alpn", st(t.and_then(|t| t.alpn).unwrap_or(""))),
+                    ("client", st(t.and_then(|t| t.client).unwrap_or(""))),
                 ])
             }
             "h2" => map([("fingerprint", st(f.h2fp.unwrap_or("")))]),

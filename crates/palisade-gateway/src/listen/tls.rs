@@ -35,6 +35,9 @@ pub struct TlsInfo {
     pub version: &'static str,
     /// The negotiated application protocol: `"h2"`, `"http/1.1"` or none.
     pub alpn: Option<&'static str>,
+    /// The client certificate's identity (mutual TLS): its subject's common name, else its
+    /// first DNS or URI subject alternative name.
+    pub client: Option<Arc<str>>,
 }
 
 /// Picks a certificate by server name (exact, then wildcard, then the first).
@@ -56,10 +59,29 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, rustls
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(ByName(settings.clone())));
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
+    let builder = match &settings.client_auth {
+        None => builder.with_no_client_auth(),
+        Some((cas, required)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in cas {
+                roots.add(ca.clone())?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if *required {
+                verifier.build()
+            } else {
+                verifier.allow_unauthenticated().build()
+            }
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(ByName(settings.clone())));
     config.alpn_protocols = settings.alpn.clone();
     // Session resumption by tickets (stateless) and a bounded session cache.
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(10_000);
@@ -124,14 +146,44 @@ async fn handshake(mut tcp: TcpStream, config: Arc<ServerConfig>) -> Handshake {
         Some(b"http/1.1") => Some("http/1.1"),
         _ => None,
     };
+    let client = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| client_identity(leaf.as_ref()));
     let info = TlsInfo {
         ja4: Arc::from(ja4.fingerprint),
         ja4_raw: Arc::from(ja4.raw),
         server_name,
         version,
         alpn,
+        client,
     };
     Handshake::Done(ClientStream::Tls(Box::new(tls)), Arc::new(info))
+}
+
+/// The identity of a verified client certificate: its subject CN, else its first DNS or URI
+/// subject alternative name (bounded, printable).
+fn client_identity(der: &[u8]) -> Option<Arc<str>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok().map(str::to_owned));
+    let san = || {
+        cert.subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|s| {
+                s.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                    x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                    _ => None,
+                })
+            })
+    };
+    cn.or_else(san)
+        .filter(|v| !v.is_empty() && v.len() <= 256 && v.chars().all(|c| !c.is_control()))
+        .map(Arc::from)
 }
 
 /// A short reason for a failed handshake (a metric label: fixed strings only).

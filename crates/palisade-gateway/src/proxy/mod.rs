@@ -138,6 +138,7 @@ async fn respond(
                 version: t.version,
                 server_name: t.server_name.as_deref(),
                 alpn: t.alpn,
+                client: t.client.as_deref(),
             })
             .or_else(|| {
                 fronted
@@ -151,6 +152,7 @@ async fn respond(
                         },
                         server_name: None,
                         alpn: None,
+                        client: None,
                     })
             }),
         h2fp: parts

@@ -599,3 +599,140 @@ async fn a_signed_agent_is_verified_and_a_forged_one_is_not() {
         "{bad}"
     );
 }
+
+/// A CA (`ca.crt`/`ca.key`) and a client certificate for `cn` it issued (`{stem}.crt/.key`).
+fn make_client_cert(dir: &Path, stem: &str, cn: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if !dir.join("ca.crt").exists() {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Partner CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+    }
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-keyout",
+        &format!("{stem}.key"),
+        "-out",
+        &format!("{stem}.csr"),
+    ]);
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &format!("{stem}.csr"),
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "client.ext",
+        "-out",
+        &format!("{stem}.crt"),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partners_are_identified_by_their_client_certificates() {
+    let up = upstream().await;
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-mtls-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_cert(&dir, "api", &["api.test"]);
+    make_client_cert(&dir, "acme", "acme-partner");
+    make_client_cert(&dir, "globex", "globex-partner");
+    let config = tls_config(
+        &up,
+        &["api"],
+        "[[routes]]\nname = \"partner\"\nmatch = { path = \"/partner/*\" }\n\n\
+         [[limits]]\nname = \"per-partner\"\nroutes = [\"partner\"]\nkey = [\"mtls\"]\nrate = \"2/1m\"\n\n\
+         [[rules]]\nname = \"partners-only\"\nwhen = 'route == \"partner\" && tls.client == \"\"'\naction = \"block\"\n",
+    )
+    .replace("[tls]\n", "[tls]\nclient_ca = \"ca.crt\"\n");
+    let g = Gateway::start_in(dir, Some(&config), &[], &[]);
+    let with = |stem: &str| {
+        [
+            "--cert".to_owned(),
+            g.dir.join(format!("{stem}.crt")).display().to_string(),
+            "--key".to_owned(),
+            g.dir.join(format!("{stem}.key")).display().to_string(),
+        ]
+    };
+    let acme = with("acme");
+    let acme: Vec<&str> = acme.iter().map(String::as_str).collect();
+    let globex = with("globex");
+    let globex: Vec<&str> = globex.iter().map(String::as_str).collect();
+    // Without a certificate: connected (optional), public routes served, partner routes not.
+    assert_eq!(curl(&g, "api.test", "/public", "api", &[]).status, 200);
+    assert_eq!(curl(&g, "api.test", "/partner/x", "api", &[]).status, 403);
+    // Each partner has its own budget on the partner routes.
+    let got: Vec<u16> = (0..3)
+        .map(|_| curl(&g, "api.test", "/partner/x", "api", &acme).status)
+        .collect();
+    assert_eq!(got, vec![200, 200, 429]);
+    assert_eq!(
+        curl(&g, "api.test", "/partner/x", "api", &globex).status,
+        200
+    );
+    let d = g.wait_decision(|d| d["identity"]["mtls"] == "globex-partner");
+    assert_eq!(d["action"], "allow", "{d}");
+    // A certificate from another CA: the handshake fails.
+    let stranger = std::env::temp_dir().join(format!(
+        "palisade-mtls-x-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&stranger).unwrap();
+    make_client_cert(&stranger, "eve", "eve");
+    let r = curl(
+        &g,
+        "api.test",
+        "/partner/x",
+        "api",
+        &[
+            "--cert",
+            stranger.join("eve.crt").to_str().unwrap(),
+            "--key",
+            stranger.join("eve.key").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.status, 0, "{}", r.stderr);
+}
