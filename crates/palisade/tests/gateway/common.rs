@@ -586,9 +586,10 @@ pub async fn advance_clock(g: &Gateway, secs: u64) -> u64 {
 pub const TEST_CLOCK: (&str, &str) = ("PALISADE_TEST_CLOCK", "1");
 
 impl Gateway {
-    /// Waits (up to 10 s) for a logged decision matching `f`, and returns it.
+    /// Waits (up to 20 s: the suite loads the machine) for a logged decision matching `f`, and
+    /// returns it.
     pub fn wait_decision(&self, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(d) = self.decisions().into_iter().find(|d| f(d)) {
                 return d;
