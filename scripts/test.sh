@@ -72,3 +72,7 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+# The fuzz targets live outside the workspace (cargo-fuzz builds them with nightly): check that
+# they still build against the crates, so a parser's fuzz target cannot silently rot.
+echo "== fuzz targets build"
+cargo check --manifest-path fuzz/Cargo.toml --bins
