@@ -493,14 +493,20 @@ ai_training = "allow_verified"
     let until = |what: &str, deadline: Instant| {
         assert!(Instant::now() < deadline, "{what}");
     };
+    // Until the first fetch lands the claim is pending (allowed, not verified): ask again until
+    // a request is verified by the fetched ranges.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while status(&g, "198.51.100.5").await != 200 {
+    let verified = |d: &serde_json::Value| {
+        d["identity"]["bot_claim"] == "gptbot:verified" && d["client_ip"] == "198.51.100.5"
+    };
+    loop {
+        let s = status(&g, "198.51.100.5").await;
+        if s == 200 && g.decisions().iter().any(verified) {
+            break;
+        }
         until("never verified from the fetched ranges", deadline);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    g.wait_decision(|d| {
-        d["identity"]["bot_claim"] == "gptbot:verified" && d["client_ip"] == "198.51.100.5"
-    });
     // Outside the ranges, with no DNS domain to try: a false claim.
     assert_eq!(status(&g, "203.0.113.9").await, 403);
     g.wait_decision(|d| d["identity"]["bot_claim"] == "gptbot:spoofed");
