@@ -832,6 +832,28 @@ fn poll_fill<R: AsyncRead>(
     tokio_util::io::poll_read_buf(rd, cx, buf)
 }
 
+/// A write or flush the client holds up: `TimedOut` once it has taken nothing for the idle
+/// timeout, or held the whole write past its allowance; pending (with the timer set) until then.
+fn held_too_long<T>(
+    cx: &mut Context<'_>,
+    timer: &mut Timer,
+    limits: &Limits,
+    allowance: Option<Duration>,
+    held_since: &mut Option<Instant>,
+    stalled_since: &mut Option<Instant>,
+) -> Poll<io::Result<T>> {
+    let now = Instant::now();
+    let held = *held_since.get_or_insert(now);
+    let mut until = *stalled_since.get_or_insert(now) + limits.idle_timeout;
+    if let Some(a) = allowance {
+        until = until.min(held + a);
+    }
+    if timer.poll_reached(cx, until).is_ready() {
+        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+    }
+    Poll::Pending
+}
+
 /// Writes all of `data`. The client may hold a write up for at most the idle timeout without
 /// taking a byte, and for at most [`Limits::send_allowance`] in all: a reader that takes a
 /// little every few seconds is cut off, not only one that takes nothing. The clock is read
@@ -848,18 +870,14 @@ async fn write_all(
     while !data.is_empty() {
         let n = poll_fn(|cx| match Pin::new(&mut *wr).poll_write(cx, data) {
             Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => {
-                let now = Instant::now();
-                let held = *held_since.get_or_insert(now);
-                let mut until = *stalled_since.get_or_insert(now) + limits.idle_timeout;
-                if let Some(a) = allowance {
-                    until = until.min(held + a);
-                }
-                if timer.poll_reached(cx, until).is_ready() {
-                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => held_too_long(
+                cx,
+                timer,
+                limits,
+                allowance,
+                &mut held_since,
+                &mut stalled_since,
+            ),
         })
         .await;
         let n = match n {
@@ -882,18 +900,14 @@ async fn write_all(
     // TLS holds written records until flushed (plain TCP: nothing to do). The same bounds.
     let flushed = poll_fn(|cx| match Pin::new(&mut *wr).poll_flush(cx) {
         Poll::Ready(r) => Poll::Ready(r),
-        Poll::Pending => {
-            let now = Instant::now();
-            let held = *held_since.get_or_insert(now);
-            let mut until = *stalled_since.get_or_insert(now) + limits.idle_timeout;
-            if let Some(a) = allowance {
-                until = until.min(held + a);
-            }
-            if timer.poll_reached(cx, until).is_ready() {
-                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-            }
-            Poll::Pending
-        }
+        Poll::Pending => held_too_long(
+            cx,
+            timer,
+            limits,
+            allowance,
+            &mut held_since,
+            &mut stalled_since,
+        ),
     })
     .await;
     if let Err(e) = &flushed
