@@ -618,7 +618,17 @@ pub fn web_bot_auth(
     jwk: &serde_json::Value,
     now: i64,
 ) -> Result<WebBotAuth, SigError> {
-    let signed = signature_base(req, None, label)?;
+    web_bot_auth_of(req, signature_base(req, None, label)?, jwk, now)
+}
+
+/// [`web_bot_auth`] for a signature whose base is already built (by [`signature_base`] on the
+/// same request).
+pub fn web_bot_auth_of(
+    req: &Message<'_>,
+    signed: Signed,
+    jwk: &serde_json::Value,
+    now: i64,
+) -> Result<WebBotAuth, SigError> {
     let key = PublicKey::from_jwk(jwk)?;
     let signature_valid = match key.verify(
         signed.alg.as_deref(),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use palisade_config::WebBotAuthSettings;
-use palisade_keys::httpsig::{AgentHeader, Message, labels, signature_base, web_bot_auth};
+use palisade_keys::httpsig::{AgentHeader, Message, labels, signature_base, web_bot_auth_of};
 
 /// What the signature check found: the agent's name, its category, and the outcome.
 pub type Checked = (Arc<str>, palisade_intel::Category, Result<(), &'static str>);
@@ -45,18 +45,18 @@ pub fn check(w: &WebBotAuthSettings, parts: &http::request::Parts, now: i64) -> 
         if signed.tag.as_deref() != Some("web-bot-auth") {
             continue;
         }
-        let Some(keyid) = signed.keyid.as_deref() else {
-            continue;
-        };
-        let Some((agent, jwk)) = w.agents.iter().find_map(|a| {
-            a.keys
-                .iter()
-                .find(|(t, _)| t == keyid)
-                .map(|(_, jwk)| (a, jwk))
+        let Some((agent, jwk)) = signed.keyid.as_deref().and_then(|keyid| {
+            w.agents.iter().find_map(|a| {
+                a.keys
+                    .iter()
+                    .find(|(t, _)| t == keyid)
+                    .map(|(_, jwk)| (a, jwk))
+            })
         }) else {
             continue;
         };
-        let outcome = match web_bot_auth(&msg, &label, jwk, now) {
+        // The base built above is the one verified (not rebuilt).
+        let outcome = match web_bot_auth_of(&msg, signed, jwk, now) {
             Ok(v) if !v.signature_valid => Err("signature_mismatch"),
             Ok(v) => match (v.checks.failure(), &v.agent) {
                 (Some(f), _) => Err(f),
