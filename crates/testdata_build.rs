@@ -1,4 +1,4 @@
-//! Finds the shared third-party test corpora (`../shared/testdata` beside the repository, or
+//! Shared by the crates whose tests read corpora (`build = "../testdata_build.rs"`). Finds the shared third-party test corpora (`../shared/testdata` beside the repository, or
 //! `PALISADE_TESTDATA`) so conformance tests can run against them, or be reported as ignored
 //! — never as passed — where they are absent.
 
