@@ -18,6 +18,9 @@ command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq
 # ports (the package's own service is not used).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# `pebble` (and its `pebble-challtestsrv` DNS) is the real ACME CA the automatic-certificate
+# tests order from.
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
 # Node.js runs the real third-party peers (Express, browsers' drivers, signers) the tests use.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)

@@ -105,6 +105,34 @@ pub struct RawTls {
     /// With `client_ca`: `"optional"` (default: clients without a certificate still connect;
     /// rules can require one on partner routes) or `"required"` (the handshake fails without).
     pub client_auth: Option<Spanned<String>>,
+    /// `[tls.acme]`: certificates ordered and renewed automatically over ACME (RFC 8555).
+    pub acme: Option<RawAcme>,
+}
+
+/// `[tls.acme]`: one certificate for `domains`, ordered from an ACME CA (Let's Encrypt by
+/// default), kept in the data dir, renewed before it expires, shared through the `[store]` in a
+/// cluster so that one gateway orders for all.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// The names the certificate is for (no wildcards: those need DNS-01).
+    #[serde(default)]
+    pub domains: Vec<Spanned<String>>,
+    /// The CA's directory URL (https). Default Let's Encrypt's production directory.
+    pub directory: Option<Spanned<String>>,
+    /// Contact URLs for the account, e.g. `["mailto:ops@example.com"]`.
+    #[serde(default)]
+    pub contact: Vec<Spanned<String>>,
+    /// Agreement to the CA's terms of service; must be `true`.
+    pub accept_terms: Option<Spanned<bool>>,
+    /// How the CA checks the names are ours: `"tls-alpn-01"` (default: on the TLS listener,
+    /// which must be reachable on port 443) or `"http-01"` (on the plain listener, port 80).
+    pub challenge: Option<Spanned<String>>,
+    /// Renew when fewer than this many days are left. Default 30.
+    pub renew_before_days: Option<Spanned<u64>>,
+    /// A PEM file of the root that signed the CA's own HTTPS certificate, for a private or test
+    /// CA. Default: the system's trusted roots.
+    pub ca_root: Option<Spanned<String>>,
 }
 
 /// `[fingerprints]`: the client's TLS handshake (JA4) and HTTP/2 frames against the browser its

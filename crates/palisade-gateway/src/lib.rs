@@ -5,6 +5,7 @@
 //! [`upstream`], [`respond`]) -> response observation -> decision log and metrics ([`log`],
 //! [`metrics`]). The admin API ([`admin`]) and hot reload ([`reload`]) share [`Shared`].
 
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod bot_dns;
@@ -123,6 +124,8 @@ pub struct Runtime {
     policy_values: std::sync::RwLock<Vec<(u64, http::HeaderValue)>>,
     /// The TLS listener's rustls config (certificates by name), when `[tls]` is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificate ordered over ACME and the challenges in flight (kept across reloads).
+    pub acme: Arc<acme::AcmeCerts>,
 }
 
 /// How many distinct `RateLimit-Policy` values a runtime keeps.
@@ -194,13 +197,15 @@ impl Runtime {
             |p| p.score_delays.clone(),
         );
         let held = previous.map_or_else(Default::default, |p| p.held.clone());
+        let acme = previous.map_or_else(Default::default, |p| p.acme.clone());
         let tls = compiled.tls.as_ref().and_then(|t| {
-            listen::tls::server_config(t)
+            listen::tls::server_config(t, acme.clone())
                 .map_err(|e| tracing::error!(error = %e, "building the TLS config failed"))
                 .ok()
         });
         Self {
             tls,
+            acme,
             score_delays,
             held,
             compiled,

@@ -244,6 +244,9 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
             .context("loading blocks from the store")?;
     }
 
+    if let Some(store) = &shared.store {
+        shared.runtime.load().acme.set_store(store.clone());
+    }
     if shared.store.is_some() {
         tokio::spawn(crate::cluster::share_state(shared.clone()));
         tokio::spawn(crate::cluster::share_aggregates(shared.clone()));
@@ -289,6 +292,9 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     background.push(tokio::spawn(crate::auth::jwks::refresh_loop(
         shared.clone(),
     )));
+    if tls_addr.is_some() {
+        background.push(tokio::spawn(crate::acme::manage(shared.clone())));
+    }
     #[cfg(unix)]
     {
         let s = shared.clone();

@@ -37,6 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gateway (the default command).
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Validate a config, report every error with its location, then run its [[tests]].
     Check(CheckArgs),
@@ -300,9 +301,14 @@ fn check(args: CheckArgs) -> ExitCode {
                 serde_json::json!({ "file": path, "names": names, "days_left": days })
             })
             .collect();
+        let acme = compiled.tls.as_ref().and_then(|t| t.acme.as_ref()).map(|a| {
+            serde_json::json!({ "domains": a.domains, "directory": a.directory,
+                "challenge": match a.challenge { palisade_config::AcmeChallenge::Http01 => "http-01", palisade_config::AcmeChallenge::TlsAlpn01 => "tls-alpn-01" },
+                "renew_before_days": a.renew_before_secs / 86_400 })
+        });
         println!(
             "{}",
-            serde_json::json!({ "valid": true, "cases": cases, "failed": failed, "certificates": certs })
+            serde_json::json!({ "valid": true, "cases": cases, "failed": failed, "certificates": certs, "acme": acme })
         );
     } else {
         println!("{}: configuration is valid", source.describe());
@@ -313,6 +319,22 @@ fn check(args: CheckArgs) -> ExitCode {
                 d => format!("valid for {d} more days"),
             };
             println!("  certificate {path} ({}): {state}", names.join(", "));
+        }
+        if let Some(a) = compiled.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+            let how = match a.challenge {
+                palisade_config::AcmeChallenge::Http01 => {
+                    "HTTP-01 on the plain listener (port 80 must reach it)"
+                }
+                palisade_config::AcmeChallenge::TlsAlpn01 => {
+                    "TLS-ALPN-01 on the TLS listener (port 443 must reach it)"
+                }
+            };
+            println!(
+                "  ACME certificate for {} from {}: proven by {how}, renewed {} days before expiry",
+                a.domains.join(", "),
+                a.directory,
+                a.renew_before_secs / 86_400
+            );
         }
         for o in &outcomes {
             let line = o.line.map(|l| format!(":{l}")).unwrap_or_default();

@@ -19,7 +19,8 @@ mod tests;
 mod tls;
 
 pub use tls::{
-    CertificateInfo, SignedAgentSpec, TlsSettings, TlsVersion, WebBotAuthSettings, agent_origin,
+    AcmeChallenge, AcmeSettings, CertificateInfo, LETS_ENCRYPT, SignedAgentSpec, TlsSettings,
+    TlsVersion, WebBotAuthSettings, agent_origin,
 };
 mod upstreams;
 

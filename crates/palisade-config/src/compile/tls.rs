@@ -61,25 +61,57 @@ pub struct TlsSettings {
     pub redirect_plain: bool,
     /// CAs of client certificates, and whether a certificate is required.
     pub client_auth: Option<(Vec<CertificateDer<'static>>, bool)>,
+    /// Certificates ordered over ACME (`[tls.acme]`).
+    pub acme: Option<AcmeSettings>,
+}
+
+/// How the ACME CA checks that the names are ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 (RFC 8737), answered on the TLS listener.
+    TlsAlpn01,
+    /// HTTP-01, answered on the plain listener.
+    Http01,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Compiled `[tls.acme]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// The names of the certificate, lowercase, in order.
+    pub domains: Vec<String>,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Account contacts.
+    pub contact: Vec<String>,
+    /// The challenge answered.
+    pub challenge: AcmeChallenge,
+    /// Renew when fewer than this many seconds are left.
+    pub renew_before_secs: u64,
+    /// A root to trust for the CA's HTTPS (PEM file), instead of the system's.
+    pub ca_root: Option<PathBuf>,
 }
 
 impl TlsSettings {
     /// The certificate for a server name: an exact name, then a wildcard one level up, then the
     /// default (the first).
     pub fn certificate_for(&self, server_name: Option<&str>) -> Option<&CertificateInfo> {
-        if let Some(name) = server_name {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(c) = self.certificates.iter().find(|c| c.names.contains(&name)) {
-                return Some(c);
-            }
-            if let Some((_, parent)) = name.split_once('.') {
-                let wild = format!("*.{parent}");
-                if let Some(c) = self.certificates.iter().find(|c| c.names.contains(&wild)) {
-                    return Some(c);
-                }
-            }
+        server_name
+            .and_then(|n| self.certificate_named(n))
+            .or_else(|| self.certificates.first())
+    }
+
+    /// The certificate naming `server_name`: exactly, else by a wildcard one level up.
+    pub fn certificate_named(&self, server_name: &str) -> Option<&CertificateInfo> {
+        let name = server_name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(c) = self.certificates.iter().find(|c| c.names.contains(&name)) {
+            return Some(c);
         }
-        self.certificates.first()
+        let (_, parent) = name.split_once('.')?;
+        let wild = format!("*.{parent}");
+        self.certificates.iter().find(|c| c.names.contains(&wild))
     }
 }
 
@@ -123,11 +155,15 @@ pub(super) fn compile_tls(
             })
             .collect(),
     };
-    if t.certificates.is_empty() {
+    let acme = t
+        .acme
+        .as_ref()
+        .and_then(|a| compile_acme(a, base, c, files));
+    if t.certificates.is_empty() && t.acme.is_none() {
         c.at(
             t.listen.as_ref().and_then(sp),
             "tls.certificates",
-            "[tls] needs at least one [[tls.certificates]] (cert and key PEM files)",
+            "[tls] needs at least one [[tls.certificates]] (cert and key PEM files) or [tls.acme]",
         );
         return None;
     }
@@ -186,6 +222,141 @@ pub(super) fn compile_tls(
         min_version,
         redirect_plain: t.redirect_plain.unwrap_or(false),
         client_auth,
+        acme,
+    })
+}
+
+/// Whether `name` is a DNS host name (letters, digits, hyphens; labels of 1-63; at most 253),
+/// with a dot: ACME CAs issue only for such names.
+fn dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.contains('.')
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `[tls.acme]`.
+fn compile_acme(
+    a: &RawAcme,
+    base: &Path,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> Option<AcmeSettings> {
+    let before = c.errors.len();
+    let mut domains: Vec<String> = Vec::new();
+    for d in &a.domains {
+        let name = d.get_ref().trim_end_matches('.').to_ascii_lowercase();
+        if name.starts_with("*.") {
+            c.at(
+                sp(d),
+                "tls.acme.domains",
+                format!("`{name}`: wildcard names need the DNS-01 challenge, which Palisade does not answer; list the names, or use [[tls.certificates]]"),
+            );
+        } else if !dns_name(&name) {
+            c.at(
+                sp(d),
+                "tls.acme.domains",
+                format!("`{name}` is not a DNS name an ACME CA issues for (e.g. api.example.com)"),
+            );
+        } else if !domains.contains(&name) {
+            domains.push(name);
+        }
+    }
+    if a.domains.is_empty() {
+        c.at(
+            None,
+            "tls.acme.domains",
+            "[tls.acme] needs `domains`: the names the certificate is for",
+        );
+    }
+    if a.domains.len() > 100 {
+        c.at(
+            None,
+            "tls.acme.domains",
+            "at most 100 names fit one certificate",
+        );
+    }
+    let directory = opt(
+        &a.directory,
+        LETS_ENCRYPT.to_owned(),
+        "tls.acme.directory",
+        c,
+        |s| {
+            if s.starts_with("https://") && s.len() > "https://".len() {
+                Ok(s.to_owned())
+            } else {
+                Err(format!("`{s}` is not an https:// URL of an ACME directory"))
+            }
+        },
+    );
+    let mut contact = Vec::new();
+    for u in &a.contact {
+        let v = u.get_ref();
+        if v.starts_with("mailto:") && v.len() > 7 && !v.contains(char::is_whitespace) {
+            contact.push(v.clone());
+        } else {
+            c.at(
+                sp(u),
+                "tls.acme.contact",
+                format!("`{v}` is not a contact URL such as mailto:ops@example.com"),
+            );
+        }
+    }
+    match &a.accept_terms {
+        Some(t) if *t.get_ref() => {}
+        other => c.at(
+            other.as_ref().and_then(sp),
+            "tls.acme.accept_terms",
+            "ordering certificates means agreeing to the CA's terms of service: read them and set accept_terms = true",
+        ),
+    }
+    let challenge = choice(
+        &a.challenge,
+        &[
+            ("tls-alpn-01", AcmeChallenge::TlsAlpn01),
+            ("http-01", AcmeChallenge::Http01),
+        ],
+        AcmeChallenge::TlsAlpn01,
+        "tls.acme.challenge",
+        c,
+    );
+    let days = a.renew_before_days.as_ref().map_or(30, |d| *d.get_ref());
+    if !(1..=365).contains(&days) {
+        c.at(
+            a.renew_before_days.as_ref().and_then(sp),
+            "tls.acme.renew_before_days",
+            "renew_before_days must be between 1 and 365",
+        );
+    }
+    let ca_root = a.ca_root.as_ref().and_then(|r| {
+        let file = base.join(r.get_ref());
+        files.push(file.clone());
+        let ok = std::fs::read(&file)
+            .map_err(|e| format!("cannot read `{}`: {e}", file.display()))
+            .and_then(|b| match CertificateDer::pem_slice_iter(&b).next() {
+                Some(Ok(_)) => Ok(()),
+                _ => Err(format!("`{}` holds no PEM certificate", file.display())),
+            });
+        match ok {
+            Ok(()) => Some(file),
+            Err(e) => {
+                c.at(sp(r), "tls.acme.ca_root", e);
+                None
+            }
+        }
+    });
+    (c.errors.len() == before).then_some(AcmeSettings {
+        domains,
+        directory,
+        contact,
+        challenge,
+        renew_before_secs: days.clamp(1, 365) * 86_400,
+        ca_root,
     })
 }
 

@@ -507,3 +507,95 @@ impl SharedStore {
         });
     }
 }
+
+/// Compare-and-delete: a lock is released only by its owner.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Plain values in the store, for what gateways share outside the request path (ACME
+/// certificates, accounts and challenges). Each call is bounded by `limit`.
+impl SharedStore {
+    /// The store key for `rest` under the configured prefix.
+    pub fn key_for(&self, area: &str, rest: &str) -> String {
+        format!("{}:{area}:{rest}", self.settings.prefix)
+    }
+
+    /// `GET key`.
+    pub async fn get_value(
+        &self,
+        key: &str,
+        limit: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        self.within(limit, async {
+            let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
+            let mut c = (*conn).clone();
+            Ok(redis::cmd("GET").arg(key).query_async(&mut c).await?)
+        })
+        .await
+    }
+
+    /// `SET key value [PX ttl]`.
+    pub async fn set_value(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+        limit: Duration,
+    ) -> Result<(), StoreError> {
+        self.within(limit, async {
+            let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
+            let mut c = (*conn).clone();
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(value);
+            if let Some(t) = ttl {
+                cmd.arg("PX").arg(t.as_millis().max(1) as u64);
+            }
+            let _: () = cmd.query_async(&mut c).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes the lock `key` for `owner` for `ttl` if nobody holds it (`SET NX PX`).
+    pub async fn try_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        limit: Duration,
+    ) -> Result<bool, StoreError> {
+        self.within(limit, async {
+            let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
+            let mut c = (*conn).clone();
+            let got: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(owner)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async(&mut c)
+                .await?;
+            Ok(got.is_some())
+        })
+        .await
+    }
+
+    /// Releases the lock `key` if `owner` still holds it.
+    pub async fn unlock(&self, key: &str, owner: &str, limit: Duration) -> Result<(), StoreError> {
+        self.within(limit, async {
+            let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
+            let mut c = (*conn).clone();
+            let _: i64 = Script::new(UNLOCK)
+                .key(key)
+                .arg(owner)
+                .invoke_async(&mut c)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+}

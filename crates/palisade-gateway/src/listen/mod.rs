@@ -201,6 +201,11 @@ pub(crate) async fn serve_proxy<H: Handler>(
                 let _ = stream.set_nodelay(true);
                 let limits = client_limits(&rt);
                 let tls_config = rt.tls.clone();
+                let acme = rt.acme.clone();
+                // HTTP-01 checks are answered on the plain listener, before any policy.
+                let http01 = (matches!(transport, Transport::Plain { .. })
+                    && rt.compiled.tls.as_ref().is_some_and(|t| t.acme.is_some()))
+                .then(|| acme.clone());
                 let redirect = match transport {
                     Transport::Plain { tls_port: Some(port) }
                         if rt.compiled.tls.as_ref().is_some_and(|t| t.redirect_plain) => Some(port),
@@ -222,12 +227,13 @@ pub(crate) async fn serve_proxy<H: Handler>(
                         Transport::Plain { .. } => (ClientStream::Tcp(stream), None),
                         Transport::Tls => {
                             let handshake = match tls_config {
-                                Some(config) => tls::accept(stream, config, limits.header_timeout).await,
+                                Some(config) => tls::accept(stream, config, acme, limits.header_timeout).await,
                                 None => tls::Handshake::Failed("tls_error"),
                             };
                             let result = match &handshake {
                                 tls::Handshake::Done(..) => "ok",
                                 tls::Handshake::PlainHttp => "plain_http",
+                                tls::Handshake::AcmeChallenge => "acme_challenge",
                                 tls::Handshake::Failed(why) => why,
                             };
                             s.metrics.tls_handshakes.get_or_create(&HandshakeLabels { result }).inc();
@@ -248,12 +254,23 @@ pub(crate) async fn serve_proxy<H: Handler>(
                         if let Some(t) = &conn_tls {
                             req.extensions_mut().insert(t.clone());
                         }
+                        let acme_token = http01.as_ref().and_then(|a| {
+                            let token = req.uri().path().strip_prefix(crate::acme::HTTP01_PREFIX)?;
+                            Some((a.clone(), token.to_owned()))
+                        });
                         let redirect = redirect.map(|port| redirect_to_https(req.headers(), req.uri(), port));
-                        let answering = per_request.handle(req.map(ClientBody::H1), peer, Some(gone));
+                        let answering = match (&acme_token, &redirect) {
+                            (None, None) => Some(per_request.handle(req.map(ClientBody::H1), peer, Some(gone))),
+                            _ => None,
+                        };
                         async move {
-                            match redirect {
-                                Some(r) => r,
-                                None => answering.await,
+                            if let Some((acme, token)) = acme_token {
+                                return http01_answer(acme.http01(&token).await);
+                            }
+                            match (redirect, answering) {
+                                (Some(r), _) => r,
+                                (None, Some(a)) => a.await,
+                                (None, None) => http01_answer(None),
                             }
                         }
                     })
@@ -352,6 +369,23 @@ impl Body for ClientBody {
             ClientBody::H2(b) => b.size_hint(),
         }
     }
+}
+
+/// The answer to an ACME HTTP-01 check: the key authorization as text, or 404.
+fn http01_answer(key_authorization: Option<String>) -> Answer {
+    let (status, body) = match key_authorization {
+        Some(k) => (http::StatusCode::OK, Bytes::from(k)),
+        None => (http::StatusCode::NOT_FOUND, Bytes::new()),
+    };
+    let mut resp = http::Response::new(http_body_util::BodyExt::boxed_unsync(
+        http_body_util::BodyExt::map_err(http_body_util::Full::new(body), |never| match never {}),
+    ));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    resp.into()
 }
 
 /// The answer of the plain listener when `[tls] redirect_plain` is on: 308 to the same host and

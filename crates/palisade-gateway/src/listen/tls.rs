@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::h1::Rewind;
 use super::stream::ClientStream;
+use crate::acme::{ACME_TLS_ALPN, AcmeCerts};
 
 /// Bytes read before giving up on a ClientHello: the largest hello, split over records.
 const MAX_HELLO_BYTES: usize = MAX_HELLO + 4 * 1024;
@@ -40,20 +41,47 @@ pub struct TlsInfo {
     pub client: Option<Arc<str>>,
 }
 
-/// Picks a certificate by server name (exact, then wildcard, then the first).
+/// Picks a certificate by server name: a configured one naming it (exact, then wildcard), the
+/// ACME one if it was ordered for the name, then the default (the first configured, else the
+/// ACME one).
 #[derive(Debug)]
-struct ByName(TlsSettings);
+struct ByName(TlsSettings, Arc<AcmeCerts>);
 
 impl ResolvesServerCert for ByName {
     fn resolve(&self, hello: RustlsHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name();
+        if let Some(c) = name.and_then(|n| self.0.certificate_named(n)) {
+            return Some(c.key.clone());
+        }
+        let acme = self.1.current();
+        if let Some(i) = &acme
+            && name.is_some_and(|n| i.covers(n))
+        {
+            return Some(i.key.clone());
+        }
         self.0
-            .certificate_for(hello.server_name())
+            .certificates
+            .first()
             .map(|c| c.key.clone())
+            .or_else(|| acme.map(|i| i.key.clone()))
+    }
+}
+
+/// Serves one certificate (a TLS-ALPN-01 check's).
+#[derive(Debug)]
+struct Only(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Only {
+    fn resolve(&self, _: RustlsHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
     }
 }
 
 /// The rustls server config for `[tls]`.
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, rustls::Error> {
+pub fn server_config(
+    settings: &TlsSettings,
+    acme: Arc<AcmeCerts>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -81,7 +109,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, rustls
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_cert_resolver(Arc::new(ByName(settings.clone())));
+    let mut config = builder.with_cert_resolver(Arc::new(ByName(settings.clone(), acme)));
     config.alpn_protocols = settings.alpn.clone();
     // Session resumption by tickets (stateless) and a bounded session cache.
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(10_000);
@@ -94,19 +122,30 @@ pub enum Handshake {
     Done(ClientStream, Arc<TlsInfo>),
     /// The client sent plain HTTP to the TLS port (answered and closed).
     PlainHttp,
+    /// An ACME CA's TLS-ALPN-01 check, answered (the connection carries no requests).
+    AcmeChallenge,
     /// Not a TLS client, a malformed or oversized hello, a failed handshake, or too slow.
     Failed(&'static str),
 }
 
 /// Reads and fingerprints the ClientHello, then completes the handshake, within `timeout`.
-pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>, timeout: Duration) -> Handshake {
-    match tokio::time::timeout(timeout, handshake(tcp, config)).await {
+pub async fn accept(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    acme: Arc<AcmeCerts>,
+    timeout: Duration,
+) -> Handshake {
+    match tokio::time::timeout(timeout, handshake(tcp, config, acme)).await {
         Ok(h) => h,
         Err(_) => Handshake::Failed("handshake_timeout"),
     }
 }
 
-async fn handshake(mut tcp: TcpStream, config: Arc<ServerConfig>) -> Handshake {
+async fn handshake(
+    mut tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    acme: Arc<AcmeCerts>,
+) -> Handshake {
     let mut buf = BytesMut::with_capacity(2048);
     let hello = loop {
         match ClientHello::read(&buf) {
@@ -129,6 +168,9 @@ async fn handshake(mut tcp: TcpStream, config: Arc<ServerConfig>) -> Handshake {
             Read::Invalid(_) => return Handshake::Failed("not_a_client_hello"),
         }
     };
+    if hello.alpn.len() == 1 && hello.alpn.first().is_some_and(|p| p == ACME_TLS_ALPN) {
+        return acme_check(tcp, buf, hello.server_name.as_deref(), &acme).await;
+    }
     let ja4 = hello.ja4();
     let server_name = hello.server_name.as_deref().map(Arc::from);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -159,6 +201,38 @@ async fn handshake(mut tcp: TcpStream, config: Arc<ServerConfig>) -> Handshake {
         client,
     };
     Handshake::Done(ClientStream::Tls(Box::new(tls)), Arc::new(info))
+}
+
+/// Answers an ACME CA's TLS-ALPN-01 check (RFC 8737): a handshake offering only `acme-tls/1`
+/// gets the challenge's self-signed certificate for the name asked, then the connection
+/// closes. A name with no challenge in flight fails the handshake.
+async fn acme_check(
+    tcp: TcpStream,
+    buf: BytesMut,
+    name: Option<&str>,
+    acme: &AcmeCerts,
+) -> Handshake {
+    let Some(cert) = acme.alpn01(name).await else {
+        return Handshake::Failed("no_acme_challenge");
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let Ok(builder) = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    else {
+        return Handshake::Failed("tls_error");
+    };
+    let mut config = builder
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Only(cert)));
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    match acceptor.accept(Rewind::new(buf.freeze(), tcp)).await {
+        Ok(mut tls) => {
+            let _ = tls.shutdown().await;
+            Handshake::AcmeChallenge
+        }
+        Err(e) => Handshake::Failed(handshake_error(&e)),
+    }
 }
 
 /// The identity of a verified client certificate: its subject CN, else its first DNS or URI

@@ -55,12 +55,20 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// How an ACME certificate order ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcmeLabels {
+    /// `issued` or `failed`.
+    pub result: &'static str,
+}
+
 /// How a TLS handshake ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     /// `ok`, `plain_http`, or why it failed (`handshake_timeout`, `not_a_client_hello`,
     /// `hello_too_large`, `malformed_hello`, `closed_in_hello`, `no_common_alpn`, `incompatible`,
-    /// `invalid_message`, `client_alert`, `tls_error`, `io_error`).
+    /// `invalid_message`, `client_alert`, `tls_error`, `io_error`), or `acme_challenge` (an ACME
+    /// CA's TLS-ALPN-01 check).
     pub result: &'static str,
 }
 
@@ -126,6 +134,10 @@ pub struct Metrics {
     pub connections_shed: Family<ShedLabels, Counter>,
     /// TLS handshakes by result.
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// ACME certificate orders by result.
+    pub acme_orders: Family<AcmeLabels, Counter>,
+    /// Seconds until the ACME certificate expires (absent until one is held).
+    pub acme_expiry: prometheus_client::metrics::gauge::Gauge,
     /// Requests that failed on the client's side, by kind (never counted as upstream errors).
     pub client_errors: Family<ClientErrorLabels, Counter>,
     /// When a client fault was last logged (unix seconds), and how many went unlogged since.
@@ -189,6 +201,8 @@ impl Metrics {
         let connections_refused_per_ip = Counter::default();
         let connections_shed = Family::<ShedLabels, Counter>::default();
         let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
+        let acme_orders = Family::<AcmeLabels, Counter>::default();
+        let acme_expiry = prometheus_client::metrics::gauge::Gauge::default();
         let state = StateCollector::default();
         registry.register_collector(Box::new(state.clone()));
         let client_errors = Family::<ClientErrorLabels, Counter>::default();
@@ -288,6 +302,16 @@ impl Metrics {
             "TLS handshakes on the TLS listener, by result",
             tls_handshakes.clone(),
         );
+        registry.register(
+            "acme_orders",
+            "ACME certificate orders this gateway made, by result",
+            acme_orders.clone(),
+        );
+        registry.register(
+            "acme_certificate_expiry_seconds",
+            "Seconds until the certificate ordered over ACME expires (0: none held yet)",
+            acme_expiry.clone(),
+        );
         Self {
             registry,
             requests,
@@ -304,6 +328,8 @@ impl Metrics {
             connections_refused_per_ip,
             connections_shed,
             tls_handshakes,
+            acme_orders,
+            acme_expiry,
             client_errors,
             client_fault_logged: std::sync::atomic::AtomicU64::new(0),
             client_faults_unlogged: std::sync::atomic::AtomicU64::new(0),

@@ -8,6 +8,7 @@
     reason = "tests fail loudly on the unexpected"
 )]
 
+mod acme;
 mod admin;
 mod behaviour;
 mod bots;
