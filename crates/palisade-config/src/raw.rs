@@ -166,6 +166,21 @@ pub struct RawWebBotAuth {
     /// The agents whose signatures are checked.
     #[serde(default)]
     pub agents: Vec<RawSignedAgent>,
+    /// Also check agents not listed: the key directory their `Signature-Agent` names is fetched
+    /// (https only, bounded, cached, never from a private address). A verified one is
+    /// identified by its directory's host. Default false.
+    pub discover: Option<bool>,
+    /// The bot category a discovered agent counts as once verified. Default `ai_assistant`.
+    pub discovered_category: Option<Spanned<String>>,
+    /// Keep only directory keys proven by the directory response's own signature (tag
+    /// `http-message-signatures-directory`). Default true.
+    pub require_signed_directory: Option<bool>,
+    /// A PEM file of roots trusted for key directories' HTTPS, beside the public ones (agents
+    /// on a private PKI).
+    pub directory_ca: Option<Spanned<String>>,
+    /// Allow key directories on loopback and private addresses (agents inside your network).
+    /// Default false: such a directory is refused, as a request forgery would aim there.
+    pub allow_private_directories: Option<bool>,
 }
 
 /// `[[web_bot_auth.agents]]`.
@@ -179,8 +194,9 @@ pub struct RawSignedAgent {
     /// The bot category it counts as for `[bots.actions]` once verified. Default `ai_assistant`.
     pub category: Option<Spanned<String>>,
     /// A JWKS file with its public keys (`{"keys": [...]}`, as its
-    /// `/.well-known/http-message-signatures-directory` serves them).
-    pub keys: Spanned<String>,
+    /// `/.well-known/http-message-signatures-directory` serves them). Without it, the keys are
+    /// fetched from that directory and kept fresh.
+    pub keys: Option<Spanned<String>>,
 }
 
 /// `[[tls.certificates]]`.

@@ -300,6 +300,8 @@ pub struct Shared {
     pub verifier: bot_dns::BotVerifier,
     /// The shared store (cluster mode), fixed at start.
     pub store: Option<Arc<cluster::SharedStore>>,
+    /// Signed agents' key directories, fetched and cached (Web Bot Auth).
+    pub agent_directories: Arc<auth::agent_directory::Directories>,
     /// Batched sync's local charges (cluster mode with `sync = "batched"`).
     pub batcher: Option<Arc<cluster::Batcher>>,
 }

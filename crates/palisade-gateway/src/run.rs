@@ -212,6 +212,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         .filter(|s| s.settings().sync == palisade_config::StoreSync::Batched)
         .map(|_| Arc::new(crate::cluster::Batcher::default()));
     let shared = Arc::new(Shared {
+        agent_directories: Default::default(),
         batcher,
         store,
         runtime: ArcSwap::from_pointee(Runtime::build(compiled, None)),
@@ -290,6 +291,9 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         shared.clone(),
     )));
     background.push(tokio::spawn(crate::auth::jwks::refresh_loop(
+        shared.clone(),
+    )));
+    background.push(tokio::spawn(crate::auth::agent_directory::refresh_loop(
         shared.clone(),
     )));
     if tls_addr.is_some() {

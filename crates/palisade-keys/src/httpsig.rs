@@ -702,3 +702,166 @@ pub fn web_bot_auth_of(
         agent,
     })
 }
+
+/// The agent URIs a request's `Signature-Agent` names: every string member of the dictionary
+/// form, or the legacy single string (at most four, each at most 2 KiB).
+pub fn agent_uris(headers: &HeaderMap) -> Vec<String> {
+    let strings = |v: &BareItem| match v {
+        BareItem::String(s) if s.as_str().len() <= 2048 => Some(s.as_str().to_owned()),
+        _ => None,
+    };
+    if let Ok(Some(d)) = dictionary(headers, "signature-agent") {
+        let members: Vec<String> = d
+            .values()
+            .filter_map(|e| match e {
+                ListEntry::Item(i) => strings(&i.bare_item),
+                ListEntry::InnerList(_) => None,
+            })
+            .take(4)
+            .collect();
+        if !members.is_empty() {
+            return members;
+        }
+    }
+    field(headers, "signature-agent")
+        .ok()
+        .flatten()
+        .and_then(|v| Parser::new(v).parse_item::<Item>().ok())
+        .and_then(|i| strings(&i.bare_item))
+        .into_iter()
+        .collect()
+}
+
+/// Most keys read from one key directory.
+pub const MAX_DIRECTORY_KEYS: usize = 32;
+
+/// What a key directory response's signatures show (the `http-message-signatures-directory`
+/// tag, draft-meunier-http-message-signatures-directory §5.2 and protocol-02).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectoryKeys {
+    /// Usable public keys by JWK thumbprint: those with a valid directory signature, or every
+    /// key if the response carries no directory signature and that is allowed.
+    pub keys: Vec<(String, serde_json::Value)>,
+    /// Whether the keys kept are each proven by a valid directory signature.
+    pub signed: bool,
+}
+
+/// Whether a `Content-Digest` (RFC 9530; sha-256 or sha-512) matches `body`. `None` without a
+/// digest Palisade can check.
+pub fn content_digest_matches(headers: &HeaderMap, body: &[u8]) -> Option<bool> {
+    let d = dictionary(headers, "content-digest").ok().flatten()?;
+    let mut checked = None;
+    for (alg, v) in &d {
+        let ListEntry::Item(Item {
+            bare_item: BareItem::ByteSequence(bytes),
+            ..
+        }) = v
+        else {
+            return Some(false);
+        };
+        let ours: Vec<u8> = match alg.as_str() {
+            "sha-256" => Sha256::digest(body).to_vec(),
+            "sha-512" => sha2::Sha512::digest(body).to_vec(),
+            _ => continue,
+        };
+        if &ours != bytes {
+            return Some(false);
+        }
+        checked = Some(true);
+    }
+    checked
+}
+
+/// The usable keys of a key directory `body` served as `headers` in answer to `req` (a GET of
+/// the directory), at `now`: JWKs that parse (never shared secrets), inside their `nbf`/`exp`,
+/// at most [`MAX_DIRECTORY_KEYS`]. A key is proven when a signature tagged
+/// `http-message-signatures-directory`, covering `"@authority";req` (and, when covered, a
+/// `content-digest` that matches the body), created by now and not expired, verifies with it.
+/// With proven keys only those are kept; a response whose directory signatures all fail gives
+/// no key; one without any gives every key unless `require_signed`.
+pub fn directory_keys(
+    req: &Message<'_>,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+    require_signed: bool,
+) -> Result<DirectoryKeys, &'static str> {
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|_| "directory_not_json")?;
+    let listed = doc
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("directory_without_keys")?;
+    let in_time = |jwk: &serde_json::Value, k: &str, ok: fn(i64, i64) -> bool| {
+        jwk.get(k)
+            .and_then(|v| v.as_i64())
+            .is_none_or(|t| ok(t, now))
+    };
+    let candidates: Vec<(String, serde_json::Value, PublicKey)> = listed
+        .iter()
+        .take(MAX_DIRECTORY_KEYS)
+        .filter(|jwk| {
+            in_time(jwk, "nbf", |t, now| t <= now) && in_time(jwk, "exp", |t, now| now < t)
+        })
+        .filter_map(|jwk| {
+            let key = PublicKey::from_jwk(jwk).ok()?;
+            if matches!(key, PublicKey::Hmac(_)) {
+                return None;
+            }
+            Some((jwk_thumbprint(jwk)?, jwk.clone(), key))
+        })
+        .collect();
+    let resp = Response { status, headers };
+    let digest = content_digest_matches(headers, body);
+    let mut tried = false;
+    let mut proven: Vec<&str> = Vec::new();
+    for label in labels(headers).into_iter().take(MAX_DIRECTORY_KEYS) {
+        let Ok(s) = signature_base(req, Some(&resp), &label) else {
+            continue;
+        };
+        if s.tag.as_deref() != Some("http-message-signatures-directory") {
+            continue;
+        }
+        tried = true;
+        let covers = |c: &str| s.components.iter().any(|x| x == c);
+        let timely = s.created.is_some_and(|c| c <= now + 60) && s.expires.is_none_or(|e| now < e);
+        let digest_ok =
+            digest != Some(false) && (!covers("\"content-digest\"") || digest == Some(true));
+        if !covers("\"@authority\";req") || !timely || !digest_ok {
+            continue;
+        }
+        let Some((thumb, _, key)) = candidates
+            .iter()
+            .find(|(t, _, _)| s.keyid.as_deref() == Some(t.as_str()))
+        else {
+            continue;
+        };
+        if key
+            .verify(s.alg.as_deref(), s.base.as_bytes(), &s.signature)
+            .is_ok()
+        {
+            proven.push(thumb);
+        }
+    }
+    if !proven.is_empty() {
+        let keys = candidates
+            .iter()
+            .filter(|(t, _, _)| proven.contains(&t.as_str()))
+            .map(|(t, j, _)| (t.clone(), j.clone()))
+            .collect();
+        return Ok(DirectoryKeys { keys, signed: true });
+    }
+    if tried {
+        return Err("directory_signature_invalid");
+    }
+    if require_signed {
+        return Err("directory_unsigned");
+    }
+    if digest == Some(false) {
+        return Err("content_digest_mismatch");
+    }
+    Ok(DirectoryKeys {
+        keys: candidates.into_iter().map(|(t, j, _)| (t, j)).collect(),
+        signed: false,
+    })
+}

@@ -19,7 +19,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use palisade_keys::httpsig::{
-    Message, PublicKey, Response, SigError, jwk_thumbprint, signature_base, web_bot_auth,
+    Message, PublicKey, Response, SigError, agent_uris, directory_keys, jwk_thumbprint,
+    signature_base, web_bot_auth,
 };
 
 fn dir() -> std::path::PathBuf {
@@ -323,4 +324,101 @@ fn mutated_signature_headers_never_verify_or_panic() {
     }
     println!("signature headers: {runs} mutations");
     assert!(runs > 1000, "{runs}");
+}
+
+/// Every signed key-directory response in the corpus (the protocol-02 draft's, npm
+/// `web-bot-auth`'s, and the two made-here negatives: a swapped key set, a response replayed for
+/// another authority) gives its key exactly when the corpus says it is valid under the
+/// directory draft (`valid_directory_00`); and the same body unsigned is refused when signatures
+/// are required, accepted (unproven) when not.
+#[test]
+#[cfg_attr(
+    not(palisade_testdata),
+    ignore = "shared testdata not found: key-directory response conformance skipped"
+)]
+fn signed_directory_responses_prove_their_keys() {
+    let mut seen = 0;
+    for file in ["drafts", "negative", "generated"] {
+        let doc: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir().join(format!("vectors/{file}.json"))).unwrap(),
+        )
+        .unwrap();
+        for v in doc["vectors"].as_array().unwrap() {
+            if v["message_type"] != "response" {
+                continue;
+            }
+            seen += 1;
+            let id = v["id"].as_str().unwrap_or("?");
+            let req = request(v["request"].as_str().unwrap());
+            let raw = v["response"].as_str().unwrap();
+            let (line, headers) = parse(raw);
+            let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+            let body = raw.split_once("\r\n\r\n").unwrap().1.as_bytes();
+            let now = v["verify_at"].as_i64().unwrap();
+            let want = v["expected"]["directory_response"]["valid_directory_00"]
+                .as_bool()
+                .unwrap();
+            let keyid = v["signature_params"]["keyid"].as_str().unwrap();
+            let got = directory_keys(&req.message("https"), status, &headers, body, now, true);
+            let proven = got
+                .as_ref()
+                .is_ok_and(|d| d.signed && d.keys.iter().any(|(t, _)| t == keyid));
+            assert_eq!(proven, want, "{file}/{id}: {got:?}");
+            if want {
+                // Unsigned, the same body: refused when signatures are required.
+                let mut bare = headers.clone();
+                bare.remove("signature");
+                bare.remove("signature-input");
+                assert_eq!(
+                    directory_keys(&req.message("https"), status, &bare, body, now, true),
+                    Err("directory_unsigned"),
+                    "{id}"
+                );
+                let loose =
+                    directory_keys(&req.message("https"), status, &bare, body, now, false).unwrap();
+                assert!(
+                    !loose.signed && loose.keys.iter().any(|(t, _)| t == keyid),
+                    "{id}"
+                );
+                // Too late for the signature: refused.
+                if let Some(exp) = v["signature_params"]["expires"].as_i64() {
+                    assert!(
+                        directory_keys(&req.message("https"), status, &headers, body, exp, true)
+                            .is_err(),
+                        "{id}: expired"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(seen, 4, "signed directory responses in the corpus");
+}
+
+/// `Signature-Agent` URIs in every header form the corpus shows.
+#[test]
+fn agent_uris_read_both_forms() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "signature-agent",
+        HeaderValue::from_static(r#"sig1="https://a.example", sig2="https://b.example""#),
+    );
+    assert_eq!(
+        agent_uris(&h),
+        vec!["https://a.example", "https://b.example"]
+    );
+    h.insert(
+        "signature-agent",
+        HeaderValue::from_static(r#""https://legacy.example""#),
+    );
+    assert_eq!(agent_uris(&h), vec!["https://legacy.example"]);
+    h.insert(
+        "signature-agent",
+        HeaderValue::from_static("not a structured field ("),
+    );
+    assert!(agent_uris(&h).is_empty());
+    h.insert(
+        "signature-agent",
+        HeaderValue::from_static(r#"a="1", b="2", c="3", d="4", e="5""#),
+    );
+    assert_eq!(agent_uris(&h).len(), 4);
 }

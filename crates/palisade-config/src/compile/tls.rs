@@ -561,6 +561,24 @@ pub struct WebBotAuthSettings {
     pub require_signature_agent: bool,
     /// The agents.
     pub agents: Vec<SignedAgentSpec>,
+    /// Whether agents not listed are checked against the directory they name.
+    pub discover: bool,
+    /// A discovered agent's category once verified.
+    pub discovered_category: palisade_intel::Category,
+    /// Whether directory keys must be proven by the directory response's signature.
+    pub require_signed_directory: bool,
+    /// Extra roots for key directories' HTTPS.
+    pub directory_roots: Vec<CertificateDer<'static>>,
+    /// Whether key directories may be on loopback or private addresses.
+    pub allow_private_directories: bool,
+}
+
+impl WebBotAuthSettings {
+    /// Whether any key is fetched from a directory (a listed agent without a keys file, or
+    /// discovery).
+    pub fn fetches(&self) -> bool {
+        self.discover || self.agents.iter().any(|a| a.fetch)
+    }
 }
 
 /// One signing agent.
@@ -572,8 +590,10 @@ pub struct SignedAgentSpec {
     pub origin: String,
     /// Its category once verified.
     pub category: palisade_intel::Category,
-    /// Its public keys by JWK thumbprint (the `keyid` it signs with).
+    /// Its public keys by JWK thumbprint (the `keyid` it signs with), from its keys file.
     pub keys: Vec<(String, serde_json::Value)>,
+    /// Whether its keys are fetched from its key directory (no keys file).
+    pub fetch: bool,
 }
 
 /// A `Signature-Agent` origin as compared: lowercased, without a trailing `/`.
@@ -622,7 +642,17 @@ pub(super) fn compile_web_bot_auth(
                 }
             },
         };
-        let file = base.join(a.keys.get_ref());
+        let Some(keys_file) = &a.keys else {
+            agents.push(SignedAgentSpec {
+                name: Arc::from(a.name.get_ref().as_str()),
+                origin,
+                category,
+                keys: Vec::new(),
+                fetch: true,
+            });
+            continue;
+        };
+        let file = base.join(keys_file.get_ref());
         files.push(file.clone());
         let doc: serde_json::Value = match std::fs::read_to_string(&file)
             .map_err(|e| e.to_string())
@@ -631,7 +661,7 @@ pub(super) fn compile_web_bot_auth(
             Ok(d) => d,
             Err(e) => {
                 c.at(
-                    sp(&a.keys),
+                    sp(keys_file),
                     format!("{path}.keys"),
                     format!("cannot read `{}` as JSON: {e}", file.display()),
                 );
@@ -650,7 +680,7 @@ pub(super) fn compile_web_bot_auth(
                 palisade_keys::httpsig::jwk_thumbprint(jwk),
             ) {
                 (Ok(palisade_keys::httpsig::PublicKey::Hmac(_)), _) => c.at(
-                    sp(&a.keys),
+                    sp(keys_file),
                     format!("{path}.keys"),
                     format!(
                         "`{}`: shared-secret keys are not allowed for Web Bot Auth",
@@ -659,12 +689,12 @@ pub(super) fn compile_web_bot_auth(
                 ),
                 (Ok(_), Some(t)) => keys.push((t, jwk.clone())),
                 (Err(e), _) => c.at(
-                    sp(&a.keys),
+                    sp(keys_file),
                     format!("{path}.keys"),
                     format!("`{}`: {e}", file.display()),
                 ),
                 (Ok(_), None) => c.at(
-                    sp(&a.keys),
+                    sp(keys_file),
                     format!("{path}.keys"),
                     format!("`{}`: a key without a thumbprint", file.display()),
                 ),
@@ -672,7 +702,7 @@ pub(super) fn compile_web_bot_auth(
         }
         if keys.is_empty() {
             c.at(
-                sp(&a.keys),
+                sp(keys_file),
                 format!("{path}.keys"),
                 format!(
                     "`{}` has no usable public key (`{{\"keys\": [...]}}`)",
@@ -686,11 +716,64 @@ pub(super) fn compile_web_bot_auth(
             origin,
             category,
             keys,
+            fetch: false,
         });
     }
+    let discovered_category = match &w.discovered_category {
+        None => palisade_intel::Category::AiAssistant,
+        Some(name) => palisade_intel::Category::parse(name.get_ref()).unwrap_or_else(|| {
+            let known: Vec<&str> = palisade_intel::Category::ALL
+                .iter()
+                .map(|c| c.name())
+                .collect();
+            c.at(
+                sp(name),
+                "web_bot_auth.discovered_category",
+                format!(
+                    "unknown category `{}`; known: {}",
+                    name.get_ref(),
+                    known.join(", ")
+                ),
+            );
+            palisade_intel::Category::AiAssistant
+        }),
+    };
+    let directory_roots = w
+        .directory_ca
+        .as_ref()
+        .map(|ca| {
+            let file = base.join(ca.get_ref());
+            files.push(file.clone());
+            let loaded = std::fs::read(&file)
+                .map_err(|e| format!("cannot read `{}`: {e}", file.display()))
+                .and_then(|b| {
+                    CertificateDer::pem_slice_iter(&b)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| {
+                            format!("`{}` is not a PEM certificate bundle: {e}", file.display())
+                        })
+                })
+                .and_then(|v| {
+                    if v.is_empty() {
+                        Err(format!("`{}` holds no PEM certificate", file.display()))
+                    } else {
+                        Ok(v)
+                    }
+                });
+            loaded.unwrap_or_else(|e| {
+                c.at(sp(ca), "web_bot_auth.directory_ca", e);
+                Vec::new()
+            })
+        })
+        .unwrap_or_default();
     WebBotAuthSettings {
         invalid_weight: weight(&w.invalid_weight, 30, "web_bot_auth.invalid_weight", c),
         require_signature_agent: w.require_signature_agent.unwrap_or(false),
         agents,
+        discover: w.discover.unwrap_or(false),
+        discovered_category,
+        require_signed_directory: w.require_signed_directory.unwrap_or(true),
+        directory_roots,
+        allow_private_directories: w.allow_private_directories.unwrap_or(false),
     }
 }

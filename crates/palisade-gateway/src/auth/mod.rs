@@ -4,6 +4,7 @@
 //! Which headers carry a key is configured (`[keys] headers`); `Authorization: Bearer pal_…`
 //! is an API key, any other bearer value is a JWT (when `[jwt]` is configured).
 
+pub mod agent_directory;
 pub mod jwks;
 pub mod keys;
 pub mod signed_agent;

@@ -112,11 +112,10 @@ async fn respond(
         return refuse(b);
     }
     let fronted = facts::fronted_fingerprints(rt, &parts.headers, peer.ip());
-    let signed = rt
-        .compiled
-        .web_bot_auth
-        .as_ref()
-        .and_then(|w| crate::auth::signed_agent::check(w, &parts, (unix_ms / 1000) as i64));
+    let signed =
+        rt.compiled.web_bot_auth.as_ref().and_then(|w| {
+            crate::auth::signed_agent::check(shared, w, &parts, (unix_ms / 1000) as i64)
+        });
     let facts = RequestFacts {
         method: &parts.method,
         path: parts.uri.path(),

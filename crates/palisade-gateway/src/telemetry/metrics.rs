@@ -55,6 +55,16 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// How a signed agent's key-directory fetch ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectoryLabels {
+    /// `ok`, `busy` (too many in flight), or why it failed (`private_address`, `dns_error`,
+    /// `connect_error`, `tls_error`, `http_error`, `http_status`, `content_type`, `too_large`,
+    /// `timeout`, `directory_not_json`, `directory_unsigned`, `directory_signature_invalid`,
+    /// `no_usable_key`, ...).
+    pub result: &'static str,
+}
+
 /// How an ACME certificate order ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AcmeLabels {
@@ -134,6 +144,8 @@ pub struct Metrics {
     pub connections_shed: Family<ShedLabels, Counter>,
     /// TLS handshakes by result.
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Signed agents' key-directory fetches by result.
+    pub agent_directory_fetches: Family<DirectoryLabels, Counter>,
     /// ACME certificate orders by result.
     pub acme_orders: Family<AcmeLabels, Counter>,
     /// Seconds until the ACME certificate expires (absent until one is held).
@@ -202,6 +214,7 @@ impl Metrics {
         let connections_shed = Family::<ShedLabels, Counter>::default();
         let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
         let acme_orders = Family::<AcmeLabels, Counter>::default();
+        let agent_directory_fetches = Family::<DirectoryLabels, Counter>::default();
         let acme_expiry = prometheus_client::metrics::gauge::Gauge::default();
         let state = StateCollector::default();
         registry.register_collector(Box::new(state.clone()));
@@ -303,6 +316,11 @@ impl Metrics {
             tls_handshakes.clone(),
         );
         registry.register(
+            "agent_directory_fetches",
+            "Fetches of signed agents' key directories (Web Bot Auth), by result",
+            agent_directory_fetches.clone(),
+        );
+        registry.register(
             "acme_orders",
             "ACME certificate orders this gateway made, by result",
             acme_orders.clone(),
@@ -330,6 +348,7 @@ impl Metrics {
             tls_handshakes,
             acme_orders,
             acme_expiry,
+            agent_directory_fetches,
             client_errors,
             client_fault_logged: std::sync::atomic::AtomicU64::new(0),
             client_faults_unlogged: std::sync::atomic::AtomicU64::new(0),

@@ -26,5 +26,6 @@ mod logging;
 mod memory;
 mod paths;
 mod proxy;
+mod signed_agents;
 mod tls;
 mod tokens;

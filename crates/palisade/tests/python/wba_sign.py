@@ -6,7 +6,13 @@
   wba_sign.py send DIR URL [SENT_PATH] signs GET URL as the agent (Signature-Agent sig1, covering
                                        @authority, @path and the member) and sends it, to SENT_PATH
                                        instead of URL's path when given (a tampered request);
-                                       prints the status code
+                                       prints the status code. WBA_AGENT overrides the agent URI.
+  wba_sign.py serve DIR PORT CERT KEY [unsigned]
+                                      serves DIR/agent.jwks as the agent's key directory over
+                                      HTTPS on 127.0.0.1:PORT, the response signed by the agent
+                                      key (tag http-message-signatures-directory, covering
+                                      "@authority";req) unless `unsigned`; prints "ready", and
+                                      appends each path served to DIR/hits-PORT.log
 """
 import base64, datetime, hashlib, json, os, sys, urllib.error, urllib.request
 from urllib.parse import urlsplit
@@ -74,7 +80,8 @@ def send(d, url, sent_path=None):
     resolver = MappingKeyResolver(public_keys={keyid: priv.public_key()}, private_keys={keyid: priv})
     signer = HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=resolver)
     now = datetime.datetime.now(datetime.timezone.utc)
-    req = Request("GET", url, [("User-Agent", "Python-urllib/3"), ("Signature-Agent", f'sig1="{AGENT}"')])
+    agent = os.environ.get("WBA_AGENT", AGENT)
+    req = Request("GET", url, [("User-Agent", "Python-urllib/3"), ("Signature-Agent", f'sig1="{agent}"')])
     signer.sign(req, key_id=keyid, created=now, expires=now + datetime.timedelta(minutes=5),
                 nonce=base64.b64encode(os.urandom(32)).decode(), label="sig1", tag="web-bot-auth",
                 covered_component_ids=("@authority", "@path", '"signature-agent";key="sig1"'))
@@ -88,8 +95,53 @@ def send(d, url, sent_path=None):
     print(status)
 
 
+def serve(d, port, cert, key, unsigned):
+    import http.server, ssl, time
+    jwk = json.load(open(os.path.join(d, "agent.jwk")))
+    priv = ed25519.Ed25519PrivateKey.from_private_bytes(base64.urlsafe_b64decode(jwk["d"] + "=="))
+    keyid = thumbprint(jwk["x"])
+    body = open(os.path.join(d, "agent.jwks"), "rb").read()
+    hits = os.path.join(d, f"hits-{port}.log")
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            with open(hits, "a") as f:
+                f.write(self.path + "\n")
+            if self.path != "/.well-known/http-message-signatures-directory":
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/http-message-signatures-directory+json")
+            self.send_header("Cache-Control", "max-age=86400")
+            self.send_header("Content-Length", str(len(body)))
+            if not unsigned:
+                # RFC 9421 §2.5 base over the request's authority (the `req` flag, §2.4).
+                created = int(time.time())
+                params = (f'("@authority";req);created={created};expires={created + 3600};'
+                          f'keyid="{keyid}";alg="ed25519";tag="http-message-signatures-directory"')
+                base = f'"@authority";req: {self.headers["Host"].lower()}\n"@signature-params": {params}'
+                sig = base64.b64encode(priv.sign(base.encode())).decode()
+                self.send_header("Signature-Input", f"binding0={params}")
+                self.send_header("Signature", f"binding0=:{sig}:")
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    print("ready", flush=True)
+    srv.serve_forever()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "key":
         make_key(sys.argv[2])
+    elif sys.argv[1] == "serve":
+        serve(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], len(sys.argv) > 6 and sys.argv[6] == "unsigned")
     else:
         send(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
