@@ -53,6 +53,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                     ja4h: None,
                     tls: None,
                     h2fp: None,
+                    ja3: None,
                     signed_agent: None,
                     hfp: None,
                     ip_info: None,

@@ -221,6 +221,9 @@ pub struct RawFingerprintHeaders {
     pub ja4: Option<Spanned<String>>,
     /// Header with the client's HTTP/2 fingerprint (Akamai format).
     pub h2: Option<Spanned<String>>,
+    /// Header with the client's JA3 (the full string or its MD5), e.g. Cloudflare's
+    /// `cf-ja3-hash` or CloudFront's `cloudfront-viewer-ja3-fingerprint`.
+    pub ja3: Option<Spanned<String>>,
 }
 
 /// `[[upstreams]]`: where requests go.

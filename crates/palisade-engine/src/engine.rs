@@ -325,6 +325,7 @@ impl Engine {
                     | KeyPart::Hfp
                     | KeyPart::Ja4
                     | KeyPart::H2fp
+                    | KeyPart::Ja3
                     | KeyPart::Mtls
                     | KeyPart::Asn
                     | KeyPart::Country

@@ -138,6 +138,9 @@ impl Engine {
         if let Some(h) = facts.h2fp {
             f("h2fp", IdentityValue::Str(h));
         }
+        if let Some(j) = facts.ja3 {
+            f("ja3", IdentityValue::Str(j));
+        }
         if let Some(a) = facts.signed_agent {
             f("agent", IdentityValue::Str(a.name));
             if let Err(why) = a.outcome {
@@ -236,6 +239,7 @@ impl Engine {
             | KeyPart::Hfp
             | KeyPart::Ja4
             | KeyPart::H2fp
+            | KeyPart::Ja3
             | KeyPart::Mtls => {
                 owned_bytes = value.as_bytes().to_vec();
                 (KeyValue::Bytes(&owned_bytes), value.to_owned(), None)

@@ -82,6 +82,7 @@ impl Client<'_> {
             ja4h: Some(self.ja4h),
             tls: None,
             h2fp: None,
+            ja3: None,
             signed_agent: None,
             hfp: Some(self.ja4h),
             ip_info: None,

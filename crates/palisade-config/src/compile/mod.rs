@@ -94,8 +94,8 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// Trusted proxies.
     pub trusted_proxies: IpSet,
-    /// Headers with the client's JA4 and HTTP/2 fingerprint set by a trusted front.
-    pub fingerprint_headers: (Option<HeaderName>, Option<HeaderName>),
+    /// Headers with the client's JA4, HTTP/2 fingerprint and JA3 set by a trusted front.
+    pub fingerprint_headers: (Option<HeaderName>, Option<HeaderName>, Option<HeaderName>),
     /// Whether fingerprints are forwarded to the upstream (`[fingerprints] forward`).
     pub forward_fingerprints: bool,
     /// Admin token from the config.

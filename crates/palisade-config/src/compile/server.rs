@@ -239,7 +239,11 @@ pub(super) struct ServerPart {
 fn fingerprint_headers(
     h: Option<&RawFingerprintHeaders>,
     c: &mut Collector<'_>,
-) -> (Option<http::HeaderName>, Option<http::HeaderName>) {
+) -> (
+    Option<http::HeaderName>,
+    Option<http::HeaderName>,
+    Option<http::HeaderName>,
+) {
     let mut name = |v: &Option<Spanned<String>>, key: &str| {
         let v = v.as_ref()?;
         match http::HeaderName::from_bytes(v.get_ref().trim().as_bytes()) {
@@ -255,7 +259,7 @@ fn fingerprint_headers(
         }
     };
     match h {
-        Some(h) => (name(&h.ja4, "ja4"), name(&h.h2, "h2")),
-        None => (None, None),
+        Some(h) => (name(&h.ja4, "ja4"), name(&h.h2, "h2"), name(&h.ja3, "ja3")),
+        None => (None, None, None),
     }
 }

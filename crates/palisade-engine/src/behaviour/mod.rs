@@ -310,6 +310,7 @@ mod tests {
             ja4h: Some(r.ja4h),
             tls: None,
             h2fp: None,
+            ja3: None,
             signed_agent: None,
             // The test's fingerprint stands for the header fingerprint too (tracked by default).
             hfp: Some(r.ja4h),
@@ -802,6 +803,7 @@ mod tests {
             ja4h: None,
             tls: None,
             h2fp: None,
+            ja3: None,
             signed_agent: None,
             hfp: None,
             ip_info: None,

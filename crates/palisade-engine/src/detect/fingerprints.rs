@@ -35,6 +35,11 @@ impl Engine {
         if facts.tls.is_none() && facts.h2fp.is_none() {
             return;
         }
+        let observed = [
+            facts.h2fp.and_then(|h| fp.known.by_h2(h)),
+            facts.tls.and_then(|t| fp.known.by_ja4(t.ja4)),
+        ];
+        d.observed_client = observed.iter().flatten().next().map(|k| (*k).clone());
         let Some(claimed) = facts
             .headers
             .get(http::header::USER_AGENT)
@@ -43,10 +48,6 @@ impl Engine {
         else {
             return;
         };
-        let observed = [
-            facts.h2fp.and_then(|h| fp.known.by_h2(h)),
-            facts.tls.and_then(|t| fp.known.by_ja4(t.ja4)),
-        ];
         let contradiction = observed
             .into_iter()
             .flatten()

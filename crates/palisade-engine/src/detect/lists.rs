@@ -124,6 +124,9 @@ impl Engine {
         if let Some(h) = facts.h2fp {
             keys.push(format!("h2fp:{h}"));
         }
+        if let Some(j) = facts.ja3 {
+            keys.push(format!("ja3:{j}"));
+        }
         if let Some(i) = facts.ip_info.filter(|i| i.asn != 0) {
             keys.push(format!("asn:{}", i.asn));
         }
@@ -153,6 +156,7 @@ impl Engine {
                 "hfp" => facts.hfp.map(str::to_owned),
                 "ja4" => facts.tls.map(|t| t.ja4.to_owned()),
                 "h2fp" => facts.h2fp.map(str::to_owned),
+                "ja3" => facts.ja3.map(str::to_owned),
                 "asn" => facts
                     .ip_info
                     .filter(|i| i.asn != 0)

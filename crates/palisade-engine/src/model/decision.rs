@@ -166,6 +166,9 @@ pub struct Decision {
     /// The browser family the user agent claimed and the family its fingerprints showed, when
     /// they disagree (`fingerprint/ua_mismatch`).
     pub fingerprint_mismatch: Option<(&'static str, Arc<str>)>,
+    /// The client the connection's fingerprints show (HTTP/2 first, then JA4), when
+    /// `[fingerprints]` knows it: its family and whether it is a browser.
+    pub observed_client: Option<palisade_intel::clients::Known>,
 }
 
 impl Decision {
@@ -188,6 +191,7 @@ impl Decision {
             under_attack: false,
             shared_adjust: Vec::new(),
             fingerprint_mismatch: None,
+            observed_client: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct RequestFacts<'a> {
     pub tls: Option<TlsFacts<'a>>,
     /// The connection's HTTP/2 client fingerprint (Akamai format), on HTTP/2.
     pub h2fp: Option<&'a str>,
+    /// The client's JA3 (TLS, Salesforce's format or its MD5), as a trusted front reported it.
+    pub ja3: Option<&'a str>,
     /// A Web Bot Auth signature the gateway checked: the agent and whether it verified.
     pub signed_agent: Option<SignedAgent<'a>>,
     /// What IP intelligence knows about the client's address (network, country, kind).

@@ -52,6 +52,8 @@ pub enum KeyPart {
     Ja4,
     /// The connection's HTTP/2 client fingerprint (Akamai format), on HTTP/2.
     H2fp,
+    /// The client's JA3, as a trusted front reported it.
+    Ja3,
     /// The verified client certificate's identity (mutual TLS).
     Mtls,
     /// The client network's autonomous system number.
@@ -68,7 +70,7 @@ pub type Dimension = KeyPart;
 pub enum KeyPartError {
     /// Not a dimension Palisade knows.
     #[error(
-        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, hfp, ja4, h2fp, mtls, ja4h, asn, country"
+        "unknown key dimension `{0}`; known: ip, ip/N (ip/24, ip/48, ip/24/56), header:NAME, route, method, api_key, account, jwt:CLAIM, hfp, ja4, h2fp, ja3, mtls, ja4h, asn, country"
     )]
     Unknown(String),
     /// Known, but provided by a part of Palisade that is not built yet.
@@ -101,6 +103,7 @@ impl KeyPart {
             "hfp" => return Ok(KeyPart::Hfp),
             "ja4" => return Ok(KeyPart::Ja4),
             "h2fp" => return Ok(KeyPart::H2fp),
+            "ja3" => return Ok(KeyPart::Ja3),
             "mtls" => return Ok(KeyPart::Mtls),
             "asn" => return Ok(KeyPart::Asn),
             "country" => return Ok(KeyPart::Country),
@@ -166,6 +169,7 @@ impl fmt::Display for KeyPart {
             KeyPart::Hfp => f.write_str("hfp"),
             KeyPart::Ja4 => f.write_str("ja4"),
             KeyPart::H2fp => f.write_str("h2fp"),
+            KeyPart::Ja3 => f.write_str("ja3"),
             KeyPart::Mtls => f.write_str("mtls"),
             KeyPart::Asn => f.write_str("asn"),
             KeyPart::Country => f.write_str("country"),
@@ -265,6 +269,7 @@ pub fn value_of<'a>(
         KeyPart::Hfp => facts.hfp.map(|v| KeyValue::Bytes(v.as_bytes())),
         KeyPart::Ja4 => facts.tls.map(|t| KeyValue::Bytes(t.ja4.as_bytes())),
         KeyPart::H2fp => facts.h2fp.map(|f| KeyValue::Bytes(f.as_bytes())),
+        KeyPart::Ja3 => facts.ja3.map(|f| KeyValue::Bytes(f.as_bytes())),
         KeyPart::Mtls => facts
             .tls
             .and_then(|t| t.client)
@@ -376,6 +381,7 @@ mod tests {
             "hfp",
             "ja4",
             "h2fp",
+            "ja3",
             "mtls",
             "asn",
             "country",

@@ -22,7 +22,7 @@ use crate::model::decision::Decision;
 use crate::model::facts::RequestFacts;
 
 /// Variables a rule may read, with what they hold.
-pub const VARIABLES: [(&str, &str); 19] = [
+pub const VARIABLES: [(&str, &str); 20] = [
     ("route", "the matched route's name"),
     ("method", "the request method, e.g. \"GET\""),
     ("path", "the path, without the query"),
@@ -51,11 +51,15 @@ pub const VARIABLES: [(&str, &str); 19] = [
     ("under_attack", "whether the route is in attack mode"),
     (
         "tls",
-        "{ja4, version, sni, alpn, client}: the connection's TLS handshake when Palisade terminates TLS (client: the verified client certificate's identity; all \"\" over plain HTTP)",
+        "{ja4, ja3, version, sni, alpn, client}: the connection's TLS handshake when Palisade terminates TLS, or as a trusted front reported it (ja3: from a front only; client: the verified client certificate's identity; \"\" where unknown)",
     ),
     (
         "h2",
         "{fingerprint}: the connection's HTTP/2 client fingerprint, Akamai format (\"\" over HTTP/1)",
+    ),
+    (
+        "client",
+        "{family, kind, claimed}: the client its fingerprints show per [fingerprints] (family e.g. \"chromium\", \"curl\"; kind \"browser\" or \"library\"; \"\" if unknown) and the browser family its user agent claims (\"\" if none)",
     ),
 ];
 
@@ -350,6 +354,7 @@ impl<'a> Facts<'a> {
                 let t = f.tls;
                 map([
                     ("ja4", st(t.map_or("", |t| t.ja4))),
+                    ("ja3", st(f.ja3.unwrap_or(""))),
                     ("version", st(t.map_or("", |t| t.version))),
                     ("sni", st(t.and_then(|t| t.server_name).unwrap_or(""))),
                     ("alpn", st(t.and_then(|t| t.alpn).unwrap_or(""))),
@@ -357,6 +362,27 @@ impl<'a> Facts<'a> {
                 ])
             }
             "h2" => map([("fingerprint", st(f.h2fp.unwrap_or("")))]),
+            "client" => {
+                let o = d.observed_client.as_ref();
+                let claimed = f
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(palisade_intel::clients::claimed_browser)
+                    .unwrap_or("");
+                map([
+                    ("family", st(o.map_or("", |k| &*k.family))),
+                    (
+                        "kind",
+                        st(match o.map(|k| k.kind) {
+                            Some(palisade_intel::clients::Kind::Browser) => "browser",
+                            Some(palisade_intel::clients::Kind::Library) => "library",
+                            None => "",
+                        }),
+                    ),
+                    ("claimed", st(claimed)),
+                ])
+            }
             _ => return None,
         })
     }

@@ -42,8 +42,8 @@ pub struct BlockEntry {
 }
 
 /// The dimensions a block can name.
-pub const DIMENSIONS: [&str; 9] = [
-    "ip", "ip/24", "asn", "api_key", "account", "hfp", "ja4h", "ja4", "h2fp",
+pub const DIMENSIONS: [&str; 10] = [
+    "ip", "ip/24", "asn", "api_key", "account", "hfp", "ja4h", "ja4", "h2fp", "ja3",
 ];
 
 /// Normalises a block key: `dimension:value`, with IPs canonical and prefixes masked (ip/24
@@ -67,7 +67,7 @@ pub fn block_key(dimension: &str, value: &str) -> Option<String> {
                 .ok()?;
             Some(format!("asn:{n}"))
         }
-        "api_key" | "account" | "hfp" | "ja4h" | "ja4" | "h2fp"
+        "api_key" | "account" | "hfp" | "ja4h" | "ja4" | "h2fp" | "ja3"
             if !value.is_empty()
                 && value.len() <= 256
                 && !value.chars().any(|c| c.is_control() || c.is_whitespace()) =>

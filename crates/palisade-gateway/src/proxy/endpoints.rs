@@ -101,6 +101,7 @@ fn usage(
         ja4h: None,
         tls: None,
         h2fp: None,
+        ja3: None,
         signed_agent: None,
         hfp: None,
         ip_info: None,

@@ -386,11 +386,13 @@ pub fn fronted_fingerprints<'a>(
     rt: &Runtime,
     headers: &'a http::HeaderMap,
     peer: std::net::IpAddr,
-) -> (Option<&'a str>, Option<&'a str>) {
+) -> (Option<&'a str>, Option<&'a str>, Option<&'a str>) {
     let server = &rt.compiled.server;
-    let (ja4_name, h2_name) = &server.fingerprint_headers;
-    if (ja4_name.is_none() && h2_name.is_none()) || !server.trusted_proxies.contains(peer) {
-        return (None, None);
+    let (ja4_name, h2_name, ja3_name) = &server.fingerprint_headers;
+    if (ja4_name.is_none() && h2_name.is_none() && ja3_name.is_none())
+        || !server.trusted_proxies.contains(peer)
+    {
+        return (None, None, None);
     }
     let value = |n: &Option<http::HeaderName>| {
         n.as_ref()
@@ -403,7 +405,15 @@ pub fn fronted_fingerprints<'a>(
     let h2 = value(h2_name).filter(|v| {
         v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic()) && v.split('|').count() == 4
     });
-    (ja4, h2)
+    // JA3: the full string (numbers, commas, dashes) or its MD5 (32 hex digits).
+    let ja3 = value(ja3_name).filter(|v| {
+        (v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+            || (v.len() <= 2048
+                && v.split(',').count() == 5
+                && v.bytes()
+                    .all(|b| b.is_ascii_digit() || b == b',' || b == b'-'))
+    });
+    (ja4, h2, ja3)
 }
 
 #[cfg(test)]

@@ -159,6 +159,7 @@ async fn respond(
             .get::<crate::listen::H2Fingerprint>()
             .map(|f| &*f.0)
             .or(fronted.1),
+        ja3: fronted.2,
         signed_agent: signed.as_ref().map(|(name, category, outcome)| {
             palisade_engine::model::facts::SignedAgent {
                 name,

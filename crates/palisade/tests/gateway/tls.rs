@@ -489,9 +489,13 @@ async fn a_trusted_front_can_report_the_fingerprints() {
             &up,
             &format!(
                 "[server]\ntrusted_proxies = [{trusted}]\n\
-                 trusted_fingerprint_headers = {{ ja4 = \"cloudfront-viewer-ja4-fingerprint\", h2 = \"x-h2-fingerprint\" }}\n\n\
+                 trusted_fingerprint_headers = {{ ja4 = \"cloudfront-viewer-ja4-fingerprint\", h2 = \"x-h2-fingerprint\", ja3 = \"cloudfront-viewer-ja3-fingerprint\" }}\n\n\
                  [fingerprints]\n\n\
-                 [[limits]]\nname = \"per-ja4\"\nkey = [\"ja4\"]\nrate = \"2/1m\"\n"
+                 [[limits]]\nname = \"per-ja4\"\nkey = [\"ja4\"]\nrate = \"2/1m\"\n\n\
+                 [[limits]]\nname = \"per-ja3\"\nkey = [\"ja3\"]\nrate = \"100/1m\"\n\n\
+                 [[rules]]\nname = \"curl-as-chrome\"\n\
+                 when = 'client.family == \"curl\" && client.kind == \"library\" && client.claimed == \"chromium\" && tls.ja3 == \"e7d705a3286e19ea42f587b344ee6865\" && path == \"/rule\"'\n\
+                 action = \"block\"\n"
             ),
         )
     };
@@ -503,6 +507,10 @@ async fn a_trusted_front_can_report_the_fingerprints() {
             "3:100;4:33554432;2:0|33488897|0|m,p,s,a",
         ),
         ("user-agent", CHROME),
+        (
+            "cloudfront-viewer-ja3-fingerprint",
+            "e7d705a3286e19ea42f587b344ee6865",
+        ),
     ];
     // From a trusted front: believed, limited by, and the h2 frames contradict the claim.
     let g = Gateway::start(Some(&policy("\"127.0.0.1\"")));
@@ -513,10 +521,25 @@ async fn a_trusted_front_can_report_the_fingerprints() {
     assert_eq!(got, vec![200, 200, 429]);
     let d = g.wait_decision(|d| d["path"] == "/x");
     assert_eq!(d["identity"]["ja4"], ja4, "{d}");
+    assert_eq!(
+        d["identity"]["ja3"], "e7d705a3286e19ea42f587b344ee6865",
+        "{d}"
+    );
     assert!(
         d["reasons"].to_string().contains("fingerprint/ua_mismatch"),
         "{d}"
     );
+    // Rules see the client the fingerprints show, the one claimed, and the front's JA3.
+    assert_eq!(send("GET", &g.url("/rule"), &h, "").await.status, 403);
+    let d = g.wait_decision(|d| d["path"] == "/rule");
+    assert_eq!(d["rule"], "rule/curl-as-chrome", "{d}");
+    // A JA3 header that is neither a JA3 string nor its MD5 is not believed.
+    let mut junk = h;
+    junk[3].1 = "'; DROP TABLE";
+    junk[0].1 = "t13d1715h2_5b57614c22b0_3d5424432f57";
+    assert_eq!(send("GET", &g.url("/junk"), &junk, "").await.status, 200);
+    let d = g.wait_decision(|d| d["path"] == "/junk");
+    assert!(d["identity"].get("ja3").is_none(), "{d}");
     // From anyone else: ignored.
     let g = Gateway::start(Some(&policy("")));
     for _ in 0..3 {
