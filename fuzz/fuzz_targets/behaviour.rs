@@ -84,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
             hfp: None,
             tls: None,
             h2fp: None,
+            ja3: None,
             signed_agent: None,
             ip_info: None,
             bot_verification: None,
