@@ -419,6 +419,100 @@ async fn a_library_in_a_browsers_user_agent_is_told_from_the_browser() {
     );
 }
 
+/// Whether python3 has `requests` and `httpx` with HTTP/2 (scripts/test.sh installs them).
+fn python_clients() -> bool {
+    Command::new("python3")
+        .args(["-c", "import requests, httpx, h2"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_clients_are_served_and_judged_by_what_they_claim() {
+    if !python_clients() {
+        println!(
+            "SKIPPED: requests / httpx[http2] are not installed (scripts/test.sh installs them)"
+        );
+        return;
+    }
+    let up = upstream().await;
+    let g = start_with_certs(
+        &tls_config(&up, &["api"], "[fingerprints]\n"),
+        &[("api", &["api.test"])],
+    );
+    let port = g.tls.unwrap().port();
+    let ca = g.dir.join("api.crt");
+    let run = |code: String| {
+        let out = Command::new("python3")
+            .args(["-c", &code])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // `requests` talks to 127.0.0.1 but names api.test (SNI and Host) through a pinned resolver.
+    let requests = |path: &str, ua: Option<&str>| {
+        let ua = ua.map_or(String::new(), |u| {
+            format!(", headers={{'User-Agent': '{u}'}}")
+        });
+        run(format!(
+            "import socket, requests\n\
+             real = socket.getaddrinfo\n\
+             socket.getaddrinfo = lambda h, *a, **k: real('127.0.0.1' if h == 'api.test' else h, *a, **k)\n\
+             r = requests.get('https://api.test:{port}{path}', verify='{}'{ua})\n\
+             print(r.status_code)",
+            ca.display()
+        ))
+    };
+    let httpx = |path: &str, ua: Option<&str>| {
+        let ua = ua.map_or(String::new(), |u| {
+            format!(", headers={{'User-Agent': '{u}'}}")
+        });
+        run(format!(
+            "import socket, httpx\n\
+             real = socket.getaddrinfo\n\
+             socket.getaddrinfo = lambda h, *a, **k: real('127.0.0.1' if h == 'api.test' else h, *a, **k)\n\
+             with httpx.Client(http2=True, verify='{}') as c:\n\
+             \x20   r = c.get('https://api.test:{port}{path}'{ua})\n\
+             \x20   print(r.status_code, r.http_version)",
+            ca.display()
+        ))
+    };
+    let reasons = |d: &serde_json::Value| d["reasons"].to_string();
+    // As themselves: served, fingerprinted, nothing claimed so nothing contradicted.
+    assert_eq!(requests("/requests", None), "200");
+    let d = g.wait_decision(|d| d["path"] == "/requests");
+    assert_eq!(d["identity"]["sni"], "api.test", "{d}");
+    assert!(
+        d["identity"]["ja4"]
+            .as_str()
+            .is_some_and(|j| j.starts_with('t')),
+        "{d}"
+    );
+    assert!(!reasons(&d).contains("fingerprint/"), "{d}");
+    assert_eq!(httpx("/httpx", None), "200 HTTP/2");
+    let d = g.wait_decision(|d| d["path"] == "/httpx");
+    assert!(
+        d["identity"]["h2fp"]
+            .as_str()
+            .is_some_and(|f| f.split('|').count() == 4),
+        "{d}"
+    );
+    assert!(!reasons(&d).contains("fingerprint/"), "{d}");
+    // `requests` claiming Chrome: it offered no HTTP/2, which Chrome always does.
+    assert_eq!(requests("/requests-as-chrome", Some(CHROME)), "200");
+    let d = g.wait_decision(|d| d["path"] == "/requests-as-chrome");
+    assert!(
+        reasons(&d).contains("fingerprint/browser_without_h2"),
+        "{d}"
+    );
+}
+
 #[test]
 fn check_reports_each_certificate_and_its_expiry() {
     let dir = std::env::temp_dir().join(format!(
