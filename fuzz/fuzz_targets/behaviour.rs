@@ -85,6 +85,7 @@ fuzz_target!(|data: &[u8]| {
             tls: None,
             h2fp: None,
             ja3: None,
+            clearance: None,
             signed_agent: None,
             ip_info: None,
             bot_verification: None,

@@ -54,6 +54,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                     tls: None,
                     h2fp: None,
                     ja3: None,
+                    clearance: None,
                     signed_agent: None,
                     hfp: None,
                     ip_info: None,

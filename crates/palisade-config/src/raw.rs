@@ -260,6 +260,9 @@ pub struct RawMatch {
 pub struct RawRoute {
     /// Name (used by limits, logs and metrics).
     pub name: Spanned<String>,
+    /// Who calls it: `"auto"` (default: by `Accept`), `"api"` (never an HTML challenge page)
+    /// or `"browser"`.
+    pub client: Option<Spanned<String>>,
     /// What the route matches.
     #[serde(rename = "match")]
     pub match_: RawMatch,
@@ -914,6 +917,8 @@ pub struct RawConfig {
     pub fingerprints: Option<RawFingerprints>,
     /// `[web_bot_auth]`.
     pub web_bot_auth: Option<RawWebBotAuth>,
+    /// `[challenge]`.
+    pub challenge: Option<RawChallenge>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.
@@ -953,3 +958,38 @@ indexed!(
     RawRule,
     RawTest
 );
+
+/// `[challenge]`: how the `challenge` action is put to clients — a proof-of-work a browser
+/// solves on a page (or waits out without JavaScript), or an API client solves from a
+/// `WWW-Authenticate: PoW` answer — and the clearance a solved challenge earns.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawChallenge {
+    /// Leading zero bits the proof-of-work needs at the challenge threshold. Default 16
+    /// (about 65,000 hashes: well under a second in a browser).
+    pub difficulty: Option<Spanned<u64>>,
+    /// Bits at most, reached as the score climbs towards the block threshold. Default 20.
+    pub max_difficulty: Option<Spanned<u64>>,
+    /// How long a challenge may take to solve. Default `5m`.
+    pub ttl: Option<Spanned<String>>,
+    /// How long a clearance lasts. Default `1h`.
+    pub clearance_ttl: Option<Spanned<String>>,
+    /// Points a clearance takes off the score while it lasts. Default 30.
+    pub discount: Option<Spanned<u64>>,
+    /// What a clearance is bound to: any of `ip`, `ip/24`, `user_agent`, `ja4`, `api_key`.
+    /// Default `["ip/24", "user_agent"]`.
+    pub bind: Option<Vec<Spanned<String>>>,
+    /// The no-JavaScript path: the page refreshes after this wait and earns a shorter
+    /// clearance. Default `5s`; `"0s"` turns it off.
+    pub nojs_wait: Option<Spanned<String>>,
+    /// The no-JavaScript clearance's lifetime. Default `15m`.
+    pub nojs_clearance_ttl: Option<Spanned<String>>,
+    /// Weights of the browser signals the page reports (0 switches one off):
+    /// `webdriver` (default 40), `headless` (40), `no_languages` (15), `no_interaction` (0).
+    #[serde(default)]
+    pub browser_signals: std::collections::BTreeMap<String, Spanned<u64>>,
+    /// Texts of the page, to override per language: `title`, `body`, `solving`, `done`,
+    /// `nojs`, `post`.
+    #[serde(default)]
+    pub texts: std::collections::BTreeMap<String, String>,
+}

@@ -173,6 +173,7 @@ pub struct Engine {
     pub(crate) rule_score: [Arc<str>; 3],
     pub(crate) rule_delay: Arc<str>,
     pub(crate) rule_throttle: Arc<str>,
+    pub(crate) rule_cleared: Arc<str>,
     pub(crate) behaviour: Option<Arc<Behaviour>>,
     pub(crate) behaviour_names: Vec<Arc<str>>,
     /// Whether the policy reads a request's JA4H (a limit keys on it, behaviour detection, a
@@ -364,6 +365,7 @@ impl Engine {
                 || policy.honeypots.iter().any(|h| h.flag.contains(&"hfp")),
             rule_delay: Arc::from("score/delay"),
             rule_throttle: Arc::from("score/throttle"),
+            rule_cleared: Arc::from("challenge/cleared"),
             policy,
             tables,
             signal_names,

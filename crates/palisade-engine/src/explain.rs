@@ -141,6 +141,9 @@ impl Engine {
         if let Some(j) = facts.ja3 {
             f("ja3", IdentityValue::Str(j));
         }
+        if let Some(c) = facts.clearance {
+            f("clearance", IdentityValue::Str(c.level));
+        }
         if let Some(a) = facts.signed_agent {
             f("agent", IdentityValue::Str(a.name));
             if let Err(why) = a.outcome {

@@ -97,6 +97,7 @@ impl Engine {
         let p = &self.policy;
         let route_spec = p.route(route).ok_or(EngineError::NoRoute)?;
         let mut d = Decision::new(route, self.rule_default.clone());
+        d.cleared = facts.clearance.is_some();
 
         // Lists, honeypots and blocks refuse before anything is counted.
         if let Some(refused) = self.deny_listed(&mut d, facts) {
@@ -129,6 +130,18 @@ impl Engine {
         self.intel(&mut d, facts);
         self.header_consistency(&mut d, facts);
         self.fingerprint_consistency(&mut d, facts);
+        if let Some(c) = facts.clearance {
+            for (name, weight) in crate::model::facts::BROWSER_SIGNALS.iter().zip(c.signals) {
+                if weight > 0 {
+                    d.signals.push(crate::model::decision::Signal {
+                        name: (*name).into(),
+                        weight,
+                        shadow: false,
+                        discounted: false,
+                    });
+                }
+            }
+        }
         self.behaviour_signals(&mut d, facts, route);
         self.limits(&mut d, facts, route, route_spec, shared, &mut v);
         let Verdicts {
@@ -166,8 +179,10 @@ impl Engine {
 
         // Explicit rules: `score` rules add signals; the first other match decides.
         let decided = self.run_rules(&mut d, facts, route_spec);
-        d.score = d.signal_score(false);
-        let shadow_score = d.signal_score(true);
+        // A solved challenge takes its discount off the score while its clearance lasts.
+        let discount = facts.clearance.map_or(0, |c| c.discount);
+        d.score = d.signal_score(false).saturating_sub(discount);
+        let shadow_score = d.signal_score(true).saturating_sub(discount);
 
         if let Some((a, r)) = shadowed
             && stronger(a, d.shadow.as_ref().map(|s| s.0))
@@ -219,6 +234,12 @@ impl Engine {
 
     /// Applies the mode: in shadow mode anything beyond tagging is logged, not enforced.
     pub(crate) fn finish(&self, mut d: Decision, action: Action, rule: Arc<str>) -> Decision {
+        // A cleared client is not challenged again: it already paid.
+        let (action, rule) = if action == Action::Challenge && d.cleared {
+            (Action::Allow, self.rule_cleared.clone())
+        } else {
+            (action, rule)
+        };
         if self.policy.mode == Mode::Shadow && action.severity() > Action::Tag.severity() {
             if stronger(action, d.shadow.as_ref().map(|s| s.0)) {
                 d.shadow = Some((action, rule));

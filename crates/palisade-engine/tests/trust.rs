@@ -83,6 +83,7 @@ impl Client<'_> {
             tls: None,
             h2fp: None,
             ja3: None,
+            clearance: None,
             signed_agent: None,
             hfp: Some(self.ja4h),
             ip_info: None,

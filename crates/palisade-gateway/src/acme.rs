@@ -275,17 +275,15 @@ impl Published {
 }
 
 fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    palisade_keys::key::hex(b)
 }
 
+/// At most 64 bytes (a digest), from hex.
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 128 {
+    if s.len() > 128 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    palisade_keys::key::unhex(s)
 }
 
 /// The TLS-ALPN-01 certificate for `name`: self-signed, for that name only, carrying the

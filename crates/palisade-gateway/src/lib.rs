@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod bot_dns;
 pub mod bot_ranges;
+pub mod challenge;
 pub mod client;
 pub mod cluster;
 pub mod listen;
@@ -300,6 +301,8 @@ pub struct Shared {
     pub verifier: bot_dns::BotVerifier,
     /// The shared store (cluster mode), fixed at start.
     pub store: Option<Arc<cluster::SharedStore>>,
+    /// Challenge tokens' key and the puzzles already solved.
+    pub challenges: Arc<challenge::Challenges>,
     /// Signed agents' key directories, fetched and cached (Web Bot Auth).
     pub agent_directories: Arc<auth::agent_directory::Directories>,
     /// Batched sync's local charges (cluster mode with `sync = "batched"`).

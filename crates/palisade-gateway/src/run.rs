@@ -158,6 +158,12 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     .context("token task failed")?
     .context("preparing the admin token in the data dir")?;
 
+    let challenge_dir = compiled.server.data_dir.clone();
+    let challenge_key =
+        tokio::task::spawn_blocking(move || crate::challenge::load_or_make_key(&challenge_dir))
+            .await
+            .context("challenge key task failed")?
+            .context("preparing the challenge key in the data dir")?;
     let key_dir = compiled.server.data_dir.clone();
     let max_nonces = compiled.keys.max_nonces;
     let keys = tokio::task::spawn_blocking(move || {
@@ -213,6 +219,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         .map(|_| Arc::new(crate::cluster::Batcher::default()));
     let shared = Arc::new(Shared {
         agent_directories: Default::default(),
+        challenges: Arc::new(crate::challenge::Challenges::new(&challenge_key)),
         batcher,
         store,
         runtime: ArcSwap::from_pointee(Runtime::build(compiled, None)),
@@ -247,6 +254,10 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
 
     if let Some(store) = &shared.store {
         shared.runtime.load().acme.set_store(store.clone());
+        tokio::spawn(crate::challenge::join_cluster_key(
+            shared.clone(),
+            challenge_key.clone(),
+        ));
     }
     if shared.store.is_some() {
         tokio::spawn(crate::cluster::share_state(shared.clone()));

@@ -251,6 +251,17 @@ impl ApiKeyRecord {
     }
 }
 
+/// Bytes of a lowercase or uppercase hex string (`None` for an odd length or a non-hex digit).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Hex of a hash.
 pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";

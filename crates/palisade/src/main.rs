@@ -53,6 +53,10 @@ enum Command {
     /// Run scripted people, integrations and bots against a gateway and report, per class,
     /// what reached the upstream and what was stopped.
     Simulate(simulate::SimArgs),
+    /// Solve a proof-of-work challenge (the reference solver for API clients): give it the
+    /// `WWW-Authenticate: PoW ...` value (or the bare challenge token and `--difficulty`);
+    /// prints the `Palisade-PoW` header value to send with the retried request.
+    Solve(SolveArgs),
     /// Serve only the built-in sample API.
     SampleApi {
         /// Address to listen on.
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
         Command::Bots { command } => bots(command),
         Command::SampleApi { listen, workers } => sample_api(listen, workers),
         Command::Simulate(args) => simulate_cmd(&args),
+        Command::Solve(args) => solve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -157,6 +162,58 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(clap::Args, Debug)]
+struct SolveArgs {
+    /// The `WWW-Authenticate` value (`PoW realm=..., challenge="...", difficulty=N, ...`), or
+    /// the challenge token itself.
+    challenge: String,
+    /// Leading zero bits (read from the `WWW-Authenticate` value when given).
+    #[arg(long)]
+    difficulty: Option<u8>,
+}
+
+/// `palisade solve`.
+fn solve(args: &SolveArgs) -> anyhow::Result<()> {
+    let text = args.challenge.trim();
+    let param = |name: &str| -> Option<String> {
+        let at = text.find(&format!("{name}="))? + name.len() + 1;
+        let rest = text.get(at..)?;
+        Some(match rest.strip_prefix('"') {
+            Some(q) => q.split('"').next()?.to_owned(),
+            None => rest.split([',', ' ']).next()?.to_owned(),
+        })
+    };
+    let (token, bits) = if text.starts_with("PoW ") || text.contains("challenge=") {
+        let token =
+            param("challenge").context("no challenge=\"...\" in the WWW-Authenticate value")?;
+        let bits = match args.difficulty {
+            Some(b) => b,
+            None => param("difficulty")
+                .and_then(|d| d.parse().ok())
+                .context("no difficulty=N in the WWW-Authenticate value")?,
+        };
+        (token, bits)
+    } else {
+        (
+            text.to_owned(),
+            args.difficulty
+                .context("give --difficulty with a bare challenge token")?,
+        )
+    };
+    anyhow::ensure!(
+        bits <= 32,
+        "a difficulty over 32 bits is not one Palisade sets"
+    );
+    let started = std::time::Instant::now();
+    let n = palisade_gateway::challenge::token::solve(&token, bits);
+    eprintln!(
+        "solved {bits} bits in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    println!("{token}:{n}");
+    Ok(())
 }
 
 impl ServeArgs {

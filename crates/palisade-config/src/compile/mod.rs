@@ -2,6 +2,7 @@
 
 mod behaviour;
 mod bots;
+mod challenge;
 mod honeypots;
 mod intel;
 mod jwt;
@@ -18,6 +19,7 @@ mod store;
 mod tests;
 mod tls;
 
+pub use challenge::{CHALLENGE_TEXTS, ChallengeBind, ChallengeSettings};
 pub use tls::{
     AcmeChallenge, AcmeSettings, CertificateInfo, LETS_ENCRYPT, SignedAgentSpec, TlsSettings,
     TlsVersion, WebBotAuthSettings, agent_origin,
@@ -309,6 +311,10 @@ pub struct Compiled {
     pub tls: Option<TlsSettings>,
     /// `[web_bot_auth]`, when configured.
     pub web_bot_auth: Option<WebBotAuthSettings>,
+    /// `[challenge]` (defaults when absent: the `challenge` action always has a form).
+    pub challenge: ChallengeSettings,
+    /// A digest of the config text: clearances name the policy that issued them.
+    pub digest: u64,
 }
 
 /// A built-in bot's published ranges, fetched by the gateway on a schedule; the last good copy
@@ -380,7 +386,8 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 21] = [
+const SECTIONS: [&str; 22] = [
+    "challenge",
     "web_bot_auth",
     "fingerprints",
     "tls",
@@ -416,7 +423,13 @@ pub fn compile_str(src: &str, origin: &str, base: &Path) -> Result<Compiled, Con
         None
     };
     match compiled {
-        Some(compiled) if c.errors.is_empty() => Ok(compiled),
+        Some(mut compiled) if c.errors.is_empty() => {
+            // FNV-1a over the text: the same config gives the same digest on every replica.
+            compiled.digest = src.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            Ok(compiled)
+        }
         _ => Err(ConfigErrors {
             origin: origin.to_owned(),
             errors: c.finish(),
@@ -474,6 +487,11 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
             }
             "rules" => many(value, name, c, &mut raw.rules, &mut raw.broken_names),
             "store" => one(value, name, c, &mut raw.store),
+            "challenge" => {
+                let mut w = RawChallenge::default();
+                one(value, name, c, &mut w);
+                raw.challenge = Some(w);
+            }
             "web_bot_auth" => {
                 let mut w = RawWebBotAuth::default();
                 one(value, name, c, &mut w);
@@ -757,6 +775,11 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         .web_bot_auth
         .as_ref()
         .map(|w| tls::compile_web_bot_auth(w, base, c, &mut files));
+    let challenge = raw
+        .challenge
+        .as_ref()
+        .map(|r| challenge::compile_challenge(r, c))
+        .unwrap_or_default();
     let mut server = server;
     server.forward_fingerprints = raw
         .fingerprints
@@ -797,6 +820,8 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         bot_ranges,
         tls,
         web_bot_auth,
+        challenge,
+        digest: 0,
     })
 }
 

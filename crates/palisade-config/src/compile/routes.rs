@@ -197,6 +197,19 @@ pub(super) fn routes(
             spend_reserve_micros,
             spend_header,
             allow_in_path,
+            client: match r.client.as_ref().map(|v| v.get_ref().as_str()) {
+                None | Some("auto") => palisade_engine::policy::ClientKind::Auto,
+                Some("api") => palisade_engine::policy::ClientKind::Api,
+                Some("browser") => palisade_engine::policy::ClientKind::Browser,
+                Some(other) => {
+                    c.at(
+                        r.client.as_ref().and_then(sp),
+                        format!("{path}.client"),
+                        format!("`{other}` is not one of: auto, api, browser"),
+                    );
+                    palisade_engine::policy::ClientKind::Auto
+                }
+            },
         });
     }
     route_specs.push(RouteSpec::new("default", 0));

@@ -311,6 +311,7 @@ mod tests {
             tls: None,
             h2fp: None,
             ja3: None,
+            clearance: None,
             signed_agent: None,
             // The test's fingerprint stands for the header fingerprint too (tracked by default).
             hfp: Some(r.ja4h),
@@ -804,6 +805,7 @@ mod tests {
             tls: None,
             h2fp: None,
             ja3: None,
+            clearance: None,
             signed_agent: None,
             hfp: None,
             ip_info: None,

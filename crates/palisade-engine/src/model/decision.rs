@@ -169,6 +169,8 @@ pub struct Decision {
     /// The client the connection's fingerprints show (HTTP/2 first, then JA4), when
     /// `[fingerprints]` knows it: its family and whether it is a browser.
     pub observed_client: Option<palisade_intel::clients::Known>,
+    /// Whether the client holds a clearance (a solved challenge): a challenge becomes an allow.
+    pub cleared: bool,
 }
 
 impl Decision {
@@ -192,6 +194,7 @@ impl Decision {
             shared_adjust: Vec::new(),
             fingerprint_mismatch: None,
             observed_client: None,
+            cleared: false,
         }
     }
 }

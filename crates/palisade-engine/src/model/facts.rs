@@ -42,6 +42,9 @@ pub struct RequestFacts<'a> {
     pub h2fp: Option<&'a str>,
     /// The client's JA3 (TLS, Salesforce's format or its MD5), as a trusted front reported it.
     pub ja3: Option<&'a str>,
+    /// A valid clearance the client presented (a challenge it solved), as the gateway checked
+    /// it: its score discount. A challenge is not put to it again while it lasts.
+    pub clearance: Option<Clearance>,
     /// A Web Bot Auth signature the gateway checked: the agent and whether it verified.
     pub signed_agent: Option<SignedAgent<'a>>,
     /// What IP intelligence knows about the client's address (network, country, kind).
@@ -80,3 +83,23 @@ pub struct SignedAgent<'a> {
     /// `Ok` when the signature verified and every protocol rule held; else why not.
     pub outcome: Result<(), &'static str>,
 }
+
+/// A solved challenge's clearance, as the gateway verified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clearance {
+    /// Points taken off the score.
+    pub discount: u8,
+    /// How it was earned: `"pow"` or `"wait"` (the no-JavaScript path).
+    pub level: &'static str,
+    /// Weights of the browser signals the challenge page reported, in the order of
+    /// [`BROWSER_SIGNALS`] (0: not seen, or switched off).
+    pub signals: [u8; 4],
+}
+
+/// The browser signals a challenge page reports, by name.
+pub const BROWSER_SIGNALS: [&str; 4] = [
+    "browser/webdriver",
+    "browser/headless",
+    "browser/no_languages",
+    "browser/no_interaction",
+];

@@ -51,6 +51,21 @@ pub struct RouteSpec {
     pub spend_header: Option<HeaderName>,
     /// Ambiguous path features forwarded on this route instead of refused.
     pub allow_in_path: crate::request::path::Ambiguities,
+    /// Who calls the route, for how a challenge is put: a page for browsers, a
+    /// machine-readable answer for API clients.
+    pub client: ClientKind,
+}
+
+/// Who calls a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientKind {
+    /// Told apart per request by `Accept` (a browser asks for `text/html`).
+    #[default]
+    Auto,
+    /// Programs: never an HTML page.
+    Api,
+    /// People's browsers.
+    Browser,
 }
 
 impl RouteSpec {
@@ -67,6 +82,7 @@ impl RouteSpec {
             spend_reserve_micros: 0,
             spend_header: None,
             allow_in_path: crate::request::path::Ambiguities::NONE,
+            client: ClientKind::Auto,
         }
     }
 }

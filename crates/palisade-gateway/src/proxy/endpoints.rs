@@ -102,6 +102,7 @@ fn usage(
         tls: None,
         h2fp: None,
         ja3: None,
+        clearance: None,
         signed_agent: None,
         hfp: None,
         ip_info: None,

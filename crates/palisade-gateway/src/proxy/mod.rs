@@ -100,6 +100,10 @@ async fn respond(
     if let Some(own) = endpoints::serve(shared, rt, &parts, client, peer, &request_id) {
         return own;
     }
+    if let Some(own) = crate::challenge::endpoint(shared, rt, &parts, client) {
+        return own;
+    }
+    let presented = crate::challenge::presented(shared, rt, &parts, client);
     let route = rt.engine.route_of(&parts.method, parts.uri.path());
     if !facts::path_allowed(rt, route, ambiguities) {
         return refuse((Refusal::InvalidPath, "bounds/path"));
@@ -160,6 +164,12 @@ async fn respond(
             .map(|f| &*f.0)
             .or(fronted.1),
         ja3: fronted.2,
+        clearance: presented
+            .clearance
+            .map(|c| palisade_engine::model::facts::Clearance {
+                signals: crate::challenge::signal_weights(&rt.compiled.challenge, presented.flags),
+                ..c
+            }),
         signed_agent: signed.as_ref().map(|(name, category, outcome)| {
             palisade_engine::model::facts::SignedAgent {
                 name,
@@ -201,7 +211,10 @@ async fn respond(
         _ => (Refusal::from_decision(&decision), enforce::Held::No),
     };
     let mut origin = palisade_engine::Origin::Gateway;
-    let response = match refusal {
+    let mut response = match refusal {
+        Some(Refusal::ChallengeRequired) => {
+            crate::challenge::respond(shared, rt, &parts, client, &decision, &request_id)
+        }
         Some(r) => r.response(&request_id),
         None => {
             let out = forward::Outgoing {
@@ -223,6 +236,15 @@ async fn respond(
             }
         }
     };
+
+    if let Some(v) = presented
+        .minted
+        .and_then(|t| http::HeaderValue::try_from(t).ok())
+    {
+        response
+            .headers_mut()
+            .insert(crate::challenge::CLEARANCE_HEADER, v);
+    }
 
     // Observation.
     observe::response_lines(rt, &decision, &request_id, &mut extra.lines);

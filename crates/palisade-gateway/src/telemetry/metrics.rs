@@ -55,6 +55,17 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// A challenge's life: its kind, route and what happened.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChallengeLabels {
+    /// `page` (a browser's proof-of-work), `pow` (an API client's), `wait` (no JavaScript).
+    pub kind: &'static str,
+    /// The route challenged.
+    pub route: Label,
+    /// `issued`, `solved`, `failed`, `expired` or `replayed`.
+    pub result: &'static str,
+}
+
 /// How a signed agent's key-directory fetch ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectoryLabels {
@@ -144,6 +155,10 @@ pub struct Metrics {
     pub connections_shed: Family<ShedLabels, Counter>,
     /// TLS handshakes by result.
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Challenges by kind, route and result.
+    pub challenges: Family<ChallengeLabels, Counter>,
+    /// Seconds from a challenge to its solution.
+    pub challenge_solve_seconds: Histogram,
     /// Signed agents' key-directory fetches by result.
     pub agent_directory_fetches: Family<DirectoryLabels, Counter>,
     /// ACME certificate orders by result.
@@ -215,6 +230,8 @@ impl Metrics {
         let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
         let acme_orders = Family::<AcmeLabels, Counter>::default();
         let agent_directory_fetches = Family::<DirectoryLabels, Counter>::default();
+        let challenges = Family::<ChallengeLabels, Counter>::default();
+        let challenge_solve_seconds = Histogram::new(exponential_buckets(0.5, 2.0, 10));
         let acme_expiry = prometheus_client::metrics::gauge::Gauge::default();
         let state = StateCollector::default();
         registry.register_collector(Box::new(state.clone()));
@@ -316,6 +333,16 @@ impl Metrics {
             tls_handshakes.clone(),
         );
         registry.register(
+            "challenges",
+            "Challenges by kind (page, pow, wait), route and result (issued, solved, failed, expired, replayed)",
+            challenges.clone(),
+        );
+        registry.register(
+            "challenge_solve_seconds",
+            "Seconds from a challenge being issued to its solution",
+            challenge_solve_seconds.clone(),
+        );
+        registry.register(
             "agent_directory_fetches",
             "Fetches of signed agents' key directories (Web Bot Auth), by result",
             agent_directory_fetches.clone(),
@@ -349,6 +376,8 @@ impl Metrics {
             acme_orders,
             acme_expiry,
             agent_directory_fetches,
+            challenges,
+            challenge_solve_seconds,
             client_errors,
             client_fault_logged: std::sync::atomic::AtomicU64::new(0),
             client_faults_unlogged: std::sync::atomic::AtomicU64::new(0),

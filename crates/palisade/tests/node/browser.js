@@ -1,0 +1,63 @@
+// A real browser for the challenge tests: Debian's chromium driven by puppeteer-core (no
+// browser download). Opens URL, lets the page do what it does, and prints one JSON line:
+// { url, body, title, cookies } once the page has left Palisade's challenge (or after the
+// timeout). Writes a screenshot of the challenge page to SHOT.
+//
+//   node browser.js URL SHOT MODE
+//
+// MODE: `default` (puppeteer's defaults: headless, navigator.webdriver set), `profile` (a
+// user-data dir, no automation switches, a desktop Chrome user agent, pointer and key events
+// while the page works), `nojs` (JavaScript disabled: the timed refresh path).
+const puppeteer = require('puppeteer-core');
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+
+const [url, shot, mode = 'default'] = process.argv.slice(2);
+const CHROME = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36';
+
+(async () => {
+  const args = ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'];
+  const opts = { executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args };
+  if (mode === 'profile') {
+    opts.userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'palisade-profile-'));
+    opts.ignoreDefaultArgs = ['--enable-automation'];
+    args.push('--disable-blink-features=AutomationControlled', '--lang=en-US', '--window-size=1366,768');
+  }
+  const browser = await puppeteer.launch(opts);
+  try {
+    const page = await browser.newPage();
+    if (mode === 'profile') {
+      await page.setUserAgent(CHROME, {
+        brands: [{ brand: 'Chromium', version: '131' }, { brand: 'Google Chrome', version: '131' }],
+        fullVersion: '131.0.0.0', platform: 'Linux', platformVersion: '', architecture: 'x86',
+        model: '', mobile: false,
+      });
+    }
+    if (mode === 'nojs') await page.setJavaScriptEnabled(false);
+    await page.goto(url, { waitUntil: 'domcontentloaded' });
+    const title = await page.title();
+    if (shot) await page.screenshot({ path: shot });
+    if (mode === 'profile') {
+      // A person: the pointer moves, a key is pressed.
+      for (let i = 0; i < 5; i++) await page.mouse.move(100 + 40 * i, 100 + 25 * i).catch(() => {});
+      await page.keyboard.press('Shift').catch(() => {});
+    }
+    const deadline = Date.now() + 30000;
+    while (Date.now() < deadline) {
+      const t = await page.title().catch(() => '');
+      const here = page.url();
+      if (!here.includes('/.palisade/') && t !== title) break;
+      if (!here.includes('/.palisade/') && t === '' && title !== '') break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const body = await page.evaluate(() => document.body ? document.body.innerText : '').catch(() => '');
+    const cookies = (await page.cookies()).map((c) => c.name);
+    console.log(JSON.stringify({ url: page.url(), title, body, cookies }));
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => {
+  console.log(JSON.stringify({ error: String(e) }));
+  process.exit(1);
+});
