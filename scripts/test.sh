@@ -21,6 +21,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # `pebble` (and its `pebble-challtestsrv` DNS) is the real ACME CA the automatic-certificate
 # tests order from.
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
+# Debian's `chromium`, driven by puppeteer-core (npm, below) in the challenge tests.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # Node.js runs the real third-party peers (Express, browsers' drivers, signers) the tests use.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)

@@ -12,6 +12,7 @@ mod acme;
 mod admin;
 mod behaviour;
 mod bots;
+mod challenges;
 mod cli;
 mod cluster;
 mod common;
