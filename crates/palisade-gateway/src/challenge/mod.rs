@@ -565,7 +565,8 @@ pub fn signal_weights(s: &ChallengeSettings, flags: u16) -> [u8; 4] {
     w
 }
 
-fn signal_flags(raw: Option<&str>) -> u16 {
+/// The signal flags of the page's report (the `s` parameter): bounded JSON, junk gives none.
+pub fn signal_flags(raw: Option<&str>) -> u16 {
     let Some(v) = raw
         .filter(|r| r.len() <= 2048)
         .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
