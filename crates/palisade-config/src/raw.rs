@@ -263,6 +263,12 @@ pub struct RawRoute {
     /// Who calls it: `"auto"` (default: by `Accept`), `"api"` (never an HTML challenge page)
     /// or `"browser"`.
     pub client: Option<Spanned<String>>,
+    /// The challenge a browser gets here: `"pow"`, `"altcha"` or `"captcha"` (default
+    /// `[challenge] kind`).
+    pub challenge: Option<Spanned<String>>,
+    /// The CAPTCHA score this route needs (reCAPTCHA v3, hCaptcha Enterprise), 0.0-1.0: e.g.
+    /// 0.8 for payments, 0.3 for a newsletter. Default `[challenge.captcha] min_score`.
+    pub captcha_min_score: Option<Spanned<f64>>,
     /// What the route matches.
     #[serde(rename = "match")]
     pub match_: RawMatch,
@@ -965,6 +971,14 @@ indexed!(
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawChallenge {
+    /// What a browser is given: `"pow"` (default: Palisade's own page), `"altcha"` (the ALTCHA
+    /// widget, self-hosted) or `"captcha"` (the provider of `[challenge.captcha]`). Routes may
+    /// choose their own (`[[routes]] challenge`).
+    pub kind: Option<Spanned<String>>,
+    /// The ALTCHA widget script to serve (from npm `altcha`: `dist/altcha.umd.cjs`).
+    pub altcha_widget: Option<Spanned<String>>,
+    /// A hosted CAPTCHA: Cloudflare Turnstile, hCaptcha or Google reCAPTCHA v3.
+    pub captcha: Option<RawCaptcha>,
     /// Leading zero bits the proof-of-work needs at the challenge threshold. Default 16
     /// (about 65,000 hashes: well under a second in a browser).
     pub difficulty: Option<Spanned<u64>>,
@@ -992,4 +1006,27 @@ pub struct RawChallenge {
     /// `nojs`, `post`.
     #[serde(default)]
     pub texts: std::collections::BTreeMap<String, String>,
+}
+
+/// `[challenge.captcha]`: a hosted CAPTCHA checked through its provider's siteverify API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCaptcha {
+    /// `"turnstile"`, `"hcaptcha"` or `"recaptcha"` (v3, scored).
+    pub provider: Spanned<String>,
+    /// The site key the widget shows.
+    pub site_key: Spanned<String>,
+    /// The secret key siteverify takes (`env:NAME` reads the environment).
+    pub secret: crate::secret::Secret,
+    /// The siteverify URL. Default the provider's.
+    pub verify_url: Option<Spanned<String>>,
+    /// Time siteverify has to answer. Default `3s`.
+    pub timeout: Option<Spanned<String>>,
+    /// When siteverify cannot be reached or answers nonsense: `"allow"` (fail open: a
+    /// clearance is given) or `"deny"` (default: fail closed, challenged again).
+    pub on_error: Option<Spanned<String>>,
+    /// The score a solution needs (providers that score), 0.0-1.0. Default 0.5.
+    pub min_score: Option<Spanned<f64>>,
+    /// The action name the widget is run with and siteverify must report. Default `palisade`.
+    pub action: Option<Spanned<String>>,
 }

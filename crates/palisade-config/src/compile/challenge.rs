@@ -2,9 +2,86 @@
 
 use std::collections::BTreeMap;
 
+use std::path::{Path, PathBuf};
+
+use palisade_engine::policy::ChallengeKind;
+
 use super::*;
 use crate::error::Collector;
-use crate::raw::RawChallenge;
+use crate::raw::{RawCaptcha, RawChallenge};
+
+/// A hosted CAPTCHA provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptchaProvider {
+    /// Cloudflare Turnstile.
+    Turnstile,
+    /// hCaptcha.
+    Hcaptcha,
+    /// Google reCAPTCHA v3 (scored).
+    Recaptcha,
+}
+
+impl CaptchaProvider {
+    /// The provider's documented siteverify URL.
+    pub fn default_verify_url(self) -> &'static str {
+        match self {
+            CaptchaProvider::Turnstile => {
+                "https://challenges.cloudflare.com/turnstile/v0/siteverify"
+            }
+            CaptchaProvider::Hcaptcha => "https://api.hcaptcha.com/siteverify",
+            CaptchaProvider::Recaptcha => "https://www.google.com/recaptcha/api/siteverify",
+        }
+    }
+
+    /// The name in configs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            CaptchaProvider::Turnstile => "turnstile",
+            CaptchaProvider::Hcaptcha => "hcaptcha",
+            CaptchaProvider::Recaptcha => "recaptcha",
+        }
+    }
+}
+
+/// Compiled `[challenge.captcha]`.
+#[derive(Clone, PartialEq)]
+pub struct CaptchaSettings {
+    /// The provider.
+    pub provider: CaptchaProvider,
+    /// The site key.
+    pub site_key: String,
+    /// The secret key (resolved).
+    pub secret: String,
+    /// The siteverify URL.
+    pub verify_url: String,
+    /// Time siteverify has.
+    pub timeout_ms: u64,
+    /// Whether an unreachable siteverify lets the client through.
+    pub fail_open: bool,
+    /// The score a solution needs.
+    pub min_score: f64,
+    /// The action expected.
+    pub action: String,
+}
+
+impl std::fmt::Debug for CaptchaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptchaSettings")
+            .field("provider", &self.provider)
+            .field("verify_url", &self.verify_url)
+            .finish()
+    }
+}
+
+/// A challenge kind by name.
+pub(crate) fn kind(name: &str) -> Option<ChallengeKind> {
+    match name {
+        "pow" => Some(ChallengeKind::Pow),
+        "altcha" => Some(ChallengeKind::Altcha),
+        "captcha" => Some(ChallengeKind::Captcha),
+        _ => None,
+    }
+}
 
 /// What a clearance is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +99,7 @@ pub enum ChallengeBind {
 }
 
 /// Compiled `[challenge]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChallengeSettings {
     /// Leading zero bits at the challenge threshold.
     pub difficulty: u8,
@@ -45,6 +122,12 @@ pub struct ChallengeSettings {
     /// Weights of `browser/webdriver`, `browser/headless`, `browser/no_languages`,
     /// `browser/no_interaction`.
     pub browser_signals: [u8; 4],
+    /// What a browser gets by default.
+    pub kind: ChallengeKind,
+    /// The ALTCHA widget's script, read when the config is.
+    pub altcha_widget: Option<std::sync::Arc<Vec<u8>>>,
+    /// The hosted CAPTCHA.
+    pub captcha: Option<CaptchaSettings>,
 }
 
 /// The browser signals' names in `[challenge] browser_signals`, in order.
@@ -64,6 +147,9 @@ impl Default for ChallengeSettings {
             nojs_clearance_ttl_secs: 900,
             texts: BTreeMap::new(),
             browser_signals: [40, 40, 15, 0],
+            kind: ChallengeKind::Pow,
+            altcha_widget: None,
+            captcha: None,
         }
     }
 }
@@ -116,8 +202,64 @@ fn secs(
 }
 
 /// `[challenge]`.
-pub(super) fn compile_challenge(r: &RawChallenge, c: &mut Collector<'_>) -> ChallengeSettings {
+pub(super) fn compile_challenge(
+    r: &RawChallenge,
+    base: &Path,
+    c: &mut Collector<'_>,
+    files: &mut Vec<PathBuf>,
+) -> ChallengeSettings {
     let d = ChallengeSettings::default();
+    let kind_ = r.kind.as_ref().map_or(ChallengeKind::Pow, |k| {
+        kind(k.get_ref()).unwrap_or_else(|| {
+            c.at(
+                sp(k),
+                "challenge.kind",
+                format!("`{}` is not one of: pow, altcha, captcha", k.get_ref()),
+            );
+            ChallengeKind::Pow
+        })
+    });
+    let altcha_widget = r.altcha_widget.as_ref().and_then(|w| {
+        let file = base.join(w.get_ref());
+        files.push(file.clone());
+        match std::fs::read(&file) {
+            Ok(bytes) if bytes.len() <= 2 * 1024 * 1024 => Some(std::sync::Arc::new(bytes)),
+            Ok(_) => {
+                c.at(
+                    sp(w),
+                    "challenge.altcha_widget",
+                    format!("`{}` is not a script file of at most 2 MiB", file.display()),
+                );
+                None
+            }
+            Err(e) => {
+                c.at(
+                    sp(w),
+                    "challenge.altcha_widget",
+                    format!(
+                        "cannot read `{}`: {e} (npm install altcha; use dist/altcha.umd.cjs)",
+                        file.display()
+                    ),
+                );
+                None
+            }
+        }
+    });
+    if kind_ == ChallengeKind::Altcha && r.altcha_widget.is_none() {
+        c.at(
+            r.kind.as_ref().and_then(sp),
+            "challenge.altcha_widget",
+            "kind = \"altcha\" needs altcha_widget: the widget script to serve (npm install altcha; dist/altcha.umd.cjs) — pages never load it from a CDN",
+        );
+    }
+    let captcha = r.captcha.as_ref().and_then(|cap| compile_captcha(cap, c));
+    if kind_ == ChallengeKind::Captcha && r.captcha.is_none() {
+        c.at(
+            r.kind.as_ref().and_then(sp),
+            "challenge.captcha",
+            "kind = \"captcha\" needs [challenge.captcha] (provider, site_key, secret)",
+        );
+    }
     let bits = |v: &Option<Spanned<u64>>, default: u8, path: &str, c: &mut Collector<'_>| match v {
         Some(b) if (4..=32).contains(b.get_ref()) => *b.get_ref() as u8,
         Some(b) => {
@@ -202,6 +344,9 @@ pub(super) fn compile_challenge(r: &RawChallenge, c: &mut Collector<'_>) -> Chal
         }
     }
     ChallengeSettings {
+        kind: kind_,
+        altcha_widget,
+        captcha,
         browser_signals,
         difficulty,
         max_difficulty: max_difficulty.max(difficulty),
@@ -238,5 +383,135 @@ pub(super) fn compile_challenge(r: &RawChallenge, c: &mut Collector<'_>) -> Chal
             .filter(|(_, v)| v.len() <= 2000)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+    }
+}
+
+/// `[challenge.captcha]`.
+fn compile_captcha(r: &RawCaptcha, c: &mut Collector<'_>) -> Option<CaptchaSettings> {
+    let before = c.errors.len();
+    let provider = match r.provider.get_ref().as_str() {
+        "turnstile" => CaptchaProvider::Turnstile,
+        "hcaptcha" => CaptchaProvider::Hcaptcha,
+        "recaptcha" => CaptchaProvider::Recaptcha,
+        other => {
+            c.at(
+                sp(&r.provider),
+                "challenge.captcha.provider",
+                format!("`{other}` is not one of: turnstile, hcaptcha, recaptcha"),
+            );
+            CaptchaProvider::Turnstile
+        }
+    };
+    let secret = match r.secret.expose().strip_prefix("env:") {
+        Some(var) => std::env::var(var).unwrap_or_else(|_| {
+            c.at(
+                sp(r.secret.spanned()),
+                "challenge.captcha.secret",
+                format!("the environment variable `{var}` is not set"),
+            );
+            String::new()
+        }),
+        None => r.secret.expose().to_owned(),
+    };
+    let verify_url = r.verify_url.as_ref().map_or_else(
+        || provider.default_verify_url().to_owned(),
+        |u| {
+            let v = u.get_ref();
+            if !(v.starts_with("https://") || v.starts_with("http://"))
+                || v.parse::<http::Uri>().is_err()
+            {
+                c.at(
+                    sp(u),
+                    "challenge.captcha.verify_url",
+                    format!("`{v}` is not an http(s) URL"),
+                );
+            }
+            v.clone()
+        },
+    );
+    let timeout_ms = secs_ms(&r.timeout, 3000, "challenge.captcha.timeout", c);
+    let fail_open = match r.on_error.as_ref().map(|v| v.get_ref().as_str()) {
+        None | Some("deny") => false,
+        Some("allow") => true,
+        Some(other) => {
+            c.at(
+                r.on_error.as_ref().and_then(sp),
+                "challenge.captcha.on_error",
+                format!("`{other}` is not one of: allow, deny"),
+            );
+            false
+        }
+    };
+    let min_score = match &r.min_score {
+        Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            c.at(
+                sp(v),
+                "challenge.captcha.min_score",
+                "must be between 0.0 and 1.0",
+            );
+            0.5
+        }
+        None => 0.5,
+    };
+    let action = r
+        .action
+        .as_ref()
+        .map_or_else(|| "palisade".to_owned(), |a| a.get_ref().clone());
+    if action.is_empty()
+        || action.len() > 64
+        || !action
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'/')
+    {
+        c.at(
+            r.action.as_ref().and_then(sp),
+            "challenge.captcha.action",
+            "an action is 1-64 letters, digits, `_` or `/`",
+        );
+    }
+    let key = r.site_key.get_ref();
+    if key.is_empty()
+        || key.len() > 256
+        || !key.bytes().all(|b| {
+            b.is_ascii_graphic() && b != b'"' && b != b'<' && b != b'>' && b != b'&' && b != b'\''
+        })
+    {
+        c.at(
+            sp(&r.site_key),
+            "challenge.captcha.site_key",
+            "not a site key",
+        );
+    }
+    (c.errors.len() == before).then(|| CaptchaSettings {
+        provider,
+        site_key: key.clone(),
+        secret,
+        verify_url,
+        timeout_ms,
+        fail_open,
+        min_score,
+        action,
+    })
+}
+
+fn secs_ms(v: &Option<Spanned<String>>, default: u64, path: &str, c: &mut Collector<'_>) -> u64 {
+    let Some(s) = v else {
+        return default;
+    };
+    match palisade_engine::units::parse_duration(s.get_ref()) {
+        Ok(n) => {
+            let ms = n / 1_000_000;
+            if (100..=30_000).contains(&ms) {
+                ms
+            } else {
+                c.at(sp(s), path, "must be between 100ms and 30s");
+                default
+            }
+        }
+        Err(e) => {
+            c.at(sp(s), path, e.to_string());
+            default
+        }
     }
 }

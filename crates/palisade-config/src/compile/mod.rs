@@ -19,7 +19,9 @@ mod store;
 mod tests;
 mod tls;
 
-pub use challenge::{CHALLENGE_TEXTS, ChallengeBind, ChallengeSettings};
+pub use challenge::{
+    CHALLENGE_TEXTS, CaptchaProvider, CaptchaSettings, ChallengeBind, ChallengeSettings,
+};
 pub use tls::{
     AcmeChallenge, AcmeSettings, CertificateInfo, LETS_ENCRYPT, SignedAgentSpec, TlsSettings,
     TlsVersion, WebBotAuthSettings, agent_origin,
@@ -778,7 +780,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     let challenge = raw
         .challenge
         .as_ref()
-        .map(|r| challenge::compile_challenge(r, c))
+        .map(|r| challenge::compile_challenge(r, base, c, &mut files))
         .unwrap_or_default();
     let mut server = server;
     server.forward_fingerprints = raw

@@ -138,6 +138,29 @@ pub(super) fn routes(
                 }
             }
         });
+        let challenge = r.challenge.as_ref().and_then(|k| {
+            crate::compile::challenge::kind(k.get_ref()).or_else(|| {
+                c.at(
+                    sp(k),
+                    format!("{path}.challenge"),
+                    format!("`{}` is not one of: pow, altcha, captcha", k.get_ref()),
+                );
+                None
+            })
+        });
+        let captcha_min_score = r.captcha_min_score.as_ref().and_then(|v| {
+            let s = *v.get_ref();
+            if (0.0..=1.0).contains(&s) {
+                Some(s)
+            } else {
+                c.at(
+                    sp(v),
+                    format!("{path}.captcha_min_score"),
+                    "must be between 0.0 and 1.0",
+                );
+                None
+            }
+        });
         let cost = match &r.cost {
             Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1_000_000 => {
                 c.at(
@@ -210,6 +233,8 @@ pub(super) fn routes(
                     palisade_engine::policy::ClientKind::Auto
                 }
             },
+            challenge,
+            captcha_min_score,
         });
     }
     route_specs.push(RouteSpec::new("default", 0));

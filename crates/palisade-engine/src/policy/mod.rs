@@ -54,6 +54,21 @@ pub struct RouteSpec {
     /// Who calls the route, for how a challenge is put: a page for browsers, a
     /// machine-readable answer for API clients.
     pub client: ClientKind,
+    /// The challenge a browser gets on this route (`None`: the gateway's default).
+    pub challenge: Option<ChallengeKind>,
+    /// The CAPTCHA score this route needs (`None`: the provider's default).
+    pub captcha_min_score: Option<f64>,
+}
+
+/// What a browser is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// Palisade's own proof-of-work page.
+    Pow,
+    /// The ALTCHA widget (self-hosted proof-of-work).
+    Altcha,
+    /// A hosted CAPTCHA.
+    Captcha,
 }
 
 /// Who calls a route.
@@ -83,6 +98,8 @@ impl RouteSpec {
             spend_header: None,
             allow_in_path: crate::request::path::Ambiguities::NONE,
             client: ClientKind::Auto,
+            challenge: None,
+            captcha_min_score: None,
         }
     }
 }

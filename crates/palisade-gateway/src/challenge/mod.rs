@@ -10,6 +10,7 @@
 //! clearance. Nothing here panics on what a client sends.
 
 pub mod page;
+pub mod providers;
 pub mod token;
 
 use std::net::IpAddr;
@@ -23,7 +24,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use palisade_config::{ChallengeBind, ChallengeSettings};
 use palisade_engine::model::facts::Clearance;
-use palisade_engine::policy::ClientKind;
+use palisade_engine::policy::{ChallengeKind, ClientKind};
 
 use crate::telemetry::metrics::ChallengeLabels;
 use crate::wire::body::ProxyBody;
@@ -282,7 +283,12 @@ pub fn presented(
         return Presented {
             clearance: Some(Clearance {
                 discount: s.discount,
-                level: if p.l == "wait" { "wait" } else { "pow" },
+                level: match p.l.as_str() {
+                    "wait" => "wait",
+                    "altcha" => "altcha",
+                    "captcha" => "captcha",
+                    _ => "pow",
+                },
                 signals: [0; 4],
             }),
             minted: None,
@@ -403,11 +409,9 @@ pub fn respond(
         .policy
         .route(decision.route)
         .map_or("-", |r| &r.name);
-    let kind = rt
-        .compiled
-        .policy
-        .route(decision.route)
-        .map_or(ClientKind::Auto, |r| r.client);
+    let spec = rt.compiled.policy.route(decision.route);
+    let kind = spec.map_or(ClientKind::Auto, |r| r.client);
+    let challenge_kind = spec.and_then(|r| r.challenge).unwrap_or(s.kind);
     let target = parts
         .uri
         .path_and_query()
@@ -431,13 +435,52 @@ pub fn respond(
     let sealer = shared.challenges.sealer.load();
     let token = sealer.seal(&puzzle);
     let browser = is_browser(kind, &parts.headers);
-    count(
-        shared,
-        if browser { "page" } else { "pow" },
-        route,
-        "issued",
+    let label = match (browser, challenge_kind) {
+        (false, _) => "pow",
+        (true, ChallengeKind::Pow) => "page",
+        (true, ChallengeKind::Altcha) => "altcha",
+        (true, ChallengeKind::Captcha) => "captcha",
+    };
+    count(shared, label, route, "issued");
+    let title = s
+        .texts
+        .get("title")
+        .map_or("Checking your browser", String::as_str);
+    let body_text = s.texts.get("body").map_or(
+        "This site checks that requests come from people's browsers. You will be on your way in a moment.",
+        String::as_str,
     );
-    let mut resp = if browser {
+    let widget_page = match (browser, challenge_kind, &s.captcha) {
+        (true, ChallengeKind::Altcha, _) if s.altcha_widget.is_some() => {
+            let nonce = nonce_hex();
+            let challenge = providers::altcha_challenge(&sealer, &puzzle);
+            let html = providers::altcha_page(title, body_text, &token, &challenge, &nonce);
+            Some((
+                html,
+                format!(
+                    "default-src 'none'; script-src 'self' 'nonce-{nonce}'; worker-src blob:; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+                ),
+            ))
+        }
+        (true, ChallengeKind::Captcha, Some(c)) => {
+            let nonce = nonce_hex();
+            Some(providers::captcha_page(c, title, body_text, &token, &nonce))
+        }
+        _ => None,
+    };
+    let mut resp = if let Some((html, csp)) = widget_page {
+        let mut r = Response::new(full(html));
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        let h = r.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            h.insert(http::header::CONTENT_SECURITY_POLICY, v);
+        }
+        r
+    } else if browser {
         let nonce = nonce_hex();
         let html = page::render(&page::Page {
             token: &token,
@@ -592,7 +635,7 @@ pub fn signal_flags(raw: Option<&str>) -> u16 {
 
 /// Serves `/.palisade/challenge/verify` (a page's answer) and `/.palisade/challenge/wait` (the
 /// no-JavaScript path).
-pub fn endpoint(
+pub async fn endpoint(
     shared: &Shared,
     rt: &Runtime,
     parts: &http::request::Parts,
@@ -600,6 +643,20 @@ pub fn endpoint(
 ) -> Option<Response<ProxyBody>> {
     let which = parts.uri.path().strip_prefix(PREFIX)?;
     let s = &rt.compiled.challenge;
+    if which == "altcha.js" {
+        let widget = s.altcha_widget.clone()?;
+        let mut r = Response::new(full(Bytes::from(widget.as_ref().clone())));
+        let h = r.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        );
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        );
+        return Some(r);
+    }
     let now = now_secs(shared);
     let sealer = shared.challenges.sealer.load();
     let token = query_param(parts, "t").unwrap_or_default();
@@ -624,8 +681,54 @@ pub fn endpoint(
             if secure { "; Secure" } else { "" }
         )
     };
-    let kind = if which == "wait" { "wait" } else { "page" };
+    let kind = match which {
+        "wait" => "wait",
+        "altcha" => "altcha",
+        "captcha" => "captcha",
+        _ => "page",
+    };
+    let mut fail_open = false;
     let result = match which {
+        "altcha" => {
+            let payload = query_param(parts, "altcha").unwrap_or_default();
+            judge(shared, &puzzle, (&bound, rt.compiled.digest), now, || {
+                providers::altcha_solves(&sealer, &puzzle, &payload)
+            })
+        }
+        "captcha" => match &s.captcha {
+            None => "failed",
+            Some(c) => {
+                let response = query_param(parts, "r").unwrap_or_default();
+                let min_score = rt
+                    .compiled
+                    .policy
+                    .route_specs
+                    .iter()
+                    .find(|r| *r.name == *puzzle.r)
+                    .and_then(|r| r.captcha_min_score)
+                    .unwrap_or(c.min_score);
+                let checked = if puzzle.e <= now {
+                    None
+                } else {
+                    Some(providers::siteverify(c, &response, &client.to_string(), min_score).await)
+                };
+                match checked {
+                    None => "expired",
+                    Some(providers::Verdict::Pass) => {
+                        judge(shared, &puzzle, (&bound, rt.compiled.digest), now, || true)
+                    }
+                    Some(providers::Verdict::Fail(why)) => {
+                        tracing::debug!(why, "CAPTCHA refused by its provider");
+                        "failed"
+                    }
+                    Some(providers::Verdict::Error) if c.fail_open => {
+                        fail_open = true;
+                        judge(shared, &puzzle, (&bound, rt.compiled.digest), now, || true)
+                    }
+                    Some(providers::Verdict::Error) => "error",
+                }
+            }
+        },
         "verify" => {
             let n = query_param(parts, "n").unwrap_or_default();
             judge(shared, &puzzle, (&bound, rt.compiled.digest), now, || {
@@ -657,8 +760,13 @@ pub fn endpoint(
         .metrics
         .challenge_solve_seconds
         .observe(now.saturating_sub(puzzle.i) as f64);
+    if fail_open {
+        count(shared, kind, &puzzle.r, "error_allowed");
+    }
     let (level, ttl, f) = if which == "wait" {
         ("wait", s.nojs_clearance_ttl_secs, flags::NO_INTERACTION)
+    } else if which == "altcha" || which == "captcha" {
+        (kind, s.clearance_ttl_secs, 0)
     } else {
         (
             "pow",

@@ -86,6 +86,11 @@ impl Sealer {
         out
     }
 
+    /// HMAC-SHA256 of `data` under the key, as hex (ALTCHA's challenge signature).
+    pub fn mac_hex(&self, data: &[u8]) -> String {
+        palisade_keys::key::hex(hmac::sign(&self.key, data).as_ref())
+    }
+
     /// The value of a token this key signed, or `None` (too long, malformed, forged).
     pub fn open<T: for<'de> Deserialize<'de>>(&self, token: &str) -> Option<T> {
         if token.len() > MAX_TOKEN {

@@ -100,7 +100,7 @@ async fn respond(
     if let Some(own) = endpoints::serve(shared, rt, &parts, client, peer, &request_id) {
         return own;
     }
-    if let Some(own) = crate::challenge::endpoint(shared, rt, &parts, client) {
+    if let Some(own) = crate::challenge::endpoint(shared, rt, &parts, client).await {
         return own;
     }
     let presented = crate::challenge::presented(shared, rt, &parts, client);

@@ -397,3 +397,246 @@ async fn a_real_browser_passes_and_headless_automation_is_flagged() {
             >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_altcha_widget_is_served_and_solved_in_a_real_browser() {
+    let Some(peers) = node_peers() else {
+        println!("SKIPPED: node peers missing (scripts/test.sh installs them)");
+        return;
+    };
+    let widget = peers.join("node_modules/altcha/dist/altcha.umd.cjs");
+    if !widget.exists() {
+        println!("SKIPPED: npm altcha missing (scripts/test.sh installs it)");
+        return;
+    }
+    let up = upstream().await;
+    let g = Gateway::start(Some(&policy_bits(
+        &up,
+        14,
+        &format!(
+            "kind = \"altcha\"\naltcha_widget = \"{}\"\n",
+            widget.display()
+        ),
+    )));
+    // The page loads the widget from the gateway, never from elsewhere.
+    let html = [("accept", "text/html")];
+    let r = send("GET", &g.url("/protected/a"), &html, "").await;
+    assert_eq!(r.status, 403);
+    let page = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(page.contains("<altcha-widget challengejson="), "{page}");
+    assert!(page.contains("src=\"/.palisade/challenge/altcha.js\""));
+    let js = get(&g.url("/.palisade/challenge/altcha.js")).await;
+    assert_eq!(js.status, 200);
+    assert!(js.header("content-type").starts_with("text/javascript"));
+    assert_eq!(
+        js.body.len() as u64,
+        std::fs::metadata(&widget).unwrap().len()
+    );
+    // A forged answer is refused.
+    let token = page
+        .split("id=\"t\">\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    let forged = raw_request(
+        g.proxy,
+        "GET",
+        &format!("/.palisade/challenge/altcha?t={token}&altcha=eyJhbGdvcml0aG0iOiJTSEEtMjU2In0="),
+        "",
+    )
+    .await;
+    assert_eq!(forged.status, 303);
+    assert!(!forged.head.contains("set-cookie"));
+    // The real widget in Chromium solves it and reaches the API.
+    let shots = g.dir.join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let Some(v) = browser(
+        &g.url("/protected/altcha"),
+        &shots.join("altcha.png"),
+        "profile",
+    ) else {
+        println!("SKIPPED: chromium missing (scripts/test.sh installs it)");
+        return;
+    };
+    assert!(
+        v["body"].as_str().unwrap().contains("ok /protected/altcha"),
+        "{v}"
+    );
+    let d = g.wait_decision(|d| d["path"] == "/protected/altcha" && d["status"] == 200);
+    assert_eq!(d["identity"]["clearance"], "altcha", "{d}");
+    println!("screenshot: {}", shots.join("altcha.png").display());
+    assert_eq!(
+        metric(
+            &g,
+            "palisade_challenges_total{kind=\"altcha\",route=\"default\",result=\"solved\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+/// A local siteverify (tests/python/siteverify.py); its port and the log of forms it got.
+struct SiteVerify {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Drop for SiteVerify {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn siteverify(dir: &std::path::Path) -> SiteVerify {
+    use std::io::BufRead;
+    let log = dir.join("siteverify.log");
+    let mut child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/siteverify.py"
+        ))
+        .arg("s3cret")
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    SiteVerify {
+        child,
+        port: line.trim().parse().unwrap(),
+        log,
+    }
+}
+
+/// The puzzle token in a CAPTCHA page.
+fn captcha_token(page: &str) -> String {
+    page.split("var cfg={\"action\":")
+        .nth(1)
+        .and_then(|s| s.split("\"t\":\"").nth(1))
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("{page}"))
+        .to_owned()
+}
+
+async fn captcha_answer(g: &Gateway, path: &str, response: &str) -> RawResp {
+    let html = [("accept", "text/html")];
+    let r = send("GET", &g.url(path), &html, "").await;
+    assert_eq!(r.status, 403);
+    let token = captcha_token(&String::from_utf8_lossy(&r.body));
+    raw_request(
+        g.proxy,
+        "GET",
+        &format!("/.palisade/challenge/captcha?t={token}&r={response}"),
+        "",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosted_captchas_are_checked_with_their_siteverify_and_scores_per_route() {
+    let up = upstream().await;
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-captcha-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sv = siteverify(&dir);
+    let config = |provider: &str, on_error: &str, port: u16| {
+        format!(
+            "{}\n[challenge.captcha]\nprovider = \"{provider}\"\nsite_key = \"site-key-1\"\nsecret = \"s3cret\"\n\
+             verify_url = \"http://127.0.0.1:{port}/siteverify\"\ntimeout = \"1s\"\non_error = \"{on_error}\"\nmin_score = 0.5\n\n\
+             [[routes]]\nname = \"pay\"\nchallenge = \"captcha\"\ncaptcha_min_score = 0.8\nmatch = {{ path = \"/protected/pay\" }}\n\n\
+             [[routes]]\nname = \"newsletter\"\nchallenge = \"captcha\"\ncaptcha_min_score = 0.3\nmatch = {{ path = \"/protected/newsletter\" }}\n",
+            policy(&up, "")
+        )
+    };
+    let g = Gateway::start(Some(&config("recaptcha", "deny", sv.port)));
+    // The page carries the provider's widget with the site key (its script is the provider's).
+    let r = send(
+        "GET",
+        &g.url("/protected/pay"),
+        &[("accept", "text/html")],
+        "",
+    )
+    .await;
+    let page = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        page.contains("https://www.google.com/recaptcha/api.js?render=site-key-1"),
+        "{page}"
+    );
+    assert!(
+        r.header("content-security-policy")
+            .contains("https://www.google.com")
+    );
+    // Per-route thresholds: 0.5 passes the newsletter (0.3), not payments (0.8).
+    let set_cookie = |r: &RawResp| r.head.contains("set-cookie: __palisade_clearance=");
+    assert!(!set_cookie(
+        &captcha_answer(&g, "/protected/pay", "pass-0.5").await
+    ));
+    assert!(set_cookie(
+        &captcha_answer(&g, "/protected/newsletter", "pass-0.5").await
+    ));
+    assert!(set_cookie(
+        &captcha_answer(&g, "/protected/pay", "pass-0.9").await
+    ));
+    // Invalid, expired, the wrong action: refused.
+    for bad in ["nonsense", "expired", "wrong-action"] {
+        assert!(
+            !set_cookie(&captcha_answer(&g, "/protected/newsletter", bad).await),
+            "{bad}"
+        );
+    }
+    // What siteverify got: the secret, the widget's token and the client's address.
+    let log = std::fs::read_to_string(&sv.log).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["secret"], "s3cret");
+    assert_eq!(first["response"], "pass-0.5");
+    assert_eq!(first["remoteip"], "127.0.0.1");
+    assert!(
+        metric(
+            &g,
+            "palisade_challenges_total{kind=\"captcha\",route=\"pay\",result=\"solved\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    // siteverify away: fail closed by default, open when chosen.
+    let closed = Gateway::start(Some(&config("turnstile", "deny", 9)));
+    assert!(!set_cookie(
+        &captcha_answer(&closed, "/protected/newsletter", "pass-0.9").await
+    ));
+    assert_eq!(
+        metric(
+            &closed,
+            "palisade_challenges_total{kind=\"captcha\",route=\"newsletter\",result=\"error\"}"
+        )
+        .await,
+        1.0
+    );
+    let open = Gateway::start(Some(&config("hcaptcha", "allow", 9)));
+    let r = send(
+        "GET",
+        &open.url("/protected/newsletter"),
+        &[("accept", "text/html")],
+        "",
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&r.body)
+            .contains("class=\"h-captcha\" data-sitekey=\"site-key-1\"")
+    );
+    assert!(set_cookie(
+        &captcha_answer(&open, "/protected/newsletter", "pass-0.9").await
+    ));
+    assert_eq!(metric(&open, "palisade_challenges_total{kind=\"captcha\",route=\"newsletter\",result=\"error_allowed\"}").await, 1.0);
+    // Too slow counts as away.
+    let slow = captcha_answer(&g, "/protected/newsletter", "slow").await;
+    assert!(!set_cookie(&slow));
+}
