@@ -320,7 +320,8 @@ pub struct RawLimit {
     pub burst: Option<Spanned<u64>>,
     /// `gcra` (default) or `sliding_window`.
     pub algorithm: Option<Spanned<String>>,
-    /// `limit` (429, default), `delay` or `shadow`.
+    /// `limit` (429, default), `delay`, `challenge` (a challenge instead of 429: a client that
+    /// solves it goes on while its clearance lasts) or `shadow`.
     pub action: Option<Spanned<String>>,
     /// With `action = "delay"`: longest hold. Default `1s`.
     pub max_delay: Option<Spanned<String>>,

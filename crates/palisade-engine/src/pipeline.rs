@@ -171,7 +171,9 @@ impl Engine {
 
         // A refused request gives back what other limits charged it (a held one keeps its
         // reservations: it will be forwarded).
-        if let Some((Action::Limit { .. }, _)) = enforced {
+        if matches!(enforced, Some((Action::Limit { .. }, _)))
+            || (matches!(enforced, Some((Action::Challenge, _))) && !d.cleared)
+        {
             self.refund(&mut d, facts.now);
         }
 
@@ -229,7 +231,33 @@ impl Engine {
             (Action::Allow, Some(r)) => (Action::Tag, r),
             (a, _) => (a, rule),
         };
+        let (action, rule) = self.unsolved_challenge(&d, facts, action, rule);
         Ok(self.finish(d, action, rule))
+    }
+
+    /// A challenge put to a client that is not cleared is an offence on the progressive
+    /// throttling ladder: one that keeps coming back without solving climbs it (a step per
+    /// `throttle` period) and past its last step is blocked like any repeat offender.
+    fn unsolved_challenge(
+        &self,
+        d: &Decision,
+        facts: &RequestFacts<'_>,
+        action: Action,
+        rule: Arc<str>,
+    ) -> (Action, Arc<str>) {
+        if action != Action::Challenge || d.cleared || self.policy.mode != Mode::Enforce {
+            return (action, rule);
+        }
+        let (Some(b), Some(trace)) = (&self.behaviour, &d.trace) else {
+            return (action, rule);
+        };
+        let s = &self.policy.scoring;
+        let level = b.throttle(trace, facts.now, true, &s.throttle, s.relax_after);
+        if usize::from(level) > s.throttle.len() {
+            self.throttle(d, facts)
+        } else {
+            (action, rule)
+        }
     }
 
     /// Applies the mode: in shadow mode anything beyond tagging is logged, not enforced.

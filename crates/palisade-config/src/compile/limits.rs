@@ -83,6 +83,7 @@ pub(super) fn limits(
         let action = match action_name {
             "limit" => LimitAction::Limit,
             "shadow" => LimitAction::Shadow,
+            "challenge" => LimitAction::Challenge,
             "delay" => {
                 if is_window {
                     c.at(l.action.as_ref().and_then(sp), format!("{path}.action"), "action = \"delay\" needs algorithm = \"gcra\" (a sliding window cannot reserve future capacity)");
@@ -96,7 +97,7 @@ pub(super) fn limits(
                 c.at(
                     l.action.as_ref().and_then(sp),
                     format!("{path}.action"),
-                    format!("`{other}` is not one of: limit, delay, shadow"),
+                    format!("`{other}` is not one of: limit, delay, challenge, shadow"),
                 );
                 LimitAction::Limit
             }

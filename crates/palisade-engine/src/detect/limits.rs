@@ -57,6 +57,7 @@ impl Engine {
                             wait: verdict.retry_after,
                         }
                     }
+                    LimitAction::Challenge => Action::Challenge,
                     _ => Action::Limit {
                         retry_after: verdict.retry_after,
                     },

@@ -52,6 +52,8 @@ pub enum LimitAction {
     },
     /// Compute and log `would_limit`, forward anyway.
     Shadow,
+    /// Put a challenge instead of answering 429 (a client holding a clearance goes on).
+    Challenge,
 }
 
 /// What a limit counts.

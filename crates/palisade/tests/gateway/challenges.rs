@@ -640,3 +640,60 @@ async fn hosted_captchas_are_checked_with_their_siteverify_and_scores_per_route(
     let slow = captcha_answer(&g, "/protected/newsletter", "slow").await;
     assert!(!set_cookie(&slow));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spent_burst_is_challenged_and_a_client_that_never_solves_is_blocked() {
+    let up = upstream().await;
+    let config = config_for(
+        &up,
+        "[behaviour]\n\n[scoring]\nthrottle = [\"1s\"]\nthrottle_block_for = \"1m\"\n\n\
+         [[limits]]\nname = \"burst\"\nkey = [\"ip\"]\nrate = \"2/1m\"\naction = \"challenge\"\n\n\
+         [challenge]\ndifficulty = 10\n",
+    );
+    let g = Gateway::start(Some(&config));
+    let url = g.url("/export");
+    let h = [
+        ("accept", "application/json"),
+        ("user-agent", "nightly-export/3"),
+    ];
+    assert_eq!(send("GET", &url, &h, "").await.status, 200);
+    assert_eq!(send("GET", &url, &h, "").await.status, 200);
+    // The burst is spent: a challenge, not a 429.
+    let r = send("GET", &url, &h, "").await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    let answer = solve(r.header("www-authenticate"));
+    let mut paid = h.to_vec();
+    paid.push(("palisade-pow", &answer));
+    let r = send("GET", &url, &paid, "").await;
+    assert_eq!(r.status, 200);
+    let clearance = r.header("palisade-clearance").to_owned();
+    // Cleared: it goes on past the limit while the clearance lasts.
+    let mut cleared = h.to_vec();
+    cleared.push(("palisade-clearance", &clearance));
+    for _ in 0..3 {
+        assert_eq!(send("GET", &url, &cleared, "").await.status, 200);
+    }
+    // Another client that never solves: challenged, then (a throttle step later) blocked.
+    let other = [
+        ("accept", "application/json"),
+        ("user-agent", "scraper/1"),
+        ("x-forwarded-for", "203.0.113.9"),
+    ];
+    let from = "127.0.0.2".parse().unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let mut s = connect_from(from, g.proxy).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(format!("GET /export HTTP/1.1\r\nhost: t\r\naccept: application/json\r\nuser-agent: {}\r\nconnection: close\r\n\r\n", other[1].1).as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        statuses.push(text.split(' ').nth(1).unwrap_or("").to_owned());
+        if i == 2 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    assert_eq!(&statuses[..2], ["200", "200"], "{statuses:?}");
+    assert_eq!(statuses[2], "401", "{statuses:?}");
+    assert!(statuses[3..].iter().any(|s| s == "403"), "{statuses:?}");
+}
