@@ -697,3 +697,87 @@ async fn a_spent_burst_is_challenged_and_a_client_that_never_solves_is_blocked()
     assert_eq!(statuses[2], "401", "{statuses:?}");
     assert!(statuses[3..].iter().any(|s| s == "403"), "{statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clearance_from_one_replica_is_accepted_by_another_and_tabs_do_not_collide() {
+    let up = upstream().await;
+    let redis = Redis::start();
+    let config = policy(
+        &up,
+        &format!(
+            "\n[store]\nbackend = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    );
+    let a = Gateway::start(Some(&config));
+    let b = Gateway::start(Some(&config));
+    let h = [("accept", "application/json"), ("user-agent", "sync/1")];
+    let pay = |path: &'static str, gw: &Gateway| {
+        let url = gw.url(path);
+        async move {
+            let r = send("GET", &url, &h, "").await;
+            let s = solve(r.header("www-authenticate"));
+            let mut paid = h.to_vec();
+            paid.push(("palisade-pow", &s));
+            let r = send("GET", &url, &paid, "").await;
+            (r.status, r.header("palisade-clearance").to_owned())
+        }
+    };
+    // A clearance from replica A is accepted by replica B (they adopt one key through the
+    // store; give them a moment to join).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, clearance) = pay("/protected/1", &a).await;
+        assert_eq!(status, 200);
+        let mut cleared = h.to_vec();
+        cleared.push(("palisade-clearance", &clearance));
+        if send("GET", &b.url("/protected/x"), &cleared, "")
+            .await
+            .status
+            == 200
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica B never accepted A's clearance"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Two tabs: two puzzles in flight at once, each answered on its own, neither undoing the
+    // other.
+    let t1 = send("GET", &a.url("/protected/tab1"), &h, "").await;
+    let t2 = send("GET", &b.url("/protected/tab2"), &h, "").await;
+    let (s1, s2) = (
+        solve(t1.header("www-authenticate")),
+        solve(t2.header("www-authenticate")),
+    );
+    let mut p2 = h.to_vec();
+    p2.push(("palisade-pow", &s2));
+    let r2 = send("GET", &b.url("/protected/tab2"), &p2, "").await;
+    let mut p1 = h.to_vec();
+    p1.push(("palisade-pow", &s1));
+    let r1 = send("GET", &a.url("/protected/tab1"), &p1, "").await;
+    assert_eq!((r1.status.as_u16(), r2.status.as_u16()), (200, 200));
+    let (c1, c2) = (
+        r1.header("palisade-clearance"),
+        r2.header("palisade-clearance"),
+    );
+    assert!(!c1.is_empty() && !c2.is_empty());
+    for c in [c1, c2] {
+        let mut cleared = h.to_vec();
+        cleared.push(("palisade-clearance", c));
+        assert_eq!(
+            send("GET", &a.url("/protected/y"), &cleared, "")
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            send("GET", &b.url("/protected/y"), &cleared, "")
+                .await
+                .status,
+            200
+        );
+    }
+}
