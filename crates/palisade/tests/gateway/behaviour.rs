@@ -151,11 +151,14 @@ challenge_at = 60
             &body,
         )
         .await;
-        if r.status == 403 && challenged_at.is_none() {
-            assert_eq!(r.json()["error"], "challenge_required");
+        // A program is challenged with a proof-of-work (401, WWW-Authenticate: PoW).
+        let challenged = r.header("www-authenticate").starts_with("PoW ");
+        if challenged && challenged_at.is_none() {
+            assert_eq!(r.status, 401);
+            assert_eq!(r.header("content-type"), "application/problem+json");
             challenged_at = Some(i);
         }
-        if r.status != 403 {
+        if !challenged && r.status != 403 {
             // What the upstream saw is the body as sent.
             assert_eq!(r.json()["body"], body);
         }
