@@ -1007,6 +1007,10 @@ pub struct RawChallenge {
     /// `nojs`, `post`.
     #[serde(default)]
     pub texts: std::collections::BTreeMap<String, String>,
+    /// The texts in other languages, chosen by the browser's `Accept-Language`:
+    /// `[challenge.locales.de]`, `[challenge.locales.pt-BR]`, with the same names as `texts`.
+    #[serde(default)]
+    pub locales: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 /// `[challenge.captcha]`: a hosted CAPTCHA checked through its provider's siteverify API.

@@ -119,6 +119,8 @@ pub struct ChallengeSettings {
     pub nojs_clearance_ttl_secs: u64,
     /// Page texts overridden.
     pub texts: BTreeMap<String, String>,
+    /// Page texts by language tag (lowercase), chosen by `Accept-Language`.
+    pub locales: BTreeMap<String, BTreeMap<String, String>>,
     /// Weights of `browser/webdriver`, `browser/headless`, `browser/no_languages`,
     /// `browser/no_interaction`.
     pub browser_signals: [u8; 4],
@@ -146,6 +148,7 @@ impl Default for ChallengeSettings {
             nojs_wait_secs: 5,
             nojs_clearance_ttl_secs: 900,
             texts: BTreeMap::new(),
+            locales: BTreeMap::new(),
             browser_signals: [40, 40, 15, 0],
             kind: ChallengeKind::Pow,
             altcha_widget: None,
@@ -313,6 +316,30 @@ pub(super) fn compile_challenge(
             })
             .collect(),
     };
+    for (lang, texts) in &r.locales {
+        let ok = !lang.is_empty()
+            && lang.len() <= 35
+            && lang.split('-').all(|p| {
+                !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+        if !ok {
+            c.at(
+                None,
+                "challenge.locales",
+                format!("`{lang}` is not a language tag such as de or pt-BR"),
+            );
+        }
+        for k in texts.keys() {
+            if !CHALLENGE_TEXTS.iter().any(|(n, _)| n == k) {
+                let names: Vec<&str> = CHALLENGE_TEXTS.iter().map(|(n, _)| *n).collect();
+                c.at(
+                    None,
+                    format!("challenge.locales.{lang}"),
+                    format!("`{k}` is not a text of the page: {}", names.join(", ")),
+                );
+            }
+        }
+    }
     for k in r.texts.keys() {
         if !CHALLENGE_TEXTS.iter().any(|(n, _)| n == k) {
             let names: Vec<&str> = CHALLENGE_TEXTS.iter().map(|(n, _)| *n).collect();
@@ -377,6 +404,19 @@ pub(super) fn compile_challenge(
             30 * 86_400,
             c,
         ),
+        locales: r
+            .locales
+            .iter()
+            .map(|(l, t)| {
+                (
+                    l.to_ascii_lowercase(),
+                    t.iter()
+                        .filter(|(_, v)| v.len() <= 2000)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )
+            })
+            .collect(),
         texts: r
             .texts
             .iter()

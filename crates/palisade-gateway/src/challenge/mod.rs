@@ -442,11 +442,18 @@ pub fn respond(
         (true, ChallengeKind::Captcha) => "captcha",
     };
     count(shared, label, route, "issued");
-    let title = s
-        .texts
+    let (texts, lang) = page::texts_for(
+        &s.texts,
+        &s.locales,
+        parts
+            .headers
+            .get(http::header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let title = texts
         .get("title")
         .map_or("Checking your browser", String::as_str);
-    let body_text = s.texts.get("body").map_or(
+    let body_text = texts.get("body").map_or(
         "This site checks that requests come from people's browsers. You will be on your way in a moment.",
         String::as_str,
     );
@@ -487,7 +494,8 @@ pub fn respond(
             bits,
             nojs_wait: s.nojs_wait_secs,
             nonce: &nonce,
-            texts: &s.texts,
+            texts: &texts,
+            lang,
             was_post: !matches!(parts.method, http::Method::GET | http::Method::HEAD),
         });
         let mut r = Response::new(full(html));
@@ -788,14 +796,23 @@ pub async fn endpoint(
         Some(redirect(&back, Some(cookie)))
     } else {
         // A form's body was not kept: say so, never lose it silently.
+        let (texts, lang) = page::texts_for(
+            &s.texts,
+            &s.locales,
+            parts
+                .headers
+                .get(http::header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        );
         let html = format!(
-            "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>{t}</title><p>{p}</p><p><a href=\"{u}\">{u}</a></p></html>",
+            "<!doctype html><html lang=\"{l}\"><meta charset=\"utf-8\"><title>{t}</title><p>{p}</p><p><a href=\"{u}\">{u}</a></p></html>",
+            l = page::escape(lang),
             t = page::escape(
-                s.texts
+                texts
                     .get("title")
                     .map_or("Checking your browser", String::as_str)
             ),
-            p = page::escape(s.texts.get("post").map_or(
+            p = page::escape(texts.get("post").map_or(
                 "Your form was not sent. You are verified now: go back and submit it again.",
                 String::as_str
             )),

@@ -18,6 +18,8 @@ pub struct Page<'a> {
     pub nonce: &'a str,
     /// Texts overridden by the config.
     pub texts: &'a BTreeMap<String, String>,
+    /// The page's language tag.
+    pub lang: &'a str,
     /// Whether the challenged request was not a GET/HEAD (its body is not replayed).
     pub was_post: bool,
 }
@@ -113,7 +115,7 @@ pub fn render(p: &Page<'_>) -> String {
         String::new()
     };
     format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+        "<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <meta name=\"robots\" content=\"noindex\">{refresh}<title>{title}</title>\
          <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:10vh auto;padding:0 1rem;color:#222;background:#fafafa}}\
@@ -127,7 +129,47 @@ pub fn render(p: &Page<'_>) -> String {
         worker = WORKER,
         script = SCRIPT,
         nonce = escape(p.nonce),
+        lang = escape(p.lang),
     )
+}
+
+/// The texts for a request: the configured ones, overlaid with those of the first language in
+/// `Accept-Language` that `locales` has (a full tag, then its primary language), and that
+/// language's tag.
+pub fn texts_for<'a>(
+    texts: &BTreeMap<String, String>,
+    locales: &'a BTreeMap<String, BTreeMap<String, String>>,
+    accept_language: Option<&str>,
+) -> (BTreeMap<String, String>, &'a str) {
+    let mut out = texts.clone();
+    let chosen = accept_language.and_then(|al| {
+        al.split(',')
+            .take(16)
+            .filter_map(|part| {
+                let mut it = part.split(';');
+                let tag = it.next()?.trim().to_ascii_lowercase();
+                let refused = it.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                (!refused && !tag.is_empty()).then_some(tag)
+            })
+            .find_map(|tag| {
+                locales.get_key_value(&tag).or_else(|| {
+                    let primary = tag.split('-').next().unwrap_or("");
+                    locales.get_key_value(primary)
+                })
+            })
+    });
+    match chosen {
+        Some((lang, t)) => {
+            out.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+            (out, lang.as_str())
+        }
+        None => (out, "en"),
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +186,7 @@ mod tests {
             nojs_wait: 5,
             nonce: "n0nce",
             texts: &texts,
+            lang: "de",
             was_post: true,
         });
         assert!(html.contains("&lt;b&gt;Prüfung&lt;/b&gt;"));
@@ -162,9 +205,40 @@ mod tests {
             nojs_wait: 0,
             nonce: "n",
             texts: &BTreeMap::new(),
+            lang: "en",
             was_post: false,
         });
         assert!(!no_wait.contains("http-equiv=\"refresh\""));
         assert!(no_wait.contains("Checking your browser"));
+    }
+
+    #[test]
+    fn texts_follow_accept_language() {
+        let mut locales = BTreeMap::new();
+        let de: BTreeMap<String, String> = [("title".to_owned(), "Wir prüfen".to_owned())].into();
+        let pt_br: BTreeMap<String, String> =
+            [("title".to_owned(), "Verificando".to_owned())].into();
+        locales.insert("de".to_owned(), de);
+        locales.insert("pt-br".to_owned(), pt_br);
+        let base: BTreeMap<String, String> = [("body".to_owned(), "Base".to_owned())].into();
+        let pick = |al| {
+            let (t, lang) = texts_for(&base, &locales, al);
+            (
+                t.get("title").cloned().unwrap_or_default(),
+                lang.to_owned(),
+                t.get("body").cloned(),
+            )
+        };
+        assert_eq!(
+            pick(Some("de-CH, en;q=0.8")),
+            ("Wir prüfen".into(), "de".into(), Some("Base".into()))
+        );
+        assert_eq!(pick(Some("pt-BR,pt;q=0.9")).1, "pt-br");
+        assert_eq!(pick(Some("fr, de;q=0")).1, "en");
+        assert_eq!(pick(Some("fr, de;q=0.5")).1, "de");
+        assert_eq!(
+            pick(None),
+            (String::new(), "en".into(), Some("Base".into()))
+        );
     }
 }

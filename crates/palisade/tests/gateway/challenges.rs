@@ -205,7 +205,10 @@ async fn routes_for_programs_never_get_a_page_and_browsers_without_javascript_wa
     let up = upstream().await;
     let config = format!(
         "{}\n[[routes]]\nname = \"api\"\nclient = \"api\"\nmatch = {{ path = \"/protected/api/*\" }}\n",
-        policy(&up, "")
+        policy(
+            &up,
+            "[challenge.locales.de]\ntitle = \"Wir prüfen Ihren Browser\"\n"
+        )
     );
     let g = Gateway::start(Some(&config));
     let html = [
@@ -232,6 +235,16 @@ async fn routes_for_programs_never_get_a_page_and_browsers_without_javascript_wa
     assert!(
         !page.contains("http://") && !page.contains("https://"),
         "self-contained"
+    );
+    assert!(page.contains("<html lang=\"en\">") && page.contains("Checking your browser"));
+    // In the browser's language, when the config has it.
+    let mut german = html.to_vec();
+    german.push(("accept-language", "de-DE,de;q=0.9,en;q=0.5"));
+    let de = send("GET", &g.url("/protected/page"), &german, "").await;
+    let de = String::from_utf8_lossy(&de.body).into_owned();
+    assert!(
+        de.contains("<html lang=\"de\">") && de.contains("Wir prüfen Ihren Browser"),
+        "{de}"
     );
     // Without JavaScript: the timed refresh. Too early: back to the challenge.
     let wait = page
