@@ -41,6 +41,7 @@ fn open_clearance(b: divan::Bencher) {
         h: "815c70cd754e38bea98cf213ca2fb21c".into(),
         p: 14_772_386_467_666_730_998,
         f: 0,
+        z: None,
     });
     b.bench_local(|| s.open::<Pass>(divan::black_box(&t)).map(|p| p.e));
 }

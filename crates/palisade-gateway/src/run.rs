@@ -164,6 +164,9 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
             .await
             .context("challenge key task failed")?
             .context("preparing the challenge key in the data dir")?;
+    let zones = tokio::task::spawn_blocking(crate::challenge::read_zones)
+        .await
+        .unwrap_or_default();
     let key_dir = compiled.server.data_dir.clone();
     let max_nonces = compiled.keys.max_nonces;
     let keys = tokio::task::spawn_blocking(move || {
@@ -219,7 +222,11 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         .map(|_| Arc::new(crate::cluster::Batcher::default()));
     let shared = Arc::new(Shared {
         agent_directories: Default::default(),
-        challenges: Arc::new(crate::challenge::Challenges::new(&challenge_key)),
+        challenges: {
+            let c = crate::challenge::Challenges::new(&challenge_key);
+            c.set_zones(zones);
+            Arc::new(c)
+        },
         batcher,
         store,
         runtime: ArcSwap::from_pointee(Runtime::build(compiled, None)),

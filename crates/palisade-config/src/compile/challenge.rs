@@ -123,7 +123,7 @@ pub struct ChallengeSettings {
     pub locales: BTreeMap<String, BTreeMap<String, String>>,
     /// Weights of `browser/webdriver`, `browser/headless`, `browser/no_languages`,
     /// `browser/no_interaction`.
-    pub browser_signals: [u8; 4],
+    pub browser_signals: [u8; 5],
     /// What a browser gets by default.
     pub kind: ChallengeKind,
     /// The ALTCHA widget's script, read when the config is.
@@ -133,8 +133,13 @@ pub struct ChallengeSettings {
 }
 
 /// The browser signals' names in `[challenge] browser_signals`, in order.
-pub const BROWSER_SIGNAL_NAMES: [&str; 4] =
-    ["webdriver", "headless", "no_languages", "no_interaction"];
+pub const BROWSER_SIGNAL_NAMES: [&str; 5] = [
+    "webdriver",
+    "headless",
+    "no_languages",
+    "no_interaction",
+    "tz_mismatch",
+];
 
 impl Default for ChallengeSettings {
     fn default() -> Self {
@@ -149,7 +154,7 @@ impl Default for ChallengeSettings {
             nojs_clearance_ttl_secs: 900,
             texts: BTreeMap::new(),
             locales: BTreeMap::new(),
-            browser_signals: [40, 40, 15, 0],
+            browser_signals: [40, 40, 15, 0, 10],
             kind: ChallengeKind::Pow,
             altcha_widget: None,
             captcha: None,

@@ -43,10 +43,11 @@ pub const PREFIX: &str = "/.palisade/challenge/";
 /// Solved puzzles remembered (bounded; each until its expiry).
 const SOLVED_CAP: usize = 100_000;
 
-/// Challenge state: the sealing key and the puzzles already solved.
+/// Challenge state: the sealing key, the puzzles already solved, and the time zones' countries.
 pub struct Challenges {
     sealer: ArcSwap<Sealer>,
     solved: quick_cache::sync::Cache<String, u64>,
+    zones: std::sync::OnceLock<std::collections::HashMap<String, Vec<[u8; 2]>>>,
 }
 
 impl std::fmt::Debug for Challenges {
@@ -63,7 +64,21 @@ impl Challenges {
         Self {
             sealer: ArcSwap::from_pointee(Sealer::new(secret)),
             solved: quick_cache::sync::Cache::new(SOLVED_CAP),
+            zones: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the time zones' countries (read once at start, see [`read_zones`]).
+    pub fn set_zones(&self, zones: std::collections::HashMap<String, Vec<[u8; 2]>>) {
+        let _ = self.zones.set(zones);
+    }
+
+    /// Whether the time zone `tz` belongs to none of `country`'s zones: `None` when either is
+    /// unknown (no evidence either way).
+    pub fn tz_mismatch(&self, tz: &str, country: &str) -> Option<bool> {
+        let countries = self.zones.get()?.get(tz)?;
+        let cc: [u8; 2] = country.as_bytes().try_into().ok()?;
+        Some(!countries.contains(&cc))
     }
 
     /// Uses `secret` from now on (the cluster's, once known).
@@ -79,6 +94,36 @@ impl Challenges {
         self.solved.insert(nonce.to_owned(), now + 86_400);
         true
     }
+}
+
+/// The countries of each IANA time zone, from the system's `zone1970.tab` and `zone.tab`
+/// (tzdata): `Europe/Berlin -> [DE]`, `Europe/Zurich -> [CH, DE, LI]`. Empty when neither
+/// file is there (then no time-zone signal).
+pub fn read_zones() -> std::collections::HashMap<String, Vec<[u8; 2]>> {
+    let mut out: std::collections::HashMap<String, Vec<[u8; 2]>> = std::collections::HashMap::new();
+    for file in [
+        "/usr/share/zoneinfo/zone1970.tab",
+        "/usr/share/zoneinfo/zone.tab",
+    ] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let mut cols = line.split('\t');
+            let (Some(ccs), Some(_), Some(tz)) = (cols.next(), cols.next(), cols.next()) else {
+                continue;
+            };
+            let entry = out.entry(tz.to_owned()).or_default();
+            for cc in ccs.split(',') {
+                if let Ok(cc) = <[u8; 2]>::try_from(cc.as_bytes())
+                    && !entry.contains(&cc)
+                {
+                    entry.push(cc);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The data dir's challenge key: read, or made (32 random bytes, owner-only).
@@ -245,6 +290,8 @@ pub struct Presented {
     pub minted: Option<String>,
     /// The signals the clearance carries (browser facts the page reported).
     pub flags: u16,
+    /// The browser's time zone, as the page reported it.
+    pub tz: Option<String>,
 }
 
 /// The clearance a request carries — a cookie or `Palisade-Clearance` — or earns now with a
@@ -259,6 +306,7 @@ pub fn presented(
         clearance: None,
         minted: None,
         flags: 0,
+        tz: None,
     };
     let headers = &parts.headers;
     let pass_token = headers
@@ -289,10 +337,11 @@ pub fn presented(
                     "captcha" => "captcha",
                     _ => "pow",
                 },
-                signals: [0; 4],
+                signals: [0; 5],
             }),
             minted: None,
             flags: p.f,
+            tz: p.z,
         };
     }
     if let Some(answer) = pow
@@ -321,15 +370,17 @@ pub fn presented(
             h: bound,
             p: rt.compiled.digest,
             f: 0,
+            z: None,
         };
         return Presented {
             clearance: Some(Clearance {
                 discount: s.discount,
                 level: "pow",
-                signals: [0; 4],
+                signals: [0; 5],
             }),
             minted: Some(sealer.seal(&pass)),
             flags: 0,
+            tz: None,
         };
     }
     none
@@ -603,11 +654,25 @@ pub mod flags {
     pub const NO_LANGUAGES: u16 = 4;
     /// No pointer, key, touch or scroll event before the answer.
     pub const NO_INTERACTION: u16 = 8;
+    /// A time zone none of the client network's country's (set per request, not stored).
+    pub const TZ_MISMATCH: u16 = 16;
+}
+
+/// The time zone the page reported: an IANA name (letters, digits, `_`, `/`, `+`, `-`).
+fn reported_tz(raw: Option<&str>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(raw.filter(|r| r.len() <= 2048)?).ok()?;
+    let tz = v.get("tz")?.as_str()?;
+    (!tz.is_empty()
+        && tz.len() <= 64
+        && tz
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'/' | b'+' | b'-')))
+    .then(|| tz.to_owned())
 }
 
 /// The weights of the signals `flags` raise, in the engine's order.
-pub fn signal_weights(s: &ChallengeSettings, flags: u16) -> [u8; 4] {
-    let mut w = [0u8; 4];
+pub fn signal_weights(s: &ChallengeSettings, flags: u16) -> [u8; 5] {
+    let mut w = [0u8; 5];
     for (i, (out, weight)) in w.iter_mut().zip(s.browser_signals).enumerate() {
         if flags & (1 << i) != 0 {
             *out = weight;
@@ -771,6 +836,11 @@ pub async fn endpoint(
     if fail_open {
         count(shared, kind, &puzzle.r, "error_allowed");
     }
+    let tz = if which == "verify" {
+        reported_tz(query_param(parts, "s").as_deref())
+    } else {
+        None
+    };
     let (level, ttl, f) = if which == "wait" {
         ("wait", s.nojs_clearance_ttl_secs, flags::NO_INTERACTION)
     } else if which == "altcha" || which == "captcha" {
@@ -790,6 +860,7 @@ pub async fn endpoint(
         h: bound,
         p: rt.compiled.digest,
         f,
+        z: tz,
     };
     let cookie = set_cookie(&pass, ttl);
     if matches!(puzzle.m.as_str(), "GET" | "HEAD") {

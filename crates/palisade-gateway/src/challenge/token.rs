@@ -54,6 +54,9 @@ pub struct Pass {
     /// Browser signals the page reported (bit flags, see `signals`).
     #[serde(default)]
     pub f: u16,
+    /// The browser's time zone (IANA name), as the page reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub z: Option<String>,
 }
 
 /// Signs and opens tokens under one key.
@@ -159,6 +162,7 @@ mod tests {
             h: "ab".into(),
             p: 7,
             f: 0,
+            z: None,
         }
     }
 

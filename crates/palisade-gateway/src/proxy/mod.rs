@@ -164,12 +164,25 @@ async fn respond(
             .map(|f| &*f.0)
             .or(fronted.1),
         ja3: fronted.2,
-        clearance: presented
-            .clearance
-            .map(|c| palisade_engine::model::facts::Clearance {
-                signals: crate::challenge::signal_weights(&rt.compiled.challenge, presented.flags),
+        clearance: presented.clearance.map(|c| {
+            // The reported time zone against the client network's country, per request.
+            let tz_off = presented
+                .tz
+                .as_deref()
+                .zip(gathered.ip_info.as_ref().map(|i| &*i.country))
+                .and_then(|(tz, cc)| shared.challenges.tz_mismatch(tz, cc))
+                .unwrap_or(false);
+            let flags = presented.flags
+                | if tz_off {
+                    crate::challenge::flags::TZ_MISMATCH
+                } else {
+                    0
+                };
+            palisade_engine::model::facts::Clearance {
+                signals: crate::challenge::signal_weights(&rt.compiled.challenge, flags),
                 ..c
-            }),
+            }
+        }),
         signed_agent: signed.as_ref().map(|(name, category, outcome)| {
             palisade_engine::model::facts::SignedAgent {
                 name,

@@ -794,3 +794,101 @@ async fn a_clearance_from_one_replica_is_accepted_by_another_and_tabs_do_not_col
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_time_zone_far_from_its_network_is_a_signal() {
+    if !std::path::Path::new("/usr/share/zoneinfo/zone1970.tab").exists() {
+        println!("SKIPPED: tzdata's zone1970.tab is not installed");
+        return;
+    }
+    let up = upstream().await;
+    let dir = std::env::temp_dir().join(format!("palisade-tz-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("ip2asn.tsv"),
+        "81.2.69.0\t81.2.69.255\t20712\tGB\tANDREWS-ARNOLD\n",
+    )
+    .unwrap();
+    let config = format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[intel]\nasn_db = \"{}/ip2asn.tsv\"\n\n{}",
+        dir.display(),
+        policy(&up, "")
+    );
+    let g = Gateway::start(Some(&config));
+    let ua = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    // Solves the page's puzzle as its worker would, reporting `tz`; then a request with the
+    // clearance: its reasons.
+    let run = |tz: &'static str, path: &'static str| {
+        let g = &g;
+        async move {
+            let h = [
+                ("accept", "text/html"),
+                ("user-agent", ua),
+                ("x-forwarded-for", "81.2.69.10"),
+            ];
+            let r = send("GET", &g.url(path), &h, "").await;
+            let page = String::from_utf8_lossy(&r.body).into_owned();
+            let cfg: serde_json::Value = serde_json::from_str(
+                page.split("id=\"cfg\">")
+                    .nth(1)
+                    .and_then(|s| s.split("</script>").next())
+                    .unwrap(),
+            )
+            .unwrap();
+            let token = cfg["t"].as_str().unwrap().to_owned();
+            let bits = cfg["bits"].as_u64().unwrap().to_string();
+            let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+                .args(["solve", "--difficulty", &bits, &token])
+                .output()
+                .unwrap();
+            let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let n = answer.rsplit_once(':').unwrap().1.to_owned();
+            let report = format!("{{\"wd\":0,\"hl\":0,\"lg\":2,\"ev\":4,\"tz\":\"{tz}\"}}");
+            let target = format!(
+                "/.palisade/challenge/verify?t={token}&n={n}&s={}",
+                report
+                    .bytes()
+                    .map(|b| if b.is_ascii_alphanumeric() {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    })
+                    .collect::<String>()
+            );
+            let v = raw_request(
+                g.proxy,
+                "GET",
+                &target,
+                &format!("user-agent: {ua}\r\nx-forwarded-for: 81.2.69.10\r\n"),
+            )
+            .await;
+            assert_eq!(v.status, 303, "{}", v.head);
+            let cookie = v
+                .head
+                .lines()
+                .find_map(|l| l.strip_prefix("set-cookie: "))
+                .unwrap();
+            let pair = cookie.split(';').next().unwrap().to_owned();
+            let mut with = h.to_vec();
+            with.push(("cookie", &pair));
+            assert_eq!(send("GET", &g.url(path), &with, "").await.status, 200);
+            g.wait_decision(|d| d["path"] == path && d["status"] == 200)["reasons"].to_string()
+        }
+    };
+    assert!(
+        run("Asia/Tokyo", "/protected/tokyo")
+            .await
+            .contains("browser/tz_mismatch")
+    );
+    assert!(
+        !run("Europe/London", "/protected/london")
+            .await
+            .contains("browser/tz_mismatch")
+    );
+    // A zone nobody knows is no evidence.
+    assert!(
+        !run("Mars/Olympus_Mons", "/protected/mars")
+            .await
+            .contains("browser/tz_mismatch")
+    );
+}
