@@ -1002,7 +1002,7 @@ pub struct RawChallenge {
     /// Weights of the browser signals the page reports (0 switches one off):
     /// `webdriver` (default 40), `headless` (40), `no_languages` (15), `no_interaction` (0),
     /// `tz_mismatch` (10: the browser's time zone is not one of the client network's country,
-    /// by the system's `zone1970.tab`).
+    /// by the system's `zone1970.tab`), `odd_screen` (15: no screen, or one no device has).
     #[serde(default)]
     pub browser_signals: std::collections::BTreeMap<String, Spanned<u64>>,
     /// Texts of the page, to override per language: `title`, `body`, `solving`, `done`,

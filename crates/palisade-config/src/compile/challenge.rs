@@ -123,7 +123,7 @@ pub struct ChallengeSettings {
     pub locales: BTreeMap<String, BTreeMap<String, String>>,
     /// Weights of `browser/webdriver`, `browser/headless`, `browser/no_languages`,
     /// `browser/no_interaction`.
-    pub browser_signals: [u8; 5],
+    pub browser_signals: [u8; BROWSER_SIGNAL_NAMES.len()],
     /// What a browser gets by default.
     pub kind: ChallengeKind,
     /// The ALTCHA widget's script, read when the config is.
@@ -133,12 +133,13 @@ pub struct ChallengeSettings {
 }
 
 /// The browser signals' names in `[challenge] browser_signals`, in order.
-pub const BROWSER_SIGNAL_NAMES: [&str; 5] = [
+pub const BROWSER_SIGNAL_NAMES: [&str; 6] = [
     "webdriver",
     "headless",
     "no_languages",
     "no_interaction",
     "tz_mismatch",
+    "odd_screen",
 ];
 
 impl Default for ChallengeSettings {
@@ -154,7 +155,7 @@ impl Default for ChallengeSettings {
             nojs_clearance_ttl_secs: 900,
             texts: BTreeMap::new(),
             locales: BTreeMap::new(),
-            browser_signals: [40, 40, 15, 0, 10],
+            browser_signals: [40, 40, 15, 0, 10, 15],
             kind: ChallengeKind::Pow,
             altcha_widget: None,
             captcha: None,

@@ -93,14 +93,15 @@ pub struct Clearance {
     pub level: &'static str,
     /// Weights of the browser signals the challenge page reported, in the order of
     /// [`BROWSER_SIGNALS`] (0: not seen, or switched off).
-    pub signals: [u8; 5],
+    pub signals: [u8; BROWSER_SIGNALS.len()],
 }
 
 /// The browser signals a challenge page reports, by name.
-pub const BROWSER_SIGNALS: [&str; 5] = [
+pub const BROWSER_SIGNALS: [&str; 6] = [
     "browser/webdriver",
     "browser/headless",
     "browser/no_languages",
     "browser/no_interaction",
     "browser/tz_mismatch",
+    "browser/odd_screen",
 ];

@@ -337,7 +337,7 @@ pub fn presented(
                     "captcha" => "captcha",
                     _ => "pow",
                 },
-                signals: [0; 5],
+                signals: [0; palisade_engine::model::facts::BROWSER_SIGNALS.len()],
             }),
             minted: None,
             flags: p.f,
@@ -376,7 +376,7 @@ pub fn presented(
             clearance: Some(Clearance {
                 discount: s.discount,
                 level: "pow",
-                signals: [0; 5],
+                signals: [0; palisade_engine::model::facts::BROWSER_SIGNALS.len()],
             }),
             minted: Some(sealer.seal(&pass)),
             flags: 0,
@@ -656,6 +656,8 @@ pub mod flags {
     pub const NO_INTERACTION: u16 = 8;
     /// A time zone none of the client network's country's (set per request, not stored).
     pub const TZ_MISMATCH: u16 = 16;
+    /// No screen, or a size no device has (under 200 or over 16384 pixels a side).
+    pub const ODD_SCREEN: u16 = 32;
 }
 
 /// The time zone the page reported: an IANA name (letters, digits, `_`, `/`, `+`, `-`).
@@ -671,8 +673,11 @@ fn reported_tz(raw: Option<&str>) -> Option<String> {
 }
 
 /// The weights of the signals `flags` raise, in the engine's order.
-pub fn signal_weights(s: &ChallengeSettings, flags: u16) -> [u8; 5] {
-    let mut w = [0u8; 5];
+pub fn signal_weights(
+    s: &ChallengeSettings,
+    flags: u16,
+) -> [u8; palisade_engine::model::facts::BROWSER_SIGNALS.len()] {
+    let mut w = [0u8; palisade_engine::model::facts::BROWSER_SIGNALS.len()];
     for (i, (out, weight)) in w.iter_mut().zip(s.browser_signals).enumerate() {
         if flags & (1 << i) != 0 {
             *out = weight;
@@ -702,6 +707,10 @@ pub fn signal_flags(raw: Option<&str>) -> u16 {
     }
     if int("ev") == 0 {
         f |= flags::NO_INTERACTION;
+    }
+    let (w, h) = (int("sw"), int("sh"));
+    if (w, h) != (-1, -1) && !((200..=16_384).contains(&w) && (200..=16_384).contains(&h)) {
+        f |= flags::ODD_SCREEN;
     }
     f
 }
@@ -903,10 +912,21 @@ mod tests {
         assert_eq!(signal_flags(Some("not json")), 0);
         assert_eq!(signal_flags(Some(&"x".repeat(5000))), 0);
         assert_eq!(
-            signal_flags(Some(r#"{"wd":1,"hl":1,"lg":0,"ev":0}"#)),
-            flags::WEBDRIVER | flags::HEADLESS | flags::NO_LANGUAGES | flags::NO_INTERACTION
+            signal_flags(Some(r#"{"wd":1,"hl":1,"lg":0,"ev":0,"sw":0,"sh":0}"#)),
+            flags::WEBDRIVER
+                | flags::HEADLESS
+                | flags::NO_LANGUAGES
+                | flags::NO_INTERACTION
+                | flags::ODD_SCREEN
         );
-        assert_eq!(signal_flags(Some(r#"{"wd":0,"hl":0,"lg":2,"ev":5}"#)), 0);
+        assert_eq!(
+            signal_flags(Some(r#"{"wd":0,"hl":0,"lg":2,"ev":5,"sw":1920,"sh":1080}"#)),
+            0
+        );
+        assert_eq!(
+            signal_flags(Some(r#"{"sw":99999,"sh":1080}"#)) & flags::ODD_SCREEN,
+            flags::ODD_SCREEN
+        );
     }
 
     #[test]
