@@ -926,6 +926,8 @@ pub struct RawConfig {
     pub web_bot_auth: Option<RawWebBotAuth>,
     /// `[challenge]`.
     pub challenge: Option<RawChallenge>,
+    /// `[decision]`.
+    pub decision: Option<RawDecision>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.
@@ -1036,4 +1038,13 @@ pub struct RawCaptcha {
     pub min_score: Option<Spanned<f64>>,
     /// The action name the widget is run with and siteverify must report. Default `palisade`.
     pub action: Option<Spanned<String>>,
+}
+
+/// `[decision]`: the decision endpoint for fronts that already proxy (nginx `auth_request`,
+/// Caddy `forward_auth`, Traefik `forwardAuth`).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecision {
+    /// Its path on the proxy listener. Default `/_palisade/authz`.
+    pub path: Option<Spanned<String>>,
 }

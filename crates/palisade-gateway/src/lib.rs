@@ -301,6 +301,8 @@ pub struct Shared {
     pub verifier: bot_dns::BotVerifier,
     /// The shared store (cluster mode), fixed at start.
     pub store: Option<Arc<cluster::SharedStore>>,
+    /// Refusals kept for nginx to fetch after a decision call.
+    pub decision_answers: proxy::decision::Answers,
     /// Challenge tokens' key and the puzzles already solved.
     pub challenges: Arc<challenge::Challenges>,
     /// Signed agents' key directories, fetched and cached (Web Bot Auth).

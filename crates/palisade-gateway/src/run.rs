@@ -222,6 +222,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         .map(|_| Arc::new(crate::cluster::Batcher::default()));
     let shared = Arc::new(Shared {
         agent_directories: Default::default(),
+        decision_answers: Default::default(),
         challenges: {
             let c = crate::challenge::Challenges::new(&challenge_key);
             c.set_zones(zones);

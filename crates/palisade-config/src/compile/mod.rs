@@ -317,6 +317,8 @@ pub struct Compiled {
     pub challenge: ChallengeSettings,
     /// A digest of the config text: clearances name the policy that issued them.
     pub digest: u64,
+    /// The decision endpoint's path (`[decision]`), when configured.
+    pub decision_path: Option<String>,
 }
 
 /// A built-in bot's published ranges, fetched by the gateway on a schedule; the last good copy
@@ -388,7 +390,8 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 22] = [
+const SECTIONS: [&str; 23] = [
+    "decision",
     "challenge",
     "web_bot_auth",
     "fingerprints",
@@ -489,6 +492,11 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
             }
             "rules" => many(value, name, c, &mut raw.rules, &mut raw.broken_names),
             "store" => one(value, name, c, &mut raw.store),
+            "decision" => {
+                let mut w = RawDecision::default();
+                one(value, name, c, &mut w);
+                raw.decision = Some(w);
+            }
             "challenge" => {
                 let mut w = RawChallenge::default();
                 one(value, name, c, &mut w);
@@ -824,6 +832,20 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         web_bot_auth,
         challenge,
         digest: 0,
+        decision_path: raw.decision.as_ref().map(|d| {
+            let p = d
+                .path
+                .as_ref()
+                .map_or("/_palisade/authz", |p| p.get_ref().as_str());
+            if !p.starts_with('/') || p.len() > 256 || p.contains(['?', '#', ' ']) {
+                c.at(
+                    d.path.as_ref().and_then(sp),
+                    "decision.path",
+                    format!("`{p}` is not a path such as /_palisade/authz"),
+                );
+            }
+            p.to_owned()
+        }),
     })
 }
 

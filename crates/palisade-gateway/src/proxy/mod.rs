@@ -5,6 +5,7 @@
 //! [`endpoints`]. Nothing here panics, blocks, or tells the client which rule fired.
 
 pub mod decide;
+pub mod decision;
 pub mod endpoints;
 pub mod enforce;
 pub mod facts;
@@ -86,6 +87,12 @@ async fn respond(
     let request_id = request_id();
     let (mut parts, body) = req.into_parts();
     let refuse = |(r, rule): facts::Bounded| bounded_refusal(shared, r, &request_id, rule);
+    // A front asking about a request (nginx auth_request, Caddy forward_auth, ...): the request
+    // it names is judged as if it had come here.
+    let call = match decision::rewrite(shared, rt, &mut parts, peer.ip()) {
+        Ok(c) => c,
+        Err(answer) => return *answer,
+    };
 
     // Request facts.
     let ambiguities = match facts::admit(rt, &mut parts) {
@@ -229,6 +236,9 @@ async fn respond(
             crate::challenge::respond(shared, rt, &parts, client, &decision, &request_id)
         }
         Some(r) => r.response(&request_id),
+        None if call.is_some() => {
+            decision::allowed(&decision, facts_principal(&gathered), &request_id)
+        }
         None => {
             let out = forward::Outgoing {
                 authn: &gathered.authn,
@@ -259,6 +269,12 @@ async fn respond(
             .insert(crate::challenge::CLEARANCE_HEADER, v);
     }
 
+    if let Some(c) = call
+        && refusal_status(&response)
+    {
+        response = decision::refused(shared, c, response, &request_id).await;
+    }
+
     // Observation.
     observe::response_lines(rt, &decision, &request_id, &mut extra.lines);
     let outcome = observe::Outcome {
@@ -272,6 +288,18 @@ async fn respond(
     };
     observe::observe(shared, rt, &mut decision, outcome, record);
     response
+}
+
+/// The caller's key id and account, for a decision answer.
+fn facts_principal(g: &facts::Gathered) -> Option<(&str, &str)> {
+    let p = g.authn.as_auth();
+    let p = p.principal()?;
+    Some((p.key_id.as_deref()?, p.account.as_deref().unwrap_or("")))
+}
+
+/// Whether a response is a refusal (not a 2xx).
+fn refusal_status(r: &Response<ProxyBody>) -> bool {
+    !r.status().is_success()
 }
 
 /// Answers a request refused before the engine saw it (bounds), counting it.

@@ -17,6 +17,7 @@ mod cli;
 mod cluster;
 mod common;
 mod fingerprints;
+mod fronts;
 mod honeypots;
 mod hostile;
 mod intel;

@@ -1,0 +1,165 @@
+//! Behind the edge people already run: the real `nginx` from Debian, started here on a free
+//! port with the shipped `deploy/nginx/palisade-auth-request.conf`, asks Palisade about every
+//! request (`auth_request`) and proxies the allowed ones to the real upstream.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Nginx> {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-nginx-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let snippet = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/nginx/palisade-auth-request.conf"
+    );
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           upstream api {{ server {}; keepalive 8; }}\n  upstream palisade {{ server {palisade}; keepalive 8; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    include {snippet};\n  }}\n}}\n",
+        up.addr
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Nginx { child, port })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_auth_request_brings_limits_challenges_and_client_ips_to_the_client() {
+    let up = upstream().await;
+    let config = config_for(
+        &up,
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[decision]\n\n\
+         [[limits]]\nname = \"per-ip\"\nkey = [\"ip\"]\nrate = \"2/1m\"\n\n\
+         [[rules]]\nname = \"protect\"\nwhen = 'path.startsWith(\"/protected\")'\naction = \"challenge\"\n\n\
+         [challenge]\ndifficulty = 8\n",
+    );
+    let g = Gateway::start(Some(&config));
+    let Some(n) = nginx(&up, g.proxy) else {
+        println!("SKIPPED: nginx is not installed (scripts/test.sh installs it)");
+        return;
+    };
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", n.port);
+    let client = [
+        ("x-forwarded-for", "198.51.100.7"),
+        ("accept", "application/json"),
+    ];
+    // Allowed: nginx proxies to the upstream, which sees Palisade's request id and score.
+    let r = send("GET", &url("/echo?x=1"), &client, "").await;
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert_eq!(seen["uri"], "/echo?x=1");
+    let id = seen["headers"]["x-request-id"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 16, "{seen}");
+    assert_eq!(seen["headers"]["x-palisade-score"][0], "0");
+    let d = g.wait_decision(|d| d["request_id"] == id.as_str());
+    assert_eq!(d["path"], "/echo", "{d}");
+    assert_eq!(
+        d["client_ip"], "198.51.100.7",
+        "the client nginx saw, not nginx"
+    );
+    // The limit: the real 429, with Retry-After and the JSON body, reaches the client.
+    assert_eq!(send("GET", &url("/echo"), &client, "").await.status, 200);
+    let before = up.state.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = send("GET", &url("/echo"), &client, "").await;
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.json()["error"], "rate_limited");
+    assert_eq!(
+        up.state.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "not proxied"
+    );
+    // Another client is not limited by the first one's budget.
+    let other = [
+        ("x-forwarded-for", "198.51.100.8"),
+        ("accept", "application/json"),
+    ];
+    assert_eq!(send("GET", &url("/echo"), &other, "").await.status, 200);
+    // A challenge: the machine-readable one, through nginx; paid, then allowed.
+    let third = [
+        ("x-forwarded-for", "203.0.113.50"),
+        ("accept", "application/json"),
+    ];
+    let r = send("GET", &url("/protected/x"), &third, "").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("content-type"), "application/problem+json");
+    let www = r.header("www-authenticate").to_owned();
+    assert!(www.starts_with("PoW "), "{www}");
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["solve", &www])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut paid = third.to_vec();
+    paid.push(("palisade-pow", &answer));
+    let r = send("GET", &url("/protected/x"), &paid, "").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("ok /protected/x"),
+        "proxied to the upstream"
+    );
+    // The decision endpoint takes calls from trusted proxies only.
+    let from = "127.0.0.2".parse().unwrap();
+    let mut s = connect_from(from, g.proxy).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /_palisade/authz HTTP/1.1\r\nhost: t\r\nx-original-uri: /echo\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.contains("untrusted_caller"));
+    // And a call without the original URI is a clear 400.
+    let r = raw_request(g.proxy, "GET", "/_palisade/authz", "").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("missing_original_uri"));
+}
