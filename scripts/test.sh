@@ -23,6 +23,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 # The real `nginx` in front of Palisade's decision endpoint (auth_request).
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+# ... and the real `caddy` (forward_auth); the tests run their own, never the package's service.
+command -v caddy >/dev/null 2>&1 || need+=(caddy)
 # Debian's `chromium`, driven by puppeteer-core (npm, below) in the challenge tests.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # Node.js runs the real third-party peers (Express, browsers' drivers, signers) the tests use.

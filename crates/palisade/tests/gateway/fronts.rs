@@ -163,3 +163,128 @@ async fn nginx_auth_request_brings_limits_challenges_and_client_ips_to_the_clien
     assert_eq!(r.status, 400);
     assert!(r.body.contains("missing_original_uri"));
 }
+
+struct Caddy {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Caddy with the shipped `deploy/caddy/palisade.caddy` (Palisade's address put in).
+fn caddy(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Caddy> {
+    let bin = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-caddy-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let snippet = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/caddy/palisade.caddy"
+    ))
+    .unwrap()
+    .replace("127.0.0.1:8080", &palisade.to_string());
+    std::fs::write(dir.join("palisade.caddy"), snippet).unwrap();
+    let conf = format!(
+        "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
+         http://127.0.0.1:{port} {{\n\timport {}/palisade.caddy\n\treverse_proxy {}\n}}\n",
+        dir.display(),
+        up.addr
+    );
+    std::fs::write(dir.join("Caddyfile"), conf).unwrap();
+    let child = Command::new(bin)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(dir.join("Caddyfile"))
+        .env("XDG_DATA_HOME", &dir)
+        .env("XDG_CONFIG_HOME", &dir)
+        .env("HOME", &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "caddy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Caddy { child, port })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caddy_forward_auth_gets_the_same_decisions() {
+    let up = upstream().await;
+    let config = config_for(
+        &up,
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[decision]\n\n\
+         [[limits]]\nname = \"per-ip\"\nkey = [\"ip\"]\nrate = \"2/1m\"\n\n\
+         [[rules]]\nname = \"protect\"\nwhen = 'path.startsWith(\"/protected\")'\naction = \"challenge\"\n\n\
+         [challenge]\ndifficulty = 8\n",
+    );
+    let g = Gateway::start(Some(&config));
+    let Some(c) = caddy(&up, g.proxy) else {
+        println!("SKIPPED: caddy is not installed (scripts/test.sh installs it)");
+        return;
+    };
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", c.port);
+    let client = [("accept", "application/json")];
+    let r = send("GET", &url("/echo?y=2"), &client, "").await;
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert_eq!(seen["uri"], "/echo?y=2");
+    let id = seen["headers"]["x-request-id"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(seen["headers"]["x-palisade-score"][0], "0");
+    let d = g.wait_decision(|d| d["request_id"] == id.as_str());
+    assert_eq!(
+        d["path"], "/echo",
+        "the request Caddy named, not the decision call: {d}"
+    );
+    // A browser gets the challenge page as it is, and the page's endpoints reach Palisade
+    // through Caddy.
+    let browser = [("accept", "text/html")];
+    let r = send("GET", &url("/protected/p"), &browser, "").await;
+    assert_eq!(r.status, 403);
+    assert!(r.header("content-type").starts_with("text/html"));
+    let page = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(page.contains("Checking your browser"), "{page}");
+    let wait = page
+        .split("url=")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    let early = send("GET", &url(&wait), &browser, "").await;
+    assert_eq!(
+        early.status,
+        303,
+        "{}",
+        String::from_utf8_lossy(&early.body)
+    );
+    // The limit (2 a minute: the page's request counted): the real 429 reaches the client.
+    let before = up.state.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = send("GET", &url("/echo"), &client, "").await;
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.json()["error"], "rate_limited");
+    assert_eq!(
+        up.state.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "not proxied"
+    );
+}
