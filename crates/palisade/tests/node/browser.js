@@ -44,11 +44,15 @@ const CHROME = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like 
       await page.keyboard.press('Shift').catch(() => {});
     }
     const deadline = Date.now() + 30000;
+    // Done when a loaded page that is not the challenge shows something (evaluate throws while
+    // a navigation is under way: then look again).
     while (Date.now() < deadline) {
-      const t = await page.title().catch(() => '');
       const here = page.url();
-      if (!here.includes('/.palisade/') && t !== title) break;
-      if (!here.includes('/.palisade/') && t === '' && title !== '') break;
+      const left = await page
+        .evaluate((t) => document.readyState === 'complete' && document.title !== t &&
+          !!document.body && document.body.innerText.length > 0, title)
+        .catch(() => false);
+      if (left && !here.includes('/.palisade/')) break;
       await new Promise((r) => setTimeout(r, 200));
     }
     const body = await page.evaluate(() => document.body ? document.body.innerText : '').catch(() => '');
