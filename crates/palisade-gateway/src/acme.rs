@@ -324,7 +324,7 @@ fn cert_id(s: &AcmeSettings) -> String {
 
 /// Writes `bytes` to `path` through a temporary file and a rename (never half a file), owner
 /// read/write only.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;

@@ -115,6 +115,19 @@ impl TlsSettings {
     }
 }
 
+/// The certificates of a PEM bundle file (at least one), or what is wrong with it.
+fn pem_bundle(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes =
+        std::fs::read(file).map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("`{}` is not a PEM certificate bundle: {e}", file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("`{}` holds no PEM certificate", file.display()));
+    }
+    Ok(certs)
+}
+
 /// `[tls]`.
 pub(super) fn compile_tls(
     t: &RawTls,
@@ -184,23 +197,7 @@ pub(super) fn compile_tls(
     let client_auth = t.client_ca.as_ref().and_then(|ca| {
         let file = base.join(ca.get_ref());
         files.push(file.clone());
-        let loaded = std::fs::read(&file)
-            .map_err(|e| format!("cannot read `{}`: {e}", file.display()))
-            .and_then(|bytes| {
-                CertificateDer::pem_slice_iter(&bytes)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| {
-                        format!("`{}` is not a PEM certificate bundle: {e}", file.display())
-                    })
-            })
-            .and_then(|certs| {
-                if certs.is_empty() {
-                    Err(format!("`{}` holds no PEM certificate", file.display()))
-                } else {
-                    Ok(certs)
-                }
-            });
-        match loaded {
+        match pem_bundle(&file) {
             Ok(certs) => Some((certs, required)),
             Err(e) => {
                 c.at(sp(ca), "tls.client_ca", e);
@@ -744,23 +741,7 @@ pub(super) fn compile_web_bot_auth(
         .map(|ca| {
             let file = base.join(ca.get_ref());
             files.push(file.clone());
-            let loaded = std::fs::read(&file)
-                .map_err(|e| format!("cannot read `{}`: {e}", file.display()))
-                .and_then(|b| {
-                    CertificateDer::pem_slice_iter(&b)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| {
-                            format!("`{}` is not a PEM certificate bundle: {e}", file.display())
-                        })
-                })
-                .and_then(|v| {
-                    if v.is_empty() {
-                        Err(format!("`{}` holds no PEM certificate", file.display()))
-                    } else {
-                        Ok(v)
-                    }
-                });
-            loaded.unwrap_or_else(|e| {
+            pem_bundle(&file).unwrap_or_else(|e| {
                 c.at(sp(ca), "web_bot_auth.directory_ca", e);
                 Vec::new()
             })

@@ -141,22 +141,7 @@ pub fn load_or_make_key(data_dir: &std::path::Path) -> std::io::Result<Vec<u8>> 
         Err(e) => return Err(e),
     }
     let key: [u8; 32] = rand::random();
-    std::fs::create_dir_all(data_dir)?;
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(0o600);
-        }
-        let mut f = o.open(&tmp)?;
-        f.write_all(&key)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    crate::acme::write_atomic(&path, &key)?;
     Ok(key.to_vec())
 }
 
@@ -406,6 +391,21 @@ fn judge(
     }
 }
 
+/// The page's texts and language for this request (its `Accept-Language`).
+fn texts_of<'a>(
+    s: &'a ChallengeSettings,
+    parts: &http::request::Parts,
+) -> (std::collections::BTreeMap<String, String>, &'a str) {
+    page::texts_for(
+        &s.texts,
+        &s.locales,
+        parts
+            .headers
+            .get(http::header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 /// Whether the client is a browser (gets a page) rather than a program (gets a
 /// machine-readable challenge): by the route's `client`, else by `Accept`.
 fn is_browser(kind: ClientKind, headers: &http::HeaderMap) -> bool {
@@ -493,14 +493,7 @@ pub fn respond(
         (true, ChallengeKind::Captcha) => "captcha",
     };
     count(shared, label, route, "issued");
-    let (texts, lang) = page::texts_for(
-        &s.texts,
-        &s.locales,
-        parts
-            .headers
-            .get(http::header::ACCEPT_LANGUAGE)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let (texts, lang) = texts_of(s, parts);
     let title = texts
         .get("title")
         .map_or("Checking your browser", String::as_str);
@@ -876,14 +869,7 @@ pub async fn endpoint(
         Some(redirect(&back, Some(cookie)))
     } else {
         // A form's body was not kept: say so, never lose it silently.
-        let (texts, lang) = page::texts_for(
-            &s.texts,
-            &s.locales,
-            parts
-                .headers
-                .get(http::header::ACCEPT_LANGUAGE)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let (texts, lang) = texts_of(s, parts);
         let html = format!(
             "<!doctype html><html lang=\"{l}\"><meta charset=\"utf-8\"><title>{t}</title><p>{p}</p><p><a href=\"{u}\">{u}</a></p></html>",
             l = page::escape(lang),

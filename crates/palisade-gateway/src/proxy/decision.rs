@@ -172,24 +172,10 @@ pub fn allowed(
     principal: Option<(&str, &str)>,
     request_id: &str,
 ) -> Response<ProxyBody> {
-    use crate::wire::headers::names::{
-        X_PALISADE_ACCOUNT, X_PALISADE_KEY_ID, X_PALISADE_SCORE, X_PALISADE_SIGNALS, X_REQUEST_ID,
-    };
+    use crate::wire::headers::names::{X_PALISADE_ACCOUNT, X_PALISADE_KEY_ID, X_REQUEST_ID};
     let mut r = Response::new(full(Bytes::new()));
     let h = r.headers_mut();
-    h.insert(
-        X_PALISADE_SCORE,
-        HeaderValue::from(u16::from(decision.score)),
-    );
-    let names: Vec<&str> = decision
-        .signals
-        .iter()
-        .filter(|s| !s.shadow && !s.discounted)
-        .map(|s| &*s.name)
-        .collect();
-    if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
-        h.insert(X_PALISADE_SIGNALS, v);
-    }
+    super::forward::score_headers(decision, h);
     if let Some((key, account)) = principal {
         if let Ok(v) = HeaderValue::from_str(key) {
             h.insert(X_PALISADE_KEY_ID, v);

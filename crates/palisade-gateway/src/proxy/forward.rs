@@ -121,19 +121,7 @@ pub async fn forward(
     // throttling.
     let throttled = matches!(decision.action, Action::Delay { .. }) && !decision.delayed_by_limit();
     if decision.action == Action::Tag || throttled {
-        parts.headers.insert(
-            X_PALISADE_SCORE,
-            HeaderValue::from(u16::from(decision.score)),
-        );
-        let names: Vec<&str> = decision
-            .signals
-            .iter()
-            .filter(|s| !s.shadow && !s.discounted)
-            .map(|s| &*s.name)
-            .collect();
-        if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
-            parts.headers.insert(X_PALISADE_SIGNALS, v);
-        }
+        score_headers(decision, &mut parts.headers);
     }
     let body = match (out.buffered, out.body) {
         (Some(bytes), _) => OutBody::Full(bytes),
@@ -166,6 +154,23 @@ pub async fn forward(
         decision,
         route_label,
     )
+}
+
+/// `X-Palisade-Score` and `X-Palisade-Signals` (the signals that counted) into `headers`.
+pub(crate) fn score_headers(decision: &palisade_engine::Decision, headers: &mut http::HeaderMap) {
+    headers.insert(
+        X_PALISADE_SCORE,
+        HeaderValue::from(u16::from(decision.score)),
+    );
+    let names: Vec<&str> = decision
+        .signals
+        .iter()
+        .filter(|s| !s.shadow && !s.discounted)
+        .map(|s| &*s.name)
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
+        headers.insert(X_PALISADE_SIGNALS, v);
+    }
 }
 
 #[expect(

@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn script() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/wba_sign.py")
 }
@@ -27,19 +19,6 @@ fn http_message_signatures() -> bool {
         .args(["-c", "import http_message_signatures"])
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `dirca.crt` and a server certificate it issued for localhost and 127.0.0.1 (`dir.crt/.key`).
