@@ -305,13 +305,10 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Stri
 
 /// FNV-1a 64 of the parts, as hex: a stable name for files and store keys.
 fn stable_id(parts: &[&str]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+    use palisade_intel::hfp::{FNV_OFFSET, fnv1a};
+    let h = parts.iter().fold(FNV_OFFSET, |h, p| {
+        fnv1a(h, p.bytes().chain(std::iter::once(0)))
+    });
     format!("{h:016x}")
 }
 

@@ -17,8 +17,18 @@
 //! logged in or not, share it. It is stable across versions and processes (documented here,
 //! tested against fixed values), and cheap: no cryptographic hash.
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a's 64-bit offset basis: the state [`fnv1a`] starts from.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a (64-bit) of `bytes`, continuing from `state` ([`FNV_OFFSET`] to start): a stable,
+/// cheap, non-cryptographic hash (the same on every machine and version).
+#[inline]
+pub fn fnv1a(state: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes
+        .into_iter()
+        .fold(state, |h, b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
 
 /// The header fingerprint. `version` is 1, 2 or 3; `names` are the header names in the order
 /// sent (case is ignored).
@@ -37,13 +47,9 @@ pub fn header_fingerprint<'a>(version: u8, names: impl IntoIterator<Item = &'a s
             language = true;
         }
         if count > 0 {
-            hash ^= u64::from(b',');
-            hash = hash.wrapping_mul(FNV_PRIME);
+            hash = fnv1a(hash, [b',']);
         }
-        for b in name.bytes() {
-            hash ^= u64::from(b.to_ascii_lowercase());
-            hash = hash.wrapping_mul(FNV_PRIME);
-        }
+        hash = fnv1a(hash, name.bytes().map(|b| b.to_ascii_lowercase()));
         count += 1;
     }
     // Written by hand: `format!` with widths costs more than the hashing (on every request).

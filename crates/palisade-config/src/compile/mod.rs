@@ -430,9 +430,8 @@ pub fn compile_str(src: &str, origin: &str, base: &Path) -> Result<Compiled, Con
     match compiled {
         Some(mut compiled) if c.errors.is_empty() => {
             // FNV-1a over the text: the same config gives the same digest on every replica.
-            compiled.digest = src.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+            compiled.digest =
+                palisade_intel::hfp::fnv1a(palisade_intel::hfp::FNV_OFFSET, src.bytes());
             Ok(compiled)
         }
         _ => Err(ConfigErrors {
