@@ -391,6 +391,15 @@ fn judge(
     }
 }
 
+/// The body text of a widget's page (ALTCHA, CAPTCHA): the configured `body`, else one that
+/// promises no puzzle of the browser's own.
+fn widget_body(texts: &std::collections::BTreeMap<String, String>) -> &str {
+    texts.get("body").map_or(
+        "This site checks that requests come from people's browsers. You will be on your way in a moment.",
+        String::as_str,
+    )
+}
+
 /// The page's texts and language for this request (its `Accept-Language`).
 fn texts_of<'a>(
     s: &'a ChallengeSettings,
@@ -493,33 +502,48 @@ pub fn respond(
         (true, ChallengeKind::Captcha) => "captcha",
     };
     count(shared, label, route, "issued");
-    let (texts, lang) = texts_of(s, parts);
-    let title = texts
-        .get("title")
-        .map_or("Checking your browser", String::as_str);
-    let body_text = texts.get("body").map_or(
-        "This site checks that requests come from people's browsers. You will be on your way in a moment.",
-        String::as_str,
-    );
-    let widget_page = match (browser, challenge_kind, &s.captcha) {
-        (true, ChallengeKind::Altcha, _) if s.altcha_widget.is_some() => {
-            let nonce = nonce_hex();
-            let challenge = providers::altcha_challenge(&sealer, &puzzle);
-            let html = providers::altcha_page(title, body_text, &token, &challenge, &nonce);
-            Some((
-                html,
-                format!(
+    // A browser's page (its texts in its language) and the CSP that page needs.
+    let page = browser.then(|| {
+        let (texts, lang) = texts_of(s, parts);
+        let nonce = nonce_hex();
+        match (challenge_kind, &s.captcha) {
+            (ChallengeKind::Altcha, _) if s.altcha_widget.is_some() => {
+                let challenge = providers::altcha_challenge(&sealer, &puzzle);
+                let html = providers::altcha_page(
+                    page::text(&texts, "title"),
+                    widget_body(&texts),
+                    &token,
+                    &challenge,
+                    &nonce,
+                );
+                (html, format!(
                     "default-src 'none'; script-src 'self' 'nonce-{nonce}'; worker-src blob:; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-                ),
-            ))
+                ))
+            }
+            (ChallengeKind::Captcha, Some(c)) => providers::captcha_page(
+                c,
+                page::text(&texts, "title"),
+                widget_body(&texts),
+                &token,
+                &nonce,
+            ),
+            _ => {
+                let html = page::render(&page::Page {
+                    token: &token,
+                    bits,
+                    nojs_wait: s.nojs_wait_secs,
+                    nonce: &nonce,
+                    texts: &texts,
+                    lang,
+                    was_post: !matches!(parts.method, http::Method::GET | http::Method::HEAD),
+                });
+                (html, format!(
+                    "default-src 'none'; script-src 'nonce-{nonce}'; worker-src blob:; style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+                ))
+            }
         }
-        (true, ChallengeKind::Captcha, Some(c)) => {
-            let nonce = nonce_hex();
-            Some(providers::captcha_page(c, title, body_text, &token, &nonce))
-        }
-        _ => None,
-    };
-    let mut resp = if let Some((html, csp)) = widget_page {
+    });
+    let mut resp = if let Some((html, csp)) = page {
         let mut r = Response::new(full(html));
         *r.status_mut() = StatusCode::FORBIDDEN;
         let h = r.headers_mut();
@@ -528,30 +552,6 @@ pub fn respond(
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
         if let Ok(v) = HeaderValue::from_str(&csp) {
-            h.insert(http::header::CONTENT_SECURITY_POLICY, v);
-        }
-        r
-    } else if browser {
-        let nonce = nonce_hex();
-        let html = page::render(&page::Page {
-            token: &token,
-            bits,
-            nojs_wait: s.nojs_wait_secs,
-            nonce: &nonce,
-            texts: &texts,
-            lang,
-            was_post: !matches!(parts.method, http::Method::GET | http::Method::HEAD),
-        });
-        let mut r = Response::new(full(html));
-        *r.status_mut() = StatusCode::FORBIDDEN;
-        let h = r.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "default-src 'none'; script-src 'nonce-{nonce}'; worker-src blob:; style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-        )) {
             h.insert(http::header::CONTENT_SECURITY_POLICY, v);
         }
         r
@@ -873,15 +873,8 @@ pub async fn endpoint(
         let html = format!(
             "<!doctype html><html lang=\"{l}\"><meta charset=\"utf-8\"><title>{t}</title><p>{p}</p><p><a href=\"{u}\">{u}</a></p></html>",
             l = page::escape(lang),
-            t = page::escape(
-                texts
-                    .get("title")
-                    .map_or("Checking your browser", String::as_str)
-            ),
-            p = page::escape(texts.get("post").map_or(
-                "Your form was not sent. You are verified now: go back and submit it again.",
-                String::as_str
-            )),
+            t = page::escape(page::text(&texts, "title")),
+            p = page::escape(page::text(&texts, "post")),
             u = page::escape(&back),
         );
         Some(plain(StatusCode::OK, html, Some(cookie)))

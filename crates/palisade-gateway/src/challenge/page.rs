@@ -40,7 +40,8 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-fn text<'a>(texts: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+/// A text of the page: the configured one, else the default of `CHALLENGE_TEXTS`.
+pub fn text<'a>(texts: &'a BTreeMap<String, String>, name: &str) -> &'a str {
     texts.get(name).map(String::as_str).unwrap_or_else(|| {
         CHALLENGE_TEXTS
             .iter()
