@@ -371,12 +371,6 @@ async fn write_json<T: Serialize>(path: PathBuf, value: &T) -> Result<(), String
     .map_err(|e| e.to_string())?
 }
 
-/// What one look at the certificate decided.
-enum Next {
-    /// Look again after this long.
-    After(Duration),
-}
-
 /// Keeps the ACME certificate current for as long as the gateway runs: loads it from the data
 /// dir (or the cluster), orders one when there is none or it is due, and looks again at least
 /// every minute (so a reload that changes `[tls.acme]` takes effect).
@@ -394,7 +388,7 @@ pub async fn manage(shared: Arc<crate::Shared>) {
     let mut last_order: Option<tokio::time::Instant> = None;
     loop {
         let wait = match step(&shared, &owner, &mut last_order).await {
-            Ok(Next::After(d)) => {
+            Ok(d) => {
                 failures = 0;
                 d
             }
@@ -420,10 +414,10 @@ async fn step(
     shared: &Arc<crate::Shared>,
     owner: &str,
     last_order: &mut Option<tokio::time::Instant>,
-) -> Result<Next, String> {
+) -> Result<Duration, String> {
     let rt = shared.runtime.load();
     let Some(settings) = rt.compiled.tls.as_ref().and_then(|t| t.acme.clone()) else {
-        return Ok(Next::After(Duration::from_secs(60)));
+        return Ok(Duration::from_secs(60));
     };
     let certs = rt.acme.clone();
     let data_dir = rt.compiled.server.data_dir.clone();
@@ -475,7 +469,7 @@ async fn step(
         if !i.due(&settings, now) || recently {
             let until_due = (i.not_after - now - settings.renew_before_secs as i64).max(1) as u64;
             // Look again within a minute: the config may change, or a replica may renew.
-            return Ok(Next::After(Duration::from_secs(until_due.min(60))));
+            return Ok(Duration::from_secs(until_due.min(60)));
         }
     }
     // Order. In a cluster, only the gateway holding the lock does.
@@ -487,7 +481,7 @@ async fn step(
             Ok(true) => {}
             Ok(false) => {
                 tracing::debug!("another gateway is ordering the ACME certificate");
-                return Ok(Next::After(Duration::from_secs(5)));
+                return Ok(Duration::from_secs(5));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the shared store is away: ordering the ACME certificate alone");
@@ -531,7 +525,7 @@ async fn step(
         tracing::warn!(error = %e, "publishing the ACME certificate to the shared store failed");
     }
     certs.install(issued);
-    Ok(Next::After(Duration::from_secs(60)))
+    Ok(Duration::from_secs(60))
 }
 
 /// The ACME account for the directory: from the data dir, the cluster, or made now.

@@ -207,15 +207,6 @@ pub async fn refused(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    shared.decision_answers.0.insert(
-        request_id.to_owned(),
-        Kept {
-            at: Instant::now(),
-            status: parts.status,
-            headers: parts.headers.clone(),
-            body,
-        },
-    );
     let mapped = if parts.status == StatusCode::UNAUTHORIZED {
         StatusCode::UNAUTHORIZED
     } else {
@@ -225,15 +216,20 @@ pub async fn refused(
     *r.status_mut() = mapped;
     let h = r.headers_mut();
     h.insert(X_PALISADE_STATUS, HeaderValue::from(parts.status.as_u16()));
-    for n in [
-        http::header::RETRY_AFTER,
-        http::header::WWW_AUTHENTICATE,
-        crate::wire::headers::names::X_REQUEST_ID,
-    ] {
+    for n in [http::header::RETRY_AFTER, http::header::WWW_AUTHENTICATE] {
         if let Some(v) = parts.headers.get(&n) {
             h.insert(n, v.clone());
         }
     }
+    shared.decision_answers.0.insert(
+        request_id.to_owned(),
+        Kept {
+            at: Instant::now(),
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        },
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(crate::wire::headers::names::X_REQUEST_ID, v);
     }

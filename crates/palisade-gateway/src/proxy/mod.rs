@@ -270,7 +270,7 @@ async fn respond(
     }
 
     if let Some(c) = call
-        && refusal_status(&response)
+        && !response.status().is_success()
     {
         response = decision::refused(shared, c, response, &request_id).await;
     }
@@ -295,11 +295,6 @@ fn facts_principal(g: &facts::Gathered) -> Option<(&str, &str)> {
     let p = g.authn.as_auth();
     let p = p.principal()?;
     Some((p.key_id.as_deref()?, p.account.as_deref().unwrap_or("")))
-}
-
-/// Whether a response is a refusal (not a 2xx).
-fn refusal_status(r: &Response<ProxyBody>) -> bool {
-    !r.status().is_success()
 }
 
 /// Answers a request refused before the engine saw it (bounds), counting it.
