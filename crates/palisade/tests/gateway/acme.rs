@@ -254,15 +254,6 @@ fn wait_for_certificate(
     }
 }
 
-async fn metric(g: &Gateway, line_prefix: &str) -> f64 {
-    let text = String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).into_owned();
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn test_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "palisade-acme-{name}-{}-{}",
@@ -293,10 +284,10 @@ async fn http01_orders_a_certificate_serves_it_and_keeps_it_across_restarts() {
     assert_eq!(served_serial("www.palisade.test", tls_port), serial);
     assert_eq!(get(&g.url("/api/items/1")).await.status, 200);
     assert_eq!(
-        metric(&g, "palisade_acme_orders_total{result=\"issued\"}").await,
+        metric_sum(&g, "palisade_acme_orders_total{result=\"issued\"}").await,
         1.0
     );
-    assert!(metric(&g, "palisade_acme_certificate_expiry_seconds").await > 86_400.0);
+    assert!(metric_sum(&g, "palisade_acme_certificate_expiry_seconds").await > 86_400.0);
     // A challenge token nobody published is a 404, never proxied.
     let seen = up.state.requests.load(std::sync::atomic::Ordering::SeqCst);
     let r = get(&g.url("/.well-known/acme-challenge/unknown-token")).await;
@@ -338,7 +329,7 @@ async fn http01_orders_a_certificate_serves_it_and_keeps_it_across_restarts() {
     }
     assert_eq!(fetch("api.palisade.test", tls_port, &root).0, 200);
     assert_eq!(
-        metric(&g, "palisade_acme_orders_total{result=\"issued\"}").await,
+        metric_sum(&g, "palisade_acme_orders_total{result=\"issued\"}").await,
         0.0
     );
     assert!(
@@ -365,7 +356,7 @@ async fn tls_alpn01_orders_on_the_tls_listener_and_renews_a_certificate_about_to
         Duration::from_secs(60),
     );
     assert!(
-        metric(
+        metric_sum(
             &g,
             "palisade_tls_handshakes_total{result=\"acme_challenge\"}"
         )
@@ -381,7 +372,7 @@ async fn tls_alpn01_orders_on_the_tls_listener_and_renews_a_certificate_about_to
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ALPN protocol: acme-tls/1"));
     assert!(
-        metric(
+        metric_sum(
             &g,
             "palisade_tls_handshakes_total{result=\"no_acme_challenge\"}"
         )
@@ -449,7 +440,7 @@ async fn tls_alpn01_orders_on_the_tls_listener_and_renews_a_certificate_about_to
     assert_ne!(renewed, old);
     assert_ne!(renewed, first);
     assert_eq!(
-        metric(&g, "palisade_acme_orders_total{result=\"issued\"}").await,
+        metric_sum(&g, "palisade_acme_orders_total{result=\"issued\"}").await,
         1.0
     );
 }
@@ -490,11 +481,11 @@ async fn a_cluster_orders_once_and_every_gateway_serves_the_certificate() {
         Duration::from_secs(90),
     );
     assert_eq!(on_a, on_b, "one certificate for the cluster");
-    let orders = metric(&a, "palisade_acme_orders_total{result=\"issued\"}").await
-        + metric(&b, "palisade_acme_orders_total{result=\"issued\"}").await;
+    let orders = metric_sum(&a, "palisade_acme_orders_total{result=\"issued\"}").await
+        + metric_sum(&b, "palisade_acme_orders_total{result=\"issued\"}").await;
     assert_eq!(orders, 1.0, "exactly one gateway ordered");
-    let failed = metric(&a, "palisade_acme_orders_total{result=\"failed\"}").await
-        + metric(&b, "palisade_acme_orders_total{result=\"failed\"}").await;
+    let failed = metric_sum(&a, "palisade_acme_orders_total{result=\"failed\"}").await
+        + metric_sum(&b, "palisade_acme_orders_total{result=\"failed\"}").await;
     assert_eq!(failed, 0.0);
     // A challenge published by another gateway (only in the store) is answered by this one,
     // and TLS-ALPN-01 likewise.

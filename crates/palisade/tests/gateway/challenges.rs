@@ -36,14 +36,6 @@ fn solve(www: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-async fn metric(g: &Gateway, prefix: &str) -> f64 {
-    let text = String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).into_owned();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn api_clients_pay_a_proof_of_work_and_keep_their_clearance() {
     let up = upstream().await;
@@ -120,7 +112,7 @@ async fn api_clients_pay_a_proof_of_work_and_keep_their_clearance() {
     assert_eq!(send("GET", &url, &wrong_answer, "").await.status, 401);
 
     assert!(
-        metric(
+        metric_sum(
             &g,
             "palisade_challenges_total{kind=\"pow\",route=\"default\",result=\"issued\"}"
         )
@@ -128,7 +120,7 @@ async fn api_clients_pay_a_proof_of_work_and_keep_their_clearance() {
             >= 4.0
     );
     assert_eq!(
-        metric(
+        metric_sum(
             &g,
             "palisade_challenges_total{kind=\"pow\",route=\"default\",result=\"solved\"}"
         )
@@ -136,7 +128,7 @@ async fn api_clients_pay_a_proof_of_work_and_keep_their_clearance() {
         1.0
     );
     assert_eq!(
-        metric(
+        metric_sum(
             &g,
             "palisade_challenges_total{kind=\"pow\",route=\"default\",result=\"replayed\"}"
         )
@@ -144,7 +136,7 @@ async fn api_clients_pay_a_proof_of_work_and_keep_their_clearance() {
         1.0
     );
     assert!(
-        metric(
+        metric_sum(
             &g,
             "palisade_challenges_total{kind=\"pow\",route=\"default\",result=\"failed\"}"
         )
@@ -187,7 +179,7 @@ async fn the_documented_python_client_pays_and_reuses_its_clearance() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        metric(
+        metric_sum(
             &g,
             "palisade_challenges_total{kind=\"pow\",route=\"default\",result=\"issued\"}"
         )
@@ -394,7 +386,7 @@ async fn a_real_browser_passes_and_headless_automation_is_flagged() {
     assert_eq!(d["identity"]["clearance"], "wait", "{d}");
     println!("screenshots: {}", shots.display());
     assert!(
-        metric(
+        metric_sum(
             &g,
             "palisade_challenges_total{kind=\"page\",route=\"default\",result=\"solved\"}"
         )
@@ -402,7 +394,7 @@ async fn a_real_browser_passes_and_headless_automation_is_flagged() {
             >= 2.0
     );
     assert!(
-        metric(
+        metric_sum(
             &g,
             "palisade_challenges_total{kind=\"wait\",route=\"default\",result=\"solved\"}"
         )
@@ -479,7 +471,7 @@ async fn the_altcha_widget_is_served_and_solved_in_a_real_browser() {
     assert_eq!(d["identity"]["clearance"], "altcha", "{d}");
     println!("screenshot: {}", shots.join("altcha.png").display());
     assert_eq!(
-        metric(
+        metric_sum(
             &g,
             "palisade_challenges_total{kind=\"altcha\",route=\"default\",result=\"solved\"}"
         )
@@ -612,7 +604,7 @@ async fn hosted_captchas_are_checked_with_their_siteverify_and_scores_per_route(
     assert_eq!(first["response"], "pass-0.5");
     assert_eq!(first["remoteip"], "127.0.0.1");
     assert!(
-        metric(
+        metric_sum(
             &g,
             "palisade_challenges_total{kind=\"captcha\",route=\"pay\",result=\"solved\"}"
         )
@@ -626,7 +618,7 @@ async fn hosted_captchas_are_checked_with_their_siteverify_and_scores_per_route(
         &captcha_answer(&closed, "/protected/newsletter", "pass-0.9").await
     ));
     assert_eq!(
-        metric(
+        metric_sum(
             &closed,
             "palisade_challenges_total{kind=\"captcha\",route=\"newsletter\",result=\"error\"}"
         )
@@ -648,7 +640,7 @@ async fn hosted_captchas_are_checked_with_their_siteverify_and_scores_per_route(
     assert!(set_cookie(
         &captcha_answer(&open, "/protected/newsletter", "pass-0.9").await
     ));
-    assert_eq!(metric(&open, "palisade_challenges_total{kind=\"captcha\",route=\"newsletter\",result=\"error_allowed\"}").await, 1.0);
+    assert_eq!(metric_sum(&open, "palisade_challenges_total{kind=\"captcha\",route=\"newsletter\",result=\"error_allowed\"}").await, 1.0);
     // Too slow counts as away.
     let slow = captcha_answer(&g, "/protected/newsletter", "slow").await;
     assert!(!set_cookie(&slow));

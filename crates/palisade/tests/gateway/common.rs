@@ -888,3 +888,13 @@ pub fn openssl(dir: &std::path::Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The sum of the admin `/metrics` series whose lines start with `prefix` (a name, or a name
+/// with its labels), 0 when there is none.
+pub async fn metric_sum(g: &Gateway, prefix: &str) -> f64 {
+    let text = String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).into_owned();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -148,13 +148,8 @@ fn signed_get(dir: &Path, url: &str, agent: &str) -> String {
 }
 
 async fn fetches(g: &Gateway, result: &str) -> u64 {
-    let text = String::from_utf8_lossy(&get(&g.admin_url("/metrics")).await.body).into_owned();
     let prefix = format!("palisade_agent_directory_fetches_total{{result=\"{result}\"}}");
-    text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    metric_sum(g, &prefix).await as u64
 }
 
 async fn wait_fetches(g: &Gateway, result: &str, n: u64) {
