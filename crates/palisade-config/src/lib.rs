@@ -18,11 +18,11 @@ pub use palisade_engine::units;
 pub use cases::{CaseOutcome, run_cases};
 pub use compile::{
     AcmeChallenge, AcmeSettings, CHALLENGE_TEXTS, CaptchaProvider, CaptchaSettings,
-    CertificateInfo, ChallengeBind, ChallengeSettings, Compiled, DecisionLogTarget, KeyForward,
-    KeySettings, LETS_ENCRYPT, LogSettings, OnEngineError, OnStoreError, Overrides, RangeFetch,
-    ServerSettings, SignedAgentSpec, StoreBackend, StoreSettings, StoreSync, TestCase, TlsSettings,
-    TlsVersion, UpstreamProtocol, UpstreamSettings, WebBotAuthSettings, agent_origin, compile_str,
-    load_file,
+    CertificateInfo, ChallengeBind, ChallengeSettings, Compiled, DecisionLogTarget,
+    FeedbackSettings, KeyForward, KeySettings, LETS_ENCRYPT, LogSettings, OnEngineError,
+    OnStoreError, Overrides, RangeFetch, ServerSettings, SignedAgentSpec, StoreBackend,
+    StoreSettings, StoreSync, TestCase, TlsSettings, TlsVersion, UpstreamProtocol,
+    UpstreamSettings, WebBotAuthSettings, agent_origin, compile_str, load_file,
 };
 pub use error::{ConfigError, ConfigErrors};
 

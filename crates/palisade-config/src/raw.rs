@@ -1047,4 +1047,23 @@ pub struct RawCaptcha {
 pub struct RawDecision {
     /// Its path on the proxy listener. Default `/_palisade/authz`.
     pub path: Option<Spanned<String>>,
+    /// `[decision.feedback]`: the front's access log, sent back so that behaviour sees the
+    /// upstream's answers.
+    pub feedback: Option<RawFeedback>,
+}
+
+/// `[decision.feedback]`: where the front sends its access log lines (syslog over UDP or a unix
+/// datagram socket; JSON lines carrying Palisade's request id), and how long a decision waits
+/// for its line.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeedback {
+    /// UDP address to listen on, e.g. `127.0.0.1:5514`.
+    pub udp: Option<Spanned<String>>,
+    /// Unix datagram socket path to listen on (nginx `syslog:server=unix:PATH`).
+    pub unix: Option<Spanned<String>>,
+    /// How long an allowed decision waits for its answer's line. Default `2m`.
+    pub wait: Option<Spanned<String>>,
+    /// Decisions waiting at once. Default 100000.
+    pub max_pending: Option<Spanned<u64>>,
 }

@@ -659,3 +659,34 @@ fn bot_ranges_take_a_file_or_a_fetch_table_and_say_which_line_is_wrong() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn response_feedback_is_checked_and_defaulted() {
+    let e = errors(
+        "[decision.feedback]\nudp = \"localhost\"\nwait = \"2h\"\nmax_pending = 0\n\n\
+         [[upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n",
+    );
+    let all = e.join("\n");
+    for path in [
+        "decision.feedback.udp",
+        "decision.feedback.wait",
+        "decision.feedback.max_pending",
+    ] {
+        assert!(all.contains(path), "{path} not reported: {all}");
+    }
+    let e = errors(
+        "[decision.feedback]\n\n[[upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n",
+    );
+    assert!(e.join("\n").contains("udp ="), "{e:?}");
+    let c = compile_str(
+        "[decision.feedback]\nunix = \"/run/palisade/feedback.sock\"\n\n\
+         [[upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n",
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    let f = c.feedback.unwrap();
+    assert_eq!(f.wait, std::time::Duration::from_secs(120));
+    assert_eq!(f.max_pending, 100_000);
+    assert_eq!(c.decision_path.as_deref(), Some("/_palisade/authz"));
+}

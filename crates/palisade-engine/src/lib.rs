@@ -29,7 +29,7 @@ pub use model::code::ClientCode;
 pub use model::decision::{Action, DEFAULT_ALLOW_RULE, Decision, LimitOutcome, Signal};
 pub use model::facts::RequestFacts;
 pub use model::identity::{Dimension, KeyPart};
-pub use observe::Origin;
+pub use observe::{Awaited, Origin, Reported};
 pub use policy::{ListsPolicy, Mode, Policy, RouteSpec, ScoringPolicy};
 pub use request::ipset::IpSet;
 pub use request::route::{PathPattern, RouteId, RouteTable};

@@ -7,6 +7,26 @@ use crate::state::limiter::{Algorithm, Unit};
 
 use crate::engine::*;
 
+/// What an allowed decision leaves for its answer reported later ([`Engine::awaited`]).
+#[derive(Debug, Clone, Default)]
+pub struct Awaited {
+    trace: Option<crate::model::trace::Trace>,
+    /// The request's route.
+    pub route: crate::request::route::RouteId,
+    costs: Vec<LimitOutcome>,
+}
+
+/// An answer reported after the decision (the front's access log line).
+#[derive(Debug, Clone, Copy)]
+pub struct Reported<'a> {
+    /// The status the client got.
+    pub status: u16,
+    /// The cost the upstream reported, for cost-counting limits.
+    pub cost: Option<f64>,
+    /// The login's username (lower-cased), when the line carried the body.
+    pub username: Option<&'a [u8]>,
+}
+
 /// Who answered a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -36,6 +56,42 @@ impl Engine {
         b.observe(trace, status, origin == Origin::Upstream, retry_after, now);
     }
 
+    /// What an allowed decision leaves for observing an answer that arrives later (the front's
+    /// access log line, when Palisade decides but does not forward).
+    pub fn awaited(&self, d: &Decision) -> Awaited {
+        Awaited {
+            trace: d.trace,
+            route: d.route,
+            costs: d
+                .limits
+                .iter()
+                .filter(|o| o.unit == Unit::Cost && o.charged > 0)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Records a later-reported answer of an allowed request ([`Engine::awaited`]): behaviour
+    /// learns its status, and cost-counting limits are corrected to the cost reported (the
+    /// store's share of the corrections is returned for the gateway to send).
+    pub fn observe_awaited(
+        &self,
+        a: &Awaited,
+        answer: &Reported<'_>,
+        now: Nanos,
+    ) -> Vec<SharedAdjust> {
+        if let (Some(b), Some(trace)) = (&self.behaviour, &a.trace) {
+            let mut trace = *trace;
+            if let Some(u) = answer.username {
+                b.learn_username(&mut trace, u);
+            }
+            let retry_after = if answer.status == 429 { SECOND } else { 0 };
+            b.observe(&trace, answer.status, true, retry_after, now);
+        }
+        let reported_cost = answer.cost;
+        self.correct_costs(&a.costs, reported_cost, now)
+    }
+
     /// Charges (or refunds) the difference between what the upstream reported a request cost
     /// and what was charged up front, for every cost-counting limit the request passed.
     pub fn observe_response(
@@ -43,15 +99,25 @@ impl Engine {
         decision: &Decision,
         response: &ResponseFacts,
     ) -> Vec<SharedAdjust> {
+        self.correct_costs(&decision.limits, response.reported_cost, response.now)
+    }
+
+    /// [`Engine::observe_response`] for the outcomes of cost-counting limits.
+    fn correct_costs(
+        &self,
+        limits: &[LimitOutcome],
+        reported: Option<f64>,
+        now: Nanos,
+    ) -> Vec<SharedAdjust> {
         let mut shared = Vec::new();
-        let Some(reported) = response.reported_cost else {
+        let Some(reported) = reported else {
             return shared;
         };
         if !reported.is_finite() || reported < 0.0 {
             return shared;
         }
         let reported = reported.min(1e12).round() as i64;
-        for o in &decision.limits {
+        for o in limits {
             if o.unit != Unit::Cost || o.charged == 0 {
                 continue;
             }
@@ -59,7 +125,7 @@ impl Engine {
             if delta == 0 {
                 continue;
             }
-            shared.extend(self.adjust(o, response.now, delta, None));
+            shared.extend(self.adjust(o, now, delta, None));
         }
         shared
     }

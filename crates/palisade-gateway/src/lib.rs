@@ -303,6 +303,8 @@ pub struct Shared {
     pub store: Option<Arc<cluster::SharedStore>>,
     /// Refusals kept for nginx to fetch after a decision call.
     pub decision_answers: proxy::decision::Answers,
+    /// Allowed decision calls waiting for their answer's line (`[decision.feedback]`).
+    pub feedback: proxy::feedback::Pending,
     /// Challenge tokens' key and the puzzles already solved.
     pub challenges: Arc<challenge::Challenges>,
     /// Signed agents' key directories, fetched and cached (Web Bot Auth).

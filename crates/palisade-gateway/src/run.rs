@@ -41,6 +41,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// Sample API address, if started.
     pub sample_addr: Option<SocketAddr>,
+    /// The response-feedback UDP address, when `[decision.feedback] udp` is configured.
+    pub feedback_addr: Option<SocketAddr>,
     /// Shared state.
     pub shared: Arc<Shared>,
     /// Where the admin token came from.
@@ -97,6 +99,11 @@ impl Running {
                     s.push_str(&format!("  upstream    {} -> {}\n", u.name, u.url));
                 }
             }
+        }
+        if let Some(a) = self.feedback_addr {
+            s.push_str(&format!(
+                "  feedback    udp://{a} (the front's access log lines)\n"
+            ));
         }
         s.push_str(&format!(
             "  admin API   http://{}/v1/  (Authorization: Bearer <admin token>)\n",
@@ -211,6 +218,11 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         warn_on_expiry(t);
     }
     let admin_addr = admin_listener.local_addr()?;
+    let feedback = match &compiled.feedback {
+        Some(f) => Some(crate::proxy::feedback::Listeners::bind(f).await?),
+        None => None,
+    };
+    let feedback_addr = feedback.as_ref().and_then(|f| f.udp_addr());
 
     let store = crate::cluster::SharedStore::new(compiled.store.clone());
     if let Some(s) = &store {
@@ -223,6 +235,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     let shared = Arc::new(Shared {
         agent_directories: Default::default(),
         decision_answers: Default::default(),
+        feedback: Default::default(),
         challenges: {
             let c = crate::challenge::Challenges::new(&challenge_key);
             c.set_zones(zones);
@@ -318,6 +331,9 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     if tls_addr.is_some() {
         background.push(tokio::spawn(crate::acme::manage(shared.clone())));
     }
+    if let Some(f) = feedback {
+        background.extend(f.spawn(shared.clone()));
+    }
     #[cfg(unix)]
     {
         let s = shared.clone();
@@ -332,6 +348,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         }));
     }
     Ok(Running {
+        feedback_addr,
         tls_addr,
         tls_task,
         proxy_addr,

@@ -319,6 +319,21 @@ pub struct Compiled {
     pub digest: u64,
     /// The decision endpoint's path (`[decision]`), when configured.
     pub decision_path: Option<String>,
+    /// `[decision.feedback]`, when configured.
+    pub feedback: Option<FeedbackSettings>,
+}
+
+/// `[decision.feedback]`: the front's access log lines coming back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackSettings {
+    /// UDP address listened on.
+    pub udp: Option<SocketAddr>,
+    /// Unix datagram socket listened on.
+    pub unix: Option<PathBuf>,
+    /// How long an allowed decision waits for its line.
+    pub wait: std::time::Duration,
+    /// Decisions waiting at once.
+    pub max_pending: usize,
 }
 
 /// A built-in bot's published ranges, fetched by the gateway on a schedule; the last good copy
@@ -845,7 +860,86 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             }
             p.to_owned()
         }),
+        feedback: raw
+            .decision
+            .as_ref()
+            .and_then(|d| d.feedback.as_ref())
+            .map(|f| feedback(f, c)),
     })
+}
+
+/// `[decision.feedback]`, reporting what is wrong with it.
+fn feedback(f: &RawFeedback, c: &mut Collector) -> FeedbackSettings {
+    let udp = f
+        .udp
+        .as_ref()
+        .and_then(|a| match a.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                c.at(
+                    sp(a),
+                    "decision.feedback.udp",
+                    format!("`{}` is not an address such as 127.0.0.1:5514", a.get_ref()),
+                );
+                None
+            }
+        });
+    let unix = f.unix.as_ref().and_then(|p| {
+        let path = PathBuf::from(p.get_ref());
+        if path.as_os_str().is_empty() || path.as_os_str().len() > 100 {
+            c.at(
+                sp(p),
+                "decision.feedback.unix",
+                "a unix socket path is 1 to 100 bytes long",
+            );
+            return None;
+        }
+        Some(path)
+    });
+    if f.udp.is_none() && f.unix.is_none() {
+        c.at(
+            None,
+            "decision.feedback",
+            "names where the front's log lines arrive: `udp = \"127.0.0.1:5514\"` and/or `unix = \"/run/palisade/feedback.sock\"`",
+        );
+    }
+    let wait = match &f.wait {
+        None => std::time::Duration::from_secs(120),
+        Some(w) => match palisade_engine::units::parse_duration(w.get_ref()) {
+            Ok(n)
+                if (palisade_engine::clock::SECOND..=3_600 * palisade_engine::clock::SECOND)
+                    .contains(&n) =>
+            {
+                std::time::Duration::from_nanos(n)
+            }
+            _ => {
+                c.at(
+                    sp(w),
+                    "decision.feedback.wait",
+                    format!("`{}` is not a duration from 1s to 1h", w.get_ref()),
+                );
+                std::time::Duration::from_secs(120)
+            }
+        },
+    };
+    let max_pending = match &f.max_pending {
+        None => 100_000,
+        Some(n) if (1..=10_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => {
+            c.at(
+                sp(n),
+                "decision.feedback.max_pending",
+                "is from 1 to 10000000",
+            );
+            100_000
+        }
+    };
+    FeedbackSettings {
+        udp,
+        unix,
+        wait,
+        max_pending,
+    }
 }
 
 /// A path pattern that matches without regard to ASCII case unless the config says otherwise.

@@ -570,6 +570,29 @@ impl Behaviour {
         s.finish()
     }
 
+    /// A login's username learnt after its decision (from the front's access log, when
+    /// Palisade decided without seeing the body): counted among its sources' usernames as if
+    /// it had been read then, and kept on the trace for the failed-login accounting.
+    pub fn learn_username(&self, trace: &mut Trace, username: &[u8]) {
+        let login = self
+            .policy
+            .stuffing
+            .as_ref()
+            .is_some_and(|s| s.route == trace.route);
+        if trace.username.is_some() || !login {
+            return;
+        }
+        let u = hash_one(&self.hasher, 7, username);
+        trace.username = Some(u);
+        for d in Dim::ALL.into_iter().filter(|d| d.is_source()) {
+            if let (Some(Some(table)), Some(Some(key))) =
+                (self.tables.get(d.index()), trace.keys.get(d.index()))
+            {
+                table.update(*key, |f| f.add_distinct(Distinct::Usernames, u));
+            }
+        }
+    }
+
     /// Records the answer to a request: status mix, 429s and their `Retry-After`, failed
     /// logins, successful flow steps, the route's baseline.
     /// `upstream`: the upstream answered. The gateway's own answers (refusals, bounds) are no

@@ -169,7 +169,10 @@ pub fn gather(
 }
 
 /// The stuffing route's settings, when `route` is it.
-fn stuffing_on(rt: &Runtime, route: RouteId) -> Option<&palisade_engine::behaviour::StuffingSpec> {
+pub(crate) fn stuffing_on(
+    rt: &Runtime,
+    route: RouteId,
+) -> Option<&palisade_engine::behaviour::StuffingSpec> {
     rt.compiled
         .policy
         .behaviour

@@ -9,6 +9,7 @@ pub mod decision;
 pub mod endpoints;
 pub mod enforce;
 pub mod facts;
+pub mod feedback;
 pub mod forward;
 pub mod hold;
 pub mod observe;
@@ -237,6 +238,27 @@ async fn respond(
         }
         Some(r) => r.response(&request_id),
         None if call.is_some() => {
+            // The front forwards it: quotas count it now, or when its log line comes back
+            // with the spend the upstream reported (`[decision.feedback]`).
+            let fixed = rt
+                .compiled
+                .policy
+                .route(decision.route)
+                .map_or(0, |r| r.spend_micros);
+            match &rt.compiled.feedback {
+                Some(f) => shared.feedback.wait(
+                    &request_id,
+                    rt.engine.awaited(&decision),
+                    settlement.take(),
+                    fixed,
+                    f,
+                ),
+                None => {
+                    if let Some(s) = settlement.take() {
+                        s.settle(Some(fixed));
+                    }
+                }
+            }
             decision::allowed(&decision, facts_principal(&gathered), &request_id)
         }
         None => {

@@ -83,6 +83,14 @@ pub struct AcmeLabels {
     pub result: &'static str,
 }
 
+/// What became of a response-feedback line (`[decision.feedback]`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabels {
+    /// `matched` (fed to behaviour), `unknown` (no decision waiting: late, or not ours),
+    /// `not_json`, `no_request_id`, `no_status`, or `disabled`.
+    pub result: &'static str,
+}
+
 /// How a TLS handshake ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
@@ -163,6 +171,8 @@ pub struct Metrics {
     pub agent_directory_fetches: Family<DirectoryLabels, Counter>,
     /// ACME certificate orders by result.
     pub acme_orders: Family<AcmeLabels, Counter>,
+    /// Response-feedback lines by what became of them.
+    pub feedback: Family<FeedbackLabels, Counter>,
     /// Seconds until the ACME certificate expires (absent until one is held).
     pub acme_expiry: prometheus_client::metrics::gauge::Gauge,
     /// Requests that failed on the client's side, by kind (never counted as upstream errors).
@@ -229,6 +239,7 @@ impl Metrics {
         let connections_shed = Family::<ShedLabels, Counter>::default();
         let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
         let acme_orders = Family::<AcmeLabels, Counter>::default();
+        let feedback = Family::<FeedbackLabels, Counter>::default();
         let agent_directory_fetches = Family::<DirectoryLabels, Counter>::default();
         let challenges = Family::<ChallengeLabels, Counter>::default();
         let challenge_solve_seconds = Histogram::new(exponential_buckets(0.5, 2.0, 10));
@@ -353,6 +364,11 @@ impl Metrics {
             acme_orders.clone(),
         );
         registry.register(
+            "feedback_lines",
+            "Access log lines fronts sent back (response feedback), by what became of them",
+            feedback.clone(),
+        );
+        registry.register(
             "acme_certificate_expiry_seconds",
             "Seconds until the certificate ordered over ACME expires (0: none held yet)",
             acme_expiry.clone(),
@@ -374,6 +390,7 @@ impl Metrics {
             connections_shed,
             tls_handshakes,
             acme_orders,
+            feedback,
             acme_expiry,
             agent_directory_fetches,
             challenges,

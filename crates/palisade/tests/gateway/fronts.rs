@@ -20,6 +20,16 @@ impl Drop for Nginx {
 }
 
 fn nginx(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Nginx> {
+    nginx_with(up, palisade, "", "")
+}
+
+/// nginx with the auth snippet plus `http_extra` (http level) and `server_extra`.
+fn nginx_with(
+    up: &Upstream,
+    palisade: std::net::SocketAddr,
+    http_extra: &str,
+    server_extra: &str,
+) -> Option<Nginx> {
     let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
@@ -45,7 +55,7 @@ fn nginx(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Nginx> {
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            upstream api {{ server {}; keepalive 8; }}\n  upstream palisade {{ server {palisade}; keepalive 8; }}\n\
-           server {{\n    listen 127.0.0.1:{port};\n    include {snippet};\n  }}\n}}\n",
+           {http_extra}\n  server {{\n    listen 127.0.0.1:{port};\n    include {snippet};\n    {server_extra}\n  }}\n}}\n",
         up.addr
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
@@ -287,4 +297,142 @@ async fn caddy_forward_auth_gets_the_same_decisions() {
         before,
         "not proxied"
     );
+}
+
+/// A free UDP port on loopback.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_access_log_feeds_failed_logins_and_errors_back_to_behaviour() {
+    let up = upstream().await;
+    let fb = free_udp_port();
+    let config = config_for(
+        &up,
+        &format!(
+            r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[decision]
+
+[decision.feedback]
+udp = "127.0.0.1:{fb}"
+
+[[routes]]
+name = "login"
+match = {{ path = "/login", methods = ["POST"] }}
+
+[behaviour]
+
+[behaviour.stuffing]
+route = "login"
+failure_status = [401]
+username_field = "email"
+min_failures = 8
+min_usernames = 5
+
+[scoring]
+challenge_at = 60
+"#
+        ),
+    );
+    let g = Gateway::start(Some(&config));
+    let feedback = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/nginx/palisade-feedback.conf"
+    );
+    let Some(n) = nginx_with(
+        &up,
+        g.proxy,
+        &format!("include {feedback};"),
+        &format!(
+            "access_log syslog:server=127.0.0.1:{fb},tag=palisade,nohostname palisade_feedback;"
+        ),
+    ) else {
+        println!("SKIPPED: nginx is not installed (scripts/test.sh installs it)");
+        return;
+    };
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", n.port);
+    // Credential stuffing through nginx: Palisade decides on each login without its body
+    // (auth_request sends none) and never sees the upstream's 401s; nginx's log lines bring
+    // both back. Every attempt comes from a new network, with one client's header set.
+    let mut challenged_at = None;
+    for i in 0..30 {
+        let ip = format!("203.0.{i}.7");
+        let body = format!("{{\"email\":\"Victim{i}@Mail.Example\",\"password\":\"x\"}}");
+        let r = send(
+            "POST",
+            &url("/login"),
+            &[
+                ("x-forwarded-for", &ip),
+                ("x-echo-status", "401"),
+                ("content-type", "application/json"),
+                ("user-agent", "python-requests/2.32.3"),
+                ("accept", "application/json"),
+            ],
+            &body,
+        )
+        .await;
+        if r.header("www-authenticate").starts_with("PoW ") {
+            assert_eq!(r.status, 401);
+            assert_eq!(r.header("content-type"), "application/problem+json");
+            challenged_at = Some(i);
+            break;
+        }
+        assert_eq!(r.status, 401, "the upstream's own answer");
+        assert_eq!(r.json()["body"], body, "proxied by nginx with its body");
+        // The line goes out when nginx has answered: give it a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at = challenged_at.expect("stuffing through nginx was never caught");
+    assert!(at <= 14, "challenged only after {at} attempts");
+    let d = g.wait_decision(|d| d["rule"] == "score/challenge");
+    assert!(
+        d["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["signal"] == "stuffing/source"),
+        "{d}"
+    );
+    // One client whose requests keep failing at the upstream (404s): the error share is seen
+    // through the log lines.
+    let client = [
+        ("x-forwarded-for", "198.51.100.77"),
+        ("x-echo-status", "404"),
+        ("user-agent", "curl/8.5.0"),
+    ];
+    for _ in 0..30 {
+        let r = send("GET", &url("/login"), &client, "").await;
+        assert!(r.status == 404 || r.status == 401, "{}", r.status);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let d = g.wait_decision(|d| {
+        d["client_ip"] == "198.51.100.77"
+            && d["reasons"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["signal"] == "behaviour/errors"))
+    });
+    assert_eq!(d["path"], "/login");
+    let matched = metric_sum(&g, "palisade_feedback_lines_total{result=\"matched\"}").await;
+    assert!(matched >= 30.0, "lines matched: {matched}");
+    // A person's line that never comes (or comes late) changes nothing; a stray datagram is
+    // counted, not fatal.
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(b"<13>Dec  7 08:00:00 x: not json", ("127.0.0.1", fb))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_sum(&g, "palisade_feedback_lines_total{result=\"not_json\"}").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stray datagram was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
