@@ -1047,6 +1047,9 @@ pub struct RawCaptcha {
 pub struct RawDecision {
     /// Its path on the proxy listener. Default `/_palisade/authz`.
     pub path: Option<Spanned<String>>,
+    /// Address of the Envoy external authorization gRPC service
+    /// (`envoy.service.auth.v3.Authorization`), e.g. `127.0.0.1:9191`.
+    pub ext_authz: Option<Spanned<String>>,
     /// `[decision.feedback]`: the front's access log, sent back so that behaviour sees the
     /// upstream's answers.
     pub feedback: Option<RawFeedback>,

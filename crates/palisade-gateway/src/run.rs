@@ -43,6 +43,8 @@ pub struct Running {
     pub sample_addr: Option<SocketAddr>,
     /// The response-feedback UDP address, when `[decision.feedback] udp` is configured.
     pub feedback_addr: Option<SocketAddr>,
+    /// Envoy's ext_authz gRPC address, when `[decision] ext_authz` is configured.
+    pub ext_authz_addr: Option<SocketAddr>,
     /// Shared state.
     pub shared: Arc<Shared>,
     /// Where the admin token came from.
@@ -99,6 +101,11 @@ impl Running {
                     s.push_str(&format!("  upstream    {} -> {}\n", u.name, u.url));
                 }
             }
+        }
+        if let Some(a) = self.ext_authz_addr {
+            s.push_str(&format!(
+                "  ext_authz   grpc://{a} (Envoy external authorization)\n"
+            ));
         }
         if let Some(a) = self.feedback_addr {
             s.push_str(&format!(
@@ -223,6 +230,18 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         None => None,
     };
     let feedback_addr = feedback.as_ref().and_then(|f| f.udp_addr());
+    let ext_authz_listener = match compiled.ext_authz {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the ext_authz listener {a}"))?,
+        ),
+        None => None,
+    };
+    let ext_authz_addr = ext_authz_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     let store = crate::cluster::SharedStore::new(compiled.store.clone());
     if let Some(s) = &store {
@@ -334,6 +353,13 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     if let Some(f) = feedback {
         background.extend(f.spawn(shared.clone()));
     }
+    if let Some(l) = ext_authz_listener {
+        background.push(tokio::spawn(crate::proxy::ext_authz::serve(
+            l,
+            shared.clone(),
+            rx.clone(),
+        )));
+    }
     #[cfg(unix)]
     {
         let s = shared.clone();
@@ -349,6 +375,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     }
     Ok(Running {
         feedback_addr,
+        ext_authz_addr,
         tls_addr,
         tls_task,
         proxy_addr,

@@ -321,6 +321,8 @@ pub struct Compiled {
     pub decision_path: Option<String>,
     /// `[decision.feedback]`, when configured.
     pub feedback: Option<FeedbackSettings>,
+    /// `[decision] ext_authz`: Envoy's external authorization over gRPC, when configured.
+    pub ext_authz: Option<SocketAddr>,
 }
 
 /// `[decision.feedback]`: the front's access log lines coming back.
@@ -860,6 +862,21 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             }
             p.to_owned()
         }),
+        ext_authz: raw
+            .decision
+            .as_ref()
+            .and_then(|d| d.ext_authz.as_ref())
+            .and_then(|a| match a.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    c.at(
+                        sp(a),
+                        "decision.ext_authz",
+                        format!("`{}` is not an address such as 127.0.0.1:9191", a.get_ref()),
+                    );
+                    None
+                }
+            }),
         feedback: raw
             .decision
             .as_ref()

@@ -323,6 +323,9 @@ pub enum ClientBody {
     H1(h1::RequestBody),
     /// HTTP/2.
     H2(hyper::body::Incoming),
+    /// Already whole: what an in-process caller hands over (Envoy's ext_authz with the body
+    /// it buffered, the tower middleware), taken once.
+    Whole(Option<Bytes>),
 }
 
 impl Body for ClientBody {
@@ -353,6 +356,7 @@ impl Body for ClientBody {
                     source: Box::new(e),
                 }) as BoxError
             }),
+            ClientBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -360,6 +364,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::H1(b) => b.is_end_stream(),
             ClientBody::H2(b) => b.is_end_stream(),
+            ClientBody::Whole(b) => b.is_none(),
         }
     }
 
@@ -367,6 +372,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::H1(b) => b.size_hint(),
             ClientBody::H2(b) => b.size_hint(),
+            ClientBody::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

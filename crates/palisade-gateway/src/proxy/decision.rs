@@ -53,7 +53,8 @@ impl std::fmt::Debug for Answers {
     }
 }
 
-/// A decision call, as the front made it.
+/// A decision call, as the front made it. Put in a request's extensions by an in-process
+/// caller (ext_authz, the tower middleware), it makes the request a decision call as it is.
 #[derive(Debug, Clone, Copy)]
 pub struct Call {
     /// Whether the front is nginx (refusals mapped to 401/403, full answers kept).
@@ -94,6 +95,11 @@ pub fn rewrite(
     parts: &mut http::request::Parts,
     peer: std::net::IpAddr,
 ) -> Result<Option<Call>, Box<Response<ProxyBody>>> {
+    // Asked in-process (Envoy's ext_authz, the tower middleware): the request is already the
+    // one to judge.
+    if let Some(call) = parts.extensions.get::<Call>() {
+        return Ok(Some(*call));
+    }
     let Some(path) = rt.compiled.decision_path.as_deref() else {
         return Ok(None);
     };

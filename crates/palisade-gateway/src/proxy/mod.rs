@@ -8,6 +8,7 @@ pub mod decide;
 pub mod decision;
 pub mod endpoints;
 pub mod enforce;
+pub mod ext_authz;
 pub mod facts;
 pub mod feedback;
 pub mod forward;

@@ -16,6 +16,7 @@ mod challenges;
 mod cli;
 mod cluster;
 mod common;
+mod ext_authz;
 mod fingerprints;
 mod fronts;
 mod honeypots;
