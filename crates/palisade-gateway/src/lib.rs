@@ -13,6 +13,7 @@ pub mod bot_ranges;
 pub mod challenge;
 pub mod client;
 pub mod cluster;
+pub mod embed;
 pub mod listen;
 pub mod proxy;
 pub mod refusal;

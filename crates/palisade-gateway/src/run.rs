@@ -29,12 +29,15 @@ pub struct RunOptions {
     pub watch_interval: Duration,
     /// `PALISADE_ADMIN_TOKEN`, if set.
     pub env_admin_token: Option<String>,
+    /// In-process (the tower middleware): no proxy or TLS listener and no sample API; requests
+    /// come through [`crate::embed`]. The admin listener, reload and background loops run.
+    pub in_process: bool,
 }
 
 /// A started gateway.
 pub struct Running {
-    /// Bound proxy address.
-    pub proxy_addr: SocketAddr,
+    /// Bound proxy address (none in-process).
+    pub proxy_addr: Option<SocketAddr>,
     /// Bound TLS listener address, when `[tls]` is configured.
     pub tls_addr: Option<SocketAddr>,
     /// Bound admin address.
@@ -50,7 +53,7 @@ pub struct Running {
     /// Where the admin token came from.
     pub token_source: TokenSource,
     shutdown: watch::Sender<bool>,
-    proxy_task: JoinHandle<()>,
+    proxy_task: Option<JoinHandle<()>>,
     tls_task: Option<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -60,7 +63,9 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), then returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.proxy_task.await;
+        if let Some(t) = self.proxy_task {
+            let _ = t.await;
+        }
         if let Some(t) = self.tls_task {
             let _ = t.await;
         }
@@ -82,11 +87,14 @@ impl Running {
             palisade_engine::Mode::Shadow => "shadow",
         };
         let mut s = format!(
-            "palisade {} ({mode} mode) with policy {}\n  proxy       http://{}\n",
+            "palisade {} ({mode} mode) with policy {}\n",
             env!("CARGO_PKG_VERSION"),
             self.shared.source.describe(),
-            self.proxy_addr
         );
+        match self.proxy_addr {
+            Some(a) => s.push_str(&format!("  proxy       http://{a}\n")),
+            None => s.push_str("  in-process  (requests come through the middleware)\n"),
+        }
         if let Some(a) = self.tls_addr {
             s.push_str(&format!("  TLS         https://{a}\n"));
         }
@@ -150,7 +158,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     let mut compiled = compiled;
     opts.overrides.apply(&mut compiled);
 
-    let (sample_addr, sample_uri) = if compiled.upstreams.is_empty() {
+    let (sample_addr, sample_uri) = if compiled.upstreams.is_empty() && !opts.in_process {
         let addr = sample_api::spawn("127.0.0.1:0".parse()?)
             .await
             .context("starting the sample API")?;
@@ -202,8 +210,16 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     let decision_log =
         decision_log::DecisionLog::start(&compiled.log.decisions, compiled.log.recent)
             .context("opening the decision log")?;
-    let proxy_listener = listen::bind_proxy(compiled.server.listen, compiled.server.listen_backlog)
-        .with_context(|| format!("binding the proxy listener {}", compiled.server.listen))?;
+    let proxy_listener = if opts.in_process {
+        None
+    } else {
+        Some(
+            listen::bind_proxy(compiled.server.listen, compiled.server.listen_backlog)
+                .with_context(|| {
+                    format!("binding the proxy listener {}", compiled.server.listen)
+                })?,
+        )
+    };
     let admin_listener = tokio::net::TcpListener::bind(compiled.server.admin_listen)
         .await
         .with_context(|| {
@@ -212,14 +228,17 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
                 compiled.server.admin_listen
             )
         })?;
-    let tls_listener = match &compiled.tls {
+    let tls_listener = match compiled.tls.as_ref().filter(|_| !opts.in_process) {
         Some(t) => Some(
             listen::bind_proxy(t.listen, compiled.server.listen_backlog)
                 .with_context(|| format!("binding the TLS listener {}", t.listen))?,
         ),
         None => None,
     };
-    let proxy_addr = proxy_listener.local_addr()?;
+    let proxy_addr = proxy_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     if let Some(t) = &compiled.tls {
         warn_on_expiry(t);
@@ -309,16 +328,18 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
 
     let (tx, rx) = watch::channel(false);
     let admission = listen::admission(&shared);
-    let proxy_task = tokio::spawn(listen::serve_proxy(
-        proxy_listener,
-        shared.clone(),
-        crate::proxy::Proxy(shared.clone()),
-        admission.clone(),
-        listen::Transport::Plain {
-            tls_port: tls_addr.map(|a| a.port()),
-        },
-        rx.clone(),
-    ));
+    let proxy_task = proxy_listener.map(|l| {
+        tokio::spawn(listen::serve_proxy(
+            l,
+            shared.clone(),
+            crate::proxy::Proxy(shared.clone()),
+            admission.clone(),
+            listen::Transport::Plain {
+                tls_port: tls_addr.map(|a| a.port()),
+            },
+            rx.clone(),
+        ))
+    });
     let tls_task = tls_listener.map(|l| {
         tokio::spawn(listen::serve_proxy(
             l,

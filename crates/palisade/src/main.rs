@@ -277,6 +277,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             watch_interval: Duration::from_secs(args.watch_interval.max(1)),
             env_admin_token: std::env::var("PALISADE_ADMIN_TOKEN").ok(),
+            in_process: false,
         };
         let running = palisade_gateway::start(opts).await?;
         eprint!("{}", running.banner());

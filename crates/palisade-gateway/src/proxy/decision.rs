@@ -59,6 +59,9 @@ impl std::fmt::Debug for Answers {
 pub struct Call {
     /// Whether the front is nginx (refusals mapped to 401/403, full answers kept).
     pub nginx: bool,
+    /// Whether the caller reports the answer itself ([`crate::embed::answered`]): an allowed
+    /// decision then waits for it as for a feedback line.
+    pub reports_answer: bool,
 }
 
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
@@ -169,7 +172,10 @@ pub fn rewrite(
     // auth_request sends no body, whatever the original had.
     parts.headers.remove(http::header::CONTENT_LENGTH);
     parts.headers.remove(http::header::TRANSFER_ENCODING);
-    Ok(Some(Call { nginx }))
+    Ok(Some(Call {
+        nginx,
+        reports_answer: false,
+    }))
 }
 
 /// The answer to an allowed request: 200 with what the upstream should know.

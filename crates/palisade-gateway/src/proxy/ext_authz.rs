@@ -24,8 +24,6 @@ use envoy_types::pb::google::rpc;
 use http_body_util::BodyExt as _;
 
 use crate::Shared;
-use crate::listen::ClientBody;
-use crate::proxy::decision::Call;
 
 /// gRPC status codes (google.rpc.Code) used in answers.
 const OK: i32 = 0;
@@ -36,15 +34,6 @@ const UNAUTHENTICATED: i32 = 16;
 
 /// Largest refusal body passed to Envoy (challenge pages are far smaller).
 const MAX_BODY: usize = 256 * 1024;
-
-/// Palisade's answer headers that go to the upstream with an allowed request.
-const TO_UPSTREAM: [&str; 5] = [
-    "x-request-id",
-    "x-palisade-score",
-    "x-palisade-signals",
-    "x-palisade-key-id",
-    "x-palisade-account",
-];
 
 /// The Authorization service over the gateway.
 #[derive(Clone)]
@@ -58,9 +47,8 @@ impl Authorization for ExtAuthz {
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let caller = request.remote_addr();
         let answer = match to_request(request.into_inner(), caller) {
-            Ok((req, peer)) => {
-                let answer = super::handle(self.0.clone(), req, peer, None).await;
-                from_response(answer.merged()).await
+            Ok((parts, body, peer)) => {
+                from_judgement(crate::embed::judge(&self.0, parts, body, peer, false).await).await
             }
             Err(message) => CheckResponse {
                 status: Some(rpc::Status {
@@ -104,11 +92,11 @@ pub async fn serve(
     }
 }
 
-/// The request Envoy describes, as one the proxy path takes, and the client's address.
-fn to_request(
-    check: CheckRequest,
-    caller: Option<SocketAddr>,
-) -> Result<(http::Request<ClientBody>, SocketAddr), &'static str> {
+/// The request Envoy describes (its head and body), and the client's address.
+type Described = (http::request::Parts, Option<Bytes>, SocketAddr);
+
+/// The request Envoy describes, as the proxy path takes it.
+fn to_request(check: CheckRequest, caller: Option<SocketAddr>) -> Result<Described, &'static str> {
     let attrs = check.attributes.ok_or("no attributes")?;
     let http = attrs
         .request
@@ -162,34 +150,20 @@ fn to_request(
     } else {
         None
     };
-    match &body {
-        Some(b) => {
-            headers.insert(
-                http::header::CONTENT_LENGTH,
-                http::HeaderValue::from(b.len()),
-            );
-            headers.remove(http::header::TRANSFER_ENCODING);
-        }
-        None => {
-            headers.remove(http::header::CONTENT_LENGTH);
-            headers.remove(http::header::TRANSFER_ENCODING);
-        }
-    }
     let version = match http.protocol.as_str() {
         "HTTP/2" => http::Version::HTTP_2,
         "HTTP/1.0" => http::Version::HTTP_10,
         "HTTP/3" => http::Version::HTTP_3,
         _ => http::Version::HTTP_11,
     };
-    let mut req = {
-        if let Some(h) = req.headers_mut() {
-            *h = headers;
-        }
-        req.version(version)
-            .body(ClientBody::Whole(body))
-            .map_err(|_| "not a request")?
-    };
-    req.extensions_mut().insert(Call { nginx: false });
+    if let Some(h) = req.headers_mut() {
+        *h = headers;
+    }
+    let (parts, ()) = req
+        .version(version)
+        .body(())
+        .map_err(|_| "not a request")?
+        .into_parts();
     let peer = attrs
         .source
         .and_then(|p| p.address)
@@ -206,7 +180,7 @@ fn to_request(
         })
         .or(caller)
         .ok_or("no client address")?;
-    Ok((req, peer))
+    Ok((parts, body, peer))
 }
 
 /// A header for Envoy to set (replacing one of the same name).
@@ -236,33 +210,38 @@ async fn bounded(mut body: crate::wire::body::ProxyBody) -> Vec<u8> {
     out
 }
 
-/// Palisade's answer as Envoy takes it.
-async fn from_response(response: http::Response<crate::wire::body::ProxyBody>) -> CheckResponse {
+/// Palisade's judgement as Envoy takes it.
+async fn from_judgement(judgement: crate::embed::Judgement) -> CheckResponse {
+    let text = |v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    let headers_of = |h: &http::HeaderMap| -> Vec<HeaderValueOption> {
+        h.iter()
+            .map(|(n, v)| header(n.as_str(), &text(v)))
+            .collect()
+    };
+    let response = match judgement {
+        crate::embed::Judgement::Refuse(r) => r,
+        crate::embed::Judgement::Allow {
+            upstream, client, ..
+        } => {
+            let ok = OkHttpResponse {
+                headers: headers_of(&upstream),
+                // The client learns its limits (and its request id, and a fresh clearance).
+                response_headers_to_add: headers_of(&client),
+                ..Default::default()
+            };
+            return CheckResponse {
+                status: Some(rpc::Status {
+                    code: OK,
+                    message: String::new(),
+                    details: Vec::new(),
+                }),
+                http_response: Some(HttpResponse::OkResponse(ok)),
+                dynamic_metadata: None,
+            };
+        }
+    };
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
-    let text = |v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
-    if parts.status.is_success() {
-        let mut ok = OkHttpResponse::default();
-        for (name, value) in &parts.headers {
-            if TO_UPSTREAM.contains(&name.as_str()) {
-                ok.headers.push(header(name.as_str(), &text(value)));
-            }
-            // The client learns its limits (and its request id, and a fresh clearance).
-            if !name.as_str().starts_with("x-palisade-") && name != http::header::CONTENT_LENGTH {
-                ok.response_headers_to_add
-                    .push(header(name.as_str(), &text(value)));
-            }
-        }
-        return CheckResponse {
-            status: Some(rpc::Status {
-                code: OK,
-                message: String::new(),
-                details: Vec::new(),
-            }),
-            http_response: Some(HttpResponse::OkResponse(ok)),
-            dynamic_metadata: None,
-        };
-    }
     let body = String::from_utf8_lossy(&bounded(body).await).into_owned();
     let headers = parts
         .headers

@@ -19,6 +19,15 @@ use palisade_engine::{Awaited, Clock as _};
 use crate::Shared;
 use crate::cluster::QuotaCharge;
 
+/// How long an in-process caller's decision waits for its answer (the middleware reports it
+/// when the inner service answers), when `[decision.feedback]` says nothing.
+pub static IN_PROCESS: palisade_config::FeedbackSettings = palisade_config::FeedbackSettings {
+    udp: None,
+    unix: None,
+    wait: Duration::from_secs(600),
+    max_pending: 100_000,
+};
+
 /// An allowed decision waiting for its answer's line.
 struct Waiting {
     awaited: Awaited,
@@ -258,10 +267,16 @@ fn outcome(shared: &Shared, datagram: &[u8]) -> &'static str {
         Ok(l) => l,
         Err(e) => return e.label(),
     };
-    let rt = shared.runtime.load();
-    if rt.compiled.feedback.is_none() {
+    if shared.runtime.load().compiled.feedback.is_none() {
         return "disabled";
     }
+    settle(shared, &line)
+}
+
+/// Feeds an answer to the decision waiting for it: behaviour, cost, spend. `matched`, or
+/// `unknown` when none waits (late, or not ours).
+pub fn settle(shared: &Shared, line: &Line) -> &'static str {
+    let rt = shared.runtime.load();
     let Some(id) = parse_id(&line.request_id) else {
         return "unknown";
     };

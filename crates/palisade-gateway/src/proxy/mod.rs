@@ -246,7 +246,10 @@ async fn respond(
                 .policy
                 .route(decision.route)
                 .map_or(0, |r| r.spend_micros);
-            match &rt.compiled.feedback {
+            let waits = rt.compiled.feedback.as_ref().or(call
+                .filter(|c| c.reports_answer)
+                .map(|_| &feedback::IN_PROCESS));
+            match waits {
                 Some(f) => shared.feedback.wait(
                     &request_id,
                     rt.engine.awaited(&decision),
