@@ -25,6 +25,8 @@ command -v pebble >/dev/null 2>&1 || need+=(pebble)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 # ... and the real `caddy` (forward_auth); the tests run their own, never the package's service.
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
+# ... and the real `haproxy` (SPOE, Palisade as its agent).
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # Debian's `chromium`, driven by puppeteer-core (npm, below) in the challenge tests.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # Node.js runs the real third-party peers (Express, browsers' drivers, signers) the tests use.

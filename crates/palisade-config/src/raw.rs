@@ -1050,6 +1050,8 @@ pub struct RawDecision {
     /// Address of the Envoy external authorization gRPC service
     /// (`envoy.service.auth.v3.Authorization`), e.g. `127.0.0.1:9191`.
     pub ext_authz: Option<Spanned<String>>,
+    /// Address of the HAProxy SPOE agent (SPOP), e.g. `127.0.0.1:12345`.
+    pub spoe: Option<Spanned<String>>,
     /// `[decision.feedback]`: the front's access log, sent back so that behaviour sees the
     /// upstream's answers.
     pub feedback: Option<RawFeedback>,

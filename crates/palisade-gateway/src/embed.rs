@@ -46,10 +46,40 @@ pub enum Judgement {
 /// [`answered`] with the upstream's status.
 pub async fn judge(
     shared: &Arc<Shared>,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     body: Option<Bytes>,
     peer: SocketAddr,
     reports_answer: bool,
+) -> Judgement {
+    let call = Call {
+        nginx: false,
+        reports_answer,
+    };
+    judge_as(shared, parts, body, peer, call).await
+}
+
+/// [`judge`] for a front that fetches refusals' full answers from
+/// `<decision path>/answer/<request id>` (HAProxy through SPOE): a refusal comes back as 401 or
+/// 403 with its real status in `X-Palisade-Status`, its answer kept for a minute.
+pub async fn judge_kept(
+    shared: &Arc<Shared>,
+    parts: http::request::Parts,
+    body: Option<Bytes>,
+    peer: SocketAddr,
+) -> Judgement {
+    let call = Call {
+        nginx: true,
+        reports_answer: false,
+    };
+    judge_as(shared, parts, body, peer, call).await
+}
+
+async fn judge_as(
+    shared: &Arc<Shared>,
+    mut parts: http::request::Parts,
+    body: Option<Bytes>,
+    peer: SocketAddr,
+    call: Call,
 ) -> Judgement {
     match &body {
         Some(b) => {
@@ -63,10 +93,7 @@ pub async fn judge(
             parts.headers.remove(http::header::TRANSFER_ENCODING);
         }
     }
-    parts.extensions.insert(Call {
-        nginx: false,
-        reports_answer,
-    });
+    parts.extensions.insert(call);
     let req = http::Request::from_parts(parts, ClientBody::Whole(body));
     let response = crate::proxy::handle(shared.clone(), req, peer, None)
         .await

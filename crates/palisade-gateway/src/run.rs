@@ -48,6 +48,8 @@ pub struct Running {
     pub feedback_addr: Option<SocketAddr>,
     /// Envoy's ext_authz gRPC address, when `[decision] ext_authz` is configured.
     pub ext_authz_addr: Option<SocketAddr>,
+    /// The HAProxy SPOE agent's address, when `[decision] spoe` is configured.
+    pub spoe_addr: Option<SocketAddr>,
     /// Shared state.
     pub shared: Arc<Shared>,
     /// Where the admin token came from.
@@ -109,6 +111,11 @@ impl Running {
                     s.push_str(&format!("  upstream    {} -> {}\n", u.name, u.url));
                 }
             }
+        }
+        if let Some(a) = self.spoe_addr {
+            s.push_str(&format!(
+                "  SPOE agent  {a} (HAProxy stream processing offload)\n"
+            ));
         }
         if let Some(a) = self.ext_authz_addr {
             s.push_str(&format!(
@@ -257,6 +264,15 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         ),
         None => None,
     };
+    let spoe_listener = match compiled.spoe {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the SPOE agent listener {a}"))?,
+        ),
+        None => None,
+    };
+    let spoe_addr = spoe_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let ext_authz_addr = ext_authz_listener
         .as_ref()
         .map(|l| l.local_addr())
@@ -374,6 +390,13 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
     if let Some(f) = feedback {
         background.extend(f.spawn(shared.clone()));
     }
+    if let Some(l) = spoe_listener {
+        background.push(tokio::spawn(crate::proxy::spoa::serve(
+            l,
+            shared.clone(),
+            rx.clone(),
+        )));
+    }
     if let Some(l) = ext_authz_listener {
         background.push(tokio::spawn(crate::proxy::ext_authz::serve(
             l,
@@ -395,6 +418,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         }));
     }
     Ok(Running {
+        spoe_addr,
         feedback_addr,
         ext_authz_addr,
         tls_addr,

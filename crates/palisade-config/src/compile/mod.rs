@@ -323,6 +323,8 @@ pub struct Compiled {
     pub feedback: Option<FeedbackSettings>,
     /// `[decision] ext_authz`: Envoy's external authorization over gRPC, when configured.
     pub ext_authz: Option<SocketAddr>,
+    /// `[decision] spoe`: the HAProxy SPOE agent's address, when configured.
+    pub spoe: Option<SocketAddr>,
 }
 
 /// `[decision.feedback]`: the front's access log lines coming back.
@@ -866,17 +868,12 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             .decision
             .as_ref()
             .and_then(|d| d.ext_authz.as_ref())
-            .and_then(|a| match a.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    c.at(
-                        sp(a),
-                        "decision.ext_authz",
-                        format!("`{}` is not an address such as 127.0.0.1:9191", a.get_ref()),
-                    );
-                    None
-                }
-            }),
+            .and_then(|a| address(a, "decision.ext_authz", "127.0.0.1:9191", c)),
+        spoe: raw
+            .decision
+            .as_ref()
+            .and_then(|d| d.spoe.as_ref())
+            .and_then(|a| address(a, "decision.spoe", "127.0.0.1:12345", c)),
         feedback: raw
             .decision
             .as_ref()
@@ -885,22 +882,32 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
     })
 }
 
+/// A listening address, reported when it is not one.
+fn address(
+    a: &Spanned<String>,
+    path: &str,
+    example: &str,
+    c: &mut Collector,
+) -> Option<SocketAddr> {
+    match a.get_ref().parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            c.at(
+                sp(a),
+                path,
+                format!("`{}` is not an address such as {example}", a.get_ref()),
+            );
+            None
+        }
+    }
+}
+
 /// `[decision.feedback]`, reporting what is wrong with it.
 fn feedback(f: &RawFeedback, c: &mut Collector) -> FeedbackSettings {
     let udp = f
         .udp
         .as_ref()
-        .and_then(|a| match a.get_ref().parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                c.at(
-                    sp(a),
-                    "decision.feedback.udp",
-                    format!("`{}` is not an address such as 127.0.0.1:5514", a.get_ref()),
-                );
-                None
-            }
-        });
+        .and_then(|a| address(a, "decision.feedback.udp", "127.0.0.1:5514", c));
     let unix = f.unix.as_ref().and_then(|p| {
         let path = PathBuf::from(p.get_ref());
         if path.as_os_str().is_empty() || path.as_os_str().len() > 100 {

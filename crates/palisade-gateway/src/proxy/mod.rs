@@ -14,6 +14,7 @@ pub mod feedback;
 pub mod forward;
 pub mod hold;
 pub mod observe;
+pub mod spoa;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

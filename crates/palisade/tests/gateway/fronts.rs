@@ -436,3 +436,165 @@ challenge_at = 60
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+struct Haproxy {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// HAProxy with the shipped `deploy/haproxy/haproxy.cfg` and `palisade-spoe.conf`, addresses
+/// put in.
+fn haproxy(up: &Upstream, palisade: std::net::SocketAddr, spoe: u16) -> Option<Haproxy> {
+    let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-haproxy-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/haproxy");
+    std::fs::copy(
+        format!("{deploy}/palisade-spoe.conf"),
+        dir.join("palisade-spoe.conf"),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(format!("{deploy}/haproxy.cfg"))
+        .unwrap()
+        .replace("bind :8000", &format!("bind 127.0.0.1:{port}"))
+        .replace("127.0.0.1:3000", &up.addr.to_string())
+        .replace("127.0.0.1:8080", &palisade.to_string())
+        .replace("127.0.0.1:12345", &format!("127.0.0.1:{spoe}"))
+        .replace(
+            "/etc/haproxy/palisade-spoe.conf",
+            &dir.join("palisade-spoe.conf").display().to_string(),
+        );
+    std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
+    let child = Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(dir.join("haproxy.cfg"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "haproxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Haproxy { child, port, dir })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_spoe_brings_limits_challenges_honeypots_and_headers_to_the_client() {
+    let up = upstream().await;
+    let spoe = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = config_for(
+        &up,
+        &format!(
+            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[decision]\nspoe = \"127.0.0.1:{spoe}\"\n\n\
+             [[routes]]\nname = \"items\"\nmatch = {{ path = \"/items/{{id}}\" }}\n\n\
+             [[limits]]\nname = \"items-per-ip\"\nroutes = [\"items\"]\nkey = [\"ip\"]\nrate = \"2/1m\"\n\n\
+             [[honeypots]]\nname = \"probes\"\npaths = [\"/.env\"]\n\n\
+             [[rules]]\nname = \"protect\"\nwhen = 'path.startsWith(\"/protected\")'\naction = \"challenge\"\n\n\
+             [challenge]\ndifficulty = 8\n"
+        ),
+    );
+    let g = Gateway::start(Some(&config));
+    let Some(h) = haproxy(&up, g.proxy, spoe) else {
+        println!("SKIPPED: haproxy is not installed (scripts/test.sh installs it)");
+        return;
+    };
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", h.port);
+    let client = [
+        ("accept", "application/json"),
+        ("user-agent", "python-requests/2.32.3"),
+        // A client's own claim is never passed on.
+        ("x-palisade-score", "-100"),
+    ];
+    // Allowed: HAProxy proxies to the upstream, which sees Palisade's request id and score;
+    // the client gets the RateLimit headers.
+    let r = send("GET", &url("/echo?x=1"), &client, "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen = r.json();
+    assert_eq!(seen["uri"], "/echo?x=1");
+    let id = seen["headers"]["x-request-id"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 16, "{seen}");
+    assert_eq!(
+        seen["headers"]["x-palisade-score"],
+        serde_json::json!(["0"])
+    );
+    let d = g.wait_decision(|d| d["request_id"] == id.as_str());
+    assert_eq!(d["path"], "/echo", "{d}");
+    assert_eq!(d["client_ip"], "127.0.0.1");
+    // The limit: the real 429, with Retry-After, RateLimit and the JSON body.
+    for _ in 0..2 {
+        let r = send("GET", &url("/items/1"), &client, "").await;
+        assert_eq!(r.status, 200);
+        assert!(
+            !r.header("ratelimit").is_empty(),
+            "RateLimit on allowed answers"
+        );
+    }
+    let before = up.state.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = send("GET", &url("/items/1"), &client, "").await;
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.json()["error"], "rate_limited");
+    assert_eq!(
+        up.state.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "not proxied"
+    );
+    // A challenge through HAProxy: problem+json with WWW-Authenticate: PoW; paid, then allowed.
+    let r = send("GET", &url("/protected/x"), &client, "").await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), "application/problem+json");
+    let www = r.header("www-authenticate").to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["solve", &www])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut paid = client.to_vec();
+    paid.push(("palisade-pow", &answer));
+    let r = send("GET", &url("/protected/x"), &paid, "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("ok /protected/x"));
+    assert!(
+        !r.header("palisade-clearance").is_empty(),
+        "the clearance reaches the client"
+    );
+    // A browser gets the challenge page itself.
+    let r = send("GET", &url("/protected/p"), &[("accept", "text/html")], "").await;
+    assert_eq!(r.status, 403);
+    assert!(String::from_utf8_lossy(&r.body).contains("Checking your browser"));
+    // A honeypot: Palisade's 404, not the upstream's; the prober is then refused.
+    let r = send("GET", &url("/.env"), &client, "").await;
+    assert_eq!(r.status, 404);
+    let r = send("GET", &url("/echo"), &client, "").await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+}
