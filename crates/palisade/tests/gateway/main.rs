@@ -27,6 +27,7 @@ mod limits;
 mod lists;
 mod logging;
 mod memory;
+mod modes;
 mod paths;
 mod proxy;
 mod signed_agents;
