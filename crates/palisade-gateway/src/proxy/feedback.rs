@@ -195,11 +195,18 @@ pub fn parse(datagram: &[u8]) -> Result<Line, Unparsed> {
         .iter()
         .find_map(|k| obj.get(*k).and_then(text_of))
         .or_else(|| {
-            let headers = obj.get("request")?.get("headers")?.as_object()?;
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
-                .and_then(|(_, v)| first_text(v))
+            // Caddy: the id its forward_auth copied into the request, or (the shipped snippet)
+            // set on the response.
+            [
+                obj.get("resp_headers"),
+                obj.get("request").and_then(|r| r.get("headers")),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_object())
+            .flat_map(|h| h.iter())
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
+            .and_then(|(_, v)| first_text(v))
         })
         .filter(|s| !s.is_empty() && s.len() <= 64)
         .ok_or(Unparsed::NoRequestId)?;
@@ -465,6 +472,12 @@ mod tests {
         assert_eq!(l.request_id, "00000000000000ef");
         assert_eq!(l.status, 401);
         assert_eq!(l.resp_headers, vec![("x-cost".to_owned(), "7".to_owned())]);
+    }
+
+    #[test]
+    fn reads_the_id_caddy_puts_on_the_response() {
+        let l = parse(br#"{"logger":"http.log.access.log0","request":{"headers":{"User-Agent":["x"]}},"status":404,"resp_headers":{"X-Request-Id":["0000000000000abc"]}}"#).unwrap();
+        assert_eq!((l.request_id.as_str(), l.status), ("0000000000000abc", 404));
     }
 
     #[test]

@@ -188,6 +188,11 @@ impl Drop for Caddy {
 
 /// Caddy with the shipped `deploy/caddy/palisade.caddy` (Palisade's address put in).
 fn caddy(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Caddy> {
+    caddy_with(up, palisade, "")
+}
+
+/// Caddy with the shipped snippet and `site_extra` in the site block.
+fn caddy_with(up: &Upstream, palisade: std::net::SocketAddr, site_extra: &str) -> Option<Caddy> {
     let bin = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
@@ -211,7 +216,7 @@ fn caddy(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Caddy> {
     std::fs::write(dir.join("palisade.caddy"), snippet).unwrap();
     let conf = format!(
         "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
-         http://127.0.0.1:{port} {{\n\timport {}/palisade.caddy\n\treverse_proxy {}\n}}\n",
+         http://127.0.0.1:{port} {{\n\timport {}/palisade.caddy\n\treverse_proxy {}\n{site_extra}\n}}\n",
         dir.display(),
         up.addr
     );
@@ -597,4 +602,46 @@ async fn haproxy_spoe_brings_limits_challenges_honeypots_and_headers_to_the_clie
     assert_eq!(r.status, 404);
     let r = send("GET", &url("/echo"), &client, "").await;
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caddy_access_log_feeds_upstream_errors_back_to_behaviour() {
+    let up = upstream().await;
+    let fb = free_udp_port();
+    let config = config_for(
+        &up,
+        &format!(
+            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[decision]\n\n\
+             [decision.feedback]\nudp = \"127.0.0.1:{fb}\"\n\n[behaviour]\n"
+        ),
+    );
+    let g = Gateway::start(Some(&config));
+    // Caddy's own JSON access log, sent as it is (the line the README documents).
+    let Some(c) = caddy_with(
+        &up,
+        g.proxy,
+        &format!("\tlog {{\n\t\toutput net udp/127.0.0.1:{fb}\n\t\tformat json\n\t}}"),
+    ) else {
+        println!("SKIPPED: caddy is not installed (scripts/test.sh installs it)");
+        return;
+    };
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", c.port);
+    let client = [("x-echo-status", "404"), ("user-agent", "curl/8.5.0")];
+    for _ in 0..30 {
+        let r = send("GET", &url("/login"), &client, "").await;
+        assert!(
+            r.status == 404 || r.status == 401 || r.status == 403,
+            "{}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let d = g.wait_decision(|d| {
+        d["reasons"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["signal"] == "behaviour/errors"))
+    });
+    assert_eq!(d["path"], "/login");
+    let matched = metric_sum(&g, "palisade_feedback_lines_total{result=\"matched\"}").await;
+    assert!(matched >= 20.0, "Caddy's lines matched: {matched}");
 }
