@@ -18,6 +18,7 @@ pub mod listen;
 pub mod proxy;
 pub mod refusal;
 pub mod reload;
+pub mod replay;
 pub mod run;
 pub mod sample_api;
 pub mod telemetry;

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use palisade_config::{ConfigErrors, Overrides};
 
 mod keys_cmd;
+mod replay;
 mod simulate;
 
 // The request path allocates small, short-lived buffers at a high rate; mimalloc measured
@@ -53,6 +54,11 @@ enum Command {
     /// Run scripted people, integrations and bots against a gateway and report, per class,
     /// what reached the upstream and what was stopped.
     Simulate(simulate::SimArgs),
+    /// What a policy would have done to the traffic in access logs (nginx/Apache combined,
+    /// nginx JSON, Caddy, Traefik, Palisade's own decision log; gzip allowed): every request
+    /// through the full engine on the log's own clock, reported by action, rule, signal, route
+    /// and identity; `--against OLD.toml` shows which requests change action and why.
+    Replay(replay::ReplayArgs),
     /// Solve a proof-of-work challenge (the reference solver for API clients): give it the
     /// `WWW-Authenticate: PoW ...` value (or the bare challenge token and `--difficulty`);
     /// prints the `Palisade-PoW` header value to send with the retried request.
@@ -154,6 +160,7 @@ fn main() -> ExitCode {
         Command::SampleApi { listen, workers } => sample_api(listen, workers),
         Command::Simulate(args) => simulate_cmd(&args),
         Command::Solve(args) => solve(&args),
+        Command::Replay(args) => replay::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

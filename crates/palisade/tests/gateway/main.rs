@@ -30,6 +30,7 @@ mod memory;
 mod modes;
 mod paths;
 mod proxy;
+mod replay;
 mod signed_agents;
 mod tls;
 mod tokens;

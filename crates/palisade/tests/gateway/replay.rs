@@ -1,0 +1,226 @@
+//! `palisade replay`: access logs through the full engine on their own clock.
+
+use std::io::Write as _;
+use std::process::Command;
+
+use crate::common::*;
+
+fn palisade(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `10/Oct/2000:13:55:36 +0000` for a Unix second.
+fn clf(secs: u64) -> String {
+    let days = secs / 86_400;
+    let (h, m, s) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{d:02}/{}/{y}:{h:02}:{m:02}:{s:02} +0000",
+        months[(mo - 1) as usize]
+    )
+}
+
+/// A combined log: people (one login, then a few pages each, from addresses all over), one
+/// client flooding item pages from one address, lines slightly out of order (as several
+/// workers write them), and one line that is not a request.
+fn traffic() -> Vec<(u64, String)> {
+    let t0 = 1_796_630_400u64;
+    let mut lines = Vec::new();
+    let mut seed = 7u64;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    for p in 0..120 {
+        let ip = format!(
+            "{}.{}.{}.{}",
+            11 + next(180),
+            next(256),
+            next(256),
+            1 + next(250)
+        );
+        let mut t = t0 + next(400);
+        lines.push((t, format!(r#"{ip} - - [{}] "POST /api/login HTTP/1.1" 200 20 "https://shop.example/" "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0""#, clf(t))));
+        for _ in 0..3 + next(12) {
+            t += 2 + next(15);
+            let path = if next(2) == 0 {
+                format!("/api/items/{}", 1 + next(5000))
+            } else {
+                "/api/search?q=shoes".to_owned()
+            };
+            lines.push((t, format!(r#"{ip} - - [{}] "GET {path} HTTP/1.1" 200 512 "https://shop.example/" "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0""#, clf(t))));
+        }
+        let _ = p;
+    }
+    for i in 0..2000u64 {
+        let t = t0 + 100 + i / 50;
+        lines.push((t, format!(r#"203.0.113.9 - - [{}] "GET /api/items/{} HTTP/1.1" 200 512 "-" "python-requests/2.32.3""#, clf(t), i % 100)));
+    }
+    lines.sort();
+    // Out of order by a few seconds, as log writers flush.
+    for i in (0..lines.len().saturating_sub(3)).step_by(7) {
+        lines.swap(i, i + 2);
+    }
+    lines.insert(5, (t0, "\\x16\\x03\\x01 not a request".to_owned()));
+    lines
+}
+
+#[test]
+fn replay_judges_a_log_on_its_own_clock_and_compares_policies() {
+    let dir = std::env::temp_dir().join(format!("palisade-replay-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&log).unwrap(),
+        flate2::Compression::fast(),
+    );
+    for (_, l) in traffic() {
+        writeln!(gz, "{l}").unwrap();
+    }
+    gz.finish().unwrap();
+    let html = dir.join("report.html");
+    let (code, out, err) = palisade(&[
+        "replay",
+        log.to_str().unwrap(),
+        "--json",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["unread"], 1);
+    assert!(
+        r["unread_samples"][0]
+            .as_str()
+            .unwrap()
+            .contains("not a request"),
+        "{r}"
+    );
+    assert_eq!(r["formats"][log.to_str().unwrap()], "combined");
+    let requests = r["requests"].as_u64().unwrap();
+    assert_eq!(requests + 1, r["lines"].as_u64().unwrap());
+    // The flood is limited by the per-address limit, on the log's clock (50 a second against
+    // 100 per 10 s): most of its 2000 requests.
+    let limited = r["top_refused"]["ip"][0].clone();
+    assert_eq!(limited["name"], "203.0.113.9", "{r}");
+    assert!(limited["count"].as_u64().unwrap() > 1500, "{limited}");
+    let rules: Vec<&str> = r["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"limit/per-ip"), "{rules:?}");
+    // Nobody else is refused: the people all pass.
+    assert_eq!(
+        r["top_refused"]["ip"].as_array().unwrap().len(),
+        1,
+        "people refused: {}",
+        r["top_refused"]
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("limit/per-ip"));
+    assert!(!page.contains("<script"), "self-contained, no scripts");
+
+    // A policy with a far higher per-address limit, against the default: the flood's limited
+    // requests change action, nothing else is refused anew.
+    let relaxed = palisade_config::DEFAULT_CONFIG.replace(
+        "rate = \"100/10s\"\nburst = 20",
+        "rate = \"100000/10s\"\nburst = 100000",
+    );
+    assert_ne!(relaxed, palisade_config::DEFAULT_CONFIG);
+    let relaxed_path = dir.join("relaxed.toml");
+    std::fs::write(&relaxed_path, relaxed).unwrap();
+    let default_path = dir.join("default.toml");
+    std::fs::write(&default_path, palisade_config::DEFAULT_CONFIG).unwrap();
+    let (code, out, err) = palisade(&[
+        "replay",
+        log.to_str().unwrap(),
+        "--config",
+        relaxed_path.to_str().unwrap(),
+        "--against",
+        default_path.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a = &r["against"];
+    assert!(a["changed"].as_u64().unwrap() > 1000, "{a}");
+    let from_limit = a["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["from"] == "limit");
+    assert!(from_limit, "{a}");
+    assert!(
+        a["why"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["rules"].as_str().unwrap().starts_with("limit/per-ip → ")),
+        "{a}"
+    );
+    // Text for people: the same numbers.
+    let (code, out, _) = palisade(&["replay", log.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("what the policy would have done"), "{out}");
+    assert!(out.contains("limit/per-ip"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn replay_reads_caddy_and_palisades_own_log_and_refuses_unknown_formats() {
+    let dir = std::env::temp_dir().join(format!("palisade-replay-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let caddy = dir.join("caddy.json");
+    let mut text = String::new();
+    for i in 0..300u64 {
+        let ts = 1_796_630_400.0 + i as f64 * 0.01;
+        text.push_str(&format!(
+            r#"{{"level":"info","ts":{ts},"logger":"http.log.access.log0","msg":"handled request","request":{{"remote_ip":"203.0.113.77","remote_port":"4000","client_ip":"203.0.113.77","proto":"HTTP/1.1","method":"GET","host":"api","uri":"/.env","headers":{{"User-Agent":["zgrab/0.x"]}}}},"status":404}}"#
+        ));
+        text.push('\n');
+    }
+    std::fs::write(&caddy, text).unwrap();
+    let (code, out, err) = palisade(&["replay", caddy.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["formats"][caddy.to_str().unwrap()], "caddy");
+    assert_eq!(r["requests"], 300);
+    assert!(
+        r["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"].as_str().unwrap().starts_with("honeypot/")),
+        "the default policy's trap path: {r}"
+    );
+    let (code, _, err) = palisade(&["replay", caddy.to_str().unwrap(), "--format", "iis"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown --format"), "{err}");
+    let (code, _, err) = palisade(&["replay", dir.join("missing.log").to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("missing.log"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
