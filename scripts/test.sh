@@ -27,6 +27,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
 # ... and the real `haproxy` (SPOE, Palisade as its agent).
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# `promtool` (Debian's `prometheus`) checks the shipped alerting rules.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Debian's `chromium`, driven by puppeteer-core (npm, below) in the challenge tests.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # Node.js runs the real third-party peers (Express, browsers' drivers, signers) the tests use.

@@ -28,6 +28,7 @@ mod lists;
 mod logging;
 mod memory;
 mod modes;
+mod monitoring;
 mod paths;
 mod proxy;
 mod replay;
