@@ -91,3 +91,7 @@ cargo test --workspace --locked
 # they still build against the crates, so a parser's fuzz target cannot silently rot.
 echo "== fuzz targets build"
 cargo check --manifest-path fuzz/Cargo.toml --bins
+# The Debian package: built with cargo-deb from the binary the tests used, installed with
+# dpkg -i, checked (files, user, systemd-analyze verify), run, reloaded, stopped and purged.
+echo "== Debian package"
+scripts/test-package.sh

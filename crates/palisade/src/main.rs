@@ -59,6 +59,12 @@ enum Command {
     /// through the full engine on the log's own clock, reported by action, rule, signal, route
     /// and identity; `--against OLD.toml` shows which requests change action and why.
     Replay(replay::ReplayArgs),
+    /// Write the man pages and shell completions (for packaging) into a directory.
+    #[command(hide = true)]
+    Generate {
+        /// Where to write `man/palisade*.1` and `completions/{palisade.bash,_palisade,palisade.fish}`.
+        dir: PathBuf,
+    },
     /// Solve a proof-of-work challenge (the reference solver for API clients): give it the
     /// `WWW-Authenticate: PoW ...` value (or the bare challenge token and `--difficulty`);
     /// prints the `Palisade-PoW` header value to send with the retried request.
@@ -146,6 +152,30 @@ struct CheckArgs {
     json: bool,
 }
 
+/// Man pages (one per command) and bash, zsh and fish completions, from the CLI definition.
+fn generate(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory as _;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man).context("writing the man pages")?;
+    for (shell, name) in [
+        (clap_complete::Shell::Bash, "palisade.bash"),
+        (clap_complete::Shell::Zsh, "_palisade"),
+        (clap_complete::Shell::Fish, "palisade.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "palisade", &mut out);
+        std::fs::write(completions.join(name), out)
+            .with_context(|| format!("writing the {name} completions"))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli
@@ -161,6 +191,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate_cmd(&args),
         Command::Solve(args) => solve(&args),
         Command::Replay(args) => replay::run(&args).map(|_| ()),
+        Command::Generate { dir } => generate(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
