@@ -307,6 +307,8 @@ pub struct Shared {
     pub decision_answers: proxy::decision::Answers,
     /// Allowed decision calls waiting for their answer's line (`[decision.feedback]`).
     pub feedback: proxy::feedback::Pending,
+    /// The dashboard's recent history.
+    pub series: telemetry::series::Series,
     /// Challenge tokens' key and the puzzles already solved.
     pub challenges: Arc<challenge::Challenges>,
     /// Signed agents' key directories, fetched and cached (Web Bot Auth).

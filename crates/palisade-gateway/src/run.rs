@@ -290,6 +290,7 @@ pub async fn start(opts: RunOptions) -> anyhow::Result<Running> {
         agent_directories: Default::default(),
         decision_answers: Default::default(),
         feedback: Default::default(),
+        series: Default::default(),
         challenges: {
             let c = crate::challenge::Challenges::new(&challenge_key);
             c.set_zones(zones);

@@ -4,6 +4,7 @@
 mod blocks;
 mod clock;
 mod config;
+pub mod dashboard;
 mod identities;
 mod keys;
 
@@ -90,6 +91,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
     use identities::*;
     use keys::*;
     Router::new()
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/login", post(dashboard::login))
+        .route("/dashboard/logout", post(dashboard::logout))
+        .route("/dashboard/assets/{name}", get(dashboard::asset))
+        .route("/dashboard/api/overview", get(dashboard::overview))
+        .route("/dashboard/api/stream", get(dashboard::stream))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
@@ -129,6 +136,8 @@ pub(super) fn unauthorized(headers: &HeaderMap, shared: &Shared) -> Option<Respo
         .map(str::trim);
     match presented {
         Some(t) if constant_time_eq(t.as_bytes(), shared.admin_token.as_bytes()) => None,
+        // The dashboard page's own calls: its session cookie and header.
+        None if dashboard::session(headers, shared, true) => None,
         _ => {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,

@@ -186,6 +186,15 @@ pub fn observe(
     if decision.is_shadowed() {
         shared.metrics.shadow.get_or_create(&labels).inc();
     }
+    let forwarded = outcome.origin == palisade_engine::Origin::Upstream;
+    let latency = shared.clock.now().saturating_sub(outcome.arrived);
+    shared.series.record(
+        shared.clock.unix_secs(),
+        action,
+        decision.route,
+        matches!(action, "limit" | "block" | "unauthorized" | "challenge"),
+        forwarded.then(|| latency as f64 / 1e6),
+    );
     let Some(pending) = record else {
         return;
     };

@@ -392,6 +392,9 @@ pub struct DecisionLog {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     recent: Mutex<VecDeque<Arc<[u8]>>>,
     recent_cap: usize,
+    /// Every logged line, for the dashboard's live stream (sent only while someone listens;
+    /// a listener that falls behind skips lines).
+    live: tokio::sync::broadcast::Sender<Arc<[u8]>>,
 }
 
 impl DecisionLog {
@@ -427,6 +430,7 @@ impl DecisionLog {
             writer: Mutex::new(writer),
             recent: Mutex::new(VecDeque::with_capacity(recent_cap.min(4096))),
             recent_cap,
+            live: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -448,13 +452,21 @@ impl DecisionLog {
                 q.wake.notify_one();
             }
         }
+        let live = self.live.receiver_count() > 0;
+        if self.recent_cap == 0 && !live {
+            return ok;
+        }
+        let shared: Arc<[u8]> = Arc::from(line);
+        if live {
+            let _ = self.live.send(shared.clone());
+        }
         if self.recent_cap > 0
             && let Ok(mut ring) = self.recent.lock()
         {
             if ring.len() >= self.recent_cap {
                 ring.pop_front();
             }
-            ring.push_back(Arc::from(line));
+            ring.push_back(shared);
         }
         ok
     }
@@ -474,6 +486,19 @@ impl DecisionLog {
     }
 
     /// The most recent decisions, newest first, optionally filtered.
+    /// Logged lines from now on, as they are written (the dashboard's live stream).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<[u8]>> {
+        self.live.subscribe()
+    }
+
+    /// The lines kept for the admin API, oldest first.
+    pub fn recent_lines(&self) -> Vec<Arc<[u8]>> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn recent(
         &self,
         limit: usize,

@@ -1,0 +1,251 @@
+//! The dashboard on the admin listener: the login form and its session cookie, the admin API
+//! taking the session only with the dashboard's header, the overview, the live stream — and
+//! the page itself in a real browser (Debian's chromium).
+
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use crate::common::*;
+
+/// Signs in; the session cookie (`name=value`).
+async fn sign_in(g: &Gateway) -> String {
+    let r = send(
+        "POST",
+        &g.admin_url("/dashboard/login"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("token={ADMIN_TOKEN}"),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    let set = r.header("set-cookie").to_owned();
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_signs_in_with_the_admin_token_and_serves_its_data() {
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        "[[limits]]\nname = \"per-ip\"\nkey = [\"ip\"]\nrate = \"3/1m\"\n",
+    )));
+    // Signed out: the form, never the data.
+    let r = get(&g.admin_url("/dashboard")).await;
+    assert_eq!(r.status, 200);
+    let page = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(page.contains("name=\"token\""), "{page}");
+    assert!(
+        r.header("content-security-policy")
+            .contains("script-src 'self'")
+    );
+    assert_eq!(
+        get(&g.admin_url("/dashboard/api/overview")).await.status,
+        401
+    );
+    let wrong = send(
+        "POST",
+        &g.admin_url("/dashboard/login"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "token=guess",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("set-cookie").is_empty());
+    let forged = format!("palisade_dashboard=99999999999.{}", "ab".repeat(32));
+    let r = send(
+        "GET",
+        &g.admin_url("/dashboard/api/overview"),
+        &[("cookie", &forged), ("x-palisade-dashboard", "1")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 401, "a forged session");
+
+    let cookie = sign_in(&g).await;
+    let r = send(
+        "GET",
+        &g.admin_url("/dashboard"),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&r.body).contains("uPlot.iife.min.js"));
+    // The admin API takes the session only with the page's header (a cross-site form cannot
+    // send it).
+    let r = send(
+        "GET",
+        &g.admin_url("/v1/blocks"),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let page_headers = [("cookie", cookie.as_str()), ("x-palisade-dashboard", "1")];
+    assert_eq!(
+        send("GET", &g.admin_url("/v1/blocks"), &page_headers, "")
+            .await
+            .status,
+        200
+    );
+
+    // The live stream sees decisions as they happen.
+    let admin: std::net::SocketAddr = g
+        .admin_url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /dashboard/api/stream?action=limit HTTP/1.1\r\nhost: a\r\ncookie: {cookie}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut lines = tokio::io::BufReader::new(s).lines();
+    let status = lines.next_line().await.unwrap().unwrap();
+    assert!(status.contains("200"), "{status}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        send(
+            "GET",
+            &g.url("/echo"),
+            &[("x-forwarded-for", "203.0.113.8")],
+            "",
+        )
+        .await;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let l = lines.next_line().await.unwrap().unwrap();
+            if let Some(data) = l.strip_prefix("data: ") {
+                return serde_json::from_str::<serde_json::Value>(data).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("no live decision");
+    assert_eq!(got["action"], "limit", "filtered to limits: {got}");
+    assert_eq!(got["path"], "/echo");
+
+    // The overview: the last hour in 10 s buckets, routes, rules, top identities.
+    let r = send(
+        "GET",
+        &g.admin_url("/dashboard/api/overview"),
+        &page_headers,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let o = r.json();
+    assert_eq!(o["series"].as_array().unwrap().len(), 360);
+    let totals: u64 = o["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap())
+        })
+        .sum();
+    assert!(totals >= 5, "{totals}");
+    assert!(
+        o["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["rule"] == "limit/per-ip"),
+        "{o}"
+    );
+    assert_eq!(
+        o["top"]["ip"][0]["value"], "127.0.0.1",
+        "the limited client first: {}",
+        o["top"]
+    );
+    assert!(o["top"]["ip"][0]["refusals"].as_u64().unwrap() >= 2);
+
+    // Signed out: the cookie is cleared.
+    let r = send(
+        "POST",
+        &g.admin_url("/dashboard/logout"),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert!(r.header("set-cookie").contains("Max-Age=0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_page_works_in_a_real_browser_without_external_assets() {
+    let Some(dir) = node_peers() else {
+        println!("SKIPPED: node peers missing (scripts/test.sh installs them)");
+        return;
+    };
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        println!("SKIPPED: chromium missing (scripts/test.sh installs it)");
+        return;
+    }
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[[limits]]\nname = \"per-ip\"\nkey = [\"ip\"]\nrate = \"2/1m\"\n",
+    )));
+    // Traffic while the page is open: some allowed, some limited.
+    let url = g.url("/echo");
+    let traffic = tokio::spawn(async move {
+        for i in 0..80 {
+            let ip = format!("203.0.113.{}", i % 4);
+            send("GET", &url, &[("x-forwarded-for", &ip)], "").await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let shot = g.dir.join("dashboard.png");
+    let admin = g.admin_url("").trim_end_matches('/').to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(dir.join("dashboard.js"))
+            .args([&admin, ADMIN_TOKEN, shot.to_str().unwrap()])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    traffic.abort();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        panic!(
+            "dashboard.js: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(v.get("failure").is_none(), "{v}");
+    assert_eq!(v["login_form"], true);
+    assert_eq!(v["cookie"]["httpOnly"], true);
+    assert_eq!(v["cookie"]["secure"], true);
+    assert_eq!(v["cookie"]["sameSite"], "Strict");
+    assert_eq!(
+        v["foreign"],
+        serde_json::json!([]),
+        "no external assets: {v}"
+    );
+    assert_eq!(v["errors"], serde_json::json!([]), "console errors: {v}");
+    assert!(
+        v["status"].as_str().unwrap().contains("enforce mode"),
+        "{v}"
+    );
+    assert!(v["rules"].to_string().contains("limit/per-ip"), "{v}");
+    assert!(v["top"][0].as_str().unwrap().contains("203.0.113."), "{v}");
+    assert!(v["live"].as_array().unwrap().len() >= 3, "{v}");
+    assert!(v["explain"].as_str().unwrap().contains("203.0.113."), "{v}");
+}
