@@ -59,6 +59,20 @@ enum Command {
     /// through the full engine on the log's own clock, reported by action, rule, signal, route
     /// and identity; `--against OLD.toml` shows which requests change action and why.
     Replay(replay::ReplayArgs),
+    /// The whole product in a minute: the gateway on its default policy in front of the sample
+    /// API, the simulator's people, customers and bots running against it, and the dashboard's
+    /// address with a one-time sign-in token. Ctrl-C ends it with the simulator's report.
+    Demo {
+        /// How long to run (Ctrl-C ends it sooner).
+        #[arg(long, default_value = "8h")]
+        duration: String,
+        /// People browsing, signing in and reading.
+        #[arg(long, default_value_t = 20)]
+        humans: u32,
+        /// Customers' keyed integrations.
+        #[arg(long, default_value_t = 6)]
+        integrations: u32,
+    },
     /// Write the man pages and shell completions (for packaging) into a directory.
     #[command(hide = true)]
     Generate {
@@ -192,6 +206,11 @@ fn main() -> ExitCode {
         Command::Solve(args) => solve(&args),
         Command::Replay(args) => replay::run(&args).map(|_| ()),
         Command::Generate { dir } => generate(&dir),
+        Command::Demo {
+            duration,
+            humans,
+            integrations,
+        } => demo(duration, humans, integrations),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -607,6 +626,26 @@ fn bots_verify(args: VerifyArgs) -> anyhow::Result<()> {
     } else {
         Err(anyhow::anyhow!("not verified"))
     }
+}
+
+fn demo(duration: String, humans: u32, integrations: u32) -> anyhow::Result<()> {
+    let args = simulate::SimArgs {
+        config: None,
+        duration,
+        humans,
+        office: 4,
+        integrations,
+        delay_bound: "1s".to_owned(),
+        grace: 50,
+        seed: rand::random(),
+        json: false,
+        decision_log: None,
+        demo: true,
+    };
+    let rt = runtime(None)?;
+    let report = rt.block_on(simulate::run(&args))?;
+    print!("{}", simulate::render(&report));
+    Ok(())
 }
 
 fn simulate_cmd(args: &simulate::SimArgs) -> anyhow::Result<()> {

@@ -60,6 +60,10 @@ pub struct SimArgs {
     /// Keep the gateway's decision log here (default: discarded).
     #[arg(long)]
     pub decision_log: Option<PathBuf>,
+    /// `palisade demo`: print where the dashboard is and how to sign in once the gateway is
+    /// up, and stop early (with the report so far) on Ctrl-C.
+    #[arg(skip)]
+    pub demo: bool,
 }
 
 /// Actor classes.
@@ -1054,12 +1058,39 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<SimReport> {
     tasks.push(tokio::spawn(ignores_retry_after(sim.clone(), seed ^ 6)));
     tasks.push(tokio::spawn(scanner(sim.clone())));
     let t0 = Instant::now();
+    if args.demo {
+        println!(
+            "Palisade demo: the embedded default policy in front of the sample API, with {} people, \
+             {} office colleagues, {} customers' integrations and seven kinds of bots.\n\n  \
+             dashboard   http://127.0.0.1:{admin_port}/dashboard\n  \
+             sign in     with the one-time admin token {token}\n  \
+             the API     http://127.0.0.1:{proxy_port}/api/items/1  (try curl)\n\n\
+             Ctrl-C stops the demo and prints who got through and who was stopped.",
+            args.humans, args.office, args.integrations
+        );
+    }
     // Requests still held when the time is up get a few seconds to finish; then the run ends.
     let cutoff = sim.deadline + Duration::from_secs(5);
+    let interrupted = async {
+        if args.demo {
+            let _ = tokio::signal::ctrl_c().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(interrupted);
     for t in tasks {
         let abort = t.abort_handle();
-        if tokio::time::timeout_at(cutoff.into(), t).await.is_err() {
-            abort.abort();
+        tokio::select! {
+            r = tokio::time::timeout_at(cutoff.into(), t) => {
+                if r.is_err() {
+                    abort.abort();
+                }
+            }
+            _ = &mut interrupted => {
+                abort.abort();
+                break;
+            }
         }
     }
     let outcomes = sim.outcomes.lock().map(|v| v.clone()).unwrap_or_default();

@@ -249,3 +249,96 @@ async fn the_dashboard_page_works_in_a_real_browser_without_external_assets() {
     assert!(v["live"].as_array().unwrap().len() >= 3, "{v}");
     assert!(v["explain"].as_str().unwrap().contains("203.0.113."), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn palisade_demo_runs_traffic_and_shows_the_dashboard() {
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "demo",
+            "--duration",
+            "12s",
+            "--humans",
+            "4",
+            "--integrations",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut dashboard = None;
+    let mut token = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dashboard.is_none() || token.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("the demo printed no dashboard address");
+        if let Some(u) = line.trim().strip_prefix("dashboard") {
+            dashboard = Some(u.trim().to_owned());
+        }
+        if let Some(t) = line
+            .trim()
+            .strip_prefix("sign in     with the one-time admin token ")
+        {
+            token = Some(t.trim().to_owned());
+        }
+    }
+    let (dashboard, token) = (dashboard.unwrap(), token.unwrap());
+    assert!(dashboard.ends_with("/dashboard"), "{dashboard}");
+    let r = send(
+        "POST",
+        &format!("{dashboard}/login"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("token={token}"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "the printed token signs in");
+    let cookie = r.header("set-cookie").split(';').next().unwrap().to_owned();
+    // The simulator's traffic shows on the dashboard within seconds: allowed and refused.
+    let overview = format!("{dashboard}/api/overview");
+    let mut seen = (0u64, 0u64);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let o = send(
+            "GET",
+            &overview,
+            &[("cookie", &cookie), ("x-palisade-dashboard", "1")],
+            "",
+        )
+        .await
+        .json();
+        let sum = |i: usize| -> u64 {
+            o["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["actions"][i].as_u64().unwrap())
+                .sum()
+        };
+        seen = (sum(0), (3..7).map(sum).sum());
+        if seen.0 > 20 && seen.1 > 5 {
+            break;
+        }
+    }
+    assert!(seen.0 > 20 && seen.1 > 5, "allowed/refused seen: {seen:?}");
+    // At the end, the simulator's report.
+    let mut report = String::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(40)) {
+        report.push_str(&line);
+        report.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{report}");
+    assert!(report.contains("people"), "{report}");
+}
