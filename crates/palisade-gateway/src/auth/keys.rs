@@ -67,10 +67,16 @@ impl KeyService {
         }
     }
 
-    /// Applies records another gateway changed: in the directory at once, then durably.
+    /// Applies records another gateway changed: durably, then in the directory.
     pub async fn apply_remote(&self, records: Vec<ApiKeyRecord>) -> Result<(), StoreError> {
+        // Stored first, then enforced: once a change applies to requests, the admin API (which
+        // reads the store) shows it too. A failed write still applies it.
+        let saved = {
+            let records = records.clone();
+            self.run(move |s| s.replicate(&records)).await
+        };
         self.directory.upsert(&records);
-        self.run(move |s| s.replicate(&records)).await
+        saved
     }
 
     /// Runs a store operation on the blocking pool.
