@@ -46,9 +46,10 @@ fi
 # From PyPI: curl_cffi, a real client that impersonates Chrome's TLS and HTTP/2 (the spoof test
 # checks it is not taken for a spoof), and http-message-signatures, a real RFC 9421 signer (the
 # Web Bot Auth test signs with it), and requests and httpx (with HTTP/2), the Python clients our
-# users' customers run. Their tests say SKIPPED by name when they cannot be installed.
+# users' customers run, and schemathesis, which generates requests from an OpenAPI spec (the
+# contract tests). Their tests say SKIPPED by name when they cannot be installed.
 for module in curl_cffi:curl_cffi http_message_signatures:http-message-signatures==3.0.0 \
-  requests:requests h2:httpx[http2]; do
+  requests:requests h2:httpx[http2] schemathesis:schemathesis; do
   mod=${module%%:*}; pkg=${module#*:}
   if command -v python3 >/dev/null 2>&1 && ! python3 -c "import $mod" >/dev/null 2>&1; then
     if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -11,6 +11,7 @@
 pub mod cases;
 pub mod compile;
 pub mod error;
+pub mod openapi;
 pub mod raw;
 pub mod secret;
 pub use palisade_engine::units;

@@ -928,6 +928,8 @@ pub struct RawConfig {
     pub challenge: Option<RawChallenge>,
     /// `[decision]`.
     pub decision: Option<RawDecision>,
+    /// `[openapi]`.
+    pub openapi: Option<RawOpenApi>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.
@@ -1038,6 +1040,20 @@ pub struct RawCaptcha {
     pub min_score: Option<Spanned<f64>>,
     /// The action name the widget is run with and siteverify must report. Default `palisade`.
     pub action: Option<Spanned<String>>,
+}
+
+/// `[openapi]`: the API's contract, enforced at the edge.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenApi {
+    /// The spec file (OpenAPI 3.0 or 3.1, YAML or JSON), relative to the config.
+    pub spec: Spanned<String>,
+    /// `enforce` (default: refuse what the spec does not describe) or `shadow` (count, forward).
+    pub mode: Option<Spanned<String>>,
+    /// The path prefix the spec's paths live under. Default: the path of its first server URL.
+    pub base_path: Option<Spanned<String>>,
+    /// Largest JSON request body read to validate it. Default `1MiB`.
+    pub max_body: Option<Spanned<String>>,
 }
 
 /// `[decision]`: the decision endpoint for fronts that already proxy (nginx `auth_request`,

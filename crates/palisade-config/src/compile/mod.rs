@@ -325,6 +325,8 @@ pub struct Compiled {
     pub ext_authz: Option<SocketAddr>,
     /// `[decision] spoe`: the HAProxy SPOE agent's address, when configured.
     pub spoe: Option<SocketAddr>,
+    /// `[openapi]`: the API's contract, when configured.
+    pub openapi: Option<Arc<crate::openapi::OpenApi>>,
 }
 
 /// `[decision.feedback]`: the front's access log lines coming back.
@@ -409,8 +411,9 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 23] = [
+const SECTIONS: [&str; 24] = [
     "decision",
+    "openapi",
     "challenge",
     "web_bot_auth",
     "fingerprints",
@@ -514,6 +517,13 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
                 let mut w = RawDecision::default();
                 one(value, name, c, &mut w);
                 raw.decision = Some(w);
+            }
+            "openapi" => {
+                let at = value.span();
+                match de::<RawOpenApi>(value) {
+                    Ok(o) => raw.openapi = Some(o),
+                    Err(e) => c.at(e.span().or(Some(at)), "[openapi]", e.message().to_owned()),
+                }
             }
             "challenge" => {
                 let mut w = RawChallenge::default();
@@ -834,6 +844,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         behaviour,
         rules,
     };
+    let openapi = raw
+        .openapi
+        .as_ref()
+        .and_then(|o| openapi(o, base, &mut files, c));
     Some(Compiled {
         server,
         upstreams,
@@ -869,6 +883,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             .as_ref()
             .and_then(|d| d.ext_authz.as_ref())
             .and_then(|a| address(a, "decision.ext_authz", "127.0.0.1:9191", c)),
+        openapi,
         spoe: raw
             .decision
             .as_ref()
@@ -880,6 +895,57 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             .and_then(|d| d.feedback.as_ref())
             .map(|f| feedback(f, c)),
     })
+}
+
+/// `[openapi]`: the spec compiled, every problem in it reported with its location.
+fn openapi(
+    o: &RawOpenApi,
+    base: &Path,
+    files: &mut Vec<PathBuf>,
+    c: &mut Collector,
+) -> Option<Arc<crate::openapi::OpenApi>> {
+    let mode = match o.mode.as_ref().map(|m| m.get_ref().as_str()) {
+        None | Some("enforce") => crate::openapi::OpenApiMode::Enforce,
+        Some("shadow") => crate::openapi::OpenApiMode::Shadow,
+        Some(other) => {
+            c.at(
+                o.mode.as_ref().and_then(sp),
+                "openapi.mode",
+                format!("`{other}` is not \"enforce\" or \"shadow\""),
+            );
+            crate::openapi::OpenApiMode::Enforce
+        }
+    };
+    let max_body = match &o.max_body {
+        None => 1 << 20,
+        Some(m) => match crate::units::parse_size(m.get_ref()) {
+            Ok(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            _ => {
+                c.at(
+                    sp(m),
+                    "openapi.max_body",
+                    format!("`{}` is not a size such as 1MiB", m.get_ref()),
+                );
+                1 << 20
+            }
+        },
+    };
+    let path = base.join(o.spec.get_ref());
+    files.push(path.clone());
+    let base_path = o.base_path.as_ref().map(|b| b.get_ref().as_str());
+    match crate::openapi::load(&path, base_path, mode, max_body) {
+        Ok(api) => Some(Arc::new(api)),
+        Err(errors) => {
+            for e in errors {
+                c.at(
+                    sp(&o.spec),
+                    "openapi.spec",
+                    format!("{}: {e}", path.display()),
+                );
+            }
+            None
+        }
+    }
 }
 
 /// A listening address, reported when it is not one.

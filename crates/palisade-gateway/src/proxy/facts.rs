@@ -183,8 +183,19 @@ pub(crate) fn stuffing_on(
 
 /// Whether the policy must read the body before deciding: a key that signs its requests, or a
 /// login on the stuffing route.
-pub fn needs_body(rt: &Runtime, route: RouteId, g: &Gathered) -> bool {
-    g.authn.key_needing_signature().is_some() || stuffing_on(rt, route).is_some()
+pub fn needs_body(
+    rt: &Runtime,
+    parts: &http::request::Parts,
+    route: RouteId,
+    g: &Gathered,
+) -> bool {
+    g.authn.key_needing_signature().is_some()
+        || stuffing_on(rt, route).is_some()
+        || rt
+            .compiled
+            .openapi
+            .as_ref()
+            .is_some_and(|api| api.needs_body(&parts.method, parts.uri.path()))
 }
 
 /// Reads the body the policy needs (bounded): checks a signed request's signature and digest,
@@ -243,6 +254,16 @@ pub async fn read_body(
             g.username = username_in(b, &st.username_field, &parts.headers);
         }
         g.buffered = bytes;
+    }
+    // A JSON body the API's contract describes: read (bounded by the spec's max_body) to be
+    // validated, then forwarded as read.
+    if let Some(api) = &rt.compiled.openapi
+        && g.buffered.is_none()
+        && api.needs_body(&parts.method, parts.uri.path())
+        && let Some(incoming) = g.body.take()
+    {
+        let max = server.max_body_bytes.min(api.max_body as u64);
+        g.buffered = Some(read_bounded(shared, incoming, max).await?);
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! -> [`observe`] (headers, behaviour, metrics, log). Palisade's own endpoints are in
 //! [`endpoints`]. Nothing here panics, blocks, or tells the client which rule fired.
 
+pub mod contract;
 pub mod decide;
 pub mod decision;
 pub mod endpoints;
@@ -120,10 +121,22 @@ async fn respond(
     }
     let unix_ms = shared.clock.unix_ms();
     let mut gathered = facts::gather(shared, rt, &parts, body, route, client);
-    if facts::needs_body(rt, route, &gathered)
+    if facts::needs_body(rt, &parts, route, &gathered)
         && let Err(b) = facts::read_body(shared, rt, &parts, route, unix_ms, &mut gathered).await
     {
         return refuse(b);
+    }
+    // The API's contract ([openapi]): a request it does not describe is answered here.
+    if let Some(api) = &rt.compiled.openapi
+        && let Some(r) = contract::check(
+            shared,
+            api,
+            &parts,
+            gathered.buffered.as_deref(),
+            &request_id,
+        )
+    {
+        return r;
     }
     let fronted = facts::fronted_fingerprints(rt, &parts.headers, peer.ip());
     let signed =

@@ -16,6 +16,7 @@ mod challenges;
 mod cli;
 mod cluster;
 mod common;
+mod contract;
 mod dashboard;
 mod ext_authz;
 mod fingerprints;
