@@ -333,7 +333,9 @@ impl OpenApi {
             if !declared {
                 return Err(Violation::Invalid {
                     code: "unsupported_media_type",
-                    detail: format!("/body: content type {media:?} is not accepted here"),
+                    detail: bounded(format!(
+                        "/body: content type {media:?} is not accepted here"
+                    )),
                 });
             }
             if media == "application/x-www-form-urlencoded"
