@@ -106,11 +106,7 @@ fn headers_of(
 #[tokio::test(flavor = "multi_thread")]
 async fn envoy_ext_authz_answers_allow_deny_429_and_challenges() {
     let up = upstream().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = config_for(
         &up,
         &format!(

@@ -7,19 +7,32 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-struct Nginx {
+/// A front (nginx, Caddy, HAProxy) started for a test: killed, and its directory removed, when
+/// dropped.
+struct Front {
     child: Child,
     port: u16,
+    dir: std::path::PathBuf,
 }
 
-impl Drop for Nginx {
+impl Drop for Front {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn nginx(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Nginx> {
+/// Waits until `port` takes connections (or panics after `secs` with `why()`).
+fn wait_listening(port: u16, secs: u64, why: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{}", why());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn nginx(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
     nginx_with(up, palisade, "", "")
 }
 
@@ -29,7 +42,7 @@ fn nginx_with(
     palisade: std::net::SocketAddr,
     http_extra: &str,
     server_extra: &str,
-) -> Option<Nginx> {
+) -> Option<Front> {
     let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
@@ -39,11 +52,7 @@ fn nginx_with(
         rand_u64()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let snippet = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/nginx/palisade-auth-request.conf"
@@ -68,16 +77,13 @@ fn nginx_with(
         .stderr(Stdio::piped())
         .spawn()
         .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
+    wait_listening(port, 10, || {
+        format!(
             "nginx did not start: {}",
             std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Nginx { child, port })
+        )
+    });
+    Some(Front { child, port, dir })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,25 +180,13 @@ async fn nginx_auth_request_brings_limits_challenges_and_client_ips_to_the_clien
     assert!(r.body.contains("missing_original_uri"));
 }
 
-struct Caddy {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Caddy with the shipped `deploy/caddy/palisade.caddy` (Palisade's address put in).
-fn caddy(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Caddy> {
+fn caddy(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
     caddy_with(up, palisade, "")
 }
 
 /// Caddy with the shipped snippet and `site_extra` in the site block.
-fn caddy_with(up: &Upstream, palisade: std::net::SocketAddr, site_extra: &str) -> Option<Caddy> {
+fn caddy_with(up: &Upstream, palisade: std::net::SocketAddr, site_extra: &str) -> Option<Front> {
     let bin = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
@@ -202,11 +196,7 @@ fn caddy_with(up: &Upstream, palisade: std::net::SocketAddr, site_extra: &str) -
         rand_u64()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let snippet = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/caddy/palisade.caddy"
@@ -231,12 +221,8 @@ fn caddy_with(up: &Upstream, palisade: std::net::SocketAddr, site_extra: &str) -
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "caddy did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Caddy { child, port })
+    wait_listening(port, 15, || "caddy did not start".to_owned());
+    Some(Front { child, port, dir })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -442,23 +428,9 @@ challenge_at = 60
     }
 }
 
-struct Haproxy {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// HAProxy with the shipped `deploy/haproxy/haproxy.cfg` and `palisade-spoe.conf`, addresses
 /// put in.
-fn haproxy(up: &Upstream, palisade: std::net::SocketAddr, spoe: u16) -> Option<Haproxy> {
+fn haproxy(up: &Upstream, palisade: std::net::SocketAddr, spoe: u16) -> Option<Front> {
     let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
@@ -468,11 +440,7 @@ fn haproxy(up: &Upstream, palisade: std::net::SocketAddr, spoe: u16) -> Option<H
         rand_u64()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/haproxy");
     std::fs::copy(
         format!("{deploy}/palisade-spoe.conf"),
@@ -498,22 +466,14 @@ fn haproxy(up: &Upstream, palisade: std::net::SocketAddr, spoe: u16) -> Option<H
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "haproxy did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Haproxy { child, port, dir })
+    wait_listening(port, 10, || "haproxy did not start".to_owned());
+    Some(Front { child, port, dir })
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn haproxy_spoe_brings_limits_challenges_honeypots_and_headers_to_the_client() {
     let up = upstream().await;
-    let spoe = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let spoe = free_port();
     let config = config_for(
         &up,
         &format!(

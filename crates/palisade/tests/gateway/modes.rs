@@ -99,14 +99,6 @@ enum Mode {
     Middleware,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The request id an answer carries (a refusal's JSON, or the header).
 fn request_id_of(r: &Resp) -> String {
     let h = r.header("x-request-id");
