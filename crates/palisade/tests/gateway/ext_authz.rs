@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use crate::common::*;
 
 /// A CheckRequest as Envoy's ext_authz filter builds it.
-fn check(
+pub(crate) fn check(
     client: &str,
     method: &str,
     path: &str,

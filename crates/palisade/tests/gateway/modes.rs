@@ -4,14 +4,9 @@
 //! Envoy's ext_authz over gRPC, or the in-process tower middleware; and that decision is the one
 //! `palisade check` expects.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use envoy_types::ext_authz::v3::pb::{Address, CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::config::core::v3::SocketAddress;
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
 use crate::common::*;
@@ -111,41 +106,6 @@ fn request_id_of(r: &Resp) -> String {
         .unwrap_or_default()
 }
 
-fn envoy_check(case: &palisade_config::TestCase, path: &str) -> CheckRequest {
-    let mut headers: HashMap<String, String> = case
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    headers.insert(":path".into(), path.into());
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(envoy_types::pb::envoy::config::core::v3::Address {
-                    address: Some(Address::SocketAddress(SocketAddress {
-                        address: case.ip.to_string(),
-                        port_specifier: Some(PortSpecifier::PortValue(1234)),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                time: None,
-                http: Some(HttpRequest {
-                    method: case.method.to_string(),
-                    headers,
-                    path: path.into(),
-                    host: "api.example".into(),
-                    protocol: "HTTP/1.1".into(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
 /// Sends every case's requests in `mode`; the decisions (action, rule) of each case's last.
 async fn replay(
     mode: Mode,
@@ -227,7 +187,13 @@ async fn replay(
                     let r = grpc
                         .as_mut()
                         .unwrap()
-                        .check(envoy_check(case, &target))
+                        .check(crate::ext_authz::check(
+                            &ip,
+                            case.method.as_str(),
+                            &target,
+                            &headers,
+                            "",
+                        ))
                         .await
                         .unwrap()
                         .into_inner();
