@@ -639,8 +639,8 @@ pub fn compile(
                 let required = location == Location::Path
                     || p.get("required").and_then(Value::as_bool).unwrap_or(false);
                 let schema = p.get("schema").cloned().unwrap_or(Value::Bool(true));
-                let schema = match inline(&doc, &schema, 0) {
-                    Ok(s) => to_json_schema(s, v31),
+                let schema = match schema_of(&doc, &schema, v31) {
+                    Ok(s) => s,
                     Err(e) => {
                         errors.push(format!("{at}.parameters.{pname}.schema: {e}"));
                         continue;
@@ -686,74 +686,32 @@ pub fn compile(
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let json = match content
-                        .and_then(|c| c.iter().find(|(k, _)| k.starts_with("application/json")))
-                        .and_then(|(_, m)| m.get("schema"))
-                    {
-                        None => None,
-                        Some(s) => match inline(&doc, s, 0).map(|s| to_json_schema(s, v31)) {
-                            Ok(s) => match validator(&s) {
-                                Ok(v) => Some(Arc::new(v)),
-                                Err(e) => {
-                                    errors.push(format!("{at}.requestBody: {e}"));
-                                    None
-                                }
-                            },
-                            Err(e) => {
-                                errors.push(format!("{at}.requestBody: {e}"));
-                                None
-                            }
-                        },
+                    let media = |prefix: &str| {
+                        content
+                            .and_then(|c| c.iter().find(|(k, _)| k.starts_with(prefix)))
+                            .and_then(|(_, m)| m.get("schema"))
                     };
-                    let form = content
-                        .and_then(|c| {
-                            c.iter()
-                                .find(|(k, _)| k.starts_with("application/x-www-form-urlencoded"))
-                        })
-                        .and_then(|(_, m)| m.get("schema"))
-                        .and_then(|s| inline(&doc, s, 0).ok())
-                        .map(|s| to_json_schema(s, v31))
-                        .map(|mut s| {
-                            // Arrays and objects have no one form encoding: present ones are
-                            // checked as text, absent ones are not required.
-                            let structured: Vec<String> = s
-                                .get("properties")
-                                .and_then(Value::as_object)
-                                .map(|p| {
-                                    p.iter()
-                                        .filter(|(_, v)| {
-                                            !matches!(
-                                                kind_of(v),
-                                                Kind::String
-                                                    | Kind::Integer
-                                                    | Kind::Number
-                                                    | Kind::Boolean
-                                            )
-                                        })
-                                        .map(|(k, _)| k.clone())
-                                        .collect()
-                                })
-                                .unwrap_or_default();
-                            if let Some(Value::Array(req)) = s.get_mut("required") {
-                                req.retain(|r| {
-                                    r.as_str()
-                                        .is_none_or(|r| !structured.iter().any(|x| x == r))
-                                });
-                            }
-                            if let Some(Value::Object(props)) = s.get_mut("properties") {
-                                for k in &structured {
-                                    props.insert(k.clone(), Value::Bool(true));
-                                }
-                            }
-                            s
-                        })
+                    let mut report = |r: Result<jsonschema::Validator, String>| match r {
+                        Ok(v) => Some(Arc::new(v)),
+                        Err(e) => {
+                            errors.push(format!("{at}.requestBody: {e}"));
+                            None
+                        }
+                    };
+                    let json = media("application/json")
+                        .map(|s| schema_of(&doc, s, v31))
+                        .and_then(|s| report(s.and_then(|s| validator(&s))));
+                    let form = media("application/x-www-form-urlencoded")
+                        .map(|s| schema_of(&doc, s, v31).map(form_schema))
                         .and_then(|s| {
                             let kinds = s
-                                .get("properties")
+                                .as_ref()
+                                .ok()
+                                .and_then(|s| s.get("properties"))
                                 .and_then(Value::as_object)
                                 .map(|p| p.iter().map(|(k, v)| (k.clone(), kind_of(v))).collect())
                                 .unwrap_or_default();
-                            validator(&s).ok().map(|v| (Arc::new(v), kinds))
+                            report(s.and_then(|s| validator(&s))).map(|v| (v, kinds))
                         });
                     Some(Body {
                         required: b.get("required").and_then(Value::as_bool).unwrap_or(false),
@@ -845,6 +803,44 @@ fn validator(schema: &Value) -> Result<jsonschema::Validator, String> {
         .should_validate_formats(true)
         .build(schema)
         .map_err(|e| format!("not a valid schema: {e}"))
+}
+
+/// A schema of the spec as JSON Schema: its local `$ref`s inlined, OpenAPI 3.0's dialect
+/// translated.
+fn schema_of(doc: &Value, s: &Value, v31: bool) -> Result<Value, String> {
+    inline(doc, s, 0).map(|s| to_json_schema(s, v31))
+}
+
+/// A form body's schema: arrays and objects have no one form encoding, so present ones are
+/// checked as text and absent ones are not required.
+fn form_schema(mut s: Value) -> Value {
+    let structured: Vec<String> = s
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| {
+            p.iter()
+                .filter(|(_, v)| {
+                    !matches!(
+                        kind_of(v),
+                        Kind::String | Kind::Integer | Kind::Number | Kind::Boolean
+                    )
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(Value::Array(req)) = s.get_mut("required") {
+        req.retain(|r| {
+            r.as_str()
+                .is_none_or(|r| !structured.iter().any(|x| x == r))
+        });
+    }
+    if let Some(Value::Object(props)) = s.get_mut("properties") {
+        for k in &structured {
+            props.insert(k.clone(), Value::Bool(true));
+        }
+    }
+    s
 }
 
 /// Follows a local `$ref` (`#/components/...`); other values as they are.
