@@ -35,14 +35,20 @@ const CHROME = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like 
       });
     }
     if (mode === 'nojs') await page.setJavaScriptEnabled(false);
+    // A person: the pointer keeps moving from the moment the page opens (a person's hand is
+    // on the mouse while a page loads), so the answer never races ahead of the first event
+    // however slowly the screenshot is taken on a busy machine.
+    let moving = mode === 'profile';
+    const hand = (async () => {
+      for (let i = 0; moving; i++) {
+        await page.mouse.move(100 + (i % 20) * 12, 100 + (i % 15) * 9).catch(() => {});
+        if (i % 10 === 5) await page.keyboard.press('Shift').catch(() => {});
+        await new Promise((r) => setTimeout(r, 15));
+      }
+    })();
     await page.goto(url, { waitUntil: 'domcontentloaded' });
     const title = await page.title();
-    if (shot) await page.screenshot({ path: shot });
-    if (mode === 'profile') {
-      // A person: the pointer moves, a key is pressed.
-      for (let i = 0; i < 5; i++) await page.mouse.move(100 + 40 * i, 100 + 25 * i).catch(() => {});
-      await page.keyboard.press('Shift').catch(() => {});
-    }
+    if (shot) await page.screenshot({ path: shot }).catch(() => {});
     const deadline = Date.now() + 30000;
     // Done when a loaded page that is not the challenge shows something (evaluate throws while
     // a navigation is under way: then look again).
@@ -55,6 +61,8 @@ const CHROME = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like 
       if (left && !here.includes('/.palisade/')) break;
       await new Promise((r) => setTimeout(r, 200));
     }
+    moving = false;
+    await hand;
     const body = await page.evaluate(() => document.body ? document.body.innerText : '').catch(() => '');
     const cookies = (await page.cookies()).map((c) => c.name);
     console.log(JSON.stringify({ url: page.url(), title, body, cookies }));
