@@ -11,6 +11,7 @@ pub mod ipinfo;
 pub mod ja4;
 pub mod ja4h;
 pub mod mmdb_write;
+pub mod probes;
 pub mod verify;
 
 pub use bots::{BotCatalog, Category, Classification};
