@@ -60,6 +60,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                     ip_info: None,
                     bot_verification: None,
                     username: None,
+                    probes: &[],
                     auth: match &case.principal {
                         Some(p) => palisade_engine::model::principal::Auth::Principal(p),
                         None => palisade_engine::model::principal::Auth::Anonymous,

@@ -169,6 +169,7 @@ fn bench_warm(bencher: divan::Bencher, e: &Engine, user_agent: &'static str) {
             ip_info: None,
             bot_verification: None,
             username: None,
+            probes: &[],
             auth: palisade_engine::model::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
@@ -337,6 +338,7 @@ fn spray(bencher: divan::Bencher, e: &Engine) {
             ip_info: None,
             bot_verification: None,
             username: None,
+            probes: &[],
             auth: palisade_engine::model::principal::Auth::Anonymous,
         })
     });
@@ -393,6 +395,7 @@ fn full_facts<'a>(
         ip_info: None,
         bot_verification: None,
         username: None,
+        probes: &[],
         auth: palisade_engine::model::principal::Auth::Anonymous,
     }
 }

@@ -138,6 +138,7 @@ impl Engine {
                         weight,
                         shadow: false,
                         discounted: false,
+                        detail: None,
                     });
                 }
             }

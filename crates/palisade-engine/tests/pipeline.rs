@@ -72,6 +72,7 @@ impl<'a> Req<'a> {
             ip_info: None,
             bot_verification: None,
             username: None,
+            probes: &[],
             auth: palisade_engine::model::principal::Auth::Anonymous,
         })
         .unwrap()
@@ -563,6 +564,7 @@ max_entries = 50000
                 ip_info: None,
                 bot_verification: None,
                 username: None,
+                probes: &[],
                 auth: palisade_engine::model::principal::Auth::Anonymous,
             })
             .unwrap();

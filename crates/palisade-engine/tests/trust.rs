@@ -89,6 +89,7 @@ impl Client<'_> {
             ip_info: None,
             bot_verification: None,
             username: None,
+            probes: &[],
         };
         e.evaluate(&facts).unwrap()
     }

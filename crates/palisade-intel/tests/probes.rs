@@ -11,7 +11,21 @@
 
 use palisade_intel::probes::{Class, Hits, Place, Scanner, scan_one};
 
+/// A corpus file and its `-b` companion (see the corpus README).
 fn corpus(name: &str) -> Vec<String> {
+    let mut lines = corpus_file(name);
+    let b = name.replace(".txt", "-b.txt");
+    if std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/probes")
+        .join(&b)
+        .exists()
+    {
+        lines.extend(corpus_file(&b));
+    }
+    lines
+}
+
+fn corpus_file(name: &str) -> Vec<String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/probes")
         .join(name);
@@ -165,9 +179,9 @@ fn honest_look_alikes_are_not_flagged() {
         "benign: {fp}/{total} flagged ({:.2}%)",
         100.0 * fp as f64 / total as f64
     );
-    // Two honest values in this corpus are indistinguishable from probes (a `<script>` tag
-    // named in prose, "the 'or' operator"): the bound is 1%, the figure is printed.
-    assert!(fp * 100 <= total, "{fp}/{total}");
+    // Two honest values are indistinguishable from probes (a `<script>` tag named in prose,
+    // "the 'or' operator"); the goal is at most 0.5% of look-alikes flagged.
+    assert!(fp * 1000 <= total * 5, "{fp}/{total}");
 }
 
 /// Real crawlers' and browsers' user agents (the crawler-user-agents catalog in the shared

@@ -146,6 +146,7 @@ fn decide(s: &Setup, now: &AtomicU64, with_key: bool) -> bool {
         ip_info: None,
         bot_verification: None,
         username: None,
+        probes: &[],
         auth,
     };
     let d = s.engine.evaluate(&facts);
@@ -186,6 +187,7 @@ fn anonymous(bencher: divan::Bencher) {
                 ip_info: None,
                 bot_verification: None,
                 username: None,
+                probes: &[],
                 auth: Auth::Anonymous,
             })
             .is_ok()

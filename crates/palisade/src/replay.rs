@@ -192,6 +192,7 @@ impl Run {
             ip_info: ip_info.as_ref(),
             bot_verification: None,
             username: None,
+            probes: &[],
             auth: match &principal {
                 Some(p) => Auth::Principal(p),
                 None => Auth::Anonymous,

@@ -318,6 +318,7 @@ mod tests {
             ip_info: None,
             bot_verification: None,
             username: r.username,
+            probes: &[],
         };
         let mut out = Vec::new();
         let created = r.principal.and_then(|p| p.created_ms);
@@ -811,6 +812,7 @@ mod tests {
             ip_info: None,
             bot_verification: None,
             username: None,
+            probes: &[],
         };
         let trace = b.assess(&facts, ITEMS, None, None, &mut out);
         assert_eq!(trace.throttle_identity(), Some(Dim::Ip));

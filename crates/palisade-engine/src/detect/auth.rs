@@ -36,6 +36,7 @@ impl Engine {
                 weight: 100,
                 shadow: false,
                 discounted: false,
+                detail: None,
             });
             d.score = 100;
             let mut out = d.clone();
@@ -81,6 +82,7 @@ impl Engine {
                     weight: 10,
                     shadow: false,
                     discounted: false,
+                    detail: None,
                 });
                 if !verdict.allowed || verdict.remaining == 0 {
                     return Some(guessing(d));

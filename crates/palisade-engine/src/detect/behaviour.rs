@@ -33,6 +33,7 @@ impl Engine {
                         weight: e.weight,
                         shadow: false,
                         discounted: keyed && habit,
+                        detail: None,
                     });
                 }
             }

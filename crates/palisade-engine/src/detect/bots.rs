@@ -84,6 +84,7 @@ impl Engine {
                     weight: bots.weight,
                     shadow: false,
                     discounted: action == BotAction::Signal && crate::detect::trust::keyed(facts),
+                    detail: None,
                 });
             }
             match action {

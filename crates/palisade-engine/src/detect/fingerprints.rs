@@ -22,6 +22,7 @@ impl Engine {
                 weight,
                 shadow: false,
                 discounted: false,
+                detail: None,
             });
         }
     }
@@ -59,6 +60,7 @@ impl Engine {
                 weight: fp.mismatch_weight,
                 shadow: false,
                 discounted,
+                detail: None,
             });
             d.fingerprint_mismatch = Some((claimed, k.family.clone()));
         }
@@ -71,6 +73,7 @@ impl Engine {
                 weight: fp.no_h2_weight,
                 shadow: false,
                 discounted,
+                detail: None,
             });
         }
     }

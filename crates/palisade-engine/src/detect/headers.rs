@@ -38,6 +38,7 @@ impl Engine {
                         weight: hp.weight,
                         shadow: false,
                         discounted: crate::detect::trust::keyed(facts),
+                        detail: None,
                     });
                 }
             }

@@ -28,6 +28,7 @@ impl Engine {
                         // The network a verified caller runs on (a cloud, a VPN) is a habit,
                         // not evidence about it; a Tor exit is not discounted.
                         discounted: crate::detect::trust::keyed(facts),
+                        detail: None,
                     });
                 }
             }
@@ -40,6 +41,7 @@ impl Engine {
                     weight: intel.tor_weight,
                     shadow: false,
                     discounted: false,
+                    detail: None,
                 });
             }
         }

@@ -50,6 +50,7 @@ impl Engine {
                     weight: spec.weight,
                     shadow,
                     discounted: false,
+                    detail: None,
                 });
                 let action = match spec.action {
                     LimitAction::Delay { max_delay, .. } if verdict.retry_after <= max_delay => {

@@ -27,6 +27,7 @@ impl Engine {
             weight: 100,
             shadow: false,
             discounted: false,
+            detail: None,
         });
         d.score = 100;
         Some(self.finish(d.clone(), Action::Block, self.rule_deny.clone()))
@@ -51,6 +52,7 @@ impl Engine {
             weight: 100,
             shadow: false,
             discounted: false,
+            detail: None,
         });
         d.score = 100;
         d.code = Some(ClientCode::NotFound);
@@ -73,6 +75,7 @@ impl Engine {
                     weight: 100,
                     shadow: false,
                     discounted: false,
+                    detail: None,
                 });
                 d.score = 100;
                 Some(self.finish(d.clone(), Action::Block, rule))
@@ -83,6 +86,7 @@ impl Engine {
                     weight: w,
                     shadow: false,
                     discounted: false,
+                    detail: None,
                 });
                 None
             }

@@ -41,6 +41,7 @@ impl Engine {
                 weight: 50,
                 shadow: false,
                 discounted: false,
+                detail: None,
             });
             let action = Action::Limit {
                 retry_after: verdict.retry_after,
@@ -167,6 +168,7 @@ impl Engine {
             weight: 50,
             shadow: self.policy.mode == Mode::Shadow,
             discounted: false,
+            detail: None,
         });
         Action::Limit {
             retry_after: reset.saturating_mul(SECOND),

@@ -47,6 +47,7 @@ impl crate::engine::Engine {
                         weight: w,
                         shadow: r.shadow,
                         discounted: false,
+                        detail: None,
                     });
                 }
             }

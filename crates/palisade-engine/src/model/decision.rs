@@ -95,6 +95,10 @@ pub struct Signal {
     /// (walking ids, steady timing, one route, an HTTP library, a hosting network): logged and
     /// explained, never counted into the score of a key or token (see [`crate::detect::trust`]).
     pub discounted: bool,
+    /// Where and what, for signals about one thing in the request (`probe/sqli`: the
+    /// location and a short fingerprint, `query:id s&sos`); logged and explained, never in
+    /// metrics.
+    pub detail: Option<Arc<str>>,
 }
 
 /// How one limit judged the request.

@@ -55,6 +55,8 @@ pub struct RequestFacts<'a> {
     /// The username a login request names (read from the body field `[behaviour.stuffing]`
     /// configures). The engine only ever keeps a keyed hash of it.
     pub username: Option<&'a [u8]>,
+    /// Injection probes the gateway found in the request (`[probes]`), at most one per class.
+    pub probes: &'a [palisade_intel::probes::Hit],
 }
 
 /// What a connection's TLS handshake showed (Palisade at the TLS edge).

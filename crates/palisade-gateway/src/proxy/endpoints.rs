@@ -108,6 +108,7 @@ fn usage(
         ip_info: None,
         bot_verification: None,
         username: None,
+        probes: &[],
     };
     if let Some(refused) = rt.engine.authorize(&facts, &spec) {
         let r = Refusal::from_decision(&refused).unwrap_or(Refusal::Forbidden {

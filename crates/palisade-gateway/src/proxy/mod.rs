@@ -216,6 +216,7 @@ async fn respond(
         ip_info: gathered.ip_info.as_ref(),
         bot_verification: gathered.bot_verification,
         username: gathered.username.as_deref(),
+        probes: &[],
     };
     // A decoy key (published where only scrapers look) flags whoever presents it.
     if let Some(i) = gathered

@@ -47,19 +47,145 @@ pub fn sqli(d: &[u8], lower: &[u8]) -> Option<Fp> {
         let compares = d.iter().any(|&b| matches!(b, b'=' | b'<' | b'>' | b'#'))
             || find(d, b"--").is_some()
             || find(d, b"/*").is_some();
-        if structural || quoted || compares {
+        // A number and a prose dash ("5/5 -- would buy again!") is not a truncated query.
+        let prose_dash = (f == "1c" || f == "nc")
+            && !quoted
+            && find(d, b"-- ").is_some_and(|p| at(d, p + 3).is_ascii_alphabetic());
+        if (structural || quoted || compares) && !prose_dash {
             return Some(Fp::new(f));
+        }
+    }
+    // Keywords split by comments to slip past filters (`UN/**/ION SEL/**/ECT`).
+    if find(d, b"/*").is_some() {
+        let joined = strip_comments(d);
+        if joined.len() < d.len() {
+            let mut state =
+                libinjectionrs::SqliState::new(&joined, libinjectionrs::SqliFlags::FLAG_NONE);
+            if state.detect() {
+                return Some(Fp::new("split_keyword"));
+            }
         }
     }
     sql_function(lower)
         .or_else(|| quote_then_statement(lower))
+        .or_else(|| logic_then_sql(lower))
         .map(Fp::new)
+}
+
+/// The value without `/*…*/` comments.
+fn strip_comments(d: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(d.len());
+    let mut i = 0;
+    while i < d.len() {
+        if span(d, i, i + 2) == b"/*" {
+            match find(tail(d, i + 2), b"*/") {
+                Some(end) => i += 2 + end + 2,
+                None => break,
+            }
+        } else {
+            out.push(at(d, i));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A closed string or a number, then a logic operator or clause, then SQL: a subquery, a
+/// `CASE`, a function call, a comparison (`' AND (SELECT CASE …`, `' || DBMS_LDAP.INIT(…`,
+/// `1 AND 5 BETWEEN 1 AND 10`, `' ORDER BY (SELECT 1 …`).
+fn logic_then_sql(l: &[u8]) -> Option<&'static str> {
+    // A subquery in a list: `1,(select case …)`.
+    if find(l, b",(select").is_some() || find(l, b", (select").is_some() {
+        return Some("subquery");
+    }
+    // Longest first: `order by` before `or`.
+    const OPS: &[&[u8]] = &[
+        b"order by",
+        b"group by",
+        b"procedure",
+        b"between",
+        b"having",
+        b"regexp",
+        b"union",
+        b"limit",
+        b"rlike",
+        b"and",
+        b"xor",
+        b"div",
+        b"or",
+        b"&&",
+        b"||",
+    ];
+    let starts: Vec<usize> = l
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| matches!(b, b'\'' | b'"' | b')'))
+        .map(|(i, _)| i + 1)
+        .chain(
+            // A leading number: numeric context.
+            l.iter()
+                .position(|b| !b.is_ascii_digit())
+                .filter(|p| *p > 0),
+        )
+        .collect();
+    for s in starts {
+        let mut i = s;
+        let mut spaced = false;
+        while at(l, i) == b' ' || at(l, i) == b'\t' || at(l, i) == b')' {
+            spaced = true;
+            i += 1;
+        }
+        let rest = tail(l, i);
+        let Some(op) = OPS.iter().find(|op| rest.starts_with(op)) else {
+            continue;
+        };
+        let symbolic = matches!(op.first(), Some(b'&' | b'|'));
+        let after = tail(rest, op.len());
+        if !symbolic && !(spaced && matches!(after.first(), Some(b' ' | b'(' | b'\t'))) {
+            continue;
+        }
+        let after = after.trim_ascii_start();
+        let sql = after.starts_with(b"(select")
+            || after.starts_with(b"( select")
+            || [
+                &b"select "[..],
+                b"case ",
+                b"exists",
+                b"not ",
+                b"null",
+                b"sleep",
+                b"(case",
+            ]
+            .iter()
+            .any(|k| after.starts_with(k))
+            || call_like(after)
+            || (after.first().is_some_and(u8::is_ascii_digit)
+                && (find(after, b" between ").is_some()
+                    || find(after, b" and ").is_some()
+                    || after.iter().any(|b| matches!(b, b'=' | b'<' | b'>'))));
+        if sql {
+            return Some("logic_sql");
+        }
+    }
+    None
+}
+
+/// `name(` or `schema.name(` at the start.
+fn call_like(s: &[u8]) -> bool {
+    let n = s
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.' || *b == b'$'))
+        .unwrap_or(s.len());
+    n > 1 && at(s, n) == b'(' && at(s, 0).is_ascii_alphabetic()
 }
 
 /// A quote that ends the application's string and then comments the rest of its query out
 /// (`admin' #`, `x" --`) or starts a statement of its own (`"; SELECT …`).
 fn quote_then_statement(l: &[u8]) -> Option<&'static str> {
     const STATEMENTS: &[&[u8]] = &[
+        b"attach",
+        b"call",
+        b"begin",
         b"select",
         b"insert",
         b"update",
