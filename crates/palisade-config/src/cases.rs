@@ -40,6 +40,12 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                 } else {
                     std::borrow::Cow::Borrowed(case.path.as_str())
                 };
+                let probes = compiled
+                    .policy
+                    .probes
+                    .as_ref()
+                    .map(|p| p.scan_head(&path, case.query.as_deref(), &case.headers))
+                    .unwrap_or_default();
                 let facts = RequestFacts {
                     method: &case.method,
                     path: &path,
@@ -60,7 +66,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                     ip_info: None,
                     bot_verification: None,
                     username: None,
-                    probes: &[],
+                    probes: &probes.hits,
                     auth: match &case.principal {
                         Some(p) => palisade_engine::model::principal::Auth::Principal(p),
                         None => palisade_engine::model::principal::Auth::Anonymous,

@@ -930,6 +930,8 @@ pub struct RawConfig {
     pub decision: Option<RawDecision>,
     /// `[openapi]`.
     pub openapi: Option<RawOpenApi>,
+    /// `[probes]`.
+    pub probes: Option<RawProbes>,
     /// `[lists]`.
     pub lists: RawLists,
     /// `[scoring]`.
@@ -1053,6 +1055,37 @@ pub struct RawOpenApi {
     /// The path prefix the spec's paths live under. Default: the path of its first server URL.
     pub base_path: Option<Spanned<String>>,
     /// Largest JSON request body read to validate it. Default `1MiB`.
+    pub max_body: Option<Spanned<String>>,
+}
+
+/// `[probes]`: injection probes (SQL, script, traversal, command, template, Log4j lookups,
+/// SSRF) in the path, query, chosen headers, cookies and JSON or form bodies.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbes {
+    /// Default true (the section's presence turns it on).
+    pub enabled: Option<bool>,
+    /// Classes looked for. Default all: `sqli`, `xss`, `traversal`, `command`, `template`,
+    /// `log4shell`, `ssrf`.
+    pub classes: Option<Vec<Spanned<String>>>,
+    /// What a hit does, per class: `signal` (default: its weight joins the score) or `block`.
+    #[serde(default)]
+    pub actions: BTreeMap<String, Spanned<String>>,
+    /// Signal weight of a hit. Default 40 (the default `delay_at`: a prober is throttled,
+    /// then blocked, one step per probe; one honest look-alike costs a second).
+    pub weight: Option<Spanned<u64>>,
+    /// Weights per class, over `weight`.
+    #[serde(default)]
+    pub weights: BTreeMap<String, Spanned<u64>>,
+    /// Headers scanned for every class. Default `["user-agent", "referer",
+    /// "x-forwarded-host", "x-original-url", "x-rewrite-url"]`; every header is scanned for
+    /// Log4j lookups.
+    pub headers: Option<Vec<Spanned<String>>>,
+    /// Scan cookie values. Default true.
+    pub cookies: Option<bool>,
+    /// Scan JSON and form bodies (with a `Content-Length` up to `max_body`). Default true.
+    pub body: Option<bool>,
+    /// Largest body scanned; a larger one is forwarded unscanned. Default `64KiB`.
     pub max_body: Option<Spanned<String>>,
 }
 

@@ -134,6 +134,7 @@ fn engine_with(
         intel: None,
         behaviour,
         rules,
+        probes: None,
     };
     Engine::new(policy, None)
 }

@@ -164,6 +164,8 @@ pub struct Engine {
     pub(crate) honeypot_rules: Vec<Arc<str>>,
     pub(crate) bot_rules: Vec<Arc<str>>,
     pub(crate) header_rules: Vec<Arc<str>>,
+    /// `probe/<class>`, in `Class::ALL` order.
+    pub(crate) probe_rules: Vec<Arc<str>>,
     pub(crate) intel_rules: Vec<Arc<str>>,
     pub(crate) rule_scope: Arc<str>,
     pub(crate) auth_rules: [Arc<str>; 8],
@@ -390,6 +392,10 @@ impl Engine {
             intel_rules: ["hosting", "vpn", "mobile", "residential", "tor"]
                 .iter()
                 .map(|n| Arc::from(format!("intel/{n}")))
+                .collect(),
+            probe_rules: palisade_intel::probes::Class::ALL
+                .iter()
+                .map(|c| Arc::from(c.signal()))
                 .collect(),
             header_rules: Inconsistency::ALL
                 .iter()

@@ -120,6 +120,10 @@ impl Engine {
             return Ok(d);
         }
 
+        // Injection probes: a class set to block refuses here; the others are signals.
+        if let Some(refused) = self.probes(&mut d, facts) {
+            return Ok(refused);
+        }
         // Signals, then limits and quotas, then rules and the score.
         let mut v = Verdicts::default();
         // Before the bot stage, which can refuse at once: a forged signature is in its reasons.

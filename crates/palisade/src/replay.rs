@@ -165,6 +165,13 @@ impl Run {
             .intel
             .as_ref()
             .and_then(|i| i.db.lookup(ip));
+        let probes = self
+            .compiled
+            .policy
+            .probes
+            .as_ref()
+            .map(|p| p.scan_head(&r.path, r.query.as_deref(), &headers))
+            .unwrap_or_default();
         let facts = RequestFacts {
             method: &method,
             path: &r.path,
@@ -192,7 +199,7 @@ impl Run {
             ip_info: ip_info.as_ref(),
             bot_verification: None,
             username: None,
-            probes: &[],
+            probes: &probes.hits,
             auth: match &principal {
                 Some(p) => Auth::Principal(p),
                 None => Auth::Anonymous,

@@ -9,6 +9,7 @@ mod jwt;
 mod keys;
 mod limits;
 mod lists;
+mod probes;
 mod log;
 mod quotas;
 mod routes;
@@ -411,8 +412,9 @@ pub fn load_file(path: &Path) -> Result<Compiled, ConfigErrors> {
     Ok(c)
 }
 
-const SECTIONS: [&str; 24] = [
+const SECTIONS: [&str; 25] = [
     "decision",
+    "probes",
     "openapi",
     "challenge",
     "web_bot_auth",
@@ -517,6 +519,11 @@ fn parse_sections(src: &str, c: &mut Collector<'_>) -> (RawConfig, bool) {
                 let mut w = RawDecision::default();
                 one(value, name, c, &mut w);
                 raw.decision = Some(w);
+            }
+            "probes" => {
+                let mut p = RawProbes::default();
+                one(value, name, c, &mut p);
+                raw.probes = Some(p);
             }
             "openapi" => {
                 let at = value.span();
@@ -843,6 +850,7 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         intel,
         behaviour,
         rules,
+        probes: probes::compile_probes(&raw, c),
     };
     let openapi = raw
         .openapi

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod intel;
 pub mod limits;
 pub mod lists;
+pub mod probes;
 pub mod quotas;
 pub mod rules;
 pub mod score;

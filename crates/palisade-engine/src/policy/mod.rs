@@ -277,6 +277,8 @@ pub struct Policy {
     pub behaviour: Option<crate::behaviour::BehaviourPolicy>,
     /// Explicit rules; `None` when there are none.
     pub rules: Option<crate::policy::rules::RulesPolicy>,
+    /// Injection probes; `None` when `[probes]` is not configured.
+    pub probes: Option<ProbesPolicy>,
 }
 
 /// Compiled `[intel]`.
@@ -308,6 +310,49 @@ pub struct HoneypotSpec {
     pub flag: Vec<&'static str>,
     /// Whether `/robots.txt` is served with these paths disallowed.
     pub robots_txt: bool,
+}
+
+/// Compiled `[probes]`.
+#[derive(Debug, Clone)]
+pub struct ProbesPolicy {
+    /// What to look for, and where.
+    pub scanner: palisade_intel::probes::Scanner,
+    /// What a hit of each class does, in [`palisade_intel::probes::Class::ALL`] order.
+    pub actions: [ProbeAction; 7],
+    /// Whether JSON and form bodies are scanned.
+    pub body: bool,
+    /// Largest body scanned.
+    pub max_body: usize,
+}
+
+impl ProbesPolicy {
+    /// Scans a request's head: path, query, headers and cookies (the gateway adds the body).
+    pub fn scan_head(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> palisade_intel::probes::Hits {
+        let mut hits = palisade_intel::probes::Hits::default();
+        self.scanner.scan_path(path, &mut hits);
+        if let Some(q) = query {
+            self.scanner.scan_query(q, &mut hits);
+        }
+        for (name, value) in headers {
+            self.scanner
+                .scan_header(name.as_str(), value.as_bytes(), &mut hits);
+        }
+        hits
+    }
+}
+
+/// What a probe class's hit does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeAction {
+    /// The signal's weight.
+    pub weight: u8,
+    /// Refuse the request (403) instead of only signalling.
+    pub block: bool,
 }
 
 /// Compiled `[headers]`.

@@ -191,6 +191,7 @@ pub fn needs_body(
 ) -> bool {
     g.authn.key_needing_signature().is_some()
         || stuffing_on(rt, route).is_some()
+        || probes_read_body(rt, parts).is_some()
         || rt
             .compiled
             .openapi
@@ -265,7 +266,79 @@ pub async fn read_body(
         let max = server.max_body_bytes.min(api.max_body as u64);
         g.buffered = Some(read_bounded(shared, incoming, max).await?);
     }
+    // A JSON or form body small enough to scan for injection probes.
+    if g.buffered.is_none()
+        && let Some(max) = probes_read_body(rt, parts)
+        && let Some(incoming) = g.body.take()
+    {
+        g.buffered = Some(read_bounded(shared, incoming, max.min(server.max_body_bytes)).await?);
+    }
     Ok(())
+}
+
+/// The body's kind when it is one the probe scan reads: JSON or a form.
+fn scanned_body_kind(headers: &http::HeaderMap) -> Option<BodyKind> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())?
+        .trim_start();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Some(BodyKind::Form)
+    } else if essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5 && essence.to_ascii_lowercase().ends_with("+json"))
+    {
+        Some(BodyKind::Json)
+    } else {
+        None
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BodyKind {
+    Json,
+    Form,
+}
+
+/// `Some(bound)` when `[probes]` scans this request's body: JSON or a form, with a declared
+/// length within `max_body` (a longer or unannounced one is forwarded unscanned, never
+/// refused for its size).
+fn probes_read_body(rt: &Runtime, parts: &http::request::Parts) -> Option<u64> {
+    let p = rt.compiled.policy.probes.as_ref().filter(|p| p.body)?;
+    scanned_body_kind(&parts.headers)?;
+    let len: u64 = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (len > 0 && len <= p.max_body as u64).then_some(p.max_body as u64)
+}
+
+/// Scans the request for injection probes (`[probes]`): path, query, headers, cookies and a
+/// body that was read.
+pub fn scan_probes(
+    rt: &Runtime,
+    parts: &http::request::Parts,
+    body: Option<&[u8]>,
+) -> palisade_intel::probes::Hits {
+    let Some(p) = &rt.compiled.policy.probes else {
+        return palisade_intel::probes::Hits::default();
+    };
+    let mut hits = p.scan_head(parts.uri.path(), parts.uri.query(), &parts.headers);
+    if p.body
+        && let Some(b) = body
+        && b.len() <= p.max_body
+    {
+        match scanned_body_kind(&parts.headers) {
+            Some(BodyKind::Json) => p.scanner.scan_json(b, &mut hits),
+            Some(BodyKind::Form) => p.scanner.scan_form(b, &mut hits),
+            None => {}
+        }
+    }
+    hits
 }
 
 /// Reads a body up to `max` bytes; past that, or on a read error, the refusal to answer.

@@ -138,6 +138,7 @@ async fn respond(
     {
         return r;
     }
+    let probes = facts::scan_probes(rt, &parts, gathered.buffered.as_deref());
     let fronted = facts::fronted_fingerprints(rt, &parts.headers, peer.ip());
     let signed =
         rt.compiled.web_bot_auth.as_ref().and_then(|w| {
@@ -216,7 +217,7 @@ async fn respond(
         ip_info: gathered.ip_info.as_ref(),
         bot_verification: gathered.bot_verification,
         username: gathered.username.as_deref(),
-        probes: &[],
+        probes: &probes.hits,
     };
     // A decoy key (published where only scrapers look) flags whoever presents it.
     if let Some(i) = gathered

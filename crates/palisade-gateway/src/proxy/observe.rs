@@ -240,6 +240,9 @@ pub fn observe(
         if s.discounted {
             line.k("discounted").bool(true);
         }
+        if let Some(detail) = &s.detail {
+            line.k("detail").str(detail);
+        }
         line.close();
     }
     line.close_array()
