@@ -27,7 +27,11 @@ pub(super) fn compile_probes(raw: &RawConfig, c: &mut Collector<'_>) -> Option<P
                     None => c.at(
                         sp(name),
                         "probes.classes",
-                        format!("unknown probe class `{}`; one of {}", name.get_ref(), names()),
+                        format!(
+                            "unknown probe class `{}`; one of {}",
+                            name.get_ref(),
+                            names()
+                        ),
                     ),
                 }
             }

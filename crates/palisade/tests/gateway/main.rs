@@ -32,6 +32,7 @@ mod memory;
 mod modes;
 mod monitoring;
 mod paths;
+mod probes;
 mod proxy;
 mod replay;
 mod signed_agents;
