@@ -141,7 +141,7 @@ fn logic_then_sql(l: &[u8]) -> Option<&'static str> {
         };
         let symbolic = matches!(op.first(), Some(b'&' | b'|'));
         let after = tail(rest, op.len());
-        if !symbolic && !(spaced && matches!(after.first(), Some(b' ' | b'(' | b'\t'))) {
+        if !(symbolic || (spaced && matches!(after.first(), Some(b' ' | b'(' | b'\t')))) {
             continue;
         }
         let after = after.trim_ascii_start();
