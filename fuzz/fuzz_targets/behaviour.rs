@@ -90,6 +90,7 @@ fuzz_target!(|data: &[u8]| {
             ip_info: None,
             bot_verification: None,
             username: user,
+            probes: &[],
         };
         if let Ok(d) = e.evaluate(&facts) {
             assert!(d.score <= 100);

@@ -73,6 +73,24 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         integrations: u32,
     },
+    /// Scan values for injection probes, one per line (files, or stdin): print each flagged
+    /// line's classes and fingerprints, then how many of how many were flagged. The values are
+    /// taken as a query or form value would arrive (percent-encoded or not; `--plus` makes `+`
+    /// a space). Exit 0 always; the summary is the result.
+    Probes {
+        /// Files of values, one per line (`-` or none: stdin). Lines starting with `#` and
+        /// empty lines are skipped.
+        files: Vec<PathBuf>,
+        /// Print every line, flagged or not, as JSON.
+        #[arg(long)]
+        json: bool,
+        /// `+` is a space (values copied from query strings).
+        #[arg(long)]
+        plus: bool,
+        /// Print only the summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Write the man pages and shell completions (for packaging) into a directory.
     #[command(hide = true)]
     Generate {
@@ -206,6 +224,12 @@ fn main() -> ExitCode {
         Command::Solve(args) => solve(&args),
         Command::Replay(args) => replay::run(&args).map(|_| ()),
         Command::Generate { dir } => generate(&dir),
+        Command::Probes {
+            files,
+            json,
+            plus,
+            quiet,
+        } => probes(&files, json, plus, quiet),
         Command::Demo {
             duration,
             humans,
@@ -219,6 +243,76 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `palisade probes`: the probe scan over lines of values.
+fn probes(files: &[PathBuf], json: bool, plus: bool, quiet: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let mut sources: Vec<Box<dyn std::io::BufRead>> = Vec::new();
+    if files.is_empty() || files.iter().any(|f| f.as_os_str() == "-") {
+        sources.push(Box::new(std::io::stdin().lock()));
+    }
+    for f in files.iter().filter(|f| f.as_os_str() != "-") {
+        let file = std::fs::File::open(f)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+        sources.push(Box::new(std::io::BufReader::new(file)));
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let (mut n, mut flagged) = (0u64, 0u64);
+    let mut by_class = std::collections::BTreeMap::<&str, u64>::new();
+    for source in sources {
+        for line in source.split(b'\n') {
+            let mut line = line?;
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.is_empty() || line.first() == Some(&b'#') {
+                continue;
+            }
+            n += 1;
+            let hits = palisade_intel::probes::scan_one(&line, plus);
+            if !hits.is_empty() {
+                flagged += 1;
+            }
+            for h in &hits {
+                *by_class.entry(h.class.name()).or_default() += 1;
+            }
+            if quiet {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line);
+            if json {
+                let found: Vec<_> = hits
+                    .iter()
+                    .map(|h| serde_json::json!({ "class": h.class.name(), "fingerprint": h.fingerprint.as_str() }))
+                    .collect();
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "value": text, "probes": found })
+                )?;
+            } else if !hits.is_empty() {
+                let found: Vec<String> = hits
+                    .iter()
+                    .map(|h| format!("{}:{}", h.class.name(), h.fingerprint))
+                    .collect();
+                writeln!(out, "{}\t{text}", found.join(","))?;
+            }
+        }
+    }
+    let share = if n == 0 {
+        0.0
+    } else {
+        100.0 * flagged as f64 / n as f64
+    };
+    let classes: Vec<String> = by_class.iter().map(|(c, k)| format!("{c} {k}")).collect();
+    eprintln!(
+        "{flagged} of {n} values flagged ({share:.2}%){}{}",
+        if classes.is_empty() { "" } else { ": " },
+        classes.join(", ")
+    );
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]

@@ -389,3 +389,36 @@ fn the_key_secret_can_come_from_the_environment_and_a_conflicting_one_is_refused
     assert_ne!(code, 0);
     assert!(err.contains("64 hex digits"), "{err}");
 }
+
+/// `palisade probes`: lines of values in, the flagged ones and a summary out.
+#[test]
+fn probes_command_scans_lines_of_values() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["probes", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(
+                b"# a comment\nO'Reilly\n1' UNION SELECT NULL--\n%3Csvg%20onload%3Dalert(1)%3E\n\n",
+            )
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["probes"], serde_json::json!([]));
+    assert_eq!(lines[1]["probes"][0]["class"], "sqli");
+    assert_eq!(lines[2]["probes"][0]["class"], "xss");
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("2 of 3 values flagged"), "{summary}");
+}
