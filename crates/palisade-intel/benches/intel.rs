@@ -89,3 +89,68 @@ fn h2fp_per_connection(bencher: divan::Bencher) {
         _ => 0,
     });
 }
+
+/// The probe scan of a whole ordinary API request: path, query of three parameters, ten
+/// browser headers with a cookie, a small JSON body — what every request with `[probes]` on
+/// costs when nothing is found.
+#[divan::bench]
+fn probes_ordinary_request(bencher: divan::Bencher) {
+    use palisade_intel::probes::{Hits, Scanner};
+    let s = Scanner::default();
+    let headers: [(&str, &[u8]); 10] = [
+        ("host", b"api.example.com"),
+        ("user-agent", UAS[0].as_bytes()),
+        ("accept", b"application/json"),
+        ("accept-encoding", b"gzip, deflate, br"),
+        ("accept-language", b"en-GB,en;q=0.9"),
+        ("cookie", b"session=2f1c9a0e7b; theme=dark"),
+        ("referer", b"https://app.example.com/orders?page=2"),
+        ("x-request-id", b"7e136915dc93ee62"),
+        ("content-type", b"application/json"),
+        ("authorization", b"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc"),
+    ];
+    let body = br#"{"customer":"O'Reilly & Sons","items":[{"sku":"A-1","qty":2}],"note":"deliver after 5pm"}"#;
+    bencher.bench_local(|| {
+        let mut hits = Hits::default();
+        s.scan_path("/api/v1/orders/42/items", &mut hits);
+        s.scan_query("status=open&since=2024-01-15&q=blue+shoes", &mut hits);
+        for (n, v) in headers {
+            s.scan_header(n, v, &mut hits);
+        }
+        s.scan_json(body, &mut hits);
+        hits
+    });
+}
+
+/// The probe scan of a request carrying a probe (the query's value), encoded twice.
+#[divan::bench]
+fn probes_attack_request(bencher: divan::Bencher) {
+    use palisade_intel::probes::{Hits, Scanner};
+    let s = Scanner::default();
+    bencher.bench_local(|| {
+        let mut hits = Hits::default();
+        s.scan_path("/api/v1/orders", &mut hits);
+        s.scan_query(
+            "id=1%2527%2520UNION%2520SELECT%2520username%252Cpassword%2520FROM%2520users--&x=%3Csvg%2Fonload%3Dalert(1)%3E",
+            &mut hits,
+        );
+        s.scan_header("user-agent", UAS[0].as_bytes(), &mut hits);
+        hits
+    });
+}
+
+const VALUES: [&str; 6] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    "https://app.example.com/orders?page=2",
+    "O'Reilly & Sons",
+    "deliver after 5pm",
+    "2024-01-15",
+    "blue shoes",
+];
+
+/// One value through every class.
+#[divan::bench(args = [0, 1, 2, 3, 4, 5])]
+fn probes_value(bencher: divan::Bencher, i: usize) {
+    let v = VALUES.get(i).copied().unwrap_or_default();
+    bencher.bench_local(|| palisade_intel::probes::scan_one(v.as_bytes(), false));
+}

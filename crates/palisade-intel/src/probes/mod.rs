@@ -13,6 +13,7 @@ pub mod classes;
 pub mod decode;
 
 use std::fmt;
+use std::hash::BuildHasher as _;
 
 /// A probe class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -208,7 +209,18 @@ pub struct Scanner {
     pub cookies: bool,
     /// Longest value looked at; a longer one is scanned in its first this-many bytes.
     pub max_value: usize,
+    /// What long header values (user agents, referers) were found to hold: they repeat from
+    /// request to request, and scanning one costs microseconds. Bounded; the result is a pure
+    /// function of the value, so what an attacker puts in only evicts.
+    seen: std::sync::Arc<HeaderCache>,
+    hasher: std::hash::RandomState,
 }
+
+/// Header value (hashed with a per-process key) → the hits it gave, as (class bit, fingerprint).
+type HeaderCache = quick_cache::sync::Cache<u64, Option<(u8, Fp)>>;
+
+/// Header values shorter than this are scanned every time (the prefilter is cheaper).
+const CACHED_FROM: usize = 24;
 
 impl Default for Scanner {
     fn default() -> Self {
@@ -233,6 +245,8 @@ impl Scanner {
             .to_vec(),
             cookies: true,
             max_value: 8192,
+            seen: std::sync::Arc::new(HeaderCache::new(4096)),
+            hasher: std::hash::RandomState::new(),
         }
     }
 
@@ -360,9 +374,38 @@ impl Scanner {
             return;
         }
         if self.headers.iter().any(|h| h == name) {
+            if value.len() < CACHED_FROM || out.found != 0 {
+                self.scan_value(value, Place::Header(name), false, out);
+                return;
+            }
+            let key = self.hasher.hash_one(value);
+            if let Some(cached) = self.seen.get(&key) {
+                if let Some((bit, fingerprint)) = cached
+                    && let Some(class) = Class::ALL.into_iter().find(|c| c.bit() == bit)
+                {
+                    out.found |= bit;
+                    out.hits.push(Hit {
+                        class,
+                        location: Place::Header(name).location(),
+                        fingerprint,
+                    });
+                }
+                out.values += 1;
+                return;
+            }
+            let before = out.hits.len();
             self.scan_value(value, Place::Header(name), false, out);
-        } else if self.scans(Class::Log4shell) && classes::find(value, b"${").is_some()
-            || value.windows(3).any(|w| w.eq_ignore_ascii_case(b"%24"))
+            // Only a value with no hit or one hit is remembered (a value with several
+            // is scanned again: rare, and not worth a bigger entry).
+            match out.hits.get(before..) {
+                Some([]) => self.seen.insert(key, None),
+                Some([h]) => self.seen.insert(key, Some((h.class.bit(), h.fingerprint))),
+                _ => {}
+            }
+        } else if self.scans(Class::Log4shell)
+            && memchr::memchr2(b'$', b'%', value).is_some()
+            && (classes::find(value, b"${").is_some()
+                || value.windows(3).any(|w| w.eq_ignore_ascii_case(b"%24")))
         {
             self.scan_classes(
                 value,
