@@ -91,6 +91,7 @@ fuzz_target!(|data: &[u8]| {
             bot_verification: None,
             username: user,
             probes: &[],
+            contract: None,
         };
         if let Ok(d) = e.evaluate(&facts) {
             assert!(d.score <= 100);

@@ -67,6 +67,7 @@ pub fn run_cases(compiled: &Compiled) -> Vec<CaseOutcome> {
                     bot_verification: None,
                     username: None,
                     probes: &probes.hits,
+                    contract: None,
                     auth: match &case.principal {
                         Some(p) => palisade_engine::model::principal::Auth::Principal(p),
                         None => palisade_engine::model::principal::Auth::Anonymous,

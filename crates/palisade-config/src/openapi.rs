@@ -17,6 +17,8 @@ pub enum OpenApiMode {
     Enforce,
     /// Decide and log, forward anyway.
     Shadow,
+    /// Forward, with the breach as a signal in the score.
+    Signal,
 }
 
 /// A compiled spec.

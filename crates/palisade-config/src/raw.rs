@@ -1056,6 +1056,10 @@ pub struct RawOpenApi {
     pub base_path: Option<Spanned<String>>,
     /// Largest JSON request body read to validate it. Default `1MiB`.
     pub max_body: Option<Spanned<String>>,
+    /// Weight of the `openapi/<kind>` signal a breach adds to the score (every mode but
+    /// shadow): a client that keeps sending what the spec does not describe is throttled.
+    /// Default 30.
+    pub weight: Option<Spanned<u64>>,
 }
 
 /// `[probes]`: injection probes (SQL, script, traversal, command, template, Log4j lookups,

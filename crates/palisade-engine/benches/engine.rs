@@ -135,6 +135,7 @@ fn engine_with(
         behaviour,
         rules,
         probes: None,
+        contract_weight: 0,
     };
     Engine::new(policy, None)
 }
@@ -171,6 +172,7 @@ fn bench_warm(bencher: divan::Bencher, e: &Engine, user_agent: &'static str) {
             bot_verification: None,
             username: None,
             probes: &[],
+            contract: None,
             auth: palisade_engine::model::principal::Auth::Anonymous,
         };
         let d = e.evaluate(&facts);
@@ -340,6 +342,7 @@ fn spray(bencher: divan::Bencher, e: &Engine) {
             bot_verification: None,
             username: None,
             probes: &[],
+            contract: None,
             auth: palisade_engine::model::principal::Auth::Anonymous,
         })
     });
@@ -397,6 +400,7 @@ fn full_facts<'a>(
         bot_verification: None,
         username: None,
         probes: &[],
+        contract: None,
         auth: palisade_engine::model::principal::Auth::Anonymous,
     }
 }

@@ -73,6 +73,7 @@ impl<'a> Req<'a> {
             bot_verification: None,
             username: None,
             probes: &[],
+            contract: None,
             auth: palisade_engine::model::principal::Auth::Anonymous,
         })
         .unwrap()
@@ -565,6 +566,7 @@ max_entries = 50000
                 bot_verification: None,
                 username: None,
                 probes: &[],
+                contract: None,
                 auth: palisade_engine::model::principal::Auth::Anonymous,
             })
             .unwrap();

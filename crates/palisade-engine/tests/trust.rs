@@ -90,6 +90,7 @@ impl Client<'_> {
             bot_verification: None,
             username: None,
             probes: &[],
+            contract: None,
         };
         e.evaluate(&facts).unwrap()
     }

@@ -107,7 +107,10 @@ fn probes_ordinary_request(bencher: divan::Bencher) {
         ("referer", b"https://app.example.com/orders?page=2"),
         ("x-request-id", b"7e136915dc93ee62"),
         ("content-type", b"application/json"),
-        ("authorization", b"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc"),
+        (
+            "authorization",
+            b"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc",
+        ),
     ];
     let body = br#"{"customer":"O'Reilly & Sons","items":[{"sku":"A-1","qty":2}],"note":"deliver after 5pm"}"#;
     bencher.bench_local(|| {

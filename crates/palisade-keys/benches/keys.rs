@@ -147,6 +147,7 @@ fn decide(s: &Setup, now: &AtomicU64, with_key: bool) -> bool {
         bot_verification: None,
         username: None,
         probes: &[],
+        contract: None,
         auth,
     };
     let d = s.engine.evaluate(&facts);
@@ -188,6 +189,7 @@ fn anonymous(bencher: divan::Bencher) {
                 bot_verification: None,
                 username: None,
                 probes: &[],
+                contract: None,
                 auth: Auth::Anonymous,
             })
             .is_ok()

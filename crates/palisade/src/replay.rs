@@ -200,6 +200,7 @@ impl Run {
             bot_verification: None,
             username: None,
             probes: &probes.hits,
+            contract: None,
             auth: match &principal {
                 Some(p) => Auth::Principal(p),
                 None => Auth::Anonymous,

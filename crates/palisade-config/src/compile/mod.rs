@@ -851,6 +851,10 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
         behaviour,
         rules,
         probes: probes::compile_probes(&raw, c),
+        contract_weight: raw
+            .openapi
+            .as_ref()
+            .map_or(0, |o| weight(&o.weight, 30, "openapi.weight", c)),
     };
     let openapi = raw
         .openapi
@@ -915,11 +919,12 @@ fn openapi(
     let mode = match o.mode.as_ref().map(|m| m.get_ref().as_str()) {
         None | Some("enforce") => crate::openapi::OpenApiMode::Enforce,
         Some("shadow") => crate::openapi::OpenApiMode::Shadow,
+        Some("signal") => crate::openapi::OpenApiMode::Signal,
         Some(other) => {
             c.at(
                 o.mode.as_ref().and_then(sp),
                 "openapi.mode",
-                format!("`{other}` is not \"enforce\" or \"shadow\""),
+                format!("`{other}` is not \"enforce\", \"shadow\" or \"signal\""),
             );
             crate::openapi::OpenApiMode::Enforce
         }

@@ -319,6 +319,7 @@ mod tests {
             bot_verification: None,
             username: r.username,
             probes: &[],
+            contract: None,
         };
         let mut out = Vec::new();
         let created = r.principal.and_then(|p| p.created_ms);
@@ -813,6 +814,7 @@ mod tests {
             bot_verification: None,
             username: None,
             probes: &[],
+            contract: None,
         };
         let trace = b.assess(&facts, ITEMS, None, None, &mut out);
         assert_eq!(trace.throttle_identity(), Some(Dim::Ip));

@@ -13,6 +13,19 @@ impl Engine {
     /// Signals for the probes found; `Some(refusal)` when a class that blocks was among them.
     #[inline(always)]
     pub(crate) fn probes(&self, d: &mut Decision, facts: &RequestFacts<'_>) -> Option<Decision> {
+        // A request the API's contract does not describe: a signal, so a client that keeps
+        // probing the contract is throttled like any other prober.
+        if let Some(rule) = facts.contract
+            && self.policy.contract_weight > 0
+        {
+            d.signals.push(Signal {
+                name: Arc::from(rule),
+                weight: self.policy.contract_weight,
+                shadow: false,
+                discounted: false,
+                detail: None,
+            });
+        }
         if facts.probes.is_empty() {
             return None;
         }

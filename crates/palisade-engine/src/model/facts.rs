@@ -57,6 +57,9 @@ pub struct RequestFacts<'a> {
     pub username: Option<&'a [u8]>,
     /// Injection probes the gateway found in the request (`[probes]`), at most one per class.
     pub probes: &'a [palisade_intel::probes::Hit],
+    /// How the request breaks the API's contract (`[openapi]`), as its rule
+    /// (`openapi/invalid`, …), when it does.
+    pub contract: Option<&'static str>,
 }
 
 /// What a connection's TLS handshake showed (Palisade at the TLS edge).

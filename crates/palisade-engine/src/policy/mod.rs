@@ -279,6 +279,8 @@ pub struct Policy {
     pub rules: Option<crate::policy::rules::RulesPolicy>,
     /// Injection probes; `None` when `[probes]` is not configured.
     pub probes: Option<ProbesPolicy>,
+    /// Weight of the signal for a request that breaks the API's contract (`[openapi]`).
+    pub contract_weight: u8,
 }
 
 /// Compiled `[intel]`.

@@ -1,7 +1,9 @@
 //! The API's contract at the edge (`[openapi]`): a request the spec does not describe is
 //! answered here — 400 `application/problem+json` with a short, stable code and the failing
 //! location, 404 for a path the spec does not have, 405 with `Allow` for a method it does not —
-//! in `enforce` mode; in `shadow` mode it is counted and forwarded.
+//! in `enforce` mode; in `shadow` mode it is counted and forwarded; in `signal` mode it is
+//! forwarded with an `openapi/<kind>` signal in the score. In every mode the engine sees the
+//! breach as a signal, so a client that keeps probing the contract walks into throttling.
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -13,14 +15,26 @@ use crate::Shared;
 use crate::telemetry::metrics::{DecisionLabels, Label};
 use crate::wire::body::ProxyBody;
 
-/// `Some(answer)` when the request breaks the contract and the mode refuses it.
+/// How a request breaks the contract: what the client is told, and the rule it is logged and
+/// scored under.
+pub struct Breach {
+    /// `openapi/unknown_endpoint`, `openapi/method_not_allowed`, `openapi/missing_credentials`
+    /// or `openapi/invalid`.
+    pub rule: &'static str,
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    allow: Option<String>,
+}
+
+/// `Some(breach)` when the request breaks the contract (counted here as `would_reject` in
+/// shadow mode and `signal` in signal mode).
 pub fn check(
     shared: &Shared,
     api: &OpenApi,
     parts: &http::request::Parts,
     body: Option<&[u8]>,
-    request_id: &str,
-) -> Option<Response<ProxyBody>> {
+) -> Option<Breach> {
     let violation = api
         .check(&Request {
             method: &parts.method,
@@ -57,22 +71,38 @@ pub fn check(
         StatusCode::UNAUTHORIZED => "openapi/missing_credentials",
         _ => "openapi/invalid",
     };
-    let enforce = api.mode == OpenApiMode::Enforce;
-    let labels = DecisionLabels {
-        route: Label(std::sync::Arc::from("-")),
-        action: if enforce { "reject" } else { "would_reject" },
-        rule: Label(std::sync::Arc::from(rule)),
+    // An enforced breach is counted with its decision (`block`, `openapi/…`); the others here.
+    let action = match api.mode {
+        OpenApiMode::Enforce => None,
+        OpenApiMode::Shadow => Some("would_reject"),
+        OpenApiMode::Signal => Some("signal"),
     };
-    shared.metrics.requests.get_or_create(&labels).inc();
-    if !enforce {
-        return None;
+    if let Some(action) = action {
+        let labels = DecisionLabels {
+            route: Label(std::sync::Arc::from("-")),
+            action,
+            rule: Label(std::sync::Arc::from(rule)),
+        };
+        shared.metrics.requests.get_or_create(&labels).inc();
     }
+    Some(Breach {
+        rule,
+        status,
+        code,
+        detail,
+        allow,
+    })
+}
+
+/// The answer to a request that breaks the contract in `enforce` mode: problem+json with a
+/// short, stable code and the failing location, `Allow` for a wrong method.
+pub fn answer(b: &Breach, request_id: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({
-        "type": format!("https://palisade.invalid/problems/{code}"),
-        "title": status.canonical_reason().unwrap_or("Bad Request"),
-        "status": status.as_u16(),
-        "code": code,
-        "detail": detail,
+        "type": format!("https://palisade.invalid/problems/{}", b.code),
+        "title": b.status.canonical_reason().unwrap_or("Bad Request"),
+        "status": b.status.as_u16(),
+        "code": b.code,
+        "detail": b.detail,
         "request_id": request_id,
     })
     .to_string();
@@ -81,13 +111,17 @@ pub fn check(
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
-    *r.status_mut() = status;
+    *r.status_mut() = b.status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    if let Some(v) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+    if let Some(v) = b
+        .allow
+        .as_deref()
+        .and_then(|a| HeaderValue::from_str(a).ok())
+    {
         r.headers_mut().insert(http::header::ALLOW, v);
     }
-    Some(r)
+    r
 }

@@ -109,6 +109,7 @@ fn usage(
         bot_verification: None,
         username: None,
         probes: &[],
+        contract: None,
     };
     if let Some(refused) = rt.engine.authorize(&facts, &spec) {
         let r = Refusal::from_decision(&refused).unwrap_or(Refusal::Forbidden {

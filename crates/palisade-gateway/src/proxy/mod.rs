@@ -126,99 +126,107 @@ async fn respond(
     {
         return refuse(b);
     }
-    // The API's contract ([openapi]): a request it does not describe is answered here.
-    if let Some(api) = &rt.compiled.openapi
-        && let Some(r) = contract::check(
-            shared,
-            api,
-            &parts,
-            gathered.buffered.as_deref(),
-            &request_id,
-        )
-    {
-        return r;
-    }
+    // The API's contract ([openapi]): a breach is a signal to the engine, and in enforce mode
+    // the answer unless the policy refuses more strongly.
+    let breach = rt.compiled.openapi.as_ref().and_then(|api| {
+        contract::check(shared, api, &parts, gathered.buffered.as_deref()).map(|b| {
+            (
+                b,
+                api.mode == palisade_config::openapi::OpenApiMode::Enforce,
+            )
+        })
+    });
     let probes = facts::scan_probes(rt, &parts, gathered.buffered.as_deref());
     let fronted = facts::fronted_fingerprints(rt, &parts.headers, peer.ip());
     let signed =
         rt.compiled.web_bot_auth.as_ref().and_then(|w| {
             crate::auth::signed_agent::check(shared, w, &parts, (unix_ms / 1000) as i64)
         });
-    let facts = RequestFacts {
-        method: &parts.method,
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers: &parts.headers,
-        client_ip: client,
-        peer_ip: peer.ip(),
-        now,
-        unix_ms,
-        auth: gathered.authn.as_auth(),
-        version: parts.version,
-        ja4h: gathered.ja4h.as_deref(),
-        hfp: gathered.hfp.as_deref(),
-        tls: parts
-            .extensions
-            .get::<Arc<crate::listen::tls::TlsInfo>>()
-            .map(|t| palisade_engine::model::facts::TlsFacts {
-                ja4: &t.ja4,
-                version: t.version,
-                server_name: t.server_name.as_deref(),
-                alpn: t.alpn,
-                client: t.client.as_deref(),
-            })
-            .or_else(|| {
-                fronted
-                    .0
-                    .map(|ja4| palisade_engine::model::facts::TlsFacts {
-                        ja4,
-                        version: match ja4.get(1..3) {
-                            Some("13") => "1.3",
-                            Some("12") => "1.2",
-                            _ => "",
-                        },
-                        server_name: None,
-                        alpn: None,
-                        client: None,
-                    })
+    let facts =
+        RequestFacts {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            client_ip: client,
+            peer_ip: peer.ip(),
+            now,
+            unix_ms,
+            auth: gathered.authn.as_auth(),
+            version: parts.version,
+            ja4h: gathered.ja4h.as_deref(),
+            hfp: gathered.hfp.as_deref(),
+            tls: parts
+                .extensions
+                .get::<Arc<crate::listen::tls::TlsInfo>>()
+                .map(|t| palisade_engine::model::facts::TlsFacts {
+                    ja4: &t.ja4,
+                    version: t.version,
+                    server_name: t.server_name.as_deref(),
+                    alpn: t.alpn,
+                    client: t.client.as_deref(),
+                })
+                .or_else(|| {
+                    fronted
+                        .0
+                        .map(|ja4| palisade_engine::model::facts::TlsFacts {
+                            ja4,
+                            version: match ja4.get(1..3) {
+                                Some("13") => "1.3",
+                                Some("12") => "1.2",
+                                _ => "",
+                            },
+                            server_name: None,
+                            alpn: None,
+                            client: None,
+                        })
+                }),
+            h2fp: parts
+                .extensions
+                .get::<crate::listen::H2Fingerprint>()
+                .map(|f| &*f.0)
+                .or(fronted.1),
+            ja3: fronted.2,
+            clearance: presented.clearance.map(|c| {
+                // The reported time zone against the client network's country, per request.
+                let tz_off = presented
+                    .tz
+                    .as_deref()
+                    .zip(gathered.ip_info.as_ref().map(|i| &*i.country))
+                    .and_then(|(tz, cc)| shared.challenges.tz_mismatch(tz, cc))
+                    .unwrap_or(false);
+                let flags = presented.flags
+                    | if tz_off {
+                        crate::challenge::flags::TZ_MISMATCH
+                    } else {
+                        0
+                    };
+                palisade_engine::model::facts::Clearance {
+                    signals: crate::challenge::signal_weights(&rt.compiled.challenge, flags),
+                    ..c
+                }
             }),
-        h2fp: parts
-            .extensions
-            .get::<crate::listen::H2Fingerprint>()
-            .map(|f| &*f.0)
-            .or(fronted.1),
-        ja3: fronted.2,
-        clearance: presented.clearance.map(|c| {
-            // The reported time zone against the client network's country, per request.
-            let tz_off = presented
-                .tz
-                .as_deref()
-                .zip(gathered.ip_info.as_ref().map(|i| &*i.country))
-                .and_then(|(tz, cc)| shared.challenges.tz_mismatch(tz, cc))
-                .unwrap_or(false);
-            let flags = presented.flags
-                | if tz_off {
-                    crate::challenge::flags::TZ_MISMATCH
-                } else {
-                    0
-                };
-            palisade_engine::model::facts::Clearance {
-                signals: crate::challenge::signal_weights(&rt.compiled.challenge, flags),
-                ..c
-            }
-        }),
-        signed_agent: signed.as_ref().map(|(name, category, outcome)| {
-            palisade_engine::model::facts::SignedAgent {
-                name,
-                category: *category,
-                outcome: *outcome,
-            }
-        }),
-        ip_info: gathered.ip_info.as_ref(),
-        bot_verification: gathered.bot_verification,
-        username: gathered.username.as_deref(),
-        probes: &probes.hits,
-    };
+            signed_agent: signed.as_ref().map(|(name, category, outcome)| {
+                palisade_engine::model::facts::SignedAgent {
+                    name,
+                    category: *category,
+                    outcome: *outcome,
+                }
+            }),
+            ip_info: gathered.ip_info.as_ref(),
+            bot_verification: gathered.bot_verification,
+            username: gathered.username.as_deref(),
+            probes: &probes.hits,
+            contract: breach
+                .as_ref()
+                .filter(|(_, enforced)| {
+                    *enforced
+                        || rt.compiled.openapi.as_ref().is_some_and(|a| {
+                            a.mode == palisade_config::openapi::OpenApiMode::Signal
+                        })
+                })
+                .map(|(b, _)| b.rule),
+        };
     // A decoy key (published where only scrapers look) flags whoever presents it.
     if let Some(i) = gathered
         .presented_key
@@ -242,64 +250,80 @@ async fn respond(
     let record = observe::pending_record(rt, &decision, &facts, &parts);
 
     // Enforcement, then forwarding.
+    // Enforce mode: a breach is answered here unless the policy refuses the request itself.
+    let enforced = breach.filter(|(_, e)| *e).map(|(b, _)| b);
+    if let Some(b) = &enforced
+        && decision.action.forwards()
+    {
+        decision.action = palisade_engine::Action::Block;
+        decision.rule = Arc::from(b.rule);
+    }
     let (refusal, held) = match decision.action {
+        _ if enforced.is_some() && decision.rule.starts_with("openapi/") => {
+            (None, enforce::Held::No)
+        }
         palisade_engine::Action::Delay { .. } => {
             enforce::hold(shared, rt, &mut decision, client, gone.as_ref()).await
         }
         _ => (Refusal::from_decision(&decision), enforce::Held::No),
     };
     let mut origin = palisade_engine::Origin::Gateway;
-    let mut response = match refusal {
-        Some(Refusal::ChallengeRequired) => {
-            crate::challenge::respond(shared, rt, &parts, client, &decision, &request_id)
+    let mut response = match (refusal, &enforced) {
+        (None, Some(b)) if decision.rule.starts_with("openapi/") => {
+            contract::answer(b, &request_id)
         }
-        Some(r) => r.response(&request_id),
-        None if call.is_some() => {
-            // The front forwards it: quotas count it now, or when its log line comes back
-            // with the spend the upstream reported (`[decision.feedback]`).
-            let fixed = rt
-                .compiled
-                .policy
-                .route(decision.route)
-                .map_or(0, |r| r.spend_micros);
-            let waits = rt.compiled.feedback.as_ref().or(call
-                .filter(|c| c.reports_answer)
-                .map(|_| &feedback::IN_PROCESS));
-            match waits {
-                Some(f) => shared.feedback.wait(
-                    &request_id,
-                    rt.engine.awaited(&decision),
-                    settlement.take(),
-                    fixed,
-                    f,
-                ),
-                None => {
-                    if let Some(s) = settlement.take() {
-                        s.settle(Some(fixed));
+        (refusal, _) => match refusal {
+            Some(Refusal::ChallengeRequired) => {
+                crate::challenge::respond(shared, rt, &parts, client, &decision, &request_id)
+            }
+            Some(r) => r.response(&request_id),
+            None if call.is_some() => {
+                // The front forwards it: quotas count it now, or when its log line comes back
+                // with the spend the upstream reported (`[decision.feedback]`).
+                let fixed = rt
+                    .compiled
+                    .policy
+                    .route(decision.route)
+                    .map_or(0, |r| r.spend_micros);
+                let waits = rt.compiled.feedback.as_ref().or(call
+                    .filter(|c| c.reports_answer)
+                    .map(|_| &feedback::IN_PROCESS));
+                match waits {
+                    Some(f) => shared.feedback.wait(
+                        &request_id,
+                        rt.engine.awaited(&decision),
+                        settlement.take(),
+                        fixed,
+                        f,
+                    ),
+                    None => {
+                        if let Some(s) = settlement.take() {
+                            s.settle(Some(fixed));
+                        }
                     }
                 }
+                decision::allowed(&decision, facts_principal(&gathered), &request_id)
             }
-            decision::allowed(&decision, facts_principal(&gathered), &request_id)
-        }
-        None => {
-            let out = forward::Outgoing {
-                authn: &gathered.authn,
-                buffered: gathered.buffered.take(),
-                body: gathered.body.take(),
-                peer: peer.ip(),
-                request_id: &request_id,
-            };
-            match forward::forward(shared, rt, parts, out, settlement, &decision, &route_label)
-                .await
-            {
-                Ok(upstream) => {
-                    origin = palisade_engine::Origin::Upstream;
-                    extra.fields = upstream.fields;
-                    upstream.response
+            None => {
+                let out = forward::Outgoing {
+                    authn: &gathered.authn,
+                    buffered: gathered.buffered.take(),
+                    body: gathered.body.take(),
+                    peer: peer.ip(),
+                    request_id: &request_id,
+                };
+                match forward::forward(shared, rt, parts, out, settlement, &decision, &route_label)
+                    .await
+                {
+                    Ok(upstream) => {
+                        origin = palisade_engine::Origin::Upstream;
+                        extra.fields = upstream.fields;
+                        upstream.response
+                    }
+                    Err(r) => r.response(&request_id),
                 }
-                Err(r) => r.response(&request_id),
             }
-        }
+        },
     };
 
     if let Some(v) = presented

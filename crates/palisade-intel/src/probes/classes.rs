@@ -96,14 +96,59 @@ fn sql_possible(d: &[u8], l: &[u8]) -> bool {
             aho_corasick::AhoCorasick::builder()
                 .match_kind(aho_corasick::MatchKind::Standard)
                 .build([
-                    "select", "union", "insert", "update", "delete", "drop", "and", "or", "xor",
-                    "not", "exec", "execute", "declare", "sleep", "benchmark", "waitfor",
-                    "having", "order", "group", "limit", "procedure", "into", "load_file", "char",
-                    "concat", "create", "alter", "truncate", "shutdown", "div", "between", "case",
-                    "rlike", "regexp", "extractvalue", "updatexml", "information_schema",
-                    "sqlite_master", "pg_catalog", "sysobjects", "syscolumns", "all_tables",
-                    "randomblob", "xp_cmdshell", "xp_dirtree", "dbms_pipe", "dbms_lock",
-                    "utl_inaddr", "utl_http", "make_set", "gtid_subset", "attach", "pg_sleep",
+                    "select",
+                    "union",
+                    "insert",
+                    "update",
+                    "delete",
+                    "drop",
+                    "and",
+                    "or",
+                    "xor",
+                    "not",
+                    "exec",
+                    "execute",
+                    "declare",
+                    "sleep",
+                    "benchmark",
+                    "waitfor",
+                    "having",
+                    "order",
+                    "group",
+                    "limit",
+                    "procedure",
+                    "into",
+                    "load_file",
+                    "char",
+                    "concat",
+                    "create",
+                    "alter",
+                    "truncate",
+                    "shutdown",
+                    "div",
+                    "between",
+                    "case",
+                    "rlike",
+                    "regexp",
+                    "extractvalue",
+                    "updatexml",
+                    "information_schema",
+                    "sqlite_master",
+                    "pg_catalog",
+                    "sysobjects",
+                    "syscolumns",
+                    "all_tables",
+                    "randomblob",
+                    "xp_cmdshell",
+                    "xp_dirtree",
+                    "dbms_pipe",
+                    "dbms_lock",
+                    "utl_inaddr",
+                    "utl_http",
+                    "make_set",
+                    "gtid_subset",
+                    "attach",
+                    "pg_sleep",
                 ])
                 .ok()
         })
@@ -375,17 +420,14 @@ pub fn xss(d: &[u8], lower: &[u8]) -> Option<&'static str> {
         return None;
     }
     // Without a tag or an attribute assignment the HTML5 tokeniser finds nothing.
-    if (d.contains(&b'<') || d.contains(&b'='))
-        && libinjectionrs::detect_xss(d).is_injection()
-    {
+    if (d.contains(&b'<') || d.contains(&b'=')) && libinjectionrs::detect_xss(d).is_injection() {
         return Some(if d.contains(&b'<') {
             "html"
         } else {
             "attribute"
         });
     }
-    if (find(lower, b"script").is_some() || find(lower, b"data:").is_some()) && script_url(lower)
-    {
+    if (find(lower, b"script").is_some() || find(lower, b"data:").is_some()) && script_url(lower) {
         return Some("script_url");
     }
     if lower.iter().any(|b| matches!(b, b'(' | b'`')) && script_call(lower) {
@@ -568,8 +610,7 @@ pub fn traversal(d: &[u8], lower: &[u8]) -> Option<&'static str> {
         b"expect://",
         b"jar:file:",
     ];
-    static AC: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> =
-        std::sync::OnceLock::new();
+    static AC: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> = std::sync::OnceLock::new();
     match AC
         .get_or_init(|| aho_corasick::AhoCorasick::new(FILES).ok())
         .as_ref()

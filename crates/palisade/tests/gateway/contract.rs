@@ -207,3 +207,83 @@ async fn schemathesis_valid_requests_pass_and_invalid_ones_are_refused() {
         );
     }
 }
+
+/// A client that keeps sending what the spec does not describe walks into throttling: each
+/// breach is an `openapi/…` signal, answered with its problem document until progressive
+/// throttling runs out of steps and blocks the client. In `signal` mode the same requests are
+/// forwarded with the signal in their reasons.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(palisade_testdata),
+    ignore = "shared testdata not found: the Petstore OpenAPI spec skipped"
+)]
+async fn a_contract_prober_walks_into_throttling() {
+    let up = upstream().await;
+    let policy = |mode: &str| {
+        format!(
+            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[openapi]\nspec = \"{}\"\nmode = \"{mode}\"\nweight = 40\n\n[behaviour]\n\n[scoring]\nthrottle = [\"10ms\", \"20ms\"]\nthrottle_block_for = \"1m\"\n",
+            petstore().display()
+        )
+    };
+    let g = Gateway::start(Some(&config_for(&up, &policy("enforce"))));
+    let ua = (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    );
+    let mut statuses: Vec<u16> = Vec::new();
+    for p in [
+        "/pet/abc",
+        "/nowhere",
+        "/pet/findByStatus?status=x",
+        "/admin",
+        "/pet/1e9x",
+    ] {
+        let r = send(
+            "GET",
+            &g.url(&format!("/api/v3{p}")),
+            &[("x-forwarded-for", "203.0.113.90"), ua],
+            "",
+        )
+        .await;
+        statuses.push(r.status.as_u16());
+        // Throttling steps up once the current step's wait has passed.
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    assert!(matches!(statuses[0], 400 | 404), "{statuses:?}");
+    assert_eq!(
+        *statuses.last().unwrap(),
+        403,
+        "blocked in the end: {statuses:?} {:?}",
+        g.wait_decisions(5)
+            .iter()
+            .map(|d| format!(
+                "{} {} {} {}",
+                d["action"], d["rule"], d["score"], d["reasons"]
+            ))
+            .collect::<Vec<_>>()
+    );
+    let d = g.wait_decision(|d| d["status"] == 403);
+    assert_eq!(d["rule"], "score/throttle", "{d}");
+    // Another client's valid call is untouched.
+    let r = send(
+        "GET",
+        &g.url("/api/v3/pet/findByStatus?status=sold"),
+        &[("x-forwarded-for", "203.0.113.91"), ua],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    drop(g);
+
+    let g = Gateway::start(Some(&config_for(&up, &policy("signal"))));
+    let r = send(
+        "GET",
+        &g.url("/api/v3/pet/abc"),
+        &[("x-forwarded-for", "203.0.113.92"), ua],
+        "",
+    )
+    .await;
+    assert_ne!(r.status, 400, "signal mode forwards");
+    let d = g.wait_decision(|d| d["client_ip"] == "203.0.113.92");
+    assert!(d["reasons"].to_string().contains("openapi/invalid"), "{d}");
+}
