@@ -253,3 +253,29 @@ fn hits_say_where_and_what() {
     only.scan_value(b"' OR 1=1--", Place::Value, false, &mut hits);
     assert!(hits.is_empty());
 }
+
+/// Hostile shapes are bounded (a quadratic scan would hang the suite here; the cost itself is
+/// in the bench): 10,000-deep nesting, a megabyte of one value, a megabyte of `%25`, of `${`.
+#[test]
+fn hostile_shapes_are_bounded() {
+    let s = Scanner::default();
+    let deep = format!("{}\"' OR 1=1--\"{}", "[".repeat(10_000), "]".repeat(10_000));
+    let mut hits = Hits::default();
+    s.scan_json(deep.as_bytes(), &mut hits);
+    // Too deep for the JSON reader: scanned as one value, in its first max_value bytes, where
+    // the probe is not.
+    assert!(hits.is_empty(), "{:?}", hits.hits);
+    let deep_obj = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    s.scan_json(deep_obj.as_bytes(), &mut hits);
+    let encoded = "%25".repeat(300_000);
+    s.scan_value(encoded.as_bytes(), Place::Value, true, &mut hits);
+    let dollars = "${".repeat(300_000);
+    s.scan_header("x-anything", dollars.as_bytes(), &mut hits);
+    let big = "a' ".repeat(350_000);
+    s.scan_value(big.as_bytes(), Place::Value, false, &mut hits);
+    assert!(hits.hits.len() <= Class::ALL.len());
+    // A probe within the bound in a shallow body is found.
+    let mut hits = Hits::default();
+    s.scan_json(br#"[[[["' OR 1=1--"]]]]"#, &mut hits);
+    assert_eq!(hits.hits[0].location, "body:/0/0/0/0");
+}
