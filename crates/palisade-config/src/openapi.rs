@@ -897,11 +897,29 @@ fn to_json_schema(mut v: Value, v31: bool) -> Value {
     fn walk(v: &mut Value, v31: bool) {
         match v {
             Value::Object(m) => {
-                if !v31
-                    && m.get("nullable").and_then(Value::as_bool) == Some(true)
-                    && let Some(t) = m.get("type").cloned()
-                {
-                    m.insert("type".into(), serde_json::json!([t, "null"]));
+                if !v31 && m.get("nullable").and_then(Value::as_bool) == Some(true) {
+                    m.remove("nullable");
+                    match m.get("type").cloned() {
+                        Some(Value::String(t)) => {
+                            m.insert("type".into(), serde_json::json!([t, "null"]));
+                            // An enum lists the allowed values: null joins them.
+                            if let Some(Value::Array(e)) = m.get_mut("enum")
+                                && !e.contains(&Value::Null)
+                            {
+                                e.push(Value::Null);
+                            }
+                        }
+                        Some(_) => {}
+                        // No type of its own (`oneOf`, `anyOf`, `allOf`, a `$ref` inlined):
+                        // null, or what the schema says.
+                        None => {
+                            let inner = std::mem::take(m);
+                            m.insert(
+                                "anyOf".into(),
+                                serde_json::json!([{ "type": "null" }, Value::Object(inner)]),
+                            );
+                        }
+                    }
                 }
                 if !v31 {
                     m.remove("nullable");

@@ -89,20 +89,49 @@ async fn requests_the_spec_does_not_describe_get_problem_documents() {
 
 /// Runs schemathesis; (exit code, generated, failures).
 fn schemathesis(base: &str, mode: &str, check: &str) -> Option<(i32, u64, u64, String)> {
+    schemathesis_on(&petstore(), base, mode, check, &[])
+}
+
+/// The only schema-valid requests refused are those with a control character encoded in
+/// their path (`/user/%03`): Palisade's path hygiene refuses them before any contract.
+fn only_path_hygiene(code: i32, failures: u64, text: &str) {
+    let control = |l: &str| {
+        l.split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .is_some_and(|u| {
+                let u = u.to_ascii_lowercase();
+                (0..32)
+                    .map(|c| format!("%{c:02x}"))
+                    .chain(["%7f".to_owned()])
+                    .any(|e| u.contains(&e))
+            })
+    };
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("curl -X"))
+        .collect();
+    assert_eq!(refused.len() as u64, failures, "{text}");
+    assert!(
+        code == 0 || refused.iter().all(|l| control(l)),
+        "false rejections:\n{text}"
+    );
+}
+
+/// schemathesis on `spec` (with `extra` arguments, such as an operation filter).
+fn schemathesis_on(
+    spec: &std::path::Path,
+    base: &str,
+    mode: &str,
+    check: &str,
+    extra: &[&str],
+) -> Option<(i32, u64, u64, String)> {
     // Run where its cache (`.schemathesis/`, replayed first by later runs) stays out of the
     // repository and out of the next run.
     let dir = std::env::temp_dir().join(format!("palisade-schemathesis-{}", rand_u64()));
     std::fs::create_dir_all(&dir).ok()?;
     let out = Command::new("schemathesis")
         .current_dir(&dir)
-        .args([
-            "run",
-            petstore().to_str().unwrap(),
-            "--url",
-            base,
-            "--mode",
-            mode,
-        ])
+        .args(["run", spec.to_str().unwrap(), "--url", base, "--mode", mode])
         .args([
             "--checks",
             check,
@@ -112,6 +141,7 @@ fn schemathesis(base: &str, mode: &str, check: &str) -> Option<(i32, u64, u64, S
             "examples,fuzzing",
         ])
         .args(["--seed", "1", "--no-color"])
+        .args(extra)
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -158,28 +188,7 @@ async fn schemathesis_valid_requests_pass_and_invalid_ones_are_refused() {
     .expect("schemathesis did not run");
     println!("schemathesis positive: {generated} schema-valid requests, {failures} refused");
     assert!(generated >= 100, "{text}");
-    // The only schema-valid requests refused are those with a control character encoded in
-    // their path (`/user/%03`): Palisade's path hygiene refuses them before any contract.
-    let control = |l: &str| {
-        l.split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .is_some_and(|u| {
-                let u = u.to_ascii_lowercase();
-                (0..32)
-                    .map(|c| format!("%{c:02x}"))
-                    .chain(["%7f".to_owned()])
-                    .any(|e| u.contains(&e))
-            })
-    };
-    let refused: Vec<&str> = text
-        .lines()
-        .filter(|l| l.trim_start().starts_with("curl -X"))
-        .collect();
-    assert_eq!(refused.len() as u64, failures, "{text}");
-    assert!(
-        code == 0 || refused.iter().all(|l| control(l)),
-        "false rejections:\n{text}"
-    );
+    only_path_hygiene(code, failures, &text);
     let (_, generated, failures, text) = tokio::task::spawn_blocking(move || {
         schemathesis(&base, "negative", "negative_data_rejection")
     })
@@ -286,4 +295,105 @@ async fn a_contract_prober_walks_into_throttling() {
     assert_ne!(r.status, 400, "signal mode forwards");
     let d = g.wait_decision(|d| d["client_ip"] == "203.0.113.92");
     assert!(d["reasons"].to_string().contains("openapi/invalid"), "{d}");
+}
+
+/// GitHub's REST API description (`@octokit/openapi` from npm, MIT; 13 MB of JSON, ~1,100
+/// operations), a large real-world spec: compiled at start, and requests held to it — enums,
+/// integers, a `oneOf` body field, required body fields, unknown paths and methods — then
+/// schemathesis on the issue operations.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_real_world_spec_github() {
+    let Some(spec) = node_peers()
+        .map(|d| d.join("node_modules/@octokit/openapi/generated/api.github.com.json"))
+        .filter(|p| p.exists())
+    else {
+        println!("SKIPPED: npm @octokit/openapi missing (scripts/test.sh installs it)");
+        return;
+    };
+    let up = upstream().await;
+    let g = Gateway::start(Some(&config_for(
+        &up,
+        &format!(
+            "[openapi]\nspec = \"{}\"\nbase_path = \"/\"\n\n[[limits]]\nname = \"per-ip\"\nkey = [\"ip\"]\nrate = \"1000000/1s\"\n",
+            spec.display()
+        ),
+    )));
+    let ok = send(
+        "GET",
+        &g.url("/repos/octocat/hello/issues?state=open&per_page=30"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "conforming: forwarded");
+    let r = send(
+        "GET",
+        &g.url("/repos/octocat/hello/issues?state=bogus"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["detail"],
+        "/query/state: not one of the allowed values"
+    );
+    let r = send(
+        "GET",
+        &g.url("/repos/octocat/hello/issues?per_page=abc"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.json()["detail"], "/query/per_page: not an integer");
+    let r = send("GET", &g.url("/no/such/endpoint/here"), &[], "").await;
+    assert_eq!(r.status, 404);
+    let r = send("PUT", &g.url("/users/octocat"), &[], "").await;
+    assert_eq!(r.status, 405);
+    let post = |body: &'static str| {
+        let url = g.url("/repos/octocat/hello/issues");
+        async move { send("POST", &url, &[("content-type", "application/json")], body).await }
+    };
+    assert_eq!(post(r#"{"title":"bug"}"#).await.status, 200);
+    assert_eq!(
+        post(r#"{"title":123}"#).await.status,
+        200,
+        "title is a string or an integer"
+    );
+    let r = post(r#"{"title":{"a":1}}"#).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "invalid_body");
+    let r = post(r#"{"body":"no title"}"#).await;
+    assert_eq!(r.status, 400, "title is required");
+
+    if Command::new("schemathesis")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: schemathesis is not installed (scripts/test.sh installs it from PyPI)");
+        return;
+    }
+    let base = g.url("");
+    let spec2 = spec.clone();
+    let (code, generated, failures, text) = tokio::task::spawn_blocking(move || {
+        schemathesis_on(
+            &spec2,
+            &base,
+            "positive",
+            "positive_data_acceptance",
+            &[
+                "--include-path-regex",
+                "^/repos/\\{owner\\}/\\{repo\\}/issues(/\\{issue_number\\})?$",
+            ],
+        )
+    })
+    .await
+    .unwrap()
+    .expect("schemathesis ran");
+    println!(
+        "schemathesis (GitHub issues operations, positive): exit {code}, {generated} generated, {failures} refused"
+    );
+    assert!(generated > 0, "{text}");
+    only_path_hygiene(code, failures, &text);
 }
