@@ -26,7 +26,7 @@ fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
 fn check_accepts_the_shipped_configs() {
     let (code, out, err) = palisade(&["check"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("10 passed, 0 failed"), "{out}");
+    assert!(out.contains("13 passed, 0 failed"), "{out}");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../palisade.example.toml");
     let (code, out, err) = palisade(&["check", "--config", example]);
     assert_eq!(code, 0, "{out}{err}");
