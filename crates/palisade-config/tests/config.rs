@@ -27,7 +27,10 @@ fn embedded_default_compiles_and_passes_its_cases() {
     assert_eq!(c.policy.limits.len(), 5);
     let outcomes = run_cases(&c);
     assert_eq!(outcomes.len(), 13);
-    assert!(c.policy.probes.is_some(), "injection probes are on by default");
+    assert!(
+        c.policy.probes.is_some(),
+        "injection probes are on by default"
+    );
     assert!(c.policy.behaviour.is_some(), "behaviour is on by default");
     assert_eq!(c.policy.quotas.len(), 1);
     for o in outcomes {

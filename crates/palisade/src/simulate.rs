@@ -80,10 +80,11 @@ enum Class {
     CacheBusting,
     IgnoresRetryAfter,
     Scanner,
+    Injection,
 }
 
 impl Class {
-    const ALL: [Class; 11] = [
+    const ALL: [Class; 12] = [
         Class::Human,
         Class::Office,
         Class::Integration,
@@ -95,6 +96,7 @@ impl Class {
         Class::CacheBusting,
         Class::IgnoresRetryAfter,
         Class::Scanner,
+        Class::Injection,
     ];
 
     fn name(self) -> &'static str {
@@ -110,6 +112,7 @@ impl Class {
             Class::CacheBusting => "cache_busting",
             Class::IgnoresRetryAfter => "ignores_retry_after",
             Class::Scanner => "probing_scanner",
+            Class::Injection => "injection_prober",
         }
     }
 
@@ -390,7 +393,26 @@ async fn human(sim: Arc<Sim>, c: Class, id: u32, seed: u64) {
     let user = if c == Class::Office { 500 + id } else { id };
     // People arrive over the first seconds, not all at once.
     sleep_secs(&mut rng, 0.0, 5.0).await;
-    let words = ["1", "2", "lamp", "7", "chair", "42", "desk", "9"];
+    // What people type: ids and words, and the honest look-alikes of injection probes
+    // (apostrophes, ampersands, SQL words, markup-ish text, percentages), percent-encoded.
+    let words = [
+        "1",
+        "2",
+        "lamp",
+        "7",
+        "chair",
+        "42",
+        "desk",
+        "9",
+        "O%27Reilly%20desk",
+        "rock%20%26%20roll%20lamp",
+        "select%20a%20chair%20or%20a%20desk",
+        "drop%20leaf%20table",
+        "%3C3%20this%20lamp",
+        "100%25%20oak",
+        "Tom%27s%20chair%20--%20walnut",
+        "6%272%22%20tall%20shelf",
+    ];
     while sim.running() {
         sim.send(c, id, ip, "GET", "/", &headers, None).await;
         sleep_secs(&mut rng, 1.0, 6.0).await;
@@ -731,6 +753,60 @@ async fn scanner(sim: Arc<Sim>) {
     }
 }
 
+/// An injection prober (four workers) behind a browser's user agent, rotating addresses in a /16: SQL,
+/// script, traversal, template and command payloads in the search query and a JSON login body,
+/// percent-encoded as tools send them. Only the probe scan tells it from a person.
+async fn injection(sim: Arc<Sim>, worker: u8) {
+    let headers = chrome();
+    let payloads = [
+        "1%27%20OR%20%271%27%3D%271",
+        "%27%20UNION%20SELECT%20username%2Cpassword%20FROM%20users--",
+        "1%20AND%20SLEEP(5)",
+        "%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+        "%22%3E%3Csvg%2Fonload%3Dalert(1)%3E",
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "%7B%7B7*7%7D%7D",
+        "%3Bcat%20%2Fetc%2Fpasswd",
+        "http%3A%2F%2F169.254.169.254%2Flatest%2Fmeta-data%2F",
+        "1%27%20AND%20extractvalue(1%2Cconcat(0x7e%2Cversion()))--",
+    ];
+    let mut i = 0usize;
+    while sim.running() {
+        let ip = v4(
+            91,
+            worker.wrapping_mul(50).wrapping_add((i / 200 % 50) as u8),
+            (i % 200) as u8 + 1,
+        );
+        let p = payloads.get(i % payloads.len()).copied().unwrap_or("1");
+        if i % 5 == 4 {
+            let body = format!("{{\"username\":\"admin' --\",\"password\":\"x{i}\"}}");
+            sim.send(
+                Class::Injection,
+                0,
+                ip,
+                "POST",
+                "/api/login",
+                &headers,
+                Some(body),
+            )
+            .await;
+        } else {
+            sim.send(
+                Class::Injection,
+                0,
+                ip,
+                "GET",
+                &format!("/api/search?q={p}"),
+                &headers,
+                None,
+            )
+            .await;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Per-class figures.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClassReport {
@@ -1057,6 +1133,10 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<SimReport> {
     )));
     tasks.push(tokio::spawn(ignores_retry_after(sim.clone(), seed ^ 6)));
     tasks.push(tokio::spawn(scanner(sim.clone())));
+    // Tools run probes concurrently.
+    for worker in 0..4 {
+        tasks.push(tokio::spawn(injection(sim.clone(), worker)));
+    }
     let t0 = Instant::now();
     if args.demo {
         println!(
