@@ -349,7 +349,7 @@ fn the_simulator_meets_its_targets_with_the_default_policy() {
         )
     });
     let classes = report["classes"].as_array().unwrap();
-    assert_eq!(classes.len(), 11);
+    assert_eq!(classes.len(), 12);
     for c in classes {
         assert!(c["judged"].as_u64().unwrap() > 0, "{c}");
         if c["bot"] == true {
