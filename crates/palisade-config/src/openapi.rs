@@ -31,6 +31,8 @@ pub struct OpenApi {
     /// Largest JSON body read to validate it.
     pub max_body: usize,
     ops: Vec<Operation>,
+    /// The operations with an `operationId`, as routes.
+    pub policies: Vec<OperationPolicy>,
 }
 
 impl std::fmt::Debug for OpenApi {
@@ -565,6 +567,7 @@ pub fn compile(
             .unwrap_or_default(),
     };
     let mut ops = Vec::new();
+    let mut policies = Vec::new();
     let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
         errors.push("paths: missing".to_owned());
         return Err(errors);
@@ -724,6 +727,9 @@ pub fn compile(
                 }
             };
             let credentials = credentials(&doc, op.get("security").or(doc.get("security")));
+            if let Some(p) = operation_policy(op, &m, &base, template, &at, &mut errors) {
+                policies.push(p);
+            }
             ops.push(Operation {
                 segments: segments.clone(),
                 method: m,
@@ -749,6 +755,91 @@ pub fn compile(
         mode,
         max_body,
         ops,
+        policies,
+    })
+}
+
+/// What an operation with an `operationId` says about the policy: it becomes a route of that
+/// name (matching its method and path under the base path), with the `x-palisade-*`
+/// extensions as the route's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationPolicy {
+    /// The `operationId`: the route's name.
+    pub id: String,
+    /// The operation's method.
+    pub method: http::Method,
+    /// The route's path pattern: the base path and the operation's template (`{param}`
+    /// segments are the same syntax as `[[routes]]`' patterns).
+    pub path: String,
+    /// `x-palisade-cost`: units the request costs cost-counting limits.
+    pub cost: Option<u64>,
+    /// `x-palisade-scopes`: scopes the caller's key or token needs.
+    pub scopes: Vec<String>,
+    /// `x-palisade-auth`: `none`, `api_key`, `jwt` or `any`.
+    pub auth: Option<String>,
+    /// `x-palisade-limits`: names of `[[limits]]` that apply to this route (added to their
+    /// `routes`).
+    pub limits: Vec<String>,
+}
+
+/// Reads an operation's `x-palisade-*` extensions, reporting bad ones at their location.
+fn operation_policy(
+    op: &Value,
+    method: &http::Method,
+    base: &str,
+    template: &str,
+    at: &str,
+    errors: &mut Vec<String>,
+) -> Option<OperationPolicy> {
+    let id = op.get("operationId").and_then(Value::as_str)?.to_owned();
+    let cost = match op.get("x-palisade-cost") {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=1_000_000).contains(&n) => Some(n),
+            _ => {
+                errors.push(format!(
+                    "{at}.x-palisade-cost: {v} is not a whole number from 1 to 1000000"
+                ));
+                None
+            }
+        },
+    };
+    let strings = |key: &str, errors: &mut Vec<String>| -> Vec<String> {
+        match op.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(v) => {
+                errors.push(format!("{at}.{key}: {v} is not a list of strings"));
+                Vec::new()
+            }
+        }
+    };
+    let scopes = strings("x-palisade-scopes", errors);
+    let limits = strings("x-palisade-limits", errors);
+    let auth = match op.get("x-palisade-auth") {
+        None => None,
+        Some(Value::String(a)) if ["none", "api_key", "jwt", "any"].contains(&a.as_str()) => {
+            Some(a.clone())
+        }
+        Some(v) => {
+            errors.push(format!(
+                "{at}.x-palisade-auth: {v} is not one of \"none\", \"api_key\", \"jwt\", \"any\""
+            ));
+            None
+        }
+    };
+    Some(OperationPolicy {
+        id,
+        method: method.clone(),
+        path: format!("{base}{template}"),
+        cost,
+        scopes,
+        auth,
+        limits,
     })
 }
 

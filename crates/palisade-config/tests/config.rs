@@ -694,3 +694,111 @@ fn response_feedback_is_checked_and_defaulted() {
     assert_eq!(f.max_pending, 100_000);
     assert_eq!(c.decision_path.as_deref(), Some("/_palisade/authz"));
 }
+
+/// An OpenAPI spec's operations become routes named by their `operationId`, with the
+/// `x-palisade-*` extensions as their settings; `[[routes]]` of the same name refine them; bad
+/// extensions are reported.
+#[test]
+fn spec_operations_are_routes_with_their_extensions() {
+    let dir = std::env::temp_dir().join(format!("palisade-spec-routes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = r#"
+openapi: 3.0.3
+info: { title: t, version: "1" }
+servers: [{ url: /api }]
+paths:
+  /items/{id}:
+    get:
+      operationId: getItem
+      x-palisade-cost: 5
+      x-palisade-auth: api_key
+      x-palisade-scopes: ["items:read"]
+      x-palisade-limits: ["per-item-reader"]
+      parameters: [{ name: id, in: path, required: true, schema: { type: integer } }]
+      responses: { "200": { description: ok } }
+  /search:
+    get:
+      operationId: search
+      x-palisade-cost: 2
+      responses: { "200": { description: ok } }
+  /health:
+    get:
+      responses: { "200": { description: ok } }
+"#;
+    std::fs::write(dir.join("api.yaml"), spec).unwrap();
+    let config = r#"
+[[routes]]
+name = "search"
+match = { path = "/api/search" }
+cost = 9
+
+[[limits]]
+name = "per-item-reader"
+key = ["ip"]
+routes = ["search"]
+rate = "10/1s"
+
+[openapi]
+spec = "api.yaml"
+"#;
+    let c = compile_str(config, "t.toml", &dir).unwrap();
+    let spec_of = |name: &str| {
+        c.policy
+            .route_specs
+            .iter()
+            .find(|r| &*r.name == name)
+            .unwrap_or_else(|| panic!("no route {name}"))
+    };
+    let item = spec_of("getItem");
+    assert_eq!(item.cost, 5);
+    assert_eq!(item.scopes.len(), 1);
+    assert_eq!(&*item.scopes[0], "items:read");
+    assert!(matches!(
+        item.auth,
+        palisade_engine::model::principal::AuthRequirement::ApiKey
+    ));
+    // The config's own route of the same name wins.
+    assert_eq!(spec_of("search").cost, 9);
+    // Routing: the operation's method and path under the base path.
+    let id = c
+        .policy
+        .routes
+        .route_for(&http::Method::GET, "/api/items/7");
+    assert_eq!(&*c.policy.route_specs[id].name, "getItem");
+    let other = c
+        .policy
+        .routes
+        .route_for(&http::Method::DELETE, "/api/items/7");
+    assert_ne!(&*c.policy.route_specs[other].name, "getItem");
+    // x-palisade-limits put the route in the limit's routes.
+    let limit = c
+        .policy
+        .limits
+        .iter()
+        .find(|l| &*l.name == "per-item-reader")
+        .unwrap();
+    assert_eq!(limit.routes.as_ref().unwrap().len(), 2);
+
+    // Bad extensions are errors with their place in the spec.
+    std::fs::write(
+        dir.join("api.yaml"),
+        spec.replace("x-palisade-cost: 5", "x-palisade-cost: -1")
+            .replace("x-palisade-auth: api_key", "x-palisade-auth: password")
+            .replace("[\"per-item-reader\"]", "[\"nope\"]"),
+    )
+    .unwrap();
+    let errors = match compile_str(config, "t.toml", &dir) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    let all = errors.join("\n");
+    assert!(
+        all.contains("paths./items/{id}.get.x-palisade-cost"),
+        "{all}"
+    );
+    assert!(
+        all.contains("paths./items/{id}.get.x-palisade-auth"),
+        "{all}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -755,8 +755,16 @@ fn methods(list: &[Spanned<String>], path: &str, c: &mut Collector<'_>) -> Vec<M
 
 /// Stage two: values and cross-references.
 /// Every section, in dependency order; every error is collected, none stops the others.
-fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Compiled> {
+fn compile_raw(mut raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Compiled> {
     let mut files = Vec::new();
+    // The API's spec first: its operations are routes too.
+    let openapi = raw
+        .openapi
+        .as_ref()
+        .and_then(|o| openapi(o, base, &mut files, c));
+    if let Some(api) = &openapi {
+        spec_routes(&mut raw, api, c);
+    }
     let mut bot_ranges = Vec::new();
     let server::ServerPart {
         settings: server,
@@ -856,10 +864,6 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             .as_ref()
             .map_or(0, |o| weight(&o.weight, 30, "openapi.weight", c)),
     };
-    let openapi = raw
-        .openapi
-        .as_ref()
-        .and_then(|o| openapi(o, base, &mut files, c));
     Some(Compiled {
         server,
         upstreams,
@@ -907,6 +911,81 @@ fn compile_raw(raw: RawConfig, base: &Path, c: &mut Collector<'_>) -> Option<Com
             .and_then(|d| d.feedback.as_ref())
             .map(|f| feedback(f, c)),
     })
+}
+
+/// Routes from the spec's operations: each operation with an `operationId` that names no
+/// `[[routes]]` entry becomes a route of that name (its method, the base path and its template;
+/// after the config's own routes, which match first), with `x-palisade-cost`, `-scopes` and
+/// `-auth` as its settings; `x-palisade-limits` adds it to those limits' `routes`. A
+/// `[[routes]]` entry named like an operation refines it: the config's definition wins.
+fn spec_routes(raw: &mut RawConfig, api: &crate::openapi::OpenApi, c: &mut Collector<'_>) {
+    let span = raw
+        .openapi
+        .as_ref()
+        .map(|o| o.spec.span())
+        .unwrap_or_default();
+    let sp = |v: String| toml::Spanned::new(span.clone(), v);
+    for p in &api.policies {
+        let configured = raw.routes.iter().any(|r| r.name.get_ref() == &p.id);
+        if !configured && (!valid_name(&p.id) || p.id == "default") {
+            // Not usable as a route name: the operation is still validated, only not a route.
+            if p.cost.is_some() || p.auth.is_some() || !p.scopes.is_empty() || !p.limits.is_empty()
+            {
+                c.at(
+                    Some(span.clone()),
+                    "openapi.spec",
+                    format!(
+                        "operation `{}` has x-palisade-* settings but its operationId is not a route name (1-64 letters, digits, '-', '_' or '.')",
+                        p.id
+                    ),
+                );
+            }
+            continue;
+        }
+        for l in &p.limits {
+            match raw.limits.iter_mut().find(|x| x.name.get_ref() == l) {
+                Some(limit) => {
+                    if let Some(routes) = &mut limit.routes
+                        && !routes.iter().any(|r| r.get_ref() == &p.id)
+                    {
+                        routes.push(sp(p.id.clone()));
+                    }
+                }
+                None => c.at(
+                    Some(span.clone()),
+                    "openapi.spec",
+                    format!(
+                        "operation `{}`: x-palisade-limits names no [[limits]] entry `{l}`",
+                        p.id
+                    ),
+                ),
+            }
+        }
+        if configured {
+            continue;
+        }
+        let index = raw.routes.len();
+        raw.routes.push(RawRoute {
+            name: sp(p.id.clone()),
+            client: None,
+            challenge: None,
+            captcha_min_score: None,
+            match_: RawMatch {
+                path: sp(p.path.clone()),
+                methods: vec![sp(p.method.to_string())],
+            },
+            upstream: None,
+            auth: p.auth.clone().map(sp),
+            scopes: p.scopes.iter().cloned().map(sp).collect(),
+            spend_usd: None,
+            spend_header: None,
+            spend_reserve_usd: None,
+            cost: p.cost.map(|n| toml::Spanned::new(span.clone(), n)),
+            cost_header: None,
+            allow_in_path: Vec::new(),
+            index,
+        });
+    }
 }
 
 /// `[openapi]`: the spec compiled, every problem in it reported with its location.
