@@ -56,6 +56,8 @@ struct Operation {
     /// The API keys the operation's security asks for: any one alternative, all of its keys
     /// (empty: nothing checked).
     credentials: Vec<Vec<(Location, String)>>,
+    /// `x-palisade-mode`: this operation's mode over the spec's.
+    mode: Option<OpenApiMode>,
 }
 
 #[derive(Clone)]
@@ -218,6 +220,15 @@ impl OpenApi {
         match self.operation(method, path) {
             Ok(Some((op, _))) => Some(op.name.clone()),
             _ => None,
+        }
+    }
+
+    /// What a breach of this request does: the matched operation's `x-palisade-mode`, else the
+    /// spec's mode (also for unknown paths and methods).
+    pub fn mode_for(&self, method: &http::Method, path: &str) -> OpenApiMode {
+        match self.operation(method, path) {
+            Ok(Some((op, _))) => op.mode.unwrap_or(self.mode),
+            _ => self.mode,
         }
     }
 
@@ -730,6 +741,18 @@ pub fn compile(
             if let Some(p) = operation_policy(op, &m, &base, template, &at, &mut errors) {
                 policies.push(p);
             }
+            let op_mode = match op.get("x-palisade-mode") {
+                None => None,
+                Some(Value::String(v)) if v == "enforce" => Some(OpenApiMode::Enforce),
+                Some(Value::String(v)) if v == "shadow" => Some(OpenApiMode::Shadow),
+                Some(Value::String(v)) if v == "signal" => Some(OpenApiMode::Signal),
+                Some(v) => {
+                    errors.push(format!(
+                        "{at}.x-palisade-mode: {v} is not \"enforce\", \"shadow\" or \"signal\""
+                    ));
+                    None
+                }
+            };
             ops.push(Operation {
                 segments: segments.clone(),
                 method: m,
@@ -737,6 +760,7 @@ pub fn compile(
                 params: compiled,
                 body,
                 credentials,
+                mode: op_mode,
             });
         }
     }

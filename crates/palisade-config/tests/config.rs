@@ -802,3 +802,48 @@ spec = "api.yaml"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `x-palisade-mode` sets one operation's mode over the spec's; a bad one is reported.
+#[test]
+fn an_operation_can_have_its_own_mode() {
+    use palisade_config::openapi::{OpenApiMode, compile};
+    let spec = r#"
+openapi: 3.1.0
+info: { title: t, version: "1" }
+paths:
+  /legacy:
+    post:
+      operationId: legacy
+      x-palisade-mode: shadow
+      responses: { "200": { description: ok } }
+  /items:
+    get:
+      operationId: items
+      responses: { "200": { description: ok } }
+"#;
+    let api = compile(spec, None, OpenApiMode::Enforce, 1 << 16).unwrap();
+    assert_eq!(
+        api.mode_for(&http::Method::POST, "/legacy"),
+        OpenApiMode::Shadow
+    );
+    assert_eq!(
+        api.mode_for(&http::Method::GET, "/items"),
+        OpenApiMode::Enforce
+    );
+    assert_eq!(
+        api.mode_for(&http::Method::GET, "/nowhere"),
+        OpenApiMode::Enforce
+    );
+    let errors = compile(
+        &spec.replace("x-palisade-mode: shadow", "x-palisade-mode: loud"),
+        None,
+        OpenApiMode::Enforce,
+        1 << 16,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        errors[0].contains("paths./legacy.post.x-palisade-mode"),
+        "{errors:?}"
+    );
+}

@@ -21,6 +21,8 @@ pub struct Breach {
     /// `openapi/unknown_endpoint`, `openapi/method_not_allowed`, `openapi/missing_credentials`
     /// or `openapi/invalid`.
     pub rule: &'static str,
+    /// What it does: the operation's `x-palisade-mode`, else the spec's `mode`.
+    pub mode: OpenApiMode,
     status: StatusCode,
     code: &'static str,
     detail: String,
@@ -72,7 +74,8 @@ pub fn check(
         _ => "openapi/invalid",
     };
     // An enforced breach is counted with its decision (`block`, `openapi/…`); the others here.
-    let action = match api.mode {
+    let mode = api.mode_for(&parts.method, parts.uri.path());
+    let action = match mode {
         OpenApiMode::Enforce => None,
         OpenApiMode::Shadow => Some("would_reject"),
         OpenApiMode::Signal => Some("signal"),
@@ -87,6 +90,7 @@ pub fn check(
     }
     Some(Breach {
         rule,
+        mode,
         status,
         code,
         detail,

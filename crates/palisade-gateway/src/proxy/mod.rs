@@ -130,10 +130,8 @@ async fn respond(
     // the answer unless the policy refuses more strongly.
     let breach = rt.compiled.openapi.as_ref().and_then(|api| {
         contract::check(shared, api, &parts, gathered.buffered.as_deref()).map(|b| {
-            (
-                b,
-                api.mode == palisade_config::openapi::OpenApiMode::Enforce,
-            )
+            let enforced = b.mode == palisade_config::openapi::OpenApiMode::Enforce;
+            (b, enforced)
         })
     });
     let probes = facts::scan_probes(rt, &parts, gathered.buffered.as_deref());
@@ -142,91 +140,85 @@ async fn respond(
         rt.compiled.web_bot_auth.as_ref().and_then(|w| {
             crate::auth::signed_agent::check(shared, w, &parts, (unix_ms / 1000) as i64)
         });
-    let facts =
-        RequestFacts {
-            method: &parts.method,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            headers: &parts.headers,
-            client_ip: client,
-            peer_ip: peer.ip(),
-            now,
-            unix_ms,
-            auth: gathered.authn.as_auth(),
-            version: parts.version,
-            ja4h: gathered.ja4h.as_deref(),
-            hfp: gathered.hfp.as_deref(),
-            tls: parts
-                .extensions
-                .get::<Arc<crate::listen::tls::TlsInfo>>()
-                .map(|t| palisade_engine::model::facts::TlsFacts {
-                    ja4: &t.ja4,
-                    version: t.version,
-                    server_name: t.server_name.as_deref(),
-                    alpn: t.alpn,
-                    client: t.client.as_deref(),
-                })
-                .or_else(|| {
-                    fronted
-                        .0
-                        .map(|ja4| palisade_engine::model::facts::TlsFacts {
-                            ja4,
-                            version: match ja4.get(1..3) {
-                                Some("13") => "1.3",
-                                Some("12") => "1.2",
-                                _ => "",
-                            },
-                            server_name: None,
-                            alpn: None,
-                            client: None,
-                        })
-                }),
-            h2fp: parts
-                .extensions
-                .get::<crate::listen::H2Fingerprint>()
-                .map(|f| &*f.0)
-                .or(fronted.1),
-            ja3: fronted.2,
-            clearance: presented.clearance.map(|c| {
-                // The reported time zone against the client network's country, per request.
-                let tz_off = presented
-                    .tz
-                    .as_deref()
-                    .zip(gathered.ip_info.as_ref().map(|i| &*i.country))
-                    .and_then(|(tz, cc)| shared.challenges.tz_mismatch(tz, cc))
-                    .unwrap_or(false);
-                let flags = presented.flags
-                    | if tz_off {
-                        crate::challenge::flags::TZ_MISMATCH
-                    } else {
-                        0
-                    };
-                palisade_engine::model::facts::Clearance {
-                    signals: crate::challenge::signal_weights(&rt.compiled.challenge, flags),
-                    ..c
-                }
+    let facts = RequestFacts {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        client_ip: client,
+        peer_ip: peer.ip(),
+        now,
+        unix_ms,
+        auth: gathered.authn.as_auth(),
+        version: parts.version,
+        ja4h: gathered.ja4h.as_deref(),
+        hfp: gathered.hfp.as_deref(),
+        tls: parts
+            .extensions
+            .get::<Arc<crate::listen::tls::TlsInfo>>()
+            .map(|t| palisade_engine::model::facts::TlsFacts {
+                ja4: &t.ja4,
+                version: t.version,
+                server_name: t.server_name.as_deref(),
+                alpn: t.alpn,
+                client: t.client.as_deref(),
+            })
+            .or_else(|| {
+                fronted
+                    .0
+                    .map(|ja4| palisade_engine::model::facts::TlsFacts {
+                        ja4,
+                        version: match ja4.get(1..3) {
+                            Some("13") => "1.3",
+                            Some("12") => "1.2",
+                            _ => "",
+                        },
+                        server_name: None,
+                        alpn: None,
+                        client: None,
+                    })
             }),
-            signed_agent: signed.as_ref().map(|(name, category, outcome)| {
-                palisade_engine::model::facts::SignedAgent {
-                    name,
-                    category: *category,
-                    outcome: *outcome,
-                }
-            }),
-            ip_info: gathered.ip_info.as_ref(),
-            bot_verification: gathered.bot_verification,
-            username: gathered.username.as_deref(),
-            probes: &probes.hits,
-            contract: breach
-                .as_ref()
-                .filter(|(_, enforced)| {
-                    *enforced
-                        || rt.compiled.openapi.as_ref().is_some_and(|a| {
-                            a.mode == palisade_config::openapi::OpenApiMode::Signal
-                        })
-                })
-                .map(|(b, _)| b.rule),
-        };
+        h2fp: parts
+            .extensions
+            .get::<crate::listen::H2Fingerprint>()
+            .map(|f| &*f.0)
+            .or(fronted.1),
+        ja3: fronted.2,
+        clearance: presented.clearance.map(|c| {
+            // The reported time zone against the client network's country, per request.
+            let tz_off = presented
+                .tz
+                .as_deref()
+                .zip(gathered.ip_info.as_ref().map(|i| &*i.country))
+                .and_then(|(tz, cc)| shared.challenges.tz_mismatch(tz, cc))
+                .unwrap_or(false);
+            let flags = presented.flags
+                | if tz_off {
+                    crate::challenge::flags::TZ_MISMATCH
+                } else {
+                    0
+                };
+            palisade_engine::model::facts::Clearance {
+                signals: crate::challenge::signal_weights(&rt.compiled.challenge, flags),
+                ..c
+            }
+        }),
+        signed_agent: signed.as_ref().map(|(name, category, outcome)| {
+            palisade_engine::model::facts::SignedAgent {
+                name,
+                category: *category,
+                outcome: *outcome,
+            }
+        }),
+        ip_info: gathered.ip_info.as_ref(),
+        bot_verification: gathered.bot_verification,
+        username: gathered.username.as_deref(),
+        probes: &probes.hits,
+        contract: breach
+            .as_ref()
+            .filter(|(b, _)| b.mode != palisade_config::openapi::OpenApiMode::Shadow)
+            .map(|(b, _)| b.rule),
+    };
     // A decoy key (published where only scrapers look) flags whoever presents it.
     if let Some(i) = gathered
         .presented_key
