@@ -219,6 +219,9 @@ pub struct Scanner {
 /// Header value (hashed with a per-process key) → the hits it gave, as (class bit, fingerprint).
 type HeaderCache = quick_cache::sync::Cache<u64, Option<(u8, Fp)>>;
 
+/// Values up to this long with nothing to decode are scanned without allocating.
+const SMALL: usize = 256;
+
 /// Header values shorter than this are scanned every time (the prefilter is cheaper).
 const CACHED_FROM: usize = 24;
 
@@ -283,15 +286,24 @@ impl Scanner {
         }
         let mut decoded = std::mem::take(&mut out.decoded);
         let mut lower = std::mem::take(&mut out.lower);
-        decode::decode(value, plus_is_space, &mut decoded);
-        lower.clear();
-        lower.extend(decoded.iter().map(u8::to_ascii_lowercase));
+        // A short value with nothing to decode (most of them: a user agent, an id, a date) is
+        // looked at where it lies, lower-cased on the stack: no allocation.
+        let mut small = [0u8; SMALL];
+        let (d, l): (&[u8], &[u8]) = if value.len() <= SMALL && !decode::needs_decoding(value) {
+            for (o, b) in small.iter_mut().zip(value) {
+                *o = b.to_ascii_lowercase();
+            }
+            (value, head(&small, value.len()))
+        } else {
+            decode::decode(value, plus_is_space, &mut decoded);
+            lower.clear();
+            lower.extend(decoded.iter().map(u8::to_ascii_lowercase));
+            (&decoded[..], &lower[..])
+        };
         let mut seen = 0u8;
-        for &b in &decoded {
+        for &b in d {
             seen |= class_of(b);
         }
-        let d = &decoded[..];
-        let l = &lower[..];
         for class in Class::ALL {
             if wanted & class.bit() == 0 {
                 continue;
@@ -522,8 +534,11 @@ const fn class_of(b: u8) -> u8 {
 
 /// Scans one value for every class (the `palisade probes` command, tests, the bench).
 pub fn scan_one(value: &[u8], plus_is_space: bool) -> Vec<Hit> {
+    static SCANNER: std::sync::OnceLock<Scanner> = std::sync::OnceLock::new();
     let mut hits = Hits::default();
-    Scanner::default().scan_value(value, Place::Value, plus_is_space, &mut hits);
+    SCANNER
+        .get_or_init(Scanner::default)
+        .scan_value(value, Place::Value, plus_is_space, &mut hits);
     hits.hits
 }
 
