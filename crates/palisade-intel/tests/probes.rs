@@ -184,8 +184,17 @@ fn honest_look_alikes_are_not_flagged() {
     assert!(fp * 1000 <= total * 5, "{fp}/{total}");
 }
 
-/// Real crawlers' and browsers' user agents (the crawler-user-agents catalog in the shared
-/// testdata) are honest header values: none is a probe.
+/// Injection probes that isbot's crawler list records as user agents seen in the wild (a
+/// PostgreSQL sleep, a PHP expression, Burp Collaborator callbacks).
+const PROBES_IN_THE_WILD: [&str; 4] = [
+    "FROM PG_SLEEP(15)",
+    "<?=print(",
+    ".burpcollaborator.net/5.0",
+    "(select load_file(",
+];
+
+/// Real crawlers' and browsers' user agents (the crawler-user-agents catalog and isbot's lists
+/// in the shared testdata) are honest header values: none is a probe.
 #[test]
 fn real_user_agents_are_not_flagged() {
     let dir = std::env::var("PALISADE_TESTDATA")
@@ -193,14 +202,14 @@ fn real_user_agents_are_not_flagged() {
         .unwrap_or_else(|_| {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
         });
-    let path = dir.join("crawler-user-agents/crawler-user-agents.json");
+    let path = dir.join("ua/crawler-user-agents.json");
     let Ok(text) = std::fs::read_to_string(&path) else {
         println!("SKIPPED: {} missing", path.display());
         return;
     };
     let list: serde_json::Value = serde_json::from_str(&text).unwrap();
     let scanner = Scanner::default();
-    let (mut n, mut fp) = (0, 0);
+    let (mut n, mut fp, mut probes_seen) = (0, 0, 0);
     for entry in list.as_array().unwrap() {
         for ua in entry["instances"].as_array().into_iter().flatten() {
             let ua = ua.as_str().unwrap();
@@ -213,7 +222,36 @@ fn real_user_agents_are_not_flagged() {
             }
         }
     }
-    println!("user agents: {fp}/{n} flagged");
+    // isbot's lists of real browsers' and crawlers' user agents (YAML lists, one per line).
+    for list in ["ua/isbot/browsers.yml", "ua/isbot/crawlers.yml"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(list)) else {
+            println!("SKIPPED: {list} missing");
+            continue;
+        };
+        for ua in text
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("- "))
+        {
+            let ua = ua.trim().trim_matches('\'').trim_matches('"');
+            let mut hits = Hits::default();
+            scanner.scan_header("user-agent", ua.as_bytes(), &mut hits);
+            // isbot's crawler list keeps user agents seen in the wild, scanners' probes among
+            // them: those must be flagged, not counted as honest.
+            if PROBES_IN_THE_WILD.iter().any(|p| ua.contains(p)) {
+                probes_seen += 1;
+                assert!(!hits.is_empty(), "a probe sent as a user agent: {ua}");
+                continue;
+            }
+            n += 1;
+            if !hits.is_empty() {
+                fp += 1;
+                println!("FALSE POSITIVE user-agent: {ua}  {:?}", hits.hits);
+            }
+        }
+    }
+    println!(
+        "user agents: {fp}/{n} honest ones flagged; {probes_seen} probes sent as user agents flagged"
+    );
     assert!(n > 100, "{n} user agents read");
     assert!(fp * 1000 <= n * 5, "{fp}/{n}");
 }
