@@ -823,7 +823,10 @@ spend_per_day_usd = 1.00
     let statuses = drive_keyed(&refs, 90, "/items/1", &key).await;
     let admitted = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(admitted, 30, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
     for g in &gs {
         assert_eq!(
             keyed_status(g, "/items/1", &key).await,
