@@ -128,12 +128,11 @@ async fn respond(
     }
     // The API's contract ([openapi]): a breach is a signal to the engine, and in enforce mode
     // the answer unless the policy refuses more strongly.
-    let breach = rt.compiled.openapi.as_ref().and_then(|api| {
-        contract::check(shared, api, &parts, gathered.buffered.as_deref()).map(|b| {
-            let enforced = b.mode == palisade_config::openapi::OpenApiMode::Enforce;
-            (b, enforced)
-        })
-    });
+    let breach = rt
+        .compiled
+        .openapi
+        .as_ref()
+        .and_then(|api| contract::check(shared, api, &parts, gathered.buffered.as_deref()));
     let probes = facts::scan_probes(rt, &parts, gathered.buffered.as_deref());
     let fronted = facts::fronted_fingerprints(rt, &parts.headers, peer.ip());
     let signed =
@@ -216,8 +215,8 @@ async fn respond(
         probes: &probes.hits,
         contract: breach
             .as_ref()
-            .filter(|(b, _)| b.mode != palisade_config::openapi::OpenApiMode::Shadow)
-            .map(|(b, _)| b.rule),
+            .filter(|b| b.mode != palisade_config::openapi::OpenApiMode::Shadow)
+            .map(|b| b.rule),
     };
     // A decoy key (published where only scrapers look) flags whoever presents it.
     if let Some(i) = gathered
@@ -243,28 +242,24 @@ async fn respond(
 
     // Enforcement, then forwarding.
     // Enforce mode: a breach is answered here unless the policy refuses the request itself.
-    let enforced = breach.filter(|(_, e)| *e).map(|(b, _)| b);
-    if let Some(b) = &enforced
-        && decision.action.forwards()
-    {
+    let answered = breach.filter(|b| {
+        b.mode == palisade_config::openapi::OpenApiMode::Enforce && decision.action.forwards()
+    });
+    if let Some(b) = &answered {
         decision.action = palisade_engine::Action::Block;
         decision.rule = Arc::from(b.rule);
     }
     let (refusal, held) = match decision.action {
-        _ if enforced.is_some() && decision.rule.starts_with("openapi/") => {
-            (None, enforce::Held::No)
-        }
+        _ if answered.is_some() => (None, enforce::Held::No),
         palisade_engine::Action::Delay { .. } => {
             enforce::hold(shared, rt, &mut decision, client, gone.as_ref()).await
         }
         _ => (Refusal::from_decision(&decision), enforce::Held::No),
     };
     let mut origin = palisade_engine::Origin::Gateway;
-    let mut response = match (refusal, &enforced) {
-        (None, Some(b)) if decision.rule.starts_with("openapi/") => {
-            contract::answer(b, &request_id)
-        }
-        (refusal, _) => match refusal {
+    let mut response = match (refusal, &answered) {
+        (_, Some(b)) => contract::answer(b, &request_id),
+        (refusal, None) => match refusal {
             Some(Refusal::ChallengeRequired) => {
                 crate::challenge::respond(shared, rt, &parts, client, &decision, &request_id)
             }
