@@ -326,18 +326,7 @@ impl OpenApi {
                 }
                 return Ok(());
             }
-            let media = req
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_default();
+            let media = media_type(req.headers).unwrap_or_default();
             let declared = b.types.iter().any(|t| {
                 t == &media
                     || t == "*/*"
@@ -534,6 +523,19 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The media type a message's `Content-Type` names, without parameters, lower-cased
+/// (`application/json` of `Application/JSON; charset=utf-8`).
+pub fn media_type(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 /// Loads and compiles a spec file; every problem with its location in the spec.

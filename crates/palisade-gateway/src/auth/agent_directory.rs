@@ -390,26 +390,15 @@ async fn fetch(
     if resp.status() != http::StatusCode::OK {
         return Err("http_status");
     }
-    let ok_type = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|v| {
-            matches!(
-                v.as_str(),
-                "application/http-message-signatures-directory+json"
-                    | "application/http-message-signatures-directory"
-                    | "application/json"
-                    | "application/jwk-set+json"
-            )
-        });
+    let ok_type = palisade_config::openapi::media_type(resp.headers()).is_some_and(|v| {
+        matches!(
+            v.as_str(),
+            "application/http-message-signatures-directory+json"
+                | "application/http-message-signatures-directory"
+                | "application/json"
+                | "application/jwk-set+json"
+        )
+    });
     if !ok_type {
         return Err("content_type");
     }

@@ -278,19 +278,11 @@ pub async fn read_body(
 
 /// The body's kind when it is one the probe scan reads: JSON or a form.
 fn scanned_body_kind(headers: &http::HeaderMap) -> Option<BodyKind> {
-    let ct = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())?
-        .trim_start();
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        Some(BodyKind::Form)
-    } else if essence.eq_ignore_ascii_case("application/json")
-        || (essence.len() > 5 && essence.to_ascii_lowercase().ends_with("+json"))
-    {
-        Some(BodyKind::Json)
-    } else {
-        None
+    match palisade_config::openapi::media_type(headers)?.as_str() {
+        "application/x-www-form-urlencoded" => Some(BodyKind::Form),
+        "application/json" => Some(BodyKind::Json),
+        m if m.len() > 5 && m.ends_with("+json") => Some(BodyKind::Json),
+        _ => None,
     }
 }
 
