@@ -42,18 +42,28 @@ pub fn decode(value: &[u8], plus_is_space: bool, out: &mut Vec<u8>) {
     }
 }
 
+/// What one encoded form decodes to.
+enum Emit {
+    /// Nothing (a NUL byte, or no encoded form here).
+    Nothing,
+    /// A raw byte (`%XX`).
+    Byte(u8),
+    /// A character, UTF-8 encoded.
+    Char(char),
+}
+
 /// One layer: returns whether anything changed.
 fn peel(input: &[u8], plus_is_space: bool, out: &mut Vec<u8>) -> bool {
     let mut changed = false;
     let mut i = 0;
     while i < input.len() {
         let b = at(input, i);
-        let (emit, used): (Option<char>, usize) = match b {
+        let (emit, used): (Emit, usize) = match b {
             b'%' => percent(tail(input, i)),
-            b'+' if plus_is_space => (Some(' '), 1),
+            b'+' if plus_is_space => (Emit::Char(' '), 1),
             b'&' => entity(tail(input, i)),
             b'\\' => escape(tail(input, i)),
-            0 => (None, 1),
+            0 => (Emit::Nothing, 1),
             0xC0 | 0xC1 | 0xE0 => overlong(tail(input, i)),
             0xEF => fullwidth(tail(input, i)),
             _ => {
@@ -69,15 +79,12 @@ fn peel(input: &[u8], plus_is_space: bool, out: &mut Vec<u8>) -> bool {
         }
         changed = true;
         match emit {
-            // A non-ASCII percent byte comes out raw: an overlong sequence is seen next layer.
-            Some(c) if ('\u{F780}'..='\u{F7FF}').contains(&c) => {
-                out.push((c as u32 - 0xF700) as u8)
-            }
-            Some(c) => {
+            Emit::Byte(b) => out.push(b),
+            Emit::Char(c) => {
                 let mut buf = [0u8; 4];
                 out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
             }
-            None => {}
+            Emit::Nothing => {}
         }
         i += used;
     }
@@ -103,20 +110,18 @@ fn char_of(cp: u32) -> char {
     char::from_u32(cp).unwrap_or('\u{FFFD}')
 }
 
-/// `%XX` and `%uXXXX`. Bytes of a multi-byte sequence come out one by one as Latin-1 would;
-/// the classes look at ASCII, so only ASCII results matter and others keep their bytes.
-fn percent(s: &[u8]) -> (Option<char>, usize) {
+/// `%XX` (the byte) and `%uXXXX` (the code point).
+fn percent(s: &[u8]) -> (Emit, usize) {
     if let Some(&u) = s.get(1)
         && (u == b'u' || u == b'U')
         && let Some(cp) = s.get(2..).and_then(|r| hex_run(r, 4))
     {
-        return (Some(char_of(cp)), 6);
+        return (Emit::Char(char_of(cp)), 6);
     }
     match s.get(1..).and_then(|r| hex_run(r, 2)) {
-        Some(v) if v < 0x80 => (Some(v as u8 as char), 3),
-        // A non-ASCII byte, marked to come out raw (see `peel`).
-        Some(v) => (Some(char_of(0xF700 + v)), 3),
-        None => (None, 0),
+        // The byte itself: a non-ASCII one stays raw, so overlong UTF-8 is seen next layer.
+        Some(v) => (Emit::Byte(v as u8), 3),
+        None => (Emit::Nothing, 0),
     }
 }
 
@@ -145,7 +150,7 @@ const NAMED: &[(&[u8], char)] = &[
     (b"excl", '!'),
 ];
 
-fn entity(s: &[u8]) -> (Option<char>, usize) {
+fn entity(s: &[u8]) -> (Emit, usize) {
     if s.get(1) == Some(&b'#') {
         let (radix, start) = match s.get(2) {
             Some(b'x' | b'X') => (16, 3),
@@ -162,12 +167,12 @@ fn entity(s: &[u8]) -> (Option<char>, usize) {
             j += 1;
         }
         if j == start {
-            return (None, 0);
+            return (Emit::Nothing, 0);
         }
         if s.get(j) == Some(&b';') {
             j += 1;
         }
-        return (Some(char_of(cp.min(0x10FFFF))), j);
+        return (Emit::Char(char_of(cp.min(0x10FFFF))), j);
     }
     for (name, c) in NAMED {
         let end = 1 + name.len();
@@ -176,17 +181,17 @@ fn entity(s: &[u8]) -> (Option<char>, usize) {
             && (at(s, end) == b';' || (*c == '<' || *c == '>' || *c == '"' || *c == '&'))
         {
             let used = if at(s, end) == b';' { end + 1 } else { end };
-            return (Some(*c), used);
+            return (Emit::Char(*c), used);
         }
         if s.len() == end && span(s, 1, end).eq_ignore_ascii_case(name) {
-            return (Some(*c), end);
+            return (Emit::Char(*c), end);
         }
     }
-    (None, 0)
+    (Emit::Nothing, 0)
 }
 
 /// `\uXXXX`, `\u{X…}`, `\xHH`.
-fn escape(s: &[u8]) -> (Option<char>, usize) {
+fn escape(s: &[u8]) -> (Emit, usize) {
     match s.get(1) {
         Some(b'u' | b'U') => {
             if s.get(2) == Some(&b'{') {
@@ -198,46 +203,46 @@ fn escape(s: &[u8]) -> (Option<char>, usize) {
                         .iter()
                         .try_fold(0u32, |a, &b| Some(a.saturating_mul(16) + hex(b)?));
                     if let Some(cp) = cp {
-                        return (Some(char_of(cp.min(0x10FFFF))), c + 1);
+                        return (Emit::Char(char_of(cp.min(0x10FFFF))), c + 1);
                     }
                 }
-                return (None, 0);
+                return (Emit::Nothing, 0);
             }
             match s.get(2..).and_then(|r| hex_run(r, 4)) {
-                Some(cp) => (Some(char_of(cp)), 6),
-                None => (None, 0),
+                Some(cp) => (Emit::Char(char_of(cp)), 6),
+                None => (Emit::Nothing, 0),
             }
         }
         Some(b'x' | b'X') => match s.get(2..).and_then(|r| hex_run(r, 2)) {
-            Some(v) if v < 0x80 => (Some(v as u8 as char), 4),
-            _ => (None, 0),
+            Some(v) if v < 0x80 => (Emit::Char(v as u8 as char), 4),
+            _ => (Emit::Nothing, 0),
         },
-        _ => (None, 0),
+        _ => (Emit::Nothing, 0),
     }
 }
 
 /// Overlong UTF-8 for `.`, `/` and `\` (`%c0%ae%c0%ae%c0%af`), once percent-decoded.
-fn overlong(s: &[u8]) -> (Option<char>, usize) {
+fn overlong(s: &[u8]) -> (Emit, usize) {
     match s {
         [0xC0, 0xAE, ..] | [0xE0, 0x80, 0xAE, ..] => {
-            (Some('.'), if at(s, 0) == 0xE0 { 3 } else { 2 })
+            (Emit::Char('.'), if at(s, 0) == 0xE0 { 3 } else { 2 })
         }
         [0xC0, 0xAF, ..] | [0xE0, 0x80, 0xAF, ..] => {
-            (Some('/'), if at(s, 0) == 0xE0 { 3 } else { 2 })
+            (Emit::Char('/'), if at(s, 0) == 0xE0 { 3 } else { 2 })
         }
-        [0xC1, 0x9C, ..] => (Some('\\'), 2),
-        [0xC0, 0xBC, ..] => (Some('<'), 2),
-        [0xC0, 0xBE, ..] => (Some('>'), 2),
-        _ => (None, 0),
+        [0xC1, 0x9C, ..] => (Emit::Char('\\'), 2),
+        [0xC0, 0xBC, ..] => (Emit::Char('<'), 2),
+        [0xC0, 0xBE, ..] => (Emit::Char('>'), 2),
+        _ => (Emit::Nothing, 0),
     }
 }
 
 /// Fullwidth forms U+FF01..U+FF5E (`＜ｓｃｒｉｐｔ＞`), which some stacks fold to ASCII.
-fn fullwidth(s: &[u8]) -> (Option<char>, usize) {
+fn fullwidth(s: &[u8]) -> (Emit, usize) {
     match s {
-        [0xEF, 0xBC, b @ 0x81..=0xBF, ..] => (Some((0x21 + (b - 0x81)) as char), 3),
-        [0xEF, 0xBD, b @ 0x80..=0x9E, ..] => (Some((0x60 + (b - 0x80)) as char), 3),
-        _ => (None, 0),
+        [0xEF, 0xBC, b @ 0x81..=0xBF, ..] => (Emit::Char((0x21 + (b - 0x81)) as char), 3),
+        [0xEF, 0xBD, b @ 0x80..=0x9E, ..] => (Emit::Char((0x60 + (b - 0x80)) as char), 3),
+        _ => (Emit::Nothing, 0),
     }
 }
 
