@@ -216,8 +216,8 @@ pub struct Scanner {
     hasher: std::hash::RandomState,
 }
 
-/// Header value (hashed with a per-process key) → the hits it gave, as (class bit, fingerprint).
-type HeaderCache = quick_cache::sync::Cache<u64, Option<(u8, Fp)>>;
+/// Header value (hashed with a per-process key) → the hit it gave, if any.
+type HeaderCache = quick_cache::sync::Cache<u64, Option<(Class, Fp)>>;
 
 /// Values up to this long with nothing to decode are scanned without allocating.
 const SMALL: usize = 256;
@@ -359,13 +359,21 @@ impl Scanner {
 
     /// Scans a raw query string: every value, and names that are not plain words.
     pub fn scan_query(&self, query: &str, out: &mut Hits) {
-        for pair in query.as_bytes().split(|b| *b == b'&' || *b == b';') {
-            let (name, value) = match pair.iter().position(|b| *b == b'=') {
-                Some(p) => (head(pair, p), tail(pair, p + 1)),
-                None => (pair, &b""[..]),
-            };
-            self.scan_value(value, Place::Query(name), true, out);
-            self.scan_value(name, Place::Query(name), true, out);
+        self.scan_pairs(query.as_bytes(), b";", Place::Query, out);
+    }
+
+    /// Scans `name=value` pairs split on `&` (and `more` separators): values, then names.
+    fn scan_pairs<'s>(
+        &self,
+        s: &'s [u8],
+        more: &[u8],
+        place: fn(&'s [u8]) -> Place<'s>,
+        out: &mut Hits,
+    ) {
+        for pair in s.split(|b| *b == b'&' || more.contains(b)) {
+            let (name, value) = split_eq(pair).unwrap_or((pair, b""));
+            self.scan_value(value, place(name), true, out);
+            self.scan_value(name, place(name), true, out);
         }
     }
 
@@ -376,10 +384,7 @@ impl Scanner {
             if self.cookies {
                 for c in value.split(|b| *b == b';') {
                     let c = c.trim_ascii();
-                    let (n, v) = match c.iter().position(|b| *b == b'=') {
-                        Some(p) => (head(c, p), tail(c, p + 1)),
-                        None => (&b""[..], c),
-                    };
+                    let (n, v) = split_eq(c).unwrap_or((b"", c));
                     self.scan_value(v, Place::Cookie(n), false, out);
                 }
             }
@@ -392,10 +397,8 @@ impl Scanner {
             }
             let key = self.hasher.hash_one(value);
             if let Some(cached) = self.seen.get(&key) {
-                if let Some((bit, fingerprint)) = cached
-                    && let Some(class) = Class::ALL.into_iter().find(|c| c.bit() == bit)
-                {
-                    out.found |= bit;
+                if let Some((class, fingerprint)) = cached {
+                    out.found |= class.bit();
                     out.hits.push(Hit {
                         class,
                         location: Place::Header(name).location(),
@@ -411,7 +414,7 @@ impl Scanner {
             // is scanned again: rare, and not worth a bigger entry).
             match out.hits.get(before..) {
                 Some([]) => self.seen.insert(key, None),
-                Some([h]) => self.seen.insert(key, Some((h.class.bit(), h.fingerprint))),
+                Some([h]) => self.seen.insert(key, Some((h.class, h.fingerprint))),
                 _ => {}
             }
         } else if self.scans(Class::Log4shell)
@@ -431,14 +434,7 @@ impl Scanner {
 
     /// Scans a form body's names and values.
     pub fn scan_form(&self, body: &[u8], out: &mut Hits) {
-        for pair in body.split(|b| *b == b'&') {
-            let (name, value) = match pair.iter().position(|b| *b == b'=') {
-                Some(p) => (head(pair, p), tail(pair, p + 1)),
-                None => (pair, &b""[..]),
-            };
-            self.scan_value(value, Place::Form(name), true, out);
-            self.scan_value(name, Place::Form(name), true, out);
-        }
+        self.scan_pairs(body, b"", Place::Form, out);
     }
 
     /// Scans a JSON body's strings (keys and values), depth-first, to a bounded depth and
@@ -540,6 +536,12 @@ pub fn scan_one(value: &[u8], plus_is_space: bool) -> Vec<Hit> {
         .get_or_init(Scanner::default)
         .scan_value(value, Place::Value, plus_is_space, &mut hits);
     hits.hits
+}
+
+/// `name=value` split at the first `=`.
+fn split_eq(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let p = s.iter().position(|b| *b == b'=')?;
+    Some((head(s, p), tail(s, p + 1)))
 }
 
 /// `s[i..]`, empty past the end (attacker input is never indexed unchecked).
