@@ -10,12 +10,12 @@ use crate::raw::*;
 /// `[probes]`: which classes, what a hit does, where to look.
 pub(super) fn compile_probes(raw: &RawConfig, c: &mut Collector<'_>) -> Option<ProbesPolicy> {
     let p = raw.probes.as_ref()?;
-    let names = || {
-        Class::ALL
+    let unknown = |name: &str| {
+        let names: Vec<String> = Class::ALL
             .iter()
             .map(|c| format!("`{}`", c.name()))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        format!("unknown probe class `{name}`; one of {}", names.join(", "))
     };
     let mut classes = Vec::new();
     match &p.classes {
@@ -24,15 +24,7 @@ pub(super) fn compile_probes(raw: &RawConfig, c: &mut Collector<'_>) -> Option<P
             for name in list {
                 match Class::from_name(name.get_ref()) {
                     Some(class) => classes.push(class),
-                    None => c.at(
-                        sp(name),
-                        "probes.classes",
-                        format!(
-                            "unknown probe class `{}`; one of {}",
-                            name.get_ref(),
-                            names()
-                        ),
-                    ),
+                    None => c.at(sp(name), "probes.classes", unknown(name.get_ref())),
                 }
             }
         }
@@ -49,20 +41,12 @@ pub(super) fn compile_probes(raw: &RawConfig, c: &mut Collector<'_>) -> Option<P
                     a.weight = weight(&Some(w.clone()), base, &format!("probes.weights.{name}"), c);
                 }
             }
-            None => c.at(
-                sp(w),
-                format!("probes.weights.{name}"),
-                format!("unknown probe class `{name}`; one of {}", names()),
-            ),
+            None => c.at(sp(w), format!("probes.weights.{name}"), unknown(name)),
         }
     }
     for (name, action) in &p.actions {
         let Some(class) = Class::from_name(name) else {
-            c.at(
-                sp(action),
-                format!("probes.actions.{name}"),
-                format!("unknown probe class `{name}`; one of {}", names()),
-            );
+            c.at(sp(action), format!("probes.actions.{name}"), unknown(name));
             continue;
         };
         let block = match action.get_ref().as_str() {
