@@ -179,6 +179,20 @@ impl Gateway {
         }
     }
 
+    /// The first `n` decisions (waiting for them) as `action rule score reasons`, for an
+    /// assertion's message.
+    pub fn decision_summaries(&self, n: usize) -> Vec<String> {
+        self.wait_decisions(n)
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {} {} {}",
+                    d["action"], d["rule"], d["score"], d["reasons"]
+                )
+            })
+            .collect()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }

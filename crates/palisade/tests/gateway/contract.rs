@@ -263,13 +263,7 @@ async fn a_contract_prober_walks_into_throttling() {
         *statuses.last().unwrap(),
         403,
         "blocked in the end: {statuses:?} {:?}",
-        g.wait_decisions(5)
-            .iter()
-            .map(|d| format!(
-                "{} {} {} {}",
-                d["action"], d["rule"], d["score"], d["reasons"]
-            ))
-            .collect::<Vec<_>>()
+        g.decision_summaries(5)
     );
     let d = g.wait_decision(|d| d["status"] == 403);
     assert_eq!(d["rule"], "score/throttle", "{d}");

@@ -193,13 +193,7 @@ throttle_block_for = "1m"
     assert!(
         statuses.iter().skip(2).any(|s| *s == 403 || *s == 429),
         "the prober is stopped: {statuses:?} {:?}",
-        g.wait_decisions(5)
-            .iter()
-            .map(|d| format!(
-                "{} {} {} {}",
-                d["action"], d["rule"], d["score"], d["reasons"]
-            ))
-            .collect::<Vec<_>>()
+        g.decision_summaries(5)
     );
     // Another client is untouched.
     let r = send(
