@@ -7,7 +7,9 @@
 # per second are lost in noise. (Kernel time is not counted: both make the same syscalls per
 # request. Under valgrind SHA-256 runs in software: JA4H counts dearer here than on the CPU.)
 #
-# Usage: bench/instructions.sh      (installs valgrind, wrk and nginx-light if missing)
+# Usage: bench/instructions.sh [TARGET...]   (installs valgrind, wrk and nginx-light if missing)
+#   TARGET: nginx nginx-log palisade-limits palisade-full palisade-full-log (default: all five;
+#   the ratios are printed for the pairs measured)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -57,12 +59,14 @@ palisade_target() {
     --data-dir "$OUT/ir-data-$1" --workers 1 --log-level warn
 }
 
+WANT=" ${*:-nginx nginx-log palisade-limits palisade-full palisade-full-log} "
+want() { [[ $WANT == *" $1 "* ]]; }
 {
-  nginx_target nginx
-  nginx_target nginx-log "$PWD/$OUT/ir-nginx-access.jsonl"
-  palisade_target palisade-limits bench/palisade-bench.toml 0.01
-  palisade_target palisade-full bench/palisade-full.toml 0.01
-  palisade_target palisade-full-log bench/palisade-full.toml 1.0
+  if want nginx; then nginx_target nginx; fi
+  if want nginx-log; then nginx_target nginx-log "$PWD/$OUT/ir-nginx-access.jsonl"; fi
+  if want palisade-limits; then palisade_target palisade-limits bench/palisade-bench.toml 0.01; fi
+  if want palisade-full; then palisade_target palisade-full bench/palisade-full.toml 0.01; fi
+  if want palisade-full-log; then palisade_target palisade-full-log bench/palisade-full.toml 1.0; fi
 } > "$OUT/instructions.txt"
 
 python3 - "$OUT/instructions.txt" <<'PY'
@@ -75,5 +79,6 @@ print(f"{'target':<18} {'instructions/request':>21}")
 for name, v in rows.items():
     print(f"{name:<18} {v:>21.0f}")
 for p, n in (("palisade-limits", "nginx"), ("palisade-full", "nginx"), ("palisade-full-log", "nginx-log")):
-    print(f"{p}/{n}: {rows[p] / rows[n]:.2f}x")
+    if p in rows and n in rows:
+        print(f"{p}/{n}: {rows[p] / rows[n]:.2f}x")
 PY

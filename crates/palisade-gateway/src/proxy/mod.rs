@@ -46,7 +46,10 @@ impl crate::listen::Handler for Proxy {
         peer: SocketAddr,
         gone: Option<ClientGone>,
     ) -> impl std::future::Future<Output = Answer> + Send + use<> {
-        handle(self.0.clone(), req, peer, gone)
+        // Boxed once: the listener moves the answering future a few times before its first poll
+        // (into its closure's future, then pinned), and this state is kilobytes; a box moves as
+        // a pointer.
+        Box::pin(handle(self.0.clone(), req, peer, gone))
     }
 }
 
