@@ -605,3 +605,177 @@ async fn caddy_access_log_feeds_upstream_errors_back_to_behaviour() {
     let matched = metric_sum(&g, "palisade_feedback_lines_total{result=\"matched\"}").await;
     assert!(matched >= 20.0, "Caddy's lines matched: {matched}");
 }
+
+/// API keys (a missing key's 401, a per-key limit's 429), an operator's block of an account and
+/// a honeypot, through each front that is installed: the client gets Palisade's answer, and a
+/// refused request never reaches the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_blocks_and_honeypots_reach_the_client_through_every_front() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let up = upstream().await;
+    let mut fronts = 0;
+    for front in ["nginx", "caddy", "haproxy"] {
+        let spoe = free_port();
+        let decision = if front == "haproxy" {
+            format!("[decision]\nspoe = \"127.0.0.1:{spoe}\"\n")
+        } else {
+            "[decision]\n".to_owned()
+        };
+        let config = config_for(
+            &up,
+            &format!(
+                "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n{decision}\n[keys]\n\n\
+                 [[routes]]\nname = \"items\"\nmatch = {{ path = \"/items/*\" }}\nauth = \"api_key\"\n\
+                 scopes = [\"items:read\"]\n\n\
+                 [[limits]]\nname = \"per-key\"\nroutes = [\"items\"]\nkey = [\"api_key\"]\nrate = \"2/1m\"\n\n\
+                 [[honeypots]]\nname = \"probes\"\npaths = [\"/.env\"]\n"
+            ),
+        );
+        let g = Gateway::start(Some(&config));
+        let started = match front {
+            "nginx" => nginx(&up, g.proxy),
+            "caddy" => caddy(&up, g.proxy),
+            _ => haproxy(&up, g.proxy, spoe),
+        };
+        let Some(f) = started else {
+            println!("SKIPPED for {front}: not installed (scripts/test.sh installs it)");
+            continue;
+        };
+        fronts += 1;
+        let url = |p: &str| format!("http://127.0.0.1:{}{p}", f.port);
+        let scopes = serde_json::json!(["items:read"]);
+        let (_, a1) = create_key(
+            &g,
+            serde_json::json!({ "account": "acme", "scopes": scopes }),
+        )
+        .await;
+        let (_, a2) = create_key(
+            &g,
+            serde_json::json!({ "account": "acme", "scopes": scopes }),
+        )
+        .await;
+        let (_, b1) = create_key(
+            &g,
+            serde_json::json!({ "account": "globex", "scopes": scopes }),
+        )
+        .await;
+        let with_key = |k: &str| {
+            vec![
+                ("accept", "application/json".to_owned()),
+                ("authorization", format!("Bearer {k}")),
+            ]
+        };
+        let get = |p: String, h: Vec<(&'static str, String)>| async move {
+            let h: Vec<(&str, &str)> = h.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            send("GET", &p, &h, "").await
+        };
+        let proxied = || up.state.requests.load(SeqCst);
+
+        // No key: the 401 with its challenge header and JSON body, not proxied.
+        let before = proxied();
+        let r = get(
+            url("/items/1"),
+            vec![("accept", "application/json".to_owned())],
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            401,
+            "{front}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["error"], "missing_api_key", "{front}");
+        assert_eq!(r.header("www-authenticate"), "Bearer", "{front}");
+        assert_eq!(proxied(), before, "{front}: a refusal is not proxied");
+
+        // A key's own limit: two allowed, then the 429 with Retry-After; the account's other key
+        // has its own budget.
+        assert_eq!(
+            get(url("/items/1"), with_key(&a1)).await.status,
+            200,
+            "{front}"
+        );
+        assert_eq!(
+            get(url("/items/2"), with_key(&a1)).await.status,
+            200,
+            "{front}"
+        );
+        let before = proxied();
+        let r = get(url("/items/3"), with_key(&a1)).await;
+        assert_eq!(
+            r.status,
+            429,
+            "{front}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            r.header("retry-after").parse::<u64>().is_ok_and(|s| s >= 1),
+            "{front}"
+        );
+        assert_eq!(r.json()["error"], "rate_limited", "{front}");
+        assert_eq!(proxied(), before, "{front}: a refusal is not proxied");
+        assert_eq!(
+            get(url("/items/3"), with_key(&a2)).await.status,
+            200,
+            "{front}"
+        );
+        let limited = g.wait_decision(|d| d["action"] == "limit");
+        assert_eq!(limited["rule"], "limit/per-key", "{front}");
+        assert_eq!(limited["identity"]["account"], "acme", "{front}");
+
+        // An operator blocks an account: its keys get 403; the other account's do not.
+        assert_eq!(
+            get(url("/items/1"), with_key(&b1)).await.status,
+            200,
+            "{front}"
+        );
+        let r = admin_json(
+            &g,
+            "POST",
+            "/v1/blocks",
+            serde_json::json!({ "dimension": "account", "value": "globex", "ttl": "1h", "reason": "abuse-report" }),
+        )
+        .await;
+        assert!(r.status.is_success(), "{front}: {:?}", r.body);
+        let r = get(url("/items/2"), with_key(&b1)).await;
+        assert_eq!(
+            r.status,
+            403,
+            "{front}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            get(url("/items/4"), with_key(&a2)).await.status,
+            200,
+            "{front}"
+        );
+
+        // A honeypot: Palisade's 404 (not the upstream's), then the prober is refused.
+        let prober = vec![
+            ("accept", "application/json".to_owned()),
+            ("x-forwarded-for", "198.51.100.99".to_owned()),
+        ];
+        let before = proxied();
+        let r = get(url("/.env"), prober.clone()).await;
+        assert_eq!(r.status, 404, "{front}");
+        assert_eq!(proxied(), before, "{front}: the trap is not proxied");
+        let r = get(url("/echo"), prober.clone()).await;
+        assert_eq!(
+            r.status,
+            403,
+            "{front}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let trapped = g.wait_decision(|d| {
+            d["rule"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("honeypot"))
+        });
+        assert_eq!(trapped["path"], "/.env", "{front}");
+    }
+    if fronts == 0 {
+        println!(
+            "SKIPPED: none of nginx, caddy, haproxy is installed (scripts/test.sh installs them)"
+        );
+    }
+}
