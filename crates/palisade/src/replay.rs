@@ -63,6 +63,11 @@ pub struct ReplayArgs {
     /// Sample requests kept per rule.
     #[arg(long, default_value_t = 3)]
     pub samples: usize,
+    /// Also write every replayed request's decision here, one JSON line each, in the order
+    /// judged: time, client, method, path, logged status, action and rule (and, for Palisade's
+    /// own log, what it logged then), for diffing against a live decision log.
+    #[arg(long)]
+    pub decisions: Option<PathBuf>,
 }
 
 /// A record and where it came from, ordered by time (then by reading order).
@@ -487,6 +492,13 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<serde_json::Value> {
     let mut change_rules: HashMap<(String, String), u64> = HashMap::new();
     let mut change_samples: Vec<String> = Vec::new();
     let mut read_stats = ReadStats::default();
+    let mut decisions = match &args.decisions {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut decisions_failed: Option<std::io::Error> = None;
 
     let mut judge = |h: Held,
                      new: &mut Run,
@@ -499,6 +511,29 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<serde_json::Value> {
         // The engine's clock: an hour in, plus the log's elapsed time.
         let now = 3_600 * palisade_engine::clock::SECOND + (t - first).saturating_mul(1_000_000);
         let got = new.judge(&h.record, (now, t), args.samples);
+        if let Some(w) = decisions.as_mut().filter(|_| decisions_failed.is_none()) {
+            let r = &h.record;
+            let mut line = serde_json::json!({
+                "time_ms": r.time_ms,
+                "client_ip": r.ip.map(|ip| ip.to_string()),
+                "method": r.method,
+                "path": r.path,
+                "query": r.query,
+                "status": r.status,
+                "action": got.0,
+                "rule": got.1,
+            });
+            if let Some((action, rule)) = &r.logged {
+                line["logged_action"] = action.as_str().into();
+                line["logged_rule"] = rule.as_str().into();
+            }
+            if let Err(e) = serde_json::to_writer(&mut *w, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| w.write_all(b"\n"))
+            {
+                decisions_failed = Some(e);
+            }
+        }
         if let Some(o) = old {
             let was = o.judge(&h.record, (now, t), args.samples);
             if was.0 != got.0 {
@@ -560,6 +595,14 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<serde_json::Value> {
     while let Some(h) = heap.pop() {
         judge(h, &mut new, &mut old, &mut first_ms, &mut last_ms);
         judged += 1;
+    }
+    drop(judge);
+    if let (Some(p), Some(e)) = (&args.decisions, decisions_failed) {
+        return Err(anyhow::anyhow!("writing {}: {e}", p.display()));
+    }
+    if let (Some(p), Some(w)) = (&args.decisions, decisions.as_mut()) {
+        w.flush()
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     reading
         .join()

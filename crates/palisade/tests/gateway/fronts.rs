@@ -9,10 +9,10 @@ use crate::common::*;
 
 /// A front (nginx, Caddy, HAProxy) started for a test: killed, and its directory removed, when
 /// dropped.
-struct Front {
+pub(crate) struct Front {
     child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
 }
 
 impl Drop for Front {
@@ -183,6 +183,80 @@ async fn nginx_auth_request_brings_limits_challenges_and_client_ips_to_the_clien
 /// Caddy with the shipped `deploy/caddy/palisade.caddy` (Palisade's address put in).
 fn caddy(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
     caddy_with(up, palisade, "")
+}
+
+/// nginx as a plain reverse proxy in front of Palisade's proxy port, believing the client's
+/// `X-Forwarded-For` (the realip module, as behind a load balancer) and writing its access log
+/// twice: `access.log` (combined) and `access.json` (JSON, `escape=json`).
+pub(crate) fn nginx_logging_in_front_of(palisade: std::net::SocketAddr) -> Option<Front> {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = std::env::temp_dir().join(format!("palisade-nginx-log-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           log_format json escape=json '{{\"time_iso8601\":\"$time_iso8601\",\"remote_addr\":\"$remote_addr\",\
+\"request\":\"$request\",\"status\":\"$status\",\"http_user_agent\":\"$http_user_agent\",\
+\"http_referer\":\"$http_referer\"}}';\n\
+           access_log {d}/access.log combined;\n  access_log {d}/access.json json;\n\
+           set_real_ip_from 127.0.0.1;\n  real_ip_header X-Forwarded-For;\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+             proxy_pass http://{palisade};\n      proxy_set_header X-Forwarded-For $remote_addr;\n\
+             proxy_set_header Host $host;\n    }}\n  }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    wait_listening(port, 10, || {
+        format!(
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        )
+    });
+    Some(Front { child, port, dir })
+}
+
+/// Caddy as a plain reverse proxy in front of Palisade's proxy port, writing its own JSON
+/// access log to `access.json`.
+pub(crate) fn caddy_logging_in_front_of(palisade: std::net::SocketAddr) -> Option<Front> {
+    let bin = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = std::env::temp_dir().join(format!("palisade-caddy-log-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let conf = format!(
+        "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
+         http://127.0.0.1:{port} {{\n\treverse_proxy {palisade}\n\
+         \tlog {{\n\t\toutput file {}/access.json\n\t\tformat json\n\t}}\n}}\n",
+        dir.display()
+    );
+    std::fs::write(dir.join("Caddyfile"), conf).unwrap();
+    let child = Command::new(bin)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(dir.join("Caddyfile"))
+        .env("XDG_DATA_HOME", &dir)
+        .env("XDG_CONFIG_HOME", &dir)
+        .env("HOME", &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_listening(port, 15, || "caddy did not start".to_owned());
+    Some(Front { child, port, dir })
 }
 
 /// Caddy with the shipped snippet and `site_extra` in the site block.
