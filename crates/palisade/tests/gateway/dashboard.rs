@@ -200,28 +200,27 @@ async fn the_dashboard_page_works_in_a_real_browser_without_external_assets() {
         &up,
         "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[[limits]]\nname = \"per-ip\"\nkey = [\"ip\"]\nrate = \"2/1m\"\n",
     )));
-    // Traffic while the page is open: some allowed, some limited.
-    let url = g.url("/echo");
-    let traffic = tokio::spawn(async move {
-        for i in 0..80 {
-            let ip = format!("203.0.113.{}", i % 4);
-            send("GET", &url, &[("x-forwarded-for", &ip)], "").await;
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-    });
-    let shot = g.dir.join("dashboard.png");
+    // Traffic before the page opens: four addresses, each over its limit.
+    for i in 0..32 {
+        let ip = format!("203.0.113.{}", i % 4);
+        send("GET", &g.url("/echo"), &[("x-forwarded-for", &ip)], "").await;
+    }
+    // The screenshot is kept (beside the test binaries) for people to look at.
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
     let admin = g.admin_url("").trim_end_matches('/').to_owned();
+    let proxy = g.url("/echo");
+    let shot_arg = shot.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(dir.join("dashboard.js"))
-            .args([&admin, ADMIN_TOKEN, shot.to_str().unwrap()])
+            .args([&admin, ADMIN_TOKEN, shot_arg.to_str().unwrap(), &proxy])
             .current_dir(&dir)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    traffic.abort();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
         panic!(
@@ -247,7 +246,47 @@ async fn the_dashboard_page_works_in_a_real_browser_without_external_assets() {
     assert!(v["rules"].to_string().contains("limit/per-ip"), "{v}");
     assert!(v["top"][0].as_str().unwrap().contains("203.0.113."), "{v}");
     assert!(v["live"].as_array().unwrap().len() >= 3, "{v}");
-    assert!(v["explain"].as_str().unwrap().contains("203.0.113."), "{v}");
+    // The flooded address explained: its limit, spent.
+    let explain = v["explain"].as_str().unwrap();
+    assert!(explain.contains("203.0.113."), "{v}");
+    assert!(
+        explain.contains("per-ip"),
+        "the explain view shows the limit: {explain}"
+    );
+    // The chart holds the numbers /metrics reports, action by action.
+    let (chart, metrics) = (&v["chart"], &v["metrics"]);
+    assert!(metrics["allow"].as_f64().unwrap() >= 4.0, "{v}");
+    assert!(metrics["limit"].as_f64().unwrap() >= 20.0, "{v}");
+    for (action, n) in metrics.as_object().unwrap() {
+        assert_eq!(
+            chart[action].as_f64(),
+            n.as_f64(),
+            "{action}: chart {chart} against /metrics {metrics}"
+        );
+    }
+    // The block added in the form is in the admin API's list and is enforced.
+    assert!(
+        v["blocks"].as_str().unwrap().contains("from-the-dashboard"),
+        "{v}"
+    );
+    let blocks = admin_get(&g, "/v1/blocks").await.json();
+    assert!(blocks.to_string().contains("198.51.100.250"), "{blocks}");
+    let r = send(
+        "GET",
+        &g.url("/echo"),
+        &[("x-forwarded-for", "198.51.100.250")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // The screenshot was taken.
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{}",
+        shot.display()
+    );
+    println!("screenshot: {}", shot.display());
 }
 
 #[tokio::test(flavor = "multi_thread")]

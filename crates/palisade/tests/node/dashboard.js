@@ -1,13 +1,15 @@
 // The dashboard in a real browser (Debian's chromium via puppeteer-core): signs in with the
-// admin token through the form, waits for the charts, the routes, the top identities and live
-// decisions, clicks an identity to explain it, and prints one JSON line with what it saw —
+// admin token through the form, waits for the charts, the routes and the top identities, sends
+// traffic to the proxy (from here, not from the page) and waits for it in the live decisions,
+// reads what the action chart holds next to what /metrics reports, blocks an address through
+// the block form, clicks an identity to explain it, and prints one JSON line with what it saw —
 // including every request the page made that did not go to the admin listener (there must be
 // none: no CDN) and every console error.
 //
-//   node dashboard.js ADMIN_URL TOKEN SHOT
+//   node dashboard.js ADMIN_URL TOKEN SHOT PROXY_URL
 const puppeteer = require('puppeteer-core');
 
-const [base, token, shot] = process.argv.slice(2);
+const [base, token, shot, proxy] = process.argv.slice(2);
 
 (async () => {
   const browser = await puppeteer.launch({
@@ -32,8 +34,34 @@ const [base, token, shot] = process.argv.slice(2);
     await page.waitForSelector('#chart-actions canvas', { timeout: 15000 });
     await page.waitForFunction(() => document.querySelectorAll('#routes tbody tr').length > 0 &&
       document.querySelectorAll('#top tbody tr').length > 0, { timeout: 15000 });
-    // Live decisions arrive as the test sends requests.
+    // Live decisions arrive as requests are sent (one flooding address).
+    for (let i = 0; i < 12; i++) {
+      await fetch(proxy, { headers: { 'x-forwarded-for': '203.0.113.9' } });
+    }
     await page.waitForFunction(() => document.querySelectorAll('#live .row').length >= 3, { timeout: 20000 });
+    // The traffic is over: after one refresh, each action's total in the chart against the
+    // decisions /metrics counts by action (palisade_requests_total).
+    await page.evaluate(() => refresh());
+    out.chart = await page.evaluate(() => {
+      const d = actionsChart.data, o = {};
+      overview.actions.forEach((a, i) => { o[a] = d[i + 1].reduce((s, v) => s + (v || 0), 0); });
+      return o;
+    });
+    out.metrics = await page.evaluate(async () => {
+      const o = {};
+      for (const l of (await (await fetch('/metrics')).text()).split('\n')) {
+        const m = l.match(/^palisade_requests_total\{([^}]*)\} ([\d.e+]+)/);
+        if (m) { const a = (m[1].match(/action="([^"]*)"/) || [])[1]; o[a] = (o[a] || 0) + Number(m[2]); }
+      }
+      return o;
+    });
+    // A block added in the form shows in the list.
+    await page.select('#block-form select[name=dimension]', 'ip');
+    await page.type('#block-form input[name=value]', '198.51.100.250');
+    await page.type('#block-form input[name=reason]', 'from-the-dashboard');
+    await page.click('#block-form button');
+    await page.waitForFunction(() => document.querySelector('#blocks tbody').textContent.includes('198.51.100.250'), { timeout: 10000 });
+    out.blocks = await page.$eval('#blocks tbody', (e) => e.textContent);
     out.status = await page.$eval('#status', (e) => e.textContent);
     out.routes = await page.$$eval('#routes tbody tr', (rs) => rs.map((r) => r.innerText));
     out.rules = await page.$$eval('#rules tbody tr', (rs) => rs.map((r) => r.innerText));
