@@ -183,11 +183,19 @@ pub async fn watch_files(
         if now != last {
             // Ignore the outcome here: reload() logs and counts it.
             let _ = reload(&shared, "file change").await;
-            files = shared.runtime.load().compiled.files.clone();
-            let f = files.clone();
-            last = tokio::task::spawn_blocking(move || fingerprint(&f))
-                .await
-                .unwrap_or_default();
+            let loaded = shared.runtime.load().compiled.files.clone();
+            if loaded == files {
+                // What was seen before reading, not after: a file still being written when it
+                // was read (an editor or `cp` truncates, then writes) differs from it at the next
+                // look and is read again, instead of the half-written state staying in force.
+                last = now;
+            } else {
+                files = loaded;
+                let f = files.clone();
+                last = tokio::task::spawn_blocking(move || fingerprint(&f))
+                    .await
+                    .unwrap_or_default();
+            }
         }
     }
 }
