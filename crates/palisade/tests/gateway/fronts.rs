@@ -505,6 +505,17 @@ challenge_at = 60
 /// HAProxy with the shipped `deploy/haproxy/haproxy.cfg` and `palisade-spoe.conf`, addresses
 /// put in.
 fn haproxy(up: &Upstream, palisade: std::net::SocketAddr, spoe: u16) -> Option<Front> {
+    haproxy_with(up, palisade, spoe, None)
+}
+
+/// HAProxy with the shipped config; with `feedback`, its commented feedback lines switched on
+/// and sending to that log target (an address or a unix socket path).
+fn haproxy_with(
+    up: &Upstream,
+    palisade: std::net::SocketAddr,
+    spoe: u16,
+    feedback: Option<&str>,
+) -> Option<Front> {
     let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
@@ -531,6 +542,23 @@ fn haproxy(up: &Upstream, palisade: std::net::SocketAddr, spoe: u16) -> Option<F
             "/etc/haproxy/palisade-spoe.conf",
             &dir.join("palisade-spoe.conf").display().to_string(),
         );
+    let cfg = match feedback {
+        Some(target) => {
+            let on = cfg
+                .replace(
+                    "    # log 127.0.0.1:5514 local0",
+                    &format!("    log {target} local0"),
+                )
+                .replace("    # log-format '", "    log-format '")
+                .replace(
+                    "    # http-response set-var(txn.palisade_cost)",
+                    "    http-response set-var(txn.palisade_cost)",
+                );
+            assert_ne!(on, cfg, "the shipped haproxy.cfg has its feedback lines");
+            on
+        }
+        None => cfg,
+    };
     std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
     let child = Command::new(bin)
         .arg("-db")
@@ -852,4 +880,57 @@ async fn keys_blocks_and_honeypots_reach_the_client_through_every_front() {
             "SKIPPED: none of nginx, caddy, haproxy is installed (scripts/test.sh installs them)"
         );
     }
+}
+
+/// HAProxy's own access log, in the JSON `log-format` the shipped config carries, sent to
+/// Palisade's unix datagram socket: the upstream's errors, which Palisade never sees in SPOE
+/// mode, reach behaviour through the lines.
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_access_log_over_a_unix_socket_feeds_upstream_errors_back_to_behaviour() {
+    let up = upstream().await;
+    let spoe = free_port();
+    let sock_dir = std::env::temp_dir().join(format!("palisade-fb-{}", rand_u64()));
+    std::fs::create_dir_all(&sock_dir).unwrap();
+    let sock = sock_dir.join("feedback.sock");
+    let config = config_for(
+        &up,
+        &format!(
+            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[decision]\nspoe = \"127.0.0.1:{spoe}\"\n\n\
+             [decision.feedback]\nunix = \"{}\"\n\n[behaviour]\n",
+            sock.display()
+        ),
+    );
+    let g = Gateway::start(Some(&config));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the feedback socket was never made"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(h) = haproxy_with(&up, g.proxy, spoe, Some(&sock.display().to_string())) else {
+        println!("SKIPPED: haproxy is not installed (scripts/test.sh installs it)");
+        return;
+    };
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", h.port);
+    let client = [("x-echo-status", "404"), ("user-agent", "curl/8.5.0")];
+    for _ in 0..30 {
+        let r = send("GET", &url("/login"), &client, "").await;
+        assert!(
+            r.status == 404 || r.status == 401 || r.status == 403,
+            "{}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let d = g.wait_decision(|d| {
+        d["reasons"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["signal"] == "behaviour/errors"))
+    });
+    assert_eq!(d["path"], "/login");
+    let matched = metric_sum(&g, "palisade_feedback_lines_total{result=\"matched\"}").await;
+    assert!(matched >= 20.0, "HAProxy's lines matched: {matched}");
+    let _ = std::fs::remove_dir_all(sock_dir);
 }
