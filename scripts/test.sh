@@ -29,6 +29,8 @@ command -v caddy >/dev/null 2>&1 || need+=(caddy)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # `promtool` (Debian's `prometheus`) checks the shipped alerting rules.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# `systemd-analyze verify` checks the Debian package's unit (scripts/test-package.sh).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # Debian's `chromium`, driven by puppeteer-core (npm, below) in the challenge tests.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # Node.js runs the real third-party peers (Express, browsers' drivers, signers) the tests use.

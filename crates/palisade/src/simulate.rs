@@ -1218,7 +1218,14 @@ pub fn render(r: &SimReport) -> String {
             c.refused,
             c.stopped_share * 100.0,
             if c.bot { ">=99%" } else { "<=0.1%" },
-            if c.target_met { "met" } else { "MISSED" }
+            if c.target_met {
+                "met"
+            } else if c.bot && c.judged == 0 {
+                // Too short a run: the class never sent more than its grace requests.
+                "not judged yet"
+            } else {
+                "MISSED"
+            }
         ));
     }
     for (name, g) in [("people", &r.people), ("integrations", &r.integrations)] {

@@ -379,5 +379,20 @@ async fn palisade_demo_runs_traffic_and_shows_the_dashboard() {
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "{report}");
-    assert!(report.contains("people"), "{report}");
+    // The report: people and integrations never stopped; the flood stopped.
+    let row = |class: &str| -> Vec<String> {
+        report
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(class))
+            .unwrap_or_else(|| panic!("no {class} row: {report}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    for class in ["human", "integration"] {
+        assert_eq!(row(class)[8], "0.00%", "{class} never stopped: {report}");
+    }
+    let flood: f64 = row("flood")[8].trim_end_matches('%').parse().unwrap();
+    assert!(flood >= 99.0, "the flood is stopped: {report}");
+    assert!(report.contains("false positives, people: 0 of"), "{report}");
 }
