@@ -36,11 +36,15 @@ impl Engine {
     /// Honeypots: a trap path flags the client and answers as if nothing were there.
     #[inline(always)]
     pub(crate) fn honeypot(&self, d: &mut Decision, facts: &RequestFacts<'_>) -> Option<Decision> {
+        if self.policy.honeypots.is_empty() {
+            return None;
+        }
+        let path = crate::request::route::normalize_for_match(facts.path);
         let i = self
             .policy
             .honeypots
             .iter()
-            .position(|h| h.paths.iter().any(|pat| pat.matches_path(facts.path)))?;
+            .position(|h| h.paths.iter().any(|pat| pat.matches_normalized(&path)))?;
         self.trap(i, facts);
         let rule = self
             .honeypot_rules

@@ -108,13 +108,14 @@ impl PathPattern {
         &self.source
     }
 
-    /// Whether an already normalised path matches.
     /// Whether a raw request path matches (normalised first, as for routes).
     pub fn matches_path(&self, path: &str) -> bool {
         self.matches_normalized(&normalize_for_match(path))
     }
 
-    fn matches_normalized(&self, path: &str) -> bool {
+    /// Whether a path already normalised with [`normalize_for_match`] matches (for several
+    /// patterns against one path: normalised once).
+    pub fn matches_normalized(&self, path: &str) -> bool {
         let rest = path.strip_prefix('/').unwrap_or(path).as_bytes();
         // Split on bytes: `/` is ASCII, and a byte loop is cheaper than `str::split`'s searcher
         // on paths this short.

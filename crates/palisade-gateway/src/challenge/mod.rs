@@ -293,12 +293,15 @@ pub fn presented(
         flags: 0,
         tz: None,
     };
+    // Names made once (looked up by `&str`, a name is parsed on every request).
+    const CLEARANCE_NAME: http::HeaderName = http::HeaderName::from_static(CLEARANCE_HEADER);
+    const POW_NAME: http::HeaderName = http::HeaderName::from_static(POW_HEADER);
     let headers = &parts.headers;
     let pass_token = headers
-        .get(CLEARANCE_HEADER)
+        .get(CLEARANCE_NAME)
         .and_then(|v| v.to_str().ok())
         .or_else(|| cookie(headers, COOKIE));
-    let pow = headers.get(POW_HEADER).and_then(|v| v.to_str().ok());
+    let pow = headers.get(POW_NAME).and_then(|v| v.to_str().ok());
     if pass_token.is_none() && pow.is_none() {
         return none;
     }
