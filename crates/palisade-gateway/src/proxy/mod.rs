@@ -114,7 +114,12 @@ async fn respond(
     if let Some(own) = endpoints::serve(shared, rt, &parts, client, peer, &request_id) {
         return own;
     }
-    if let Some(own) = crate::challenge::endpoint(shared, rt, &parts, client).await {
+    // The rarely taken awaits below are boxed: every request's future holds room for each
+    // await's state, and these (the challenge endpoints, body reads, the shared store, holds,
+    // a front's refusals) would otherwise make it kilobytes larger for all.
+    if parts.uri.path().starts_with(crate::challenge::PREFIX)
+        && let Some(own) = Box::pin(crate::challenge::endpoint(shared, rt, &parts, client)).await
+    {
         return own;
     }
     let presented = crate::challenge::presented(shared, rt, &parts, client);
@@ -125,7 +130,8 @@ async fn respond(
     let unix_ms = shared.clock.unix_ms();
     let mut gathered = facts::gather(shared, rt, &parts, body, route, client);
     if facts::needs_body(rt, &parts, route, &gathered)
-        && let Err(b) = facts::read_body(shared, rt, &parts, route, unix_ms, &mut gathered).await
+        && let Err(b) =
+            Box::pin(facts::read_body(shared, rt, &parts, route, unix_ms, &mut gathered)).await
     {
         return refuse(b);
     }
@@ -235,7 +241,7 @@ async fn respond(
     let mut decision = if shared.store.is_none() {
         decide::local(shared, rt, &facts, route, &mut settlement)
     } else {
-        match decide::shared(shared, rt, &facts, route, &mut settlement).await {
+        match Box::pin(decide::shared(shared, rt, &facts, route, &mut settlement)).await {
             Ok(d) => d,
             Err(b) => return refuse(b),
         }
@@ -255,7 +261,7 @@ async fn respond(
     let (refusal, held) = match decision.action {
         _ if answered.is_some() => (None, enforce::Held::No),
         palisade_engine::Action::Delay { .. } => {
-            enforce::hold(shared, rt, &mut decision, client, gone.as_ref()).await
+            Box::pin(enforce::hold(shared, rt, &mut decision, client, gone.as_ref())).await
         }
         _ => (Refusal::from_decision(&decision), enforce::Held::No),
     };
@@ -328,7 +334,7 @@ async fn respond(
     if let Some(c) = call
         && !response.status().is_success()
     {
-        response = decision::refused(shared, c, response, &request_id).await;
+        response = Box::pin(decision::refused(shared, c, response, &request_id)).await;
     }
 
     // Observation.
