@@ -2,6 +2,14 @@
 //! `redis-server` (cluster mode), and a config file reloaded under a running service (a broken
 //! one keeps the old policy), with the admin API's metrics counting what the layer decided.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on the unexpected"
+)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

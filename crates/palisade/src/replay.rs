@@ -523,9 +523,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<serde_json::Value> {
                 "action": got.0,
                 "rule": got.1,
             });
-            if let Some((action, rule)) = &r.logged {
-                line["logged_action"] = action.as_str().into();
-                line["logged_rule"] = rule.as_str().into();
+            if let (Some(o), Some((action, rule))) = (line.as_object_mut(), &r.logged) {
+                o.insert("logged_action".into(), action.as_str().into());
+                o.insert("logged_rule".into(), rule.as_str().into());
             }
             if let Err(e) = serde_json::to_writer(&mut *w, &line)
                 .map_err(std::io::Error::from)
@@ -596,7 +596,6 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<serde_json::Value> {
         judge(h, &mut new, &mut old, &mut first_ms, &mut last_ms);
         judged += 1;
     }
-    drop(judge);
     if let (Some(p), Some(e)) = (&args.decisions, decisions_failed) {
         return Err(anyhow::anyhow!("writing {}: {e}", p.display()));
     }

@@ -130,8 +130,15 @@ async fn respond(
     let unix_ms = shared.clock.unix_ms();
     let mut gathered = facts::gather(shared, rt, &parts, body, route, client);
     if facts::needs_body(rt, &parts, route, &gathered)
-        && let Err(b) =
-            Box::pin(facts::read_body(shared, rt, &parts, route, unix_ms, &mut gathered)).await
+        && let Err(b) = Box::pin(facts::read_body(
+            shared,
+            rt,
+            &parts,
+            route,
+            unix_ms,
+            &mut gathered,
+        ))
+        .await
     {
         return refuse(b);
     }
@@ -261,7 +268,14 @@ async fn respond(
     let (refusal, held) = match decision.action {
         _ if answered.is_some() => (None, enforce::Held::No),
         palisade_engine::Action::Delay { .. } => {
-            Box::pin(enforce::hold(shared, rt, &mut decision, client, gone.as_ref())).await
+            Box::pin(enforce::hold(
+                shared,
+                rt,
+                &mut decision,
+                client,
+                gone.as_ref(),
+            ))
+            .await
         }
         _ => (Refusal::from_decision(&decision), enforce::Held::No),
     };

@@ -270,7 +270,7 @@ async fn live_traffic(port: u16, tag: &str, forwarded: bool) {
         .await;
     }
     let h = from("203.0.113.66", "zgrab/0.x");
-    send("GET", &url(format!("/.env")), &h, "").await;
+    send("GET", &url("/.env".to_owned()), &h, "").await;
     send("GET", &url(format!("/items/{tag}-after-trap")), &h, "").await;
     let h = from("198.51.100.4", browser);
     send("GET", &url(format!("/admin/{tag}-panel")), &h, "").await;
@@ -388,7 +388,7 @@ async fn replayed_front_logs_and_decision_logs_give_the_live_decisions() {
         }
     }
     for log in &logs {
-        let tag = if log.starts_with(&nginx.as_ref().map_or(dir.clone(), |n| n.dir.clone())) {
+        let tag = if log.starts_with(nginx.as_ref().map_or(dir.clone(), |n| n.dir.clone())) {
             "ngx"
         } else {
             "cdy"
