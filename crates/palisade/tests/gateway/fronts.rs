@@ -934,3 +934,58 @@ async fn haproxy_access_log_over_a_unix_socket_feeds_upstream_errors_back_to_beh
     assert!(matched >= 20.0, "HAProxy's lines matched: {matched}");
     let _ = std::fs::remove_dir_all(sock_dir);
 }
+
+/// Through nginx `auth_request`: a `delay` limit holds the decision call (so nginx holds the
+/// request), and the upstream learns the key id and account of an allowed keyed request.
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_auth_request_holds_delayed_requests_and_names_the_key_and_account() {
+    let up = upstream().await;
+    let config = config_for(
+        &up,
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[decision]\n\n[keys]\n\n\
+         [[routes]]\nname = \"echo\"\nmatch = { path = \"/echo\" }\nauth = \"api_key\"\n\n\
+         [[limits]]\nname = \"smooth\"\nroutes = [\"echo\"]\nkey = [\"api_key\"]\nrate = \"5/1s\"\nburst = 1\n\
+         action = \"delay\"\nmax_delay = \"1s\"\n",
+    );
+    let g = Gateway::start(Some(&config));
+    let Some(n) = nginx(&up, g.proxy) else {
+        println!("SKIPPED: nginx is not installed (scripts/test.sh installs it)");
+        return;
+    };
+    let (id, key) = create_key(&g, serde_json::json!({ "account": "acme" })).await;
+    let url = format!("http://127.0.0.1:{}/echo", n.port);
+    let auth = format!("Bearer {key}");
+    let call = || {
+        let (url, auth) = (url.clone(), auth.clone());
+        async move {
+            let started = Instant::now();
+            let r = send("GET", &url, &[("authorization", &auth)], "").await;
+            (r, started.elapsed())
+        }
+    };
+    let ((a, ta), (b, tb), (c, tc)) = tokio::join!(call(), call(), call());
+    for r in [&a, &b, &c] {
+        assert_eq!(
+            r.status,
+            200,
+            "held, not refused: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Two intervals of 200 ms for the last of three at once.
+    let longest = ta.max(tb).max(tc);
+    assert!(
+        longest >= Duration::from_millis(350),
+        "the third was held: {longest:?}"
+    );
+    let delayed = g.wait_decision(|d| d["action"] == "delay");
+    assert_eq!(delayed["rule"], "limit/smooth");
+    // The upstream got the key's id and account from the decision, through nginx.
+    let seen = a.json();
+    assert_eq!(
+        seen["headers"]["x-palisade-key-id"][0],
+        id.as_str(),
+        "{seen}"
+    );
+    assert_eq!(seen["headers"]["x-palisade-account"][0], "acme", "{seen}");
+}
