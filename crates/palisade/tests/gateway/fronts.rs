@@ -23,13 +23,19 @@ impl Drop for Front {
     }
 }
 
-/// Waits until `port` takes connections (or panics after `secs` with `why()`).
-fn wait_listening(port: u16, secs: u64, why: impl Fn() -> String) {
+/// Waits until `port` takes connections: true; false when `child` exited first (the port was
+/// taken meanwhile, by another test's connection: the caller tries another); panics after
+/// `secs` with `why()`.
+fn wait_listening(child: &mut Child, port: u16, secs: u64, why: impl Fn() -> String) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
         assert!(Instant::now() < deadline, "{}", why());
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 fn nginx(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
@@ -52,38 +58,47 @@ fn nginx_with(
         rand_u64()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let snippet = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/nginx/palisade-auth-request.conf"
-    );
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        let snippet = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/nginx/palisade-auth-request.conf"
+        );
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 256; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            upstream api {{ server {}; keepalive 8; }}\n  upstream palisade {{ server {palisade}; keepalive 8; }}\n\
            {http_extra}\n  server {{\n    listen 127.0.0.1:{port};\n    include {snippet};\n    {server_extra}\n  }}\n}}\n",
-        up.addr
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-p")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    wait_listening(port, 10, || {
-        format!(
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        )
-    });
-    Some(Front { child, port, dir })
+            up.addr
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut child = Command::new(bin)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()?;
+        if wait_listening(&mut child, port, 10, || {
+            format!(
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            )
+        }) {
+            return Some(Front { child, port, dir });
+        }
+        assert!(
+            attempt < 3,
+            "the front exited three times (its port taken?)"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,10 +209,13 @@ pub(crate) fn nginx_logging_in_front_of(palisade: std::net::SocketAddr) -> Optio
         .find(|p| std::path::Path::new(p).exists())?;
     let dir = std::env::temp_dir().join(format!("palisade-nginx-log-{}", rand_u64()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 256; }}\n\
          http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
@@ -209,24 +227,30 @@ pub(crate) fn nginx_logging_in_front_of(palisade: std::net::SocketAddr) -> Optio
            server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
              proxy_pass http://{palisade};\n      proxy_set_header X-Forwarded-For $remote_addr;\n\
              proxy_set_header Host $host;\n    }}\n  }}\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-p")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    wait_listening(port, 10, || {
-        format!(
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        )
-    });
-    Some(Front { child, port, dir })
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut child = Command::new(bin)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()?;
+        if wait_listening(&mut child, port, 10, || {
+            format!(
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            )
+        }) {
+            return Some(Front { child, port, dir });
+        }
+        assert!(
+            attempt < 3,
+            "the front exited three times (its port taken?)"
+        );
+    }
 }
 
 /// Caddy as a plain reverse proxy in front of Palisade's proxy port, writing its own JSON
@@ -237,26 +261,35 @@ pub(crate) fn caddy_logging_in_front_of(palisade: std::net::SocketAddr) -> Optio
         .find(|p| std::path::Path::new(p).exists())?;
     let dir = std::env::temp_dir().join(format!("palisade-caddy-log-{}", rand_u64()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let conf = format!(
-        "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        let conf = format!(
+            "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
          http://127.0.0.1:{port} {{\n\treverse_proxy {palisade}\n\
          \tlog {{\n\t\toutput file {}/access.json\n\t\tformat json\n\t}}\n}}\n",
-        dir.display()
-    );
-    std::fs::write(dir.join("Caddyfile"), conf).unwrap();
-    let child = Command::new(bin)
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(dir.join("Caddyfile"))
-        .env("XDG_DATA_HOME", &dir)
-        .env("XDG_CONFIG_HOME", &dir)
-        .env("HOME", &dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    wait_listening(port, 15, || "caddy did not start".to_owned());
-    Some(Front { child, port, dir })
+            dir.display()
+        );
+        std::fs::write(dir.join("Caddyfile"), conf).unwrap();
+        let mut child = Command::new(bin)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(dir.join("Caddyfile"))
+            .env("XDG_DATA_HOME", &dir)
+            .env("XDG_CONFIG_HOME", &dir)
+            .env("HOME", &dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        if wait_listening(&mut child, port, 15, || "caddy did not start".to_owned()) {
+            return Some(Front { child, port, dir });
+        }
+        assert!(
+            attempt < 3,
+            "the front exited three times (its port taken?)"
+        );
+    }
 }
 
 /// Caddy with the shipped snippet and `site_extra` in the site block.
@@ -270,33 +303,42 @@ fn caddy_with(up: &Upstream, palisade: std::net::SocketAddr, site_extra: &str) -
         rand_u64()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let snippet = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/caddy/palisade.caddy"
-    ))
-    .unwrap()
-    .replace("127.0.0.1:8080", &palisade.to_string());
-    std::fs::write(dir.join("palisade.caddy"), snippet).unwrap();
-    let conf = format!(
-        "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        let snippet = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/caddy/palisade.caddy"
+        ))
+        .unwrap()
+        .replace("127.0.0.1:8080", &palisade.to_string());
+        std::fs::write(dir.join("palisade.caddy"), snippet).unwrap();
+        let conf = format!(
+            "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
          http://127.0.0.1:{port} {{\n\timport {}/palisade.caddy\n\treverse_proxy {}\n{site_extra}\n}}\n",
-        dir.display(),
-        up.addr
-    );
-    std::fs::write(dir.join("Caddyfile"), conf).unwrap();
-    let child = Command::new(bin)
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(dir.join("Caddyfile"))
-        .env("XDG_DATA_HOME", &dir)
-        .env("XDG_CONFIG_HOME", &dir)
-        .env("HOME", &dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    wait_listening(port, 15, || "caddy did not start".to_owned());
-    Some(Front { child, port, dir })
+            dir.display(),
+            up.addr
+        );
+        std::fs::write(dir.join("Caddyfile"), conf).unwrap();
+        let mut child = Command::new(bin)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(dir.join("Caddyfile"))
+            .env("XDG_DATA_HOME", &dir)
+            .env("XDG_CONFIG_HOME", &dir)
+            .env("HOME", &dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        if wait_listening(&mut child, port, 15, || "caddy did not start".to_owned()) {
+            return Some(Front { child, port, dir });
+        }
+        assert!(
+            attempt < 3,
+            "the front exited three times (its port taken?)"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -525,51 +567,60 @@ fn haproxy_with(
         rand_u64()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/haproxy");
-    std::fs::copy(
-        format!("{deploy}/palisade-spoe.conf"),
-        dir.join("palisade-spoe.conf"),
-    )
-    .unwrap();
-    let cfg = std::fs::read_to_string(format!("{deploy}/haproxy.cfg"))
-        .unwrap()
-        .replace("bind :8000", &format!("bind 127.0.0.1:{port}"))
-        .replace("127.0.0.1:3000", &up.addr.to_string())
-        .replace("127.0.0.1:8080", &palisade.to_string())
-        .replace("127.0.0.1:12345", &format!("127.0.0.1:{spoe}"))
-        .replace(
-            "/etc/haproxy/palisade-spoe.conf",
-            &dir.join("palisade-spoe.conf").display().to_string(),
-        );
-    let cfg = match feedback {
-        Some(target) => {
-            let on = cfg
-                .replace(
-                    "    # log 127.0.0.1:5514 local0",
-                    &format!("    log {target} local0"),
-                )
-                .replace("    # log-format '", "    log-format '")
-                .replace(
-                    "    # http-response set-var(txn.palisade_cost)",
-                    "    http-response set-var(txn.palisade_cost)",
-                );
-            assert_ne!(on, cfg, "the shipped haproxy.cfg has its feedback lines");
-            on
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/haproxy");
+        std::fs::copy(
+            format!("{deploy}/palisade-spoe.conf"),
+            dir.join("palisade-spoe.conf"),
+        )
+        .unwrap();
+        let cfg = std::fs::read_to_string(format!("{deploy}/haproxy.cfg"))
+            .unwrap()
+            .replace("bind :8000", &format!("bind 127.0.0.1:{port}"))
+            .replace("127.0.0.1:3000", &up.addr.to_string())
+            .replace("127.0.0.1:8080", &palisade.to_string())
+            .replace("127.0.0.1:12345", &format!("127.0.0.1:{spoe}"))
+            .replace(
+                "/etc/haproxy/palisade-spoe.conf",
+                &dir.join("palisade-spoe.conf").display().to_string(),
+            );
+        let cfg = match feedback {
+            Some(target) => {
+                let on = cfg
+                    .replace(
+                        "    # log 127.0.0.1:5514 local0",
+                        &format!("    log {target} local0"),
+                    )
+                    .replace("    # log-format '", "    log-format '")
+                    .replace(
+                        "    # http-response set-var(txn.palisade_cost)",
+                        "    http-response set-var(txn.palisade_cost)",
+                    );
+                assert_ne!(on, cfg, "the shipped haproxy.cfg has its feedback lines");
+                on
+            }
+            None => cfg,
+        };
+        std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
+        let mut child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(dir.join("haproxy.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        if wait_listening(&mut child, port, 10, || "haproxy did not start".to_owned()) {
+            return Some(Front { child, port, dir });
         }
-        None => cfg,
-    };
-    std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
-    let child = Command::new(bin)
-        .arg("-db")
-        .arg("-f")
-        .arg(dir.join("haproxy.cfg"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    wait_listening(port, 10, || "haproxy did not start".to_owned());
-    Some(Front { child, port, dir })
+        assert!(
+            attempt < 3,
+            "the front exited three times (its port taken?)"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
