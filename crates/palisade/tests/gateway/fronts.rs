@@ -279,10 +279,15 @@ pub(crate) fn caddy_logging_in_front_of(palisade: std::net::SocketAddr) -> Optio
             .env("XDG_CONFIG_HOME", &dir)
             .env("HOME", &dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("caddy.err")).unwrap())
             .spawn()
             .ok()?;
-        if wait_listening(&mut child, port, 15, || "caddy did not start".to_owned()) {
+        if wait_listening(&mut child, port, 15, || {
+            format!(
+                "caddy did not start: {}",
+                std::fs::read_to_string(dir.join("caddy.err")).unwrap_or_default()
+            )
+        }) {
             return Some(Front { child, port, dir });
         }
         assert!(
@@ -328,10 +333,15 @@ fn caddy_with(up: &Upstream, palisade: std::net::SocketAddr, site_extra: &str) -
             .env("XDG_CONFIG_HOME", &dir)
             .env("HOME", &dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("caddy.err")).unwrap())
             .spawn()
             .ok()?;
-        if wait_listening(&mut child, port, 15, || "caddy did not start".to_owned()) {
+        if wait_listening(&mut child, port, 15, || {
+            format!(
+                "caddy did not start: {}",
+                std::fs::read_to_string(dir.join("caddy.err")).unwrap_or_default()
+            )
+        }) {
             return Some(Front { child, port, dir });
         }
         assert!(
