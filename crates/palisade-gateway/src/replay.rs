@@ -96,6 +96,38 @@ pub struct Record {
     pub account: Option<String>,
     /// What the line says Palisade did (Palisade's log): its action and rule.
     pub logged: Option<(String, String)>,
+    /// Answer headers the log kept (lower-case names): nginx's `upstream_http_*` /
+    /// `sent_http_*` fields and a plain `cost`, Caddy's `resp_headers`, Traefik's
+    /// `downstream_*`. A route's `cost_header` is read from them.
+    pub answer_headers: Vec<(String, String)>,
+}
+
+impl Record {
+    /// The cost the upstream reported in `header` (a route's `cost_header`), if the log kept
+    /// it: under its own name, or as a plain `cost` field.
+    pub fn reported_cost(&self, header: &str) -> Option<f64> {
+        let find = |name: &str| {
+            self.answer_headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        find(header)
+            .or_else(|| find("cost"))?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    }
+}
+
+/// Keeps one answer header the log carries (bounded like request headers).
+fn push_answer_header(r: &mut Record, name: &str, value: &str) {
+    if value.is_empty() || value == "-" || r.answer_headers.len() >= 16 || value.len() > 64 {
+        return;
+    }
+    r.answer_headers
+        .push((name.to_ascii_lowercase(), value.to_owned()));
 }
 
 /// Why a line is not a record.
@@ -439,6 +471,20 @@ fn parse_nginx_json(line: &str) -> Result<Record, Unparsed> {
             push_header(&mut r, name, v);
         }
     }
+    for (key, v) in o {
+        let name = key
+            .strip_prefix("upstream_http_")
+            .or_else(|| key.strip_prefix("sent_http_"))
+            .map(|n| n.replace('_', "-"))
+            .or_else(|| (key == "cost").then(|| key.clone()));
+        let v = match v {
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            other => text(Some(other)).map(str::to_owned),
+        };
+        if let (Some(name), Some(v)) = (name, v) {
+            push_answer_header(&mut r, &name, &v);
+        }
+    }
     Ok(r)
 }
 
@@ -450,6 +496,7 @@ fn parse_caddy(line: &str) -> Result<Record, Unparsed> {
         #[serde(borrow)]
         request: Option<Req<'a>>,
         status: Option<u16>,
+        resp_headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
     }
     #[derive(Deserialize)]
     struct Req<'a> {
@@ -493,6 +540,11 @@ fn parse_caddy(line: &str) -> Result<Record, Unparsed> {
             push_header(&mut r, &name, v);
         }
     }
+    for (name, values) in l.resp_headers.unwrap_or_default() {
+        if let Some(v) = values.first() {
+            push_answer_header(&mut r, &name, v);
+        }
+    }
     Ok(r)
 }
 
@@ -525,6 +577,9 @@ fn parse_traefik(line: &str) -> Result<Record, Unparsed> {
     for (k, v) in o.iter().take(256) {
         if let (Some(name), Some(v)) = (k.strip_prefix("request_"), v.as_str()) {
             push_header(&mut r, name, v);
+        }
+        if let (Some(name), Some(v)) = (k.strip_prefix("downstream_"), v.as_str()) {
+            push_answer_header(&mut r, name, v);
         }
     }
     Ok(r)
@@ -676,5 +731,43 @@ mod tests {
         let r = parse(Format::Palisade, l).unwrap();
         assert_eq!(r.key_id.as_deref(), Some("k_1"));
         assert_eq!(r.logged, Some(("limit".into(), "limit/per-ip".into())));
+    }
+
+    #[test]
+    fn answer_headers_give_the_reported_cost() {
+        let l = r#"{"ts":1796630401.5,"request":{"remote_ip":"203.0.113.9","proto":"HTTP/1.1","method":"POST","uri":"/v1/complete"},"status":200,"resp_headers":{"X-Cost-Tokens":["742"],"Content-Type":["application/json"]}}"#;
+        let r = parse(Format::Caddy, l).unwrap();
+        assert_eq!(r.reported_cost("x-cost-tokens"), Some(742.0));
+        let l = r#"{"DownstreamStatus":200,"RequestMethod":"POST","RequestPath":"/v1/complete","StartUTC":"2026-12-07T08:00:01Z","downstream_X-Cost-Tokens":"12.5"}"#;
+        let r = parse(Format::Traefik, l).unwrap();
+        assert_eq!(r.reported_cost("X-Cost-Tokens"), Some(12.5));
+        // nginx: the variable's name, or a plain `cost` (a number or a string); nonsense and
+        // negative values are no cost.
+        let l = r#"{"msec":"1796630401.000","remote_addr":"198.51.100.7","request":"POST /v1/complete HTTP/1.1","status":"200","upstream_http_x_cost_tokens":"40"}"#;
+        assert_eq!(
+            parse(Format::NginxJson, l)
+                .unwrap()
+                .reported_cost("x-cost-tokens"),
+            Some(40.0)
+        );
+        let l = r#"{"msec":"1796630401.000","remote_addr":"198.51.100.7","request":"POST /v1/complete HTTP/1.1","status":"200","cost":7}"#;
+        assert_eq!(
+            parse(Format::NginxJson, l)
+                .unwrap()
+                .reported_cost("x-cost-tokens"),
+            Some(7.0)
+        );
+        for bad in [r#""-3""#, r#""lots""#, r#""NaN""#] {
+            let l = format!(
+                r#"{{"msec":"1796630401.000","request":"GET / HTTP/1.1","status":"200","cost":{bad}}}"#
+            );
+            assert_eq!(
+                parse(Format::NginxJson, &l)
+                    .unwrap()
+                    .reported_cost("x-cost"),
+                None,
+                "{bad}"
+            );
+        }
     }
 }

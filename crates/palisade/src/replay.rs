@@ -218,6 +218,21 @@ impl Run {
         // The answer: the upstream's as logged, or the refusal this policy would have given.
         match palisade_gateway::refusal::Refusal::from_decision(&d) {
             None if r.status != 0 => {
+                // The cost the upstream reported, where the log kept it, corrects cost limits
+                // as a live answer's header does.
+                if let Some(cost) = spec
+                    .and_then(|s| s.cost_header.as_ref())
+                    .and_then(|h| r.reported_cost(h.as_str()))
+                {
+                    self.engine.observe_response(
+                        &d,
+                        &palisade_engine::ResponseFacts {
+                            status: r.status,
+                            reported_cost: Some(cost),
+                            now,
+                        },
+                    );
+                }
                 self.engine
                     .observe_status(&d, r.status, Origin::Upstream, now)
             }

@@ -445,3 +445,60 @@ async fn replayed_front_logs_and_decision_logs_give_the_live_decisions() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The cost an upstream reported, kept in the log (nginx's `$upstream_http_x_cost_tokens`),
+/// corrects a cost-counting limit in replay as the live answer's header does: the same log
+/// without it never reaches the limit.
+#[test]
+fn replay_charges_the_cost_the_log_reports() {
+    let dir = std::env::temp_dir().join(format!("palisade-replay-cost-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[upstreams]]\nname = \"api\"\nurl = \"http://127.0.0.1:9\"\n\n\
+         [[routes]]\nname = \"llm\"\nmatch = { path = \"/v1/complete\" }\ncost = 1\ncost_header = \"x-cost-tokens\"\n\n\
+         [[limits]]\nname = \"tokens\"\nroutes = [\"llm\"]\nkey = [\"ip\"]\nrate = \"1000/1h\"\nunit = \"cost\"\n",
+    )
+    .unwrap();
+    let line = |i: u64, cost: bool| {
+        let extra = if cost {
+            r#","upstream_http_x_cost_tokens":"100""#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"msec":"{}.000","remote_addr":"198.51.100.7","request":"POST /v1/complete HTTP/1.1","status":"200"{extra}}}"#,
+            1_796_630_400 + i
+        )
+    };
+    let limited = |cost: bool| {
+        let log = dir.join(format!("access-{cost}.json"));
+        let text: String = (0..30).map(|i| line(i, cost) + "\n").collect();
+        std::fs::write(&log, text).unwrap();
+        let (code, out, err) = palisade(&[
+            "replay",
+            log.to_str().unwrap(),
+            "--config",
+            policy.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["requests"], 30, "{r}");
+        r["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "limit/tokens")
+            .map_or(0, |e| e["count"].as_u64().unwrap())
+    };
+    // 100 tokens each against 1,000 an hour: the eleventh and later are limited.
+    let with_cost = limited(true);
+    assert!(
+        (19..=20).contains(&with_cost),
+        "limited with costs: {with_cost}"
+    );
+    assert_eq!(limited(false), 0, "one token each never reaches the limit");
+    let _ = std::fs::remove_dir_all(dir);
+}
