@@ -1024,8 +1024,9 @@ async fn nginx_auth_request_holds_delayed_requests_and_names_the_key_and_account
             (r, started.elapsed())
         }
     };
-    let ((a, ta), (b, tb), (c, tc)) = tokio::join!(call(), call(), call());
-    for r in [&a, &b, &c] {
+    // Four at once against 5 a second with a burst of 1: even on a loaded machine some wait.
+    let ((a, ta), (b, tb), (c, tc), (e, te)) = tokio::join!(call(), call(), call(), call());
+    for r in [&a, &b, &c, &e] {
         assert_eq!(
             r.status,
             200,
@@ -1033,8 +1034,8 @@ async fn nginx_auth_request_holds_delayed_requests_and_names_the_key_and_account
             String::from_utf8_lossy(&r.body)
         );
     }
-    // Two intervals of 200 ms for the last of three at once.
-    let longest = ta.max(tb).max(tc);
+    // At least two intervals of 200 ms for the last of them.
+    let longest = ta.max(tb).max(tc).max(te);
     assert!(
         longest >= Duration::from_millis(350),
         "the third was held: {longest:?}"
