@@ -38,6 +38,54 @@ fn wait_listening(child: &mut Child, port: u16, secs: u64, why: impl Fn() -> Str
     true
 }
 
+/// Starts a front in `dir`: `command(port)` writes its configuration for a free port and
+/// returns the command to run (its stderr goes to `dir/<name>.err`, shown if it does not start).
+/// A front that exits before listening is started again on another port: under the full suite
+/// a free port can be taken by another test's connection first.
+fn start_front(
+    name: &str,
+    dir: std::path::PathBuf,
+    secs: u64,
+    mut command: impl FnMut(u16) -> Command,
+) -> Option<Front> {
+    let err = dir.join(format!("{name}.err"));
+    for _ in 0..3 {
+        let port = free_port();
+        let mut child = command(port)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .ok()?;
+        let listening = wait_listening(&mut child, port, secs, || {
+            let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            format!(
+                "{name} did not start: {}{}",
+                log(&format!("{name}.err")),
+                log("error.log")
+            )
+        });
+        if listening {
+            return Some(Front { child, port, dir });
+        }
+    }
+    panic!("{name} exited three times before listening (its port taken?)");
+}
+
+/// A fresh directory for a front's files.
+fn front_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("palisade-{name}-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The first of `paths` that exists.
+fn installed(paths: &[&str]) -> Option<std::path::PathBuf> {
+    paths
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
 fn nginx(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
     nginx_with(up, palisade, "", "")
 }
@@ -49,56 +97,28 @@ fn nginx_with(
     http_extra: &str,
     server_extra: &str,
 ) -> Option<Front> {
-    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let dir = std::env::temp_dir().join(format!(
-        "palisade-nginx-{}-{}",
-        std::process::id(),
-        rand_u64()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let port = free_port();
-        let snippet = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/nginx/palisade-auth-request.conf"
-        );
+    let bin = installed(&["/usr/sbin/nginx", "/usr/bin/nginx"])?;
+    let dir = front_dir("nginx");
+    let snippet = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/nginx/palisade-auth-request.conf"
+    );
+    start_front("nginx", dir.clone(), 10, |port| {
         let d = dir.display();
         let conf = format!(
             "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           upstream api {{ server {}; keepalive 8; }}\n  upstream palisade {{ server {palisade}; keepalive 8; }}\n\
-           {http_extra}\n  server {{\n    listen 127.0.0.1:{port};\n    include {snippet};\n    {server_extra}\n  }}\n}}\n",
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream api {{ server {}; keepalive 8; }}\n  upstream palisade {{ server {palisade}; keepalive 8; }}\n\
+             {http_extra}\n  server {{\n    listen 127.0.0.1:{port};\n    include {snippet};\n    {server_extra}\n  }}\n}}\n",
             up.addr
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let mut child = Command::new(bin)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .ok()?;
-        if wait_listening(&mut child, port, 10, || {
-            format!(
-                "nginx did not start: {}",
-                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-            )
-        }) {
-            return Some(Front { child, port, dir });
-        }
-        assert!(
-            attempt < 3,
-            "the front exited three times (its port taken?)"
-        );
-    }
+        let mut c = Command::new(&bin);
+        c.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir);
+        c
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -204,15 +224,9 @@ fn caddy(up: &Upstream, palisade: std::net::SocketAddr) -> Option<Front> {
 /// `X-Forwarded-For` (the realip module, as behind a load balancer) and writing its access log
 /// twice: `access.log` (combined) and `access.json` (JSON, `escape=json`).
 pub(crate) fn nginx_logging_in_front_of(palisade: std::net::SocketAddr) -> Option<Front> {
-    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let dir = std::env::temp_dir().join(format!("palisade-nginx-log-{}", rand_u64()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let port = free_port();
+    let bin = installed(&["/usr/sbin/nginx", "/usr/bin/nginx"])?;
+    let dir = front_dir("nginx-log");
+    start_front("nginx", dir.clone(), 10, |port| {
         let d = dir.display();
         let conf = format!(
             "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
@@ -229,42 +243,18 @@ pub(crate) fn nginx_logging_in_front_of(palisade: std::net::SocketAddr) -> Optio
              proxy_set_header Host $host;\n    }}\n  }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let mut child = Command::new(bin)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .ok()?;
-        if wait_listening(&mut child, port, 10, || {
-            format!(
-                "nginx did not start: {}",
-                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-            )
-        }) {
-            return Some(Front { child, port, dir });
-        }
-        assert!(
-            attempt < 3,
-            "the front exited three times (its port taken?)"
-        );
-    }
+        let mut c = Command::new(&bin);
+        c.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir);
+        c
+    })
 }
 
 /// Caddy as a plain reverse proxy in front of Palisade's proxy port, writing its own JSON
 /// access log to `access.json`.
 pub(crate) fn caddy_logging_in_front_of(palisade: std::net::SocketAddr) -> Option<Front> {
-    let bin = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let dir = std::env::temp_dir().join(format!("palisade-caddy-log-{}", rand_u64()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let port = free_port();
+    let bin = installed(&["/usr/bin/caddy", "/usr/local/bin/caddy"])?;
+    let dir = front_dir("caddy-log");
+    start_front("caddy", dir.clone(), 15, |port| {
         let conf = format!(
             "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
          http://127.0.0.1:{port} {{\n\treverse_proxy {palisade}\n\
@@ -272,46 +262,21 @@ pub(crate) fn caddy_logging_in_front_of(palisade: std::net::SocketAddr) -> Optio
             dir.display()
         );
         std::fs::write(dir.join("Caddyfile"), conf).unwrap();
-        let mut child = Command::new(bin)
-            .args(["run", "--adapter", "caddyfile", "--config"])
+        let mut c = Command::new(&bin);
+        c.args(["run", "--adapter", "caddyfile", "--config"])
             .arg(dir.join("Caddyfile"))
             .env("XDG_DATA_HOME", &dir)
             .env("XDG_CONFIG_HOME", &dir)
-            .env("HOME", &dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("caddy.err")).unwrap())
-            .spawn()
-            .ok()?;
-        if wait_listening(&mut child, port, 15, || {
-            format!(
-                "caddy did not start: {}",
-                std::fs::read_to_string(dir.join("caddy.err")).unwrap_or_default()
-            )
-        }) {
-            return Some(Front { child, port, dir });
-        }
-        assert!(
-            attempt < 3,
-            "the front exited three times (its port taken?)"
-        );
-    }
+            .env("HOME", &dir);
+        c
+    })
 }
 
 /// Caddy with the shipped snippet and `site_extra` in the site block.
 fn caddy_with(up: &Upstream, palisade: std::net::SocketAddr, site_extra: &str) -> Option<Front> {
-    let bin = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let dir = std::env::temp_dir().join(format!(
-        "palisade-caddy-{}-{}",
-        std::process::id(),
-        rand_u64()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let port = free_port();
+    let bin = installed(&["/usr/bin/caddy", "/usr/local/bin/caddy"])?;
+    let dir = front_dir("caddy");
+    start_front("caddy", dir.clone(), 15, |port| {
         let snippet = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../deploy/caddy/palisade.caddy"
@@ -326,29 +291,14 @@ fn caddy_with(up: &Upstream, palisade: std::net::SocketAddr, site_extra: &str) -
             up.addr
         );
         std::fs::write(dir.join("Caddyfile"), conf).unwrap();
-        let mut child = Command::new(bin)
-            .args(["run", "--adapter", "caddyfile", "--config"])
+        let mut c = Command::new(&bin);
+        c.args(["run", "--adapter", "caddyfile", "--config"])
             .arg(dir.join("Caddyfile"))
             .env("XDG_DATA_HOME", &dir)
             .env("XDG_CONFIG_HOME", &dir)
-            .env("HOME", &dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("caddy.err")).unwrap())
-            .spawn()
-            .ok()?;
-        if wait_listening(&mut child, port, 15, || {
-            format!(
-                "caddy did not start: {}",
-                std::fs::read_to_string(dir.join("caddy.err")).unwrap_or_default()
-            )
-        }) {
-            return Some(Front { child, port, dir });
-        }
-        assert!(
-            attempt < 3,
-            "the front exited three times (its port taken?)"
-        );
-    }
+            .env("HOME", &dir);
+        c
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -568,19 +518,9 @@ fn haproxy_with(
     spoe: u16,
     feedback: Option<&str>,
 ) -> Option<Front> {
-    let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let dir = std::env::temp_dir().join(format!(
-        "palisade-haproxy-{}-{}",
-        std::process::id(),
-        rand_u64()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let port = free_port();
+    let bin = installed(&["/usr/sbin/haproxy", "/usr/bin/haproxy"])?;
+    let dir = front_dir("haproxy");
+    start_front("haproxy", dir.clone(), 10, |port| {
         let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/haproxy");
         std::fs::copy(
             format!("{deploy}/palisade-spoe.conf"),
@@ -615,22 +555,10 @@ fn haproxy_with(
             None => cfg,
         };
         std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
-        let mut child = Command::new(bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(dir.join("haproxy.cfg"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        if wait_listening(&mut child, port, 10, || "haproxy did not start".to_owned()) {
-            return Some(Front { child, port, dir });
-        }
-        assert!(
-            attempt < 3,
-            "the front exited three times (its port taken?)"
-        );
-    }
+        let mut c = Command::new(&bin);
+        c.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
+        c
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -727,6 +655,30 @@ async fn haproxy_spoe_brings_limits_challenges_honeypots_and_headers_to_the_clie
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
 }
 
+/// A client whose requests keep failing at the upstream, through the front at `port` (which
+/// sends its access log back): `behaviour/errors` fires from the lines, and most lines match.
+async fn upstream_errors_reach_behaviour(g: &Gateway, port: u16, front: &str) {
+    let url = format!("http://127.0.0.1:{port}/login");
+    let client = [("x-echo-status", "404"), ("user-agent", "curl/8.5.0")];
+    for _ in 0..30 {
+        let r = send("GET", &url, &client, "").await;
+        assert!(
+            r.status == 404 || r.status == 401 || r.status == 403,
+            "{front}: {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let d = g.wait_decision(|d| {
+        d["reasons"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["signal"] == "behaviour/errors"))
+    });
+    assert_eq!(d["path"], "/login");
+    let matched = metric_sum(g, "palisade_feedback_lines_total{result=\"matched\"}").await;
+    assert!(matched >= 20.0, "{front}'s lines matched: {matched}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn caddy_access_log_feeds_upstream_errors_back_to_behaviour() {
     let up = upstream().await;
@@ -748,25 +700,7 @@ async fn caddy_access_log_feeds_upstream_errors_back_to_behaviour() {
         println!("SKIPPED: caddy is not installed (scripts/test.sh installs it)");
         return;
     };
-    let url = |p: &str| format!("http://127.0.0.1:{}{p}", c.port);
-    let client = [("x-echo-status", "404"), ("user-agent", "curl/8.5.0")];
-    for _ in 0..30 {
-        let r = send("GET", &url("/login"), &client, "").await;
-        assert!(
-            r.status == 404 || r.status == 401 || r.status == 403,
-            "{}",
-            r.status
-        );
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    let d = g.wait_decision(|d| {
-        d["reasons"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["signal"] == "behaviour/errors"))
-    });
-    assert_eq!(d["path"], "/login");
-    let matched = metric_sum(&g, "palisade_feedback_lines_total{result=\"matched\"}").await;
-    assert!(matched >= 20.0, "Caddy's lines matched: {matched}");
+    upstream_errors_reach_behaviour(&g, c.port, "Caddy").await;
 }
 
 /// API keys (a missing key's 401, a per-key limit's 429), an operator's block of an account and
@@ -974,25 +908,7 @@ async fn haproxy_access_log_over_a_unix_socket_feeds_upstream_errors_back_to_beh
         println!("SKIPPED: haproxy is not installed (scripts/test.sh installs it)");
         return;
     };
-    let url = |p: &str| format!("http://127.0.0.1:{}{p}", h.port);
-    let client = [("x-echo-status", "404"), ("user-agent", "curl/8.5.0")];
-    for _ in 0..30 {
-        let r = send("GET", &url("/login"), &client, "").await;
-        assert!(
-            r.status == 404 || r.status == 401 || r.status == 403,
-            "{}",
-            r.status
-        );
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    let d = g.wait_decision(|d| {
-        d["reasons"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["signal"] == "behaviour/errors"))
-    });
-    assert_eq!(d["path"], "/login");
-    let matched = metric_sum(&g, "palisade_feedback_lines_total{result=\"matched\"}").await;
-    assert!(matched >= 20.0, "HAProxy's lines matched: {matched}");
+    upstream_errors_reach_behaviour(&g, h.port, "HAProxy").await;
     let _ = std::fs::remove_dir_all(sock_dir);
 }
 
@@ -1112,17 +1028,13 @@ fn traefik_with(dynamic: &str, extra: &[&str]) -> Option<Front> {
             .map(|d| d.join("traefik"))
             .find(|p| p.exists())
     })?;
-    let dir = std::env::temp_dir().join(format!("palisade-traefik-{}", rand_u64()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = front_dir("traefik");
     std::fs::write(dir.join("dynamic.yml"), dynamic).unwrap();
     let access = dir.join("access.json").display().to_string();
     let extra: Vec<String> = extra.iter().map(|a| a.replace("ACCESS", &access)).collect();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let port = free_port();
-        let mut child = Command::new(&bin)
-            .arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
+    start_front("traefik", dir.clone(), 20, |port| {
+        let mut c = Command::new(&bin);
+        c.arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
             .arg(format!(
                 "--providers.file.filename={}",
                 dir.join("dynamic.yml").display()
@@ -1132,24 +1044,9 @@ fn traefik_with(dynamic: &str, extra: &[&str]) -> Option<Front> {
                 "--global.checkNewVersion=false",
                 "--global.sendAnonymousUsage=false",
             ])
-            .args(&extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("traefik.err")).unwrap())
-            .spawn()
-            .ok()?;
-        if wait_listening(&mut child, port, 20, || {
-            format!(
-                "traefik did not start: {}",
-                std::fs::read_to_string(dir.join("traefik.err")).unwrap_or_default()
-            )
-        }) {
-            return Some(Front { child, port, dir });
-        }
-        assert!(
-            attempt < 3,
-            "the front exited three times (its port taken?)"
-        );
-    }
+            .args(&extra);
+        c
+    })
 }
 
 /// Traefik `forwardAuth` with the shipped dynamic configuration: allowed requests reach the

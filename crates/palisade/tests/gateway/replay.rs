@@ -276,13 +276,13 @@ async fn live_traffic(port: u16, tag: &str, forwarded: bool) {
     send("GET", &url(format!("/admin/{tag}-panel")), &h, "").await;
 }
 
-/// Replays `log` with the live policy; the replayed decisions by path.
-fn replayed(
-    dir: &std::path::Path,
+/// `palisade replay LOG --config POLICY --json --decisions ...`: the report and every replayed
+/// request's decision line.
+fn replay_with_decisions(
     log: &std::path::Path,
     policy: &std::path::Path,
-) -> (String, std::collections::HashMap<String, (String, String)>) {
-    let out = dir.join(format!("replayed-{}.jsonl", rand_u64()));
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let out = log.with_extension(format!("replayed-{}.jsonl", rand_u64()));
     let (code, stdout, err) = palisade(&[
         "replay",
         log.to_str().unwrap(),
@@ -294,22 +294,37 @@ fn replayed(
     ]);
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let lines = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (report, lines)
+}
+
+/// Replays `log` with the live policy: its format, and the replayed decisions by path.
+fn replayed(
+    log: &std::path::Path,
+    policy: &std::path::Path,
+) -> (String, std::collections::HashMap<String, (String, String)>) {
+    let (report, lines) = replay_with_decisions(log, policy);
     assert_eq!(report["unread"], 0, "{report}");
     let format = report["formats"][log.to_str().unwrap()]
         .as_str()
         .unwrap()
         .to_owned();
-    let mut by_path = std::collections::HashMap::new();
-    for line in std::fs::read_to_string(&out).unwrap().lines() {
-        let d: serde_json::Value = serde_json::from_str(line).unwrap();
-        by_path.insert(
-            d["path"].as_str().unwrap().to_owned(),
+    let by_path = lines
+        .iter()
+        .map(|d| {
             (
-                d["action"].as_str().unwrap().to_owned(),
-                d["rule"].as_str().unwrap().to_owned(),
-            ),
-        );
-    }
+                d["path"].as_str().unwrap().to_owned(),
+                (
+                    d["action"].as_str().unwrap().to_owned(),
+                    d["rule"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
     (format, by_path)
 }
 
@@ -416,7 +431,7 @@ async fn replayed_front_logs_and_decision_logs_give_the_live_decisions() {
         } else {
             "trf"
         };
-        let (format, got) = replayed(&dir, log, &policy);
+        let (format, got) = replayed(log, &policy);
         let mut compared = 0;
         // The trap's path is in both fronts' traffic: it is checked by its rule below.
         for (path, live_says) in live.iter().filter(|(p, _)| p.contains(tag)) {
@@ -442,22 +457,7 @@ async fn replayed_front_logs_and_decision_logs_give_the_live_decisions() {
     let own = dir.join("decisions.jsonl");
     let text: String = live_lines.iter().map(|d| format!("{d}\n")).collect();
     std::fs::write(&own, text).unwrap();
-    let out = dir.join("own-replayed.jsonl");
-    let (code, _, err) = palisade(&[
-        "replay",
-        own.to_str().unwrap(),
-        "--config",
-        policy.to_str().unwrap(),
-        "--decisions",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (_, lines) = replay_with_decisions(&own, &policy);
     assert_eq!(lines.len(), live_lines.len());
     for d in &lines {
         assert_eq!(
