@@ -279,11 +279,7 @@ impl Scanner {
         }
         out.values += 1;
         let value = head(value, self.max_value);
-        // Letters, digits and the characters of ids, dates and names: nothing to find.
-        if value
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~' | b','))
-        {
+        if value.iter().all(|&b| plain(b)) {
             return;
         }
         let mut decoded = std::mem::take(&mut out.decoded);
@@ -354,6 +350,15 @@ impl Scanner {
 
     /// Scans a raw (percent-encoded) path, segment by segment.
     pub fn scan_path(&self, path: &str, out: &mut Hits) {
+        if self.classes & !out.found == 0 {
+            return;
+        }
+        // A path of plain segments (most: `/api/items/42`) has nothing to find: its segments
+        // are counted as scanned, as the loop below would, without entering it.
+        if path.bytes().all(|b| b == b'/' || plain(b)) {
+            out.values += path.split('/').filter(|s| !s.is_empty()).count();
+            return;
+        }
         for segment in path.split('/') {
             self.scan_value(segment.as_bytes(), Place::Path, false, out);
         }
@@ -507,6 +512,13 @@ const TEMPLATE: u8 = 128;
 const DOLLAR: u8 = SHELL;
 
 /// Which classes a byte can take part in.
+/// Letters, digits and the characters of ids, dates and names: a value made only of these has
+/// nothing to find.
+#[inline]
+fn plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~' | b',')
+}
+
 const fn class_of(b: u8) -> u8 {
     let base = if b.is_ascii_alphanumeric() || b == b'_' {
         0
