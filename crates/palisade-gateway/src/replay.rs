@@ -472,17 +472,21 @@ fn parse_nginx_json(line: &str) -> Result<Record, Unparsed> {
         }
     }
     for (key, v) in o {
-        let name = key
+        let Some(name) = key
             .strip_prefix("upstream_http_")
             .or_else(|| key.strip_prefix("sent_http_"))
             .map(|n| n.replace('_', "-"))
-            .or_else(|| (key == "cost").then(|| key.clone()));
-        let v = match v {
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            other => text(Some(other)).map(str::to_owned),
+            .or_else(|| (key == "cost").then(|| key.clone()))
+        else {
+            continue;
         };
-        if let (Some(name), Some(v)) = (name, v) {
-            push_answer_header(&mut r, &name, &v);
+        match v {
+            serde_json::Value::Number(n) => push_answer_header(&mut r, &name, &n.to_string()),
+            other => {
+                if let Some(v) = text(Some(other)) {
+                    push_answer_header(&mut r, &name, v);
+                }
+            }
         }
     }
     Ok(r)

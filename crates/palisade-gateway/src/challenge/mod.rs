@@ -712,14 +712,14 @@ pub fn signal_flags(raw: Option<&str>) -> u16 {
 }
 
 /// Serves `/.palisade/challenge/verify` (a page's answer) and `/.palisade/challenge/wait` (the
-/// no-JavaScript path).
+/// no-JavaScript path); `which` is the path after [`PREFIX`].
 pub async fn endpoint(
     shared: &Shared,
     rt: &Runtime,
     parts: &http::request::Parts,
     client: IpAddr,
+    which: &str,
 ) -> Option<Response<ProxyBody>> {
-    let which = parts.uri.path().strip_prefix(PREFIX)?;
     let s = &rt.compiled.challenge;
     if which == "altcha.js" {
         let widget = s.altcha_widget.clone()?;

@@ -117,8 +117,11 @@ async fn respond(
     // The rarely taken awaits below are boxed: every request's future holds room for each
     // await's state, and these (the challenge endpoints, body reads, the shared store, holds,
     // a front's refusals) would otherwise make it kilobytes larger for all.
-    if parts.uri.path().starts_with(crate::challenge::PREFIX)
-        && let Some(own) = Box::pin(crate::challenge::endpoint(shared, rt, &parts, client)).await
+    if let Some(which) = parts.uri.path().strip_prefix(crate::challenge::PREFIX)
+        && let Some(own) = Box::pin(crate::challenge::endpoint(
+            shared, rt, &parts, client, which,
+        ))
+        .await
     {
         return own;
     }

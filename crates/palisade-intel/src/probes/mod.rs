@@ -511,7 +511,6 @@ const SHELL: u8 = 64;
 const TEMPLATE: u8 = 128;
 const DOLLAR: u8 = SHELL;
 
-/// Which classes a byte can take part in.
 /// Letters, digits and the characters of ids, dates and names: a value made only of these has
 /// nothing to find.
 #[inline]
@@ -519,6 +518,7 @@ fn plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~' | b',')
 }
 
+/// Which classes a byte can take part in.
 const fn class_of(b: u8) -> u8 {
     let base = if b.is_ascii_alphanumeric() || b == b'_' {
         0
