@@ -95,7 +95,7 @@ impl Line {
     /// An empty line with room for a typical record.
     pub fn new() -> Self {
         Self {
-            buf: Vec::with_capacity(640),
+            buf: Vec::with_capacity(1024),
             comma: false,
         }
     }
@@ -106,6 +106,7 @@ impl Line {
     }
 
     /// Appends raw JSON (a fragment another [`Line`] wrote), taken as a value or members.
+    #[inline(always)]
     pub fn raw(&mut self, json: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(json);
         self.comma = true;
@@ -113,6 +114,7 @@ impl Line {
     }
 
     /// Opens an object (`{`), as a value or the whole line.
+    #[inline(always)]
     pub fn open(&mut self) -> &mut Self {
         self.buf.push(b'{');
         self.comma = false;
@@ -120,6 +122,7 @@ impl Line {
     }
 
     /// Closes an object.
+    #[inline(always)]
     pub fn close(&mut self) -> &mut Self {
         self.buf.push(b'}');
         self.comma = true;
@@ -127,6 +130,7 @@ impl Line {
     }
 
     /// Opens an array.
+    #[inline(always)]
     pub fn open_array(&mut self) -> &mut Self {
         self.buf.push(b'[');
         self.comma = false;
@@ -134,6 +138,7 @@ impl Line {
     }
 
     /// Closes an array.
+    #[inline(always)]
     pub fn close_array(&mut self) -> &mut Self {
         self.buf.push(b']');
         self.comma = true;
@@ -141,6 +146,7 @@ impl Line {
     }
 
     /// An array element separator, where one is due (before an element that is an object).
+    #[inline(always)]
     pub fn element(&mut self) -> &mut Self {
         if self.comma {
             self.buf.push(b',');
@@ -150,6 +156,7 @@ impl Line {
     }
 
     /// A member's key (escaped: keys may carry configured names such as `header:x-tenant`).
+    #[inline(always)]
     pub fn key(&mut self, k: &str) -> &mut Self {
         if self.comma {
             self.buf.push(b',');
@@ -162,6 +169,7 @@ impl Line {
 
     /// A member's key that is a constant of ours (letters, digits, `_`, `/`, `:`, `-`): written
     /// as it is.
+    #[inline(always)]
     pub fn k(&mut self, k: &'static str) -> &mut Self {
         debug_assert!(!needs_escape(k.as_bytes()), "{k}");
         if self.comma {
@@ -175,6 +183,7 @@ impl Line {
     }
 
     /// A string value.
+    #[inline(always)]
     pub fn str(&mut self, v: &str) -> &mut Self {
         escape_into(&mut self.buf, v.as_bytes());
         self.comma = true;
@@ -182,6 +191,7 @@ impl Line {
     }
 
     /// A string value from bytes: invalid UTF-8 is replaced, as `from_utf8_lossy` does.
+    #[inline(always)]
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         match std::str::from_utf8(v) {
             Ok(_) => escape_into(&mut self.buf, v),
@@ -192,6 +202,7 @@ impl Line {
     }
 
     /// An unsigned number.
+    #[inline(always)]
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
@@ -200,6 +211,7 @@ impl Line {
     }
 
     /// A boolean.
+    #[inline(always)]
     pub fn bool(&mut self, v: bool) -> &mut Self {
         self.buf
             .extend_from_slice(if v { b"true" } else { b"false" });
@@ -223,6 +235,7 @@ impl Line {
     }
 
     /// An address as a string.
+    #[inline(always)]
     pub fn ip(&mut self, ip: IpAddr) -> &mut Self {
         self.buf.push(b'"');
         write_ip(&mut self.buf, ip);
@@ -244,6 +257,7 @@ impl Line {
     }
 
     /// RFC 3339 UTC time with milliseconds, from Unix milliseconds, as a string.
+    #[inline(always)]
     pub fn time(&mut self, unix_ms: u64) -> &mut Self {
         self.buf.push(b'"');
         write_rfc3339(&mut self.buf, unix_ms);
@@ -260,6 +274,7 @@ impl Line {
 
 /// Whether any byte of `v` must be escaped in a JSON string (a control, `"` or `\`), eight
 /// bytes at a time.
+#[inline]
 fn needs_escape(v: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -284,14 +299,23 @@ fn needs_escape(v: &[u8]) -> bool {
 
 /// `v` as a JSON string: copied whole when nothing needs escaping (the common case), else in
 /// runs between escapes.
+#[inline(always)]
 fn escape_into(out: &mut Vec<u8>, v: &[u8]) {
-    out.reserve(v.len() + 2);
-    out.push(b'"');
-    if !needs_escape(v) {
+    if needs_escape(v) {
+        escape_slow(out, v);
+    } else {
+        out.reserve(v.len() + 2);
+        out.push(b'"');
         out.extend_from_slice(v);
         out.push(b'"');
-        return;
     }
+}
+
+/// [`escape_into`] for a value with something to escape.
+#[cold]
+fn escape_slow(out: &mut Vec<u8>, v: &[u8]) {
+    out.reserve(v.len() + 8);
+    out.push(b'"');
     let mut start = 0;
     for (i, &b) in v.iter().enumerate() {
         if b >= 0x20 && b != b'"' && b != b'\\' {
