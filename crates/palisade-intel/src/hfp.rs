@@ -55,21 +55,24 @@ pub fn header_fingerprint<'a>(version: u8, names: impl IntoIterator<Item = &'a s
     // Written by hand: `format!` with widths costs more than the hashing (on every request).
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let count = count.min(99) as u8;
-    let mut out = String::with_capacity(23);
-    out.push('h');
-    out.push(char::from(b'0' + version.clamp(1, 3)));
-    out.push(if cookie { 'c' } else { 'n' });
-    out.push(if language { 'l' } else { 'n' });
-    out.push(char::from(b'0' + count / 10));
-    out.push(char::from(b'0' + count % 10));
-    out.push('_');
-    for shift in (0..16).rev() {
-        let nibble = (hash >> (shift * 4)) & 0xf;
-        out.push(char::from(
-            HEX.get(nibble as usize).copied().unwrap_or(b'0'),
-        ));
+    let mut out = [0u8; 23];
+    let head = [
+        b'h',
+        b'0' + version.clamp(1, 3),
+        if cookie { b'c' } else { b'n' },
+        if language { b'l' } else { b'n' },
+        b'0' + count / 10,
+        b'0' + count % 10,
+        b'_',
+    ];
+    let (start, digits) = out.split_at_mut(head.len());
+    start.copy_from_slice(&head);
+    for (i, d) in digits.iter_mut().enumerate() {
+        let nibble = (hash >> ((15 - i) * 4)) & 0xf;
+        *d = HEX.get(nibble as usize).copied().unwrap_or(b'0');
     }
-    out
+    // ASCII throughout.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub(super) fn request_id(path: &str, query: Option<&str>, params: &[String]) -> 
 
 /// A cookie's value in the request's `Cookie` headers.
 pub(super) fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
-    for v in headers.get_all(http::header::COOKIE) {
+    for v in crate::request::header_all(headers, &http::header::COOKIE) {
         for part in v.as_bytes().split(|b| *b == b';') {
             let part = part.trim_ascii();
             if let Some(rest) = part.strip_prefix(name.as_bytes())
@@ -129,9 +129,7 @@ impl Behaviour {
         let keys = self.keys(facts, principal);
         let ip = facts.client_ip.to_canonical();
         let ip_hash = hash_one(&self.hasher, 1, ip);
-        let ua_hash = facts
-            .headers
-            .get(http::header::USER_AGENT)
+        let ua_hash = crate::request::header(facts.headers, &http::header::USER_AGENT)
             .map(|v| hash_one(&self.hasher, 2, v.as_bytes()));
         let (asn_hash, country_hash) = match facts.ip_info {
             Some(i) => (

@@ -153,6 +153,11 @@ impl Features {
         if now <= self.memory_at {
             return;
         }
+        // Nothing remembered (most clients): nothing to decay, and no power to compute.
+        if self.memory.iter().all(|s| s.0 == 0) {
+            self.memory_at = now;
+            return;
+        }
         let halves = (now - self.memory_at) as f64 / half_life.max(1) as f64;
         let f = 0.5f64.powf(halves) as f32;
         for slot in &mut self.memory {

@@ -26,9 +26,7 @@ impl Engine {
     ) -> Option<Decision> {
         let p = &self.policy;
         if let Some(bots) = &p.bots {
-            let ua = facts
-                .headers
-                .get(http::header::USER_AGENT)
+            let ua = crate::request::header(facts.headers, &http::header::USER_AGENT)
                 .map_or(&b""[..], |v| v.as_bytes());
             let mut class = self.ua_cache.classify(&bots.catalog, ua);
             let mut action = bots.action(class.category);

@@ -74,7 +74,8 @@ pub fn presented<'h>(rt: &Runtime, headers: &'h HeaderMap) -> (Option<&'h str>, 
     let mut key: Option<&str> = None;
     let mut token: Option<&str> = None;
     for name in &keys.headers {
-        let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+        let Some(v) = palisade_engine::request::header(headers, name).and_then(|v| v.to_str().ok())
+        else {
             continue;
         };
         if *name == AUTHORIZATION {
@@ -98,10 +99,14 @@ pub fn presented<'h>(rt: &Runtime, headers: &'h HeaderMap) -> (Option<&'h str>, 
 /// is not a key is the upstream's business and stays).
 pub fn strip_keys(rt: &Runtime, headers: &mut HeaderMap) {
     for name in &rt.compiled.keys.headers {
+        // Looked for first: removing an absent name costs a hashed lookup.
+        let Some(value) = palisade_engine::request::header(headers, name) else {
+            continue;
+        };
         if *name == AUTHORIZATION {
-            let is_key = headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
+            let is_key = value
+                .to_str()
+                .ok()
                 .and_then(bearer)
                 .is_some_and(|b| b.starts_with(KEY_PREFIX));
             if is_key {

@@ -255,9 +255,7 @@ fn count(shared: &Shared, kind: &'static str, route: &str, result: &'static str)
 
 /// A cookie's value in the request.
 fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
+    palisade_engine::request::header_all(headers, &http::header::COOKIE)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|c| {
@@ -297,11 +295,10 @@ pub fn presented(
     const CLEARANCE_NAME: http::HeaderName = http::HeaderName::from_static(CLEARANCE_HEADER);
     const POW_NAME: http::HeaderName = http::HeaderName::from_static(POW_HEADER);
     let headers = &parts.headers;
-    let pass_token = headers
-        .get(CLEARANCE_NAME)
+    let pass_token = palisade_engine::request::header(headers, &CLEARANCE_NAME)
         .and_then(|v| v.to_str().ok())
         .or_else(|| cookie(headers, COOKIE));
-    let pow = headers.get(POW_NAME).and_then(|v| v.to_str().ok());
+    let pow = palisade_engine::request::header(headers, &POW_NAME).and_then(|v| v.to_str().ok());
     if pass_token.is_none() && pow.is_none() {
         return none;
     }

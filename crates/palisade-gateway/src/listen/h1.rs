@@ -421,7 +421,7 @@ impl Conn {
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let mut declared = match parts.headers.get(CONTENT_LENGTH) {
+        let mut declared = match palisade_engine::request::header(&parts.headers, &CONTENT_LENGTH) {
             Some(v) => parse_length(v.as_bytes().trim_ascii()),
             None => fields.and_then(|f| f.content_length),
         };

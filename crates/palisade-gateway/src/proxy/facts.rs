@@ -39,9 +39,7 @@ pub fn admit(rt: &Runtime, parts: &mut http::request::Parts) -> Result<Ambiguiti
     if parts.headers.len() > server.max_header_count || head_bytes > server.max_header_bytes {
         return Err((Refusal::HeadersTooLarge, "bounds/headers"));
     }
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
+    let declared = palisade_engine::request::header(&parts.headers, &CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > server.max_body_bytes) {
@@ -147,9 +145,7 @@ pub fn gather(
         if b.verified.is_empty() {
             return None;
         }
-        let ua = parts
-            .headers
-            .get(http::header::USER_AGENT)
+        let ua = palisade_engine::request::header(&parts.headers, &http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())?;
         let i = rt.engine.claimed_bot(ua)?;
         let bot = b.verified.get(i)?;
@@ -297,15 +293,14 @@ enum BodyKind {
 /// refused for its size).
 fn probes_read_body(rt: &Runtime, parts: &http::request::Parts) -> Option<u64> {
     let p = rt.compiled.policy.probes.as_ref().filter(|p| p.body)?;
-    scanned_body_kind(&parts.headers)?;
-    let len: u64 = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)?
+    // The length first: most requests have no body, and the media type is dearer to read.
+    let len: u64 = palisade_engine::request::header(&parts.headers, &CONTENT_LENGTH)?
         .to_str()
         .ok()?
         .trim()
         .parse()
         .ok()?;
+    scanned_body_kind(&parts.headers)?;
     (len > 0 && len <= p.max_body as u64).then_some(p.max_body as u64)
 }
 

@@ -64,9 +64,7 @@ pub async fn forward(
     let host_value = if parts.version == http::Version::HTTP_2 {
         authority().or_else(|| parts.headers.get(HOST).cloned())
     } else {
-        parts
-            .headers
-            .get(HOST)
+        palisade_engine::request::header(&parts.headers, &HOST)
             .filter(|v| v.to_str().is_ok())
             .cloned()
             .or_else(authority)
