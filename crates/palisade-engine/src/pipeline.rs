@@ -124,7 +124,10 @@ impl Engine {
         if let Some(refused) = self.probes(&mut d, facts) {
             return Ok(refused);
         }
-        // Signals, then limits and quotas, then rules and the score.
+        // Signals, then limits and quotas, then rules and the score: room for them made once,
+        // rather than grown push by push.
+        d.signals.reserve(8);
+        d.limits.reserve(p.limits.len());
         let mut v = Verdicts::default();
         // Before the bot stage, which can refuse at once: a forged signature is in its reasons.
         self.signed_agent_signal(&mut d, facts);

@@ -71,8 +71,8 @@ pub fn header_fingerprint<'a>(version: u8, names: impl IntoIterator<Item = &'a s
         let nibble = (hash >> ((15 - i) * 4)) & 0xf;
         *d = HEX.get(nibble as usize).copied().unwrap_or(b'0');
     }
-    // ASCII throughout.
-    String::from_utf8_lossy(&out).into_owned()
+    // ASCII throughout (checked a word at a time).
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]

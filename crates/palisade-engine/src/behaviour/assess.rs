@@ -158,7 +158,12 @@ impl Behaviour {
         let route_bucket = route % ROUTE_BUCKETS;
         // The client's network (whether or not prefixes are tracked), for telling co-located
         // groups from unrelated clients that share a library or a cloud.
-        let prefix_key = Some(self.ip_key(Dim::Prefix, facts.client_ip.to_canonical()));
+        let prefix_key = Some(
+            keys.get(Dim::Prefix.index())
+                .copied()
+                .flatten()
+                .unwrap_or_else(|| self.ip_key(Dim::Prefix, facts.client_ip.to_canonical())),
+        );
         let anonymous = principal.is_none();
         let flow_slots = self.flow_slots();
         let mut emitted: [u8; SIGS] = [0; SIGS];

@@ -247,9 +247,7 @@ pub fn value_of<'a>(
             let len = if ip.is_ipv4() { *v4 } else { *v6 };
             Some(KeyValue::Ip(mask(ip, *v4, *v6), len))
         }
-        KeyPart::Header(name) => facts
-            .headers
-            .get(name)
+        KeyPart::Header(name) => crate::request::header(facts.headers, name)
             .map(|v| v.as_bytes())
             .filter(|b| !b.is_empty())
             .map(KeyValue::Bytes),
