@@ -14,6 +14,11 @@
 # the ratios reported are the medians of the per-round ratios: a burst of load from elsewhere on
 # this shared machine then spoils one round, not the result.
 #
+# Beside requests per second, each round reads the CPU time (user + system) the proxy's own
+# processes spent on its requests: the "CPU-bound" ratio, nginx's CPU per request over
+# Palisade's, is what the throughput ratio would be with each proxy alone on its core, and moves
+# far less with the load of wrk, the upstream and the machine's other tenants.
+#
 # Usage: bench/run.sh
 #   ROUNDS=3 DURATION=4s CONNECTIONS=32 THREADS=1 change the load;
 #   WORKERS=2 runs Palisade with --workers 2 and nginx with worker_processes 2 (the upstream too).
@@ -36,8 +41,8 @@ NGDIR=$(mktemp -d); NGLDIR=$(mktemp -d)
 NGINX_WORKERS=$WORKERS nginx_config "$NGDIR" "$UP" "$NG"
 NGINX_WORKERS=$WORKERS NGINX_ACCESS_LOG="$PWD/$OUT/nginx-access.jsonl" nginx_config "$NGLDIR" "$UP" "$NGL"
 rm -f "$OUT/nginx-access.jsonl" "$OUT"/decisions-*.jsonl
-"$NGINX" -c "$NGDIR/nginx.conf" -p "$NGDIR" & pids+=($!)
-"$NGINX" -c "$NGLDIR/nginx.conf" -p "$NGLDIR" & pids+=($!)
+"$NGINX" -c "$NGDIR/nginx.conf" -p "$NGDIR" & pids+=($!); PID_nginx=$!
+"$NGINX" -c "$NGLDIR/nginx.conf" -p "$NGLDIR" & pids+=($!); PID_nginx_log=$!
 wait_port "$NG"; wait_port "$NGL"
 
 # palisade NAME POLICY SAMPLE: starts Palisade on the policy with its decision log written to
@@ -50,6 +55,7 @@ palisade() {
   PALISADE_ADMIN_TOKEN=bench "$BIN" serve --config "$OUT/policy-$name.toml" --upstream "http://127.0.0.1:$UP" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --data-dir "$OUT/data-$name" \
     --workers "$WORKERS" --log-level warn 2>"$OUT/palisade-$name.log" & pids+=($!)
+  printf -v "PID_palisade_${name//-/_}" '%s' "$!"
   wait_port "$port"
   printf -v "PORT_${name//-/_}" '%s' "$port"
 }
@@ -66,6 +72,19 @@ port_of() {
     palisade-full-log) echo "$PORT_full_log" ;;
   esac
 }
+# cpu_ticks TARGET: user + system CPU ticks (1/100 s) the target's processes have used so far
+# (nginx: its workers, the children of the master).
+cpu_ticks() {
+  local var="PID_${1//-/_}" pid procs
+  pid=${!var}
+  case $1 in nginx*) procs=$(pgrep -P "$pid" | tr '\n' ' ') ;; *) procs=$pid ;; esac
+  local total=0 p
+  for p in $procs; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+  done
+  echo "$total"
+}
 # A library client with the headers such clients send; the same for every target.
 load() { # port duration [out]
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency -H "x-tenant: acme" \
@@ -78,7 +97,9 @@ n=${#TARGETS[@]}
 for r in $(seq "$ROUNDS"); do
   for i in $(seq 0 $((n - 1))); do
     t=${TARGETS[$(( (i + r - 1) % n ))]}
+    c0=$(cpu_ticks "$t")
     load "$(port_of "$t")" "$DURATION" "$OUT/$t-$r.txt"
+    echo $(( $(cpu_ticks "$t") - c0 )) > "$OUT/$t-$r.cpu"
   done
 done
 
@@ -93,26 +114,34 @@ def parse(name):
         v, u = float(m.group(1)), m.group(2)
         return v * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
     errs = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
-    return rps, lat("50%"), lat("99%"), int(errs.group(1)) if errs else 0
+    # CPU the proxy spent per request (µs): what the throughput ratio would be, were the proxy
+    # alone on its core, without the neighbours' load (wrk, the upstream, other tenants).
+    cpu = out / f"{name}.cpu"
+    n = int(re.search(r"(\d+) requests in", t).group(1))
+    us = int(cpu.read_text()) * 10_000 / n if cpu.exists() and n else float("nan")
+    return rps, lat("50%"), lat("99%"), int(errs.group(1)) if errs else 0, us
 u = parse("upstream")
 print(f"workers {workers}; upstream directly: {u[0]:.0f} req/s, p99 {u[2]:.3f} ms\n")
-print(f"{'round':<6} {'target':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+print(f"{'round':<6} {'target':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>11}")
 rows = [("limits", "palisade-limits", "nginx", ">= 0.95"), ("full", "palisade-full", "nginx", ">= 0.90, p99 <= 1.2"),
         ("full + log every request", "palisade-full-log", "nginx-log", ">= 1.00 (vs nginx's JSON access log)")]
-ratios = {r[0]: ([], [], []) for r in rows}
+ratios = {r[0]: ([], [], [], []) for r in rows}
 for r in range(1, rounds + 1):
     got = {t: parse(f"{t}-{r}") for t in ["nginx", "nginx-log", "palisade-limits", "palisade-full", "palisade-full-log"]}
-    for t, (rps, l50, l99, e) in got.items():
-        print(f"{r:<6} {t:<18} {rps:>9.0f} {l50:>8.3f} {l99:>8.3f} {e:>8}")
+    for t, (rps, l50, l99, e, us) in got.items():
+        print(f"{r:<6} {t:<18} {rps:>9.0f} {l50:>8.3f} {l99:>8.3f} {e:>8} {us:>11.2f}")
     for name, p, n, _ in rows:
-        tp, p99, p50 = ratios[name]
+        tp, p99, p50, cpu = ratios[name]
         tp.append(got[p][0] / got[n][0]); p99.append(got[p][2] / got[n][2]); p50.append(got[p][1] / got[n][1])
+        cpu.append(got[n][4] / got[p][4])
 m = statistics.median
 print(f"\npalisade/nginx over {rounds} rounds, median (range):")
-print(f"{'policy':<26} {'throughput':>20} {'p99':>20} {'p50':>7}   target")
+print(f"{'policy':<26} {'throughput':>20} {'p99':>20} {'p50':>7} {'CPU-bound':>20}   target")
 for name, _, _, target in rows:
-    tp, p99, p50 = ratios[name]
-    print(f"{name:<26} {m(tp):>5.2f}x ({min(tp):.2f}-{max(tp):.2f}) {m(p99):>8.2f}x ({min(p99):.2f}-{max(p99):.2f}) {m(p50):>6.2f}x   {target}")
+    tp, p99, p50, cpu = ratios[name]
+    print(f"{name:<26} {m(tp):>5.2f}x ({min(tp):.2f}-{max(tp):.2f}) {m(p99):>8.2f}x ({min(p99):.2f}-{max(p99):.2f}) {m(p50):>6.2f}x {m(cpu):>5.2f}x ({min(cpu):.2f}-{max(cpu):.2f})   {target}")
+print("\nCPU-bound: nginx's CPU per request over Palisade's (user + system time of the proxy's")
+print("processes during its rounds): the throughput ratio were each proxy alone on its core.")
 PY
 for f in "$OUT"/decisions-full-log.jsonl "$OUT"/nginx-access.jsonl; do
   [ -f "$f" ] && echo "$(basename "$f"): $(wc -l < "$f") lines, $(( $(wc -c < "$f") / $(wc -l < "$f" | awk '{print ($1 > 0 ? $1 : 1)}') )) bytes a line"

@@ -94,7 +94,6 @@ pub fn sketch_estimate(bits: u64) -> u32 {
         .unwrap_or(0)
 }
 
-
 impl Features {
     pub(super) fn fresh(now: Nanos, window: Nanos) -> Self {
         Self {
