@@ -100,6 +100,9 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Headers parsed into a stack array when the configured count allows; beyond it, a heap one.
 const STACK_HEADERS: usize = 100;
 
+/// Header positions kept on the stack while a head is read (more take an allocation).
+const SPAN_STACK: usize = 32;
+
 /// Small response body chunks are copied next to the head (one write); larger ones are written
 /// from where they are.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -719,12 +722,21 @@ pub fn parse_head(buf: &mut BytesMut, max_headers: usize) -> Result<Option<Head>
     };
     let offset = |s: &[u8]| ((s.as_ptr() as usize).wrapping_sub(base), s.len());
     let target = req.path.map(|p| offset(p.as_bytes()));
-    // Header positions, so that the values can be slices of the head once it is split off.
-    let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::BadRequest)?;
+    // Header positions (name, then value), so that the values can be slices of the head once
+    // it is split off: on the stack for the usual number of headers, without an allocation.
+    let count = req.headers.len();
+    let mut stack_spans = [(0usize, 0usize, 0usize, 0usize); SPAN_STACK];
+    let mut heap_spans;
+    let spans = if count <= SPAN_STACK {
+        stack_spans.get_mut(..count).unwrap_or_default()
+    } else {
+        heap_spans = vec![(0usize, 0usize, 0usize, 0usize); count];
+        heap_spans.as_mut_slice()
+    };
+    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+        let (name_at, name_n) = offset(h.name.as_bytes());
         let (at, n) = offset(h.value);
-        fields.push((name, at, n));
+        *span = (name_at, name_n, at, n);
     }
     let head = buf.split_to(len).freeze();
     let uri = match target {
@@ -733,14 +745,18 @@ pub fn parse_head(buf: &mut BytesMut, max_headers: usize) -> Result<Option<Head>
         }
         None => return Err(Refusal::BadRequest),
     };
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut hosts = 0usize;
     let mut close = version == Version::HTTP_10;
     let mut expect_continue = false;
-    for (name, at, n) in fields {
+    for &(name_at, name_n, at, n) in spans.iter() {
+        let name = head
+            .get(name_at..name_at.saturating_add(name_n))
+            .and_then(|b| HeaderName::from_bytes(b).ok())
+            .ok_or(Refusal::BadRequest)?;
         let value = HeaderValue::from_maybe_shared(piece(&head, at, n)?)
             .map_err(|_| Refusal::BadRequest)?;
         if name == CONTENT_LENGTH {
