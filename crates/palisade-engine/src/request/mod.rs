@@ -26,21 +26,34 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Heade
 
 /// Every value of `name` in `headers`, in order, as [`HeaderMap::get_all`] gives them.
 #[inline]
-pub fn header_all<'a>(
-    headers: &'a HeaderMap,
-    name: &'a HeaderName,
-) -> impl Iterator<Item = &'a HeaderValue> + 'a {
-    let (scanned, hashed) = if headers.keys_len() <= SCAN_NAMES {
-        (Some(headers.iter()), None)
+pub fn header_all<'a>(headers: &'a HeaderMap, name: &'a HeaderName) -> HeaderValues<'a> {
+    if headers.keys_len() <= SCAN_NAMES {
+        HeaderValues::Scanned(headers.iter(), name)
     } else {
-        (None, Some(headers.get_all(name).iter()))
-    };
-    scanned
-        .into_iter()
-        .flatten()
-        .filter(move |(n, _)| *n == name)
-        .map(|(_, v)| v)
-        .chain(hashed.into_iter().flatten())
+        HeaderValues::Hashed(headers.get_all(name).iter())
+    }
+}
+
+/// The values [`header_all`] finds.
+pub enum HeaderValues<'a> {
+    /// A small map, its fields compared by name.
+    Scanned(http::header::Iter<'a, HeaderValue>, &'a HeaderName),
+    /// A big map's values of the name.
+    Hashed(http::header::ValueIter<'a, HeaderValue>),
+}
+
+impl<'a> Iterator for HeaderValues<'a> {
+    type Item = &'a HeaderValue;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a HeaderValue> {
+        match self {
+            HeaderValues::Scanned(fields, name) => {
+                fields.find_map(|(n, v)| (n == *name).then_some(v))
+            }
+            HeaderValues::Hashed(values) => values.next(),
+        }
+    }
 }
 
 #[cfg(test)]
