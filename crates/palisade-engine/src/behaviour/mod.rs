@@ -27,7 +27,7 @@ mod tables;
 
 pub use crate::model::trace::Trace;
 pub use baselines::AttackEvent;
-pub use features::sketch_estimate;
+pub use features::{DISTINCTS, sketch_estimate};
 pub use report::FeatureReport;
 pub use sharing::{SHARED_TARGETS, SharedSketches};
 pub use spec::*;
@@ -514,6 +514,56 @@ mod tests {
         let d = Behaviour::new(local, 3);
         let ip: IpAddr = "198.51.100.1".parse().unwrap();
         assert_ne!(c.ip_key(Dim::Ip, ip), d.ip_key(Dim::Ip, ip));
+    }
+
+    #[test]
+    fn the_clusters_previous_window_counts_here_but_is_never_sent_back() {
+        let a = Behaviour::new(policy(), 3);
+        let b = Behaviour::new(policy(), 3);
+        let keys: Vec<Principal> = (0..12)
+            .map(|i| key(&format!("pal_p{i:011}"), None))
+            .collect();
+        // Gateway b saw eight keys from the address in the store's previous window; a sees four
+        // now. Merged as the previous window, b's keys count at a (12 > 10) ...
+        for (i, k) in keys.iter().enumerate() {
+            let r = Req {
+                principal: Some(k),
+                ..Req::default()
+            };
+            let g = if i < 8 { &b } else { &a };
+            let s = send(g, &r, ITEMS, i as u64 * SECOND, 200);
+            assert!(!has(&s, "collective/keys_per_ip"), "{s:?}");
+        }
+        let ip_key = a.ip_key(Dim::Ip, "198.51.100.1".parse().unwrap());
+        let from_b: Vec<SharedSketches> = b
+            .take_shared()
+            .into_iter()
+            .map(|r| SharedSketches {
+                sketches: [0; DISTINCTS],
+                previous: r.sketches,
+                ..r
+            })
+            .collect();
+        assert!(from_b.iter().any(|r| r.key == ip_key));
+        a.take_shared();
+        a.merge_shared(&from_b);
+        let r = Req {
+            principal: keys.last(),
+            ..Req::default()
+        };
+        let s = send(&a, &r, ITEMS, 20 * SECOND, 200);
+        assert!(has(&s, "collective/keys_per_ip"), "{s:?}");
+        // ... but what a sends to the store is only its own current window: the previous one is
+        // never carried forward into a later epoch.
+        let sent = a.take_shared();
+        let row = sent.iter().find(|r| r.key == ip_key).unwrap();
+        let keys_bits = row.sketches[Distinct::Keys as usize];
+        assert!(
+            sketch_estimate(keys_bits) <= 4,
+            "{}",
+            sketch_estimate(keys_bits)
+        );
+        assert_eq!(row.previous, [0; DISTINCTS]);
     }
 
     #[test]

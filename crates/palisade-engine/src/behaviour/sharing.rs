@@ -19,6 +19,11 @@ pub struct SharedSketches {
     pub key: u64,
     /// The current epoch's sketches (for usernames, only the first: distinct sources).
     pub sketches: [u64; DISTINCTS],
+    /// The cluster's previous epoch, as merged (empty in what a gateway sends). Gateways'
+    /// windows are not aligned with the store's, so a swarm spread over a boundary would
+    /// otherwise be split between two rows and counted by halves. It is merged into the local
+    /// previous window, which is never sent: nothing is carried into a later epoch.
+    pub previous: [u64; DISTINCTS],
 }
 
 impl Behaviour {
@@ -67,6 +72,7 @@ impl Behaviour {
                     table,
                     key,
                     sketches,
+                    previous: [0; DISTINCTS],
                 })
             })
             .collect()
@@ -81,11 +87,15 @@ impl Behaviour {
                 if let Some(targets) = &self.targets {
                     targets.update(row.key, |t| {
                         t.sources_cur |= row.sketches.first().copied().unwrap_or(0);
+                        t.sources_prev |= row.previous.first().copied().unwrap_or(0);
                     });
                 }
             } else if let Some(Some(table)) = self.tables.get(usize::from(row.table)) {
                 table.update(row.key, |f| {
                     for (mine, theirs) in f.cur.distinct.iter_mut().zip(row.sketches) {
+                        *mine |= theirs;
+                    }
+                    for (mine, theirs) in f.prev.distinct.iter_mut().zip(row.previous) {
                         *mine |= theirs;
                     }
                 });

@@ -5,22 +5,26 @@ use std::time::Duration;
 
 use palisade_engine::clock::Clock as _;
 
-use palisade_engine::behaviour::SharedSketches;
+use palisade_engine::behaviour::{DISTINCTS, SharedSketches};
 
 use super::*;
 
 /// Merges records' distinct-count sketches with the other gateways': ORs each into the shared
 /// row of the current window (`BITOP` on a scratch key in the row's slot) and answers the
-/// union. Per record: `KEYS` the row and its scratch key, `ARGV` the sketches (little-endian
+/// union, then the previous window's row (empty when there is none). Per record: `KEYS` the
+/// row, its scratch key and the previous window's row, `ARGV` the sketches (little-endian
 /// 64-bit words) and the row's lifetime in seconds.
 pub(super) const SKETCH_MERGE: &str = r"
 local out = {}
-for i = 1, #KEYS, 2 do
-  redis.call('SET', KEYS[i + 1], ARGV[i])
+local r = 1
+for i = 1, #KEYS, 3 do
+  redis.call('SET', KEYS[i + 1], ARGV[r])
   redis.call('BITOP', 'OR', KEYS[i], KEYS[i], KEYS[i + 1])
   redis.call('DEL', KEYS[i + 1])
-  redis.call('EXPIRE', KEYS[i], ARGV[i + 1])
+  redis.call('EXPIRE', KEYS[i], ARGV[r + 1])
   out[#out + 1] = redis.call('GET', KEYS[i])
+  out[#out + 1] = redis.call('GET', KEYS[i + 2]) or ''
+  r = r + 2
 end
 return out
 ";
@@ -64,12 +68,18 @@ pub async fn share_aggregates(shared: Arc<crate::Shared>) {
 }
 
 impl SharedStore {
-    pub(super) fn sketch_keys(&self, row: &SharedSketches, epoch: u64) -> (String, String) {
+    /// A record's row in `epoch`, its scratch key and its row in the epoch before, all in one
+    /// hash slot.
+    pub(super) fn sketch_keys(&self, row: &SharedSketches, epoch: u64) -> [String; 3] {
         let tag = format!(
             "{}:agg:{{{}:{:016x}}}",
             self.settings.prefix, row.table, row.key
         );
-        (format!("{tag}:{epoch}"), format!("{tag}:scratch"))
+        [
+            format!("{tag}:{epoch}"),
+            format!("{tag}:scratch"),
+            format!("{tag}:{}", epoch.saturating_sub(1)),
+        ]
     }
 
     pub(super) fn merge_invocation<'a>(
@@ -80,14 +90,15 @@ impl SharedStore {
     ) -> redis::ScriptInvocation<'a> {
         let mut inv = self.sketch_merge.prepare_invoke();
         for row in rows {
-            let (key, scratch) = self.sketch_keys(row, epoch);
+            let [key, scratch, previous] = self.sketch_keys(row, epoch);
             let bytes: Vec<u8> = row.sketches.iter().flat_map(|w| w.to_le_bytes()).collect();
-            inv.key(key).key(scratch).arg(bytes).arg(ttl);
+            inv.key(key).key(scratch).key(previous).arg(bytes).arg(ttl);
         }
         inv
     }
 
-    /// Merges `rows` with the cluster's; answers the unions.
+    /// Merges `rows` with the cluster's; answers the unions, each with the cluster's previous
+    /// window.
     pub(super) async fn merge_sketches(
         &self,
         rows: &[SharedSketches],
@@ -108,14 +119,20 @@ impl SharedStore {
                 self.commands
                     .fetch_add(batch.len().div_ceil(per_call) as u64, Ordering::Relaxed);
                 let answers = futures_util::future::try_join_all(calls).await?;
-                for (row, bytes) in batch.iter().zip(answers.into_iter().flatten()) {
+                let mut answers = answers.into_iter().flatten();
+                for row in batch {
+                    let (Some(current), Some(before)) = (answers.next(), answers.next()) else {
+                        break;
+                    };
                     let mut sketches = row.sketches;
-                    for (word, chunk) in sketches.iter_mut().zip(bytes.chunks_exact(8)) {
-                        let mut b = [0u8; 8];
-                        b.copy_from_slice(chunk);
-                        *word |= u64::from_le_bytes(b);
-                    }
-                    out.push(SharedSketches { sketches, ..*row });
+                    or_words(&mut sketches, &current);
+                    let mut previous = [0; DISTINCTS];
+                    or_words(&mut previous, &before);
+                    out.push(SharedSketches {
+                        sketches,
+                        previous,
+                        ..*row
+                    });
                 }
             }
             Ok::<_, StoreError>(())
@@ -131,5 +148,15 @@ impl SharedStore {
                 Err(StoreError::Timeout(Duration::from_secs(5)))
             }
         }
+    }
+}
+
+/// ORs little-endian 64-bit words from `bytes` into `words` (a short or odd answer ORs what
+/// it holds).
+fn or_words(words: &mut [u64], bytes: &[u8]) {
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *word |= u64::from_le_bytes(b);
     }
 }

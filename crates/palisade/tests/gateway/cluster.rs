@@ -928,8 +928,9 @@ weights = {{ keys_per_ip = 100 }}
     for (_, key) in &keys[12..16] {
         assert_eq!(status_from(&gs[0], single, key).await, 200);
     }
-    // Within a few aggregate rounds every gateway counts the swarm's 12 keys, and refuses it
-    // on a key it has used before (no new key is needed).
+    // Within a few aggregate rounds (one a second; 10 s allows for a loaded machine) every
+    // gateway counts the swarm's 12 keys, and refuses it on a key it has used before (no new
+    // key is needed).
     for (i, g) in gs.iter().enumerate() {
         let started = Instant::now();
         loop {
@@ -937,7 +938,7 @@ weights = {{ keys_per_ip = 100 }}
                 break;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(6),
+                started.elapsed() < Duration::from_secs(10),
                 "gateway {i} never saw the whole swarm"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -952,4 +953,112 @@ weights = {{ keys_per_ip = 100 }}
     // The shared rows are in Redis, one per record and window.
     let rows = redis.cli(&["--scan", "--pattern", "palisade:agg:*"]);
     assert!(rows.lines().count() >= 2, "{rows}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swarm_split_by_the_stores_window_boundary_is_counted_whole() {
+    let redis = Redis::start();
+    let up = upstream().await;
+    let cfg = cluster_config(
+        &up,
+        &redis.url(),
+        &format!(
+            r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[behaviour]
+track = ["ip", "api_key"]
+window = "300s"
+thresholds = {{ keys_per_source = 9 }}
+weights = {{ keys_per_ip = 100 }}
+{KEYED_ROUTES}"#
+        ),
+    );
+    let env = [("PALISADE_KEY_SECRET", CLUSTER_SECRET), TEST_CLOCK];
+    let gs: Vec<Gateway> = (0..2)
+        .map(|_| Gateway::start_with(Some(&cfg), &[], &env))
+        .collect();
+    for g in &gs {
+        wait_healthy(g, "ok").await;
+        wait_keys_shared(g, "on").await;
+    }
+    let mut keys = Vec::new();
+    for i in 0..12 {
+        let (id, key) = create_key(&gs[0], serde_json::json!({ "name": format!("w{i}") })).await;
+        keys.push((id, key));
+    }
+    for (id, _) in &keys {
+        wait_key_everywhere(&gs, id).await;
+    }
+    // Gateway 1 sees the address use 6 keys (under the threshold, 9), and shares them in the
+    // store's window E: one row for the address, one per key.
+    let swarm = "198.51.100.9";
+    for (_, key) in &keys[..6] {
+        assert_eq!(
+            status_from(&gs[1], swarm, key).await,
+            200,
+            "gateway 1 alone sees 6 keys"
+        );
+    }
+    let rows = |redis: &Redis| -> Vec<String> {
+        redis
+            .cli(&["--scan", "--pattern", "palisade:agg:*"])
+            .lines()
+            .filter(|l| !l.ends_with(":scratch"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let started = Instant::now();
+    while rows(&redis).len() < 7 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gateway 1 never shared its records: {:?}",
+            rows(&redis)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let epochs: Vec<u64> = rows(&redis)
+        .iter()
+        .filter_map(|r| r.rsplit(':').next()?.parse().ok())
+        .collect();
+    let shared_in = *epochs.iter().max().unwrap();
+    // The store's window turns (gateway 0's wall clock is moved to the middle of E + 1; its own
+    // window does not turn): gateway 0 sees the address use the 6 other keys.
+    let now = advance_clock(&gs[0], 0).await;
+    let middle_of_next = (shared_in + 1) * 300_000 + 150_000;
+    advance_clock(&gs[0], middle_of_next.saturating_sub(now) / 1000).await;
+    for (_, key) in &keys[6..] {
+        assert_eq!(
+            status_from(&gs[0], swarm, key).await,
+            200,
+            "gateway 0 alone sees 6 keys"
+        );
+    }
+    // Its rounds write to E + 1 and read E beside it: the swarm's 12 keys are counted, and it is
+    // refused on a key gateway 0 has used before.
+    let started = Instant::now();
+    loop {
+        if status_from(&gs[0], swarm, &keys[6].1).await == 403 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gateway 0 never counted the previous window's keys: {:?}",
+            rows(&redis)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d = gs[0].wait_decision(|d| d["client_ip"] == swarm && d["action"] == "block");
+    assert!(
+        d["reasons"].to_string().contains("collective/keys_per_ip"),
+        "{d}"
+    );
+    assert!(
+        rows(&redis)
+            .iter()
+            .any(|r| r.ends_with(&format!(":{}", shared_in + 1))),
+        "{:?}",
+        rows(&redis)
+    );
 }
