@@ -20,9 +20,14 @@ pub(super) fn hash_one(h: &impl BuildHasher, tag: u8, value: impl Hash) -> u64 {
 
 /// The numeric id a request addresses: the last path segment, or a configured query parameter.
 pub(super) fn request_id(path: &str, query: Option<&str>, params: &[String]) -> Option<u64> {
-    let last = path.rsplit('/').next().unwrap_or("");
-    if !last.is_empty() && last.len() <= 18 && last.bytes().all(|b| b.is_ascii_digit()) {
-        return last.parse().ok();
+    // The last segment, found from the end by bytes (no string searcher).
+    let bytes = path.as_bytes();
+    let last = bytes
+        .iter()
+        .rposition(|b| *b == b'/')
+        .map_or(bytes, |i| bytes.get(i + 1..).unwrap_or_default());
+    if !last.is_empty() && last.len() <= 18 && last.iter().all(u8::is_ascii_digit) {
+        return Some(last.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
     }
     let q = query?;
     for pair in q.split('&') {

@@ -914,6 +914,14 @@ mod tests {
         assert_eq!(request_id("/api/items", Some("a=1&id=7"), &p), Some(7));
         assert_eq!(request_id("/api/items", Some("page=7"), &p), None);
         assert_eq!(request_id("/a/99999999999999999999", None, &p), None);
+        assert_eq!(
+            request_id("/a/999999999999999999", None, &p),
+            Some(999_999_999_999_999_999)
+        );
+        assert_eq!(request_id("/api/items/007", None, &p), Some(7));
+        assert_eq!(request_id("42", None, &p), Some(42));
+        assert_eq!(request_id("/api/items/", Some("id=5"), &p), Some(5));
+        assert_eq!(request_id("/api/items/4-2", None, &p), None);
         let mut h = HeaderMap::new();
         h.append(
             http::header::COOKIE,

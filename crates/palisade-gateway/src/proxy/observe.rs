@@ -163,8 +163,10 @@ pub fn observe(
     if let Some(store) = &shared.store {
         store.adjust(std::mem::take(&mut decision.shared_adjust));
     }
+    // One reading of the clock serves behaviour, the latency metric and the log line.
+    let now = shared.clock.now();
     rt.engine
-        .observe_status(decision, outcome.status, outcome.origin, shared.clock.now());
+        .observe_status(decision, outcome.status, outcome.origin, now);
     let (action, rule): (&'static str, Arc<str>) = match outcome.held {
         Held::QueueFull => ("limit", Arc::from(format!("{}/queue_full", decision.rule))),
         Held::ClientGone => ("delay", Arc::from(format!("{}/client_gone", decision.rule))),
@@ -187,7 +189,7 @@ pub fn observe(
         shared.metrics.shadow.get_or_create(&labels).inc();
     }
     let forwarded = outcome.origin == palisade_engine::Origin::Upstream;
-    let latency = shared.clock.now().saturating_sub(outcome.arrived);
+    let latency = now.saturating_sub(outcome.arrived);
     shared.series.record(
         shared.clock.unix_secs(),
         action,
@@ -216,7 +218,7 @@ pub fn observe(
         .k("status")
         .u64(u64::from(outcome.status))
         .k("latency_ms")
-        .millis(shared.clock.now().saturating_sub(outcome.arrived))
+        .millis(latency)
         .k("identity")
         .raw(identity);
     line.k("action")
