@@ -72,18 +72,19 @@ port_of() {
     palisade-full-log) echo "$PORT_full_log" ;;
   esac
 }
-# cpu_ticks TARGET: user + system CPU ticks (1/100 s) the target's processes have used so far
-# (nginx: its workers, the children of the master).
+# cpu_ticks TARGET: user and system CPU ticks (1/100 s) the target's processes have used so
+# far, as "user system" (nginx: its workers, the children of the master).
 cpu_ticks() {
   local var="PID_${1//-/_}" pid procs
   pid=${!var}
   case $1 in nginx*) procs=$(pgrep -P "$pid" | tr '\n' ' ') ;; *) procs=$pid ;; esac
-  local total=0 p
+  local user=0 sys=0 p
   for p in $procs; do
     [ -r "/proc/$p/stat" ] || continue
-    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+    read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat")
+    user=$(( user + pu )); sys=$(( sys + ps ))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 # A library client with the headers such clients send; the same for every target.
 load() { # port duration [out]
@@ -97,9 +98,10 @@ n=${#TARGETS[@]}
 for r in $(seq "$ROUNDS"); do
   for i in $(seq 0 $((n - 1))); do
     t=${TARGETS[$(( (i + r - 1) % n ))]}
-    c0=$(cpu_ticks "$t")
+    read -r u0 s0 < <(cpu_ticks "$t")
     load "$(port_of "$t")" "$DURATION" "$OUT/$t-$r.txt"
-    echo $(( $(cpu_ticks "$t") - c0 )) > "$OUT/$t-$r.cpu"
+    read -r u1 s1 < <(cpu_ticks "$t")
+    echo "$(( u1 - u0 )) $(( s1 - s0 ))" > "$OUT/$t-$r.cpu"
   done
 done
 
@@ -118,18 +120,23 @@ def parse(name):
     # alone on its core, without the neighbours' load (wrk, the upstream, other tenants).
     cpu = out / f"{name}.cpu"
     n = int(re.search(r"(\d+) requests in", t).group(1))
-    us = int(cpu.read_text()) * 10_000 / n if cpu.exists() and n else float("nan")
-    return rps, lat("50%"), lat("99%"), int(errs.group(1)) if errs else 0, us
+    if cpu.exists() and n:
+        user, system = (int(v) * 10_000 / n for v in cpu.read_text().split())
+    else:
+        user = system = float("nan")
+    return rps, lat("50%"), lat("99%"), int(errs.group(1)) if errs else 0, user + system, user, system
 u = parse("upstream")
 print(f"workers {workers}; upstream directly: {u[0]:.0f} req/s, p99 {u[2]:.3f} ms\n")
-print(f"{'round':<6} {'target':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>11}")
+print(f"{'round':<6} {'target':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>11} {'user':>6} {'system':>7}")
 rows = [("limits", "palisade-limits", "nginx", ">= 0.95"), ("full", "palisade-full", "nginx", ">= 0.90, p99 <= 1.2"),
         ("full + log every request", "palisade-full-log", "nginx-log", ">= 1.00 (vs nginx's JSON access log)")]
 ratios = {r[0]: ([], [], [], []) for r in rows}
+cpu_split = {}
 for r in range(1, rounds + 1):
     got = {t: parse(f"{t}-{r}") for t in ["nginx", "nginx-log", "palisade-limits", "palisade-full", "palisade-full-log"]}
-    for t, (rps, l50, l99, e, us) in got.items():
-        print(f"{r:<6} {t:<18} {rps:>9.0f} {l50:>8.3f} {l99:>8.3f} {e:>8} {us:>11.2f}")
+    for t, (rps, l50, l99, e, us, user, system) in got.items():
+        print(f"{r:<6} {t:<18} {rps:>9.0f} {l50:>8.3f} {l99:>8.3f} {e:>8} {us:>11.2f} {user:>6.2f} {system:>7.2f}")
+        cpu_split.setdefault(t, []).append((user, system))
     for name, p, n, _ in rows:
         tp, p99, p50, cpu = ratios[name]
         tp.append(got[p][0] / got[n][0]); p99.append(got[p][2] / got[n][2]); p50.append(got[p][1] / got[n][1])
@@ -142,6 +149,9 @@ for name, _, _, target in rows:
     print(f"{name:<26} {m(tp):>5.2f}x ({min(tp):.2f}-{max(tp):.2f}) {m(p99):>8.2f}x ({min(p99):.2f}-{max(p99):.2f}) {m(p50):>6.2f}x {m(cpu):>5.2f}x ({min(cpu):.2f}-{max(cpu):.2f})   {target}")
 print("\nCPU-bound: nginx's CPU per request over Palisade's (user + system time of the proxy's")
 print("processes during its rounds): the throughput ratio were each proxy alone on its core.")
+print("\nCPU per request, median over the rounds (µs): user space (the proxy's own code) and the kernel")
+for t, split in cpu_split.items():
+    print(f"  {t:<18} user {m(u for u, _ in split):>6.2f}   system {m(s for _, s in split):>6.2f}")
 PY
 for f in "$OUT"/decisions-full-log.jsonl "$OUT"/nginx-access.jsonl; do
   [ -f "$f" ] && echo "$(basename "$f"): $(wc -l < "$f") lines, $(( $(wc -c < "$f") / $(wc -l < "$f" | awk '{print ($1 > 0 ? $1 : 1)}') )) bytes a line"
