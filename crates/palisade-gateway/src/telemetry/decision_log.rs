@@ -375,32 +375,50 @@ fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
 }
 
 fn write_rfc3339(out: &mut Vec<u8>, unix_ms: u64) {
+    use std::cell::Cell;
+    // `YYYY-MM-DDTHH:MM:SS.` changes once a second: kept per thread, so that a busy second
+    // composes it once, not once a line.
+    thread_local! {
+        static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
     let secs = unix_ms / 1000;
+    let head = SECOND.with(|c| {
+        let (at, head) = c.get();
+        if at == secs {
+            return head;
+        }
+        let head = second_text(secs);
+        c.set((secs, head));
+        head
+    });
+    let ms = unix_ms % 1000;
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` (UTC) for Unix seconds.
+fn second_text(secs: u64) -> [u8; 20] {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, mo, d) = palisade_keys::time::civil_from_days(days);
-    let two = |out: &mut Vec<u8>, n: u64| {
-        out.push(b'0' + (n / 10 % 10) as u8);
-        out.push(b'0' + (n % 10) as u8);
-    };
     let y = y.clamp(0, 9999) as u64;
-    two(out, y / 100);
-    two(out, y % 100);
-    out.push(b'-');
-    two(out, u64::from(mo));
-    out.push(b'-');
-    two(out, u64::from(d));
-    out.push(b'T');
-    two(out, rem / 3600);
-    out.push(b':');
-    two(out, rem % 3600 / 60);
-    out.push(b':');
-    two(out, rem % 60);
-    out.push(b'.');
-    let ms = unix_ms % 1000;
-    out.push(b'0' + (ms / 100) as u8);
-    two(out, ms % 100);
-    out.push(b'Z');
+    let two = |n: u64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
+    let [y1, y2] = two(y / 100);
+    let [y3, y4] = two(y % 100);
+    let [mo1, mo2] = two(u64::from(mo));
+    let [d1, d2] = two(u64::from(d));
+    let [h1, h2] = two(rem / 3600);
+    let [mi1, mi2] = two(rem % 3600 / 60);
+    let [s1, s2] = two(rem % 60);
+    [
+        y1, y2, y3, y4, b'-', mo1, mo2, b'-', d1, d2, b'T', h1, h2, b':', mi1, mi2, b':', s1, s2,
+        b'.',
+    ]
 }
 
 /// A batch fills to this before the writer is woken early.
@@ -638,6 +656,40 @@ mod tests {
         // 2026-11-21T00:00:00Z.
         assert_eq!(rfc3339(1_795_219_200_000), "2026-11-21T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_219_200_007), "2026-11-21T00:00:00.007Z");
+    }
+
+    /// Against `httpdate`'s formatting of the same instants, in random order, two in each second
+    /// (so the per-thread second is both missed and hit).
+    #[test]
+    fn rfc3339_agrees_with_httpdate() {
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Up to the year 2200; the second instant is in the same second (the kept text)
+            // unless its millisecond wraps.
+            let secs = x % 7_258_118_400;
+            let ms = (x >> 40) % 1000;
+            for unix_ms in [secs * 1000 + ms, secs * 1000 + (ms + 1) % 1000] {
+                let t = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms);
+                // "Sun, 06 Nov 1994 08:49:37 GMT"
+                let h = httpdate::fmt_http_date(t);
+                let f: Vec<&str> = h.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+                let month = MONTHS.iter().position(|m| *m == f[2]).unwrap() + 1;
+                let want = format!(
+                    "{}-{month:02}-{}T{}.{:03}Z",
+                    f[3],
+                    f[1],
+                    f[4],
+                    unix_ms % 1000
+                );
+                assert_eq!(rfc3339(unix_ms), want, "{unix_ms}");
+            }
+        }
     }
 
     /// Every line is valid JSON that serde_json reads back to the same values, whatever the
