@@ -108,12 +108,15 @@ impl SharedStore {
     /// Reserves a forwarded request's daily quotas in the store, all or nothing, within the
     /// timeout. One server takes them in one call; a cluster one call per quota, and a refusal
     /// of one gives back the others.
-    pub async fn reserve_quotas(&self, holds: &[QuotaHold]) -> Result<QuotaAnswer, StoreError> {
+    pub async fn reserve_quotas(
+        self: &Arc<Self>,
+        holds: &[QuotaHold],
+    ) -> Result<QuotaAnswer, StoreError> {
         self.bounded(self.reserve_inner(holds)).await
     }
 
     pub(super) async fn reserve_inner(
-        &self,
+        self: &Arc<Self>,
         holds: &[QuotaHold],
     ) -> Result<QuotaAnswer, StoreError> {
         let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
@@ -163,16 +166,31 @@ impl SharedStore {
             }
             match refused {
                 Some(e) => {
-                    // Give back what the other quotas reserved.
+                    // Give back what the other quotas reserved. Awaited, so that a refusal
+                    // leaves the budgets as they were for the next request; run as a task of
+                    // its own, so that this call's timeout cannot cut it short; and what the
+                    // store misses is retried with the other settlements. (A give-back lost
+                    // would hold a request of the day's budget until the day ends.)
                     let reserved: Vec<QuotaHold> = holds
                         .iter()
                         .zip(&answers)
                         .filter(|(_, a)| a.first() == Some(&1))
                         .map(|(h, _)| h.clone())
                         .collect();
-                    for s in self.settlements(&reserved, None) {
-                        self.run_settle(&conn, &s).await.ok();
-                    }
+                    let work = self.settlements(&reserved, None);
+                    let store = Arc::clone(self);
+                    let conn = Arc::clone(&conn);
+                    let give_back = tokio::spawn(async move {
+                        let mut missed = Vec::new();
+                        for s in work {
+                            if store.run_settle(&conn, &s).await.is_err() {
+                                store.errors.fetch_add(1, Ordering::Relaxed);
+                                missed.push(s);
+                            }
+                        }
+                        store.keep_unsettled(missed);
+                    });
+                    let _ = give_back.await;
                     e
                 }
                 None => QuotaAnswer::Reserved(totals),
