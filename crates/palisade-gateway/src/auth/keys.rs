@@ -67,16 +67,14 @@ impl KeyService {
         }
     }
 
-    /// Applies records another gateway changed: durably, then in the directory.
+    /// Applies records another gateway changed: in the directory, then durably.
     pub async fn apply_remote(&self, records: Vec<ApiKeyRecord>) -> Result<(), StoreError> {
-        // Stored first, then enforced: once a change applies to requests, the admin API (which
-        // reads the store) shows it too. A failed write still applies it.
-        let saved = {
-            let records = records.clone();
-            self.run(move |s| s.replicate(&records)).await
-        };
+        // Enforced first, then stored: once the admin API (which reads the store) shows a
+        // change, requests are already held to it — a key shown revoked is refused, a key
+        // shown created is accepted. A failed write still applies it, and a crash between the
+        // two loses nothing: a gateway takes every key from the shared store when it starts.
         self.directory.upsert(&records);
-        saved
+        self.run(move |s| s.replicate(&records)).await
     }
 
     /// Runs a store operation on the blocking pool.
