@@ -181,14 +181,7 @@ impl SharedStore {
                     let store = Arc::clone(self);
                     let conn = Arc::clone(&conn);
                     let give_back = tokio::spawn(async move {
-                        let mut missed = Vec::new();
-                        for s in work {
-                            if store.run_settle(&conn, &s).await.is_err() {
-                                store.errors.fetch_add(1, Ordering::Relaxed);
-                                missed.push(s);
-                            }
-                        }
-                        store.keep_unsettled(missed);
+                        store.run_settlements(Some(&conn), work).await;
                     });
                     let _ = give_back.await;
                     e
@@ -254,19 +247,25 @@ impl SharedStore {
         let store = self.clone();
         runtime.spawn(async move {
             let conn = store.conn.load_full();
-            let mut missed = Vec::new();
-            for s in work {
-                let ok = match &conn {
-                    Some(c) => store.run_settle(c, &s).await.is_ok(),
-                    None => false,
-                };
-                if !ok {
-                    store.errors.fetch_add(1, Ordering::Relaxed);
-                    missed.push(s);
-                }
-            }
-            store.keep_unsettled(missed);
+            store.run_settlements(conn.as_deref(), work).await;
         });
+    }
+
+    /// Runs settlements in order on `conn`; what the store misses (or all, without a
+    /// connection) is counted as an error and kept to be retried.
+    async fn run_settlements(&self, conn: Option<&Conn>, work: Vec<Settle>) {
+        let mut missed = Vec::new();
+        for s in work {
+            let ok = match conn {
+                Some(c) => self.run_settle(c, &s).await.is_ok(),
+                None => false,
+            };
+            if !ok {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                missed.push(s);
+            }
+        }
+        self.keep_unsettled(missed);
     }
 
     pub(super) fn keep_unsettled(&self, missed: Vec<Settle>) {
