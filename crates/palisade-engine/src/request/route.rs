@@ -117,24 +117,21 @@ impl PathPattern {
     /// patterns against one path: normalised once).
     pub fn matches_normalized(&self, path: &str) -> bool {
         let rest = path.strip_prefix('/').unwrap_or(path).as_bytes();
-        // Split on bytes: `/` is ASCII, and a byte loop is cheaper than `str::split`'s searcher
-        // on paths this short.
-        let mut parts = if rest.is_empty() {
-            None
-        } else {
-            Some(rest.split(|b| *b == b'/').peekable())
-        };
+        // What is left of the path, unsplit (`None` once every segment was taken): segments
+        // are cut off the front by bytes, as `split('/')` would yield them, without an iterator.
+        let mut left = (!rest.is_empty()).then_some(rest);
         let last = self.segments.len().saturating_sub(1);
         for (i, seg) in self.segments.iter().enumerate() {
             match seg {
                 Segment::Wildcard => return true,
-                Segment::Param => match parts.as_mut().and_then(Iterator::next) {
+                Segment::Param => match next_segment(&mut left) {
                     Some(p) if !p.is_empty() => {}
                     _ => return false,
                 },
-                Segment::Literal(lit) => match parts.as_mut().and_then(Iterator::next) {
+                Segment::Literal(lit) => match next_segment(&mut left) {
                     Some(p) if self.literal_eq(p, lit.as_bytes()) => {}
-                    // The last literal, with a `.suffix` on the path's last segment.
+                    // The last literal, with a `.suffix` on the path's last segment (and
+                    // nothing after it but a trailing slash).
                     Some(p)
                         if i == last
                             && !lit.contains('.')
@@ -144,19 +141,14 @@ impl PathPattern {
                                 p.get(..lit.len()).unwrap_or_default(),
                                 lit.as_bytes(),
                             )
-                            && parts
-                                .as_mut()
-                                .is_none_or(|ps| ps.peek().is_none_or(|n| n.is_empty())) => {}
+                            && left.is_none_or(|l| l.first().is_none_or(|b| *b == b'/')) => {}
                     _ => return false,
                 },
             }
         }
-        match parts.as_mut().map(|p| p.next()) {
-            None | Some(None) => true,
-            // A trailing slash matches the same route as the path without it.
-            Some(Some(b"")) => parts.and_then(|mut p| p.next()).is_none(),
-            Some(Some(_)) => false,
-        }
+        // Nothing left, or only a trailing slash (which matches the same route as the path
+        // without it).
+        left.is_none_or(<[u8]>::is_empty)
     }
 
     fn literal_eq(&self, part: &[u8], lit: &[u8]) -> bool {
@@ -164,6 +156,22 @@ impl PathPattern {
             part.eq_ignore_ascii_case(lit)
         } else {
             part == lit
+        }
+    }
+}
+
+/// The next segment of what is left of a path, as `split('/')` yields it: `left` keeps what
+/// follows the segment's `/`, or becomes `None` after the last segment.
+fn next_segment<'p>(left: &mut Option<&'p [u8]>) -> Option<&'p [u8]> {
+    let rest = (*left)?;
+    match rest.iter().position(|b| *b == b'/') {
+        Some(i) => {
+            *left = rest.get(i + 1..);
+            rest.get(..i)
+        }
+        None => {
+            *left = None;
+            Some(rest)
         }
     }
 }
@@ -212,14 +220,13 @@ impl RouteTable {
 /// input unchanged, without allocating, when there is nothing to do.
 pub fn normalize_for_match(path: &str) -> Cow<'_, str> {
     // One pass: a path that starts with `/` and has no `%`, `//` or `/.` is already normal.
+    // Every byte is looked at without an early exit: the loop is then cheaper than one that
+    // branches on each byte, and paths are short.
     let bytes = path.as_bytes();
     let mut needs_work = bytes.first() != Some(&b'/');
     let mut prev = 0u8;
     for &b in bytes {
-        if b == b'%' || (prev == b'/' && (b == b'/' || b == b'.')) {
-            needs_work = true;
-            break;
-        }
+        needs_work |= (b == b'%') | ((prev == b'/') & ((b == b'/') | (b == b'.')));
         prev = b;
     }
     if !needs_work {
@@ -411,5 +418,97 @@ mod tests {
             let fast = matches!(normalize_for_match(p), Cow::Borrowed(_));
             assert_eq!(fast, !slow, "{p:?}");
         }
+    }
+
+    /// Matching as it was written before segments were cut by bytes (`split('/')` with a
+    /// peek), kept as the reference the byte-wise matcher is checked against.
+    fn reference_match(p: &PathPattern, path: &str) -> bool {
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let mut parts = (!rest.is_empty()).then(|| rest.split('/').peekable());
+        let eq = |a: &str, b: &str| {
+            if p.fold_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        let last = p.segments.len().saturating_sub(1);
+        for (i, seg) in p.segments.iter().enumerate() {
+            let part = match seg {
+                Segment::Wildcard => return true,
+                _ => parts.as_mut().and_then(Iterator::next),
+            };
+            let ok = match (seg, part) {
+                (Segment::Param, Some(x)) => !x.is_empty(),
+                (Segment::Literal(lit), Some(x)) => {
+                    eq(x, lit)
+                        || (i == last
+                            && !lit.contains('.')
+                            && x.len() > lit.len()
+                            && x.as_bytes().get(lit.len()) == Some(&b'.')
+                            && x.get(..lit.len()).is_some_and(|h| eq(h, lit))
+                            && parts
+                                .as_mut()
+                                .is_none_or(|ps| ps.peek().is_none_or(|n| n.is_empty())))
+                }
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        match parts.as_mut().map(Iterator::next) {
+            None | Some(None) => true,
+            Some(Some("")) => parts.and_then(|mut ps| ps.next()).is_none(),
+            Some(Some(_)) => false,
+        }
+    }
+
+    #[test]
+    fn byte_wise_matching_agrees_with_splitting_on_every_small_path() {
+        let patterns = [
+            "/",
+            "/*",
+            "/a",
+            "/a/*",
+            "/a/{id}",
+            "/a/b",
+            "/{x}/b",
+            "/a/{id}/c",
+            "/a.b",
+            "/A",
+            "/a/b/*",
+            "/{x}",
+        ];
+        // Every path of up to five bytes from an alphabet with the separators that matter.
+        let alphabet = [b'/', b'a', b'b', b'.', b'c', b'A'];
+        let mut paths = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for p in &frontier {
+                for c in alphabet {
+                    let mut q = p.clone();
+                    q.push(char::from(c));
+                    next.push(q);
+                }
+            }
+            paths.extend(next.iter().cloned());
+            frontier = next;
+        }
+        let mut checked = 0;
+        for src in patterns {
+            for pat in [
+                PathPattern::parse(src).unwrap(),
+                PathPattern::parse(src).unwrap().fold_case(),
+            ] {
+                for path in &paths {
+                    let want = reference_match(&pat, path);
+                    assert_eq!(pat.matches_normalized(path), want, "{src} {path:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 200_000, "{checked}");
     }
 }

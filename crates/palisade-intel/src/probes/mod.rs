@@ -356,7 +356,7 @@ impl Scanner {
         // A path of plain segments (most: `/api/items/42`) has nothing to find: its segments
         // are counted as scanned, as the loop below would, without entering it.
         if path.bytes().all(|b| b == b'/' || plain(b)) {
-            out.values += path.split('/').filter(|s| !s.is_empty()).count();
+            out.values += segments(path.as_bytes());
             return;
         }
         for segment in path.split('/') {
@@ -425,7 +425,7 @@ impl Scanner {
                 _ => {}
             }
         } else if self.scans(Class::Log4shell)
-            && memchr::memchr2(b'$', b'%', value).is_some()
+            && has_lookup_byte(value)
             && (classes::find(value, b"${").is_some()
                 || value.windows(3).any(|w| w.eq_ignore_ascii_case(b"%24")))
         {
@@ -518,6 +518,27 @@ fn plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~' | b',')
 }
 
+/// The non-empty segments of a path (`/a//b/` has two), counted by bytes.
+fn segments(path: &[u8]) -> usize {
+    let mut n = 0;
+    let mut prev = b'/';
+    for &b in path {
+        n += usize::from(prev == b'/' && b != b'/');
+        prev = b;
+    }
+    n
+}
+
+/// Whether a value holds a `$` or a `%` (a lookup, or an escaped one). Most header values are
+/// short: a plain loop over them costs less than setting up a vector search.
+fn has_lookup_byte(value: &[u8]) -> bool {
+    if value.len() <= 64 {
+        value.iter().any(|&b| b == b'$' || b == b'%')
+    } else {
+        memchr::memchr2(b'$', b'%', value).is_some()
+    }
+}
+
 /// Which classes a byte can take part in.
 const fn class_of(b: u8) -> u8 {
     let base = if b.is_ascii_alphanumeric() || b == b'_' {
@@ -580,4 +601,47 @@ pub(crate) fn span(s: &[u8], a: usize, b: usize) -> &[u8] {
 #[inline]
 pub(crate) fn at(s: &[u8], i: usize) -> u8 {
     s.get(i).copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_counted_as_splitting_on_slashes_counts_them() {
+        let paths = [
+            "",
+            "/",
+            "//",
+            "/a",
+            "a",
+            "/a/",
+            "/a//b/",
+            "/api/items/42",
+            "a/b",
+            "///x///y",
+            "/.env",
+        ];
+        for p in paths {
+            let want = p.split('/').filter(|s| !s.is_empty()).count();
+            assert_eq!(segments(p.as_bytes()), want, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_lookup_byte_is_found_at_every_length_and_place() {
+        for len in [0usize, 1, 2, 31, 63, 64, 65, 200] {
+            let plain = vec![b'a'; len];
+            assert!(!has_lookup_byte(&plain), "{len}");
+            for at in 0..len {
+                for b in [b'$', b'%'] {
+                    let mut v = plain.clone();
+                    if let Some(x) = v.get_mut(at) {
+                        *x = b;
+                    }
+                    assert!(has_lookup_byte(&v), "{len} {at}");
+                }
+            }
+        }
+    }
 }
