@@ -220,16 +220,9 @@ impl RouteTable {
 /// input unchanged, without allocating, when there is nothing to do.
 pub fn normalize_for_match(path: &str) -> Cow<'_, str> {
     // One pass: a path that starts with `/` and has no `%`, `//` or `/.` is already normal.
-    // Every byte is looked at without an early exit: the loop is then cheaper than one that
-    // branches on each byte, and paths are short.
-    let bytes = path.as_bytes();
-    let mut needs_work = bytes.first() != Some(&b'/');
-    let mut prev = 0u8;
-    for &b in bytes {
-        needs_work |= (b == b'%') | ((prev == b'/') & ((b == b'/') | (b == b'.')));
-        prev = b;
-    }
-    if !needs_work {
+    if path.as_bytes().first() == Some(&b'/')
+        && !crate::request::path::has_special(path.as_bytes(), false)
+    {
         return Cow::Borrowed(path);
     }
     let mut out: Vec<String> = Vec::new();
@@ -282,6 +275,7 @@ fn percent_decode_segment(seg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::path::has_special;
 
     fn table(pats: &[(&str, &[&str])]) -> RouteTable {
         RouteTable::new(
@@ -403,6 +397,42 @@ mod tests {
     fn dotdot_cannot_escape_root() {
         assert_eq!(normalize_for_match("/../../etc"), "/etc");
         assert_eq!(normalize_for_match("/.."), "/");
+    }
+
+    #[test]
+    fn the_word_wise_check_flags_exactly_what_a_byte_loop_flags() {
+        let reference = |p: &[u8]| {
+            p.contains(&b'%')
+                || p.windows(2)
+                    .any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'))
+        };
+        // Every string of up to six bytes over the bytes that matter and two that do not,
+        // then each of them at every offset into a longer plain path (to cross word edges).
+        let alphabet = [b'/', b'.', b'%', b'a', 0x2f ^ 0x80, 0];
+        let mut all: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut frontier: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for p in &frontier {
+                for c in alphabet {
+                    let mut q = p.clone();
+                    q.push(c);
+                    next.push(q);
+                }
+            }
+            all.extend(next.iter().cloned());
+            frontier = next;
+        }
+        for p in &all {
+            assert_eq!(has_special(p, false), reference(p), "{p:?}");
+        }
+        for p in all.iter().filter(|p| p.len() == 3) {
+            for at in 0..20 {
+                let mut q = b"/abcdefghijklmnopqrstuvwxyz".to_vec();
+                q.splice(at..at, p.iter().copied());
+                assert_eq!(has_special(&q, false), reference(&q), "{q:?}");
+            }
+        }
     }
 
     #[test]
