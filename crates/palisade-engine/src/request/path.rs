@@ -11,7 +11,8 @@
 //!   2.3) decoded, every other escape kept with uppercase hex. The query is not touched;
 //! - **refuses (400) what cannot be made unambiguous**: invalid percent-encoding, control
 //!   characters and NUL (raw or encoded), bytes that do not decode to UTF-8 (overlong `%C0%AF`),
-//!   double-encoded separators, dots and escapes (`%252F`), spaces at either end of a segment,
+//!   double-encoded separators, dots and escapes (`%252F`, also spelled in pieces as
+//!   `%25%32F`), spaces at either end of a segment,
 //!   and `.`/`..` hidden behind an ambiguous separator (`..;/`, `..%2F`);
 //! - **refuses (400) unless the matched route allows it** ([`Ambiguities`]): encoded slashes,
 //!   backslashes and `;` in the path;
@@ -245,14 +246,6 @@ fn canonical_segment(seg: &[u8]) -> Result<(String, Vec<u8>, Ambiguities), PathE
                 if v < 0x20 || v == 0x7f {
                     return Err(PathError::ControlCharacter);
                 }
-                if v == b'%'
-                    && let Some(inner) = escape_at(seg, i + 2)
-                    && (inner < 0x20
-                        || inner == 0x7f
-                        || matches!(inner, b'/' | b'\\' | b'.' | b'%' | b';'))
-                {
-                    return Err(PathError::DoubleEncoded);
-                }
                 match v {
                     b'/' => found = found.union(Ambiguities::ENCODED_SLASH),
                     b'\\' => found = found.union(Ambiguities::BACKSLASH),
@@ -291,6 +284,23 @@ fn canonical_segment(seg: &[u8]) -> Result<(String, Vec<u8>, Ambiguities), PathE
                 i += 1;
             }
         }
+    }
+    // A double encoding is looked for in what is forwarded, not in the raw bytes: `%25%32%65`
+    // has no `%25` followed by two hex digits, but forwarded as `%252e` it is a dot to an
+    // upstream that decodes twice.
+    let text = out.as_bytes();
+    let mut at = 0;
+    while let Some(j) = text
+        .get(at..)
+        .and_then(|t| t.windows(3).position(|w| w == b"%25"))
+    {
+        let pos = at + j;
+        if let Some(inner) = escape_at(text, pos + 2)
+            && (inner < 0x20 || inner == 0x7f || matches!(inner, b'/' | b'\\' | b'.' | b'%' | b';'))
+        {
+            return Err(PathError::DoubleEncoded);
+        }
+        at = pos + 3;
     }
     Ok((out, decoded, found))
 }
@@ -410,6 +420,10 @@ mod tests {
             ("/api%252fexpensive", PathError::DoubleEncoded),
             ("/api/%252e%252e/x", PathError::DoubleEncoded),
             ("/api/%2500", PathError::DoubleEncoded),
+            // Double encodings spelled in pieces: forwarded, they would read `%2e`, `%2F`, `%1b`.
+            ("/api/%25%32%65%25%32%65/x", PathError::DoubleEncoded),
+            ("/api%25%32Fexpensive", PathError::DoubleEncoded),
+            ("/api/%251%62", PathError::DoubleEncoded),
             ("/api/expensive%20", PathError::EdgeSpace),
             ("/api/%20expensive", PathError::EdgeSpace),
             ("/api/public/..;/expensive", PathError::HiddenDotSegment),
