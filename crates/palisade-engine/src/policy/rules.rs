@@ -235,8 +235,17 @@ pub struct Facts<'a> {
     route: &'a str,
     decision: &'a Decision,
     score: u8,
-    cache: [std::sync::OnceLock<Option<Box<dyn Val + 'a>>>; VARIABLES.len()],
+    /// The [`COMPOUND`] variables' values, made when first read.
+    cache: [std::sync::OnceLock<Option<Box<dyn Val + 'a>>>; COMPOUND.len()],
 }
+
+/// The variables whose values are built from several facts (maps, and the formatted address):
+/// made once per request when first read, as rules may read them more than once. The others
+/// are one fact each, made afresh when read: a request then carries (and drops) a few cache
+/// slots, not one per variable.
+const COMPOUND: [&str; 8] = [
+    "asn", "bot", "headers", "signals", "tls", "h2", "client", "ip",
+];
 
 impl<'a> Facts<'a> {
     /// A view of one request: its facts, route name, the decision so far and its score.
@@ -390,10 +399,14 @@ impl<'a> Facts<'a> {
 
 impl VariableResolver for Facts<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        let i = VARIABLES.iter().position(|(k, _)| *k == variable)?;
-        let slot = self.cache.get(i)?;
-        let val = slot.get_or_init(|| self.value(variable));
-        val.as_deref().map(CowVal::Borrowed)
+        match COMPOUND.iter().position(|k| *k == variable) {
+            Some(i) => {
+                let slot = self.cache.get(i)?;
+                let val = slot.get_or_init(|| self.value(variable));
+                val.as_deref().map(CowVal::Borrowed)
+            }
+            None => self.value(variable).map(CowVal::Owned),
+        }
     }
 }
 
@@ -413,6 +426,87 @@ pub fn matches(env: &Arc<Env>, rule: &RuleSpec, facts: &Facts<'_>) -> Result<boo
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_variable_resolves_and_compound_ones_are_made_once() {
+        assert!(
+            COMPOUND
+                .iter()
+                .all(|c| VARIABLES.iter().any(|(k, _)| k == c))
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-monitor", http::HeaderValue::from_static("acme"));
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("curl/8.5.0"),
+        );
+        let facts = RequestFacts {
+            method: &http::Method::GET,
+            path: "/health",
+            query: Some("a=1"),
+            headers: &headers,
+            client_ip: "192.0.2.7".parse().unwrap(),
+            peer_ip: "192.0.2.7".parse().unwrap(),
+            now: 0,
+            unix_ms: 0,
+            auth: crate::model::principal::Auth::Anonymous,
+            version: http::Version::HTTP_11,
+            ja4h: None,
+            hfp: None,
+            tls: None,
+            h2fp: None,
+            ja3: None,
+            clearance: None,
+            signed_agent: None,
+            ip_info: None,
+            bot_verification: None,
+            username: None,
+            probes: &[],
+            contract: None,
+        };
+        let decision = Decision::new(0, Arc::from("default"));
+        let view = Facts::new(&facts, "health", &decision, 7);
+        for (name, _) in VARIABLES {
+            assert!(view.resolve(name).is_some(), "{name}");
+        }
+        assert!(view.resolve("nope").is_none());
+        // A compound value is the same one each time it is read; a simple one is made afresh.
+        let addr = |v: Option<CowVal<'_, '_>>| match v {
+            Some(CowVal::Borrowed(b)) => Some(std::ptr::from_ref(b).cast::<u8>()),
+            _ => None,
+        };
+        assert!(addr(view.resolve("headers")).is_some());
+        assert_eq!(addr(view.resolve("headers")), addr(view.resolve("headers")));
+        assert!(matches!(view.resolve("route"), Some(CowVal::Owned(_))));
+        let env = environment();
+        let rule = |when: &str| RuleSpec {
+            name: "r".into(),
+            source: when.to_owned(),
+            program: Arc::new(compile(&env, when).unwrap()),
+            action: RuleAction::Tag,
+            shadow: false,
+        };
+        for (when, want) in [
+            (
+                r#"headers["x-monitor"] == "acme" && headers["user-agent"].startsWith("curl")"#,
+                true,
+            ),
+            (
+                r#"route == "health" && ip == "192.0.2.7" && score == 7 && query == "a=1""#,
+                true,
+            ),
+            (
+                r#"asn.number == 0 && bot.name == "" && !authenticated && api_key == null"#,
+                true,
+            ),
+            (
+                r#"route == "health" && headers["x-monitor"] == "other""#,
+                false,
+            ),
+        ] {
+            assert_eq!(matches(&env, &rule(when), &view), Ok(want), "{when}");
+        }
+    }
 
     #[test]
     fn unknown_variables_are_refused_and_comprehension_variables_are_not() {
