@@ -133,15 +133,22 @@ impl Behaviour {
         let now = facts.now;
         let keys = self.keys(facts, principal);
         let ip = facts.client_ip.to_canonical();
-        let ip_hash = hash_one(&self.hasher, 1, ip);
+        // What a key or account is seen from (its addresses, user agents, networks and
+        // countries) is counted only on those records: without one (most anonymous traffic)
+        // these hashes are not made.
+        let principal_keys = [Dim::ApiKey, Dim::Account]
+            .iter()
+            .any(|d| keys.get(d.index()).is_some_and(Option::is_some));
+        let ip_hash = principal_keys.then(|| hash_one(&self.hasher, 1, ip));
         let ua_hash = crate::request::header(facts.headers, &http::header::USER_AGENT)
+            .filter(|_| principal_keys)
             .map(|v| hash_one(&self.hasher, 2, v.as_bytes()));
         let (asn_hash, country_hash) = match facts.ip_info {
-            Some(i) => (
+            Some(i) if principal_keys => (
                 (i.asn != 0).then(|| hash_one(&self.hasher, 3, i.asn)),
                 (!i.country.is_empty()).then(|| hash_one(&self.hasher, 4, &*i.country)),
             ),
-            None => (None, None),
+            _ => (None, None),
         };
         let key_hash = principal
             .and_then(|p| p.key_id.as_deref())
@@ -242,7 +249,9 @@ impl Behaviour {
                             if let Some(h) = ua_hash {
                                 f.add_distinct(Distinct::UserAgents, h);
                             }
-                            f.add_distinct(Distinct::Ips, ip_hash);
+                            if let Some(h) = ip_hash {
+                                f.add_distinct(Distinct::Ips, h);
+                            }
                             if let Some(h) = asn_hash {
                                 f.add_distinct(Distinct::Asns, h);
                             }
@@ -301,12 +310,10 @@ impl Behaviour {
                         }
 
                         // Detectors.
-                        let mut fired: [u8; SIGS] = [0; SIGS];
-                        let mut fire = |s: Sig| {
-                            if let Some(x) = fired.get_mut(s.index()) {
-                                *x = weight(s);
-                            }
-                        };
+                        // One bit per signal (`SIGS` fit a word): most requests fire none,
+                        // and then there is nothing to remember.
+                        let mut fired: u32 = 0;
+                        let mut fire = |s: Sig| fired |= 1 << s.index();
                         let requests = f.est(now, p.window, |c| c.requests);
                         let individual = d.is_individual();
                         if individual
@@ -410,9 +417,12 @@ impl Behaviour {
 
                         // Remember what fired; report what fired and what is still remembered.
                         f.decay(now, p.half_life);
-                        for (i, wt) in fired.iter().enumerate() {
-                            if *wt > 0 {
-                                f.remember(i, *wt);
+                        while fired != 0 {
+                            let i = fired.trailing_zeros() as usize;
+                            fired &= fired - 1;
+                            let wt = Sig::ALL.get(i).map_or(0, |s| weight(*s));
+                            if wt > 0 {
+                                f.remember(i, wt);
                             }
                         }
                         for (tag, amount) in f.memory {
@@ -544,7 +554,8 @@ impl Behaviour {
             keys,
             route,
             username,
-            ip_hash,
+            // For the stuffing targets, which count the addresses a username fails from.
+            ip_hash: username.map(|_| ip_hash.unwrap_or_else(|| hash_one(&self.hasher, 1, ip))),
             throttle,
         }
     }
@@ -667,7 +678,9 @@ impl Behaviour {
         }
         if failed_login {
             self.failed_logins.fetch_add(1, Ordering::Relaxed);
-            if let (Some(u), Some(targets)) = (trace.username, &self.targets) {
+            if let (Some(u), Some(ip_hash), Some(targets)) =
+                (trace.username, trace.ip_hash, &self.targets)
+            {
                 let epoch = now / p.window.max(1);
                 targets.with(u, Target::default, |t| {
                     if t.epoch != epoch {
@@ -679,7 +692,7 @@ impl Behaviour {
                         t.sources_cur = 0;
                         t.epoch = epoch;
                     }
-                    sketch_add(&mut t.sources_cur, trace.ip_hash);
+                    sketch_add(&mut t.sources_cur, ip_hash);
                     t.failures = t.failures.saturating_add(1);
                     if p.shared && !t.queued {
                         t.queued = self.queue_share(SHARED_TARGETS, u);

@@ -162,6 +162,8 @@ pub enum Sig {
 
 /// Number of [`Sig`]s.
 pub const SIGS: usize = 19;
+// The detectors note what fired in a `u32`, one bit per signal.
+const _: () = assert!(SIGS <= 32);
 
 impl Sig {
     /// Every signal, in index order.
@@ -464,6 +466,23 @@ impl Default for BehaviourPolicy {
             cache_keys: Vec::new(),
             attack: Some(AttackSpec::default()),
             shared: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_and_dimension_sits_at_its_index() {
+        // A signal's index is its bit in what fired and, plus one, its tag in memory; both are
+        // read back through `ALL`.
+        for (i, s) in Sig::ALL.iter().enumerate() {
+            assert_eq!(s.index(), i, "{s:?}");
+        }
+        for (i, d) in Dim::ALL.iter().enumerate() {
+            assert_eq!(d.index(), i, "{d:?}");
         }
     }
 }

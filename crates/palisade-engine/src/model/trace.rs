@@ -11,7 +11,8 @@ pub struct Trace {
     pub(crate) route: RouteId,
     /// Hashed username, on the stuffing route.
     pub(crate) username: Option<u64>,
-    pub(crate) ip_hash: u64,
+    /// Hashed client address, with a username (for the addresses a username fails from).
+    pub(crate) ip_hash: Option<u64>,
     /// Which record throttling is kept on.
     pub(crate) throttle: Option<(Dim, u64)>,
 }
