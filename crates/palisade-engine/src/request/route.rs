@@ -134,9 +134,9 @@ impl PathPattern {
                     // nothing after it but a trailing slash).
                     Some(p)
                         if i == last
-                            && !lit.contains('.')
                             && p.len() > lit.len()
                             && p.get(lit.len()) == Some(&b'.')
+                            && !lit.contains('.')
                             && self.literal_eq(
                                 p.get(..lit.len()).unwrap_or_default(),
                                 lit.as_bytes(),
@@ -151,6 +151,7 @@ impl PathPattern {
         left.is_none_or(<[u8]>::is_empty)
     }
 
+    #[inline]
     fn literal_eq(&self, part: &[u8], lit: &[u8]) -> bool {
         if self.fold_case {
             part.eq_ignore_ascii_case(lit)
