@@ -329,7 +329,8 @@ pub struct RawLimit {
     pub max_queue: Option<Spanned<u64>>,
     /// `requests` (default) or `cost`.
     pub unit: Option<Spanned<String>>,
-    /// Advertise in RateLimit headers. Default true.
+    /// Advertise in RateLimit headers. Default true, but false for a limit without a key
+    /// (one counter for every client: the API's capacity, which is not disclosed).
     pub headers: Option<bool>,
     /// Risk-score weight when exceeded (0-100). Default 50.
     pub weight: Option<Spanned<u64>>,

@@ -806,6 +806,7 @@ match = { path = "/items/{id}" }
 [[limits]]
 name = "global"
 rate = "100/1m"
+headers = true
 
 [[limits]]
 name = "quiet"
@@ -854,4 +855,48 @@ rate = "50/1s"
     let (set, other) = headers(Req::get("/", "192.0.2.1"));
     assert_eq!(set, Some(0b0001));
     assert_eq!(other.policy, r#""global";q=100;w=60"#);
+}
+
+#[test]
+fn a_limit_shared_by_every_client_is_not_advertised_unless_asked() {
+    // draft-ietf-httpapi-ratelimit-headers-10, section 7.2: a keyless limit's quota and what is
+    // left of it are the API's capacity and load, not the client's quota.
+    let quiet = engine(
+        r#"
+[[limits]]
+name = "global"
+rate = "100/1m"
+
+[[limits]]
+name = "per-ip"
+key = ["ip"]
+rate = "10/1s"
+"#,
+    );
+    let d = Req::get("/", "192.0.2.1").eval(&quiet);
+    let h = quiet.rate_limit_headers(&d, true).unwrap();
+    assert_eq!(h.policy, r#""per-ip";q=10;w=1"#);
+    assert!(!h.ratelimit.contains("global"), "{}", h.ratelimit);
+    assert_eq!(h.x_limit, 10);
+    let told = engine(
+        r#"
+[[limits]]
+name = "global"
+rate = "100/1m"
+headers = true
+"#,
+    );
+    let d = Req::get("/", "192.0.2.1").eval(&told);
+    let h = told.rate_limit_headers(&d, true).unwrap();
+    assert_eq!(h.policy, r#""global";q=100;w=60"#);
+    // Only the keyless limit, unadvertised: no headers at all.
+    let none = engine(
+        r#"
+[[limits]]
+name = "global"
+rate = "100/1m"
+"#,
+    );
+    let d = Req::get("/", "192.0.2.1").eval(&none);
+    assert!(none.rate_limit_headers(&d, true).is_none());
 }

@@ -174,7 +174,11 @@ pub(super) fn limits(
             unit,
             quota,
             window_secs,
-            headers: l.headers.unwrap_or(true),
+            // A limit without a key is one counter for every client: its quota and what is
+            // left of it are the API's capacity and load, which the RateLimit draft asks servers
+            // not to disclose (section 7.2 of draft-ietf-httpapi-ratelimit-headers-10). It is
+            // advertised only when asked for.
+            headers: l.headers.unwrap_or(!l.key.is_empty()),
             weight,
             max_entries: max_entries.min(usize::MAX as u64) as usize,
         });
