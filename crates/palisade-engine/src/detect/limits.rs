@@ -24,6 +24,8 @@ impl Engine {
         v: &mut Verdicts,
     ) {
         let p = &self.policy;
+        // Room for every limit at once: a vector grown push by push allocates twice for five.
+        d.limits.reserve(p.limits.len());
         for (i, spec) in p.limits.iter().enumerate() {
             let (Some(table), Some(signal)) = (self.tables.get(i), self.signal_names.get(i)) else {
                 continue;

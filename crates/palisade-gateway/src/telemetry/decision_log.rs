@@ -342,32 +342,10 @@ fn escape_slow(out: &mut Vec<u8>, v: &[u8]) {
 }
 
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    // Appended once (a request logs up to three addresses; pushed digit by digit, each would
+    // cost a capacity check).
     match ip {
-        IpAddr::V4(a) => {
-            // Composed on the stack and appended once (a request logs up to three addresses;
-            // pushed digit by digit, each costs a capacity check).
-            let mut text = [0u8; 15];
-            let mut n = 0;
-            let mut put = |b: u8| {
-                if let Some(slot) = text.get_mut(n) {
-                    *slot = b;
-                }
-                n += 1;
-            };
-            for (i, o) in a.octets().into_iter().enumerate() {
-                if i > 0 {
-                    put(b'.');
-                }
-                if o >= 100 {
-                    put(b'0' + o / 100);
-                }
-                if o >= 10 {
-                    put(b'0' + o / 10 % 10);
-                }
-                put(b'0' + o % 10);
-            }
-            out.extend_from_slice(text.get(..n).unwrap_or_default());
-        }
+        IpAddr::V4(_) => out.extend_from_slice(crate::wire::ip_text::IpText::new(ip).as_bytes()),
         IpAddr::V6(a) => {
             let _ = write!(out, "{a}");
         }

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::wire::fields::HeadLines;
+use crate::wire::ip_text::IpText;
 
 /// Header names used on every request, parsed once.
 pub mod names {
@@ -131,8 +132,7 @@ pub fn forwarding_lines(
     let mut added = HeadLines::with_capacity(256);
     let host = host_value.and_then(|v| v.to_str().ok());
     let peer = peer.to_canonical();
-    let mut peer_s = String::with_capacity(48);
-    push_ip(&mut peer_s, peer);
+    let peer_text = IpText::new(peer);
     // An untrusted peer's chain is replaced, so it is not even looked up.
     let prev = |name: &HeaderName| {
         peer_trusted
@@ -143,7 +143,7 @@ pub fn forwarding_lines(
     };
     // Every part is a header value that parsed as text, an address, or fixed text: the
     // lines need no further check.
-    let peer_b = peer_s.as_bytes();
+    let peer_b = peer_text.as_bytes();
     match prev(&X_FORWARDED_FOR) {
         Some(p) => added.line(b"x-forwarded-for", &[p.as_bytes(), b", ", peer_b]),
         None => added.line(b"x-forwarded-for", &[peer_b]),
@@ -191,26 +191,6 @@ pub fn forwarding_lines(
         added.push(b"x-request-id", request_id.as_bytes());
     }
     added
-}
-
-/// Writes an address the way `Display` does; IPv4 (nearly every client) without the
-/// formatting machinery.
-fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                out.push_str(digits.format(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{v6}");
-        }
-    }
 }
 
 /// Removes `X-Palisade-*` headers a client sent, so nobody can forge a score for the upstream.
@@ -375,23 +355,6 @@ mod tests {
             "for=203.0.113.5;proto=http;host=\"api.example\""
         );
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
-    }
-
-    #[test]
-    fn addresses_are_written_as_display_writes_them() {
-        for ip in [
-            "0.0.0.0",
-            "255.255.255.255",
-            "10.0.20.3",
-            "::1",
-            "2001:db8::8a2e:370:7334",
-            "::ffff:1.2.3.4",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            let mut s = String::new();
-            push_ip(&mut s, ip);
-            assert_eq!(s, ip.to_string());
-        }
     }
 
     #[test]
