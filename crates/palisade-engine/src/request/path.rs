@@ -325,6 +325,26 @@ fn hides_dot_segment(decoded: &[u8]) -> bool {
         .any(|p| p == b"." || p == b"..")
 }
 
+/// Every string of up to `len` bytes over `alphabet`, shortest first (for exhaustive tests).
+#[cfg(test)]
+pub(crate) fn every_string(alphabet: &[u8], len: usize) -> Vec<Vec<u8>> {
+    let mut all: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut frontier: Vec<Vec<u8>> = vec![Vec::new()];
+    for _ in 0..len {
+        let mut next = Vec::new();
+        for p in &frontier {
+            for &c in alphabet {
+                let mut q = p.clone();
+                q.push(c);
+                next.push(q);
+            }
+        }
+        all.extend(next.iter().cloned());
+        frontier = next;
+    }
+    all
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -342,33 +362,47 @@ mod tests {
                 || p.windows(2)
                     .any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'))
         };
-        // Every string of up to five bytes over the bytes that matter, their neighbours and
-        // plain ones, then each of length 3 at every offset into a longer path.
+        // The bytes that matter, their neighbours and plain ones.
         let alphabet = [
             b'/', b'.', b'%', b'\\', b';', b'a', 0x1f, 0x20, 0x7e, 0x7f, 0x80, 0xff, 0, 0xaf,
         ];
-        let mut all: Vec<Vec<u8>> = vec![Vec::new()];
-        let mut frontier: Vec<Vec<u8>> = vec![Vec::new()];
-        for _ in 0..5 {
-            let mut next = Vec::new();
-            for p in &frontier {
-                for c in alphabet {
-                    let mut q = p.clone();
-                    q.push(c);
-                    next.push(q);
-                }
-            }
-            all.extend(next.iter().cloned());
-            frontier = next;
-        }
+        agrees_everywhere(true, &alphabet, 5, reference);
+    }
+
+    #[test]
+    fn the_word_wise_check_flags_exactly_what_a_byte_loop_flags() {
+        let reference = |p: &[u8]| {
+            p.contains(&b'%')
+                || p.windows(2)
+                    .any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'))
+        };
+        // The bytes that matter and two that do not (one differs from `/` in its high bit).
+        agrees_everywhere(
+            false,
+            &[b'/', b'.', b'%', b'a', 0x2f ^ 0x80, 0],
+            6,
+            reference,
+        );
+    }
+
+    /// `has_special(_, strict)` against `reference` on every string of up to `len` bytes over
+    /// `alphabet`, then on each of length 3 at every offset into a longer path (to cross the
+    /// edges of words).
+    fn agrees_everywhere(
+        strict: bool,
+        alphabet: &[u8],
+        len: usize,
+        reference: impl Fn(&[u8]) -> bool,
+    ) {
+        let all = every_string(alphabet, len);
         for p in &all {
-            assert_eq!(has_special(p, true), reference(p), "{p:?}");
+            assert_eq!(has_special(p, strict), reference(p), "{p:?}");
         }
         for p in all.iter().filter(|p| p.len() == 3) {
             for at in 0..20 {
                 let mut q = b"/abcdefghijklmnopqrstuvwxyz".to_vec();
                 q.splice(at..at, p.iter().copied());
-                assert_eq!(has_special(&q, true), reference(&q), "{q:?}");
+                assert_eq!(has_special(&q, strict), reference(&q), "{q:?}");
             }
         }
     }
