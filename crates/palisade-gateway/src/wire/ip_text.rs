@@ -1,22 +1,25 @@
-//! Addresses as text, exactly as `Display` writes them: IPv4 (nearly every client) composed on
-//! the stack, without the formatting machinery or an allocation.
+//! Addresses as text, exactly as `Display` writes them, on the stack: IPv4 (nearly every
+//! client) composed without the formatting machinery, IPv6 formatted into the same buffer.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
+/// The longest address text: an IPv6 address ending in an IPv4 one
+/// (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`).
+const MAX: usize = 45;
+
 /// An address's text.
-pub enum IpText {
-    /// Up to `255.255.255.255`, and how many bytes of it are used.
-    V4([u8; 15], usize),
-    /// IPv6, as `Display` writes it.
-    V6(String),
+pub struct IpText {
+    text: [u8; MAX],
+    len: usize,
 }
 
 impl IpText {
     /// The text of `ip`.
     pub fn new(ip: IpAddr) -> Self {
-        match ip {
+        let mut text = [0u8; MAX];
+        let len = match ip {
             IpAddr::V4(a) => {
-                let mut text = [0u8; 15];
                 let mut n = 0;
                 let mut put = |b: u8| {
                     if let Some(slot) = text.get_mut(n) {
@@ -36,18 +39,21 @@ impl IpText {
                     }
                     put(b'0' + o % 10);
                 }
-                IpText::V4(text, n)
+                n
             }
-            IpAddr::V6(a) => IpText::V6(a.to_string()),
-        }
+            IpAddr::V6(a) => {
+                let mut rest: &mut [u8] = &mut text;
+                // Cannot fail: every IPv6 text fits.
+                let _ = write!(rest, "{a}");
+                MAX - rest.len()
+            }
+        };
+        Self { text, len }
     }
 
     /// The text.
     pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            IpText::V4(text, n) => text.get(..*n).unwrap_or_default(),
-            IpText::V6(s) => s.as_bytes(),
-        }
+        self.text.get(..self.len).unwrap_or_default()
     }
 }
 
@@ -75,7 +81,14 @@ mod tests {
             x ^= x << 5;
             samples.push(IpAddr::from(x.to_be_bytes()));
         }
-        for v6 in ["::1", "2001:db8::8a2e:370:7334", "::ffff:1.2.3.4", "::"] {
+        for v6 in [
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+            "::",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
             samples.push(v6.parse().unwrap());
         }
         for ip in samples {
