@@ -48,7 +48,23 @@ pub struct SystemClock {
     origin: Instant,
     offset_ms: Arc<AtomicU64>,
     adjustable: bool,
+    /// The wall clock carried on the monotonic one (see [`SystemClock::unix_ms_at`]).
+    wall: Arc<WallAnchor>,
 }
+
+/// The wall clock as an offset from the monotonic clock, read again once a second at most.
+#[derive(Debug, Default)]
+struct WallAnchor {
+    /// Unix milliseconds minus monotonic milliseconds, at the last reading.
+    offset_ms: AtomicU64,
+    /// Monotonic nanoseconds from which the reading is stale (0: never read).
+    stale_at: AtomicU64,
+}
+
+/// How long a wall-clock reading is carried on the monotonic clock. A step of the wall clock
+/// (an operator's `date -s`, a VM resumed) shows within this; NTP's slewing is at most 0.5 ms a
+/// second, so the carried time never strays further than that from a fresh reading.
+const WALL_REREAD: Nanos = palisade_engine::clock::SECOND;
 
 impl SystemClock {
     /// A clock whose monotonic origin is now. The origin is offset by an hour so that
@@ -58,7 +74,37 @@ impl SystemClock {
             origin: Instant::now(),
             offset_ms: Arc::new(AtomicU64::new(0)),
             adjustable: std::env::var("PALISADE_TEST_CLOCK").is_ok_and(|v| v == "1"),
+            wall: Arc::default(),
         }
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch at `now`, a reading of [`Clock::now`]
+    /// just taken. The request path reads the clock once and has both times from it: the
+    /// wall clock is read only when the last reading is a second old.
+    pub fn unix_ms_at(&self, now: Nanos) -> u64 {
+        let now_ms = now / 1_000_000;
+        let offset = if now < self.wall.stale_at.load(Ordering::Relaxed) {
+            self.wall.offset_ms.load(Ordering::Relaxed)
+        } else {
+            // A reader between the two stores below sees the previous offset: at most a
+            // second's slewing old (see `WALL_REREAD`).
+            let offset = Self::wall_ms().saturating_sub(now_ms);
+            self.wall.offset_ms.store(offset, Ordering::Relaxed);
+            self.wall
+                .stale_at
+                .store(now.saturating_add(WALL_REREAD), Ordering::Relaxed);
+            offset
+        };
+        now_ms
+            .saturating_add(offset)
+            .saturating_add(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// The wall clock, read now, in Unix milliseconds.
+    fn wall_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 
     /// Whether the test clock is enabled.
@@ -91,10 +137,7 @@ impl Clock for SystemClock {
     }
 
     fn unix_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            .saturating_add(self.offset_ms.load(Ordering::Relaxed))
+        Self::wall_ms().saturating_add(self.offset_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -322,5 +365,44 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("source", &self.source)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wall_clock_carried_on_the_monotonic_one_agrees_with_a_fresh_reading() {
+        let clock = SystemClock::new();
+        let carried = clock.unix_ms_at(clock.now());
+        let fresh = clock.unix_ms();
+        assert!(fresh.abs_diff(carried) <= 5, "{carried} vs {fresh}");
+        // Within the second the reading is carried: it moves with the monotonic clock.
+        let now = clock.now();
+        let at = clock.unix_ms_at(now);
+        assert_eq!(clock.unix_ms_at(now + 400_000_000), at + 400);
+        // A second on, the wall clock is read again (the anchor moves to the later reading).
+        let later = now + WALL_REREAD + 1;
+        let reread = clock.unix_ms_at(later);
+        assert_eq!(
+            clock.wall.stale_at.load(Ordering::Relaxed),
+            later + WALL_REREAD
+        );
+        // The monotonic time passed in is a second ahead of the real one: the fresh reading
+        // ties the wall time to it, so the same monotonic time now gives the real wall time.
+        assert!(reread.abs_diff(clock.unix_ms()) <= 5, "{reread}");
+    }
+
+    #[test]
+    fn the_test_clock_moves_the_carried_wall_clock_at_once() {
+        let clock = SystemClock {
+            adjustable: true,
+            ..SystemClock::new()
+        };
+        let now = clock.now();
+        let before = clock.unix_ms_at(now);
+        assert_eq!(clock.advance(60_000), Some(60_000));
+        assert_eq!(clock.unix_ms_at(now), before + 60_000);
     }
 }

@@ -144,20 +144,26 @@ impl PoolInner {
     }
 
     fn put(&self, conn: Conn) {
+        self.put_since(conn, Instant::now());
+    }
+
+    /// Pools `conn` as idle since `since` (a reading of the clock taken at or before now: an
+    /// earlier one only retires the connection sooner).
+    fn put_since(&self, conn: Conn, since: Instant) {
         if !conn.buf.is_empty() {
             return;
         }
         let mut idle = self.idle();
         if idle.len() < self.max_idle {
-            idle.push((conn, Instant::now()));
+            idle.push((conn, since));
         }
     }
 
-    /// The most recently used idle connection that is still open.
-    fn take(&self) -> Option<Conn> {
+    /// The most recently used idle connection that is still open, at `now`.
+    fn take(&self, now: Instant) -> Option<Conn> {
         loop {
             let (mut conn, since) = self.idle().pop()?;
-            if since.elapsed() < IDLE_TIMEOUT && conn.is_open() {
+            if now.saturating_duration_since(since) < IDLE_TIMEOUT && conn.is_open() {
                 return Some(conn);
             }
         }
@@ -287,6 +293,13 @@ impl H1Pool {
     /// a streamed body, or to start its answer once the request was sent. Time spent waiting
     /// for the client's body is not the upstream's (slow clients are bounded by the client
     /// side's body timeouts).
+    ///
+    /// `started` is when the exchange began, a reading of the clock the caller has anyway (the
+    /// deadline and the pool's idle checks count from it).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request's parts, borrowed from the caller; bundling them would copy"
+    )]
     pub async fn send(
         &self,
         method: &Method,
@@ -294,9 +307,10 @@ impl H1Pool {
         headers: &HeaderMap,
         added: &HeadLines,
         body: OutBody,
+        started: Instant,
         timeout: Duration,
     ) -> Result<Answer, H1Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
         let mut body = match body {
             OutBody::Stream(b) if b.is_end_stream() => OutBody::Empty,
             other => other,
@@ -319,9 +333,11 @@ impl H1Pool {
         }
         let head_only = *method == Method::HEAD;
         loop {
-            let (mut conn, reused) = match self.inner.take() {
+            let (mut conn, reused) = match self.inner.take(started) {
                 Some(c) => (c, true),
-                None => match tokio::time::timeout_at(deadline, self.connect()).await {
+                // Boxed, as is the streamed exchange below: rarely taken, their state would
+                // otherwise make every request's future larger.
+                None => match Box::pin(tokio::time::timeout_at(deadline, self.connect())).await {
                     Ok(c) => (c?, false),
                     Err(_) => return Err(H1Error::TimedOut),
                 },
@@ -336,9 +352,9 @@ impl H1Pool {
                 )
                 .await
             } else {
-                exchange_streamed(
+                Box::pin(exchange_streamed(
                     &mut conn, &mut timer, timeout, &wire, &mut body, framing, head_only,
-                )
+                ))
                 .await
             };
             conn.timer = Some(timer);
@@ -347,7 +363,7 @@ impl H1Pool {
                 return Err(H1Error::TimedOut);
             };
             match exchanged {
-                Ok(head) => return Ok(self.respond(conn, head)),
+                Ok(head) => return Ok(self.respond(conn, head, started)),
                 Err(Failure { error, written }) => {
                     let stale = matches!(&error, H1Error::Closed)
                         || matches!(&error, H1Error::Io(e) if is_reset(e));
@@ -360,7 +376,7 @@ impl H1Pool {
         }
     }
 
-    fn respond(&self, mut conn: Conn, head: Head) -> Answer {
+    fn respond(&self, mut conn: Conn, head: Head, started: Instant) -> Answer {
         let body: ProxyBody = match head.kind {
             BodyKind::Length(n) if (conn.buf.len() as u64) >= n => {
                 // The whole body came with the head.
@@ -374,7 +390,7 @@ impl H1Pool {
                 };
                 // Bytes beyond the declared length: the connection is out of step; drop it.
                 if head.reusable && conn.buf.is_empty() {
-                    self.inner.put(conn);
+                    self.inner.put_since(conn, started);
                 }
                 if data.is_empty() {
                     http_body_util::Empty::new()
@@ -972,6 +988,7 @@ mod tests {
                     headers,
                     &HeadLines::default(),
                     body,
+                    Instant::now(),
                     Duration::from_secs(30),
                 )
                 .await?
@@ -1268,6 +1285,7 @@ mod tests {
                 &host(),
                 &HeadLines::default(),
                 OutBody::Empty,
+                Instant::now(),
                 Duration::from_millis(ms),
             )
             .await?;

@@ -120,13 +120,18 @@ impl Upstream {
 
     /// Sends a request whose headers are already rewritten. `host` is the client's host, used
     /// when the request has no `Host` header (an HTTP/2 client sends `:authority` instead).
-    /// Fails with [`UpstreamError::Timeout`] when no response head arrives within `timeout`.
+    /// Fails with [`UpstreamError::Timeout`] when no response head arrives within `timeout` of
+    /// `started` (when the caller began the exchange).
+    ///
+    /// The request's head is borrowed, not moved: the future that waits for the answer holds
+    /// a reference, not a copy.
     pub async fn send(
         &self,
-        mut parts: http::request::Parts,
+        parts: &mut http::request::Parts,
         added: &HeadLines,
         body: OutBody,
         host: Option<&str>,
+        started: std::time::Instant,
         timeout: Duration,
     ) -> Result<Answer, UpstreamError> {
         let prefix = self.base.path().trim_end_matches('/');
@@ -136,7 +141,7 @@ impl Upstream {
         } else {
             Cow::Owned(format!("{prefix}{pq}"))
         };
-        let client = match &self.transport {
+        match &self.transport {
             Transport::Http1(pool) => {
                 // HTTP/1.1 needs a Host: the client's, else (an HTTP/1.0 client without one)
                 // the upstream's own authority.
@@ -153,7 +158,15 @@ impl Upstream {
                     }
                 }
                 return pool
-                    .send(&parts.method, &target, &parts.headers, added, body, timeout)
+                    .send(
+                        &parts.method,
+                        &target,
+                        &parts.headers,
+                        added,
+                        body,
+                        started,
+                        timeout,
+                    )
                     .await
                     .map_err(|e| match e {
                         H1Error::TimedOut => UpstreamError::Timeout,
@@ -162,9 +175,26 @@ impl Upstream {
                         e => UpstreamError::Exchange(Box::new(e)),
                     });
             }
-            Transport::H2c(client) => client,
-        };
-        let target = target.into_owned();
+            Transport::H2c(client) => {
+                let target = target.into_owned();
+                // Boxed: its state would otherwise make every HTTP/1.1 request's future larger.
+                Box::pin(self.send_h2(client, parts, target, added, body, timeout)).await
+            }
+        }
+    }
+
+    /// [`Upstream::send`] over HTTP/2 (h2c, prior knowledge).
+    async fn send_h2(
+        &self,
+        client: &Client<HttpConnector, ProxyBody>,
+        parts: &mut http::request::Parts,
+        target: String,
+        added: &HeadLines,
+        body: OutBody,
+        timeout: Duration,
+    ) -> Result<Answer, UpstreamError> {
+        // The head is taken: the client sends it and keeps nothing of it.
+        let mut parts = std::mem::replace(parts, Request::new(()).into_parts().0);
         let scheme = self.base.scheme_str().unwrap_or("http");
         let authority = self.base.authority().map_or("", |a| a.as_str());
         parts.uri = Uri::builder()

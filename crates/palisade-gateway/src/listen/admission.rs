@@ -80,13 +80,22 @@ pub struct ConnState {
 
 impl ConnState {
     fn since_epoch(&self) -> u64 {
-        (self.epoch.elapsed().as_millis() as u64) & !PHASE_MASK
+        self.since_epoch_at(Instant::now())
+    }
+
+    fn since_epoch_at(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.epoch).as_millis() as u64) & !PHASE_MASK
     }
 
     /// Waiting for a request (its first byte): may be shed.
     pub fn idle(&self) {
+        self.idle_at(Instant::now());
+    }
+
+    /// [`ConnState::idle`] from `now`, a reading of the clock just taken.
+    pub fn idle_at(&self, now: Instant) {
         self.phase
-            .store(IDLE | self.since_epoch(), Ordering::Relaxed);
+            .store(IDLE | self.since_epoch_at(now), Ordering::Relaxed);
     }
 
     /// A request head began to arrive and is not complete: may be shed after idle ones of the

@@ -296,9 +296,11 @@ where
             }
             _ => return Served::Closed,
         }
-        conn.state.idle();
+        // One reading of the clock: idle from now, for admission and for the idle timeout.
+        let now = Instant::now();
+        conn.state.idle_at(now.into_std());
         reader = rdr;
-        idle_since = None;
+        idle_since = Some(now);
     }
 }
 

@@ -46,7 +46,7 @@ pub struct Outgoing<'a> {
 pub async fn forward(
     shared: &Shared,
     rt: &Runtime,
-    mut parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     out: Outgoing<'_>,
     settlement: Option<QuotaCharge>,
     decision: &Decision,
@@ -139,6 +139,7 @@ pub async fn forward(
             &added,
             body,
             host,
+            started,
             Duration::from_nanos(server.upstream_timeout),
         )
         .await;

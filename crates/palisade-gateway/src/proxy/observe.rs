@@ -165,6 +165,7 @@ pub fn observe(
     }
     // One reading of the clock serves behaviour, the latency metric and the log line.
     let now = shared.clock.now();
+    let unix_ms = shared.clock.unix_ms_at(now);
     rt.engine
         .observe_status(decision, outcome.status, outcome.origin, now);
     let (action, rule): (&'static str, Arc<str>) = match outcome.held {
@@ -191,7 +192,7 @@ pub fn observe(
     let forwarded = outcome.origin == palisade_engine::Origin::Upstream;
     let latency = now.saturating_sub(outcome.arrived);
     shared.series.record(
-        shared.clock.unix_secs(),
+        unix_ms / 1000,
         action,
         decision.route,
         matches!(action, "limit" | "block" | "unauthorized" | "challenge"),
@@ -206,7 +207,7 @@ pub fn observe(
     let mut line = Line::new();
     line.open()
         .k("time")
-        .time(shared.clock.unix_ms())
+        .time(unix_ms)
         .k("request_id")
         .str(&outcome.request_id)
         .k("client_ip")
