@@ -240,7 +240,10 @@ impl Engine {
             (a, _) => (a, rule),
         };
         let (action, rule) = self.unsolved_challenge(&d, facts, action, rule);
-        Ok(self.finish(d, action, rule))
+        // Settled in place: the decision is a few hundred bytes, and passing it through
+        // `finish` by value copies it twice more.
+        self.settle(&mut d, action, rule);
+        Ok(d)
     }
 
     /// A challenge put to a client that is not cleared is an offence on the progressive
@@ -270,6 +273,12 @@ impl Engine {
 
     /// Applies the mode: in shadow mode anything beyond tagging is logged, not enforced.
     pub(crate) fn finish(&self, mut d: Decision, action: Action, rule: Arc<str>) -> Decision {
+        self.settle(&mut d, action, rule);
+        d
+    }
+
+    /// [`Engine::finish`] on a decision in place.
+    fn settle(&self, d: &mut Decision, action: Action, rule: Arc<str>) {
         // A cleared client is not challenged again: it already paid.
         let (action, rule) = if action == Action::Challenge && d.cleared {
             (Action::Allow, self.rule_cleared.clone())
@@ -286,6 +295,5 @@ impl Engine {
             d.action = action;
             d.rule = rule;
         }
-        d
     }
 }

@@ -179,7 +179,6 @@ impl Behaviour {
         let anonymous = principal.is_none();
         let flow_slots = self.flow_slots();
         let mut emitted: [u8; SIGS] = [0; SIGS];
-        let mut flows_violated: Vec<usize> = Vec::new();
         let w = &p.weights;
         let t = &p.thresholds;
         let weight = |s: Sig| w.get(s.index()).copied().unwrap_or(0);
@@ -514,7 +513,16 @@ impl Behaviour {
             }
         }
 
-        // Flows.
+        for (i, wt) in emitted.iter().enumerate() {
+            if *wt > 0 {
+                out.push(Emitted {
+                    index: i,
+                    weight: *wt,
+                });
+            }
+        }
+
+        // Flows (after the signals, each straight into `out`).
         for (i, flow) in p.flows.iter().enumerate() {
             if flow.route != route || (flow.anonymous_only && !anonymous) {
                 continue;
@@ -529,23 +537,9 @@ impl Behaviour {
                 && now.saturating_sub(slot) <= flow.within
                 && now.saturating_sub(slot) >= flow.min_gap;
             if !ok {
-                flows_violated.push(i);
-            }
-        }
-
-        for (i, wt) in emitted.iter().enumerate() {
-            if *wt > 0 {
-                out.push(Emitted {
-                    index: i,
-                    weight: *wt,
-                });
-            }
-        }
-        for i in flows_violated {
-            if let Some(f) = p.flows.get(i) {
                 out.push(Emitted {
                     index: SIGS + i,
-                    weight: f.weight,
+                    weight: flow.weight,
                 });
             }
         }

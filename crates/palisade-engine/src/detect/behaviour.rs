@@ -17,7 +17,8 @@ impl Engine {
         route: RouteId,
     ) {
         if let Some(b) = &self.behaviour {
-            let mut emitted: Vec<Emitted> = Vec::with_capacity(8);
+            // Allocated only when something is emitted (most requests emit nothing).
+            let mut emitted: Vec<Emitted> = Vec::new();
             let created = facts.auth.principal().and_then(|p| p.created_ms);
             d.trace = Some(b.assess(facts, route, facts.username, created, &mut emitted));
             d.under_attack = b.under_attack(route);

@@ -35,6 +35,8 @@ use crate::wire::timer::Timer;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most response headers accepted.
 pub const MAX_HEADERS: usize = 128;
+// The response parser marks the fields it forwards as bits of a `u128`.
+const _: () = assert!(MAX_HEADERS <= 128);
 /// An idle pooled connection older than this is closed instead of reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Bodies up to this size are copied out of the read buffer (which then stays reusable) rather
@@ -676,10 +678,14 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
             }
         }
     }
-    let mut lines = BytesMut::with_capacity(len);
+    // The fields forwarded, as bits of their index, and their size on the wire: the lines are
+    // then written into a buffer of exactly that size, which becomes `Bytes` without the
+    // second allocation a partly filled one costs.
+    let mut keep = 0u128;
+    let mut total = 0usize;
     let mut names = 0u64;
     let mut has_date = false;
-    for h in resp.headers.iter() {
+    for (i, h) in resp.headers.iter().enumerate() {
         // httparse checked the name's characters, and the value's with HeaderValue's rule (no
         // control bytes but HTAB): what is forwarded is what a HeaderMap would have held.
         let name = h.name.as_bytes();
@@ -704,12 +710,19 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
         if is_not_forwarded(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
             continue;
         }
+        keep |= 1u128 << i;
+        total += name.len() + h.value.len() + 4;
         names |= name_bit(name);
         has_date |= name.eq_ignore_ascii_case(b"date");
-        lines.extend_from_slice(name);
-        lines.extend_from_slice(b": ");
-        lines.extend_from_slice(h.value);
-        lines.extend_from_slice(b"\r\n");
+    }
+    let mut lines = Vec::with_capacity(total);
+    for (i, h) in resp.headers.iter().enumerate() {
+        if keep & (1u128 << i) != 0 {
+            lines.extend_from_slice(h.name.as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(h.value);
+            lines.extend_from_slice(b"\r\n");
+        }
     }
     let kind = if head_only
         || status.is_informational()
@@ -730,7 +743,7 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, H1Error> {
     };
     // Transfer-Encoding overrides Content-Length, which must then not be forwarded.
     let fields = UpstreamFields::new(
-        lines.freeze(),
+        Bytes::from(lines),
         if has_te { None } else { length },
         names,
         has_date,

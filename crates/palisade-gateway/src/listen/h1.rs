@@ -494,14 +494,14 @@ impl Conn {
             if data.is_empty() {
                 continue;
             }
-            let data = match &mut left {
-                Some(n) => {
-                    let take = data.len().min(usize::try_from(*n).unwrap_or(usize::MAX));
-                    *n -= take as u64;
-                    data.slice(..take)
-                }
-                None => data,
-            };
+            let mut data = data;
+            if let Some(n) = &mut left {
+                let take = data.len().min(usize::try_from(*n).unwrap_or(usize::MAX));
+                *n -= take as u64;
+                // A no-op unless the body overran its length (a slice would share the bytes,
+                // which costs an allocation for a body made from a vector).
+                data.truncate(take);
+            }
             // Buffered output never grows past the high-water mark: what is there goes out
             // first (and the upstream's body waits for the client meanwhile).
             if self.out.len() + data.len() > OUT_HIGH_WATER {

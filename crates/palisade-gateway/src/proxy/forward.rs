@@ -123,6 +123,8 @@ pub async fn forward(
     }
     let body = match (out.buffered, out.body) {
         (Some(bytes), _) => OutBody::Full(bytes),
+        // Nothing to send (a GET): no boxed stream to make and drop.
+        (None, Some(b)) if http_body::Body::is_end_stream(&b) => OutBody::Empty,
         (None, Some(b)) => OutBody::Stream(Bounded::new(b, server.max_body_bytes).boxed_unsync()),
         (None, None) => OutBody::Empty,
     };

@@ -99,8 +99,10 @@ async fn respond(
 ) -> Response<ProxyBody> {
     // Arrival, on the engine's monotonic clock (also the decision's `now`).
     let now = shared.clock.now();
-    let request_id = request_id();
-    let refuse = |(r, rule): facts::Bounded| bounded_refusal(shared, r, &request_id, rule);
+    let id = request_id();
+    // Its text, checked once (every use below borrows it).
+    let request_id = id.as_str();
+    let refuse = |(r, rule): facts::Bounded| bounded_refusal(shared, r, request_id, rule);
     // A front asking about a request (nginx auth_request, Caddy forward_auth, ...): the request
     // it names is judged as if it had come here.
     let call = match decision::rewrite(shared, rt, parts, peer.ip()) {
@@ -118,7 +120,7 @@ async fn respond(
         &parts.headers,
         &rt.compiled.server.trusted_proxies,
     );
-    if let Some(own) = endpoints::serve(shared, rt, parts, client, peer, &request_id) {
+    if let Some(own) = endpoints::serve(shared, rt, parts, client, peer, request_id) {
         return own;
     }
     // The rarely taken awaits below are boxed: every request's future holds room for each
@@ -297,12 +299,12 @@ async fn respond(
     };
     let mut origin = palisade_engine::Origin::Gateway;
     let mut response = match (refusal, &answered) {
-        (_, Some(b)) => contract::answer(b, &request_id),
+        (_, Some(b)) => contract::answer(b, request_id),
         (refusal, None) => match refusal {
             Some(Refusal::ChallengeRequired) => {
-                crate::challenge::respond(shared, rt, parts, client, &decision, &request_id)
+                crate::challenge::respond(shared, rt, parts, client, &decision, request_id)
             }
-            Some(r) => r.response(&request_id),
+            Some(r) => r.response(request_id),
             None if call.is_some() => {
                 // The front forwards it: quotas count it now, or when its log line comes back
                 // with the spend the upstream reported (`[decision.feedback]`).
@@ -316,7 +318,7 @@ async fn respond(
                     .map(|_| &feedback::IN_PROCESS));
                 match waits {
                     Some(f) => shared.feedback.wait(
-                        &request_id,
+                        request_id,
                         rt.engine.awaited(&decision),
                         settlement.take(),
                         fixed,
@@ -328,7 +330,7 @@ async fn respond(
                         }
                     }
                 }
-                decision::allowed(&decision, facts_principal(&gathered), &request_id)
+                decision::allowed(&decision, facts_principal(&gathered), request_id)
             }
             None => {
                 let out = forward::Outgoing {
@@ -336,7 +338,7 @@ async fn respond(
                     buffered: gathered.buffered.take(),
                     body: gathered.body.take(),
                     peer: peer.ip(),
-                    request_id: &request_id,
+                    request_id,
                 };
                 match forward::forward(shared, rt, parts, out, settlement, &decision, &route_label)
                     .await
@@ -346,7 +348,7 @@ async fn respond(
                         extra.fields = upstream.fields;
                         upstream.response
                     }
-                    Err(r) => r.response(&request_id),
+                    Err(r) => r.response(request_id),
                 }
             }
         },
@@ -361,13 +363,13 @@ async fn respond(
     if let Some(c) = call
         && !response.status().is_success()
     {
-        response = Box::pin(decision::refused(shared, c, response, &request_id)).await;
+        response = Box::pin(decision::refused(shared, c, response, request_id)).await;
     }
 
     // Observation.
-    observe::response_lines(rt, &decision, &request_id, &mut extra.lines);
+    observe::response_lines(rt, &decision, request_id, &mut extra.lines);
     let outcome = observe::Outcome {
-        request_id,
+        request_id: id,
         client,
         route_label: &route_label,
         status: response.status().as_u16(),

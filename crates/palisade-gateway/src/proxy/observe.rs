@@ -134,7 +134,7 @@ pub fn pending_record(
 /// What one request came to, for [`observe`].
 pub struct Outcome<'a> {
     /// The request id.
-    pub request_id: String,
+    pub request_id: crate::wire::request_id::RequestId,
     /// The client's address.
     pub client: std::net::IpAddr,
     /// The route's metric label.

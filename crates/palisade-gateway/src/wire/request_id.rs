@@ -1,14 +1,47 @@
 //! Request ids and the cheap randomness they and log sampling draw on (not for secrets).
 
-/// A 16-hex-digit request id, without going through `format!`.
-pub fn request_id() -> String {
+/// A request id: 16 lowercase hex digits, held on the stack (every request makes one).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId([u8; 16]);
+
+impl RequestId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Hex digits only (see `request_id`): always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A new random request id.
+pub fn request_id() -> RequestId {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = per_request_random();
-    let mut out = String::with_capacity(16);
-    for _ in 0..16 {
-        out.push(char::from_digit((n >> 60) as u32, 16).unwrap_or('0'));
+    let mut out = [0u8; 16];
+    for b in &mut out {
+        *b = HEX.get((n >> 60) as usize).copied().unwrap_or(b'0');
         n <<= 4;
     }
-    out
+    RequestId(out)
 }
 
 thread_local! {
@@ -36,7 +69,7 @@ mod tests {
 
     #[test]
     fn request_ids_are_sixteen_lowercase_hex_digits_and_do_not_repeat() {
-        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| request_id()).collect();
+        let ids: std::collections::HashSet<RequestId> = (0..10_000).map(|_| request_id()).collect();
         assert_eq!(ids.len(), 10_000);
         for id in ids.iter().take(100) {
             assert_eq!(id.len(), 16, "{id}");

@@ -208,11 +208,17 @@ async fn clients_that_do_not_read_big_answers_cost_bounded_memory_returned_after
             break;
         }
     }
-    assert_eq!(
-        metric(&metrics(&g).await, "palisade_connections_open"),
-        0.0,
-        "every non-reader's connection ended"
-    );
+    // The loop above stops once the memory is back, which can be before the last of 500
+    // closing connections is counted out on a busy machine: each must end, within seconds.
+    let mut open = metric(&metrics(&g).await, "palisade_connections_open");
+    for _ in 0..50 {
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        open = metric(&metrics(&g).await, "palisade_connections_open");
+    }
+    assert_eq!(open, 0.0, "every non-reader's connection ended");
     eprintln!(
         "500 clients not reading a 10 MB answer: RSS {before} KiB before, {during} KiB during (+{} KiB, {} KiB per client), {after} KiB after",
         during.saturating_sub(before),
