@@ -106,7 +106,7 @@ pub struct Gathered {
     /// JA4H, when the policy reads it.
     pub ja4h: Option<String>,
     /// The header fingerprint, when the policy reads it.
-    pub hfp: Option<String>,
+    pub hfp: Option<palisade_intel::hfp::Fingerprint>,
     /// What is known of the client's address.
     pub ip_info: Option<palisade_intel::ipinfo::IpInfo>,
     /// A claim to be a verifiable bot: which one, and its state.
@@ -381,7 +381,7 @@ fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// A request's header fingerprint (`palisade_intel::hfp`) over its headers as they arrived.
-pub fn hfp_of(parts: &http::request::Parts) -> String {
+pub fn hfp_of(parts: &http::request::Parts) -> palisade_intel::hfp::Fingerprint {
     let version = match parts.version {
         http::Version::HTTP_2 => 2,
         http::Version::HTTP_3 => 3,
