@@ -32,42 +32,7 @@ pub fn fnv1a(state: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
 
 /// A header fingerprint as text (`h1cl05_` and 16 hex digits), held on the stack: every
 /// request of a policy that reads it makes one.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint([u8; 23]);
-
-impl Fingerprint {
-    /// The fingerprint as text.
-    pub fn as_str(&self) -> &str {
-        // ASCII only (see `header_fingerprint`).
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl std::ops::Deref for Fingerprint {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl PartialEq<&str> for Fingerprint {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
+pub type Fingerprint = crate::text::AsciiText<23>;
 
 /// The header fingerprint. `version` is 1, 2 or 3; `names` are the header names in the order
 /// sent (case is ignored).
@@ -113,7 +78,7 @@ pub fn header_fingerprint<'a>(
         let nibble = (hash >> ((15 - i) * 4)) & 0xf;
         *d = HEX.get(nibble as usize).copied().unwrap_or(b'0');
     }
-    Fingerprint(out)
+    Fingerprint::new(out)
 }
 
 #[cfg(test)]

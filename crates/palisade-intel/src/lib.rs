@@ -12,6 +12,7 @@ pub mod ja4;
 pub mod ja4h;
 pub mod mmdb_write;
 pub mod probes;
+pub mod text;
 pub mod verify;
 
 pub use bots::{BotCatalog, Category, Classification};

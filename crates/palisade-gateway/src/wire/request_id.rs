@@ -1,36 +1,7 @@
 //! Request ids and the cheap randomness they and log sampling draw on (not for secrets).
 
 /// A request id: 16 lowercase hex digits, held on the stack (every request makes one).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestId([u8; 16]);
-
-impl RequestId {
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        // Hex digits only (see `request_id`): always UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl std::ops::Deref for RequestId {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Debug for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
+pub type RequestId = palisade_intel::text::AsciiText<16>;
 
 /// A new random request id.
 pub fn request_id() -> RequestId {
@@ -41,7 +12,7 @@ pub fn request_id() -> RequestId {
         *b = HEX.get((n >> 60) as usize).copied().unwrap_or(b'0');
         n <<= 4;
     }
-    RequestId(out)
+    RequestId::new(out)
 }
 
 thread_local! {
